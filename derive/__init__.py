@@ -1,0 +1,17 @@
+"""derive: see and generate backpropagation.
+
+A network is declared (TOML or Python), SymPy derives every gradient by the chain rule
+as backprop is taught, and templates turn the derivation into NumPy and Triton code.
+"""
+
+from .builtin import lecture_network
+from .derivation import Derivation, Factor, Step, derive
+from .errors import DeriveError, SpecError
+from .network import Linear, Loss, Network, Port
+from .spec import load_spec, parse_spec
+
+__all__ = [
+    "Derivation", "DeriveError", "Factor", "Linear", "Loss", "Network", "Port", "SpecError", "Step",
+    "derive", "lecture_network", "load_spec", "parse_spec",
+]
+__version__ = "0.1.0"

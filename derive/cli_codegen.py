@@ -1,0 +1,154 @@
+"""`derive generate` and `derive verify`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path, PurePath
+
+from .errors import DeriveError
+
+EXAMPLES = "examples"
+GENERATED = "generated"
+
+
+def _display_path(path: str) -> str:
+    """The spec path as written into generated headers: relative and '/'-separated when possible."""
+    p = Path(path)
+    try:
+        p = p.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return PurePath(p).as_posix()
+
+
+def _example_specs(examples: Path) -> list[Path]:
+    specs = sorted(examples.glob("*.toml"))
+    if not specs:
+        raise DeriveError(f"{examples}: no *.toml specs found (run from the repository root or pass --examples)")
+    return specs
+
+
+def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str]:
+    from . import codegen
+    from .spec import load_spec
+
+    out: dict[Path, str] = {}
+    for spec in _example_specs(examples):
+        net = load_spec(spec)
+        files = codegen.generate(net, _display_path(str(spec)), targets, _display_path(str(generated)))
+        for fname, text in files.items():
+            out[generated / fname] = text
+    return out
+
+
+def cmd_generate(args) -> int:
+    from . import codegen
+    from .spec import load_spec
+
+    targets = codegen.TARGETS if args.target == "all" else (args.target,)
+    if args.check or args.all:
+        if args.spec or args.out:
+            raise DeriveError("derive generate: --check and --all take no SPEC or -o (they use examples/ and generated/)")
+        examples, generated = Path(args.examples), Path(args.generated)
+        files = _render_examples(examples, generated, codegen.TARGETS)
+        if args.all:
+            by_dir: dict[Path, dict[str, str]] = {}
+            for path, text in files.items():
+                by_dir.setdefault(path.parent, {})[path.name] = text
+            for d, fs in by_dir.items():
+                codegen.write_atomic(d, fs)
+            print(f"wrote {len(files)} files to {generated}")
+            return 0
+        stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+        extra = sorted(
+            p for p in generated.glob("*.py")
+            if p not in files and (p.name.endswith("_numpy.py") or p.name.endswith("_triton.py"))
+        )
+        if stale or extra:
+            for p in sorted(stale):
+                print(f"stale: {p}", file=sys.stderr)
+            for p in extra:
+                print(f"not produced by any example: {p}", file=sys.stderr)
+            print("derive generate --check: generated/ is out of date; update it with: derive generate --all",
+                  file=sys.stderr)
+            return 1
+        print(f"generated/ is up to date ({len(files)} files from {len(_example_specs(examples))} specs)")
+        return 0
+    if not args.spec:
+        raise DeriveError("derive generate: expected a SPEC (or --check / --all)")
+    if not args.out:
+        raise DeriveError("derive generate: expected -o DIR, the directory to write into")
+    net = load_spec(args.spec)
+    files = codegen.generate(net, _display_path(args.spec), targets, _display_path(args.out))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DeriveError(f"{args.out}: -o: expected a directory, found a file")
+    for path in codegen.write_atomic(out, files):
+        print(path)
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        width = 30
+        filled = width * done // total
+        sys.stderr.write(f"\rverifying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def format_table(report) -> str:
+    head = ("target", "against", "quantity", "max rel err", "tolerance", "pass")
+    rows = [(c.target, c.against, c.quantity, f"{c.max_rel_err:.2e}", f"{c.tolerance:.0e}", "ok" if c.ok else "FAIL")
+            for c in report.checks]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
+    out = [f"derive verify {report.network} (seed {report.seed})", line(head), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    for s in report.skipped:
+        out.append(f"skipped: {s}")
+    n_fail = sum(not c.ok for c in report.checks)
+    out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")
+    return "\n".join(out) + "\n"
+
+
+def cmd_verify(args) -> int:
+    from .builtin import lecture_network
+    from .spec import load_spec
+    from .verify import verify
+
+    if args.seeds < 1:
+        raise DeriveError(f"--seeds: expected a positive integer, got {args.seeds}")
+    net = lecture_network() if args.spec is None else load_spec(args.spec)
+    source = "<lecture>" if args.spec is None else _display_path(args.spec)
+    report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_table(report))
+    return 0 if report.ok else 1
+
+
+def add_commands(sub) -> None:
+    gen = sub.add_parser("generate", help="emit NumPy and Triton code for a spec")
+    gen.add_argument("spec", nargs="?", help="network spec (TOML)")
+    gen.add_argument("-o", "--out", help="directory to write into")
+    gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all")
+    gen.add_argument("--check", action="store_true", help="fail, naming stale files, if generated/ is out of date")
+    gen.add_argument("--all", action="store_true", help="regenerate generated/ from every spec in examples/")
+    gen.add_argument("--examples", default=EXAMPLES, help=argparse_default(EXAMPLES))
+    gen.add_argument("--generated", default=GENERATED, help=argparse_default(GENERATED))
+    gen.set_defaults(func=cmd_generate)
+
+    ver = sub.add_parser("verify", help="check the generated code against torch.autograd and finite differences")
+    ver.add_argument("spec", nargs="?", help="network spec (TOML); default: the lecture's network")
+    ver.add_argument("--seeds", type=int, default=3, help="random draws per batch size (default 3)")
+    ver.add_argument("--seed", type=int, help="base seed (default: fresh from the OS; printed to reproduce)")
+    ver.add_argument("--format", choices=("text", "json"), default="text")
+    ver.set_defaults(func=cmd_verify)
+
+
+def argparse_default(value: str) -> str:
+    return f"(default: {value})"

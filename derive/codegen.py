@@ -1,0 +1,242 @@
+"""KernelIR -> source files: print every right-hand side, then let the templates lay them out.
+
+Templates receive only strings and plain lists: all math, naming and printing happen here.
+Output is deterministic (sorted helpers, no ids or timestamps), so regenerating gives
+byte-identical files, and files are written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import jinja2
+
+from . import derivation, lowering
+from .kernel_ir import KernelIR
+from .network import Network
+from .printers import NUMPY_HELPERS, TRITON_HELPERS, NumpyCodePrinter, TritonCodePrinter
+
+TARGETS = ("numpy", "triton")
+TRITON_BLOCK_B = 64
+
+
+def template_dir() -> Path:
+    """templates/ beside the package (editable install, source tree) or inside it (wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("derive: templates/ not found next to or inside the package")
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _init_expr(name: str, shape: tuple, role_fan_in: int, slope_init: float | None) -> str:
+    if slope_init is not None:
+        return f"np.full({shape!r}, {slope_init!r}, dtype=dtype)"
+    bound = 1.0 / math.sqrt(role_fan_in)
+    return f"np.asarray(rng.uniform({-bound!r}, {bound!r}, size={shape!r}), dtype=dtype)"
+
+
+def _params_ctx(ir: KernelIR) -> list[dict]:
+    fan = dict(ir.fan_ins)
+    slopes = dict(ir.slope_inits)
+    return [
+        {"name": p.name, "shape": repr(p.shape), "init": _init_expr(p.name, p.shape, fan[p.name], slopes.get(p.name))}
+        for p in ir.params
+    ]
+
+
+def _common(ir: KernelIR, out_dir: str) -> dict:
+    return {
+        "name": ir.name,
+        "source": ir.source,
+        "out_dir": out_dir,
+        "params": _params_ctx(ir),
+        "loss_type": ir.loss_type,
+        "reduction": ir.reduction,
+        "x": ir.input.name,
+        "y": ir.target.name,
+        "input_shape": repr(list(ir.input.shape)),
+        "target_shape": repr(list(ir.target.shape)),
+        "class_target": ir.target.dtype == "int",
+    }
+
+
+def render_numpy(ir: KernelIR, out_dir: str = "generated") -> str:
+    pr = NumpyCodePrinter()
+    line = lambda a: {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
+    ctx = _common(ir, out_dir)
+    ctx.update(
+        forward=[line(a) for a in ir.forward],
+        output=pr.doprint(ir.output.expr),
+        loss_rhs=pr.doprint(ir.loss.expr),
+        backward=[line(a) for a in ir.backward],
+        grads=[{"param": p, "value": g} for p, g in ir.grads_by_param()],
+        reduce="np.mean" if ir.reduction == "mean" else "np.sum",
+        scale=f"1.0 / {ir.input.name}.shape[0]" if ir.reduction == "mean" else "1.0",
+    )
+    ctx["helpers"] = [NUMPY_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["imports"] = ["import numpy as np"]
+    return _env().get_template("numpy_module.py.jinja").render(**ctx)
+
+
+def _pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
+    arrays = ir.arrays()
+    widths: dict[str, object] = {}
+    real: dict[str, int] = {}
+    for a in arrays.values():
+        if len(a.shape) == 1:
+            widths[a.name] = _pow2(a.shape[0])
+            real[a.name] = a.shape[0]
+        elif len(a.shape) == 2:
+            widths[a.name] = (_pow2(a.shape[0]), _pow2(a.shape[1]))
+        else:
+            widths[a.name] = 0
+    # the smallest BLOCK_B a launch may use decides tl.dot against broadcast-multiply-sum
+    pr = TritonCodePrinter(widths, real, 16, "ieee")
+    sizes = sorted({n for a in arrays.values() for n in a.shape} | {1})
+
+    def line(a):
+        return {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
+
+    backward = []
+    for a in ir.backward:
+        ln = line(a)
+        if a.name == ir.backward[0].name:  # ∂L/∂ŷ: zero on padded rows and columns
+            ln["rhs"] = f"tl.where({_mask(a.shape)}, {ln['rhs']}, 0.0)"
+        backward.append(ln)
+
+    ctx = _common(ir, out_dir)
+    ctx.update(
+        block_b=TRITON_BLOCK_B,
+        kernel_args=_kernel_args(ir),
+        columns=[{"n": n, "padded": _pow2(n)} for n in sizes],
+        loads=[_load_param(p) for p in ir.params] + [_load_sample(ir.input, f"{ir.input.name}_ptr")],
+        forward=[line(a) for a in ir.forward],
+        store_out=_store_out(ir),
+        load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
+        loss_rhs=pr.doprint(ir.loss.expr),
+        loss_scale="scale",
+        backward=backward,
+        grad_stores=[_store_grad(p, g) for p, (_, g) in zip(ir.params, ir.grads_by_param())],
+        scale=f"1.0 / batch" if ir.reduction == "mean" else "1.0",
+        output_shape=repr(tuple(ir.output.shape)),
+    )
+    ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
+    return _env().get_template("triton_module.py.jinja").render(**ctx)
+
+
+def _mask(shape: tuple) -> str:
+    if not shape:
+        return "row_mask"
+    return f"row_mask[:, None] & cmask_{shape[0]}[None, :]"
+
+
+def _kernel_args(ir: KernelIR) -> list[dict]:
+    def desc(a):
+        dims = ", ".join(["B", *map(str, a.shape)])
+        kind = "int class indices" if a.dtype == "int" else "float32"
+        return f"({dims}) {kind}"
+
+    args = [
+        {"name": f"{ir.input.name}_ptr", "comment": f"input {ir.input.name}, {desc(ir.input)}"},
+        {"name": f"{ir.target.name}_ptr", "comment": f"target {ir.target.name}, {desc(ir.target)}"},
+    ]
+    args += [{"name": f"{p.name}_ptr", "comment": f"parameter {p.name}, {p.shape}"} for p in ir.params]
+    args += [
+        {"name": f"dL_d{p.name}_ptr", "comment": f"gradient accumulator for {p.name} (float32, zeroed)"}
+        for p in ir.params
+    ]
+    args.append({"name": "LOSS_ptr", "comment": "batch loss accumulator (float32, zeroed)"})
+    args.append({"name": "OUT_ptr", "comment": f"ŷ, (B{''.join(', ' + str(n) for n in ir.output.shape)}) float32"})
+    return args
+
+
+def _load_param(p) -> str:
+    if not p.shape:
+        return f"{p.name} = tl.load({p.name}_ptr)"
+    if len(p.shape) == 1:
+        n = p.shape[0]
+        return f"{p.name} = tl.load({p.name}_ptr + cols_{n}, mask=cmask_{n}, other=0.0)"
+    m, n = p.shape
+    return (f"{p.name} = tl.load({p.name}_ptr + cols_{m}[:, None] * {n} + cols_{n}[None, :], "
+            f"mask=cmask_{m}[:, None] & cmask_{n}[None, :], other=0.0)")
+
+
+def _load_sample(a, ptr: str) -> str:
+    other = "0" if a.dtype == "int" else "0.0"
+    if not a.shape:
+        return f"{a.name} = tl.load({ptr} + rows, mask=row_mask, other={other})"
+    n = a.shape[0]
+    return (f"{a.name} = tl.load({ptr} + rows[:, None] * {n} + cols_{n}[None, :], "
+            f"mask=row_mask[:, None] & cmask_{n}[None, :], other={other})")
+
+
+def _store_out(ir: KernelIR) -> str:
+    pr_value = ir.forward[-1].name if ir.output.shape or not ir.forward[-1].shape else None
+    if ir.output.shape:
+        n = ir.output.shape[0]
+        return (f"tl.store(OUT_ptr + rows[:, None] * {n} + cols_{n}[None, :], {pr_value}, "
+                f"mask=row_mask[:, None] & cmask_{n}[None, :])")
+    value = ir.forward[-1].name if not ir.forward[-1].shape else f"tl.sum({ir.forward[-1].name}, axis=1)"
+    return f"tl.store(OUT_ptr + rows, {value}, mask=row_mask)"
+
+
+def _store_grad(p, g: str) -> str:
+    ptr = f"dL_d{p.name}_ptr"
+    if not p.shape:
+        return f"tl.atomic_add({ptr}, {g})"
+    if len(p.shape) == 1:
+        n = p.shape[0]
+        return f"tl.atomic_add({ptr} + cols_{n}, {g}, mask=cmask_{n})"
+    m, n = p.shape
+    return f"tl.atomic_add({ptr} + cols_{m}[:, None] * {n} + cols_{n}[None, :], {g}, mask=cmask_{m}[:, None] & cmask_{n}[None, :])"
+
+
+RENDERERS = {"numpy": render_numpy, "triton": render_triton}
+
+
+def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generated") -> dict[str, str]:
+    """file name -> source text, for each target."""
+    ir = lowering.lower(derivation.derive(net), source)
+    return {f"{net.name}_{t}.py": RENDERERS[t](ir, out_dir) for t in targets}
+
+
+def write_atomic(directory: Path, files: dict[str, str]) -> list[Path]:
+    """Write each file through a temporary file in the same directory, then rename.
+
+    Every file is rendered before anything is written, so a failure leaves nothing half-written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, text in files.items():
+        target = directory / fname
+        fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        written.append(target)
+    return written

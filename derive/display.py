@@ -1,0 +1,132 @@
+"""Printers for people: the lecture's notation in plain text, LaTeX for slides.
+
+Expressions are printed with ``order="none"`` so that −(y − f3) stays as the lecture
+writes it.  Names map to the lecture's symbols (delta3 -> δ3, dL_df2 -> ∂L/∂f2).
+"""
+
+from __future__ import annotations
+
+import re
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+_DELTA = re.compile(r"delta(\d+)\Z")
+_GRAD = re.compile(r"dL_d(\w+)\Z")
+
+
+def text_name(name: str) -> str:
+    m = _DELTA.match(name)
+    if m:
+        return f"δ{m.group(1)}"
+    m = _GRAD.match(name)
+    if m:
+        return f"∂L/∂{m.group(1)}"
+    return name
+
+
+def factor_name(ascii_name: str) -> str:
+    """'df3/da3' -> '∂f3/∂a3', 'delta3' -> 'δ3', 'dL/df3' -> '∂L/∂f3'."""
+    if "/" in ascii_name:
+        top, bottom = ascii_name.split("/", 1)
+        return f"∂{top[1:]}/∂{bottom[1:]}"
+    return text_name(ascii_name)
+
+
+class TextPrinter(StrPrinter):
+    def __init__(self):
+        super().__init__({"order": "none"})
+
+    def _print_Symbol(self, expr):
+        return text_name(expr.name)
+
+    def _print_IndexedBase(self, expr):
+        return text_name(str(expr.label))
+
+    def _print_Indexed(self, expr):
+        return "%s[%s]" % (self._print(expr.base), ",".join(self._print(i) for i in expr.indices))
+
+    def _print_Sum(self, expr):
+        idx = "".join(self._print(lim[0]) for lim in expr.limits)
+        body = self._print(expr.function)
+        if isinstance(expr.function, sp.Add):
+            body = f"({body})"
+        return f"Σ_{idx} {body}"
+
+    def _print_KroneckerDelta(self, expr):
+        return "[%s = %s]" % (self._print(expr.args[0]), self._print(expr.args[1]))
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        args = ", ".join(self._print(a) for a in expr.args)
+        if name == "sigmoid":
+            return f"σ({args})"
+        if name == "step":
+            return f"1[{args} > 0]"
+        if name == "relu":
+            return f"max(0, {args})"
+        if name == "softmax":
+            return f"softmax({self._print(expr.args[0])})[{self._print(expr.args[1])}]"
+        return super()._print_Function(expr)
+
+    def _print_Min(self, expr):
+        return "min(%s)" % ", ".join(self._print(a) for a in expr.args)
+
+    def _print_Rational(self, expr):
+        if expr == sp.Rational(1, 2):
+            return "½"
+        return super()._print_Rational(expr)
+
+    def _print_Mul(self, expr):
+        return super()._print_Mul(expr).replace("*", "·")
+
+    def _print_Pow(self, expr, rational=False):
+        if expr.exp == 2:
+            base = self.parenthesize(expr.base, sp.printing.precedence.PRECEDENCE["Pow"])
+            return f"{base}²"
+        return super()._print_Pow(expr, rational).replace("**", "^")
+
+
+def text(expr) -> str:
+    with sp.core.parameters.distribute(False):
+        return TextPrinter().doprint(expr)
+
+
+def chain_product(values) -> sp.Expr:
+    """An unevaluated product that keeps the chain's order when printed."""
+    vals = [v for v in values if v != 1] or [sp.S.One]
+    if len(vals) == 1:
+        return vals[0]
+    flat = []
+    sign = 1
+    for v in vals:
+        if isinstance(v, sp.Mul) and v.args[0] == -1:
+            sign, v = -sign, sp.Mul(*v.args[1:], evaluate=False)
+        flat.extend(v.args if isinstance(v, sp.Mul) and not v.args[0].is_Number else [v])
+    if sign < 0:
+        flat.insert(0, sp.S.NegativeOne)  # printed as a leading "−", as the lecture writes −(y − ŷ)·…
+    return sp.Mul(*flat, evaluate=False)
+
+
+class SlidesLatexPrinter(LatexPrinter):
+    def _print_Symbol(self, expr, style="plain"):
+        m = _GRAD.match(expr.name)
+        if m:
+            return r"\frac{\partial L}{\partial %s}" % super()._print_Symbol(sp.Symbol(m.group(1)))
+        return super()._print_Symbol(expr)
+
+    def _print_KroneckerDelta(self, expr, exp=None):
+        return r"[%s = %s]" % (self._print(expr.args[0]), self._print(expr.args[1]))
+
+
+def latex(expr) -> str:
+    with sp.core.parameters.distribute(False):
+        return SlidesLatexPrinter({"order": "none"}).doprint(expr)
+
+
+def latex_factor(ascii_name: str) -> str:
+    if "/" in ascii_name:
+        top, bottom = ascii_name.split("/", 1)
+        return r"\frac{\partial %s}{\partial %s}" % (sp.latex(sp.Symbol(top[1:])), sp.latex(sp.Symbol(bottom[1:])))
+    return sp.latex(sp.Symbol(ascii_name))

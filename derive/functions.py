@@ -1,0 +1,163 @@
+"""SymPy functions for activations and the non-smooth pieces of losses.
+
+Each derivative is given through the function's own output where the lecture writes
+it that way (sigmoid: f(1 − f), tanh: 1 − f²), so the derivation can name it f_l.
+Non-smooth points follow PyTorch: relu'(0) = 0, leaky/prelu'(0) = slope, |x|'(0) = 0
+(SymPy's sign(0) = 0 already), the step function is 0 at 0 and its own derivative is
+taken as 0 (it is zero almost everywhere; the zero-one loss relies on this).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+
+class step(sp.Function):
+    """1[x > 0]: Heaviside with step(0) = 0, PyTorch's convention for relu'(0)."""
+
+    is_real = True
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sp.S.One if x > 0 else sp.S.Zero
+        return None
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero  # zero almost everywhere; no gradient signal through a step
+
+    def _latex(self, printer):
+        return r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0])
+
+
+class sigmoid(sp.Function):
+    """σ(x) = 1 / (1 + e^−x); σ' = σ(1 − σ)."""
+
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+    def _latex(self, printer):
+        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+
+
+class relu(sp.Function):
+    """max(0, x); relu' = step(x), 0 at 0 as in PyTorch."""
+
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return step(self.args[0])
+
+    def _latex(self, printer):
+        return r"\max\left(0, %s\right)" % printer._print(self.args[0])
+
+
+class softplus(sp.Function):
+    """log(1 + e^x); softplus' = σ(x)."""
+
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    def _latex(self, printer):
+        return r"\log\left(1 + e^{%s}\right)" % printer._print(self.args[0])
+
+
+class leaky_relu(sp.Function):
+    """x for x > 0, s·x otherwise (s the slope: a constant for leaky_relu, a parameter for prelu).
+
+    ∂/∂x = step(x) + s·(1 − step(x)), which is s at 0 as in PyTorch; ∂/∂s = min(0, x).
+    """
+
+    nargs = 2
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        x, s = self.args
+        if argindex == 1:
+            return step(x) + s * (1 - step(x))
+        return sp.Min(0, x)
+
+    def _latex(self, printer):
+        x, s = (printer._print(a) for a in self.args)
+        return r"\operatorname{lrelu}_{%s}\left(%s\right)" % (s, x)
+
+
+ACTIVATION_FUNCTIONS = {
+    "identity": lambda a, s: a,
+    "relu": lambda a, s: relu(a),
+    "sigmoid": lambda a, s: sigmoid(a),
+    "tanh": lambda a, s: sp.tanh(a),
+    "softplus": lambda a, s: softplus(a),
+    "leaky_relu": lambda a, s: leaky_relu(a, s),
+    "prelu": lambda a, s: leaky_relu(a, s),
+}
+
+
+class softmax(sp.Function):
+    """softmax(z)_p = exp(z_p) / Σ_j exp(z_j), for the logits' IndexedBase z at index p."""
+
+    nargs = 2
+    is_real = True
+
+    def _sympystr(self, printer):
+        return "softmax(%s)[%s]" % (printer._print(self.args[0]), printer._print(self.args[1]))
+
+    def _latex(self, printer):
+        return r"\operatorname{softmax}(%s)_{%s}" % (printer._print(self.args[0]), printer._print(self.args[1]))
+
+
+class logsumexp(sp.Function):
+    """log Σ_j exp(z_j) over the whole vector z (an IndexedBase), computed stably by the generators."""
+
+    nargs = 1
+    is_real = True
+
+    def _latex(self, printer):
+        return r"\log \sum_j e^{%s_j}" % printer._print(self.args[0])
+
+
+def _is_exp_sum(e, z) -> bool:
+    return (
+        isinstance(e, sp.Sum)
+        and isinstance(e.function, sp.exp)
+        and isinstance(e.function.args[0], sp.Indexed)
+        and e.function.args[0].base == z
+    )
+
+
+def name_softmax(expr: sp.Expr, z) -> sp.Expr:
+    """Rewrite exp(z_p) / Σ_j exp(z_j) as softmax(z, p) (the derived cross-entropy gradient)."""
+    if not isinstance(z, sp.IndexedBase):
+        return expr
+
+    def is_ratio(e):
+        return isinstance(e, sp.Mul) and any(
+            isinstance(a, sp.Pow) and a.exp == -1 and _is_exp_sum(a.base, z) for a in e.args
+        ) and any(isinstance(a, sp.exp) and isinstance(a.args[0], sp.Indexed) and a.args[0].base == z for a in e.args)
+
+    def to_softmax(e):
+        rest = []
+        idx = None
+        for a in e.args:
+            if isinstance(a, sp.Pow) and a.exp == -1 and _is_exp_sum(a.base, z):
+                continue
+            if idx is None and isinstance(a, sp.exp) and isinstance(a.args[0], sp.Indexed) and a.args[0].base == z:
+                idx = a.args[0].indices[0]
+                continue
+            rest.append(a)
+        return sp.Mul(*rest) * softmax(z, idx)
+
+    return expr.replace(is_ratio, to_softmax)
+
+
+def name_logsumexp(expr: sp.Expr, z) -> sp.Expr:
+    """Rewrite log Σ_j exp(z_j) as logsumexp(z) (the cross-entropy loss value)."""
+    if not isinstance(z, sp.IndexedBase):
+        return expr
+    return expr.replace(
+        lambda e: isinstance(e, sp.log) and _is_exp_sum(e.args[0], z), lambda e: logsumexp(z)
+    )

@@ -1,0 +1,128 @@
+"""The kernel IR: what the generators print.  Small frozen dataclasses plus a few SymPy nodes.
+
+Expressions are over whole arrays (a Symbol per named array), with the batch axis
+implicit.  The nodes below are the only non-elementwise operations a dense network
+needs; each printer gives each node exactly one spelling, and a strict printer fails
+on anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+Shape = tuple[int, ...]
+
+
+class IRNode(sp.Function):
+    """Base class: an array operation, never evaluated by SymPy."""
+
+    is_real = True
+
+
+class MatVec(IRNode):
+    """a[b, j] = Σ_k W[j, k] · f[b, k]   (numpy: f @ W.T)."""
+
+    nargs = 2
+
+
+class VecMat(IRNode):
+    """g[b, j] = Σ_i d[b, i] · W[i, j]   (numpy: d @ W)."""
+
+    nargs = 2
+
+
+class Outer(IRNode):
+    """G[j, k] = Σ_b d[b, j] · f[b, k]: a weight gradient summed over the batch (numpy: d.T @ f)."""
+
+    nargs = 2
+
+
+class BatchSum(IRNode):
+    """Σ_b e[b, ...]: a parameter gradient summed over the batch."""
+
+    nargs = 1
+
+
+class RowSum(IRNode):
+    """Σ_j e[b, j] over a vector of width n: RowSum(e, n) (padded columns excluded)."""
+
+    nargs = 2
+
+
+class Col(IRNode):
+    """A per-sample scalar used as a length-1 vector: x[:, None]."""
+
+    nargs = 1
+
+
+class First(IRNode):
+    """f[:, 0]: a width-1 output vector as one scalar per sample."""
+
+    nargs = 1
+
+
+class OneHot(IRNode):
+    """OneHot(y, n, z): [y = j] for a class index y over the n columns of the logits z (z gives the dtype)."""
+
+    nargs = 3
+
+
+class Softmax(IRNode):
+    nargs = 1
+
+
+class LogSumExp(IRNode):
+    nargs = 1
+
+
+@dataclass(frozen=True)
+class Array:
+    """A named array in the generated code: per-sample (batched) or a parameter."""
+
+    name: str
+    shape: Shape
+    batched: bool
+    dtype: str = "float"  # "float" or "int" (class indices)
+
+
+@dataclass(frozen=True)
+class Assign:
+    """``name = expr``; ``comment`` is the chain-rule step it implements."""
+
+    name: str
+    expr: sp.Expr
+    shape: Shape
+    batched: bool
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class KernelIR:
+    name: str
+    source: str  # the spec it came from, for the generated header
+    input: Array
+    target: Array
+    params: tuple[Array, ...]
+    slope_inits: tuple[tuple[str, float], ...]
+    fan_ins: tuple[tuple[str, int], ...]
+    forward: tuple[Assign, ...]
+    output: Assign  # ŷ as forward() returns it
+    loss: Assign  # the per-sample loss ℓ
+    backward: tuple[Assign, ...]
+    grads: tuple[tuple[str, str], ...]  # (param, gradient array)
+    loss_type: str
+    reduction: str
+
+    def grads_by_param(self) -> tuple[tuple[str, str], ...]:
+        """(param, gradient array) in the order of ``params``."""
+        g = dict(self.grads)
+        return tuple((p.name, g[p.name]) for p in self.params)
+
+    def arrays(self) -> dict[str, Array]:
+        out = {self.input.name: self.input, self.target.name: self.target}
+        out.update({p.name: p for p in self.params})
+        for a in (*self.forward, self.output, self.loss, *self.backward):
+            out[a.name] = Array(a.name, a.shape, a.batched)
+        return out

@@ -1,0 +1,238 @@
+"""Prove generated code right on fresh random inputs, against independent references.
+
+  numpy f64  vs torch.autograd f64 (reference.py)     rel. error <= 1e-10
+  numpy f64  vs central finite differences            rel. error <= 1e-6
+  numpy f32  vs numpy f64                              rel. error <= 1e-4
+  triton f32 vs numpy f64 (CUDA or the interpreter)    rel. error <= 1e-4
+  and one SGD train_step on each target.
+
+Errors are norm-wise, ‖got − want‖ / ‖want‖ (absolute where ‖want‖ = 0), the maximum over
+every seed and batch size.  Triton's output buffers are padded with sentinels, and an
+out-of-bounds write (the interpreter does not catch a missing mask) fails the check.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .modules import generated_modules, triton_device
+from .network import Network
+
+TOL_F64 = 1e-10  # two float64 evaluations of the same math: only rounding differs
+# Central differences in extended precision (np.longdouble, ε ≈ 1e-19 on x86-64), h = 1e-6·max(1, |θ|):
+# truncation O(h²) ≈ 1e-12 and rounding O(ε·|L|/h) ≈ 1e-13, far below the tolerance even for
+# gradients of 1e-5; the small h keeps the stencil from straddling a relu or hinge kink.
+TOL_FD = 1e-6
+TOL_F32 = 1e-4  # float32 arithmetic (ε ≈ 6e-8) accumulated over a few layers and a batch sum
+FD_STEP = 1e-6
+FD_ELEMENTS = 6  # finite differences on this many random elements of each parameter
+SENTINEL = 12345.0
+BATCH_SIZES = (1, 5, 37)
+LR = 0.1
+
+
+@dataclass
+class Check:
+    target: str
+    against: str
+    quantity: str
+    max_rel_err: float
+    tolerance: float
+    ok: bool
+
+
+@dataclass
+class Report:
+    network: str
+    seed: int
+    checks: list[Check] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "network": self.network, "seed": self.seed,
+                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped}
+
+
+class _Collector:
+    """Keeps the worst error per (target, against, quantity)."""
+
+    def __init__(self):
+        self.rows: dict[tuple, list] = {}
+
+    def add(self, target, against, quantity, err, tol):
+        key = (target, against, quantity)
+        err = float(err)
+        if key not in self.rows:
+            self.rows[key] = [err, tol]
+        elif not (self.rows[key][0] >= err):  # NaN sticks
+            self.rows[key][0] = err
+
+    def checks(self) -> list[Check]:
+        out = []
+        for (t, a, q), (err, tol) in self.rows.items():
+            out.append(Check(t, a, q, err, tol, bool(np.isfinite(err) and err <= tol)))
+        return out
+
+
+def rel_err(got, want) -> float:
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    diff = np.linalg.norm((got - want).ravel())
+    scale = np.linalg.norm(want.ravel())
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def sample(net: Network, rng: np.random.Generator, batch: int):
+    """Inputs and targets a loss accepts: ±1 labels for hinge/zero-one, {0, 1} for BCE, classes for CE."""
+    x = rng.standard_normal((batch, *net.input.shape))
+    kind = net.loss.type
+    t_shape = (batch, *net.target.shape)
+    if kind == "cross_entropy":
+        y = rng.integers(0, net.output_shape[0], size=batch)
+    elif kind in ("hinge", "zero_one"):
+        y = rng.choice([-1.0, 1.0], size=t_shape)
+    elif kind == "binary_cross_entropy":
+        y = rng.integers(0, 2, size=t_shape).astype(np.float64)
+    else:
+        y = rng.standard_normal(t_shape)
+    return x, y
+
+
+def random_params(mod, rng: np.random.Generator) -> dict:
+    # away from the initial values' structure (equal prelu slopes, symmetric ranges)
+    params = mod.init_params(seed=int(rng.integers(2**31)))
+    return {k: np.asarray(v + 0.1 * rng.standard_normal(v.shape)) for k, v in params.items()}
+
+
+def _fd_check(col: _Collector, mod, params, x, y, grads, rng):
+    params = {k: np.asarray(v, dtype=np.longdouble) for k, v in params.items()}
+    x = np.asarray(x, dtype=np.longdouble)
+    y = y if y.dtype.kind == "i" else np.asarray(y, dtype=np.longdouble)
+    for name, value in params.items():
+        flat_idx = rng.choice(value.size, size=min(FD_ELEMENTS, value.size), replace=False)
+        est, got = [], []
+        for fi in flat_idx:
+            idx = np.unravel_index(fi, value.shape) if value.shape else ()
+            h = np.longdouble(FD_STEP) * max(1, abs(value[idx]))
+            plus = {k: v.copy() for k, v in params.items()}
+            minus = {k: v.copy() for k, v in params.items()}
+            plus[name][idx] += h
+            minus[name][idx] -= h
+            est.append((mod._loss_value(plus, x, y) - mod._loss_value(minus, x, y)) / (2 * h))
+            got.append(grads[name][idx])
+        col.add("numpy-f64", "finite-differences", f"grad {name}", rel_err(got, est), TOL_FD)
+
+
+def verify(net: Network, source: str, seeds: int = 3, seed: int | None = None,
+           batch_sizes=BATCH_SIZES, progress=None) -> Report:
+    base = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    report = Report(net.name, base)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        report.skipped.append("torch.autograd and Triton checks: torch is not installed (pip install 'derive[gpu]')")
+    device = triton_device() if torch is not None else None
+    targets = ("numpy", "triton") if device else ("numpy",)
+    if torch is not None and device is None:
+        report.skipped.append("Triton checks: triton is not installed or no CUDA device and no interpreter")
+
+    col = _Collector()
+    with generated_modules(net, source, targets) as mods:
+        npm = mods["numpy"]
+        runs = [(s, b) for s in range(seeds) for b in batch_sizes]
+        for n, (s, batch) in enumerate(runs):
+            rng = np.random.default_rng([base, s, batch])
+            params = random_params(npm, rng)
+            x, y = sample(net, rng, batch)
+            _numpy_checks(col, net, npm, params, x, y, rng, torch)
+            if "triton" in mods:
+                _triton_checks(col, mods["triton"], npm, params, x, y, torch, device)
+            if progress:
+                progress(n + 1, len(runs))
+    report.checks = col.checks()
+    return report
+
+
+def _numpy_checks(col, net, npm, params, x, y, rng, torch):
+    yhat = npm.forward(params, x)
+    L = npm.loss(params, x, y)
+    grads = npm.gradients(params, x, y)
+    for name, g in grads.items():
+        if np.shape(g) != np.shape(params[name]):
+            col.add("numpy-f64", "parameter shapes", f"grad {name}", float("inf"), 0.0)
+    if torch is not None:
+        from . import reference
+
+        tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+        tx = torch.tensor(x, dtype=torch.float64)
+        ty = torch.tensor(y, dtype=torch.long if net.loss.type == "cross_entropy" else torch.float64)
+        tL, tg, tyhat = reference.loss_and_grads(net, tp, tx, ty)
+        col.add("numpy-f64", "torch.autograd-f64", "forward", rel_err(yhat, tyhat.numpy()), TOL_F64)
+        col.add("numpy-f64", "torch.autograd-f64", "loss", rel_err(L, tL.item()), TOL_F64)
+        for name in params:
+            col.add("numpy-f64", "torch.autograd-f64", f"grad {name}", rel_err(grads[name], tg[name].numpy()), TOL_F64)
+        new = npm.train_step(params, x, y, LR)
+        step = {k: (params[k] - new[k]) / LR for k in params}
+        col.add("numpy-f64", "torch.autograd-f64", "train_step",
+                max(rel_err(step[k], tg[k].numpy()) for k in params), TOL_F64)
+    _fd_check(col, npm, params, x, y, grads, rng)
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    x32 = x.astype(np.float32)
+    y32 = y if net.loss.type == "cross_entropy" else y.astype(np.float32)
+    g32 = npm.gradients(p32, x32, y32)
+    if any(np.asarray(v).dtype != np.float32 for v in g32.values()):
+        col.add("numpy-f32", "dtype", "gradients stay float32", float("inf"), 0.0)
+    col.add("numpy-f32", "numpy-f64", "forward", rel_err(npm.forward(p32, x32), yhat), TOL_F32)
+    col.add("numpy-f32", "numpy-f64", "gradients", max(rel_err(g32[k], grads[k]) for k in params), TOL_F32)
+
+
+def padded(torch, shape, device, pad=7):
+    """A zeroed tensor of ``shape`` inside a buffer whose ``pad`` elements either side hold SENTINEL."""
+    n = int(np.prod(shape, dtype=np.int64))
+    buf = torch.full((n + 2 * pad,), SENTINEL, dtype=torch.float32, device=device)
+    buf[pad:pad + n] = 0.0
+    return buf, buf[pad:pad + n].view(shape)
+
+
+def sentinels_intact(buf, pad=7) -> bool:
+    return bool((buf[:pad] == SENTINEL).all() and (buf[-pad:] == SENTINEL).all())
+
+
+def _triton_checks(col, trm, npm, params, x, y, torch, device):
+    tp = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in params.items()}
+    tx = torch.tensor(x, dtype=torch.float32, device=device)
+    ty = torch.tensor(y, dtype=torch.int32 if y.dtype.kind == "i" else torch.float32, device=device)
+    bufs = {k: padded(torch, v.shape, device) for k, v in params.items()}
+    grads = {k: view for k, (_, view) in bufs.items()}
+    loss_buf, loss_view = padded(torch, (1,), device)
+    out_shape = (x.shape[0], *np.shape(npm.forward(params, x))[1:])
+    out_buf, out_view = padded(torch, out_shape, device)
+    out_buf[7:-7] = SENTINEL  # every element of ŷ must be written
+    trm.launch(tp, tx, ty, grads=grads, loss=loss_view, out=out_view)
+    ok = all(sentinels_intact(b) for b, _ in bufs.values()) and sentinels_intact(loss_buf) and sentinels_intact(out_buf)
+    col.add("triton-f32", "sentinel padding", "no out-of-bounds writes", 0.0 if ok else float("inf"), 0.0)
+    ref = npm.gradients(params, x, y)
+    col.add("triton-f32", "numpy-f64", "forward", rel_err(out_view.cpu().numpy(), npm.forward(params, x)), TOL_F32)
+    col.add("triton-f32", "numpy-f64", "loss", rel_err(loss_view.cpu().numpy()[0], npm.loss(params, x, y)), TOL_F32)
+    for k in params:
+        col.add("triton-f32", "numpy-f64", f"grad {k}", rel_err(grads[k].cpu().numpy(), ref[k]), TOL_F32)
+    # The step (θ − θ')/η is compared, with η chosen so that η·‖g‖ = ‖θ‖: rounding θ' to float32
+    # then costs at most ~2ε of the step, and a wrong update cannot hide below it.
+    g_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in ref.values()))
+    p_norm = np.sqrt(sum(float(np.sum(np.square(v))) for v in params.values()))
+    lr = p_norm / g_norm if g_norm > 0 else LR
+    old = {k: v.cpu().numpy().astype(np.float64) for k, v in tp.items()}
+    new = trm.train_step(tp, tx, ty, lr)
+    got = np.concatenate([np.ravel((old[k] - new[k].cpu().numpy().astype(np.float64)) / lr) for k in params])
+    col.add("triton-f32", "numpy-f64", "train_step", rel_err(got, np.concatenate([np.ravel(ref[k]) for k in params])),
+            TOL_F32)

@@ -1,0 +1,38 @@
+"""Test setup: Triton runs under its interpreter on CPU tensors unless a CUDA device is present.
+
+TRITON_INTERPRET must be set before triton is first imported, so it happens here, at
+collection time.  CI uses a bounded hypothesis profile.
+"""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from derive.modules import triton_device
+
+DEVICE = triton_device()  # sets TRITON_INTERPRET=1 when there is no GPU
+
+settings.register_profile(
+    "ci", max_examples=15, deadline=None, derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def triton_device_name():
+    if DEVICE is None:
+        pytest.skip("triton is not installed")
+    return DEVICE
