@@ -17,7 +17,7 @@ import jinja2
 from . import derivation, lowering
 from .kernel_ir import KernelIR
 from .network import Network
-from .printers import NUMPY_HELPERS, TRITON_HELPERS, NumpyCodePrinter, TritonCodePrinter
+from .printers import NUMPY_HELPERS, TRITON_HELPERS, HostPrinter, NumpyCodePrinter, TritonCodePrinter
 
 TARGETS = ("numpy", "triton")
 TRITON_BLOCK_B = 64
@@ -61,6 +61,11 @@ def _params_ctx(ir: KernelIR) -> list[dict]:
 
 def _common(ir: KernelIR, out_dir: str) -> dict:
     return {
+        "optimizer": ir.optimizer,
+        "schedule": ir.schedule,
+        "hyper": [{"name": k, "value": repr(v)} for k, v in ir.hyper],
+        "state": list(ir.state),
+        "has_update": bool(ir.updates),
         "name": ir.name,
         "source": ir.source,
         "out_dir": out_dir,
@@ -88,6 +93,8 @@ def render_numpy(ir: KernelIR, out_dir: str = "generated") -> str:
         reduce="np.mean" if ir.reduction == "mean" else "np.sum",
         scale=f"1.0 / {ir.input.name}.shape[0]" if ir.reduction == "mean" else "1.0",
     )
+    ctx["scalars"] = [line(a) for a in ir.update_scalars]
+    ctx["updates"] = [line(a) for a in ir.updates]
     ctx["helpers"] = [NUMPY_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["imports"] = ["import numpy as np"]
     return _env().get_template("numpy_module.py.jinja").render(**ctx)
@@ -139,9 +146,21 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
         scale=f"1.0 / batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
     )
+    host = HostPrinter()
+    ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}
+                           for a in ir.update_scalars]
+    ctx["updates"] = [line(a) for a in ir.updates]
+    ctx["kernel_scalars"] = _kernel_scalars(ir)
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
-    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
+    ctx["imports"] = ["import math", "import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     return _env().get_template("triton_module.py.jinja").render(**ctx)
+
+
+def _kernel_scalars(ir: KernelIR) -> list[str]:
+    """The scalars the update kernel takes: every free symbol of the update that is not per-element."""
+    elementwise = {"theta", "g", *ir.state} | {a.name for a in ir.updates}
+    names = {s.name for a in ir.updates for s in a.expr.free_symbols} - elementwise
+    return sorted(names)
 
 
 def _mask(shape: tuple) -> str:

@@ -16,7 +16,17 @@ _DELTA = re.compile(r"delta(\d+)\Z")
 _GRAD = re.compile(r"dL_d(\w+)\Z")
 
 
+_GREEK = {"lr": "η0", "eta_t": "η_t", "momentum": "μ", "beta1": "β1", "beta2": "β2", "rho": "ρ", "eps": "ε",
+          "theta": "θ"}
+_STATE = {"Eg2": "E[g²]", "Edx2": "E[Δθ²]", "dx": "Δθ"}
+
+
 def text_name(name: str) -> str:
+    if name in _GREEK:
+        return _GREEK[name]
+    head, _, tail = name.partition("_")
+    if head in _STATE:
+        return f"{_STATE[head]}_{tail}" if tail else _STATE[head]
     m = _DELTA.match(name)
     if m:
         return f"δ{m.group(1)}"
@@ -84,6 +94,8 @@ class TextPrinter(StrPrinter):
     def _print_Pow(self, expr, rational=False):
         if expr.exp == 2:
             base = self.parenthesize(expr.base, sp.printing.precedence.PRECEDENCE["Pow"])
+            if "/" in base and not base.startswith("("):
+                base = f"({base})"  # (∂L/∂w1)², not ∂L/∂w1²
             return f"{base}²"
         return super()._print_Pow(expr, rational).replace("**", "^")
 

@@ -14,6 +14,7 @@ import sympy as sp
 from . import display
 from .derivation import Derivation, Step
 from .expand import expanded
+from . import optimizers
 from .losses import LOSS_RULES
 
 CHAIN_SHOWN = 9  # factors of a full chain shown before eliding the middle with "…"
@@ -120,7 +121,32 @@ def to_text(der: Derivation, param: str | None = None, expand: bool = False) -> 
         matrix = matrix_form(der, s)
         if matrix:
             add(f"    matrix form: {display.text_name(s.name)} = {matrix}")
+    lines += _updates_text(der, param)
     return "\n".join(lines) + "\n"
+
+
+def _updates_text(der: Derivation, param: str | None) -> list[str]:
+    opt = der.network.optimizer
+    hyper = ", ".join(f"{display.text_name(k)} = {v:g}" for k, v in opt.hyper.items())
+    out = ["", f"Parameter updates: {opt.type} ({hyper}; {opt.schedule} schedule)"]
+    rule = optimizers.rule_for(opt)
+    if rule is None:
+        out.append("  L-BFGS: θ ← θ + α_k·p_k with p_k = −H_k·∇L from the last m (s, y) pairs (two-loop")
+        out.append("  recursion) and α_k from a line search; run by scipy.optimize.minimize(method=\"L-BFGS-B\")")
+        out.append("  on the generated loss and gradient (derive train).")
+        return out
+    out.append(f"  η_t = {display.text(optimizers.SCHEDULE_EXPR[opt.schedule])}   (t = 1, 2, … counts the steps)")
+    for lhs, rhs in rule.scalars:
+        out.append(f"  {display.text(lhs)} = {display.text(rhs)}")
+    if rule.state:
+        out.append("  state, zero at t = 0: " + ", ".join(display.text_name(s.name) for s in rule.state)
+                   + " (one per parameter)")
+    for p in der.network.params:
+        if param is not None and p.name != param:
+            continue
+        for lhs, rhs in optimizers.instantiate(opt, p.name):
+            out.append(f"  {display.text(lhs)} ← {display.text(rhs)}")
+    return out
 
 
 def _delta_shown(der: Derivation, step: Step) -> sp.Expr:
@@ -196,7 +222,26 @@ def to_json_dict(der: Derivation, param: str | None = None, expand: bool = False
             for s in der.gradients
             if param is None or s.param == param
         ],
+        "optimizer": _optimizer_json(der, param),
     }
+    return out
+
+
+def _optimizer_json(der: Derivation, param: str | None) -> dict:
+    opt = der.network.optimizer
+    rule = optimizers.rule_for(opt)
+    out = {"type": opt.type, "schedule": opt.schedule, "hyper": opt.hyper,
+           "eta_t": str(optimizers.SCHEDULE_EXPR[opt.schedule])}
+    if rule is None:
+        out["note"] = "L-BFGS via scipy.optimize.minimize(method='L-BFGS-B') on the generated loss and gradient"
+        return out
+    out["scalars"] = [{"name": str(lhs), "expression": str(rhs)} for lhs, rhs in rule.scalars]
+    out["state"] = [s.name for s in rule.state]
+    out["updates"] = [
+        {"param": p.name, "steps": [{"name": str(lhs), "expression": str(rhs)}
+                                    for lhs, rhs in optimizers.instantiate(opt, p.name)]}
+        for p in der.network.params if param is None or p.name == param
+    ]
     return out
 
 

@@ -114,6 +114,12 @@ class KernelIR:
     grads: tuple[tuple[str, str], ...]  # (param, gradient array)
     loss_type: str
     reduction: str
+    optimizer: str = "sgd"
+    schedule: str = "constant"
+    hyper: tuple[tuple[str, float], ...] = ()
+    state: tuple[str, ...] = ()  # per-parameter optimizer state
+    update_scalars: tuple[Assign, ...] = ()  # host scalars, once per step (η_t, bias corrections)
+    updates: tuple[Assign, ...] = ()  # the elementwise update of one parameter θ with gradient g
 
     def grads_by_param(self) -> tuple[tuple[str, str], ...]:
         """(param, gradient array) in the order of ``params``."""

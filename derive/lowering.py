@@ -155,7 +155,25 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         grads=tuple(grads),
         loss_type=net.loss.type,
         reduction=net.loss.reduction,
+        **_lower_optimizer(net),
     )
+
+
+def _lower_optimizer(net) -> dict:
+    from . import optimizers
+    from .display import text
+
+    opt = net.optimizer
+    rule = optimizers.rule_for(opt)
+    out = {"optimizer": opt.type, "schedule": opt.schedule, "hyper": tuple(opt.hyper.items())}
+    if rule is None:
+        return out
+    eta = Assign("eta_t", optimizers.SCHEDULE_EXPR[opt.schedule], (), False,
+                 f"η_t = {text(optimizers.SCHEDULE_EXPR[opt.schedule])} ({opt.schedule} schedule)")
+    scalars = (eta,) + tuple(Assign(str(lhs), rhs, (), False, f"{lhs} = {text(rhs)}") for lhs, rhs in rule.scalars)
+    updates = tuple(Assign(str(lhs), rhs, (), True, f"{text(lhs)} ← {text(rhs)}") for lhs, rhs in rule.steps)
+    out.update(state=tuple(str(s) for s in rule.state), update_scalars=scalars, updates=updates)
+    return out
 
 
 def _lower_step(s: Step, ctx: _Ctx) -> Assign:

@@ -16,35 +16,45 @@ import re
 SOFT_KEYWORDS = frozenset({"_", "case", "match", "type"})
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-# Names the generated modules and templates use for their own purposes.
+# Names the generated modules use at module level, as function arguments, or as kernel
+# locals.  Host-code locals in the templates all start with "_", which spec names may not.
 RESERVED = frozenset(
     {
-        "np", "torch", "triton", "tl", "math", "params", "grads", "batch", "scale",
-        "lr", "seed", "rng", "loss", "forward", "gradients", "train_step", "init_params",
-        "yhat", "L", "state", "t", "out", "pid", "rows", "row_mask", "dtype", "name",
-        "value", "sigmoid", "relu", "softplus", "step", "onehot", "logsumexp", "softmax",
-        # locals of the generated host code and kernels
-        "B", "N", "LOSS", "OUT", "BLOCK", "P_ptr", "G_ptr", "offs", "mask", "p", "g", "new", "flat", "gflat",
-        "n", "views", "offset", "shape", "arrays", "k", "v", "device", "block_b", "blk", "dummy", "total",
-        "launch", "row_mask", "loss_per_sample", "np", "NAME", "PARAM_SHAPES", "LOSS", "REDUCTION",
+        # modules and module-level names
+        "np", "torch", "triton", "tl", "math", "NAME", "PARAM_SHAPES", "LOSS", "REDUCTION", "BLOCK_B",
+        "OPTIMIZER", "HYPER", "STATE",
+        # functions of the generated modules and their helpers
+        "init_params", "forward", "loss", "gradients", "value_and_gradients", "train_step", "launch",
+        "init_state", "apply_update", "step", "sigmoid", "softplus", "logsumexp", "softmax", "onehot",
+        # arguments and kernel locals
+        "params", "grads", "state", "hyper", "lr", "t", "seed", "dtype", "device", "scale", "pid", "rows",
+        "row_mask", "loss_per_sample", "B", "N", "BLOCK", "offs", "mask", "yhat", "L",
+        # optimizer rule symbols
+        "theta", "g", "eta_t", "bc1", "bc2", "vel", "G", "m", "v", "Eg2", "Edx2", "dx",
+        "momentum", "eps", "rho", "beta1", "beta2",
     }
 )
 
 
-def check_identifier(name: object) -> str | None:
-    """Return a reason the name is unusable, or None when it is fine."""
+def check_identifier(name: object, variable: bool = True) -> str | None:
+    """Return a reason the name is unusable, or None when it is fine.
+
+    ``variable=False`` is for the network's name, which only prefixes file and kernel names.
+    """
     if not isinstance(name, str):
         return f"expected a name (string), got {type(name).__name__}"
     if not IDENTIFIER.match(name):
         return f"expected a plain identifier matching [A-Za-z_][A-Za-z0-9_]*, got {name!r}"
     if keyword.iskeyword(name) or name in SOFT_KEYWORDS:
         return f"{name!r} is a Python keyword; choose another name"
-    if name.startswith("__"):
-        return f"{name!r} starts with '__', which is reserved; choose another name"
+    if name.startswith("_"):
+        return f"{name!r} starts with '_', which the generated code keeps for its own names; choose another name"
+    if not variable:
+        return None
     if name in RESERVED:
         return f"{name!r} is used by the generated code itself; choose another name"
-    if name.endswith("_ptr") or name.startswith(("cols_", "cmask_", "WITH_", "_")):
-        return f"{name!r} has a prefix or suffix the generated kernels use (_ptr, cols_, cmask_, WITH_, _); choose another name"
+    if name.endswith("_ptr") or name.startswith(("cols_", "cmask_", "WITH_")):
+        return f"{name!r} has a prefix or suffix the generated kernels use (_ptr, cols_, cmask_, WITH_); choose another name"
     if re.fullmatch(r"(a|f|delta|t)\d+", name) or name.startswith("dL_d") or name.startswith("BLOCK_"):
         return f"{name!r} is a name the derivation generates (a1, f1, delta1, dL_d..., t1); choose another name"
     return None

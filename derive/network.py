@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from . import names
 from .errors import SpecError
+from .optimizers import Optimizer
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu", "softplus", "prelu")
 LOSSES = ("l2", "l1", "hinge", "zero_one", "cross_entropy", "binary_cross_entropy")
@@ -94,6 +95,7 @@ class Network:
     input: Port = Port("x")
     target: Port = Port("y")
     loss: Loss = Loss()
+    optimizer: Optimizer = Optimizer()
     info: tuple[LayerInfo, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -128,8 +130,8 @@ class Network:
         return any(li.vector for li in self.info)
 
 
-def _check_name(path: str, value: object) -> str:
-    reason = names.check_identifier(value)
+def _check_name(path: str, value: object, variable: bool = True) -> str:
+    reason = names.check_identifier(value, variable)
     if reason:
         raise SpecError(path, reason)
     return value  # type: ignore[return-value]
@@ -145,7 +147,7 @@ def _check_shape(path: str, shape: object) -> Shape:
 
 
 def _resolve(net: Network) -> tuple[LayerInfo, ...]:
-    _check_name("name", net.name)
+    _check_name("name", net.name, variable=False)
     _check_name("input.name", net.input.name)
     _check_name("target.name", net.target.name)
     in_shape = _check_shape("input.shape", net.input.shape)

@@ -155,6 +155,10 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def _print_Pow(self, e, rational=False):
         b, x = e.args
         base = self.parenthesize(b, sp.printing.precedence.PRECEDENCE["Mul"])
+        if x == sp.S.Half:
+            return "tl.sqrt(%s)" % self._print(b)
+        if x == -sp.S.Half:
+            return "(1.0 / tl.sqrt(%s))" % self._print(b)
         if x.is_Integer and 2 <= int(x) <= 4:
             return "(" + " * ".join([base] * int(x)) + ")"
         if x == -1:
@@ -297,3 +301,10 @@ def _softmax(z, mask):
     e = tl.where(mask, tl.exp(z - m[:, None]), 0.0)
     return e / tl.sum(e, axis=1)[:, None]''',
 }
+
+
+class HostPrinter(PythonCodePrinter):
+    """Plain Python for the host scalars of an optimizer step (η_t = lr/√t, 1 − β^t)."""
+
+    def __init__(self):
+        super().__init__({"strict": True, "fully_qualified_modules": True})

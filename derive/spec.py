@@ -17,8 +17,9 @@ from typing import Any
 
 from .errors import SpecError
 from .network import ACTIVATIONS, Linear, Loss, Network, Port
+from .optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
 
-TOP_KEYS = ("name", "input", "target", "layers", "loss")
+TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer")
 PORT_KEYS = ("name", "shape")
 LAYER_TYPES = ("linear",)
 LINEAR_KEYS = ("type", "out", "weight", "bias", "activation", "slope", "slope_init")
@@ -149,7 +150,8 @@ def _parse(data: Any) -> Network:
         raise SpecError("layers", f"expected an array of tables ([[layers]]), got {_show(layers_value)}")
     layers = tuple(_layer(f"layers[{i}]", entry) for i, entry in enumerate(layers_value))
     loss = _loss("loss", data["loss"]) if "loss" in data else Loss()
-    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss)
+    optimizer = _optimizer("optimizer", data["optimizer"]) if "optimizer" in data else Optimizer()
+    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss, optimizer=optimizer)
 
 
 def _port(path: str, value: Any, default: Port) -> Port:
@@ -214,3 +216,21 @@ def _loss(path: str, value: Any) -> Loss:
     if "reduction" in table:
         kwargs["reduction"] = _string(f"{path}.reduction", table["reduction"], '"mean" or "sum"')
     return Loss(**kwargs)
+
+
+def _optimizer(path: str, value: Any) -> Optimizer:
+    table = _table(path, value, "[optimizer]")
+    kind = _string(f"{path}.type", table.get("type", "sgd"))
+    if kind not in OPTIMIZER_TYPES:
+        raise SpecError(f"{path}.type", f"expected one of {', '.join(OPTIMIZER_TYPES)}, got {_show(kind)}")
+    _check_keys(path, table, ("type", "lr", "schedule", *CONSTANTS[kind]))
+    lr = _number(f"{path}.lr", table["lr"], "a positive number") if "lr" in table else None
+    schedule = _string(f"{path}.schedule", table.get("schedule", "constant"), '"constant" or "inv_sqrt"')
+    constants = {}
+    for key in CONSTANTS[kind]:
+        if key in table:
+            if key == "history":
+                constants[key] = _integer(f"{path}.{key}", table[key])
+            else:
+                constants[key] = _number(f"{path}.{key}", table[key], "a number")
+    return Optimizer(kind, lr, schedule, tuple(sorted(constants.items())))

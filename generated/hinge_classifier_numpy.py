@@ -4,7 +4,9 @@
 
 Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
-its shape); train_step(params, x, y, lr) -> new params (SGD).  x has shape
+its shape); train_step(params, x, y, lr) -> new params (SGD);
+init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
+spec's optimizer (sgd).  x has shape
 (batch, *[2]); y has shape (batch, *[]).
 Works in float32 and float64 (the parameters' and x's dtype).
 """
@@ -20,6 +22,12 @@ PARAM_SHAPES = {
 }
 LOSS = "hinge"
 REDUCTION = "mean"
+OPTIMIZER = "sgd"
+SCHEDULE = "constant"
+HYPER = {
+    "lr": 0.01,
+}
+STATE = ()  # per-parameter optimizer state, zero at the start
 
 
 def sigmoid(x):
@@ -71,7 +79,8 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def gradients(params, x, y):
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
     W1 = params["W1"]
     b1 = params["b1"]
     W2 = params["W2"]
@@ -82,6 +91,7 @@ def gradients(params, x, y):
     f1 = sigmoid(a1)  # f1[j] = σ(a1[j])
     a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
+    loss_per_sample = np.sum(np.maximum(-f2*y[:, None] + 1, 0), axis=1)
     # ---- backward pass: each delta once, re-used below
     dL_df2 = -scale*y[:, None]*np.heaviside(-f2*y[:, None] + 1, 0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
@@ -91,7 +101,7 @@ def gradients(params, x, y):
     delta1 = dL_df1*f1*(1 - f1)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = np.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
-    return {
+    return float(np.mean(loss_per_sample)), {
         "W1": dL_dW1,
         "b1": dL_db1,
         "W2": dL_dW2,
@@ -99,7 +109,36 @@ def gradients(params, x, y):
     }
 
 
+def gradients(params, x, y):
+    return value_and_gradients(params, x, y)[1]
+
+
 def train_step(params, x, y, lr):
     """One step of gradient descent: θ ← θ − η·∂L/∂θ."""
-    grads = gradients(params, x, y)
-    return {name: np.asarray(params[name] - lr * grads[name]) for name in params}
+    _grads = gradients(params, x, y)
+    return {_name: np.asarray(params[_name] - lr * _grads[_name]) for _name in params}
+
+
+def init_state(params):
+    return {_kind: {_name: np.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+
+
+def apply_update(params, state, grads, t, hyper=None):
+    """One sgd update at step t (t counts from 1); ``hyper`` overrides HYPER."""
+    _h = {**HYPER, **(hyper or {})}
+    lr = _h["lr"]
+    eta_t = lr  # η_t = η0 (constant schedule)
+    _params, _state = {}, {_kind: {} for _kind in STATE}
+    for _name in params:
+        theta = params[_name]
+        g = grads[_name]
+        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        _params[_name] = np.asarray(theta)
+    return _params, _state
+
+
+def step(params, state, x, y, t, hyper=None):
+    """Gradients on this batch, then one sgd update: -> (params, state, loss)."""
+    _loss, _grads = value_and_gradients(params, x, y)
+    _params, _state = apply_update(params, state, _grads, t, hyper)
+    return _params, _state, _loss

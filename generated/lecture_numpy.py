@@ -4,7 +4,9 @@
 
 Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
-its shape); train_step(params, x, y, lr) -> new params (SGD).  x has shape
+its shape); train_step(params, x, y, lr) -> new params (SGD);
+init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
+spec's optimizer (sgd).  x has shape
 (batch, *[]); y has shape (batch, *[]).
 Works in float32 and float64 (the parameters' and x's dtype).
 """
@@ -20,6 +22,12 @@ PARAM_SHAPES = {
 }
 LOSS = "l2"
 REDUCTION = "mean"
+OPTIMIZER = "sgd"
+SCHEDULE = "constant"
+HYPER = {
+    "lr": 0.01,
+}
+STATE = ()  # per-parameter optimizer state, zero at the start
 
 
 def sigmoid(x):
@@ -75,7 +83,8 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def gradients(params, x, y):
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
     w1 = params["w1"]
     b1 = params["b1"]
     w2 = params["w2"]
@@ -88,6 +97,7 @@ def gradients(params, x, y):
     f2 = sigmoid(a2)  # f2 = σ(a2)
     a3 = f2*w3  # a3 = w3·f2
     f3 = sigmoid(a3)  # f3 = σ(a3)
+    loss_per_sample = (1/2)*(-f3 + y)**2
     # ---- backward pass: each delta once, re-used below
     dL_df3 = scale*(f3 - y)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
@@ -99,7 +109,7 @@ def gradients(params, x, y):
     delta1 = dL_df1*f1*(1 - f1)  # δ1 = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dw1 = np.sum(delta1*x, axis=0)  # ∂L/∂w1 = δ1 · ∂a1/∂w1, summed over the batch
     dL_db1 = np.sum(delta1, axis=0)  # ∂L/∂b1 = δ1 · ∂a1/∂b1, summed over the batch
-    return {
+    return float(np.mean(loss_per_sample)), {
         "w1": dL_dw1,
         "b1": dL_db1,
         "w2": dL_dw2,
@@ -107,7 +117,36 @@ def gradients(params, x, y):
     }
 
 
+def gradients(params, x, y):
+    return value_and_gradients(params, x, y)[1]
+
+
 def train_step(params, x, y, lr):
     """One step of gradient descent: θ ← θ − η·∂L/∂θ."""
-    grads = gradients(params, x, y)
-    return {name: np.asarray(params[name] - lr * grads[name]) for name in params}
+    _grads = gradients(params, x, y)
+    return {_name: np.asarray(params[_name] - lr * _grads[_name]) for _name in params}
+
+
+def init_state(params):
+    return {_kind: {_name: np.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+
+
+def apply_update(params, state, grads, t, hyper=None):
+    """One sgd update at step t (t counts from 1); ``hyper`` overrides HYPER."""
+    _h = {**HYPER, **(hyper or {})}
+    lr = _h["lr"]
+    eta_t = lr  # η_t = η0 (constant schedule)
+    _params, _state = {}, {_kind: {} for _kind in STATE}
+    for _name in params:
+        theta = params[_name]
+        g = grads[_name]
+        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        _params[_name] = np.asarray(theta)
+    return _params, _state
+
+
+def step(params, state, x, y, t, hyper=None):
+    """Gradients on this batch, then one sgd update: -> (params, state, loss)."""
+    _loss, _grads = value_and_gradients(params, x, y)
+    _params, _state = apply_update(params, state, _grads, t, hyper)
+    return _params, _state, _loss

@@ -4,7 +4,9 @@
 
 Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
-its shape); train_step(params, x, y, lr) -> new params (SGD).  x has shape
+its shape); train_step(params, x, y, lr) -> new params (SGD);
+init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
+spec's optimizer (sgd).  x has shape
 (batch, *[]); y has shape (batch, *[]).
 Works in float32 and float64 (the parameters' and x's dtype).
 """
@@ -18,6 +20,12 @@ PARAM_SHAPES = {
 }
 LOSS = "l2"
 REDUCTION = "mean"
+OPTIMIZER = "sgd"
+SCHEDULE = "constant"
+HYPER = {
+    "lr": 0.01,
+}
+STATE = ()  # per-parameter optimizer state, zero at the start
 
 
 def init_params(seed=0, dtype=np.float64):
@@ -54,25 +62,56 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def gradients(params, x, y):
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
     theta1 = params["theta1"]
     theta0 = params["theta0"]
     scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
     a1 = theta0 + theta1*x  # a1 = theta1·x + theta0
     f1 = a1  # f1 = a1
+    loss_per_sample = (1/2)*(-f1 + y)**2
     # ---- backward pass: each delta once, re-used below
     dL_df1 = scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dtheta1 = np.sum(delta1*x, axis=0)  # ∂L/∂theta1 = δ1 · ∂a1/∂theta1, summed over the batch
     dL_dtheta0 = np.sum(delta1, axis=0)  # ∂L/∂theta0 = δ1 · ∂a1/∂theta0, summed over the batch
-    return {
+    return float(np.mean(loss_per_sample)), {
         "theta1": dL_dtheta1,
         "theta0": dL_dtheta0,
     }
 
 
+def gradients(params, x, y):
+    return value_and_gradients(params, x, y)[1]
+
+
 def train_step(params, x, y, lr):
     """One step of gradient descent: θ ← θ − η·∂L/∂θ."""
-    grads = gradients(params, x, y)
-    return {name: np.asarray(params[name] - lr * grads[name]) for name in params}
+    _grads = gradients(params, x, y)
+    return {_name: np.asarray(params[_name] - lr * _grads[_name]) for _name in params}
+
+
+def init_state(params):
+    return {_kind: {_name: np.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+
+
+def apply_update(params, state, grads, t, hyper=None):
+    """One sgd update at step t (t counts from 1); ``hyper`` overrides HYPER."""
+    _h = {**HYPER, **(hyper or {})}
+    lr = _h["lr"]
+    eta_t = lr  # η_t = η0 (constant schedule)
+    _params, _state = {}, {_kind: {} for _kind in STATE}
+    for _name in params:
+        theta = params[_name]
+        g = grads[_name]
+        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        _params[_name] = np.asarray(theta)
+    return _params, _state
+
+
+def step(params, state, x, y, t, hyper=None):
+    """Gradients on this batch, then one sgd update: -> (params, state, loss)."""
+    _loss, _grads = value_and_gradients(params, x, y)
+    _params, _state = apply_update(params, state, _grads, t, hyper)
+    return _params, _state, _loss

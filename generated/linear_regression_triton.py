@@ -4,10 +4,12 @@
 gradient reduction in one launch (linear_regression_fused_kernel), then one SGD launch.
 
 Same contract as linear_regression_numpy, on torch tensors: init_params, forward, loss,
-gradients, train_step.  Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1
+gradients, train_step, init_state, step (one fused launch, then one
+sgd update launch for all parameters).  Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1
 (set before this module is imported).
 """
 
+import math
 import numpy as np
 import torch
 import triton
@@ -20,6 +22,12 @@ PARAM_SHAPES = {
 }
 LOSS = "l2"
 REDUCTION = "mean"
+OPTIMIZER = "sgd"
+SCHEDULE = "constant"
+HYPER = {
+    "lr": 0.01,
+}
+STATE = ()  # per-parameter optimizer state, zero at the start
 BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
 
 
@@ -83,20 +91,37 @@ def linear_regression_sgd_kernel(
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    p = tl.load(P_ptr + offs, mask=mask)
+    theta = tl.load(P_ptr + offs, mask=mask)
     g = tl.load(G_ptr + offs, mask=mask)
-    tl.store(P_ptr + offs, p - lr * g, mask=mask)  # θ ← θ − η·∂L/∂θ
+    tl.store(P_ptr + offs, theta - lr * g, mask=mask)  # θ ← θ − η·∂L/∂θ
+
+
+@triton.jit
+def linear_regression_update_kernel(
+    P_ptr,  # all parameters, flattened into one float32 buffer
+    G_ptr,  # their gradients, same layout
+    N,  # number of elements
+    eta_t,  # host scalar
+    BLOCK: tl.constexpr,
+):
+    """One sgd update of every parameter in one launch."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    theta = tl.load(P_ptr + offs, mask=mask)
+    g = tl.load(G_ptr + offs, mask=mask)
+    theta = -eta_t*g + theta  # θ ← θ - g·η_t
+    tl.store(P_ptr + offs, theta, mask=mask)
 
 
 def init_params(seed=0, device="cpu"):
     """The same values as linear_regression_numpy.init_params(seed), as float32 tensors."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
-    arrays = {
+    _arrays = {
         "theta1": np.asarray(rng.uniform(-1.0, 1.0, size=()), dtype=dtype),
         "theta0": np.asarray(rng.uniform(-1.0, 1.0, size=()), dtype=dtype),
     }
-    return {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in arrays.items()}
+    return {_k: torch.tensor(_v, dtype=torch.float32, device=device) for _k, _v in _arrays.items()}
 
 
 def _block(batch, block_b):
@@ -108,62 +133,88 @@ def _block(batch, block_b):
 def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     """Run the fused kernel once.  ``grads`` (dict of zeroed float32 tensors), ``loss``
     (a zeroed 1-element tensor) and ``out`` (ŷ) are filled when given."""
-    batch = x.shape[0]
-    p = {name: params[name].contiguous() for name in PARAM_SHAPES}
-    dummy = x.new_empty(1, dtype=torch.float32)
-    g = grads if grads is not None else {name: dummy for name in PARAM_SHAPES}
-    blk = _block(batch, block_b)
-    linear_regression_fused_kernel[(triton.cdiv(batch, blk),)](
+    _batch = x.shape[0]
+    _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
+    _dummy = x.new_empty(1, dtype=torch.float32)
+    _g = grads if grads is not None else {_name: _dummy for _name in PARAM_SHAPES}
+    _blk = _block(_batch, block_b)
+    linear_regression_fused_kernel[(triton.cdiv(_batch, _blk),)](
         x.contiguous(),
-        y.contiguous() if y is not None else dummy,
-        p["theta1"],
-        p["theta0"],
-        g["theta1"],
-        g["theta0"],
-        loss if loss is not None else dummy,
-        out if out is not None else dummy,
-        batch,
+        y.contiguous() if y is not None else _dummy,
+        _p["theta1"],
+        _p["theta0"],
+        _g["theta1"],
+        _g["theta0"],
+        loss if loss is not None else _dummy,
+        out if out is not None else _dummy,
+        _batch,
         1.0 / batch,
         WITH_OUT=out is not None,
         WITH_LOSS=loss is not None,
         WITH_GRAD=grads is not None,
-        BLOCK_B=blk,
+        BLOCK_B=_blk,
     )
 
 
 def forward(params, x):
-    out = torch.empty((x.shape[0], *()), dtype=torch.float32, device=x.device)
-    launch(params, x, out=out)
-    return out
+    _out = torch.empty((x.shape[0], *()), dtype=torch.float32, device=x.device)
+    launch(params, x, out=_out)
+    return _out
 
 
 def loss(params, x, y):
-    total = torch.zeros(1, dtype=torch.float32, device=x.device)
-    launch(params, x, y, loss=total)
-    return float(total[0])
+    _total = torch.zeros(1, dtype=torch.float32, device=x.device)
+    launch(params, x, y, loss=_total)
+    return float(_total[0])
 
 
 def gradients(params, x, y):
-    grads = {name: torch.zeros(shape, dtype=torch.float32, device=x.device) for name, shape in PARAM_SHAPES.items()}
-    launch(params, x, y, grads=grads)
-    return grads
+    _grads = {_name: torch.zeros(_shape, dtype=torch.float32, device=x.device)
+              for _name, _shape in PARAM_SHAPES.items()}
+    launch(params, x, y, grads=_grads)
+    return _grads
+
+
+def _flat(tensors):
+    return torch.cat([tensors[_name].reshape(-1).to(torch.float32) for _name in PARAM_SHAPES])
 
 
 def _flat_views(flat):
-    views, offset = {}, 0
-    for name, shape in PARAM_SHAPES.items():
-        n = int(np.prod(shape, dtype=np.int64))
-        views[name] = flat[offset:offset + n].view(shape)
-        offset += n
-    return views
+    _views, _offset = {}, 0
+    for _name, _shape in PARAM_SHAPES.items():
+        _n = int(np.prod(_shape, dtype=np.int64))
+        _views[_name] = flat[_offset:_offset + _n].view(_shape)
+        _offset += _n
+    return _views
 
 
 def train_step(params, x, y, lr):
     """One SGD step in two launches: the fused kernel fills the gradients, one kernel updates."""
-    flat = torch.cat([params[name].reshape(-1).to(torch.float32) for name in PARAM_SHAPES])
-    gflat = torch.zeros_like(flat)
-    new, grads = _flat_views(flat), _flat_views(gflat)
-    launch(new, x, y, grads=grads)
-    n = flat.numel()
-    linear_regression_sgd_kernel[(triton.cdiv(n, 1024),)](flat, gflat, n, lr, BLOCK=1024)
-    return new
+    _params = _flat(params)
+    _grads = torch.zeros_like(_params)
+    launch(_flat_views(_params), x, y, grads=_flat_views(_grads))
+    _n = _params.numel()
+    linear_regression_sgd_kernel[(triton.cdiv(_n, 1024),)](_params, _grads, _n, lr, BLOCK=1024)
+    return _flat_views(_params)
+
+
+def init_state(params):
+    return {_kind: {_name: torch.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+
+
+def step(params, state, x, y, t, hyper=None):
+    """The fused kernel (loss and gradients), then one sgd update kernel for all
+    parameters: -> (params, state, loss)."""
+    _h = {**HYPER, **(hyper or {})}
+    lr = _h["lr"]
+    eta_t = lr  # η_t = η0 (constant schedule)
+    _params = _flat(params)
+    _grads = torch.zeros_like(_params)
+    _state = {_kind: _flat(state[_kind]) for _kind in STATE}
+    _total = torch.zeros(1, dtype=torch.float32, device=x.device)
+    launch(_flat_views(_params), x, y, grads=_flat_views(_grads), loss=_total)
+    _n = _params.numel()
+    linear_regression_update_kernel[(triton.cdiv(_n, 1024),)](
+        _params, _grads, _n, eta_t, BLOCK=1024
+    )
+    return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(_total[0])

@@ -4,7 +4,9 @@
 
 Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
-its shape); train_step(params, x, y, lr) -> new params (SGD).  x has shape
+its shape); train_step(params, x, y, lr) -> new params (SGD);
+init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
+spec's optimizer (sgd).  x has shape
 (batch, *[4]); y has shape (batch, *[]) and holds class indices.
 Works in float32 and float64 (the parameters' and x's dtype).
 """
@@ -22,6 +24,12 @@ PARAM_SHAPES = {
 }
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+OPTIMIZER = "sgd"
+SCHEDULE = "constant"
+HYPER = {
+    "lr": 0.01,
+}
+STATE = ()  # per-parameter optimizer state, zero at the start
 
 
 def logsumexp(z):
@@ -95,7 +103,8 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def gradients(params, x, y):
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
     W1 = params["W1"]
     b1 = params["b1"]
     W2 = params["W2"]
@@ -110,6 +119,7 @@ def gradients(params, x, y):
     f2 = np.tanh(a2)  # f2[j] = tanh(a2[j])
     a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
+    loss_per_sample = logsumexp(f3) - np.sum(f3*onehot(y, 3, f3.dtype), axis=1)
     # ---- backward pass: each delta once, re-used below
     dL_df3 = scale*(-onehot(y, 3, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
@@ -123,7 +133,7 @@ def gradients(params, x, y):
     delta1 = dL_df1*np.heaviside(a1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = np.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
-    return {
+    return float(np.mean(loss_per_sample)), {
         "W1": dL_dW1,
         "b1": dL_db1,
         "W2": dL_dW2,
@@ -133,7 +143,36 @@ def gradients(params, x, y):
     }
 
 
+def gradients(params, x, y):
+    return value_and_gradients(params, x, y)[1]
+
+
 def train_step(params, x, y, lr):
     """One step of gradient descent: θ ← θ − η·∂L/∂θ."""
-    grads = gradients(params, x, y)
-    return {name: np.asarray(params[name] - lr * grads[name]) for name in params}
+    _grads = gradients(params, x, y)
+    return {_name: np.asarray(params[_name] - lr * _grads[_name]) for _name in params}
+
+
+def init_state(params):
+    return {_kind: {_name: np.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+
+
+def apply_update(params, state, grads, t, hyper=None):
+    """One sgd update at step t (t counts from 1); ``hyper`` overrides HYPER."""
+    _h = {**HYPER, **(hyper or {})}
+    lr = _h["lr"]
+    eta_t = lr  # η_t = η0 (constant schedule)
+    _params, _state = {}, {_kind: {} for _kind in STATE}
+    for _name in params:
+        theta = params[_name]
+        g = grads[_name]
+        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        _params[_name] = np.asarray(theta)
+    return _params, _state
+
+
+def step(params, state, x, y, t, hyper=None):
+    """Gradients on this batch, then one sgd update: -> (params, state, loss)."""
+    _loss, _grads = value_and_gradients(params, x, y)
+    _params, _state = apply_update(params, state, _grads, t, hyper)
+    return _params, _state, _loss
