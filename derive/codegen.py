@@ -143,7 +143,7 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
         loss_scale="scale",
         backward=backward,
         grad_stores=[_store_grad(p, g) for p, (_, g) in zip(ir.params, ir.grads_by_param())],
-        scale=f"1.0 / batch" if ir.reduction == "mean" else "1.0",
+        scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
     )
     host = HostPrinter()

@@ -49,6 +49,8 @@ def import_file(path: Path, module_name: str):
 @contextmanager
 def generated_modules(net: Network, source: str, targets=("numpy", "triton")):
     """Yield {target: module} for freshly generated code."""
+    if "triton" in targets:
+        triton_device()  # the interpreter must be chosen before triton is imported
     files = codegen.generate(net, source, targets)
     with tempfile.TemporaryDirectory(prefix="derive-") as tmp:
         mods = {}

@@ -181,7 +181,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         loss if loss is not None else _dummy,
         out if out is not None else _dummy,
         _batch,
-        1.0 / batch,
+        1.0 / _batch,
         WITH_OUT=out is not None,
         WITH_LOSS=loss is not None,
         WITH_GRAD=grads is not None,
