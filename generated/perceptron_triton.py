@@ -92,8 +92,8 @@ def perceptron_sgd_kernel(
 
 @triton.jit
 def perceptron_update_kernel(
-    P_ptr,  # all parameters, flattened into one float32 buffer
-    G_ptr,  # their gradients, same layout
+    PARAMS_ptr,  # all parameters, flattened into one float32 buffer
+    GRADS_ptr,  # their gradients, same layout
     N,  # number of elements
     eta_t,  # host scalar
     BLOCK: tl.constexpr,
@@ -101,10 +101,10 @@ def perceptron_update_kernel(
     """One sgd update of every parameter in one launch."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    theta = tl.load(P_ptr + offs, mask=mask)
-    g = tl.load(G_ptr + offs, mask=mask)
+    theta = tl.load(PARAMS_ptr + offs, mask=mask)
+    g = tl.load(GRADS_ptr + offs, mask=mask)
     theta = -eta_t*g + theta  # θ ← θ - g·η_t
-    tl.store(P_ptr + offs, theta, mask=mask)
+    tl.store(PARAMS_ptr + offs, theta, mask=mask)
 
 
 def init_params(seed=0, device="cpu"):
