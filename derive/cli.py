@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--expand", action="store_true", help="write every gradient with the deltas substituted away")
     ex.set_defaults(func=cmd_explain)
 
-    from . import cli_codegen
+    from . import cli_codegen, cli_train
 
     cli_codegen.add_commands(sub)
+    cli_train.add_commands(sub)
     return parser
 
 

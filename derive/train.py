@@ -1,0 +1,262 @@
+"""`derive train`: fit the generated network to CSV data with the spec's optimizer.
+
+Each epoch visits the samples in a fresh random order (the lecture's "for each random
+sample"), drawn from (seed, epoch) alone, so a run resumed from its checkpoint takes
+exactly the same steps as an uninterrupted one.  L-BFGS runs full-batch through
+scipy.optimize on the generated loss and gradient.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DeriveError
+from .modules import generated_modules, triton_device
+from .network import Network
+
+
+@dataclass
+class TrainResult:
+    params: dict
+    loss: float
+    epochs: int
+    losses: list = field(default_factory=list)  # mean batch loss of each epoch
+    accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        out = {
+            "params": {k: np.asarray(v).tolist() for k, v in self.params.items()},
+            "loss": float(self.loss),
+            "epochs": int(self.epochs),
+            "losses": [float(v) for v in self.losses],
+        }
+        if self.accuracy is not None:
+            out["accuracy"] = float(self.accuracy)
+        return out
+
+
+def accuracy(net: Network, yhat: np.ndarray, y: np.ndarray) -> float | None:
+    kind = net.loss.type
+    if kind == "cross_entropy":
+        return float(np.mean(np.argmax(yhat, axis=1) == y))
+    if kind in ("hinge", "zero_one"):
+        return float(np.mean(np.where(yhat > 0, 1.0, -1.0) == y))
+    if kind == "binary_cross_entropy":
+        return float(np.mean((yhat > 0).astype(float) == y))
+    return None
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _fingerprint(net: Network) -> str:
+    return f"{net.name}|{net.optimizer.type}|" + ",".join(f"{p.name}{list(p.shape)}" for p in net.params)
+
+
+def save_checkpoint(path: Path, net: Network, params, state, epoch: int, t: int, losses) -> None:
+    arrays = {"fingerprint": np.array(_fingerprint(net)), "epoch": np.array(epoch), "t": np.array(t),
+              "losses": np.asarray(losses, dtype=np.float64)}
+    arrays.update({f"param/{k}": _np(v) for k, v in params.items()})
+    for kind, per in (state or {}).items():
+        arrays.update({f"state/{kind}/{k}": _np(v) for k, v in per.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)  # atomic: an interrupted save leaves the previous checkpoint intact
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, net: Network):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise DeriveError(f"{path}: --checkpoint: not a derive checkpoint ({err})") from None
+    if str(data.get("fingerprint")) != _fingerprint(net):
+        raise DeriveError(f"{path}: --checkpoint: it belongs to another network or optimizer "
+                          f"({data.get('fingerprint')}); use a new file")
+    params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
+    state: dict = {}
+    for k, v in data.items():
+        if k.startswith("state/"):
+            _, kind, name = k.split("/", 2)
+            state.setdefault(kind, {})[name] = v
+    return params, state, int(data["epoch"]), int(data["t"]), data["losses"].tolist()
+
+
+def _np(v):
+    return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, seed: int = 0,
+          backend: str = "numpy", checkpoint: str | None = None, progress: bool = True) -> TrainResult:
+    if epochs < 1:
+        raise DeriveError(f"--epochs: expected a positive integer, got {epochs}")
+    if batch < 1:
+        raise DeriveError(f"--batch: expected a positive integer, got {batch}")
+    if net.optimizer.type == "lbfgs" and backend != "numpy":
+        raise DeriveError("--backend: L-BFGS runs on the numpy backend (scipy.optimize); use --backend numpy")
+    device = None
+    if backend == "triton":
+        device = triton_device()
+        if device is None:
+            raise DeriveError("--backend triton: needs torch and triton (pip install 'derive[gpu]')")
+    targets = ("numpy", "triton") if backend == "triton" else ("numpy",)
+    ckpt = Path(checkpoint) if checkpoint else None
+    with generated_modules(net, source, targets) as mods:
+        npm = mods["numpy"]
+        if net.optimizer.type == "lbfgs":
+            return _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress)
+        mod = mods[backend]
+        conv = _Converter(backend, device, net)
+        params = mod.init_params(seed) if backend == "numpy" else mod.init_params(seed, device=device)
+        state = mod.init_state(params)
+        start, t, losses = 0, 0, []
+        if ckpt is not None and ckpt.exists():
+            p, s, start, t, losses = load_checkpoint(ckpt, net)
+            params = {k: conv.to(v) for k, v in p.items()}
+            state = {kind: {k: conv.to(v) for k, v in per.items()} for kind, per in s.items()} or state
+        n = x.shape[0]
+        bar = _bar(range(start, epochs), epochs, start, progress)
+        for epoch in bar:
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+            total, count = 0.0, 0
+            for i in range(0, n, batch):
+                idx = order[i:i + batch]
+                t += 1
+                params, state, loss = mod.step(params, state, conv.x(x[idx]), conv.y(y[idx]), t)
+                total += loss * len(idx)
+                count += len(idx)
+            losses.append(total / count)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{losses[-1]:.6g}")
+            if ckpt is not None:
+                save_checkpoint(ckpt, net, params, state, epoch + 1, t, losses)
+        final = {k: _np(v).astype(np.float64) for k, v in params.items()}
+        # the reported loss and accuracy: the whole data set, in float64
+        return TrainResult(final, npm.loss(final, x, y), epochs, losses, accuracy(net, npm.forward(final, x), y))
+
+
+class _Converter:
+    """Data and parameters in the backend's types: float64 arrays, or float32 tensors on the device."""
+
+    def __init__(self, backend: str, device, net: Network):
+        self.backend, self.device = backend, device
+        self.int_target = net.loss.type == "cross_entropy"
+
+    def to(self, v):
+        if self.backend == "numpy":
+            return np.asarray(v, dtype=np.float64)
+        import torch
+
+        return torch.tensor(np.asarray(v), dtype=torch.float32, device=self.device)
+
+    def x(self, v):
+        return self.to(v)
+
+    def y(self, v):
+        if self.backend == "numpy" or not self.int_target:
+            return self.to(v) if not self.int_target else v
+        import torch
+
+        return torch.tensor(v, dtype=torch.int32, device=self.device)
+
+
+def _bar(it, total, start, enabled):
+    if enabled and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            return tqdm(it, total=total, initial=start, desc="train", unit="epoch", file=sys.stderr)
+        except ImportError:
+            pass
+    return it
+
+
+def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress) -> TrainResult:
+    """Full-batch L-BFGS by scipy.optimize on the generated loss and gradient (one iteration per epoch).
+
+    Resuming restarts from the checkpoint's parameters with an empty curvature history.
+    """
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        raise DeriveError("--optimizer lbfgs: needs scipy (pip install 'derive[train]')") from None
+    names = [p.name for p in net.params]
+    shapes = {p.name: p.shape for p in net.params}
+    params = npm.init_params(seed)
+    start, losses = 0, []
+    if ckpt is not None and ckpt.exists():
+        params, _, start, _, losses = load_checkpoint(ckpt, net)
+
+    def unflat(v):
+        out, off = {}, 0
+        for name in names:
+            size = int(np.prod(shapes[name], dtype=np.int64))
+            out[name] = v[off:off + size].reshape(shapes[name])
+            off += size
+        return out
+
+    def fun(v):
+        loss, grads = npm.value_and_gradients(unflat(v), x, y)
+        return loss, np.concatenate([np.ravel(grads[n]) for n in names])
+
+    history = int(net.optimizer.hyper["history"])
+    v0 = np.concatenate([np.ravel(params[n]) for n in names])
+    epoch = [start]
+
+    def callback(intermediate_result):
+        epoch[0] += 1
+        losses.append(float(intermediate_result.fun))
+        if ckpt is not None:
+            save_checkpoint(ckpt, net, unflat(intermediate_result.x), {}, epoch[0], epoch[0], losses)
+
+    if epochs > start:
+        res = minimize(fun, v0, jac=True, method="L-BFGS-B", callback=callback,
+                       options={"maxiter": epochs - start, "maxcor": history, "gtol": 1e-12, "ftol": 1e-15})
+        v0 = res.x
+    final = unflat(v0)
+    return TrainResult(final, float(npm.loss(final, x, y)), epochs, losses,
+                       accuracy(net, npm.forward(final, x), y))
+
+
+def plot(losses: list, path: str, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DeriveError("--plot: needs matplotlib (pip install 'derive[train]')") from None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(range(1, len(losses) + 1), losses, marker="." if len(losses) < 50 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean batch loss")
+    ax.set_yscale("log" if min(losses, default=1) > 0 else "linear")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent or ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, target)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
