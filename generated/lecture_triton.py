@@ -251,3 +251,38 @@ def step(params, state, x, y, t, hyper=None):
         _params, _grads, _n, eta_t, BLOCK=1024
     )
     return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(_total[0])
+
+
+
+class FlatState:
+    """Parameters, gradients and optimizer state in persistent flat float32 buffers.
+
+    For a training loop without per-step allocation or host synchronisation: each
+    step() is three launches (zero the gradients, the fused kernel, the sgd update)
+    and returns the batch loss as a 1-element tensor.
+    """
+
+    def __init__(self, params, state=None, hyper=None):
+        self.flat = _flat(params)
+        self.grads = torch.zeros_like(self.flat)
+        self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(self.flat))
+                      for _kind in STATE}
+        self.loss = torch.zeros(1, dtype=torch.float32, device=self.flat.device)
+        self.hyper = {**HYPER, **(hyper or {})}
+        self._params, self._grads = _flat_views(self.flat), _flat_views(self.grads)
+
+    def params(self):
+        return self._params
+
+    def step(self, x, y, t):
+        _h = self.hyper
+        lr = _h["lr"]
+        eta_t = lr  # η_t = η0 (constant schedule)
+        self.grads.zero_()
+        self.loss.zero_()
+        launch(self._params, x, y, grads=self._grads, loss=self.loss)
+        _n = self.flat.numel()
+        lecture_update_kernel[(triton.cdiv(_n, 1024),)](
+            self.flat, self.grads, _n, eta_t, BLOCK=1024
+        )
+        return self.loss

@@ -1,0 +1,204 @@
+"""The generated fused Triton training step against PyTorch, side by side in one run.
+
+For dense MLPs (width w, depth d: d linear layers of width w, ReLU between, L2 loss, SGD),
+one training step (forward, loss, backward, update) of each contender:
+
+  fused      the generated module's FlatState.step: zero grads, the fused kernel, one update launch
+  eager      nn.Linear layers + torch.optim.SGD
+  compile    torch.compile(step) in default mode
+  max-ac     torch.compile(step, mode="max-autotune-no-cudagraphs")
+  reduce-oh  torch.compile(step, mode="reduce-overhead") (CUDA graphs; small batches)
+
+Times are medians of triton.testing.do_bench (CUDA events) on a GPU, of perf_counter
+elsewhere.  Ratios are eager/fused etc.: > 1 means the fused step is faster.  The
+roofline fraction is max(bytes/bandwidth, flops/peak)/time with both ceilings measured
+on the card at the start (a 1 GiB device copy; an 8192² float32 matmul, TF32 off as in
+our kernels, which use input_precision="ieee").
+
+  python bench/gpu_train.py                       # the full table on a GPU (scripts/gpu-bench)
+  python bench/gpu_train.py --tiny --interpret    # a smoke test on the CPU under the Triton interpreter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--log2-batches", type=int, nargs="+", default=[10, 12, 14, 16, 18, 20])
+    ap.add_argument("--baselines", nargs="+", default=["eager", "compile", "max-ac", "reduce-oh"],
+                    choices=["eager", "compile", "max-ac", "reduce-oh"])
+    ap.add_argument("--reduce-overhead-max-log2", type=int, default=14, help="reduce-overhead only up to this batch")
+    ap.add_argument("--tiny", action="store_true", help="widths 16, depth 2, batch 2^5: a smoke test")
+    ap.add_argument("--interpret", action="store_true", help="TRITON_INTERPRET=1 on CPU tensors")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting new rows after this many seconds")
+    ap.add_argument("--json", help="write raw numbers here")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    if args.tiny:
+        args.widths, args.depths, args.log2_batches = [16], [2], [5]
+    import torch
+
+    from derive import Linear, Loss, Network, Port
+    from derive.modules import generated_modules
+    from derive.optimizers import Optimizer
+
+    cuda = torch.cuda.is_available() and not args.interpret
+    device = "cuda" if cuda else "cpu"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # the same float32 matmuls as our kernels
+        torch.backends.cudnn.allow_tf32 = False
+    t0 = time.perf_counter()
+    env = _environment(torch, device)
+    print(json.dumps(env))
+    if not cuda:
+        print("NOTE: no CUDA device: the Triton interpreter runs the kernels in NumPy; these times say nothing "
+              "about GPU speed (this mode only checks that the benchmark runs)")
+    ceilings = _ceilings(torch, device) if cuda else {"bandwidth_Bps": None, "flops": None}
+    print(f"ceilings: {ceilings}")
+    rows = []
+    header = ["width", "depth", "batch", "fused ms", *[f"{b}/fused" for b in args.baselines], "roofline"]
+    print(" | ".join(header))
+    for width in args.widths:
+        for depth in args.depths:
+            net = Network(f"mlp_w{width}_d{depth}",
+                          layers=[Linear(out=width, activation="relu") for _ in range(depth - 1)]
+                          + [Linear(out=width)],
+                          input=Port("x", (width,)), target=Port("y", (width,)), loss=Loss("l2"),
+                          optimizer=Optimizer("sgd", 1e-3))
+            with generated_modules(net, "<bench>", ("triton",)) as mods:
+                trm = mods["triton"]
+                for lb in args.log2_batches:
+                    if time.perf_counter() - t0 > args.budget_s:
+                        print(f"stopping: over the {args.budget_s:.0f} s budget")
+                        return _finish(args, env, ceilings, rows)
+                    batch = 2**lb
+                    row = _row(torch, trm, net, width, depth, batch, device, args, cuda, ceilings)
+                    rows.append(row)
+                    cells = [str(width), str(depth), f"2^{lb}", f"{row['fused_ms']:.4f}"]
+                    cells += [_ratio(row.get(f"{b}_ms"), row["fused_ms"]) for b in args.baselines]
+                    cells.append(f"{row['roofline']:.0%}" if row.get("roofline") else "n/a")
+                    print(" | ".join(cells), flush=True)
+    return _finish(args, env, ceilings, rows)
+
+
+def _ratio(base, fused):
+    return f"{base / fused:.2f}x" if base else "-"
+
+
+def _finish(args, env, ceilings, rows) -> int:
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"environment": env, "ceilings": ceilings, "rows": rows}, fh, indent=2)
+    return 0
+
+
+def _environment(torch, device):
+    import platform
+
+    import triton
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+           "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+           "date": time.strftime("%Y-%m-%d")}
+    return env
+
+
+def _timer(torch, fn, cuda, reps=20):
+    if cuda:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()  # warm-up (compilation)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def _ceilings(torch, device):
+    n = 1 << 28  # 1 GiB of float32
+    a = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    b = torch.empty_like(a)
+    ms = _timer(torch, lambda: b.copy_(a), True)
+    bw = 2 * a.numel() * 4 / (ms * 1e-3)  # read + write
+    del a, b
+    m = torch.randn(8192, 8192, device=device)
+    ms = _timer(torch, lambda: m @ m, True)
+    return {"bandwidth_Bps": bw, "flops": 2 * 8192**3 / (ms * 1e-3)}
+
+
+def _row(torch, trm, net, width, depth, batch, device, args, cuda, ceilings):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, width, generator=gen).to(device)
+    y = torch.randn(batch, width, generator=gen).to(device)
+    params = trm.init_params(0, device=device)
+    fs = trm.FlatState(params)
+    step = [0]
+
+    def fused():
+        step[0] += 1
+        fs.step(x, y, step[0])
+
+    row = {"width": width, "depth": depth, "batch": batch, "fused_ms": _timer(torch, fused, cuda, reps=3)}
+    for name in args.baselines:
+        if name == "reduce-oh" and (not cuda or batch > 2**args.reduce_overhead_max_log2):
+            continue
+        fn = _torch_step(torch, net, params, x, y, name)
+        row[f"{name}_ms"] = _timer(torch, fn, cuda, reps=3)
+    if ceilings.get("flops"):
+        macs = sum(w_in * w_out for w_in, w_out in _dims(net))
+        flops = 6 * batch * macs  # forward 2, backward 4 per multiply-add
+        bytes_ = 4 * (2 * batch * width + 3 * sum(a * b + b for a, b in _dims(net)))
+        floor = max(bytes_ / ceilings["bandwidth_Bps"], flops / ceilings["flops"])
+        row.update(flops=flops, bytes=bytes_, roofline=floor / (row["fused_ms"] * 1e-3))
+    return row
+
+
+def _dims(net):
+    return [(li.in_shape[0], li.out_shape[0]) for li in net.info]
+
+
+def _torch_step(torch, net, params, x, y, mode):
+    layers = []
+    for li in net.info:
+        lin = torch.nn.Linear(li.in_shape[0], li.out_shape[0], device=x.device)
+        with torch.no_grad():
+            lin.weight.copy_(params[li.weight])
+            lin.bias.copy_(params[li.bias])
+        layers.append(lin)
+        if li.spec.activation == "relu":
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    if mode == "eager":
+        return step
+    kw = {"compile": {}, "max-ac": {"mode": "max-autotune-no-cudagraphs"}, "reduce-oh": {"mode": "reduce-overhead"}}
+    return torch.compile(step, **kw[mode])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
