@@ -35,7 +35,9 @@ def contract(expr: sp.Expr) -> sp.Expr:
                 body = sp.Sum(body, limit)
         return body
 
-    return expr.replace(lambda e: isinstance(e, sp.Sum) and e.has(sp.KroneckerDelta), one)
+    expr = expr.replace(lambda e: isinstance(e, sp.Sum) and e.has(sp.KroneckerDelta), one)
+    # a sum of zeros (the zero-one loss differentiates to one) is zero
+    return expr.replace(lambda e: isinstance(e, sp.Sum) and e.function == 0, lambda e: sp.S.Zero)
 
 
 def single_delta(expr: sp.Expr, bound: sp.Symbol, limits: tuple) -> sp.Expr:

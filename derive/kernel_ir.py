@@ -63,6 +63,12 @@ class First(IRNode):
     nargs = 1
 
 
+class ZerosLike(IRNode):
+    """An array of zeros shaped like its argument (a gradient that is zero everywhere)."""
+
+    nargs = 1
+
+
 class OneHot(IRNode):
     """OneHot(y, n, z): [y = j] for a class index y over the n columns of the logits z (z gives the dtype)."""
 

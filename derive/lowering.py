@@ -16,7 +16,7 @@ from .derivation import Derivation, Step
 from .errors import DerivationError
 from .functions import logsumexp, name_logsumexp, softmax
 from .kernel_ir import (
-    Array, Assign, BatchSum, Col, First, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
+    Array, Assign, BatchSum, Col, First, ZerosLike, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
 )
 
 SCALE = sp.Symbol("scale", real=True)  # 1/B for a mean over the batch, 1 for a sum
@@ -177,6 +177,11 @@ def _lower_optimizer(net) -> dict:
 
 
 def _lower_step(s: Step, ctx: _Ctx) -> Assign:
+    if s.rhs == 0:
+        # no gradient flows (the zero-one loss): zeros shaped like the quantity it stands for
+        like = s.param if s.kind == "param" else f"f{s.layer}"
+        return Assign(s.name, ZerosLike(sp.Symbol(like, real=True)), s.shape, s.kind != "param",
+                      _comment_step(s) + " = 0")
     vector = bool(s.shape)
     if s.kind == "loss_grad":
         expr = SCALE * lower_expr(s.rhs, ctx, vector)

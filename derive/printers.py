@@ -93,6 +93,9 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
         self.helpers.add("onehot")
         return "onehot(%s, %s, %s.dtype)" % (self._print(y), n, self._print(z))
 
+    def _print_ZerosLike(self, e):
+        return "np.zeros_like(%s)" % self._print(e.args[0])
+
     def _print_Softmax(self, e):
         return self._helper("softmax", *e.args)
 
@@ -255,6 +258,9 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def _print_OneHot(self, e):
         y, n, _ = e.args
         return "tl.where(%s[:, None] == cols_%d[None, :], 1.0, 0.0)" % (self._print(y), int(n))
+
+    def _print_ZerosLike(self, e):
+        return "(%s * 0.0)" % self._print(e.args[0])
 
     def _n_of(self, z) -> int:
         return self.real_widths[z.name]
