@@ -226,12 +226,13 @@ def _derive(net: Network) -> Derivation:
         if pos == 0:
             break
         below = net.info[pos - 1]
-        f_prev = ix.tensor(names.activation(below.index), below.out_shape)
-        target = _elem(f_prev, ix.p)
+        f_prev = _as_input(ix.tensor(names.activation(below.index), below.out_shape), li)
+        # a scalar below a vector layer is its length-1 input vector: element 0
+        target = _elem(f_prev, ix.p if below.vector else 0)
         local = ix.contract(sp.diff(a_rhs, target))  # W[j, p] or w
         if li.vector:
             rhs = sp.Sum(delta_el.xreplace({ix.j: ix.i}) * local.xreplace({ix.j: ix.i}),
-                         (ix.i, 0, li.out_shape[0] - 1)).xreplace({ix.p: ix.j})
+                         (ix.i, 0, li.out_shape[0] - 1)).xreplace({ix.p: ix.j if below.vector else 0})
             local_shown = local.xreplace({ix.p: ix.k}).xreplace({ix.j: ix.i, ix.k: ix.j})
         else:
             rhs = delta_el * local
@@ -250,6 +251,13 @@ def _derive(net: Network) -> Derivation:
     return Derivation(net, tuple(forward), loss, tuple(backward), sym)
 
 
+def _as_input(quantity, li: LayerInfo):
+    """What a vector layer reads: a scalar below it is seen as a length-1 vector (IndexedBase)."""
+    if li.vector and isinstance(quantity, sp.Symbol):
+        return sp.IndexedBase(quantity.name, real=True)
+    return quantity
+
+
 def _linear_rhs(li: LayerInfo, sym, prev) -> sp.Expr:
     w = sym[li.weight]
     b = sym[li.bias] if li.bias else sp.S.Zero
@@ -258,6 +266,7 @@ def _linear_rhs(li: LayerInfo, sym, prev) -> sp.Expr:
         prod = sp.Mul(w, prev, evaluate=False)
         return sp.Add(prod, b, evaluate=False) if li.bias else prod
     n = li.in_shape[0]
+    prev = _as_input(prev, li)
     s = sp.Sum(sp.Mul(w[ix.j, ix.k], prev[ix.k], evaluate=False), (ix.k, 0, n - 1))
     return sp.Add(s, b[ix.j], evaluate=False) if li.bias else s
 

@@ -151,7 +151,7 @@ def _updates_text(der: Derivation, param: str | None) -> list[str]:
 
 def _delta_shown(der: Derivation, step: Step) -> sp.Expr:
     """A scalar δ as the product of its chain, in chain order (δ3·w3·f2·(1 − f2))."""
-    if der.network.depth and der.network.info[step.layer - 1].vector:
+    if der.network.vector:  # sums over the layer above: the product form would hide them
         return step.expression
     values = [sp.Symbol(f.name) if f.name.startswith("delta") else f.value for f in step.factors]
     return display.chain_product(values)

@@ -28,6 +28,7 @@ class _Ctx:
         self.where = where
         self.width = width  # the output width, for a class index's one-hot row
         self.logits = None  # the output vector (a one-hot row takes its dtype)
+        self.scalar_lhs = False  # the assignment's target is a per-sample scalar
 
     def array(self, name: str) -> Array:
         try:
@@ -89,6 +90,8 @@ def _lower_sum(s: sp.Sum, ctx: _Ctx) -> sp.Expr:
             v_low = lower_expr(vec, ctx, True)
             if w.indices[1] == idx:
                 return MatVec(w_sym, v_low)
+            if w.indices[0] == idx and w.indices[1] == 0 and ctx.scalar_lhs:
+                return First(VecMat(v_low, w_sym))  # ∂L/∂f of a scalar feeding a vector layer
             if w.indices[0] == idx:
                 return VecMat(v_low, w_sym)
     # Σ_j of an elementwise expression over the output vector.
@@ -136,6 +139,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         arrays[s.name] = Array(s.name, s.shape, s.kind != "param")
         ctx = _Ctx(arrays, f"step {s.name}", width)
         ctx.logits = sp.Symbol(f_top.name, real=True)
+        ctx.scalar_lhs = s.shape == ()
         backward.append(_lower_step(s, ctx))
         if s.kind == "param":
             grads.append((s.param, s.name))
