@@ -27,11 +27,11 @@ def cmd_train(args) -> int:
         lr = args.lr if args.lr is not None else (opt.lr if kind == opt.type else None)
         try:
             opt = Optimizer(kind, lr, opt.schedule, keep)
-        except DeriveError as err:
-            raise DeriveError(f"--lr/--optimizer: {err.message if hasattr(err, 'message') else err}") from None
+        except DeriveError as err:  # the error names optimizer.lr etc.; it came from the command line
+            raise DeriveError(f"command line: {err}".replace("<python>: ", "")) from None
         net = dataclasses.replace(net, optimizer=opt)
     x, y = load_csv(args.data, net)
-    result = train(net, _display_path(args.spec), x, y, epochs=args.epochs, batch=args.batch or len(x),
+    result = train(net, _display_path(args.spec), x, y, epochs=args.epochs, batch=len(x) if args.batch is None else args.batch,
                    seed=args.seed, backend=args.backend, checkpoint=args.checkpoint,
                    progress=args.format == "text")
     if args.plot:

@@ -8,13 +8,11 @@ byte-identical files, and files are written atomically.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import jinja2
 
-from . import derivation, lowering
+from . import derivation, fsutil, lowering
 from .kernel_ir import KernelIR
 from .network import Network
 from .printers import NUMPY_HELPERS, TRITON_HELPERS, HostPrinter, NumpyCodePrinter, TritonCodePrinter
@@ -240,22 +238,9 @@ def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generat
 
 
 def write_atomic(directory: Path, files: dict[str, str]) -> list[Path]:
-    """Write each file through a temporary file in the same directory, then rename.
-
-    Every file is rendered before anything is written, so a failure leaves nothing half-written.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write each file atomically (derive.fsutil); every file is rendered before any is written."""
     written = []
     for fname, text in files.items():
-        target = directory / fname
-        fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        written.append(target)
+        fsutil.write_atomic(directory / fname, lambda fh, text=text: fh.write(text), binary=False)
+        written.append(directory / fname)
     return written

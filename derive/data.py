@@ -29,7 +29,7 @@ def load_csv(path: str, net: Network) -> tuple[np.ndarray, np.ndarray]:
     y_cols = columns(net.target.name, net.target.shape)
     integer_target = net.loss.type == "cross_entropy"
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's byte-order mark is not a column
             rows = list(csv.reader(fh))
     except OSError as err:
         raise DataError(f"{path}: cannot read data file: {err.strerror or err}") from None

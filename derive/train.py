@@ -8,14 +8,13 @@ scipy.optimize on the generated loss and gradient.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import fsutil
 from .errors import DeriveError
 from .modules import generated_modules, triton_device
 from .network import Network
@@ -65,16 +64,8 @@ def save_checkpoint(path: Path, net: Network, params, state, epoch: int, t: int,
     arrays.update({f"param/{k}": _np(v) for k, v in params.items()})
     for kind, per in (state or {}).items():
         arrays.update({f"state/{kind}/{k}": _np(v) for k, v in per.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)  # atomic: an interrupted save leaves the previous checkpoint intact
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # atomic: an interrupted save leaves the previous checkpoint intact
+    fsutil.write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_checkpoint(path: Path, net: Network):
@@ -93,6 +84,12 @@ def load_checkpoint(path: Path, net: Network):
             _, kind, name = k.split("/", 2)
             state.setdefault(kind, {})[name] = v
     return params, state, int(data["epoch"]), int(data["t"]), data["losses"].tolist()
+
+
+def _check_resume(ckpt, start: int, epochs: int) -> None:
+    if start > epochs:
+        raise DeriveError(f"{ckpt}: --checkpoint: the run is already at epoch {start}, past --epochs {epochs}; "
+                          f"pass --epochs {start} or more, or use a new file")
 
 
 def _np(v):
@@ -128,6 +125,7 @@ def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: in
         start, t, losses = 0, 0, []
         if ckpt is not None and ckpt.exists():
             p, s, start, t, losses = load_checkpoint(ckpt, net)
+            _check_resume(ckpt, start, epochs)
             params = {k: conv.to(v) for k, v in p.items()}
             state = {kind: {k: conv.to(v) for k, v in per.items()} for kind, per in s.items()} or state
         n = x.shape[0]
@@ -202,6 +200,7 @@ def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress) -> TrainResult:
     start, losses = 0, []
     if ckpt is not None and ckpt.exists():
         params, _, start, _, losses = load_checkpoint(ckpt, net)
+        _check_resume(ckpt, start, epochs)
 
     def unflat(v):
         out, off = {}, 0
@@ -250,13 +249,7 @@ def plot(losses: list, path: str, title: str) -> None:
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent or ".")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
+        fsutil.write_atomic(Path(path), lambda fh: fig.savefig(fh, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
