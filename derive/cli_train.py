@@ -28,7 +28,7 @@ def cmd_train(args) -> int:
         try:
             opt = Optimizer(kind, lr, opt.schedule, keep)
         except DeriveError as err:  # the error names optimizer.lr etc.; it came from the command line
-            raise DeriveError(f"command line: {err}".replace("<python>: ", "")) from None
+            raise DeriveError(f"--lr/--optimizer: {err}".replace("<python>: ", "")) from None
         net = dataclasses.replace(net, optimizer=opt)
     x, y = load_csv(args.data, net)
     result = train(net, _display_path(args.spec), x, y, epochs=args.epochs, batch=len(x) if args.batch is None else args.batch,
