@@ -181,10 +181,8 @@ def _numpy_checks(col, net, npm, params, x, y, rng, torch):
         col.add("numpy-f64", "torch.autograd-f64", "loss", rel_err(L, tL.item()), TOL_F64)
         for name in params:
             col.add("numpy-f64", "torch.autograd-f64", f"grad {name}", rel_err(grads[name], tg[name].numpy()), TOL_F64)
-        new = npm.train_step(params, x, y, LR)
-        step = {k: (params[k] - new[k]) / LR for k in params}
-        col.add("numpy-f64", "torch.autograd-f64", "train_step",
-                max(rel_err(step[k], tg[k].numpy()) for k in params), TOL_F64)
+        want = {k: tg[k].numpy() for k in params}
+        col.add("numpy-f64", "torch.autograd-f64", "train_step", _step_error(npm, params, x, y, want), TOL_F64)
     _fd_check(col, npm, params, x, y, grads, rng)
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     x32 = x.astype(np.float32)
@@ -194,6 +192,21 @@ def _numpy_checks(col, net, npm, params, x, y, rng, torch):
         col.add("numpy-f32", "dtype", "gradients stay float32", float("inf"), 0.0)
     col.add("numpy-f32", "numpy-f64", "forward", rel_err(npm.forward(p32, x32), yhat), TOL_F32)
     col.add("numpy-f32", "numpy-f64", "gradients", max(rel_err(g32[k], grads[k]) for k in params), TOL_F32)
+
+
+def _step_error(mod, params, x, y, want_grads, to_np=np.asarray) -> float:
+    """One train_step, compared as the step (θ − θ')/η against the reference gradient, norm-wise.
+
+    η is chosen so that η·‖g‖ = ‖θ‖: rounding θ' then costs at most ~2ε of the step, in float64
+    and float32 alike, and a wrong update cannot hide below it.
+    """
+    g_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in want_grads.values()))
+    old = {k: to_np(v) for k, v in params.items()}
+    p_norm = np.sqrt(sum(float(np.sum(np.square(v))) for v in old.values()))
+    lr = p_norm / g_norm if g_norm > 0 and p_norm > 0 else LR
+    new = mod.train_step(params, x, y, lr)
+    got = np.concatenate([np.ravel((old[k] - to_np(new[k])) / lr) for k in want_grads])
+    return rel_err(got, np.concatenate([np.ravel(want_grads[k]) for k in want_grads]))
 
 
 def padded(torch, shape, device, pad=7):
@@ -226,13 +239,5 @@ def _triton_checks(col, trm, npm, params, x, y, torch, device):
     col.add("triton-f32", "numpy-f64", "loss", rel_err(loss_view.cpu().numpy()[0], npm.loss(params, x, y)), TOL_F32)
     for k in params:
         col.add("triton-f32", "numpy-f64", f"grad {k}", rel_err(grads[k].cpu().numpy(), ref[k]), TOL_F32)
-    # The step (θ − θ')/η is compared, with η chosen so that η·‖g‖ = ‖θ‖: rounding θ' to float32
-    # then costs at most ~2ε of the step, and a wrong update cannot hide below it.
-    g_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in ref.values()))
-    p_norm = np.sqrt(sum(float(np.sum(np.square(v))) for v in params.values()))
-    lr = p_norm / g_norm if g_norm > 0 else LR
-    old = {k: v.cpu().numpy().astype(np.float64) for k, v in tp.items()}
-    new = trm.train_step(tp, tx, ty, lr)
-    got = np.concatenate([np.ravel((old[k] - new[k].cpu().numpy().astype(np.float64)) / lr) for k in params])
-    col.add("triton-f32", "numpy-f64", "train_step", rel_err(got, np.concatenate([np.ravel(ref[k]) for k in params])),
-            TOL_F32)
+    col.add("triton-f32", "numpy-f64", "train_step",
+            _step_error(trm, tp, tx, ty, ref, lambda v: v.cpu().numpy().astype(np.float64)), TOL_F32)

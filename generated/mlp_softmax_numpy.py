@@ -130,7 +130,7 @@ def value_and_gradients(params, x, y):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = np.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = dL_df1*np.heaviside(a1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = np.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return float(np.mean(loss_per_sample)), {
