@@ -12,11 +12,12 @@ EXAMPLES = "examples"
 GENERATED = "generated"
 
 
-def _display_path(path: str) -> str:
-    """The spec path as written into generated headers: relative and '/'-separated when possible."""
+def _display_path(path: str, root: Path | None = None) -> str:
+    """A path as written into generated headers: relative to ``root`` (default: the current
+    directory) and '/'-separated when possible, so the text does not depend on where it ran."""
     p = Path(path)
     try:
-        p = p.resolve().relative_to(Path.cwd().resolve())
+        p = p.resolve().relative_to((root or Path.cwd()).resolve())
     except ValueError:
         pass
     return PurePath(p).as_posix()
@@ -34,9 +35,10 @@ def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str
     from .spec import load_spec
 
     out: dict[Path, str] = {}
+    root = examples.resolve().parent  # the repository: headers name paths relative to it
     for spec in _example_specs(examples):
         net = load_spec(spec)
-        files = codegen.generate(net, _display_path(str(spec)), targets, _display_path(str(generated)))
+        files = codegen.generate(net, _display_path(str(spec), root), targets, _display_path(str(generated), root))
         for fname, text in files.items():
             out[generated / fname] = text
     return out
@@ -69,9 +71,10 @@ def cmd_generate(args) -> int:
             for p in sorted(stale):
                 print(f"stale: {p}", file=sys.stderr)
             for p in extra:
-                print(f"not produced by any example: {p}", file=sys.stderr)
-            print("derive generate --check: generated/ is out of date; update it with: derive generate --all",
-                  file=sys.stderr)
+                print(f"not produced by any example (remove it): {p}", file=sys.stderr)
+            if stale:
+                print("derive generate --check: generated/ is out of date; update it with: derive generate --all",
+                      file=sys.stderr)
             return 1
         print(f"generated/ is up to date ({len(files)} files from {len(_example_specs(examples))} specs)")
         return 0
@@ -109,6 +112,8 @@ def format_table(report) -> str:
     out += [line(r) for r in rows]
     for s in report.skipped:
         out.append(f"skipped: {s}")
+    for s in report.notes:
+        out.append(f"note: {s}")
     n_fail = sum(not c.ok for c in report.checks)
     out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")
     return "\n".join(out) + "\n"
