@@ -45,7 +45,13 @@ class TextPrinter(StrPrinter):
         return text_name(str(expr.label))
 
     def _print_Indexed(self, expr):
-        return "%s[%s]" % (self._print(expr.base), ",".join(self._print(i) for i in expr.indices))
+        return "%s[%s]" % (self._print(expr.base), ",".join(self._print_index(i) for i in expr.indices))
+
+    def _print_index(self, i):
+        if i.is_Symbol:
+            return self._print(i)
+        # an index expression (a conv window, i·s + p; a flat position): in the lecture's order
+        return StrPrinter({"order": "lex"}).doprint(i).replace("*", "·")
 
     def _print_Sum(self, expr):
         idx = "".join(self._print(lim[0]) for lim in expr.limits)

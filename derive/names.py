@@ -71,6 +71,11 @@ def upstream(layer: int) -> str:
     return f"dL_df{layer}"
 
 
+def padded(source: str) -> str:
+    """The zero-padded input of a conv layer: x_pad, f1_pad."""
+    return f"{source}_pad"
+
+
 def default_weight(layer: int, vector: bool) -> str:
     # The lecture writes scalar weights lower-case (w1) and matrices upper-case (W1).
     return f"W{layer}" if vector else f"w{layer}"
