@@ -287,3 +287,31 @@ def lower_step(s, li, net):
         node = ConvInputGrad if conv else LocalInputGrad
         return node(delta, _s(li.weight), sp.Integer(li.stride), sp.Integer(hh), sp.Integer(ww), sp.Integer(li.index))
     return None
+
+
+def volume_layers(der, net) -> tuple:
+    """The conv2d / locally_connected layers as the Triton generator needs them."""
+    from .display import text
+    from .kernel_ir import VolumeLayer
+
+    out = []
+    for pos, li in enumerate(net.info):
+        if getattr(li, "kind", "linear") not in ("conv2d", "locally_connected"):
+            continue
+        prev = net.input.name if li.index == 1 else names.activation(li.index - 1)
+        formulas = [("forward", _line(next(d for d in der.forward if d.name == names.pre_activation(li.index))))]
+        formulas.append(("weight", _line(der.gradient(li.weight))))
+        if li.bias:
+            formulas.append(("bias", _line(der.gradient(li.bias))))
+        if pos > 0:
+            up = [s for s in der.backward if s.kind == "upstream" and s.layer == li.index - 1]
+            formulas.append(("input", "; ".join(_line(s) for s in up)))
+        out.append(VolumeLayer(li.index, li.kind, li.in_shape, li.out_shape, li.stride, li.kernel, li.padding,
+                               li.weight, li.bias, prev, pos == 0, pos > 0, tuple(formulas)))
+    return tuple(out)
+
+
+def _line(d) -> str:
+    from .display import text
+
+    return f"{text(d.lhs)} = {text(d.rhs)}"

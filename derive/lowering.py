@@ -168,6 +168,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         grads=tuple(grads),
         loss_type=net.loss.type,
         reduction=net.loss.reduction,
+        volumes=conv.volume_layers(der, net),
     )
 
 
