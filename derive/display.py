@@ -45,13 +45,14 @@ class TextPrinter(StrPrinter):
         return text_name(str(expr.label))
 
     def _print_Indexed(self, expr):
-        return "%s[%s]" % (self._print(expr.base), ",".join(self._print_index(i) for i in expr.indices))
+        return "%s[%s]" % (self._print(expr.base), ",".join(self._print(i) for i in expr.indices))
 
-    def _print_index(self, i):
-        if i.is_Symbol:
-            return self._print(i)
-        # an index expression (a conv window, i·s + p; a flat position): in the lecture's order
-        return StrPrinter({"order": "lex"}).doprint(i).replace("*", "·")
+    def _print_Add(self, expr, order=None):
+        syms = expr.free_symbols
+        if syms and all(s.is_integer for s in syms) and not expr.atoms(sp.Function, sp.Indexed):
+            # index arithmetic (a conv window i·s + p, a flat position c·H·W + h·W + w): the lecture's order
+            return StrPrinter({"order": "lex"})._print_Add(expr).replace("*", "·")
+        return super()._print_Add(expr, order)
 
     def _print_Sum(self, expr):
         idx = "".join(self._print(lim[0]) for lim in expr.limits)
