@@ -72,7 +72,7 @@ def _contract(body, limits, ranged):
         if not deltas:
             remaining.append((idx, lo, hi))
             continue
-        d = deltas[0]
+        d = min(deltas, key=lambda e: (len(e.free_symbols), sp.default_sort_key(e)))  # [w = w'] before [n = … + w]
         (value,) = sp.solve(d.args[0] - d.args[1], idx)
         body = (body / d).xreplace({idx: value})
         if idx in ranged:

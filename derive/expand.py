@@ -14,7 +14,12 @@ from .derivation import Derivation
 
 
 def expanded(der: Derivation) -> dict[str, sp.Expr]:
-    """name -> expression without δ or ∂L/∂f symbols, for every delta and parameter gradient."""
+    """name -> expression without δ or ∂L/∂f symbols, for every delta and parameter gradient.
+
+    Networks with conv2d / locally_connected / flatten layers keep their δ's named (empty result).
+    """
+    if any(getattr(li, "kind", "linear") != "linear" for li in der.network.info):
+        return {}
     out: dict[str, sp.Expr] = {}
     by_layer: dict[int, sp.Expr] = {}  # δ_l expanded, free index j
     up_by_layer: dict[int, sp.Expr] = {}

@@ -60,7 +60,7 @@ def forward(params, x):
     b1 = params["b1"]
     W3 = params["W3"]
     b3 = params["b3"]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
     a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
@@ -73,7 +73,7 @@ def _loss_per_sample(params, x, y):
     b1 = params["b1"]
     W3 = params["W3"]
     b3 = params["b3"]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
     a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
@@ -97,7 +97,7 @@ def gradients(params, x, y):
     b3 = params["b3"]
     scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
     a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
@@ -110,8 +110,8 @@ def gradients(params, x, y):
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
     delta1 = dL_df1*np.heaviside(a1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_ij δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_db1 = np.sum(delta1, axis=(0, 2, 3))  # ∂L/∂b1[o] = Σ_ij δ1[o, i, j], summed over the batch
+    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    dL_db1 = np.sum(delta1, axis=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return {
         "W1": dL_dW1,
         "b1": dL_db1,

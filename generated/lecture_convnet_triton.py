@@ -51,7 +51,7 @@ def _layer1_forward(
     STORE: tl.constexpr,  # copy src to SRC_ptr (an activation of this program's rows)
     BLOCK_B: tl.constexpr,
 ):
-    # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     # direct convolution: one pass per (c, p, q), the padding read through masks (zero outside the input)
     if STORE:
         m = tl.arange(0, 4096)
@@ -86,7 +86,7 @@ def _layer1_weight_grad(
     row_mask,
     BLOCK_B: tl.constexpr,
 ):
-    # ∂L/∂W1[o, c, p, q] = Σ_ij δ1[o, i, j]·x[c, i + p, j + q]
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q]
     # this tile's rows of the batch sum, added atomically per (c, p, q)
     n = tl.arange(0, 8192)
     n_ok = n < 4704
@@ -112,7 +112,7 @@ def _layer1_weight_grad(
 def _layer1_bias_grad(
     delta,  # δ1, a (BLOCK_B, 8192) tile, zero on padded rows
 ):
-    # ∂L/∂b1[o] = Σ_ij δ1[o, i, j]
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j]
     n = tl.arange(0, 8192)
     f = tl.arange(0, 8)
     of_f = (n[None, :] // 784 == f[:, None]) & (n < 4704)[None, :]
@@ -169,7 +169,7 @@ def lecture_convnet_fused_kernel(
     b3 = tl.load(b3_ptr + cols_10, mask=cmask_10, other=0.0)
 
     # ---- forward
-    a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, rows, row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, rows, row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = f1  # f2[784·c + 28·h + w] = f1[c, h, w]
     a3 = b3 + tl.dot(f2, tl.trans(W3), input_precision="ieee")  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
@@ -191,7 +191,7 @@ def lecture_convnet_fused_kernel(
         dL_df2 = tl.dot(delta3, W3, input_precision="ieee")  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
         dL_df1 = dL_df2  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
         delta1 = dL_df1*tl.where(a1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-        dL_db1 = _layer1_bias_grad(delta1)  # ∂L/∂b1[o] = Σ_ij δ1[o, i, j], summed over the batch
+        dL_db1 = _layer1_bias_grad(delta1)  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
         # ---- write back: this tile's partial sums of the parameter gradients
         _layer1_weight_grad(x_ptr, delta1, dL_dW1_ptr, rows, row_mask, BLOCK_B=BLOCK_B)
         tl.atomic_add(dL_db1_ptr + cols_6, dL_db1, mask=cmask_6)

@@ -86,10 +86,10 @@ def forward(params, x):
     W4 = params["W4"]
     b4 = params["b4"]
     x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     f1 = np.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
     f1_pad = np.pad(f1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
-    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_cpq W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     f2 = sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = b4 + (f3 @ W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
@@ -105,10 +105,10 @@ def _loss_per_sample(params, x, y):
     W4 = params["W4"]
     b4 = params["b4"]
     x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     f1 = np.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
     f1_pad = np.pad(f1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
-    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_cpq W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     f2 = sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = b4 + (f3 @ W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
@@ -135,10 +135,10 @@ def gradients(params, x, y):
     scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
     x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     f1 = np.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
     f1_pad = np.pad(f1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
-    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_cpq W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     f2 = sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = b4 + (f3 @ W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
@@ -153,11 +153,11 @@ def gradients(params, x, y):
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = np.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))  # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the batch
     dL_db2 = np.sum(delta2, axis=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))  # ∂L/∂f1_pad[c, h, w] = Σ_oij [0 ≤ h - 2·i ≤ 2]·[0 ≤ -2·j + w ≤ 1]·δ2[o, i, j]·W2[o, i, j, c, h - 2·i, -2·j + w]
+    dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))  # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_ij δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_db1 = np.sum(delta1, axis=(0, 2, 3))  # ∂L/∂b1[o] = Σ_ij δ1[o, i, j], summed over the batch
+    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    dL_db1 = np.sum(delta1, axis=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return {
         "W1": dL_dW1,
         "b1": dL_db1,

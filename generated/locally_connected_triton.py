@@ -68,7 +68,7 @@ def _layer1_forward(
     STORE: tl.constexpr,  # copy src to SRC_ptr (an activation of this program's rows)
     BLOCK_B: tl.constexpr,
 ):
-    # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     # direct convolution: one pass per (c, p, q), the padding read through masks (zero outside the input)
     if STORE:
         m = tl.arange(0, 256)
@@ -103,7 +103,7 @@ def _layer1_weight_grad(
     row_mask,
     BLOCK_B: tl.constexpr,
 ):
-    # ∂L/∂W1[o, c, p, q] = Σ_ij δ1[o, i, j]·x_pad[c, i + p, j + q]
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q]
     # this tile's rows of the batch sum, added atomically per (c, p, q)
     n = tl.arange(0, 256)
     n_ok = n < 243
@@ -129,7 +129,7 @@ def _layer1_weight_grad(
 def _layer1_bias_grad(
     delta,  # δ1, a (BLOCK_B, 256) tile, zero on padded rows
 ):
-    # ∂L/∂b1[o] = Σ_ij δ1[o, i, j]
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j]
     n = tl.arange(0, 256)
     f = tl.arange(0, 4)
     of_f = (n[None, :] // 81 == f[:, None]) & (n < 243)[None, :]
@@ -147,7 +147,7 @@ def _layer2_forward(
     STORE: tl.constexpr,  # copy src to SRC_ptr (an activation of this program's rows)
     BLOCK_B: tl.constexpr,
 ):
-    # a2[o, i, j] = Σ_cpq W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     # direct convolution: one pass per (c, p, q), the padding read through masks (zero outside the input)
     if STORE:
         m = tl.arange(0, 256)
@@ -210,7 +210,7 @@ def _layer2_input_grad(
     row_mask,
     BLOCK_B: tl.constexpr,
 ):
-    # ∂L/∂f1_pad[c, h, w] = Σ_oij [0 ≤ h - 2·i ≤ 2]·[0 ≤ -2·j + w ≤ 1]·δ2[o, i, j]·W2[o, i, j, c, h - 2·i, -2·j + w]; ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]; ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     # gathered per input element (c, h, w): for each kernel offset (p, q) the window (i, j) with
     # i·s + p = h + P, when that is a whole number in range, so each element is written once
     n = tl.arange(0, 128)
@@ -295,9 +295,9 @@ def locally_connected_fused_kernel(
     b4 = tl.load(b4_ptr + cols_3, mask=cmask_3, other=0.0)
 
     # ---- forward
-    a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, rows, row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_cpq W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, rows, row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     f1 = _tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
-    a2 = _layer2_forward(f1_ptr, f1, W2_ptr, b2_ptr, rows, row_mask, STORE=True, BLOCK_B=BLOCK_B)  # a2[o, i, j] = Σ_cpq W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    a2 = _layer2_forward(f1_ptr, f1, W2_ptr, b2_ptr, rows, row_mask, STORE=True, BLOCK_B=BLOCK_B)  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     f2 = _sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = b4 + tl.sum((f3)[:, None, :] * W4[None, :, :], axis=2)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
@@ -322,7 +322,7 @@ def locally_connected_fused_kernel(
         dL_db2 = tl.sum(delta2, axis=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
         dL_df1 = _layer2_input_grad(delta2, delta2_ptr, W2_ptr, rows, row_mask, BLOCK_B=BLOCK_B)  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
         delta1 = dL_df1*(1 - (f1 * f1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-        dL_db1 = _layer1_bias_grad(delta1)  # ∂L/∂b1[o] = Σ_ij δ1[o, i, j], summed over the batch
+        dL_db1 = _layer1_bias_grad(delta1)  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
         # ---- write back: this tile's partial sums of the parameter gradients
         _layer1_weight_grad(x_ptr, delta1, dL_dW1_ptr, rows, row_mask, BLOCK_B=BLOCK_B)
         tl.atomic_add(dL_db1_ptr + cols_3, dL_db1, mask=cmask_3)
