@@ -271,6 +271,8 @@ def lower_step(s, li, net):
     from .kernel_ir import (BatchSum, ConvBiasGrad, ConvInputGrad, ConvWeightGrad, Crop, LocalInputGrad,
                             LocalWeightGrad, Unflatten)
 
+    if s.kind not in ("param", "upstream"):
+        return None  # ∂L/∂ŷ of the loss and δ are elementwise
     if li.kind == "flatten":
         return Unflatten(_s(names.upstream(li.index)), *(sp.Integer(n) for n in li.in_shape))
     delta = _s(names.delta(li.index))

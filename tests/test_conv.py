@@ -194,6 +194,29 @@ def test_generated_code_against_torch(layer, triton_device_name):
     _check_against_torch(_net(layer), batch=3, seed=1)
 
 
+ODD_NETWORKS = {
+    # flatten straight after the input: the input is loaded as a flat tile
+    "flatten_first": Network("flat_first", layers=[Flatten(), Linear(out=3)], input=Port("x", (2, 3, 5)),
+                             loss=Loss("cross_entropy")),
+    # conv under conv without padding (∂L/∂f1 gathered directly), no bias, leaky_relu and softplus, l1 summed
+    "conv_conv": Network("conv_conv", layers=[Conv2d(3, 2, activation="leaky_relu", slope=0.2),
+                                              Conv2d(2, [2, 3], stride=2, bias=False, activation="softplus"),
+                                              Flatten(), Linear(out=2)],
+                         input=Port("x", (2, 7, 8)), target=Port("y", (2,)), loss=Loss("l1", "sum")),
+    # a locally connected first layer whose stride skips input rows, padding wider than the kernel's reach
+    "local_first": Network("lc_first", layers=[LocallyConnected(2, 3, stride=3, padding=2), Flatten(), Linear(out=1)],
+                           input=Port("x", (1, 5, 5)), loss=Loss("hinge")),
+    # flatten as the last layer: the loss gradient arrives at the flattened volume
+    "flatten_last": Network("conv_top", layers=[Conv2d(2, 2), Flatten()], input=Port("x", (1, 4, 4)),
+                            target=Port("y", (18,)), loss=Loss("l2")),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_NETWORKS))
+def test_layer_arrangements_against_torch(name, triton_device_name):
+    _check_against_torch(ODD_NETWORKS[name], batch=3, seed=2)
+
+
 @pytest.mark.parametrize("spec", ["lecture_convnet", "locally_connected"])
 def test_examples_verify(spec, triton_device_name):
     """derive verify on the examples: NumPy, finite differences, float32, Triton with sentinels, train_step."""
