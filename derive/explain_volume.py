@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from . import display
 from .conv import InRange
+from .expand import expanded
 from .losses import LOSS_RULES
 from .network import VolumeLayerInfo
 
@@ -42,6 +43,8 @@ def _describe(li) -> str:
 
 def to_text(der, param: str | None = None, expand: bool = False) -> str:
     net = der.network
+    if expand:
+        expanded(der)  # refuses, with a one-line error: the δ's stay named for volume networks
     t = display.text
     shape = lambda s: "scalar" if s == () else "×".join(map(str, s))
     lines = [f"Network {net.name}: input {net.input.name} ({shape(net.input.shape)}), "
@@ -112,7 +115,4 @@ def to_text(der, param: str | None = None, expand: bool = False) -> str:
             add(f"{pad}  (weight sharing: the sum runs over every position (i, j) the kernel visits)")
         src = li.padded or (net.input.name if li.index == 1 else f"f{li.index - 1}")
         add(f"    computed as: {_COMPUTED[(li.kind, role)].replace('x_pad', src)}")
-    if expand:
-        add("")
-        add("(--expand: the δ's are kept named for networks with conv layers; the formulas above are complete)")
     return "\n".join(lines) + "\n"

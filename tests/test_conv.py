@@ -295,6 +295,13 @@ def test_bad_conv_spec(tmp_path, capsys, text_, key_path, expected):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_expand_is_refused_for_conv_networks(capsys):
+    for fmt in ("text", "json"):
+        assert cli_main(["explain", str(ROOT / "examples" / "lecture_convnet.toml"), "--expand", "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--expand: not available" in err
+
+
 def test_python_api_shapes():
     net = _net(LOCAL, in_shape=(2, 7, 9))
     assert [(p.name, p.shape) for p in net.params] == [
