@@ -43,7 +43,7 @@ def _softmax(z, mask):
 @triton.jit
 def _layer1_forward(
     SRC_ptr,  # x, (B, 3, 32, 32) float32: the windows are read from here
-    src,  # x as a (BLOCK_B, 4096) tile, copied to SRC_ptr first when STORE
+    src,  # x as a (BLOCK_B, 4096) tile, copied to SRC_ptr first when STORE (else unused)
     W_ptr,  # W1, (6, 3, 5, 5)
     b_ptr,  # b1, (6,)
     rows,  # the tile's batch rows

@@ -60,7 +60,7 @@ def _tanh(x):
 @triton.jit
 def _layer1_forward(
     SRC_ptr,  # x, (B, 2, 9, 9) float32: the windows are read from here
-    src,  # x as a (BLOCK_B, 256) tile, copied to SRC_ptr first when STORE
+    src,  # x as a (BLOCK_B, 256) tile, copied to SRC_ptr first when STORE (else unused)
     W_ptr,  # W1, (3, 2, 3, 3)
     b_ptr,  # b1, (3,)
     rows,  # the tile's batch rows
@@ -139,7 +139,7 @@ def _layer1_bias_grad(
 @triton.jit
 def _layer2_forward(
     SRC_ptr,  # f1, (B, 3, 9, 9) float32: the windows are read from here
-    src,  # f1 as a (BLOCK_B, 256) tile, copied to SRC_ptr first when STORE
+    src,  # f1 as a (BLOCK_B, 256) tile, copied to SRC_ptr first when STORE (else unused)
     W_ptr,  # W2, (4, 5, 5, 3, 3, 2)
     b_ptr,  # b2, (4, 5, 5)
     rows,  # the tile's batch rows
