@@ -30,6 +30,9 @@ RESERVED = frozenset(
     }
 )
 
+# The NumPy helpers of conv2d / locally_connected layers.
+RESERVED = RESERVED | {"windows", "conv2d_input_grad", "local_input_grad"}
+
 
 def check_identifier(name: object) -> str | None:
     """Return a reason the name is unusable, or None when it is fine."""

@@ -275,6 +275,7 @@ BAD = {
     "lc_kernel_too_large": (HEAD + '[[layers]]\ntype = "locally_connected"\nfilters = 1\nkernel = 6\nstride = 1\n'
                             'padding = 0\n[[layers]]\ntype = "locally_connected"\nfilters = 1\nkernel = 4\n' + TAIL,
                             "layers[1].kernel", "expected a kernel no larger than the padded input 3×3, got 4×4"),
+    "helper_name": (HEAD + CONV + 'weight = "windows"\n' + TAIL, "layers[0].weight", "used by the generated code"),
     "pad_name_taken": (HEAD + CONV.replace('kernel = 3', 'kernel = 3\nweight = "x_pad"\npadding = 1') + TAIL,
                        "layers[0].padding", "duplicate name 'x_pad' (also used by layers[0].weight)"),
 }
@@ -300,6 +301,15 @@ def test_expand_is_refused_for_conv_networks(capsys):
         assert cli_main(["explain", str(ROOT / "examples" / "lecture_convnet.toml"), "--expand", "--format", fmt]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--expand: not available" in err
+
+
+def test_toml_equals_python_api():
+    net = load_spec(ROOT / "examples" / "lecture_convnet.toml")
+    py = Network("lecture_convnet", layers=[Conv2d(6, 5, activation="relu"), Flatten(), Linear(out=10)],
+                 input=Port("x", (3, 32, 32)), target=Port("y"), loss=Loss("cross_entropy"))
+    assert net == py and net.params == py.params
+    assert [(p.name, p.shape) for p in net.params] == [
+        ("W1", (6, 3, 5, 5)), ("b1", (6,)), ("W3", (10, 4704)), ("b3", (10,))]
 
 
 def test_python_api_shapes():
