@@ -7,11 +7,11 @@ as backprop is taught, and templates turn the derivation into NumPy and Triton c
 from .builtin import lecture_network
 from .derivation import Derivation, Factor, Step, derive
 from .errors import DeriveError, SpecError
-from .network import Linear, Loss, Network, Port
+from .network import Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
 from .spec import load_spec, parse_spec
 
 __all__ = [
-    "Derivation", "DeriveError", "Factor", "Linear", "Loss", "Network", "Port", "SpecError", "Step",
+    "Conv2d", "Derivation", "DeriveError", "Factor", "Flatten", "Linear", "LocallyConnected", "Loss", "Network", "Port", "SpecError", "Step",
     "derive", "lecture_network", "load_spec", "parse_spec",
 ]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import codegen_volume as volume
 from . import derivation, fsutil, lowering
 from .kernel_ir import KernelIR
 from .network import Network
@@ -116,13 +117,16 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
             widths[a.name] = 0
     # the smallest BLOCK_B a launch may use decides tl.dot against broadcast-multiply-sum
     pr = TritonCodePrinter(widths, real, 16, "ieee")
-    sizes = sorted({n for a in arrays.values() for n in a.shape} | {1})
+    pr.volume_calls = volume.calls(ir)
+    sizes = sorted({n for a in arrays.values() for n in a.shape} | {1} | volume.sizes(ir))
 
     def line(a):
         return {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
 
     backward = []
     for a in ir.backward:
+        if volume.dropped(ir, a):
+            continue
         ln = line(a)
         if a.name == ir.backward[0].name:  # ∂L/∂ŷ: zero on padded rows and columns
             ln["rhs"] = f"tl.where({_mask(a.shape)}, {ln['rhs']}, 0.0)"
@@ -131,16 +135,19 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
     ctx = _common(ir, out_dir)
     ctx.update(
         block_b=TRITON_BLOCK_B,
-        kernel_args=_kernel_args(ir),
+        kernel_args=_kernel_args(ir) + volume.kernel_args(ir),
+        scratch=volume.scratch(ir),
         columns=[{"n": n, "padded": _pow2(n)} for n in sizes],
-        loads=[_load_param(p) for p in ir.params] + [_load_sample(ir.input, f"{ir.input.name}_ptr")],
-        forward=[line(a) for a in ir.forward],
+        loads=[_load_param(p) for p in ir.params if p.name not in volume.params(ir)]
+        + ([_load_sample(ir.input, f"{ir.input.name}_ptr")] if volume.needs_input_tile(ir) else []),
+        forward=[line(a) for a in ir.forward if not volume.dropped(ir, a)],
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
         loss_rhs=pr.doprint(ir.loss.expr),
         loss_scale="scale",
         backward=backward,
-        grad_stores=[_store_grad(p, g) for p, (_, g) in zip(ir.params, ir.grads_by_param())],
+        grad_stores=[volume.grad_store(ir, p.name) or _store_grad(p, g)
+                     for p, (_, g) in zip(ir.params, ir.grads_by_param())],
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
     )
@@ -149,7 +156,7 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
                            for a in ir.update_scalars]
     ctx["updates"] = [line(a) for a in ir.updates]
     ctx["kernel_scalars"] = _kernel_scalars(ir)
-    ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)] + volume.helpers(ir, _env())
     ctx["imports"] = ["import math", "import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     return _env().get_template("triton_module.py.jinja").render(**ctx)
 
@@ -202,7 +209,7 @@ def _load_sample(a, ptr: str) -> str:
     other = "0" if a.dtype == "int" else "0.0"
     if not a.shape:
         return f"{a.name} = tl.load({ptr} + rows, mask=row_mask, other={other})"
-    n = a.shape[0]
+    n = a.shape[0] if len(a.shape) == 1 else math.prod(a.shape)  # a volume as a flat (c·h·w) tile
     return (f"{a.name} = tl.load({ptr} + rows[:, None] * {n} + cols_{n}[None, :], "
             f"mask=row_mask[:, None] & cmask_{n}[None, :], other={other})")
 
@@ -221,8 +228,8 @@ def _store_grad(p, g: str) -> str:
     ptr = f"dL_d{p.name}_ptr"
     if not p.shape:
         return f"tl.atomic_add({ptr}, {g})"
-    if len(p.shape) == 1:
-        n = p.shape[0]
+    if len(p.shape) == 1 or len(p.shape) >= 3:  # a locally connected bias (o, h, w) is stored flat
+        n = math.prod(p.shape)
         return f"tl.atomic_add({ptr} + cols_{n}, {g}, mask=cmask_{n})"
     m, n = p.shape
     return f"tl.atomic_add({ptr} + cols_{m}[:, None] * {n} + cols_{n}[None, :], {g}, mask=cmask_{m}[:, None] & cmask_{n}[None, :])"

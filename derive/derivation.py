@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.core.parameters import distribute
 
+from . import conv
 from . import indices as ix
 from . import names
 from .functions import ACTIVATION_FUNCTIONS, name_softmax
 from .losses import LOSS_RULES, per_sample_loss
-from .network import LayerInfo, Network, Shape
+from .network import LayerInfo, Network, Shape, VolumeLayerInfo
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,11 @@ def _derive(net: Network) -> Derivation:
     prev = sym[net.input.name]
     act_subs: list[tuple[LayerInfo, sp.Expr, sp.Expr]] = []
     for li in net.info:
+        if isinstance(li, VolumeLayerInfo):  # conv2d, locally_connected, flatten: rules in derive/conv.py
+            defs, prev, act = conv.forward(li, sym, prev, Definition)
+            forward.extend(defs)
+            act_subs.append((li, *act) if act else None)
+            continue
         a = ix.tensor(names.pre_activation(li.index), li.out_shape)
         f = ix.tensor(names.activation(li.index), li.out_shape)
         sym[a.name if isinstance(a, sp.Symbol) else str(a)] = a
@@ -158,6 +164,13 @@ def _derive(net: Network) -> Derivation:
 
     for pos in range(len(net.info) - 1, -1, -1):
         li = net.info[pos]
+        if isinstance(li, VolumeLayerInfo):
+            steps, up_expr = conv.backward(li, pos, net, sym, forward, act_subs[pos] and act_subs[pos][1:],
+                                           up_expr, Step, Factor)
+            backward.extend(steps)
+            if pos == 0:
+                break
+            continue
         l = li.index
         a_el = _elem(ix.tensor(names.pre_activation(l), li.out_shape), ix.j)
         f_rhs, f_el = act_subs[pos][1], act_subs[pos][2]
@@ -183,7 +196,7 @@ def _derive(net: Network) -> Derivation:
         delta_el = _elem(delta, ix.j)
 
         # Parameter gradients: ∂L/∂θ = Σ_j δ_l[j] · ∂a_l[j]/∂θ, contracted by SymPy.
-        a_rhs = forward[2 * pos].rhs
+        a_rhs = next(d.rhs for d in forward if d.name == names.pre_activation(l))
         dname = f"delta{l}"
         for role, pname in (("weight", li.weight), ("bias", li.bias)):
             if pname is None:

@@ -57,8 +57,22 @@ class TextPrinter(StrPrinter):
     def _print_Indexed(self, expr):
         return "%s[%s]" % (self._print(expr.base), ",".join(self._print(i) for i in expr.indices))
 
+    def _print_Add(self, expr, order=None):
+        syms = expr.free_symbols
+        if syms and all(s.is_integer for s in syms) and not expr.atoms(sp.Function, sp.Indexed):
+            # index arithmetic (a conv window i·s + p, a flat position c·H·W + h·W + w): the lecture's
+            # order, added terms first (h − 2·i rather than −2·i + h)
+            terms = sorted(sp.Add.make_args(expr), key=lambda e: (e.is_Number, e.could_extract_minus_sign(),
+                                                                  sp.default_sort_key(-e if e.could_extract_minus_sign() else e)))
+            out = self._print(terms[0])
+            for e in terms[1:]:
+                out += f" - {self._print(-e)}" if e.could_extract_minus_sign() else f" + {self._print(e)}"
+            return out
+        return super()._print_Add(expr, order)
+
     def _print_Sum(self, expr):
         idx = "".join(self._print(lim[0]) for lim in expr.limits)
+        idx = f"{{{','.join(idx)}}}" if len(expr.limits) > 1 else idx  # Σ_{c,p,q} over a window
         body = self._print(expr.function)
         if isinstance(expr.function, sp.Add):
             body = f"({body})"
@@ -89,6 +103,10 @@ class TextPrinter(StrPrinter):
         return super()._print_Rational(expr)
 
     def _print_Mul(self, expr):
+        brackets = [a for a in expr.args if type(a).__name__ == "InRange"]
+        if brackets and len(brackets) < len(expr.args):  # a window's range conditions read last
+            rest = sp.Mul(*[a for a in expr.args if a not in brackets], evaluate=False)
+            return "·".join([self._print(rest), *(self._print(b) for b in brackets)])
         return super()._print_Mul(expr).replace("*", "·")
 
     def _print_Pow(self, expr, rational=False):

@@ -11,10 +11,17 @@ from __future__ import annotations
 import sympy as sp
 
 from .derivation import Derivation
+from .errors import DeriveError
 
 
 def expanded(der: Derivation) -> dict[str, sp.Expr]:
-    """name -> expression without δ or ∂L/∂f symbols, for every delta and parameter gradient."""
+    """name -> expression without δ or ∂L/∂f symbols, for every delta and parameter gradient.
+
+    Networks with conv2d / locally_connected / flatten layers keep their δ's named: refused.
+    """
+    if any(getattr(li, "kind", "linear") != "linear" for li in der.network.info):
+        raise DeriveError(f"{der.network.name}: --expand: not available for networks with conv2d, "
+                          "locally_connected or flatten layers (their gradients are printed with the δ's named)")
     out: dict[str, sp.Expr] = {}
     by_layer: dict[int, sp.Expr] = {}  # δ_l expanded, free index j
     up_by_layer: dict[int, sp.Expr] = {}

@@ -11,7 +11,7 @@ import json
 
 import sympy as sp
 
-from . import display
+from . import display, explain_volume
 from .derivation import Derivation, Step
 from .expand import expanded
 from . import optimizers
@@ -66,6 +66,8 @@ def _lhs_text(step: Step) -> str:
 
 def to_text(der: Derivation, param: str | None = None, expand: bool = False) -> str:
     net = der.network
+    if explain_volume.has_volumes(net):  # conv2d / locally_connected / flatten: index notation per element
+        return explain_volume.to_text(der, param, expand)
     lines: list[str] = []
     add = lines.append
     shape = lambda s: "scalar" if s == () else "×".join(map(str, s))

@@ -105,6 +105,25 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class VolumeLayer:
+    """A conv2d or locally_connected layer's geometry and derived formulas (for the generated comments)."""
+
+    layer: int
+    kind: str
+    in_shape: Shape  # (c, h, w), unpadded
+    out_shape: Shape  # (filters, out_h, out_w)
+    stride: int
+    kernel: tuple[int, int]
+    padding: int
+    weight: str
+    bias: str | None
+    source: str  # the array its windows read: the network input or f_{l-1}
+    first: bool  # the source is the network input (read from x_ptr) rather than a scratch copy
+    below: bool  # there is a layer below, so ∂L/∂source is computed
+    formulas: tuple[tuple[str, str], ...] = ()  # ("forward" | "weight" | "bias" | "input", text)
+
+
+@dataclass(frozen=True)
 class KernelIR:
     name: str
     source: str  # the spec it came from, for the generated header
@@ -120,6 +139,7 @@ class KernelIR:
     grads: tuple[tuple[str, str], ...]  # (param, gradient array)
     loss_type: str
     reduction: str
+    volumes: tuple[VolumeLayer, ...] = ()  # conv2d / locally_connected layers, for the Triton helpers
     optimizer: str = "sgd"
     schedule: str = "constant"
     hyper: tuple[tuple[str, float], ...] = ()
@@ -138,3 +158,75 @@ class KernelIR:
         for a in (*self.forward, self.output, self.loss, *self.backward):
             out[a.name] = Array(a.name, a.shape, a.batched)
         return out
+
+
+# ---- volumes (conv2d, locally_connected, flatten); per-sample arrays are (c, h, w) -------------------
+# Geometry travels as Integer arguments: stride s, kernel kh × kw, and the layer's number l
+# (the Triton printer names each layer's helper kernels after it).
+
+
+class Pad(IRNode):
+    """Pad(x, P): x zero-padded by P on both spatial sides (x_pad)."""
+
+    nargs = 2
+
+
+class Crop(IRNode):
+    """Crop(g, P): the inverse of Pad for gradients, g[:, :, P:-P, P:-P] (∂L/∂x from ∂L/∂x_pad)."""
+
+    nargs = 2
+
+
+class ConvForward(IRNode):
+    """ConvForward(x, W, b, s, kh, kw, l): a[o,i,j] = Σ_{c,p,q} W[o,c,p,q]·x[c, i·s+p, j·s+q] + b[o] (b may be 0)."""
+
+    nargs = 7
+
+
+class LocalForward(IRNode):
+    """LocalForward(x, W, b, s, kh, kw, l): a[o,i,j] = Σ_{c,p,q} W[o,i,j,c,p,q]·x[c, i·s+p, j·s+q] + b[o,i,j]."""
+
+    nargs = 7
+
+
+class ConvWeightGrad(IRNode):
+    """ConvWeightGrad(δ, x, s, kh, kw, l): Σ_b Σ_{i,j} δ[o,i,j]·x[c, i·s+p, j·s+q]."""
+
+    nargs = 6
+
+
+class LocalWeightGrad(IRNode):
+    """LocalWeightGrad(δ, x, s, kh, kw, l): Σ_b δ[o,i,j]·x[c, i·s+p, j·s+q] (no sum over positions)."""
+
+    nargs = 6
+
+
+class ConvBiasGrad(IRNode):
+    """ConvBiasGrad(δ, l): Σ_b Σ_{i,j} δ[o,i,j]."""
+
+    nargs = 2
+
+
+class ConvInputGrad(IRNode):
+    """ConvInputGrad(δ, W, s, H, W_, l): ∂L/∂x[c,h,w] = Σ_{o,i,j} δ[o,i,j]·W[o,c,h−i·s,w−j·s]·[window in range],
+    for an input of spatial size H × W_ (the padded input when the layer pads)."""
+
+    nargs = 6
+
+
+class LocalInputGrad(IRNode):
+    """LocalInputGrad(δ, W, s, H, W_, l): as ConvInputGrad with W[o,i,j,c,h−i·s,w−j·s]."""
+
+    nargs = 6
+
+
+class Flatten(IRNode):
+    """Flatten(f): (c, h, w) -> c·h·w in C order, per sample."""
+
+    nargs = 1
+
+
+class Unflatten(IRNode):
+    """Unflatten(g, C, H, W): the inverse of Flatten."""
+
+    nargs = 4

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import sympy as sp
 
+from . import conv
 from . import indices as ix
 from .derivation import Derivation, Step
 from .errors import DerivationError
+from .network import VolumeLayerInfo
 from .functions import logsumexp, name_logsumexp, softmax
 from .kernel_ir import (
     Array, Assign, BatchSum, Col, First, ZerosLike, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
@@ -116,6 +118,10 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
     for d in der.forward:
         arrays[d.name] = Array(d.name, d.shape, True)
         ctx = _Ctx(arrays, f"forward {d.name}")
+        volume = conv.lower_definition(d, net.info[d.layer - 1], net) if _volume(net, d.layer) else None
+        if volume is not None:  # conv2d, locally_connected, flatten: lowered by their layer rules
+            forward.append(Assign(d.name, volume, d.shape, True, _comment_forward(d)))
+            continue
         forward.append(Assign(d.name, lower_expr(d.rhs, ctx, bool(d.shape)), d.shape, True,
                               _comment_forward(d)))
 
@@ -140,6 +146,13 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         ctx = _Ctx(arrays, f"step {s.name}", width)
         ctx.logits = sp.Symbol(f_top.name, real=True)
         ctx.scalar_lhs = s.shape == ()
+        producer = s.layer if s.kind == "upstream" else s.layer - 1  # the 0-based layer whose rule made s
+        volume = conv.lower_step(s, net.info[producer], net) if _volume(net, producer + 1) else None
+        if volume is not None:
+            backward.append(Assign(s.name, volume, s.shape, s.kind != "param",
+                                   _comment_forward(s) + (", summed over the batch" if s.kind == "param" else "")))
+            grads += [(s.param, s.name)] if s.kind == "param" else []
+            continue
         backward.append(_lower_step(s, ctx))
         if s.kind == "param":
             grads.append((s.param, s.name))
@@ -159,6 +172,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         grads=tuple(grads),
         loss_type=net.loss.type,
         reduction=net.loss.reduction,
+        volumes=conv.volume_layers(der, net),
         **_lower_optimizer(net),
     )
 
@@ -178,6 +192,10 @@ def _lower_optimizer(net) -> dict:
     updates = tuple(Assign(str(lhs), rhs, (), True, f"{text(lhs)} ← {text(rhs)}") for lhs, rhs in rule.steps)
     out.update(state=tuple(str(s) for s in rule.state), update_scalars=scalars, updates=updates)
     return out
+
+
+def _volume(net, layer: int) -> bool:
+    return isinstance(net.info[layer - 1], VolumeLayerInfo)
 
 
 def _lower_step(s: Step, ctx: _Ctx) -> Assign:

@@ -35,6 +35,9 @@ RESERVED = frozenset(
     }
 )
 
+# The NumPy helpers of conv2d / locally_connected layers.
+RESERVED = RESERVED | {"windows", "conv2d_input_grad", "local_input_grad"}
+
 
 def check_identifier(name: object, variable: bool = True) -> str | None:
     """Return a reason the name is unusable, or None when it is fine.
@@ -79,6 +82,11 @@ def grad(param: str) -> str:
 def upstream(layer: int) -> str:
     """∂L/∂f_l: the gradient arriving at a layer's output, before its activation."""
     return f"dL_df{layer}"
+
+
+def padded(source: str) -> str:
+    """The zero-padded input of a conv layer: x_pad, f1_pad."""
+    return f"{source}_pad"
 
 
 def default_weight(layer: int, vector: bool) -> str:

@@ -54,6 +54,41 @@ class Linear:
 
 
 @dataclass(frozen=True)
+class Conv2d:
+    """a[o,i,j] = Σ_{c,p,q} W[o,c,p,q]·x_pad[c, i·s+p, j·s+q] + b[o], then f = activation(a).
+
+    One set of ``filters`` kernels shared by every output position (weight sharing).
+    ``kernel`` is an int or (kh, kw); ``padding`` zero-pads both spatial sides.
+    """
+
+    filters: int
+    kernel: int | tuple[int, int]
+    stride: int = 1
+    padding: int = 0
+    weight: str | None = None
+    bias: str | None | bool = None
+    activation: str = "identity"
+    slope: float | None = None  # leaky_relu's negative slope (default 0.01)
+
+    kind = "conv2d"
+
+
+@dataclass(frozen=True)
+class LocallyConnected(Conv2d):
+    """The same windows as Conv2d, without weight sharing: a separate kernel for every output
+    position, a[o,i,j] = Σ_{c,p,q} W[o,i,j,c,p,q]·x_pad[c, i·s+p, j·s+q] + b[o,i,j]."""
+
+    kind = "locally_connected"
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """f[c·H·W + h·W + w] = f_prev[c,h,w]: a volume as a vector, in C order (as torch flattens (c, h, w))."""
+
+    kind = "flatten"
+
+
+@dataclass(frozen=True)
 class Loss:
     type: str = "l2"
     reduction: str = "mean"
@@ -89,6 +124,49 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
+class VolumeLayerInfo:
+    """A validated conv2d, locally_connected or flatten layer (1-based ``index``).
+
+    ``padded`` names the zero-padded input (x_pad, f1_pad) when ``padding`` > 0.
+    """
+
+    index: int
+    spec: Conv2d | Flatten
+    in_shape: Shape  # (c, h, w)
+    out_shape: Shape  # (filters, out_h, out_w); flatten: (c·h·w,)
+    weight: str | None
+    bias: str | None
+    slope_value: float | None = None
+    kernel: tuple[int, int] = (1, 1)
+    stride: int = 1
+    padding: int = 0
+    padded: str | None = None
+    slope_param = None  # prelu is for linear layers only
+    vector = True
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_shape[0] * self.kernel[0] * self.kernel[1]
+
+    def params(self) -> list[Param]:
+        if self.kind == "flatten":
+            return []
+        o, (c, _, _), (kh, kw) = self.spec.filters, self.in_shape, self.kernel
+        if self.kind == "conv2d":
+            w_shape, b_shape = (o, c, kh, kw), (o,)
+        else:
+            w_shape, b_shape = (o, *self.out_shape[1:], c, kh, kw), self.out_shape
+        out = [Param(self.weight, w_shape, self.index, "weight", self.fan_in)]
+        if self.bias is not None:
+            out.append(Param(self.bias, b_shape, self.index, "bias", self.fan_in))
+        return out
+
+
+@dataclass(frozen=True)
 class Network:
     name: str
     layers: tuple[Linear, ...]
@@ -111,6 +189,9 @@ class Network:
     def params(self) -> tuple[Param, ...]:
         out: list[Param] = []
         for li in self.info:
+            if isinstance(li, VolumeLayerInfo):
+                out.extend(li.params())
+                continue
             fan_in = li.in_shape[0] if li.in_shape else 1
             w_shape = (li.spec.out, fan_in) if li.vector else ()
             out.append(Param(li.weight, w_shape, li.index, "weight", fan_in))
@@ -137,9 +218,10 @@ def _check_name(path: str, value: object, variable: bool = True) -> str:
     return value  # type: ignore[return-value]
 
 
-def _check_shape(path: str, shape: object) -> Shape:
-    if not isinstance(shape, (tuple, list)) or len(shape) > 1:
-        raise SpecError(path, f"expected [] (a scalar) or [n] (a vector), got {shape!r}")
+def _check_shape(path: str, shape: object, volume: bool = False) -> Shape:
+    if not isinstance(shape, (tuple, list)) or len(shape) not in ((0, 1, 3) if volume else (0, 1)):
+        more = " or [c, h, w] (a volume)" if volume else ""
+        raise SpecError(path, f"expected [] (a scalar) or [n] (a vector){more}, got {shape!r}")
     for n in shape:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise SpecError(path, f"expected positive integer sizes, got {shape!r}")
@@ -150,7 +232,7 @@ def _resolve(net: Network) -> tuple[LayerInfo, ...]:
     _check_name("name", net.name, variable=False)
     _check_name("input.name", net.input.name)
     _check_name("target.name", net.target.name)
-    in_shape = _check_shape("input.shape", net.input.shape)
+    in_shape = _check_shape("input.shape", net.input.shape, volume=True)
     target_shape = _check_shape("target.shape", net.target.shape)
     if not net.layers:
         raise SpecError("layers", "expected at least one [[layers]] entry")
@@ -176,8 +258,15 @@ def _resolve(net: Network) -> tuple[LayerInfo, ...]:
     for i, layer in enumerate(net.layers):
         path = f"layers[{i}]"
         idx = i + 1
+        if isinstance(layer, (Conv2d, Flatten)):
+            infos.append(_resolve_volume(path, idx, layer, shape, claim, net))
+            shape = infos[-1].out_shape
+            continue
         if not isinstance(layer, Linear):
             raise SpecError(f"{path}.type", f"expected a layer such as Linear, got {type(layer).__name__}")
+        if len(shape) == 3:
+            raise SpecError(f"{path}.type", f"expected a flatten layer before a linear layer on a volume "
+                                            f"(this layer's input has shape {list(shape)})")
         out = layer.out
         if out is not None and (isinstance(out, bool) or not isinstance(out, int) or out < 1):
             raise SpecError(f"{path}.out", f"expected a positive integer, got {out!r}")
@@ -219,8 +308,68 @@ def _resolve(net: Network) -> tuple[LayerInfo, ...]:
         infos.append(LayerInfo(idx, layer, in_view, out_shape, weight, bias, slope_param, slope_value))
         shape = out_shape
 
+    if len(shape) == 3:
+        raise SpecError(f"layers[{len(net.layers) - 1}].type",
+                        f"expected the network to end in a vector, not a volume of shape {list(shape)}: "
+                        "add a flatten (and a linear) layer")
     _check_target(net, shape, target_shape)
     return tuple(infos)
+
+
+def _positive(path: str, value: object, what: str = "a positive integer", low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(path, f"expected {what}, got {value!r}")
+    return value
+
+
+def _resolve_volume(path: str, idx: int, layer, shape: Shape, claim, net: Network) -> VolumeLayerInfo:
+    """Check a conv2d / locally_connected / flatten layer and work out its output shape."""
+    if len(shape) != 3:
+        got = "a scalar" if not shape else f"shape {list(shape)}"
+        raise SpecError(f"{path}.type", f"expected a [c, h, w] volume as the input of {layer.kind}, got {got}")
+    c, h, w = shape
+    if isinstance(layer, Flatten):
+        return VolumeLayerInfo(idx, layer, shape, (c * h * w,), None, None)
+    filters = _positive(f"{path}.filters", layer.filters)
+    k = layer.kernel
+    if isinstance(k, list):
+        k = tuple(k)
+    if isinstance(k, int) and not isinstance(k, bool):
+        k = (k, k)
+    if not (isinstance(k, tuple) and len(k) == 2):
+        raise SpecError(f"{path}.kernel", f"expected a positive integer or [kh, kw], got {layer.kernel!r}")
+    kh, kw = (_positive(f"{path}.kernel", n, "positive kernel sizes") for n in k)
+    stride = _positive(f"{path}.stride", layer.stride)
+    pad = _positive(f"{path}.padding", layer.padding, "a non-negative integer", low=0)
+    if kh > h + 2 * pad or kw > w + 2 * pad:
+        raise SpecError(f"{path}.kernel", f"expected a kernel no larger than the padded input "
+                                          f"{h + 2 * pad}×{w + 2 * pad}, got {kh}×{kw}")
+    if layer.activation not in ACTIVATIONS:
+        raise SpecError(f"{path}.activation", f"expected one of {', '.join(ACTIVATIONS)}, got {layer.activation!r}")
+    if layer.activation == "prelu":
+        raise SpecError(f"{path}.activation", f"expected an activation without parameters; prelu is "
+                                              f"available on linear layers only")
+    slope_value = None
+    if layer.activation == "leaky_relu":
+        sl = 0.01 if layer.slope is None else layer.slope
+        if isinstance(sl, bool) or not isinstance(sl, (int, float)) or not math.isfinite(sl):
+            raise SpecError(f"{path}.slope", f"expected a number for leaky_relu's slope, got {sl!r}")
+        slope_value = float(sl)
+    elif layer.slope is not None:
+        raise SpecError(f"{path}.slope", f"'slope' belongs to leaky_relu, not {layer.activation}")
+    weight = claim(f"{path}.weight", layer.weight if layer.weight is not None else names.default_weight(idx, True))
+    if layer.bias is False:
+        bias = None
+    elif layer.bias is None or layer.bias is True:
+        bias = claim(f"{path}.bias", names.default_bias(idx))
+    else:
+        bias = claim(f"{path}.bias", layer.bias)
+    padded = None
+    if pad:
+        source = net.input.name if idx == 1 else names.activation(idx - 1)
+        padded = claim(f"{path}.padding", names.padded(source))
+    out_shape = (filters, (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1)
+    return VolumeLayerInfo(idx, layer, shape, out_shape, weight, bias, slope_value, (kh, kw), stride, pad, padded)
 
 
 def _check_target(net: Network, out_shape: Shape, target_shape: Shape) -> None:

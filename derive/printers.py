@@ -107,6 +107,59 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
     def _print_LogSumExp(self, e):
         return self._helper("logsumexp", *e.args)
 
+    # volumes: sliding windows and einsum, the subscripts spelling the printed index formula
+    def _windows(self, x, s, kh, kw) -> str:
+        self.helpers.add("windows")
+        return "windows(%s, %s, %s, %s)" % (self._print(x), kh, kw, s)
+
+    def _print_Pad(self, e):
+        x, pad = e.args
+        return "np.pad(%s, ((0, 0), (0, 0), (%s, %s), (%s, %s)))" % (self._print(x), pad, pad, pad, pad)
+
+    def _print_Crop(self, e):
+        g, pad = e.args
+        return "%s[:, :, %s:-%s, %s:-%s]" % (self._print(g), pad, pad, pad, pad)
+
+    def _forward(self, e, subscripts, bias):
+        x, w, b, s, kh, kw, _ = e.args
+        out = 'np.einsum("%s", %s, %s)' % (subscripts, self._windows(x, s, kh, kw), self._print(w))
+        return out if b == 0 else "%s + %s%s" % (out, self._print(b), bias)
+
+    def _print_ConvForward(self, e):
+        return self._forward(e, "bcijpq,ocpq->boij", "[:, None, None]")
+
+    def _print_LocalForward(self, e):
+        return self._forward(e, "bcijpq,oijcpq->boij", "")
+
+    def _print_ConvWeightGrad(self, e):
+        d, x, s, kh, kw, _ = e.args
+        return 'np.einsum("boij,bcijpq->ocpq", %s, %s)' % (self._print(d), self._windows(x, s, kh, kw))
+
+    def _print_LocalWeightGrad(self, e):
+        d, x, s, kh, kw, _ = e.args
+        return 'np.einsum("boij,bcijpq->oijcpq", %s, %s)' % (self._print(d), self._windows(x, s, kh, kw))
+
+    def _print_ConvBiasGrad(self, e):
+        return "np.sum(%s, axis=(0, 2, 3))" % self._print(e.args[0])
+
+    def _print_ConvInputGrad(self, e):
+        d, w, s, hh, ww, _ = e.args
+        self.helpers.add("conv2d_input_grad")
+        return "conv2d_input_grad(%s, %s, %s, (%s, %s))" % (self._print(d), self._print(w), s, hh, ww)
+
+    def _print_LocalInputGrad(self, e):
+        d, w, s, hh, ww, _ = e.args
+        self.helpers.add("local_input_grad")
+        return "local_input_grad(%s, %s, %s, (%s, %s))" % (self._print(d), self._print(w), s, hh, ww)
+
+    def _print_Flatten(self, e):
+        f = self._print(e.args[0])
+        return "%s.reshape(%s.shape[0], -1)" % (f, f)
+
+    def _print_Unflatten(self, e):
+        g, cc, hh, ww = e.args
+        return "%s.reshape(-1, %s, %s, %s)" % (self._print(g), cc, hh, ww)
+
 
 # Helper sources for the generated NumPy module, included when the printer used them.
 NUMPY_HELPERS = {
@@ -124,6 +177,34 @@ NUMPY_HELPERS = {
     """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
     e = np.exp(z - np.max(z, axis=1, keepdims=True))
     return e / np.sum(e, axis=1, keepdims=True)''',
+    "windows": '''def windows(x, kh, kw, s):
+    """x[b, c, i·s + p, j·s + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]''',
+    "conv2d_input_grad": '''def conv2d_input_grad(delta, W, s, hw):
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
+
+    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the brackets
+    allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
+    """
+    B, _, oh, ow = delta.shape
+    _, C, kh, kw = W.shape
+    g = np.zeros((B, C, *hw), dtype=delta.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += np.einsum("boij,oc->bcij", delta, W[:, :, p, q])
+    return g''',
+    "local_input_grad": '''def local_input_grad(delta, W, s, hw):
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
+
+    A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i, j).
+    """
+    B, _, oh, ow = delta.shape
+    kh, kw = W.shape[4:]
+    g = np.zeros((B, W.shape[3], *hw), dtype=delta.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += np.einsum("boij,oijc->bcij", delta, W[:, :, :, :, p, q])
+    return g''',
     "onehot": '''def onehot(y, n, dtype):
     """[y = j] for class indices y and columns j < n."""
     return (y[:, None] == np.arange(n)).astype(dtype)''',
@@ -279,6 +360,46 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         (z,) = e.args
         self.helpers.add("_logsumexp")
         return "_logsumexp(%s, cmask_%d[None, :])" % (self._print(z), self._n_of(z))
+
+    # volumes: the layer's helper kernels (derive/codegen_volume.py), called by name
+    volume_calls: dict = {}
+
+    def _volume_call(self, layer, what: str) -> str:
+        try:
+            return self.volume_calls[int(layer)][what]
+        except KeyError:
+            raise DerivationError(f"triton printer: no helper for layer {layer}'s {what}") from None
+
+    def _print_ConvForward(self, e):
+        return self._volume_call(e.args[-1], "forward")
+
+    _print_LocalForward = _print_ConvForward
+
+    def _print_ConvWeightGrad(self, e):
+        return self._volume_call(e.args[-1], "weight")
+
+    _print_LocalWeightGrad = _print_ConvWeightGrad
+
+    def _print_ConvBiasGrad(self, e):
+        return self._volume_call(e.args[-1], "bias")
+
+    def _print_ConvInputGrad(self, e):
+        return self._volume_call(e.args[-1], "input")
+
+    _print_LocalInputGrad = _print_ConvInputGrad
+
+    def _print_Crop(self, e):
+        # ∂L/∂x from δ directly: the gather runs in unpadded coordinates
+        try:
+            return self.volume_calls[str(e.args[0])]
+        except KeyError:
+            raise DerivationError(f"triton printer: no gather for {e}") from None
+
+    def _print_Flatten(self, e):
+        return self._print(e.args[0])  # a volume tile is already flat, in C order
+
+    def _print_Unflatten(self, e):
+        return self._print(e.args[0])
 
 
 TRITON_HELPERS = {

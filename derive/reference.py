@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .network import Network
+from .network import Network, VolumeLayerInfo
 
 
 def _activation(kind: str, a, slope):
@@ -31,6 +31,9 @@ def _activation(kind: str, a, slope):
 def forward(net: Network, params: dict, x):
     h = x
     for li in net.info:
+        if isinstance(li, VolumeLayerInfo):
+            h = _volume_layer(li, params, h)
+            continue
         if li.vector:
             if h.dim() == 1:
                 h = h[:, None]  # a scalar input is a length-1 vector
@@ -44,6 +47,24 @@ def forward(net: Network, params: dict, x):
     if net.output_shape == (1,) and net.target.shape == ():
         h = h[:, 0]
     return h
+
+
+def _volume_layer(li: VolumeLayerInfo, params: dict, h):
+    """conv2d by F.conv2d; locally connected by F.unfold and one kernel per position; flatten as torch does."""
+    if li.kind == "flatten":
+        return h.reshape(h.shape[0], -1)  # C order over (c, h, w)
+    w = params[li.weight]
+    b = params[li.bias] if li.bias else None
+    if li.kind == "conv2d":
+        a = F.conv2d(h, w, b, stride=li.stride, padding=li.padding)
+    else:
+        o, oh, ow = li.out_shape
+        cols = F.unfold(h, li.kernel, padding=li.padding, stride=li.stride)  # (B, c·kh·kw, oh·ow), (c, p, q) order
+        cols = cols.reshape(h.shape[0], -1, oh, ow)
+        a = torch.einsum("bkij,oijk->boij", cols, w.reshape(o, oh, ow, -1))
+        if b is not None:
+            a = a + b
+    return _activation(li.spec.activation, a, li.slope_value)
 
 
 def per_sample_loss(net: Network, yhat, y):

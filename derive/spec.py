@@ -16,13 +16,15 @@ import tomllib
 from typing import Any
 
 from .errors import SpecError
-from .network import ACTIVATIONS, Linear, Loss, Network, Port
+from .network import ACTIVATIONS, Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
 from .optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
 
 TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer")
 PORT_KEYS = ("name", "shape")
-LAYER_TYPES = ("linear",)
+LAYER_TYPES = ("linear", "conv2d", "locally_connected", "flatten")
 LINEAR_KEYS = ("type", "out", "weight", "bias", "activation", "slope", "slope_init")
+CONV_KEYS = ("type", "filters", "kernel", "stride", "padding", "weight", "bias", "activation", "slope")
+FLATTEN_KEYS = ("type",)
 LOSS_KEYS = ("type", "reduction")
 
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$")
@@ -123,8 +125,9 @@ def _number(path: str, value: Any, what: str) -> float:
 
 
 def _shape(path: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) > 1:
-        raise SpecError(path, f"expected [] (a scalar) or [n] (a vector), got {_show(value)}")
+    if not isinstance(value, list) or len(value) not in ((0, 1, 3) if path == "input.shape" else (0, 1)):
+        more = " or [c, h, w] (a volume)" if path == "input.shape" else ""
+        raise SpecError(path, f"expected [] (a scalar) or [n] (a vector){more}, got {_show(value)}")
     for n in value:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise SpecError(path, f"expected a positive integer size, got {_show(value)}")
@@ -171,6 +174,8 @@ def _layer(path: str, value: Any) -> Linear:
     kind = _string(f"{path}.type", table["type"])
     if kind not in LAYER_TYPES:
         raise SpecError(f"{path}.type", f"expected one of {', '.join(LAYER_TYPES)}, got {_show(kind)}")
+    if kind != "linear":
+        return _volume_layer(path, kind, table)
     _check_keys(path, table, LINEAR_KEYS)
 
     kwargs: dict[str, Any] = {}
@@ -205,6 +210,43 @@ def _layer(path: str, value: Any) -> Linear:
             raise SpecError(f"{path}.slope_init", f"'slope_init' belongs to prelu, not {activation}")
         kwargs["slope_init"] = _number(f"{path}.slope_init", table["slope_init"], "a number")
     return Linear(**kwargs)
+
+
+def _volume_layer(path: str, kind: str, table: dict):
+    """conv2d, locally_connected (the same keys) or flatten (no keys but type)."""
+    if kind == "flatten":
+        _check_keys(path, table, FLATTEN_KEYS)
+        return Flatten()
+    _check_keys(path, table, CONV_KEYS)
+    kwargs: dict[str, Any] = {}
+    for key in ("filters", "kernel"):
+        if key not in table:
+            raise SpecError(f"{path}.{key}", "missing required key; expected a positive integer"
+                            + (" or [kh, kw]" if key == "kernel" else ""))
+    kwargs["filters"] = _integer(f"{path}.filters", table["filters"])
+    kernel = table["kernel"]
+    if isinstance(kernel, list):
+        if len(kernel) != 2:
+            raise SpecError(f"{path}.kernel", f"expected a positive integer or [kh, kw], got {_show(kernel)}")
+        kwargs["kernel"] = tuple(_integer(f"{path}.kernel", n) for n in kernel)
+    else:
+        kwargs["kernel"] = _integer(f"{path}.kernel", kernel)
+    for key in ("stride", "padding"):
+        if key in table:
+            kwargs[key] = _integer(f"{path}.{key}", table[key])  # the range is Network's to check
+    if "weight" in table:
+        kwargs["weight"] = _string(f"{path}.weight", table["weight"], "a name (string)")
+    if "bias" in table:
+        bias = table["bias"]
+        if bias is False or isinstance(bias, str):
+            kwargs["bias"] = bias
+        elif bias is not True:
+            raise SpecError(f"{path}.bias", f"expected a name (string) or false, got {_show(bias)}")
+    if "activation" in table:
+        kwargs["activation"] = _string(f"{path}.activation", table["activation"])
+    if "slope" in table:
+        kwargs["slope"] = _number(f"{path}.slope", table["slope"], "a number (leaky_relu's negative slope)")
+    return (Conv2d if kind == "conv2d" else LocallyConnected)(**kwargs)
 
 
 def _loss(path: str, value: Any) -> Loss:

@@ -129,7 +129,7 @@ LAYER = '[[layers]]\ntype = "linear"\n'
 
 BAD = {
     "toml_syntax": (HEAD + '[[layers]]\ntype = linear\n', "line 3, column 8", "invalid TOML"),
-    "unknown_layer_type": (HEAD + '[[layers]]\ntype = "conv"\n', "layers[0].type", "expected one of linear, got 'conv'"),
+    "unknown_layer_type": (HEAD + '[[layers]]\ntype = "conv"\n', "layers[0].type", "expected one of linear, conv2d, locally_connected, flatten, got 'conv'"),
     "missing_layer_type": (HEAD + "[[layers]]\nout = 3\n", "layers[0].type", "missing required key"),
     "unknown_activation": (
         HEAD + LAYER + LAYER + 'activation = "relux"\n',
