@@ -18,6 +18,7 @@ from . import optimizers
 from .losses import LOSS_RULES
 
 CHAIN_SHOWN = 9  # factors of a full chain shown before eliding the middle with "…"
+EXPAND_SHOWN = 12  # deepest scalar chain whose text output also shows each gradient in forward quantities
 
 
 def full_chain(der: Derivation, step: Step) -> list[str]:
@@ -87,7 +88,9 @@ def to_text(der: Derivation, param: str | None = None, expand: bool = False) -> 
         add(f"  Note: {rule.note}")
     add("")
     add("Backward pass: each δl = ∂L/∂al is computed once and re-used by everything below it")
-    full = expanded(der) if expand or not net.vector else {}
+    # The "in forward quantities" line grows quadratically with depth (backprop's reason to name
+    # the deltas): shown for short scalar chains, or for any network with --expand.
+    full = expanded(der) if expand or (not net.vector and net.depth <= EXPAND_SHOWN) else {}
     for s in der.backward:
         if s.kind == "loss_grad":
             add(f"  {display.text(s.lhs)} = {display.text(s.rhs)}      (SymPy: ∂L/∂f{s.layer} of the loss)")
