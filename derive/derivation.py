@@ -206,6 +206,8 @@ def _derive(net: Network) -> Derivation:
             local = ix.contract(sp.diff(a_rhs, target))
             if li.vector:
                 g = ix.contract(sp.Sum(delta_el * local, (ix.j, 0, li.out_shape[0] - 1))).xreplace(back)
+                if li.in_shape == (1,):
+                    g = g.xreplace({sp.KroneckerDelta(0, ix.k): sp.S.One})  # the one column: k is always 0
                 # shown as ∂a[i]/∂θ[j, k]: i the layer's output, (j, k) the parameter element
                 local_shown = local.xreplace({ix.j: ix.i}).xreplace(back)
             else:
@@ -239,13 +241,12 @@ def _derive(net: Network) -> Derivation:
         if pos == 0:
             break
         below = net.info[pos - 1]
-        f_prev = _as_input(ix.tensor(names.activation(below.index), below.out_shape), li)
-        # a scalar below a vector layer is its length-1 input vector: element 0
-        target = _elem(f_prev, ix.p if below.vector else 0)
+        f_prev = ix.tensor(names.activation(below.index), below.out_shape)
+        target = _elem(f_prev, ix.p)
         local = ix.contract(sp.diff(a_rhs, target))  # W[j, p] or w
         if li.vector:
             rhs = sp.Sum(delta_el.xreplace({ix.j: ix.i}) * local.xreplace({ix.j: ix.i}),
-                         (ix.i, 0, li.out_shape[0] - 1)).xreplace({ix.p: ix.j if below.vector else 0})
+                         (ix.i, 0, li.out_shape[0] - 1)).xreplace({ix.p: ix.j})
             local_shown = local.xreplace({ix.p: ix.k}).xreplace({ix.j: ix.i, ix.k: ix.j})
         else:
             rhs = delta_el * local
@@ -264,13 +265,6 @@ def _derive(net: Network) -> Derivation:
     return Derivation(net, tuple(forward), loss, tuple(backward), sym)
 
 
-def _as_input(quantity, li: LayerInfo):
-    """What a vector layer reads: a scalar below it is seen as a length-1 vector (IndexedBase)."""
-    if li.vector and isinstance(quantity, sp.Symbol):
-        return sp.IndexedBase(quantity.name, real=True)
-    return quantity
-
-
 def _linear_rhs(li: LayerInfo, sym, prev) -> sp.Expr:
     w = sym[li.weight]
     b = sym[li.bias] if li.bias else sp.S.Zero
@@ -278,8 +272,11 @@ def _linear_rhs(li: LayerInfo, sym, prev) -> sp.Expr:
     if not li.vector:
         prod = sp.Mul(w, prev, evaluate=False)
         return sp.Add(prod, b, evaluate=False) if li.bias else prod
+    if isinstance(prev, sp.Symbol):
+        # a scalar feeding a vector layer: its weight (out, 1) has one column, a[j] = W[j, 0]·f + b[j]
+        prod = sp.Mul(w[ix.j, 0], prev, evaluate=False)
+        return sp.Add(prod, b[ix.j], evaluate=False) if li.bias else prod
     n = li.in_shape[0]
-    prev = _as_input(prev, li)
     s = sp.Sum(sp.Mul(w[ix.j, ix.k], prev[ix.k], evaluate=False), (ix.k, 0, n - 1))
     return sp.Add(s, b[ix.j], evaluate=False) if li.bias else s
 

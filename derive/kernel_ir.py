@@ -63,6 +63,12 @@ class First(IRNode):
     nargs = 1
 
 
+class FirstColumn(IRNode):
+    """W[:, 0]: the one column of the weight a scalar feeds into a vector layer."""
+
+    nargs = 1
+
+
 class ZerosLike(IRNode):
     """An array of zeros shaped like its argument (a gradient that is zero everywhere)."""
 

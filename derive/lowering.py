@@ -18,7 +18,7 @@ from .errors import DerivationError
 from .network import VolumeLayerInfo
 from .functions import logsumexp, name_logsumexp, softmax
 from .kernel_ir import (
-    Array, Assign, BatchSum, Col, First, ZerosLike, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
+    Array, Assign, BatchSum, Col, First, FirstColumn, ZerosLike, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
 )
 
 SCALE = sp.Symbol("scale", real=True)  # 1/B for a mean over the batch, 1 for a sum
@@ -54,6 +54,8 @@ def lower_expr(expr: sp.Expr, ctx: _Ctx, vector: bool) -> sp.Expr:
     if isinstance(expr, sp.Indexed):
         arr = ctx.array(_name(expr.base))
         sym = sp.Symbol(arr.name, real=True)
+        if len(expr.indices) == 2 and expr.indices[1] == 0 and not arr.batched:
+            return FirstColumn(sym)  # W[j, 0] of a one-column weight
         if arr.batched and arr.shape == ():
             return Col(sym)  # a per-sample scalar seen as a length-1 vector
         return sym
@@ -214,10 +216,10 @@ def _lower_step(s: Step, ctx: _Ctx) -> Assign:
     # A parameter gradient: the per-sample rule summed over the batch.
     if len(s.shape) == 2:
         d, f = sp.Mul.make_args(s.rhs)
-        if not (isinstance(d, sp.Indexed) and isinstance(f, sp.Indexed)):
-            raise DerivationError(f"step {s.name}: expected δ[j]·f[k], got {s.rhs}")
-        if d.indices[0] != ix.j:
+        if not isinstance(d, sp.Indexed) or d.indices[0] != ix.j:
             d, f = f, d
+        if not (isinstance(d, sp.Indexed) and isinstance(f, (sp.Indexed, sp.Symbol))):
+            raise DerivationError(f"step {s.name}: expected δ[j]·f[k], got {s.rhs}")
         expr = Outer(lower_expr(d, ctx, True), lower_expr(f, ctx, True))
     else:
         expr = BatchSum(lower_expr(s.rhs, ctx, bool(s.shape)))

@@ -101,6 +101,9 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
     def _print_ZerosLike(self, e):
         return "np.zeros_like(%s)" % self._print(e.args[0])
 
+    def _print_FirstColumn(self, e):
+        return "%s[:, 0]" % self._print(e.args[0])
+
     def _print_Softmax(self, e):
         return self._helper("softmax", *e.args)
 
@@ -347,6 +350,9 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
     def _print_ZerosLike(self, e):
         return "(%s * 0.0)" % self._print(e.args[0])
+
+    def _print_FirstColumn(self, e):
+        return "tl.sum(%s, axis=1)" % self._print(e.args[0])  # a (rows, 1) tile: the sum is the column
 
     def _n_of(self, z) -> int:
         return self.real_widths[z.name]
