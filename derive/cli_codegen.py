@@ -143,8 +143,8 @@ def add_commands(sub) -> None:
     gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all")
     gen.add_argument("--check", action="store_true", help="fail, naming stale files, if generated/ is out of date")
     gen.add_argument("--all", action="store_true", help="regenerate generated/ from every spec in examples/")
-    gen.add_argument("--examples", default=EXAMPLES, help=argparse_default(EXAMPLES))
-    gen.add_argument("--generated", default=GENERATED, help=argparse_default(GENERATED))
+    gen.add_argument("--examples", default=EXAMPLES, help=f"specs for --check/--all (default: {EXAMPLES})")
+    gen.add_argument("--generated", default=GENERATED, help=f"their generated code (default: {GENERATED})")
     gen.set_defaults(func=cmd_generate)
 
     ver = sub.add_parser("verify", help="check the generated code against torch.autograd and finite differences")
@@ -154,6 +154,3 @@ def add_commands(sub) -> None:
     ver.add_argument("--format", choices=("text", "json"), default="text")
     ver.set_defaults(func=cmd_verify)
 
-
-def argparse_default(value: str) -> str:
-    return f"(default: {value})"

@@ -293,7 +293,6 @@ def lower_step(s, li, net):
 
 def volume_layers(der, net) -> tuple:
     """The conv2d / locally_connected layers as the Triton generator needs them."""
-    from .display import text
     from .kernel_ir import VolumeLayer
 
     out = []

@@ -123,7 +123,7 @@ def _derive(net: Network) -> Derivation:
             continue
         a = ix.tensor(names.pre_activation(li.index), li.out_shape)
         f = ix.tensor(names.activation(li.index), li.out_shape)
-        sym[a.name if isinstance(a, sp.Symbol) else str(a)] = a
+        sym[str(a)] = a
         sym[str(f)] = f
         rhs = _linear_rhs(li, sym, prev)
         forward.append(Definition(str(a), _elem(a, ix.j), rhs, li.out_shape, li.index))

@@ -60,10 +60,6 @@ def _chain_text(names: list[str]) -> str:
     return " · ".join(shown)
 
 
-def _lhs_text(step: Step) -> str:
-    lhs = display.text(step.lhs)
-    return lhs
-
 
 def to_text(der: Derivation, param: str | None = None, expand: bool = False) -> str:
     net = der.network

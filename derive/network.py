@@ -347,8 +347,8 @@ def _resolve_volume(path: str, idx: int, layer, shape: Shape, claim, net: Networ
     if layer.activation not in ACTIVATIONS:
         raise SpecError(f"{path}.activation", f"expected one of {', '.join(ACTIVATIONS)}, got {layer.activation!r}")
     if layer.activation == "prelu":
-        raise SpecError(f"{path}.activation", f"expected an activation without parameters; prelu is "
-                                              f"available on linear layers only")
+        raise SpecError(f"{path}.activation", "expected an activation without parameters; prelu is "
+                                              "available on linear layers only")
     slope_value = None
     if layer.activation == "leaky_relu":
         sl = 0.01 if layer.slope is None else layer.slope
