@@ -160,3 +160,24 @@ def latex_factor(ascii_name: str) -> str:
         top, bottom = ascii_name.split("/", 1)
         return r"\frac{\partial %s}{\partial %s}" % (sp.latex(sp.Symbol(top[1:])), sp.latex(sp.Symbol(bottom[1:])))
     return sp.latex(sp.Symbol(ascii_name))
+
+
+def header_lines(net) -> list[str]:
+    """The first line of `derive explain`'s text: the network, its ports and its loss."""
+    shape = lambda s: "scalar" if s == () else "×".join(map(str, s))
+    return [f"Network {net.name}: input {net.input.name} ({shape(net.input.shape)}), "
+            f"target {net.target.name} ({shape(net.target.shape)}), loss {net.loss.type} "
+            f"({net.loss.reduction} over the batch)", ""]
+
+
+def loss_lines(der) -> list[str]:
+    """The loss section of `derive explain`'s text: the lecture's form, SymPy's, and any note."""
+    from .losses import LOSS_RULES
+
+    net = der.network
+    rule = LOSS_RULES[net.loss.type]
+    out = [f"Loss (per sample; the batch loss is its {net.loss.reduction})", f"  {rule.title}",
+           f"  L = {text(der.loss.rhs)}"]
+    if rule.note:
+        out.append(f"  Note: {rule.note}")
+    return out + [""]

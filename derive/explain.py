@@ -67,22 +67,13 @@ def to_text(der: Derivation, param: str | None = None, expand: bool = False) -> 
         return explain_volume.to_text(der, param, expand)
     lines: list[str] = []
     add = lines.append
-    shape = lambda s: "scalar" if s == () else "×".join(map(str, s))
-    add(f"Network {net.name}: input {net.input.name} ({shape(net.input.shape)}), "
-        f"target {net.target.name} ({shape(net.target.shape)}), loss {net.loss.type} ({net.loss.reduction} over the batch)")
-    add("")
+    lines += display.header_lines(net)
     add("Forward pass (named quantities)")
     for d in der.forward:
         add(f"  {display.text(d.lhs)} = {display.text(d.rhs)}")
     add(f"  ŷ = f{net.depth}")
     add("")
-    rule = LOSS_RULES[net.loss.type]
-    add("Loss (per sample; the batch loss is its " + net.loss.reduction + ")")
-    add(f"  {rule.title}")
-    add(f"  L = {display.text(der.loss.rhs)}")
-    if rule.note:
-        add(f"  Note: {rule.note}")
-    add("")
+    lines += display.loss_lines(der)
     add("Backward pass: each δl = ∂L/∂al is computed once and re-used by everything below it")
     # The "in forward quantities" line grows quadratically with depth (backprop's reason to name
     # the deltas): shown for short scalar chains, or for any network with --expand.

@@ -14,7 +14,6 @@ from __future__ import annotations
 from . import display
 from .conv import InRange
 from .expand import expanded
-from .losses import LOSS_RULES
 from .network import VolumeLayerInfo
 
 # How the generated NumPy code computes each volume gradient (the einsum spells the formula).
@@ -46,10 +45,7 @@ def to_text(der, param: str | None = None, expand: bool = False) -> str:
     if expand:
         expanded(der)  # refuses, with a one-line error: the δ's stay named for volume networks
     t = display.text
-    shape = lambda s: "scalar" if s == () else "×".join(map(str, s))
-    lines = [f"Network {net.name}: input {net.input.name} ({shape(net.input.shape)}), "
-             f"target {net.target.name} ({shape(net.target.shape)}), loss {net.loss.type} "
-             f"({net.loss.reduction} over the batch)", ""]
+    lines = display.header_lines(net)
     add = lines.append
     add("Forward pass (named quantities; a conv neuron at position r is h^r = Σ_ijk x^r_ijk W_ijk + b over its window)")
     noted = set()
@@ -64,13 +60,7 @@ def to_text(der, param: str | None = None, expand: bool = False) -> str:
         add(f"  {t(d.lhs)} = {t(d.rhs)}{note}")
     add(f"  ŷ = f{net.depth}")
     add("")
-    rule = LOSS_RULES[net.loss.type]
-    add("Loss (per sample; the batch loss is its " + net.loss.reduction + ")")
-    add(f"  {rule.title}")
-    add(f"  L = {t(der.loss.rhs)}")
-    if rule.note:
-        add(f"  Note: {rule.note}")
-    add("")
+    lines += display.loss_lines(der)
     add("Backward pass: each δl = ∂L/∂al is computed once and re-used by everything below it")
     for s in der.backward:
         if s.kind == "loss_grad":

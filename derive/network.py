@@ -281,21 +281,11 @@ def _resolve(net: Network) -> tuple[LayerInfo, ...]:
                 f"{path}.activation", f"expected one of {', '.join(ACTIVATIONS)}, got {layer.activation!r}"
             )
         vector = out is not None
-        weight = claim(f"{path}.weight", layer.weight if layer.weight is not None else names.default_weight(idx, vector))
-        bias: str | None
-        if layer.bias is False:
-            bias = None
-        elif layer.bias is None or layer.bias is True:
-            bias = claim(f"{path}.bias", names.default_bias(idx))
-        else:
-            bias = claim(f"{path}.bias", layer.bias)
+        weight, bias = _weight_and_bias(path, idx, layer, vector, claim)
         slope_param = None
         slope_value = None
         if layer.activation == "leaky_relu":
-            s = 0.01 if layer.slope is None else layer.slope
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise SpecError(f"{path}.slope", f"expected a number for leaky_relu's slope, got {s!r}")
-            slope_value = float(s)
+            slope_value = _leaky_slope(path, layer)
         elif layer.activation == "prelu":
             slope_param = claim(f"{path}.slope", layer.slope if layer.slope is not None else names.default_slope(idx))
             init = layer.slope_init
@@ -314,6 +304,23 @@ def _resolve(net: Network) -> tuple[LayerInfo, ...]:
                         "add a flatten (and a linear) layer")
     _check_target(net, shape, target_shape)
     return tuple(infos)
+
+
+def _weight_and_bias(path: str, idx: int, layer, vector: bool, claim) -> tuple[str, str | None]:
+    """The layer's weight and bias names (defaults from derive.names; bias = false drops it)."""
+    weight = claim(f"{path}.weight", layer.weight if layer.weight is not None else names.default_weight(idx, vector))
+    if layer.bias is False:
+        return weight, None
+    if layer.bias is None or layer.bias is True:
+        return weight, claim(f"{path}.bias", names.default_bias(idx))
+    return weight, claim(f"{path}.bias", layer.bias)
+
+
+def _leaky_slope(path: str, layer) -> float:
+    s = 0.01 if layer.slope is None else layer.slope
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+        raise SpecError(f"{path}.slope", f"expected a number for leaky_relu's slope, got {s!r}")
+    return float(s)
 
 
 def _positive(path: str, value: object, what: str = "a positive integer", low: int = 1) -> int:
@@ -351,19 +358,10 @@ def _resolve_volume(path: str, idx: int, layer, shape: Shape, claim, net: Networ
                                               "available on linear layers only")
     slope_value = None
     if layer.activation == "leaky_relu":
-        sl = 0.01 if layer.slope is None else layer.slope
-        if isinstance(sl, bool) or not isinstance(sl, (int, float)) or not math.isfinite(sl):
-            raise SpecError(f"{path}.slope", f"expected a number for leaky_relu's slope, got {sl!r}")
-        slope_value = float(sl)
+        slope_value = _leaky_slope(path, layer)
     elif layer.slope is not None:
         raise SpecError(f"{path}.slope", f"'slope' belongs to leaky_relu, not {layer.activation}")
-    weight = claim(f"{path}.weight", layer.weight if layer.weight is not None else names.default_weight(idx, True))
-    if layer.bias is False:
-        bias = None
-    elif layer.bias is None or layer.bias is True:
-        bias = claim(f"{path}.bias", names.default_bias(idx))
-    else:
-        bias = claim(f"{path}.bias", layer.bias)
+    weight, bias = _weight_and_bias(path, idx, layer, True, claim)
     padded = None
     if pad:
         source = net.input.name if idx == 1 else names.activation(idx - 1)

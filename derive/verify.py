@@ -253,9 +253,9 @@ def _step_error(mod, params, x, y, want_grads, to_np=np.asarray) -> float:
     η is chosen so that η·‖g‖ = ‖θ‖: rounding θ' then costs at most ~2ε of the step, in float64
     and float32 alike, and a wrong update cannot hide below it.
     """
-    g_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in want_grads.values()))
+    g_norm = _norm_all(want_grads.values())
     old = {k: to_np(v) for k, v in params.items()}
-    p_norm = np.sqrt(sum(float(np.sum(np.square(v))) for v in old.values()))
+    p_norm = _norm_all(old.values())
     lr = p_norm / g_norm if g_norm > 0 and p_norm > 0 else LR
     new = mod.train_step(params, x, y, lr)
     got = np.concatenate([np.ravel((old[k] - to_np(new[k])) / lr) for k in want_grads])
