@@ -33,7 +33,7 @@ from sympy.core.cache import clear_cache
 
 from derive import Linear, Loss, Network, Port, derive
 from derive.explain import to_json
-from derive.functions import sigmoid
+from derive.tables.functions import sigmoid
 
 RATIO_LIMIT = 5.0
 NAIVE_LIMIT_S = 20.0

@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     import torch
 
     from derive import Linear, Loss, Network, Port
-    from derive.modules import generated_modules
-    from derive.optimizers import Optimizer
+    from derive.targets.modules import generated_modules
+    from derive.tables.optimizers import Optimizer
 
     cuda = torch.cuda.is_available() and not args.interpret
     device = "cuda" if cuda else "cpu"

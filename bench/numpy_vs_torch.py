@@ -219,12 +219,12 @@ def time_round_robin(contenders, rounds, reps):
 @contextlib.contextmanager
 def _numpy_module(net, path):
     if path is None:
-        from derive.modules import generated_modules
+        from derive.targets.modules import generated_modules
 
         with generated_modules(net, "<bench/numpy_vs_torch.py>", targets=("numpy",)) as mods:
             yield mods["numpy"]
         return
-    from derive.modules import import_file
+    from derive.targets.modules import import_file
 
     yield import_file(Path(path), "_bench_numpy_module")
 

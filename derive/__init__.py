@@ -4,11 +4,11 @@ A network is declared (TOML or Python), SymPy derives every gradient by the chai
 as backprop is taught, and templates turn the derivation into NumPy and Triton code.
 """
 
-from .builtin import lecture_network
-from .derivation import Derivation, Factor, Step, derive
-from .errors import DeriveError, SpecError
-from .network import Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
-from .spec import load_spec, parse_spec
+from derive.builtin import lecture_network
+from derive.derivation import Derivation, Factor, Step, derive
+from derive.errors import DeriveError, SpecError
+from derive.network import Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
+from derive.spec import load_spec, parse_spec
 
 __all__ = [
     "Conv2d", "Derivation", "DeriveError", "Factor", "Flatten", "Linear", "LocallyConnected", "Loss", "Network", "Port", "SpecError", "Step",

@@ -6,7 +6,7 @@ L = ½(y − ŷ)²: "a function of FOUR parameters and FOUR layers" (CMSC 491/69
 
 from __future__ import annotations
 
-from .network import Linear, Loss, Network, Port
+from derive.network import Linear, Loss, Network, Port
 
 
 def lecture_network() -> Network:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import names
-from .errors import SpecError
-from .optimizers import Optimizer
+from derive import names
+from derive.errors import SpecError
+from derive.tables.optimizers import Optimizer
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh", "leaky_relu", "softplus", "prelu")
 LOSSES = ("l2", "l1", "hinge", "zero_one", "cross_entropy", "binary_cross_entropy")

@@ -15,9 +15,9 @@ import re
 import tomllib
 from typing import Any
 
-from .errors import SpecError
-from .network import ACTIVATIONS, Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
-from .optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
+from derive.errors import SpecError
+from derive.network import ACTIVATIONS, Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
+from derive.tables.optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
 
 TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer")
 PORT_KEYS = ("name", "shape")

@@ -6,8 +6,8 @@ Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
 its shape); train_step(params, x, y, lr) -> new params (SGD);
 init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
-spec's optimizer (adam).  x has shape
-(batch, *[4]); y has shape (batch, *[]) and holds class indices.
+spec's optimizer (adam).  x has shape (batch, 4); y has shape
+(batch,) and holds class indices; an empty batch is a ValueError.
 Works in float32 and float64 (the parameters' and x's dtype).
 """
 
@@ -61,7 +61,10 @@ def init_params(seed=0, dtype=np.float64):
     }
 
 
-def forward(params, x):
+def _forward(params, x):
+    """The forward pass, every named quantity in order: (a1, f1, a2, f2)."""
+    if x.shape[0] == 0:
+        raise ValueError("empty batch")
     W1 = params["W1"]
     b1 = params["b1"]
     W2 = params["W2"]
@@ -70,18 +73,17 @@ def forward(params, x):
     f1 = np.tanh(a1)  # f1[j] = tanh(a1[j])
     a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
+    return a1, f1, a2, f2
+
+
+def forward(params, x):
+    """ŷ for a batch of inputs."""
+    a1, f1, a2, f2 = _forward(params, x)
     return f2
 
 
 def _loss_per_sample(params, x, y):
-    W1 = params["W1"]
-    b1 = params["b1"]
-    W2 = params["W2"]
-    b2 = params["b2"]
-    a1 = b1 + (x @ W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-    f1 = np.tanh(a1)  # f1[j] = tanh(a1[j])
-    a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
-    f2 = a2  # f2[j] = a2[j]
+    a1, f1, a2, f2 = _forward(params, x)
     return logsumexp(f2) - np.sum(f2*onehot(y, 3, f2.dtype), axis=1)
 
 
@@ -94,21 +96,19 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def value_and_gradients(params, x, y):
-    """(the batch loss, the gradients) from one forward and one backward pass."""
+def intermediates(params, x, y):
+    """Every named quantity of the derivation, in its order: the forward pass, the per-sample loss,
+    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's names."""
     W1 = params["W1"]
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
-    scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
-    a1 = b1 + (x @ W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-    f1 = np.tanh(a1)  # f1[j] = tanh(a1[j])
-    a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
-    f2 = a2  # f2[j] = a2[j]
+    a1, f1, a2, f2 = _forward(params, x)
     loss_per_sample = logsumexp(f2) - np.sum(f2*onehot(y, 3, f2.dtype), axis=1)
+    _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = scale*(-onehot(y, 3, f2.dtype) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = _scale*(-onehot(y, 3, f2.dtype) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = np.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -116,11 +116,31 @@ def value_and_gradients(params, x, y):
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = np.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
-    return float(np.mean(loss_per_sample)), {
-        "W1": dL_dW1,
-        "b1": dL_db1,
-        "W2": dL_dW2,
-        "b2": dL_db2,
+    return {
+        "a1": a1,
+        "f1": f1,
+        "a2": a2,
+        "f2": f2,
+        "loss_per_sample": loss_per_sample,
+        "dL_df2": dL_df2,
+        "delta2": delta2,
+        "dL_dW2": dL_dW2,
+        "dL_db2": dL_db2,
+        "dL_df1": dL_df1,
+        "delta1": delta1,
+        "dL_dW1": dL_dW1,
+        "dL_db1": dL_db1,
+    }
+
+
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
+    _q = intermediates(params, x, y)
+    return float(np.mean(_q["loss_per_sample"])), {
+        "W1": _q["dL_dW1"],
+        "b1": _q["dL_db1"],
+        "W2": _q["dL_dW2"],
+        "b2": _q["dL_db2"],
     }
 
 

@@ -74,7 +74,7 @@ def iris_mlp_fused_kernel(
     LOSS_ptr,  # batch loss accumulator (float32, zeroed)
     OUT_ptr,  # ŷ, (B, 3) float32
     B,  # batch size
-    scale,  # 1/B for the batch mean, 1 for the sum
+    _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # accumulate the batch loss
     WITH_GRAD: tl.constexpr,  # run the backward pass and accumulate the gradients
@@ -111,10 +111,10 @@ def iris_mlp_fused_kernel(
     if WITH_LOSS:
         # ---- loss: this tile's share of the batch loss
         loss_per_sample = _logsumexp(f2, cmask_3[None, :]) - tl.sum(tl.where(cmask_3[None, :], f2*tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
-        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * scale)
+        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * _scale)
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-        dL_df2 = tl.where(row_mask[:, None] & cmask_3[None, :], scale*(-tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0) + _softmax(f2, cmask_3[None, :])), 0.0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df2 = tl.where(row_mask[:, None] & cmask_3[None, :], _scale*(-tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0) + _softmax(f2, cmask_3[None, :])), 0.0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
         dL_dW2 = tl.sum((delta2)[:, :, None] * (f1)[:, None, :], axis=0)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
         dL_db2 = tl.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch

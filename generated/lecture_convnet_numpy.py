@@ -6,8 +6,8 @@ Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
 its shape); train_step(params, x, y, lr) -> new params (SGD);
 init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
-spec's optimizer (sgd).  x has shape
-(batch, *[3, 32, 32]); y has shape (batch, *[]) and holds class indices.
+spec's optimizer (sgd).  x has shape (batch, 3, 32, 32); y has shape
+(batch,) and holds class indices; an empty batch is a ValueError.
 Works in float32 and float64 (the parameters' and x's dtype).
 """
 
@@ -63,7 +63,10 @@ def init_params(seed=0, dtype=np.float64):
     }
 
 
-def forward(params, x):
+def _forward(params, x):
+    """The forward pass, every named quantity in order: (a1, f1, f2, a3, f3)."""
+    if x.shape[0] == 0:
+        raise ValueError("empty batch")
     W1 = params["W1"]
     b1 = params["b1"]
     W3 = params["W3"]
@@ -73,19 +76,17 @@ def forward(params, x):
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
     a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
+    return a1, f1, f2, a3, f3
+
+
+def forward(params, x):
+    """ŷ for a batch of inputs."""
+    a1, f1, f2, a3, f3 = _forward(params, x)
     return f3
 
 
 def _loss_per_sample(params, x, y):
-    W1 = params["W1"]
-    b1 = params["b1"]
-    W3 = params["W3"]
-    b3 = params["b3"]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
-    f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
-    f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
-    a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
-    f3 = a3  # f3[j] = a3[j]
+    a1, f1, f2, a3, f3 = _forward(params, x)
     return logsumexp(f3) - np.sum(f3*onehot(y, 10, f3.dtype), axis=1)
 
 
@@ -98,22 +99,19 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def value_and_gradients(params, x, y):
-    """(the batch loss, the gradients) from one forward and one backward pass."""
+def intermediates(params, x, y):
+    """Every named quantity of the derivation, in its order: the forward pass, the per-sample loss,
+    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's names."""
     W1 = params["W1"]
     b1 = params["b1"]
     W3 = params["W3"]
     b3 = params["b3"]
-    scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
-    f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
-    f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
-    a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
-    f3 = a3  # f3[j] = a3[j]
+    a1, f1, f2, a3, f3 = _forward(params, x)
     loss_per_sample = logsumexp(f3) - np.sum(f3*onehot(y, 10, f3.dtype), axis=1)
+    _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = scale*(-onehot(y, 10, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(-onehot(y, 10, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = np.sum(delta3, axis=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
@@ -122,11 +120,33 @@ def value_and_gradients(params, x, y):
     delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = np.sum(delta1, axis=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    return float(np.mean(loss_per_sample)), {
-        "W1": dL_dW1,
-        "b1": dL_db1,
-        "W3": dL_dW3,
-        "b3": dL_db3,
+    return {
+        "a1": a1,
+        "f1": f1,
+        "f2": f2,
+        "a3": a3,
+        "f3": f3,
+        "loss_per_sample": loss_per_sample,
+        "dL_df3": dL_df3,
+        "delta3": delta3,
+        "dL_dW3": dL_dW3,
+        "dL_db3": dL_db3,
+        "dL_df2": dL_df2,
+        "dL_df1": dL_df1,
+        "delta1": delta1,
+        "dL_dW1": dL_dW1,
+        "dL_db1": dL_db1,
+    }
+
+
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
+    _q = intermediates(params, x, y)
+    return float(np.mean(_q["loss_per_sample"])), {
+        "W1": _q["dL_dW1"],
+        "b1": _q["dL_db1"],
+        "W3": _q["dL_dW3"],
+        "b3": _q["dL_db3"],
     }
 
 

@@ -6,8 +6,8 @@ Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
 its shape); train_step(params, x, y, lr) -> new params (SGD);
 init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
-spec's optimizer (sgd).  x has shape
-(batch, *[]); y has shape (batch, *[]).
+spec's optimizer (sgd).  x has shape (batch,); y has shape
+(batch,); an empty batch is a ValueError.
 Works in float32 and float64 (the parameters' and x's dtype).
 """
 
@@ -46,7 +46,10 @@ def init_params(seed=0, dtype=np.float64):
     }
 
 
-def forward(params, x):
+def _forward(params, x):
+    """The forward pass, every named quantity in order: (a1, f1, a2, f2, a3, f3)."""
+    if x.shape[0] == 0:
+        raise ValueError("empty batch")
     w1 = params["w1"]
     b1 = params["b1"]
     w2 = params["w2"]
@@ -57,20 +60,17 @@ def forward(params, x):
     f2 = sigmoid(a2)  # f2 = σ(a2)
     a3 = f2*w3  # a3 = w3·f2
     f3 = sigmoid(a3)  # f3 = σ(a3)
+    return a1, f1, a2, f2, a3, f3
+
+
+def forward(params, x):
+    """ŷ for a batch of inputs."""
+    a1, f1, a2, f2, a3, f3 = _forward(params, x)
     return f3
 
 
 def _loss_per_sample(params, x, y):
-    w1 = params["w1"]
-    b1 = params["b1"]
-    w2 = params["w2"]
-    w3 = params["w3"]
-    a1 = b1 + w1*x  # a1 = w1·x + b1
-    f1 = sigmoid(a1)  # f1 = σ(a1)
-    a2 = f1*w2  # a2 = w2·f1
-    f2 = sigmoid(a2)  # f2 = σ(a2)
-    a3 = f2*w3  # a3 = w3·f2
-    f3 = sigmoid(a3)  # f3 = σ(a3)
+    a1, f1, a2, f2, a3, f3 = _forward(params, x)
     return (1/2)*(-f3 + y)**2
 
 
@@ -83,23 +83,19 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def value_and_gradients(params, x, y):
-    """(the batch loss, the gradients) from one forward and one backward pass."""
+def intermediates(params, x, y):
+    """Every named quantity of the derivation, in its order: the forward pass, the per-sample loss,
+    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's names."""
     w1 = params["w1"]
     b1 = params["b1"]
     w2 = params["w2"]
     w3 = params["w3"]
-    scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
-    a1 = b1 + w1*x  # a1 = w1·x + b1
-    f1 = sigmoid(a1)  # f1 = σ(a1)
-    a2 = f1*w2  # a2 = w2·f1
-    f2 = sigmoid(a2)  # f2 = σ(a2)
-    a3 = f2*w3  # a3 = w3·f2
-    f3 = sigmoid(a3)  # f3 = σ(a3)
+    a1, f1, a2, f2, a3, f3 = _forward(params, x)
     loss_per_sample = (1/2)*(-f3 + y)**2
+    _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = scale*(f3 - y)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(f3 - y)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
     dL_dw3 = np.sum(delta3*f2, axis=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
     dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2
@@ -109,11 +105,35 @@ def value_and_gradients(params, x, y):
     delta1 = dL_df1*f1*(1 - f1)  # δ1 = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dw1 = np.sum(delta1*x, axis=0)  # ∂L/∂w1 = δ1 · ∂a1/∂w1, summed over the batch
     dL_db1 = np.sum(delta1, axis=0)  # ∂L/∂b1 = δ1 · ∂a1/∂b1, summed over the batch
-    return float(np.mean(loss_per_sample)), {
-        "w1": dL_dw1,
-        "b1": dL_db1,
-        "w2": dL_dw2,
-        "w3": dL_dw3,
+    return {
+        "a1": a1,
+        "f1": f1,
+        "a2": a2,
+        "f2": f2,
+        "a3": a3,
+        "f3": f3,
+        "loss_per_sample": loss_per_sample,
+        "dL_df3": dL_df3,
+        "delta3": delta3,
+        "dL_dw3": dL_dw3,
+        "dL_df2": dL_df2,
+        "delta2": delta2,
+        "dL_dw2": dL_dw2,
+        "dL_df1": dL_df1,
+        "delta1": delta1,
+        "dL_dw1": dL_dw1,
+        "dL_db1": dL_db1,
+    }
+
+
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
+    _q = intermediates(params, x, y)
+    return float(np.mean(_q["loss_per_sample"])), {
+        "w1": _q["dL_dw1"],
+        "b1": _q["dL_db1"],
+        "w2": _q["dL_dw2"],
+        "w3": _q["dL_dw3"],
     }
 
 

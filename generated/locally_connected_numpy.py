@@ -6,8 +6,8 @@ Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
 its shape); train_step(params, x, y, lr) -> new params (SGD);
 init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
-spec's optimizer (sgd).  x has shape
-(batch, *[2, 9, 9]); y has shape (batch, *[]) and holds class indices.
+spec's optimizer (sgd).  x has shape (batch, 2, 9, 9); y has shape
+(batch,) and holds class indices; an empty batch is a ValueError.
 Works in float32 and float64 (the parameters' and x's dtype).
 """
 
@@ -86,7 +86,10 @@ def init_params(seed=0, dtype=np.float64):
     }
 
 
-def forward(params, x):
+def _forward(params, x):
+    """The forward pass, every named quantity in order: (x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4)."""
+    if x.shape[0] == 0:
+        raise ValueError("empty batch")
     W1 = params["W1"]
     b1 = params["b1"]
     W2 = params["W2"]
@@ -102,25 +105,17 @@ def forward(params, x):
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = b4 + (f3 @ W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
+    return x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4
+
+
+def forward(params, x):
+    """ŷ for a batch of inputs."""
+    x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = _forward(params, x)
     return f4
 
 
 def _loss_per_sample(params, x, y):
-    W1 = params["W1"]
-    b1 = params["b1"]
-    W2 = params["W2"]
-    b2 = params["b2"]
-    W4 = params["W4"]
-    b4 = params["b4"]
-    x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
-    f1 = np.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
-    f1_pad = np.pad(f1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
-    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
-    f2 = sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
-    f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
-    a4 = b4 + (f3 @ W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
-    f4 = a4  # f4[j] = a4[j]
+    x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = _forward(params, x)
     return logsumexp(f4) - np.sum(f4*onehot(y, 3, f4.dtype), axis=1)
 
 
@@ -133,28 +128,21 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def value_and_gradients(params, x, y):
-    """(the batch loss, the gradients) from one forward and one backward pass."""
+def intermediates(params, x, y):
+    """Every named quantity of the derivation, in its order: the forward pass, the per-sample loss,
+    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's names."""
     W1 = params["W1"]
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
     W4 = params["W4"]
     b4 = params["b4"]
-    scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
-    x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
-    f1 = np.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
-    f1_pad = np.pad(f1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
-    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
-    f2 = sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
-    f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
-    a4 = b4 + (f3 @ W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
-    f4 = a4  # f4[j] = a4[j]
+    x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = _forward(params, x)
     loss_per_sample = logsumexp(f4) - np.sum(f4*onehot(y, 3, f4.dtype), axis=1)
+    _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = scale*(-onehot(y, 3, f4.dtype) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(-onehot(y, 3, f4.dtype) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = np.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
@@ -168,13 +156,44 @@ def value_and_gradients(params, x, y):
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = np.sum(delta1, axis=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    return float(np.mean(loss_per_sample)), {
-        "W1": dL_dW1,
-        "b1": dL_db1,
-        "W2": dL_dW2,
-        "b2": dL_db2,
-        "W4": dL_dW4,
-        "b4": dL_db4,
+    return {
+        "x_pad": x_pad,
+        "a1": a1,
+        "f1": f1,
+        "f1_pad": f1_pad,
+        "a2": a2,
+        "f2": f2,
+        "f3": f3,
+        "a4": a4,
+        "f4": f4,
+        "loss_per_sample": loss_per_sample,
+        "dL_df4": dL_df4,
+        "delta4": delta4,
+        "dL_dW4": dL_dW4,
+        "dL_db4": dL_db4,
+        "dL_df3": dL_df3,
+        "dL_df2": dL_df2,
+        "delta2": delta2,
+        "dL_dW2": dL_dW2,
+        "dL_db2": dL_db2,
+        "dL_df1_pad": dL_df1_pad,
+        "dL_df1": dL_df1,
+        "delta1": delta1,
+        "dL_dW1": dL_dW1,
+        "dL_db1": dL_db1,
+    }
+
+
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
+    _q = intermediates(params, x, y)
+    return float(np.mean(_q["loss_per_sample"])), {
+        "W1": _q["dL_dW1"],
+        "b1": _q["dL_db1"],
+        "W2": _q["dL_dW2"],
+        "b2": _q["dL_db2"],
+        "W4": _q["dL_dW4"],
+        "b4": _q["dL_db4"],
     }
 
 

@@ -266,7 +266,7 @@ def locally_connected_fused_kernel(
     f1_ptr,  # scratch: f1, (B, 3, 9, 9) float32, the windows of layer 2
     delta2_ptr,  # scratch: δ2, (B, 4, 5, 5) float32, gathered for ∂L/∂f1
     B,  # batch size
-    scale,  # 1/B for the batch mean, 1 for the sum
+    _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # accumulate the batch loss
     WITH_GRAD: tl.constexpr,  # run the backward pass and accumulate the gradients
@@ -317,10 +317,10 @@ def locally_connected_fused_kernel(
     if WITH_LOSS:
         # ---- loss: this tile's share of the batch loss
         loss_per_sample = _logsumexp(f4, cmask_3[None, :]) - tl.sum(tl.where(cmask_3[None, :], f4*tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
-        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * scale)
+        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * _scale)
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-        dL_df4 = tl.where(row_mask[:, None] & cmask_3[None, :], scale*(-tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0) + _softmax(f4, cmask_3[None, :])), 0.0)  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df4 = tl.where(row_mask[:, None] & cmask_3[None, :], _scale*(-tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0) + _softmax(f4, cmask_3[None, :])), 0.0)  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
         dL_dW4 = tl.sum((delta4)[:, :, None] * (f3)[:, None, :], axis=0)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
         dL_db4 = tl.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch

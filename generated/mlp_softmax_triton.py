@@ -77,7 +77,7 @@ def mlp_softmax_fused_kernel(
     LOSS_ptr,  # batch loss accumulator (float32, zeroed)
     OUT_ptr,  # ŷ, (B, 3) float32
     B,  # batch size
-    scale,  # 1/B for the batch mean, 1 for the sum
+    _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # accumulate the batch loss
     WITH_GRAD: tl.constexpr,  # run the backward pass and accumulate the gradients
@@ -120,10 +120,10 @@ def mlp_softmax_fused_kernel(
     if WITH_LOSS:
         # ---- loss: this tile's share of the batch loss
         loss_per_sample = _logsumexp(f3, cmask_3[None, :]) - tl.sum(tl.where(cmask_3[None, :], f3*tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
-        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * scale)
+        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * _scale)
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-        dL_df3 = tl.where(row_mask[:, None] & cmask_3[None, :], scale*(-tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0) + _softmax(f3, cmask_3[None, :])), 0.0)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df3 = tl.where(row_mask[:, None] & cmask_3[None, :], _scale*(-tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0) + _softmax(f3, cmask_3[None, :])), 0.0)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
         dL_dW3 = tl.sum((delta3)[:, :, None] * (f2)[:, None, :], axis=0)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
         dL_db3 = tl.sum(delta3, axis=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch

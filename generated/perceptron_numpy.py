@@ -6,8 +6,8 @@ Contract: init_params(seed=0) -> dict of arrays; forward(params, x) -> yhat;
 loss(params, x, y) -> float; gradients(params, x, y) -> dict (one entry per parameter,
 its shape); train_step(params, x, y, lr) -> new params (SGD);
 init_state(params) and step(params, state, x, y, t) -> (params, state, loss) for the
-spec's optimizer (sgd).  x has shape
-(batch, *[]); y has shape (batch, *[]).
+spec's optimizer (sgd).  x has shape (batch,); y has shape
+(batch,); an empty batch is a ValueError.
 Works in float32 and float64 (the parameters' and x's dtype).
 """
 
@@ -35,17 +35,24 @@ def init_params(seed=0, dtype=np.float64):
     }
 
 
-def forward(params, x):
+def _forward(params, x):
+    """The forward pass, every named quantity in order: (a1, f1)."""
+    if x.shape[0] == 0:
+        raise ValueError("empty batch")
     w = params["w"]
     a1 = w*x  # a1 = w·x
     f1 = a1  # f1 = a1
+    return a1, f1
+
+
+def forward(params, x):
+    """ŷ for a batch of inputs."""
+    a1, f1 = _forward(params, x)
     return f1
 
 
 def _loss_per_sample(params, x, y):
-    w = params["w"]
-    a1 = w*x  # a1 = w·x
-    f1 = a1  # f1 = a1
+    a1, f1 = _forward(params, x)
     return (1/2)*(-f1 + y)**2
 
 
@@ -58,20 +65,33 @@ def loss(params, x, y):
     return float(_loss_value(params, x, y))
 
 
-def value_and_gradients(params, x, y):
-    """(the batch loss, the gradients) from one forward and one backward pass."""
+def intermediates(params, x, y):
+    """Every named quantity of the derivation, in its order: the forward pass, the per-sample loss,
+    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's names."""
     w = params["w"]
-    scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- forward pass
-    a1 = w*x  # a1 = w·x
-    f1 = a1  # f1 = a1
+    a1, f1 = _forward(params, x)
     loss_per_sample = (1/2)*(-f1 + y)**2
+    _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df1 = scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df1 = _scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dw = np.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
-    return float(np.mean(loss_per_sample)), {
-        "w": dL_dw,
+    return {
+        "a1": a1,
+        "f1": f1,
+        "loss_per_sample": loss_per_sample,
+        "dL_df1": dL_df1,
+        "delta1": delta1,
+        "dL_dw": dL_dw,
+    }
+
+
+def value_and_gradients(params, x, y):
+    """(the batch loss, the gradients) from one forward and one backward pass."""
+    _q = intermediates(params, x, y)
+    return float(np.mean(_q["loss_per_sample"])), {
+        "w": _q["dL_dw"],
     }
 
 

@@ -39,7 +39,7 @@ def perceptron_fused_kernel(
     LOSS_ptr,  # batch loss accumulator (float32, zeroed)
     OUT_ptr,  # ŷ, (B) float32
     B,  # batch size
-    scale,  # 1/B for the batch mean, 1 for the sum
+    _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # accumulate the batch loss
     WITH_GRAD: tl.constexpr,  # run the backward pass and accumulate the gradients
@@ -65,10 +65,10 @@ def perceptron_fused_kernel(
     if WITH_LOSS:
         # ---- loss: this tile's share of the batch loss
         loss_per_sample = (0.5)*((-f1 + y) * (-f1 + y))
-        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * scale)
+        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * _scale)
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-        dL_df1 = tl.where(row_mask, scale*(f1 - y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df1 = tl.where(row_mask, _scale*(f1 - y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
         dL_dw = tl.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
         # ---- write back: this tile's partial sums of the parameter gradients

@@ -9,7 +9,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from derive.modules import triton_device
+from derive.targets.modules import triton_device
 
 DEVICE = triton_device()  # sets TRITON_INTERPRET=1 when there is no GPU
 

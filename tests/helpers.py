@@ -1,7 +1,7 @@
 """Shared test helpers: generated code against the independent torch.autograd reference.
 
 ``assert_matches_torch`` runs a generated NumPy or Triton module and compares its forward
-pass, loss and every gradient with ``derive.reference.loss_and_grads`` evaluated in float64
+pass, loss and every gradient with ``derive.verify.reference.loss_and_grads`` evaluated in float64
 at exactly the values the module was given (float32 inputs are widened, not re-drawn, so
 input rounding is not counted as an error).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from derive import reference
+from derive.verify import reference
 from derive.verify import SENTINEL, padded, sentinels_intact
 
 ROOT = Path(__file__).resolve().parents[1]

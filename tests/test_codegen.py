@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from derive import Linear, Loss, Network, Port, codegen, load_spec
+from derive import Linear, Loss, Network, Port, load_spec
+
+from derive.targets import codegen
 from derive.cli import main as cli_main
-from derive.modules import generated_modules
+from derive.targets.modules import generated_modules
 from derive.verify import sample
 
 from helpers import (
@@ -62,7 +64,8 @@ def _digest_source() -> str:
     return r"""
 import hashlib
 from pathlib import Path
-from derive import Linear, Loss, Network, Port, codegen, load_spec
+from derive import Linear, Loss, Network, Port, load_spec
+from derive.targets import codegen
 h = hashlib.sha256()
 for spec in sorted(Path("examples").glob("*.toml")):
     for text in codegen.generate(load_spec(spec), spec.as_posix()).values():

@@ -21,13 +21,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from derive import Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port, derive, load_spec
-from derive import reference, verify
+from derive.verify import reference
+from derive import verify
 from derive.cli import main as cli_main
-from derive.conv import InRange
-from derive.display import text
+from derive.layers.conv import InRange
+from derive.explain.display import text
 from derive.errors import SpecError
 from derive.explain import to_json_dict, to_text
-from derive.modules import generated_modules
+from derive.targets.modules import generated_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 

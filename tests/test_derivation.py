@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from sympy.parsing.sympy_parser import parse_expr
 
 from derive import Linear, Loss, Network, Port, derive, lecture_network, load_spec
-from derive import functions as fn
+from derive.tables import functions as fn
 from derive.cli import main as cli_main
-from derive.expand import expanded
+from derive.derivation.expand import expanded
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -45,7 +45,7 @@ def _console_script() -> list[str]:
     script = Path(sys.executable).with_name("derive")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "derive.cli"]
+    return [sys.executable, "-m", "derive"]
 
 
 def _chain_toml(depth: int, activation: str = "sigmoid") -> str:

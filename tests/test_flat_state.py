@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from derive import Linear, Loss, Network, Port
-from derive.modules import generated_modules
-from derive.optimizers import Optimizer
+from derive.targets.modules import generated_modules
+from derive.tables.optimizers import Optimizer
 from derive.verify import rel_err
 
 ROOT = Path(__file__).resolve().parents[1]

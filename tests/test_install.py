@@ -26,7 +26,7 @@ import json, sys
 from pathlib import Path
 import derive
 from derive import load_spec
-from derive.codegen import generate, template_dir
+from derive.targets.codegen import generate, template_dir
 files = {}
 for spec in sorted(Path("examples").glob("*.toml")):
     files.update(generate(load_spec(spec), spec.as_posix()))
@@ -57,7 +57,7 @@ def test_wheel_contains_the_templates(wheel):
         for t in TEMPLATES:
             assert f"derive/templates/{t}" in names, sorted(names)
             assert zf.read(f"derive/templates/{t}") == (ROOT / "templates" / t).read_bytes()
-        assert "derive/__init__.py" in names and "derive/codegen.py" in names
+        assert "derive/__init__.py" in names and "derive/targets/codegen.py" in names
         entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "derive = derive.cli:main" in zf.read(entry).decode()
     assert not any(n.startswith(("tests/", "generated/", "examples/")) for n in names)

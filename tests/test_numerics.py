@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from derive import Linear, Loss, Network, Port, load_spec
-from derive.modules import generated_modules
+from derive.targets.modules import generated_modules
 from derive.verify import sample
 
 from helpers import (

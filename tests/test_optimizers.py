@@ -3,7 +3,7 @@ the step-size schedules, the Triton update against the NumPy one, `derive explai
 update equations and the `[optimizer]` spec errors.
 
 torch and triton are imported inside the tests (triton only through
-derive.modules.generated_modules, after tests/conftest.py chose the interpreter).
+derive.targets.modules.generated_modules, after tests/conftest.py chose the interpreter).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from derive import Linear, Loss, Network, Port
 from derive.cli import main
 from derive.errors import SpecError
-from derive.modules import generated_modules
-from derive.optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
+from derive.targets.modules import generated_modules
+from derive.tables.optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
 from derive.verify import rel_err
 
 STEPS = 20
@@ -401,7 +401,7 @@ def test_spec_error_is_one_line_in_a_subprocess(tmp_path):
     import sys
 
     path = write_spec(tmp_path, 'type = "adam"\nbeta1 = 1.5')
-    proc = subprocess.run([sys.executable, "-m", "derive.cli", "explain", path], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "derive", "explain", path], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == ""

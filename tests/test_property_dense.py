@@ -17,8 +17,10 @@ import numpy as np
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
-from derive import Linear, Loss, Network, Port, codegen
-from derive.modules import generated_modules
+from derive import Linear, Loss, Network, Port
+
+from derive.targets import codegen
+from derive.targets.modules import generated_modules
 from derive.verify import sample
 
 from helpers import assert_close_to_torch, assert_matches_torch, random_params, triton_inputs, triton_outputs

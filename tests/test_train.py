@@ -265,7 +265,7 @@ def test_bad_csv_in_a_subprocess(tmp_path):
     data = tmp_path / "bad.csv"
     data.write_text("x,y\n1,2\n3,oops\n", encoding="utf-8")
     ckpt = tmp_path / "c.ckpt"
-    proc = subprocess.run([sys.executable, "-m", "derive.cli", "train", PERCEPTRON, "--data", str(data),
+    proc = subprocess.run([sys.executable, "-m", "derive", "train", PERCEPTRON, "--data", str(data),
                            "--checkpoint", str(ckpt)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == ""

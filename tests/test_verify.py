@@ -11,8 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-import derive.verify as dv
-from derive import Linear, Loss, Network, Port, codegen, load_spec, printers
+import derive.verify.checks as dv
+from derive import Linear, Loss, Network, Port, load_spec
+from derive.targets import codegen
+from derive.targets import numpy_printer as printers
 from derive.cli import main as cli_main
 
 from helpers import EXAMPLES, ROOT

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .derivation import Derivation
-from .errors import DeriveError
+from derive.derivation import Derivation
+from derive.errors import DeriveError
 
 
 def expanded(der: Derivation) -> dict[str, sp.Expr]:

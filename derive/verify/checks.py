@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .modules import generated_modules, triton_device
-from .network import Network
+from derive.targets.modules import generated_modules, triton_device
+from derive.network import Network
 
 TOL_F64 = 1e-10  # two float64 evaluations of the same math: only rounding differs
 # Central differences in extended precision (np.longdouble, ε ≈ 1e-19 on x86-64), at three steps
@@ -222,7 +222,7 @@ def _numpy_checks(col, net, npm, params, x, y, rng, torch):
         if np.shape(g) != np.shape(params[name]):
             col.add("numpy-f64", "parameter shapes", f"grad {name}", float("inf"), 0.0)
     if torch is not None:
-        from . import reference
+        from derive.verify import reference
 
         tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
         tx = torch.tensor(x, dtype=torch.float64)

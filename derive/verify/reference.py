@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .network import Network, VolumeLayerInfo
+from derive.network import Network, VolumeLayerInfo
 
 
 def _activation(kind: str, a, slope):

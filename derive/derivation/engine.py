@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.core.parameters import distribute
 
-from . import conv
-from . import indices as ix
-from . import names
-from .functions import ACTIVATION_FUNCTIONS, name_softmax
-from .losses import LOSS_RULES, per_sample_loss
-from .network import LayerInfo, Network, Shape, VolumeLayerInfo
+from derive.layers import conv
+from derive.derivation import indices as ix
+from derive import names
+from derive.tables.functions import ACTIVATION_FUNCTIONS, name_softmax
+from derive.tables.losses import LOSS_RULES, per_sample_loss
+from derive.network import LayerInfo, Network, Shape, VolumeLayerInfo
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ def header_lines(net) -> list[str]:
 
 def loss_lines(der) -> list[str]:
     """The loss section of `derive explain`'s text: the lecture's form, SymPy's, and any note."""
-    from .losses import LOSS_RULES
+    from derive.tables.losses import LOSS_RULES
 
     net = der.network
     rule = LOSS_RULES[net.loss.type]

@@ -22,10 +22,10 @@ from __future__ import annotations
 import sympy as sp
 from sympy.core.parameters import distribute
 
-from . import indices as ix
-from . import names
-from .errors import DerivationError
-from .functions import ACTIVATION_FUNCTIONS
+from derive.derivation import indices as ix
+from derive import names
+from derive.errors import DerivationError
+from derive.tables.functions import ACTIVATION_FUNCTIONS
 
 # Element indices: output (o, i, j), window (c, p, q), input position (c, h, w), flat n.
 o, i, j, c, p, q, h, w, n = sp.symbols("o i j c p q h w n", integer=True)
@@ -247,7 +247,7 @@ def _source(li, net) -> str:
 
 def lower_definition(d, li, net):
     """The kernel-IR expression of a volume layer's forward definition, or None for an elementwise one."""
-    from .kernel_ir import ConvForward, Flatten, LocalForward, Pad
+    from derive.ir.nodes import ConvForward, Flatten, LocalForward, Pad
 
     prev = net.input.name if li.index == 1 else names.activation(li.index - 1)
     if li.kind == "flatten":
@@ -268,7 +268,7 @@ def _geometry(li):
 def lower_step(s, li, net):
     """The kernel-IR expression of a backward step a volume layer produced (a parameter gradient
     or the upstream of the layer below), or None for an elementwise one (δ)."""
-    from .kernel_ir import (BatchSum, ConvBiasGrad, ConvInputGrad, ConvWeightGrad, Crop, LocalInputGrad,
+    from derive.ir.nodes import (BatchSum, ConvBiasGrad, ConvInputGrad, ConvWeightGrad, Crop, LocalInputGrad,
                             LocalWeightGrad, Unflatten)
 
     if s.kind not in ("param", "upstream"):
@@ -293,7 +293,7 @@ def lower_step(s, li, net):
 
 def volume_layers(der, net) -> tuple:
     """The conv2d / locally_connected layers as the Triton generator needs them."""
-    from .kernel_ir import VolumeLayer
+    from derive.ir.nodes import VolumeLayer
 
     out = []
     for pos, li in enumerate(net.info):
@@ -313,6 +313,6 @@ def volume_layers(der, net) -> tuple:
 
 
 def _line(d) -> str:
-    from .display import text
+    from derive.explain.display import text
 
     return f"{text(d.lhs)} = {text(d.rhs)}"

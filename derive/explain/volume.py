@@ -11,10 +11,10 @@ code generators lower), printed in index notation:
 
 from __future__ import annotations
 
-from . import display
-from .conv import InRange
-from .expand import expanded
-from .network import VolumeLayerInfo
+from derive.explain import display
+from derive.layers.conv import InRange
+from derive.derivation.expand import expanded
+from derive.network import VolumeLayerInfo
 
 # How the generated NumPy code computes each volume gradient (the einsum spells the formula).
 _COMPUTED = {

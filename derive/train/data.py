@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from .errors import DeriveError
-from .network import Network
+from derive.errors import DeriveError
+from derive.network import Network
 
 
 class DataError(DeriveError):

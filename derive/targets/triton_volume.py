@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from .kernel_ir import (ConvInputGrad, ConvWeightGrad, KernelIR, LocalInputGrad, LocalWeightGrad, Pad,
+from derive.ir.nodes import (ConvInputGrad, ConvWeightGrad, KernelIR, LocalInputGrad, LocalWeightGrad, Pad,
                         VolumeLayer)
 
 

@@ -13,8 +13,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import codegen
-from .network import Network
+from derive.targets import codegen
+from derive.network import Network
 
 
 def triton_device() -> str | None:

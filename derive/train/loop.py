@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fsutil
-from .errors import DeriveError
-from .modules import generated_modules, triton_device
-from .network import Network
+from derive import fsutil
+from derive.errors import DeriveError
+from derive.targets.modules import generated_modules, triton_device
+from derive.network import Network
 
 
 @dataclass

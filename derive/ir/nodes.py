@@ -111,6 +111,31 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class LayerIR:
+    """One layer as a target sees it: what a per-layer table (Triton, torch) needs to emit or rebuild it.
+
+    ``kind`` is the layer rule's name (linear, conv2d, locally_connected, flatten, max_pool2d,
+    avg_pool2d); ``source`` the array its input is read from (the network input or f_{l-1});
+    ``activation`` None for layers without one (flatten, pooling).
+    """
+
+    index: int
+    kind: str
+    in_shape: Shape
+    out_shape: Shape
+    source: str
+    output: str  # the array it produces (f_l)
+    weight: str | None = None
+    bias: str | None = None
+    activation: str | None = None
+    slope: float | None = None  # leaky_relu's constant slope
+    slope_param: str | None = None  # prelu's learnable slope
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: int = 0
+
+
+@dataclass(frozen=True)
 class VolumeLayer:
     """A conv2d or locally_connected layer's geometry and derived formulas (for the generated comments)."""
 
@@ -146,6 +171,7 @@ class KernelIR:
     loss_type: str
     reduction: str
     volumes: tuple[VolumeLayer, ...] = ()  # conv2d / locally_connected layers, for the Triton helpers
+    layers: tuple[LayerIR, ...] = ()  # every layer, in forward order
     optimizer: str = "sgd"
     schedule: str = "constant"
     hyper: tuple[tuple[str, float], ...] = ()

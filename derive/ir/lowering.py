@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import sympy as sp
 
-from . import conv
-from . import indices as ix
-from .derivation import Derivation, Step
-from .errors import DerivationError
-from .network import VolumeLayerInfo
-from .functions import logsumexp, name_logsumexp, softmax
-from .kernel_ir import (
-    Array, Assign, BatchSum, Col, First, FirstColumn, ZerosLike, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
+from derive.layers import conv
+from derive.derivation import indices as ix
+from derive.derivation import Derivation, Step
+from derive.errors import DerivationError
+from derive.network import VolumeLayerInfo
+from derive.tables.functions import logsumexp, name_logsumexp, softmax
+from derive.ir.nodes import (
+    Array, Assign, LayerIR, BatchSum, Col, First, FirstColumn, ZerosLike, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
 )
 
-SCALE = sp.Symbol("scale", real=True)  # 1/B for a mean over the batch, 1 for a sum
+SCALE = sp.Symbol("_scale", real=True)  # 1/B for a mean over the batch, 1 for a sum
 
 
 class _Ctx:
@@ -175,13 +175,14 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         loss_type=net.loss.type,
         reduction=net.loss.reduction,
         volumes=conv.volume_layers(der, net),
+        layers=_layers(net),
         **_lower_optimizer(net),
     )
 
 
 def _lower_optimizer(net) -> dict:
-    from . import optimizers
-    from .display import text
+    from derive.tables import optimizers
+    from derive.explain.display import text
 
     opt = net.optimizer
     rule = optimizers.rule_for(opt)
@@ -194,6 +195,20 @@ def _lower_optimizer(net) -> dict:
     updates = tuple(Assign(str(lhs), rhs, (), True, f"{text(lhs)} ← {text(rhs)}") for lhs, rhs in rule.steps)
     out.update(state=tuple(str(s) for s in rule.state), update_scalars=scalars, updates=updates)
     return out
+
+
+def _layers(net) -> tuple[LayerIR, ...]:
+    out = []
+    for pos, li in enumerate(net.info):
+        kind = getattr(li, "kind", "linear")
+        stride = getattr(li, "stride", 1)
+        out.append(LayerIR(
+            li.index, kind, li.in_shape, li.out_shape,
+            net.input.name if pos == 0 else f"f{li.index - 1}", f"f{li.index}",
+            li.weight, li.bias, None if kind == "flatten" else li.spec.activation, li.slope_value, li.slope_param,
+            getattr(li, "kernel", (1, 1)), (stride, stride), getattr(li, "padding", 0),
+        ))
+    return tuple(out)
 
 
 def _volume(net, layer: int) -> bool:
@@ -227,13 +242,13 @@ def _lower_step(s: Step, ctx: _Ctx) -> Assign:
 
 
 def _comment_forward(d) -> str:
-    from .display import text
+    from derive.explain.display import text
 
     return f"{text(d.lhs)} = {text(d.rhs)}"
 
 
 def _comment_step(s: Step) -> str:
-    from .display import factor_name, text
+    from derive.explain.display import factor_name, text
 
     chain = " · ".join(factor_name(f.name) for f in s.factors)
     return f"{text(s.lhs)} = {chain}"

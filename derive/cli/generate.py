@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path, PurePath
 
-from .errors import DeriveError
+from derive.errors import DeriveError
 
 EXAMPLES = "examples"
 GENERATED = "generated"
@@ -31,8 +31,8 @@ def _example_specs(examples: Path) -> list[Path]:
 
 
 def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str]:
-    from . import codegen
-    from .spec import load_spec
+    from derive.targets import codegen
+    from derive.spec import load_spec
 
     out: dict[Path, str] = {}
     root = examples.resolve().parent  # the repository: headers name paths relative to it
@@ -45,8 +45,8 @@ def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str
 
 
 def cmd_generate(args) -> int:
-    from . import codegen
-    from .spec import load_spec
+    from derive.targets import codegen
+    from derive.spec import load_spec
 
     targets = codegen.TARGETS if args.target == "all" else (args.target,)
     if args.check or args.all:
@@ -120,9 +120,9 @@ def format_table(report) -> str:
 
 
 def cmd_verify(args) -> int:
-    from .builtin import lecture_network
-    from .spec import load_spec
-    from .verify import verify
+    from derive.builtin import lecture_network
+    from derive.spec import load_spec
+    from derive.verify import verify
 
     if args.seeds < 1:
         raise DeriveError(f"--seeds: expected a positive integer, got {args.seeds}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .errors import SpecError
+from derive.errors import SpecError
 
 OPTIMIZER_TYPES = ("sgd", "momentum", "adagrad", "adadelta", "adam", "lbfgs")
 SCHEDULES = ("constant", "inv_sqrt")

@@ -8,15 +8,15 @@ import sys
 
 import numpy as np
 
-from .errors import DeriveError
-from .optimizers import OPTIMIZER_TYPES, Optimizer
+from derive.errors import DeriveError
+from derive.tables.optimizers import OPTIMIZER_TYPES, Optimizer
 
 
 def cmd_train(args) -> int:
-    from .cli_codegen import _display_path
-    from .data import load_csv
-    from .spec import load_spec
-    from .train import plot, train
+    from derive.cli.generate import _display_path
+    from derive.train.data import load_csv
+    from derive.spec import load_spec
+    from derive.train import plot, train
 
     net = load_spec(args.spec)
     opt = net.optimizer

@@ -13,7 +13,7 @@ from typing import Callable
 
 import sympy as sp
 
-from .functions import relu, softplus, step
+from derive.tables.functions import relu, softplus, step
 
 
 @dataclass(frozen=True)

@@ -1,102 +1,16 @@
-"""KernelIR -> source files: print every right-hand side, then let the templates lay them out.
-
-Templates receive only strings and plain lists: all math, naming and printing happen here.
-Output is deterministic (sorted helpers, no ids or timestamps), so regenerating gives
-byte-identical files, and files are written atomically.
-"""
+"""KernelIR -> the fused Triton module (one kernel per network, an SGD and an update kernel)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import jinja2
+from derive.ir.nodes import KernelIR
+from derive.targets import triton_volume as volume
+from derive.targets.common import _common, _env
+from derive.targets.printers import HostPrinter
+from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
-from . import codegen_volume as volume
-from . import derivation, fsutil, lowering
-from .kernel_ir import KernelIR
-from .network import Network
-from .printers import NUMPY_HELPERS, TRITON_HELPERS, HostPrinter, NumpyCodePrinter, TritonCodePrinter
-
-TARGETS = ("numpy", "triton")
 TRITON_BLOCK_B = 64
-
-
-def template_dir() -> Path:
-    """templates/ beside the package (editable install, source tree) or inside it (wheel)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("derive: templates/ not found next to or inside the package")
-
-
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir())),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-
-
-def _init_expr(name: str, shape: tuple, role_fan_in: int, slope_init: float | None) -> str:
-    if slope_init is not None:
-        return f"np.full({shape!r}, {slope_init!r}, dtype=dtype)"
-    bound = 1.0 / math.sqrt(role_fan_in)
-    return f"np.asarray(rng.uniform({-bound!r}, {bound!r}, size={shape!r}), dtype=dtype)"
-
-
-def _params_ctx(ir: KernelIR) -> list[dict]:
-    fan = dict(ir.fan_ins)
-    slopes = dict(ir.slope_inits)
-    return [
-        {"name": p.name, "shape": repr(p.shape), "init": _init_expr(p.name, p.shape, fan[p.name], slopes.get(p.name))}
-        for p in ir.params
-    ]
-
-
-def _common(ir: KernelIR, out_dir: str) -> dict:
-    return {
-        "optimizer": ir.optimizer,
-        "schedule": ir.schedule,
-        "hyper": [{"name": k, "value": repr(v)} for k, v in ir.hyper],
-        "state": list(ir.state),
-        "has_update": bool(ir.updates),
-        "name": ir.name,
-        "source": ir.source,
-        "out_dir": out_dir,
-        "params": _params_ctx(ir),
-        "loss_type": ir.loss_type,
-        "reduction": ir.reduction,
-        "x": ir.input.name,
-        "y": ir.target.name,
-        "input_shape": repr(list(ir.input.shape)),
-        "target_shape": repr(list(ir.target.shape)),
-        "class_target": ir.target.dtype == "int",
-    }
-
-
-def render_numpy(ir: KernelIR, out_dir: str = "generated") -> str:
-    pr = NumpyCodePrinter()
-    line = lambda a: {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
-    ctx = _common(ir, out_dir)
-    ctx.update(
-        forward=[line(a) for a in ir.forward],
-        output=pr.doprint(ir.output.expr),
-        loss_rhs=pr.doprint(ir.loss.expr),
-        backward=[line(a) for a in ir.backward],
-        grads=[{"param": p, "value": g} for p, g in ir.grads_by_param()],
-        reduce="np.mean" if ir.reduction == "mean" else "np.sum",
-        scale=f"1.0 / {ir.input.name}.shape[0]" if ir.reduction == "mean" else "1.0",
-    )
-    ctx["scalars"] = [line(a) for a in ir.update_scalars]
-    ctx["updates"] = [line(a) for a in ir.updates]
-    ctx["helpers"] = [NUMPY_HELPERS[h] for h in sorted(pr.helpers)]
-    ctx["imports"] = ["import numpy as np"]
-    return _env().get_template("numpy_module.py.jinja").render(**ctx)
 
 
 def _pow2(n: int) -> int:
@@ -144,7 +58,7 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
         loss_rhs=pr.doprint(ir.loss.expr),
-        loss_scale="scale",
+        loss_scale="_scale",
         backward=backward,
         grad_stores=[volume.grad_store(ir, p.name) or _store_grad(p, g)
                      for p, (_, g) in zip(ir.params, ir.grads_by_param())],
@@ -233,21 +147,3 @@ def _store_grad(p, g: str) -> str:
         return f"tl.atomic_add({ptr} + cols_{n}, {g}, mask=cmask_{n})"
     m, n = p.shape
     return f"tl.atomic_add({ptr} + cols_{m}[:, None] * {n} + cols_{n}[None, :], {g}, mask=cmask_{m}[:, None] & cmask_{n}[None, :])"
-
-
-RENDERERS = {"numpy": render_numpy, "triton": render_triton}
-
-
-def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generated") -> dict[str, str]:
-    """file name -> source text, for each target."""
-    ir = lowering.lower(derivation.derive(net), source)
-    return {f"{net.name}_{t}.py": RENDERERS[t](ir, out_dir) for t in targets}
-
-
-def write_atomic(directory: Path, files: dict[str, str]) -> list[Path]:
-    """Write each file atomically (derive.fsutil); every file is rendered before any is written."""
-    written = []
-    for fname, text in files.items():
-        fsutil.write_atomic(directory / fname, lambda fh, text=text: fh.write(text), binary=False)
-        written.append(directory / fname)
-    return written

@@ -9,19 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import DeriveError
+from derive.errors import DeriveError
 
 
 def _network(spec: str | None):
-    from .builtin import lecture_network
-    from .spec import load_spec
+    from derive.builtin import lecture_network
+    from derive.spec import load_spec
 
     return lecture_network() if spec is None else load_spec(spec)
 
 
 def cmd_explain(args) -> int:
-    from .derivation import derive
-    from .explain import FORMATS
+    from derive.derivation import derive
+    from derive.explain import FORMATS
 
     net = _network(args.spec)
     if args.param is not None and args.param not in {p.name for p in net.params}:
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--expand", action="store_true", help="write every gradient with the deltas substituted away")
     ex.set_defaults(func=cmd_explain)
 
-    from . import cli_codegen, cli_train
+    from derive.cli import generate as cli_codegen, train as cli_train
 
     cli_codegen.add_commands(sub)
     cli_train.add_commands(sub)

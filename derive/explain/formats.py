@@ -11,11 +11,13 @@ import json
 
 import sympy as sp
 
-from . import display, explain_volume
-from .derivation import Derivation, Step
-from .expand import expanded
-from . import optimizers
-from .losses import LOSS_RULES
+from derive.explain import display
+
+from derive.explain import volume as explain_volume
+from derive.derivation import Derivation, Step
+from derive.derivation.expand import expanded
+from derive.tables import optimizers
+from derive.tables.losses import LOSS_RULES
 
 CHAIN_SHOWN = 9  # factors of a full chain shown before eliding the middle with "…"
 EXPAND_SHOWN = 12  # deepest scalar chain whose text output also shows each gradient in forward quantities

@@ -1,0 +1,1 @@
+"""The layer-rule registry: one module per layer kind."""

@@ -1,0 +1,36 @@
+"""KernelIR -> source files, one renderer per target (numpy.py, triton.py).
+
+Output is deterministic (sorted helpers, no ids or timestamps), so regenerating gives
+byte-identical files, and files are written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from derive import fsutil
+from derive.derivation import derive
+from derive.ir.lowering import lower
+from derive.network import Network
+from derive.targets.common import template_dir  # noqa: F401 (re-exported: tests and the wheel check use it)
+from derive.targets.numpy import render_numpy
+from derive.targets.triton import render_triton
+
+TARGETS = ("numpy", "triton")
+
+RENDERERS = {"numpy": render_numpy, "triton": render_triton}
+
+
+def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generated") -> dict[str, str]:
+    """file name -> source text, for each target."""
+    ir = lower(derive(net), source)
+    return {f"{net.name}_{t}.py": RENDERERS[t](ir, out_dir) for t in targets}
+
+
+def write_atomic(directory: Path, files: dict[str, str]) -> list[Path]:
+    """Write each file atomically (derive.fsutil); every file is rendered before any is written."""
+    written = []
+    for fname, text in files.items():
+        fsutil.write_atomic(directory / fname, lambda fh, text=text: fh.write(text), binary=False)
+        written.append(directory / fname)
+    return written

@@ -1,0 +1,236 @@
+"""The Triton target's printer: batch tiles of BLOCK_B rows, and the @triton.jit helpers it may call."""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from derive.errors import DerivationError
+from derive.targets.printers import _Recording
+
+
+class TritonCodePrinter(_Recording, PythonCodePrinter):
+    """Triton tiles: a batch tile of BLOCK_B rows; vectors padded to powers of two.
+
+    ``widths`` maps every array name to its padded width (a vector's int, a matrix's
+    (rows, cols)) so that contractions choose tl.dot (all sides >= 16) or
+    broadcast-multiply-sum; ``real_widths`` the unpadded vector widths, for masks.
+    """
+
+    target = "triton"
+    _kf = {"exp": "tl.exp", "log": "tl.log", "Abs": "tl.abs"}
+
+    def __init__(self, widths: dict, real_widths: dict[str, int], block_b: int, dot_precision: str):
+        super().__init__({"strict": True, "fully_qualified_modules": True})
+        self.helpers = set()
+        self.widths = widths
+        self.real_widths = real_widths
+        self.block_b = block_b
+        self.dot_precision = dot_precision
+
+    def _module_format(self, fqn, register=True):
+        return fqn
+
+    def _print_Function(self, e):
+        name = type(e).__name__
+        if name in self._kf:
+            return "%s(%s)" % (self._kf[name], ", ".join(self._print(a) for a in e.args))
+        return super()._print_Function(e)
+
+    _print_exp = _print_log = _print_Abs = _print_Function
+
+    def _print_Pow(self, e, rational=False):
+        b, x = e.args
+        base = self.parenthesize(b, sp.printing.precedence.PRECEDENCE["Mul"])
+        if x == sp.S.Half:
+            return "tl.sqrt(%s)" % self._print(b)
+        if x == -sp.S.Half:
+            return "(1.0 / tl.sqrt(%s))" % self._print(b)
+        if x.is_Integer and 2 <= int(x) <= 4:
+            return "(" + " * ".join([base] * int(x)) + ")"
+        if x == -1:
+            return "(1.0 / %s)" % base
+        raise DerivationError(f"triton printer: no rule for the power {e}")
+
+    def _print_Rational(self, e):
+        return repr(float(e))
+
+    _print_Half = _print_Rational
+
+    def _print_Integer(self, e):
+        return str(int(e))
+
+    def _print_Float(self, e):
+        return repr(float(e))
+
+    def _print_sign(self, e):
+        return self._helper("_sign", *e.args)
+
+    def _print_tanh(self, e):
+        return self._helper("_tanh", *e.args)
+
+    def _print_sigmoid(self, e):
+        return self._helper("_sigmoid", *e.args)
+
+    def _print_softplus(self, e):
+        return self._helper("_softplus", *e.args)
+
+    def _print_relu(self, e):
+        return "tl.maximum(%s, 0.0)" % self._print(e.args[0])
+
+    def _print_step(self, e):
+        return "tl.where(%s > 0, 1.0, 0.0)" % self._print(e.args[0])
+
+    def _print_leaky_relu(self, e):
+        x, s = (self._print(a) for a in e.args)
+        return f"tl.where({x} > 0, {x}, {s} * {x})"
+
+    def _print_Min(self, e):
+        a, b = e.args
+        return "tl.minimum(%s, %s)" % (self._print(a), self._print(b))
+
+    def _dot(self, m: int, n: int, k: int) -> bool:
+        return min(m, n, k) >= 16
+
+    def _width(self, e) -> int:
+        if isinstance(e, sp.Symbol):
+            return self.widths[e.name]
+        if type(e).__name__ == "Col":
+            return 1
+        raise DerivationError(f"triton printer: cannot tell the width of {e}")
+
+    def _dot_call(self, a: str, b: str) -> str:
+        return f'tl.dot({a}, {b}, input_precision="{self.dot_precision}")'
+
+    def _print_MatVec(self, e):
+        w, f = e.args
+        n_out, n_in = self.widths[w.name]
+        fs, ws = self._print(f), self._print(w)
+        if self._dot(self.block_b, n_out, n_in):
+            return self._dot_call(fs, f"tl.trans({ws})")
+        return f"tl.sum(({fs})[:, None, :] * {ws}[None, :, :], axis=2)"
+
+    def _print_VecMat(self, e):
+        d, w = e.args
+        n_out, n_in = self.widths[w.name]
+        ds, ws = self._print(d), self._print(w)
+        if self._dot(self.block_b, n_out, n_in):
+            return self._dot_call(ds, ws)
+        return f"tl.sum(({ds})[:, :, None] * {ws}[None, :, :], axis=1)"
+
+    def _print_Outer(self, e):
+        d, f = e.args
+        m, k = self._width(d), self._width(f)
+        ds, fs = self._print(d), self._print(f)
+        if self._dot(m, k, self.block_b):
+            return self._dot_call(f"tl.trans({ds})", fs)
+        return f"tl.sum(({ds})[:, :, None] * ({fs})[:, None, :], axis=0)"
+
+    def _print_BatchSum(self, e):
+        return "tl.sum(%s, axis=0)" % self._print(e.args[0])
+
+    def _print_RowSum(self, e):
+        body, n = e.args
+        return "tl.sum(tl.where(cmask_%d[None, :], %s, 0.0), axis=1)" % (int(n), self._print(body))
+
+    def _print_Col(self, e):
+        return "%s[:, None]" % self._print(e.args[0])
+
+    def _print_First(self, e):
+        return "tl.sum(%s, axis=1)" % self._print(e.args[0])  # width 1: the sum is the element
+
+    def _print_OneHot(self, e):
+        y, n, _ = e.args
+        return "tl.where(%s[:, None] == cols_%d[None, :], 1.0, 0.0)" % (self._print(y), int(n))
+
+    def _print_ZerosLike(self, e):
+        return "(%s * 0.0)" % self._print(e.args[0])
+
+    def _print_FirstColumn(self, e):
+        return "tl.sum(%s, axis=1)" % self._print(e.args[0])  # a (rows, 1) tile: the sum is the column
+
+    def _n_of(self, z) -> int:
+        return self.real_widths[z.name]
+
+    def _print_Softmax(self, e):
+        (z,) = e.args
+        self.helpers.add("_softmax")
+        return "_softmax(%s, cmask_%d[None, :])" % (self._print(z), self._n_of(z))
+
+    def _print_LogSumExp(self, e):
+        (z,) = e.args
+        self.helpers.add("_logsumexp")
+        return "_logsumexp(%s, cmask_%d[None, :])" % (self._print(z), self._n_of(z))
+
+    # volumes: the layer's helper kernels (derive/codegen_volume.py), called by name
+    volume_calls: dict = {}
+
+    def _volume_call(self, layer, what: str) -> str:
+        try:
+            return self.volume_calls[int(layer)][what]
+        except KeyError:
+            raise DerivationError(f"triton printer: no helper for layer {layer}'s {what}") from None
+
+    def _print_ConvForward(self, e):
+        return self._volume_call(e.args[-1], "forward")
+
+    _print_LocalForward = _print_ConvForward
+
+    def _print_ConvWeightGrad(self, e):
+        return self._volume_call(e.args[-1], "weight")
+
+    _print_LocalWeightGrad = _print_ConvWeightGrad
+
+    def _print_ConvBiasGrad(self, e):
+        return self._volume_call(e.args[-1], "bias")
+
+    def _print_ConvInputGrad(self, e):
+        return self._volume_call(e.args[-1], "input")
+
+    _print_LocalInputGrad = _print_ConvInputGrad
+
+    def _print_Crop(self, e):
+        # ∂L/∂x from δ directly: the gather runs in unpadded coordinates
+        try:
+            return self.volume_calls[str(e.args[0])]
+        except KeyError:
+            raise DerivationError(f"triton printer: no gather for {e}") from None
+
+    def _print_Flatten(self, e):
+        return self._print(e.args[0])  # a volume tile is already flat, in C order
+
+    def _print_Unflatten(self, e):
+        return self._print(e.args[0])
+
+
+TRITON_HELPERS = {
+    "_sigmoid": '''@triton.jit
+def _sigmoid(x):
+    # σ(x) from e^−|x| ≤ 1: never overflows
+    z = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z))''',
+    "_tanh": '''@triton.jit
+def _tanh(x):
+    # no libdevice tanh under the interpreter; from e^−2|x| ≤ 1, which never overflows
+    z = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - z) / (1.0 + z)
+    return tl.where(x >= 0, t, -t)''',
+    "_softplus": '''@triton.jit
+def _softplus(x):
+    # log(1 + e^x) = max(x, 0) + log(1 + e^−|x|)
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))''',
+    "_sign": '''@triton.jit
+def _sign(x):
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))''',
+    "_logsumexp": '''@triton.jit
+def _logsumexp(z, mask):
+    # per row, over the valid columns only, shifted by the row maximum
+    m = tl.max(tl.where(mask, z, -float("inf")), axis=1)
+    e = tl.where(mask, tl.exp(z - m[:, None]), 0.0)
+    return m + tl.log(tl.sum(e, axis=1))''',
+    "_softmax": '''@triton.jit
+def _softmax(z, mask):
+    m = tl.max(tl.where(mask, z, -float("inf")), axis=1)
+    e = tl.where(mask, tl.exp(z - m[:, None]), 0.0)
+    return e / tl.sum(e, axis=1)[:, None]''',
+}

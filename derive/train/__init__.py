@@ -1,0 +1,5 @@
+"""`derive train`: the training loop over generated modules (loop.py) and CSV data (data.py)."""
+
+from derive.train.loop import plot, train
+
+__all__ = ["plot", "train"]
