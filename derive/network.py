@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from derive import names
+from derive import limits as size_limits, names
 from derive.errors import SpecError
 from derive.tables.optimizers import Optimizer
 
@@ -174,11 +174,13 @@ class Network:
     target: Port = Port("y")
     loss: Loss = Loss()
     optimizer: Optimizer = Optimizer()
+    limits: size_limits.Limits = size_limits.Limits()  # None fields: the defaults (docs/spec.md, Limits)
     info: tuple[LayerInfo, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "info", _resolve(self))
+        size_limits.check(self)
 
     # Convenience views used by the derivation and the generators.
     @property

@@ -9,6 +9,7 @@ expected``.  Nothing from the file is ever evaluated.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -16,10 +17,11 @@ import tomllib
 from typing import Any
 
 from derive.errors import SpecError
+from derive.limits import Limits
 from derive.network import ACTIVATIONS, Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
 from derive.tables.optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
 
-TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer")
+TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer", "limits")
 PORT_KEYS = ("name", "shape")
 LAYER_TYPES = ("linear", "conv2d", "locally_connected", "flatten")
 LINEAR_KEYS = ("type", "out", "weight", "bias", "activation", "slope", "slope_init")
@@ -154,7 +156,9 @@ def _parse(data: Any) -> Network:
     layers = tuple(_layer(f"layers[{i}]", entry) for i, entry in enumerate(layers_value))
     loss = _loss("loss", data["loss"]) if "loss" in data else Loss()
     optimizer = _optimizer("optimizer", data["optimizer"]) if "optimizer" in data else Optimizer()
-    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss, optimizer=optimizer)
+    lim = _limits("limits", data["limits"]) if "limits" in data else Limits()
+    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss, optimizer=optimizer,
+                   limits=lim)
 
 
 def _port(path: str, value: Any, default: Port) -> Port:
@@ -276,3 +280,10 @@ def _optimizer(path: str, value: Any) -> Optimizer:
             else:
                 constants[key] = _number(f"{path}.{key}", table[key], "a number")
     return Optimizer(kind, lr, schedule, tuple(sorted(constants.items())))
+
+
+def _limits(path: str, value: Any) -> Limits:
+    table = _table(path, value, "[limits]")
+    keys = tuple(f.name for f in dataclasses.fields(Limits))
+    _check_keys(path, table, keys)
+    return Limits(**{k: _integer(f"{path}.{k}", table[k]) for k in keys if k in table})
