@@ -126,16 +126,23 @@ def _say_resume(ckpt, start: int, epochs: int) -> None:
 
 @contextmanager
 def _interrupt_message(ckpt, saved: list):
-    """Turn Ctrl-C into a message naming the epoch the checkpoint holds (save_checkpoint is atomic,
-    so an interrupted save leaves the previous epoch's file whole)."""
+    """Turn Ctrl-C into a message naming the epoch the checkpoint holds.  The file is the truth:
+    Ctrl-C may land between a save's rename and ``saved`` being updated (save_checkpoint is
+    atomic, so the file is always one whole epoch)."""
     try:
         yield
     except KeyboardInterrupt:
         if ckpt is None:
             raise Interrupted("nothing saved (no --checkpoint)") from None
-        if saved[0] == 0:
+        held = saved[0]
+        try:
+            with np.load(ckpt, allow_pickle=False) as z:
+                held = int(z["epoch"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass
+        if held == 0:
             raise Interrupted(f"no epoch finished; {ckpt} not written") from None
-        raise Interrupted(f"{ckpt} holds epoch {saved[0]}; run the same command again to resume") from None
+        raise Interrupted(f"{ckpt} holds epoch {held}; run the same command again to resume") from None
 
 
 def _np(v):
