@@ -52,9 +52,9 @@ def cmd_train(args) -> int:
           f"(lr {net.optimizer.hyper['lr']:g}, {net.optimizer.schedule}), backend {args.backend}")
     for name, value in result.params.items():
         print(format_param(name, value))
-    print(f"loss = {result.loss:.8g} (training data)")
+    print(f"loss = {result.loss:.8g}")
     if result.accuracy is not None:
-        print(f"training accuracy = {result.accuracy:.4f} (on the training data, not a held-out set)")
+        print(f"training accuracy = {result.accuracy:.4f}")  # there is no held-out split
     if args.plot:
         print(f"loss curve: {args.plot}")
     return 0
