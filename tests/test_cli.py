@@ -129,3 +129,37 @@ def test_out_of_memory_is_one_line_in_a_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "derive: error: out of memory (Unable to allocate 19.0 GiB); try a smaller --batch or network, or free memory"]
+
+
+def test_bootstrap_says_what_it_is_doing(tmp_path):
+    """scripts/bootstrap on a fresh checkout prints one line per stage, and nothing once set up.
+    The python it runs is a stand-in that records its arguments (no venv, no downloads)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "bootstrap", repo / "scripts" / "bootstrap")
+    (repo / "pyproject.toml").write_text("", encoding="utf-8")
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "python3"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {shlex.quote(str(log))}\n'
+        'if [ "$1" = --version ]; then echo "Python 3.11.7"; fi\n'
+        'if [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin"; cp "$0" "$3/bin/python"; fi\n',
+        encoding="utf-8")
+    fake.chmod(0o755)
+    run = lambda: subprocess.run(["bash", "scripts/bootstrap"], cwd=repo, capture_output=True, text=True,
+                                 env={"PYTHON": str(fake), "PATH": "/usr/bin:/bin"})
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.splitlines() == [
+        "bootstrap: creating .venv with Python 3.11.7",
+        "bootstrap: installing torch 2.13.0 (CPU build; a few minutes the first time)",
+        "bootstrap: installing derive and its extras (gpu, test, train)",
+        "bootstrap: ready: .venv",
+    ]
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert calls[1] == "-m venv .venv"
+    assert calls[2].endswith("install -q --disable-pip-version-check torch==2.13.0")
+    assert calls[3].endswith("install -q --disable-pip-version-check -e .[gpu,test,train]")
+    again = run()
+    assert again.returncode == 0 and again.stderr == ""
