@@ -69,7 +69,8 @@ def overrides(**values):
 def effective(spec_limits: Limits | None) -> Limits:
     out = DEFAULTS
     for layer in (spec_limits or Limits(), _overrides.get()):
-        out = replace(out, **{f.name: getattr(layer, f.name) for f in fields(layer) if getattr(layer, f.name) is not None})
+        given = {f.name: getattr(layer, f.name) for f in fields(layer)}
+        out = replace(out, **{k: v for k, v in given.items() if v is not None})
     return out
 
 
@@ -170,7 +171,8 @@ def estimate_bytes(net, batch: int, command: str = "verify", data_rows: int = 0)
     targets, and a backend copy of each batch).
     """
     per_row = _size(net.input.shape) + max(1, _size(net.target.shape))
-    return 8 * (_PARAM_COPIES[command] * param_elements(net) + _SAMPLE_COPIES[command] * activation_elements(net) * batch
+    return 8 * (_PARAM_COPIES[command] * param_elements(net)
+                + _SAMPLE_COPIES[command] * activation_elements(net) * batch
                 + 2 * per_row * data_rows)
 
 

@@ -174,7 +174,8 @@ class Network:
     target: Port = Port("y")
     loss: Loss = Loss()
     optimizer: Optimizer = Optimizer()
-    limits: size_limits.Limits = size_limits.Limits()  # None fields: the defaults (docs/spec.md, Limits)
+    # size limits (None fields: the defaults); the same network under other limits is still equal
+    limits: size_limits.Limits = field(default=size_limits.Limits(), compare=False)
     info: tuple[LayerInfo, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):

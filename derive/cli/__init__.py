@@ -71,9 +71,10 @@ def add_limit_options(p: argparse.ArgumentParser, budget: bool = False) -> None:
     g.add_argument("--max-tile", type=_positive_int, metavar="N",
                    help=f"widest padded Triton tile, in elements (default {limits.DEFAULT_MAX_TILE:,})")
     if budget:
-        g.add_argument("--memory-budget", type=limits.parse_bytes, metavar="SIZE",
-                       help=f"refuse to start above this estimate of the memory needed, e.g. 2G or 512M "
-                            f"(default {limits.BUDGET_FRACTION * 100:.0f}%% of physical memory, "
+        m = p.add_argument_group("memory (docs/spec.md#the-memory-budget)")
+        m.add_argument("--memory-budget", type=limits.parse_bytes, metavar="SIZE",
+                       help=f"refuse to start when the estimated memory needed is above SIZE, e.g. 2G or "
+                            f"512M (default {limits.BUDGET_FRACTION * 100:.0f}%% of physical memory, "
                             f"{limits.human(limits.default_budget())} here)")
 
 

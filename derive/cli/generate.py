@@ -166,7 +166,8 @@ def add_commands(sub) -> None:
                      help="which code to write (default all)")
     gen.add_argument("--check", action="store_true",
                      help="fail, naming stale files, if generated/ is out of date (default off)")
-    gen.add_argument("--all", action="store_true", help="regenerate generated/ from every spec in examples/ (default off)")
+    gen.add_argument("--all", action="store_true",
+                     help="regenerate generated/ from every spec in examples/ (default off)")
     gen.add_argument("--examples", default=EXAMPLES, help=f"specs for --check/--all (default {EXAMPLES})")
     gen.add_argument("--generated", default=GENERATED, help=f"their generated code (default {GENERATED})")
     add_limit_options(gen)

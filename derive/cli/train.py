@@ -38,7 +38,8 @@ def cmd_train(args) -> int:
     x, y = load_csv(args.data, net)
     batch = len(x) if args.batch is None else args.batch
     full = len(x) if net.optimizer.type == "lbfgs" else batch  # L-BFGS is full-batch whatever --batch says
-    limits.check_budget(limits.estimate_bytes(net, max(1, min(full, len(x))), "train", data_rows=len(x)), args.memory_budget,
+    need = limits.estimate_bytes(net, max(1, min(full, len(x))), "train", data_rows=len(x))
+    limits.check_budget(need, args.memory_budget,
                         f"derive train {source} on {len(x):,} samples")
     result = train(net, source, x, y, epochs=args.epochs, batch=batch,
                    seed=args.seed, backend=args.backend, checkpoint=args.checkpoint,
@@ -92,7 +93,8 @@ def add_commands(sub) -> None:
     tr.add_argument("--lr", type=float, help="learning rate η0 (default: the spec's)")
     tr.add_argument("--optimizer", choices=OPTIMIZER_TYPES, help="override the spec's optimizer (default: the spec's)")
     tr.add_argument("--seed", type=int, default=0, help="initial parameters and shuffling (default 0)")
-    tr.add_argument("--backend", choices=("numpy", "triton"), default="numpy", help="generated code to run (default numpy)")
+    tr.add_argument("--backend", choices=("numpy", "triton"), default="numpy",
+                    help="generated code to run (default numpy)")
     tr.add_argument("--plot", help="write the loss curve to this PNG (default: no plot)")
     tr.add_argument("--checkpoint",
                     help="save parameters and optimizer state every epoch; resume from it (default: none)")

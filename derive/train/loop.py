@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 import zipfile
-from contextlib import contextmanager
+import contextlib
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: in
         n = x.shape[0]
         bar = _bar(range(start, epochs), epochs, start, progress)
         saved = [start]  # the last epoch the checkpoint holds
-        with _interrupt_message(ckpt, saved):
+        with _interrupt_message(ckpt, saved), contextlib.closing(bar) if hasattr(bar, "close") else nullcontext():
             for epoch in bar:
                 order = np.random.default_rng([seed, epoch]).permutation(n)
                 total, count = 0.0, 0
