@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from derive import limits as size_limits
 from derive.errors import SpecError
 from derive.layers import RULES, checks
 from derive.layers.base import Layer, Param, Shape
@@ -51,11 +52,14 @@ class Network:
     target: Port = Port("y")
     loss: Loss = Loss()
     optimizer: Optimizer = Optimizer()
+    # size limits (None fields: the defaults); the same network under other limits is still equal
+    limits: size_limits.Limits = field(default=size_limits.Limits(), compare=False)
     info: tuple[Layer, ...] = field(init=False, repr=False, compare=False)  # the validated layers
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "info", _resolve(self))
+        size_limits.check(self)
 
     # Convenience views used by the derivation and the generators.
     @property

@@ -9,6 +9,7 @@ expected``.  Nothing from the file is ever evaluated.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -22,10 +23,11 @@ from derive.layers.checks import number as _number
 from derive.layers.checks import show as _show
 from derive.layers.checks import string as _string
 from derive.layers.checks import table as _table
+from derive.limits import Limits
 from derive.network import Loss, Network, Port
 from derive.tables.optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
 
-TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer")
+TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer", "limits")
 PORT_KEYS = ("name", "shape")
 LOSS_KEYS = ("type", "reduction")
 
@@ -108,7 +110,9 @@ def _parse(data: Any) -> Network:
     layers = tuple(_layer(f"layers[{i}]", entry) for i, entry in enumerate(layers_value))
     loss = _loss("loss", data["loss"]) if "loss" in data else Loss()
     optimizer = _optimizer("optimizer", data["optimizer"]) if "optimizer" in data else Optimizer()
-    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss, optimizer=optimizer)
+    lim = _limits("limits", data["limits"]) if "limits" in data else Limits()
+    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss, optimizer=optimizer,
+                   limits=lim)
 
 
 def _port(path: str, value: Any, default: Port) -> Port:
@@ -160,3 +164,10 @@ def _optimizer(path: str, value: Any) -> Optimizer:
             else:
                 constants[key] = _number(f"{path}.{key}", table[key], "a number")
     return Optimizer(kind, lr, schedule, tuple(sorted(constants.items())))
+
+
+def _limits(path: str, value: Any) -> Limits:
+    table = _table(path, value, "[limits]")
+    keys = tuple(f.name for f in dataclasses.fields(Limits))
+    _check_keys(path, table, keys)
+    return Limits(**{k: _integer(f"{path}.{k}", table[k]) for k in keys if k in table})
