@@ -28,7 +28,7 @@ def cmd_explain(args) -> int:
         known = ", ".join(p.name for p in net.params)
         raise DeriveError(f"{args.spec or '<lecture>'}: --param: expected one of {known}, got {args.param!r}")
     der = derive(net)
-    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand))
+    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
 
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--param", help="only this parameter's gradient")
     ex.add_argument("--format", choices=("text", "latex", "markdown", "json"), default="text")
     ex.add_argument("--expand", action="store_true", help="write every gradient with the deltas substituted away")
+    ex.add_argument("--fragment", action="store_true", help="latex: the body alone, to paste (default: a document)")
     ex.set_defaults(func=cmd_explain)
 
     from derive.cli import generate as cli_codegen, train as cli_train
