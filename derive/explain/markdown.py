@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from derive.explain import latex, text
+from derive.explain import latex
 from derive.explain.kinds import Code, Tex
 from derive.explain.model import Document
 
@@ -39,8 +39,19 @@ def mathjax_text(s: str) -> str:
     return s.replace("\\", "").replace("{", "(").replace("}", ")").replace("$", "")
 
 
-def pieces_plain(ps) -> str:
-    return text.pieces(ps).strip()
+def _math_row(ps) -> str:
+    """Prose as one row of display math: words in \\text{}, formulas as they are."""
+    out = []
+    for p in ps:
+        if isinstance(p, Tex):
+            out.append(p.tex)
+        elif isinstance(p, Code):
+            out.append(r"\texttt{%s}" % mathjax_text(p.text))
+        elif isinstance(p, str):
+            out.append(r"\text{%s}" % mathjax_text(p))
+        else:
+            out.append(latex.math(p))
+    return " ".join(out)
 
 
 def _display(rows: list[str]) -> str:
@@ -74,7 +85,7 @@ def latex_repr(doc: Document) -> str:
                 if len(payload) == 1 and isinstance(payload[0], Tex):
                     rows.append("&" + payload[0].tex)
                 else:
-                    rows.append(r"&\text{%s}" % mathjax_text(pieces_plain(payload)))
+                    rows.append("&" + _math_row(payload))
             else:
                 rows += payload
         out.append("$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$")
