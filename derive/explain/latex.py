@@ -131,6 +131,20 @@ def _note(ps, esc=tex_text) -> str:
     return r" \enspace " + " ".join(out)
 
 
+GAP = "\x00"  # a row that starts a new derivation: a little space above it
+
+
+def _is_eq_row(row: str) -> bool:
+    return not row.startswith("&")
+
+
+def join_rows(rows: list[str]) -> str:
+    out = rows[0].lstrip(GAP)
+    for r in rows[1:]:
+        out += r" \\[4pt]" + "\n" + r[1:] if r.startswith(GAP) else r" \\" + "\n" + r
+    return out
+
+
 def rows(items, esc=tex_text) -> list[str]:
     """The align rows of a run of formula items (Eq, Cont, FactorLine, Result)."""
     out = []
@@ -146,7 +160,8 @@ def rows(items, esc=tex_text) -> list[str]:
         if isinstance(item, Eq):
             rel = r"\leftarrow" if item.rel == "←" else "="
             rhs = " = ".join(math(r) for r in item.rhs)
-            out.append(f"{math(item.lhs)} &{rel} {rhs}{_note(item.note, esc)}")
+            gap = GAP if out and not out[-1].startswith(GAP) and not _is_eq_row(out[-1]) else ""
+            out.append(f"{gap}{math(item.lhs)} &{rel} {rhs}{_note(item.note, esc)}")
         elif isinstance(item, (Cont, Result)):
             rhs = item.rhs if isinstance(item, Cont) else item.value
             out.append(f"&= {math(rhs)}{_note(getattr(item, 'note', ()), esc)}")
@@ -187,7 +202,7 @@ def body(doc: Document) -> str:
             if kind == "prose":
                 out.append(_prose_line(payload))
             else:
-                out.append("\\begin{align*}\n" + " \\\\\n".join(payload) + "\n\\end{align*}")
+                out.append("\\begin{align*}\n" + join_rows(payload) + "\n\\end{align*}")
     return "\n".join(out) + "\n"
 
 

@@ -55,7 +55,7 @@ def _math_row(ps) -> str:
 
 
 def _display(rows: list[str]) -> str:
-    return "$$\n\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}\n$$"
+    return "$$\n\\begin{aligned}\n" + latex.join_rows(rows) + "\n\\end{aligned}\n$$"
 
 
 def render(doc: Document) -> str:
@@ -88,5 +88,5 @@ def latex_repr(doc: Document) -> str:
                     rows.append("&" + _math_row(payload))
             else:
                 rows += payload
-        out.append("$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$")
+        out.append("$$\\begin{aligned}\n" + latex.join_rows(rows) + "\n\\end{aligned}$$")
     return "\n\n".join(out) + "\n"
