@@ -20,7 +20,7 @@ from derive.explain import model
 from derive.explain.text import render as render_text
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml")) + sorted((ROOT / "tests" / "specs").glob("*.toml"))
 GOLDEN = ROOT / "tests" / "golden"
 
 PRELU = ('name = "parametric"\n\n[input]\nshape = [2]\n\n[target]\nshape = [2]\n\n'
@@ -156,7 +156,8 @@ def test_prelu_gradient_reuses_a_printed_upstream(capsys, tmp_path):
 # =========================================================================== JSON: self-contained
 
 _FUNCTIONS = {"Sum", "KroneckerDelta", "Min", "Max", "sign", "Abs", "exp", "log", "tanh", "sqrt", "sigmoid",
-              "relu", "step", "softplus", "leaky_relu", "softmax", "logsumexp", "Heaviside", "InRange"}
+              "relu", "step", "softplus", "leaky_relu", "softmax", "logsumexp", "Heaviside", "InRange",
+              "WindowMax", "IsArgmax"}
 _INDEX = re.compile(r"([oijkcpqhwn]|i\d+)'*\Z")
 
 

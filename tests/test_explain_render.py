@@ -26,7 +26,7 @@ from derive.explain import to_latex, to_markdown
 from derive.explain.latex import _UNICODE
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml")) + sorted((ROOT / "tests" / "specs").glob("*.toml"))
 EXTRA = {
     "prelu_adam": ('name = "prelu_adam"\n\n[input]\nshape = [2]\n\n[target]\nshape = [2]\n\n'
                    '[[layers]]\ntype = "linear"\nout = 3\nactivation = "prelu"\nslope = "a_neg"\n\n'

@@ -1,8 +1,9 @@
 """What the explainer says about each layer kind: one sentence per layer and a note per gradient.
 
 Everything else `derive explain` prints is read from the derivation's steps, the same for
-every kind.  This is a local table until the layer rules expose ``describe(layer)``
-(issue 9); a kind missing here is explained without its sentence, never refused.
+every kind.  The sentence is the layer rule's own ``describe(layer)`` (derive/layers/); a
+linear layer's is left out, so that the lecture's chain reads as the lecture writes it.  A
+rule's ``rule_text(layer)`` (pooling's gradient routing) is printed under its backward step.
 
 Notes are tuples of pieces: a plain string, ``Tex(text, latex)`` for a formula, ``Code(s)``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from derive.explain.notation import name_latex
+from derive.layers import rule_for
 
 
 @dataclass(frozen=True)
@@ -28,28 +30,25 @@ class Code:
 
 
 def kind(li) -> str:
-    return li.spec.kind
+    return li.kind
 
 
 def describe(li) -> str | None:
     """The layer in one sentence, shown beside its forward definition (None: nothing to add)."""
-    k = kind(li)
-    if k == "flatten":
-        return "flatten, C order (as torch flattens (c, h, w))"
-    if k not in ("conv2d", "locally_connected"):
+    if kind(li) == "linear":
         return None
-    o, oh, ow = li.out_shape
-    kh, kw = li.kernel
-    what = (f"conv2d: {o} filters of {li.in_shape[0]}×{kh}×{kw}, shared by all {oh}×{ow} positions"
-            if k == "conv2d" else
-            f"locally connected: {o} filters of {li.in_shape[0]}×{kh}×{kw} at each of the {oh}×{ow} positions, "
-            "no sharing")
-    return f"{what}; stride {li.stride}, padding {li.padding}"
+    return rule_for(li).describe(li)
+
+
+def step_note(li) -> str | None:
+    """A rule's own statement of its backward step (pooling: where the gradient goes), if it has one."""
+    text = getattr(rule_for(li), "rule_text", None)
+    return text(li) if text else None
 
 
 def forward_heading(net) -> str:
     """The forward section's title; networks with windows also recall the lecture's conv neuron."""
-    if any(kind(li) in ("conv2d", "locally_connected") for li in net.info):
+    if any(kind(li) in ("conv2d", "locally_connected", "max_pool2d", "avg_pool2d") for li in net.info):
         return ("Forward pass (named quantities; a conv neuron at position r is h^r = Σ_ijk x^r_ijk W_ijk + b "
                 "over its window)")
     return "Forward pass (named quantities)"

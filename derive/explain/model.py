@@ -361,6 +361,10 @@ class Explainer:
             if any(type(r).__name__ == "InRange" for f in factors for r in f.value.atoms(sp.Function)):
                 items.append(Prose(("the brackets keep the kernel offset (h − i·s, w − j·s) inside the kernel: "
                                     "only the windows that cover (h, w) contribute",), 6))
+            origin = getattr(s, "origin", 0)
+            note = kinds.step_note(self.net.info[origin - 1]) if s.kind == "upstream" and origin else None
+            if note:
+                items.append(Prose((note,), 6))
             prod = self.product(factors, labels, over)
             items.append(Result(s.lhs, prod))
             if _contracted(prod):  # a sum over a Kronecker delta: SymPy eliminated it

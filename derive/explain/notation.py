@@ -121,9 +121,17 @@ def _sub(layer: str, indices: str) -> str:
 
 
 class LaTeXPrinter(LatexPrinter):
-    # Our own dispatch: the tables' functions carry ``_latex`` methods for slides that read
-    # 𝟙 as \mathbb{1}; this printer writes every function of the derivation itself.
-    printmethod = "_derive_explain_latex"
+    # The functions written here win over their own ``_latex`` (the tables' step and pooling's
+    # argmax write 𝟙 as \mathbb{1}, which has no digits: it renders as ⊮); any other function
+    # (a layer rule's) prints itself.
+    OWN = frozenset({"step", "sigmoid", "relu", "softplus", "leaky_relu", "softmax", "logsumexp", "InRange",
+                     "IsArgmax"})
+
+    def _print(self, expr, **kwargs):
+        name = type(expr).__name__
+        if name in self.OWN:
+            return getattr(self, f"_print_{name}")(expr)
+        return super()._print(expr, **kwargs)
 
     def __init__(self):
         super().__init__({"order": "none"})
@@ -175,6 +183,9 @@ class LaTeXPrinter(LatexPrinter):
     def _print_InRange(self, expr):
         e, lo, hi = (self._print(a) for a in expr.args)
         return r"[%s \le %s \le %s]" % (lo, e, hi)
+
+    def _print_IsArgmax(self, expr):
+        return r"\mathbf{1}[(%s, %s) = \operatorname{argmax}]" % tuple(self._print(a) for a in expr.args)
 
     def _print_step(self, expr):
         return r"\mathbf{1}[%s > 0]" % self._print(expr.args[0])
