@@ -54,16 +54,19 @@ def test_conv_forward_and_gradients_in_index_notation():
     der = derive(_net(STRIDED))
     lines = to_text(der)
     assert "a2[o, i, j] = Σ_{c,p,q} W2[o, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o]" in lines
-    assert "f1_pad[c, h, w] = f1[c, h - 1, w - 1]" in lines
-    assert "∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j] · ∂a2[o, i, j]/∂W2[o, c, p, q]" in lines
+    assert "f1_pad[c, h, w] = f1[c, h − 1, w − 1]" in lines  # explain's text writes one minus sign, U+2212
+    assert "= Σ_{i,j} δ2[o, i, j] · ∂a2[o, i, j]/∂W2[o, c, p, q]      (δ2 re-used)" in lines
     assert "= Σ_{i,j} δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q]" in lines
     assert "= Σ_{i,j} δ2[o, i, j]\n" in lines  # ∂L/∂b2[o]
     # ∂L/∂f1_pad with the window's range kept, then the crop
-    assert ("∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - 2·i, w - 2·j]"
-            "·[0 ≤ h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]") in lines
+    assert ("∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h − 2·i, w − 2·j]"
+            "·[0 ≤ h − 2·i ≤ 2]·[0 ≤ w − 2·j ≤ 1]") in lines
     assert "∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]" in lines
-    assert "δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2 = ∂L/∂f2[o, i, j]·1[a2[o, i, j] > 0]" in lines
-    assert "∂L/∂f2[c, h, w] = ∂L/∂f3[20·c + 5·h + w]" in lines  # flatten, C order: a2 is 3×4×5
+    assert "δ2[o, i, j] = ∂L/∂a2[o, i, j] = ∂L/∂f2[o, i, j] · ∂f2[o, i, j]/∂a2[o, i, j]" in lines
+    assert "δ2[o, i, j] = ∂L/∂f2[o, i, j]·1[a2[o, i, j] > 0]" in lines
+    # the flatten step, C order (a2 is 3×4×5), with its flat index summed
+    assert "∂L/∂f2[c, h, w] = Σ_n ∂L/∂f3[n] · ∂f3[n]/∂f2[c, h, w]" in lines
+    assert "∂L/∂f2[c, h, w] = ∂L/∂f3[20·c + 5·h + w]" in lines
 
 
 def test_locally_connected_has_no_sum_over_positions():
