@@ -114,6 +114,8 @@ def format_table(report) -> str:
         out.append(f"skipped: {s}")
     for s in report.notes:
         out.append(f"note: {s}")
+    if report.divergence:  # derive.testing.divergence: the first named quantity that disagrees with torch
+        out.append(report.divergence.line())
     n_fail = sum(not c.ok for c in report.checks)
     out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")
     return "\n".join(out) + "\n"
@@ -128,7 +130,13 @@ def cmd_verify(args) -> int:
         raise DeriveError(f"--seeds: expected a positive integer, got {args.seeds}")
     net = lecture_network() if args.spec is None else load_spec(args.spec)
     source = "<lecture>" if args.spec is None else _display_path(args.spec)
-    report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
+    if args.modules:  # the checked-in files in DIR, not a fresh copy (derive.testing)
+        from derive.testing import verify_module
+        if args.spec is None:
+            raise DeriveError("derive verify --modules DIR: expected a SPEC (the spec the files were generated from)")
+        report = verify_module(args.spec, args.modules, args.seeds, args.seed)
+    else:
+        report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -152,5 +160,6 @@ def add_commands(sub) -> None:
     ver.add_argument("--seeds", type=int, default=3, help="random draws per batch size (default 3)")
     ver.add_argument("--seed", type=int, help="base seed (default: fresh from the OS; printed to reproduce)")
     ver.add_argument("--format", choices=("text", "json"), default="text")
+    ver.add_argument("--modules", metavar="DIR", help="check SPEC's generated files in DIR (fresh, then every check)")
     ver.set_defaults(func=cmd_verify)
 
