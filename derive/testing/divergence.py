@@ -114,16 +114,16 @@ def _reference(net, torch, params, x, y):
     return named_quantities(net, tp, torch.tensor(x, dtype=torch.float64), ty)
 
 
-def _triton_values(trm, npm, params, x, y, torch, device) -> tuple[dict, str]:
+def _triton_values(trm, top: int, params, x, y, torch, device) -> tuple[dict, str]:
     """The Triton module's named quantities: intermediates() where it has one, else ŷ, ℓ and ∂L/∂θ."""
     tp = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in params.items()}
     tx = torch.tensor(x, dtype=torch.float32, device=device)
     ty = torch.tensor(y, dtype=torch.int32 if y.dtype.kind == "i" else torch.float32, device=device)
     if hasattr(trm, "intermediates"):
         return dict(trm.intermediates(tp, tx, ty)), ""
-    grads = trm.gradients(tp, tx, ty)
-    return ({names.grad(k): v for k, v in grads.items()},
-            "the Triton module has no intermediates(): only its parameter gradients were compared")
+    got = {names.grad(k): v for k, v in trm.gradients(tp, tx, ty).items()}
+    got[names.activation(top)] = trm.forward(tp, tx)
+    return got, "the Triton module has no intermediates(): only ŷ and the parameter gradients were compared"
 
 
 def first_divergence(net: Network, mods: dict, params, x, y, device=None) -> Divergence | None:
@@ -142,8 +142,8 @@ def first_divergence(net: Network, mods: dict, params, x, y, device=None) -> Div
     p32 = {k: np.asarray(v, dtype=np.float32).astype(np.float64) for k, v in params.items()}
     x32 = np.asarray(x, dtype=np.float32).astype(np.float64)
     want32 = _reference(net, torch, p32, x32, y)  # the same math on the inputs Triton sees
-    got, note = _triton_values(mods["triton"], npm, params, x, y, torch, device or "cpu")
-    return compare(quantities, got, want32, TOL_F32, "triton", note)
+    got, note = _triton_values(mods["triton"], net.info[-1].index, params, x, y, torch, device or "cpu")
+    return compare([q for q in quantities if q.name in got], got, want32, TOL_F32, "triton", note)
 
 
 def locate(net: Network, mods: dict, base: int, runs, report=None) -> Divergence | None:
