@@ -44,6 +44,8 @@ class Divergence:
     note: str = ""
 
     def line(self) -> str:
+        if not self.quantity:
+            return f"first divergence: not located; {self.note}"
         agree = f" ({', '.join(self.agree)} agree)" if self.agree else " (nothing before it to agree)"
         where = f"{self.target} " if self.target != "numpy" else ""
         text = f"first divergence: {where}{self.rule} at layer {self.layer}: rel err {self.rel_err:.1e}{agree}"

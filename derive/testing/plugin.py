@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from derive.errors import DeriveError
 from derive.testing import api
 
 
@@ -125,7 +126,7 @@ class CheckItem(pytest.Item):
             raise CheckFailed(api.failure_text(spec.path, s.generated, report, s.seeds, Path.cwd()))
 
     def repr_failure(self, excinfo):
-        if isinstance(excinfo.value, CheckFailed):
+        if isinstance(excinfo.value, (CheckFailed, DeriveError)):  # the report, or a one-line input error
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
