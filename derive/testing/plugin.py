@@ -57,6 +57,7 @@ class Settings:
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "derive: a derive check of a generated module (derive.testing.plugin)")
     config.stash[_KEY] = Settings(config)
 
 
@@ -87,7 +88,9 @@ class SpecFile(pytest.File):
 
     def collect(self):
         for check in api.CHECKS:
-            yield CheckItem.from_parent(self, name=check)
+            item = CheckItem.from_parent(self, name=check)
+            item.add_marker(pytest.mark.derive)  # -m "not derive" drops them all
+            yield item
 
     def modules(self, settings):
         if not hasattr(self, "_modules"):
