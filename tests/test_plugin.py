@@ -56,9 +56,13 @@ def test_the_entry_point_is_declared():
     assert callable(plugin.pytest_addoption) and callable(plugin.pytest_collection_modifyitems)
 
 
+REGENERATE = ("derive generate --all --examples examples/user_project/specs "
+              "--generated examples/user_project/generated")
+
+
 def test_the_project_passes_as_shipped(project):
     code, out = _pytest(project, "--derive-seed", "0", "-v")
-    assert code == 0, out
+    assert code == 0, f"if only `fresh` fails, the generator changed: regenerate with {REGENERATE}\n{out}"
     for spec in ("tiny_conv", "tiny_mlp"):
         for check in CHECKS:
             assert re.search(rf"^specs/{spec}\.toml::{check} PASSED", out, re.M), (spec, check, out)

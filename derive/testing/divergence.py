@@ -148,7 +148,7 @@ def first_divergence(net: Network, mods: dict, params, x, y, device=None) -> Div
     return compare([q for q in quantities if q.name in got], got, want32, TOL_F32, "triton", note)
 
 
-def locate(net: Network, mods: dict, base: int, runs, report=None) -> Divergence | None:
+def locate(net: Network, mods: dict, base: int, runs) -> Divergence | None:
     """The first divergence over the verify runs (draw, batch size) of seed ``base``."""
     from derive.targets.modules import triton_device
 

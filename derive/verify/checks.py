@@ -216,7 +216,7 @@ def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = 
     if not report.ok and report.checks and torch is not None:
         from derive.testing.divergence import locate
 
-        report.divergence = locate(net, mods if use_triton else {"numpy": npm}, base, runs, report)
+        report.divergence = locate(net, mods if use_triton else {"numpy": npm}, base, runs)
     return report
 
 
