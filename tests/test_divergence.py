@@ -128,3 +128,18 @@ def test_a_module_without_intermediates_says_so(monkeypatch):
         params, x, y, _ = dv.draw(net, mods["numpy"], 0, 0, 3)
         d = first_divergence(net, mods, params, x, y)
     assert "no intermediates()" in d.line()
+
+
+def test_a_parameterless_first_layer(tmp_path):
+    """flatten first: ∂L/∂f1 is named by the derivation though nothing below it has a gradient."""
+    spec = tmp_path / "flat_first.toml"
+    spec.write_text('name = "flat_first"\n[input]\nname = "x"\nshape = [2, 3, 3]\n[target]\nname = "y"\nshape = []\n'
+                    '[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "linear"\nout = 3\n'
+                    '[loss]\ntype = "cross_entropy"\n', encoding="utf-8")
+    net = load_spec(spec)
+    assert "dL_df1" in [q.name for q in order(net)]
+    with generated_modules(net, "x", ("numpy",)) as mods:
+        params, x, y, _ = dv.draw(net, mods["numpy"], 0, 0, 3)
+        assert first_divergence(net, mods, params, x, y) is None
+        want = named_quantities(net, *_torch_inputs(net, params, x, y))
+        assert float(want["dL_df1"].abs().max()) > 0

@@ -4,7 +4,7 @@ and by torch.autograd δ_l = ∂L/∂a_l, ∂L/∂f_l, ∂L/∂(padded f_l) and 
 Built from the Network alone (never from the derivation or the generated code), keyed by the
 names derive/names.py gives.  L carries the batch scale (1/B for the mean), as the generated
 backward pass does, so ∂L/∂f_top matches the generated dL_df_top.  Layers without an
-activation (flatten) have f_l only.
+activation (flatten, pooling) have f_l only, computed by derive.verify.reference itself.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import torch.nn.functional as F
 
 from derive import names
 from derive.network import Network, VolumeLayerInfo
-from derive.verify.reference import _activation, per_sample_loss
+from derive.verify.reference import _activation, _volume_layer, per_sample_loss
 
 
-def _pre_activation(li, params, h, q, src):
+def _pre_activation(li, params, h, q, wrt):
     if isinstance(li, VolumeLayerInfo):
         if li.padding:
             h = F.pad(h, (li.padding,) * 4)
-            q[li.padded or names.padded(src)] = h
+            q[li.padded] = h
+            if li.index > 1:  # x_pad has no gradient in the derivation: nothing is upstream of the input
+                wrt[names.grad(li.padded)] = h  # dL_df1_pad, as derive/layers/conv.py names it
         w = params[li.weight]
         b = params[li.bias] if li.bias else None
         if li.kind == "conv2d":
@@ -40,37 +42,29 @@ def _pre_activation(li, params, h, q, src):
 def named_quantities(net: Network, params: dict, x, y) -> dict:
     """{name: tensor} for every forward quantity and every gradient the derivation names."""
     p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    q: dict = {}
-    h, src = x, net.input.name
+    q: dict = {}  # forward quantities, in order
+    wrt: dict = {}  # gradient name -> the tensor it is the gradient of
+    h = x.detach().clone().requires_grad_(True)  # so that a first layer without parameters (flatten) has ∂L/∂f1
     for li in net.info:
-        f_name = names.activation(li.index)
-        if isinstance(li, VolumeLayerInfo) and li.kind == "flatten":
-            h = h.reshape(h.shape[0], -1)  # C order over (c, h, w)
+        l = li.index
+        if isinstance(li, VolumeLayerInfo) and li.weight is None:
+            h = _volume_layer(li, p, h)  # flatten (and pooling): no a_l, no δ_l, verify's own rebuild
         else:
-            a = _pre_activation(li, p, h, q, src)
-            q[names.pre_activation(li.index)] = a
+            a = _pre_activation(li, p, h, q, wrt)
+            q[names.pre_activation(l)] = wrt[names.delta(l)] = a
             slope = p[li.slope_param] if li.slope_param else li.slope_value
             h = _activation(li.spec.activation, a, slope)
-        q[f_name] = h
-        src = f_name
+        q[names.activation(l)] = wrt[names.upstream(l)] = h
     yhat = h[:, 0] if net.output_shape == (1,) and net.target.shape == () else h
     ell = per_sample_loss(net, yhat, y)
     L = ell.mean() if net.loss.reduction == "mean" else ell.sum()
-    out = {k: v.detach() for k, v in q.items()}
-    out["loss_per_sample"] = ell.detach()
-    wrt = {}
-    for name, t in q.items():
-        if not t.requires_grad:  # x_pad: nothing upstream of the input
-            continue
-        if name.startswith("a") and name[1:].isdigit():
-            wrt[names.delta(int(name[1:]))] = t
-        else:  # f_l and a padded f_l
-            wrt[names.grad(name)] = t
     wrt.update({names.grad(k): v for k, v in p.items()})
     if L.requires_grad:
         gs = torch.autograd.grad(L, list(wrt.values()), allow_unused=True)
     else:  # the zero-one loss: no gradient flows
         gs = [None] * len(wrt)
+    out = {k: v.detach() for k, v in q.items()}
+    out["loss_per_sample"] = ell.detach()
     for (name, t), g in zip(wrt.items(), gs):
         out[name] = g.detach() if g is not None else torch.zeros_like(t)
     return out
