@@ -92,14 +92,17 @@ class SpecFile(pytest.File):
             item.add_marker(pytest.mark.derive)  # -m "not derive" drops them all
             yield item
 
-    def modules(self, settings):
-        if not hasattr(self, "_modules"):
+    def load(self, settings, imported: bool):
+        """(net, {target: file}, {target: module} or None); the files are imported once."""
+        if not hasattr(self, "files"):
             from derive.spec import load_spec
 
             self.net = load_spec(self.path)
             self.files = api.module_files(self.net, settings.generated)
-            self._modules = api.load_modules(self.files)
-        return self._modules
+            self.mods = None
+        if imported and self.mods is None:
+            self.mods = api.load_modules(self.files)
+        return self.net, self.files, self.mods
 
 
 class CheckFailed(Exception):
@@ -109,24 +112,24 @@ class CheckFailed(Exception):
 class CheckItem(pytest.Item):
     def runtest(self):
         s = self.config.stash[_KEY]
-        spec = self.parent
-        mods = spec.modules(s)
-        if self.name == "fresh":
+        net, files, mods = self.parent.load(s, imported=self.name != "fresh")
+        if self.name == "fresh":  # reads the files only: a module that no longer imports is still found stale
             from derive.verify.checks import Report
 
-            rows, notes = api.freshness(spec.net, spec.path, spec.files, s.root)
-            report = Report(spec.net.name, s.seed, rows, [], notes)
+            rows, notes = api.freshness(net, self.path, files, s.root)
+            report = Report(net.name, s.seed, rows, [], notes)
         else:
             from derive.verify.checks import verify_modules
 
             if self.name == "triton" and "triton" not in mods:
-                pytest.skip(f"no Triton module of {spec.net.name} in {api._rel(s.generated, s.root)} "
+                pytest.skip(f"no Triton module of {net.name} in {api._rel(s.generated, s.root)} "
                             "(or triton is not installed)")
-            report = verify_modules(spec.net, mods, s.seeds, s.seed, groups=(self.name,))
+            report = verify_modules(net, mods, s.seeds, s.seed, groups=(self.name,))
             if not report.checks:
                 pytest.skip("; ".join(report.skipped) or "no checks ran")
         if not report.ok:
-            raise CheckFailed(api.failure_text(spec.path, s.generated, report, s.seeds, Path.cwd()))
+            here = self.config.invocation_params.dir
+            raise CheckFailed(api.failure_text(self.path, s.generated, report, s.seeds, here))
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, (CheckFailed, DeriveError)):  # the report, or a one-line input error
