@@ -143,3 +143,24 @@ def test_a_parameterless_first_layer(tmp_path):
         assert first_divergence(net, mods, params, x, y) is None
         want = named_quantities(net, *_torch_inputs(net, params, x, y))
         assert float(want["dL_df1"].abs().max()) > 0
+
+
+def test_a_triton_module_with_intermediates_is_compared_quantity_by_quantity():
+    """Where a Triton module has intermediates() (torch tensors, float32), its first wrong one is named."""
+    net = load_spec(ROOT / "examples" / "iris_mlp.toml")
+    with generated_modules(net, "x", ("numpy",)) as mods:
+        npm = mods["numpy"]
+
+        class FakeTriton:  # the NumPy module's float32 run, with δ1 off by 1%, handed over as tensors
+            @staticmethod
+            def intermediates(tp, tx, ty):
+                p32 = {k: v.numpy() for k, v in tp.items()}
+                q = npm.intermediates(p32, tx.numpy(), ty.numpy().astype(np.int64))
+                q["delta1"] = q["delta1"] * 1.01
+                return {k: torch.from_numpy(np.asarray(v)) for k, v in q.items()}
+
+        params, x, y, _ = dv.draw(net, npm, 0, 0, 5)
+        d = first_divergence(net, {"numpy": npm, "triton": FakeTriton}, params, x, y, "cpu")
+    assert d.target == "triton" and d.quantity == "delta1" and d.tolerance == dv.TOL_F32
+    assert d.rel_err == pytest.approx(0.01, rel=1e-2) and "no intermediates" not in d.line()
+    assert d.line().startswith("first divergence: triton delta1 = dL_df1")
