@@ -23,8 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from derive.errors import DeriveError
-from derive.testing import api
+
+
+def _api():
+    from derive.testing import api  # not at import: the plugin is loaded by every pytest run
+
+    return api
 
 
 def pytest_addoption(parser):
@@ -67,7 +71,7 @@ _KEY = pytest.StashKey[Settings]()
 def pytest_report_header(config):
     s = config.stash[_KEY]
     if s.specs:
-        return (f"derive: {len(s.specs)} spec(s), modules in {api._rel(s.generated, s.root)}, "
+        return (f"derive: {len(s.specs)} spec(s), modules in {_api()._rel(s.generated, s.root)}, "
                 f"seed {s.seed} (rerun with --derive-seed {s.seed})")
     return None
 
@@ -87,7 +91,7 @@ class SpecFile(pytest.File):
     """One spec: its checked-in modules are imported once, by the first item that needs them."""
 
     def collect(self):
-        for check in api.CHECKS:
+        for check in _api().CHECKS:
             item = CheckItem.from_parent(self, name=check)
             item.add_marker(pytest.mark.derive)  # -m "not derive" drops them all
             yield item
@@ -98,10 +102,10 @@ class SpecFile(pytest.File):
             from derive.spec import load_spec
 
             self.net = load_spec(self.path)
-            self.files = api.module_files(self.net, settings.generated)
+            self.files = _api().module_files(self.net, settings.generated)
             self.mods = None
         if imported and self.mods is None:
-            self.mods = api.load_modules(self.files)
+            self.mods = _api().load_modules(self.files)
         return self.net, self.files, self.mods
 
 
@@ -116,22 +120,24 @@ class CheckItem(pytest.Item):
         if self.name == "fresh":  # reads the files only: a module that no longer imports is still found stale
             from derive.verify.checks import Report
 
-            rows, notes = api.freshness(net, self.path, files, s.root)
+            rows, notes = _api().freshness(net, self.path, files, s.root)
             report = Report(net.name, s.seed, rows, [], notes)
         else:
             from derive.verify.checks import verify_modules
 
             if self.name == "triton" and "triton" not in mods:
-                pytest.skip(f"no Triton module of {net.name} in {api._rel(s.generated, s.root)} "
+                pytest.skip(f"no Triton module of {net.name} in {_api()._rel(s.generated, s.root)} "
                             "(or triton is not installed)")
             report = verify_modules(net, mods, s.seeds, s.seed, groups=(self.name,))
             if not report.checks:
                 pytest.skip("; ".join(report.skipped) or "no checks ran")
         if not report.ok:
             here = self.config.invocation_params.dir
-            raise CheckFailed(api.failure_text(self.path, s.generated, report, s.seeds, here))
+            raise CheckFailed(_api().failure_text(self.path, s.generated, report, s.seeds, here))
 
     def repr_failure(self, excinfo):
+        from derive.errors import DeriveError
+
         if isinstance(excinfo.value, (CheckFailed, DeriveError)):  # the report, or a one-line input error
             return str(excinfo.value)
         return super().repr_failure(excinfo)
