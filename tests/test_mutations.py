@@ -1,7 +1,8 @@
 """Proof that the first divergence pinpoints: one line of a freshly generated module is edited
 (a forward line, a δ rule, a local partial, a weight or bias gradient, the loss gradient, a Triton
 load), and the reported first divergence must be the edited quantity or the one right after it,
-for every layer kind in examples/ (linear scalar and vector, conv2d, locally_connected, flatten).
+for every layer kind in examples/ (linear scalar and vector, conv2d, locally_connected, flatten),
+and max and average pooling (in a spec written here: no example has them).
 
 The Triton module has no intermediates(), so its first divergence is found among what it does
 expose (ŷ and the parameter gradients): there the report must name the first of those that the
@@ -24,16 +25,16 @@ from helpers import ROOT
 
 # (example, target, the line's text, its replacement, the quantity the line computes)
 NUMPY = [
-    ("lecture", "a2 = f1*w2", "a2 = 1.01*f1*w2", "a2"),
+    ("lecture", "a2 = w2*f1", "a2 = 1.01*w2*f1", "a2"),
     ("lecture", "delta2 = dL_df2*f2*(1 - f2)", "delta2 = dL_df2*f2*(1 + f2)", "delta2"),
     ("lecture", "dL_df2 = delta3*w3", "dL_df2 = delta3*w2", "dL_df2"),
     ("lecture", "dL_dw2 = np.sum(delta2*f1, axis=0)", "dL_dw2 = np.sum(delta2*f2, axis=0)", "dL_dw2"),
     ("lecture", "dL_db1 = np.sum(delta1, axis=0)", "dL_db1 = np.mean(delta1, axis=0)", "dL_db1"),
-    ("lecture", "dL_df3 = _scale*(f3 - y)", "dL_df3 = (f3 - y)", "dL_df3"),
+    ("lecture", "dL_df3 = -_scale*(y - f3)", "dL_df3 = -(y - f3)", "dL_df3"),
     ("iris_mlp", "delta1 = dL_df1*(1 - f1**2)", "delta1 = dL_df1*(1 - f1)", "delta1"),
     ("iris_mlp", "dL_dW1 = (delta1.T @ x)", "dL_dW1 = (delta1.T @ x[::-1])", "dL_dW1"),
     ("iris_mlp", "dL_df1 = (delta2 @ W2)", "dL_df1 = (delta2 @ W2[::-1])", "dL_df1"),
-    ("iris_mlp", "a1 = b1 + (x @ W1.T)", "a1 = b1 + (x @ W1.T[::-1])", "a1"),
+    ("iris_mlp", "a1 = (x @ W1.T) + b1", "a1 = (x @ W1.T[::-1]) + b1", "a1"),
     # conv2d and flatten
     ("lecture_convnet", "delta1 = dL_df1*(a1 > 0)", "delta1 = dL_df1*(a1 > 0.05)", "delta1"),
     ("lecture_convnet", '"boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1)',
@@ -57,7 +58,44 @@ NUMPY = [
      "f1_pad = np.pad(f1, ((0, 0), (0, 0), (2, 0), (1, 1)))", "f1_pad"),
     ("locally_connected", '"bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2)',
      '"bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2[:, ::-1])', "a2"),
+    # max and average pooling (no example has them: POOL_SPEC below, written as a spec is)
+    ("pool_net", "f2 = max_pool2d(f1, 2, 2, 2, 2, 0)", "f2 = 0.9*max_pool2d(f1, 2, 2, 2, 2, 0)", "f2"),
+    ("pool_net", "f3 = avg_pool2d(f2, 2, 2, 2, 2, 1)", "f3 = avg_pool2d(f2[:, ::-1], 2, 2, 2, 2, 1)", "f3"),
+    ("pool_net", "dL_df2 = avg_pool2d_grad(dL_df3, f2, 2, 2, 2, 2, 1)",
+     "dL_df2 = 2*avg_pool2d_grad(dL_df3, f2, 2, 2, 2, 2, 1)", "dL_df2"),
+    ("pool_net", "dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)",
+     "dL_df1 = max_pool2d_grad(dL_df2, -f1, 2, 2, 2, 2, 0)", "dL_df1"),
 ]
+
+# A conv layer under max pooling, then padded average pooling, flatten and a linear layer.
+POOL_SPEC = """name = "pool_net"
+[input]
+name = "x"
+shape = [2, 6, 6]
+[target]
+name = "y"
+shape = []
+[[layers]]
+type = "conv2d"
+filters = 2
+kernel = 3
+padding = 1
+activation = "relu"
+[[layers]]
+type = "max_pool2d"
+kernel = 2
+[[layers]]
+type = "avg_pool2d"
+kernel = 2
+padding = 1
+[[layers]]
+type = "flatten"
+[[layers]]
+type = "linear"
+out = 3
+[loss]
+type = "cross_entropy"
+"""
 
 TRITON = [
     # (example, line, replacement, the quantity the edited load feeds)
@@ -70,10 +108,15 @@ TRITON = [
 
 
 def _mutated(example, target, old, new, tmp_path):
-    net = load_spec(ROOT / "examples" / f"{example}.toml")
-    files = codegen.generate(net, f"examples/{example}.toml")
+    spec = ROOT / "examples" / f"{example}.toml"
+    if example == "pool_net":
+        spec = tmp_path / "pool_net.toml"
+        spec.write_text(POOL_SPEC, encoding="utf-8")
+    net = load_spec(spec)
+    targets = ("numpy", "triton") if target == "triton" else ("numpy",)
+    files = codegen.generate(net, f"examples/{example}.toml", targets)
     mods = {}
-    for t in ("numpy", "triton") if target == "triton" else ("numpy",):
+    for t in targets:
         text = files[f"{net.name}_{t}.py"]
         if t == target:
             assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in {net.name}_{t}.py"

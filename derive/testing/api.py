@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from derive.errors import DeriveError
+from derive.fsutil import display_path
 from derive.targets import codegen
 from derive.targets.modules import import_file, triton_device
 from derive.verify.checks import GROUPS, Check, Report, verify_modules
@@ -26,9 +27,7 @@ CHECKS = ("fresh", *GROUPS)  # one pytest item each
 
 
 def _rel(path: Path, root: Path) -> str:
-    from derive.cli.generate import _display_path
-
-    return _display_path(str(path), root)
+    return display_path(str(path), root)
 
 
 def module_files(net, directory: Path) -> dict[str, Path]:

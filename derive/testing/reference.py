@@ -4,39 +4,19 @@ and by torch.autograd δ_l = ∂L/∂a_l, ∂L/∂f_l, ∂L/∂(padded f_l) and 
 Built from the Network alone (never from the derivation or the generated code), keyed by the
 names derive/names.py gives.  L carries the batch scale (1/B for the mean), as the generated
 backward pass does, so ∂L/∂f_top matches the generated dL_df_top.  Layers without an
-activation (flatten, pooling) have f_l only, computed by derive.verify.reference itself.
+activation (flatten, pooling) have f_l only, computed by derive.verify.reference's layer table.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from derive import names
-from derive.network import Network, VolumeLayerInfo
-from derive.verify.reference import _activation, _volume_layer, per_sample_loss
-
-
-def _pre_activation(li, params, h, q, wrt):
-    if isinstance(li, VolumeLayerInfo):
-        if li.padding:
-            h = F.pad(h, (li.padding,) * 4)
-            q[li.padded] = h
-            if li.index > 1:  # x_pad has no gradient in the derivation: nothing is upstream of the input
-                wrt[names.grad(li.padded)] = h  # dL_df1_pad, as derive/layers/conv.py names it
-        w = params[li.weight]
-        b = params[li.bias] if li.bias else None
-        if li.kind == "conv2d":
-            return F.conv2d(h, w, b, stride=li.stride)
-        o, oh, ow = li.out_shape
-        cols = F.unfold(h, li.kernel, stride=li.stride).reshape(h.shape[0], -1, oh, ow)  # (c, p, q) order
-        a = torch.einsum("bkij,oijk->boij", cols, w.reshape(o, oh, ow, -1))
-        return a + b if b is not None else a
-    if li.vector:
-        a = (h[:, None] if h.dim() == 1 else h) @ params[li.weight].T
-    else:
-        a = params[li.weight] * h
-    return a + params[li.bias] if li.bias else a
+from derive.network import Network
+from derive.verify.reference import ACTIVATIONS, LAYERS, per_sample_loss
 
 
 def named_quantities(net: Network, params: dict, x, y) -> dict:
@@ -47,13 +27,22 @@ def named_quantities(net: Network, params: dict, x, y) -> dict:
     h = x.detach().clone().requires_grad_(True)  # so that a first layer without parameters (flatten) has ∂L/∂f1
     for li in net.info:
         l = li.index
-        if isinstance(li, VolumeLayerInfo) and li.weight is None:
-            h = _volume_layer(li, p, h)  # flatten (and pooling): no a_l, no δ_l, verify's own rebuild
+        if li.padded:  # the zero-padded input is a named quantity of its own (conv2d, locally connected)
+            h = F.pad(h, (li.padding,) * 4)
+            q[li.padded] = h
+            if l > 1:  # x_pad has no gradient in the derivation: nothing is upstream of the input
+                wrt[names.grad(li.padded)] = h  # dL_df1_pad, as derive/layers/conv.py names it
+            li = replace(li, padding=0)
+        a = LAYERS[li.kind](li, p, h)  # verify's own rebuild of the layer's linear part
+        if li.bias:
+            b = p[li.bias]
+            a = a + (b[:, None, None] if li.kind == "conv2d" else b)
+        if li.activation is None:  # flatten, pooling: f_l is the layer's only quantity
+            h = a
         else:
-            a = _pre_activation(li, p, h, q, wrt)
             q[names.pre_activation(l)] = wrt[names.delta(l)] = a
             slope = p[li.slope_param] if li.slope_param else li.slope_value
-            h = _activation(li.spec.activation, a, slope)
+            h = ACTIVATIONS[li.activation](a, slope)
         q[names.activation(l)] = wrt[names.upstream(l)] = h
     yhat = h[:, 0] if net.output_shape == (1,) and net.target.shape == () else h
     ell = per_sample_loss(net, yhat, y)

@@ -66,9 +66,9 @@ def _forward(params, x):
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
-    a1 = b1 + (x @ W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+    a1 = (x @ W1.T) + b1  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
     f1 = np.tanh(a1)  # f1[j] = tanh(a1[j])
-    a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+    a2 = (f1 @ W2.T) + b2  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
     return a1, f1, a2, f2
 
@@ -81,7 +81,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1, a2, f2 = _forward(params, x)
-    return logsumexp(f2) - np.sum(f2*onehot(y, 3, f2.dtype), axis=1)
+    return -np.sum(f2*onehot(y, 3, f2.dtype), axis=1) + logsumexp(f2)
 
 
 def _loss_value(params, x, y):
@@ -102,7 +102,7 @@ def intermediates(params, x, y):
     b2 = params["b2"]
     # ---- forward pass
     a1, f1, a2, f2 = _forward(params, x)
-    loss_per_sample = logsumexp(f2) - np.sum(f2*onehot(y, 3, f2.dtype), axis=1)
+    loss_per_sample = -np.sum(f2*onehot(y, 3, f2.dtype), axis=1) + logsumexp(f2)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     dL_df2 = _scale*(-onehot(y, 3, f2.dtype) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
@@ -164,7 +164,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 
