@@ -179,6 +179,7 @@ def add_commands(sub) -> None:
     ver.add_argument("--seeds", type=int, default=3, help="random draws per batch size (default 3)")
     ver.add_argument("--seed", type=int, help="base seed (default: fresh from the OS; printed to reproduce)")
     ver.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
-    ver.add_argument("--modules", metavar="DIR", help="check SPEC's checked-in files in DIR, freshness first (default: a fresh copy in a temp dir)")
+    ver.add_argument("--modules", metavar="DIR",
+                     help="check SPEC's checked-in files in DIR, freshness first (default: a fresh copy in a temp dir)")
     add_limit_options(ver, budget=True)
     ver.set_defaults(func=cmd_verify)
