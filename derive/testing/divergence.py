@@ -64,7 +64,8 @@ def _step_rule(step, mean: bool) -> str:
     """The step as the immediate product it computes: delta2 = dL_df2 · df2/da2 (df2/da2 = f2*(1 - f2))."""
     if step.kind == "loss_grad":
         scale = " · 1/B" if mean else ""
-        return _short(f"{step.name} = ∂ℓ/∂{names.activation(step.layer)}{scale} (∂ℓ/∂{names.activation(step.layer)} = {step.rhs})")
+        f = names.activation(step.layer)
+        return _short(f"{step.name} = ∂ℓ/∂{f}{scale} (∂ℓ/∂{f} = {step.rhs})")
     if step.kind == "delta":
         inputs, local = names.upstream(step.layer), step.factors[-1]
     else:  # param and upstream: (the δ or ∂L/∂f above, the local partial)

@@ -212,7 +212,8 @@ def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = 
     if use_triton:
         with open(mods["triton"].__file__, encoding="utf-8") as fh:
             unmasked = unmasked_memory_ops(fh.read())
-        col.add("triton-f32", "static check", "every tile load/store masked", 0.0 if not unmasked else float("inf"), 0.0)
+        col.add("triton-f32", "static check", "every tile load/store masked",
+                0.0 if not unmasked else float("inf"), 0.0)
         report.notes += [f"unmasked memory op: {op}" for op in unmasked]
     report.checks = col.checks()
     if not report.ok and report.checks and torch is not None:
