@@ -105,6 +105,8 @@ def format_table(report) -> str:
         out.append(f"skipped: {s}")
     for s in report.notes:
         out.append(f"note: {s}")
+    if report.divergence:  # derive.testing.divergence: the first named quantity that disagrees with torch
+        out.append(report.divergence.line())
     n_fail = sum(not c.ok for c in report.checks)
     out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")
     return "\n".join(out) + "\n"
@@ -123,7 +125,13 @@ def cmd_verify(args) -> int:
     source = "<lecture>" if args.spec is None else display_path(args.spec)
     limits.check_budget(limits.estimate_bytes(net, max(BATCH_SIZES), "verify"), args.memory_budget,
                         f"derive verify {source}")
-    report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
+    if args.modules:  # the checked-in files in DIR, not a fresh copy (derive.testing)
+        from derive.testing import verify_module
+        if args.spec is None:
+            raise DeriveError("derive verify --modules DIR: expected a SPEC (the spec the files were generated from)")
+        report = verify_module(args.spec, args.modules, args.seeds, args.seed)
+    else:
+        report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -171,5 +179,7 @@ def add_commands(sub) -> None:
     ver.add_argument("--seeds", type=int, default=3, help="random draws per batch size (default 3)")
     ver.add_argument("--seed", type=int, help="base seed (default: fresh from the OS; printed to reproduce)")
     ver.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    ver.add_argument("--modules", metavar="DIR",
+                     help="check SPEC's checked-in files in DIR, freshness first (default: a fresh copy in a temp dir)")
     add_limit_options(ver, budget=True)
     ver.set_defaults(func=cmd_verify)
