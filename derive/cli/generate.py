@@ -65,7 +65,7 @@ def cmd_generate(args) -> int:
         stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         extra = sorted(
             p for p in generated.glob("*.py")
-            if p not in files and (p.name.endswith("_numpy.py") or p.name.endswith("_triton.py"))
+            if p not in files and any(p.name.endswith(f"_{t}.py") for t in codegen.TARGETS)
         )
         if stale or extra:
             for p in sorted(stale):
@@ -140,7 +140,7 @@ def add_commands(sub) -> None:
     gen = sub.add_parser("generate", help="emit NumPy and Triton code for a spec")
     gen.add_argument("spec", nargs="?", help="network spec (TOML)")
     gen.add_argument("-o", "--out", help="directory to write into")
-    gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all")
+    gen.add_argument("--target", choices=("numpy", "triton", "torch", "all"), default="all")
     gen.add_argument("--check", action="store_true", help="fail, naming stale files, if generated/ is out of date")
     gen.add_argument("--all", action="store_true", help="regenerate generated/ from every spec in examples/")
     gen.add_argument("--examples", default=EXAMPLES, help=f"specs for --check/--all (default: {EXAMPLES})")
