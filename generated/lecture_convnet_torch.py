@@ -7,17 +7,18 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_0def4f085f":
-  derive::lecture_convnet_0def4f085f_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_convnet_0def4f085f_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_eee8a58044":
+  derive::lecture_convnet_eee8a58044_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_convnet_eee8a58044_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_0def4f085f_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_convnet_0def4f085f_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_eee8a58044_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_convnet_eee8a58044_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
-lecture_convnet_triton.py, which must lie beside this file.  derive computes no gradient for the input,
-so x must not require grad.
+lecture_convnet_triton.py, which must lie beside this file.  Under torch.compile the module calls these
+ops; in eager mode it runs the same computations as autograd.Functions (no custom-op dispatch).
+derive computes no gradient for the input, so x must not require grad.
 """
 
 import importlib.util
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture_convnet"
-OPS = "lecture_convnet_0def4f085f"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_convnet_eee8a58044"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -82,27 +83,43 @@ def _forward(W1, b1, W3, b3, x):
     a1 = F.conv2d(x, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     f1 = torch.relu(a1)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
-    a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+    a3 = torch.addmm(b3, f2, W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
     return a1, f1, f2, a3, f3
 
 
 def _yhat(W1, b1, W3, b3, x):
-    a1, f1, f2, a3, f3 = _forward(W1, b1, W3, b3, x)
+    return _yhat_from(_forward(W1, b1, W3, b3, x))
+
+
+def _yhat_from(quantities):
+    a1, f1, f2, a3, f3 = quantities
     return f3
 
 
 def _loss(W1, b1, W3, b3, x, y):
-    a1, f1, f2, a3, f3 = _forward(W1, b1, W3, b3, x)
+    return _loss_from(_forward(W1, b1, W3, b3, x), y)
+
+
+def _loss_from(quantities, y):
+    a1, f1, f2, a3, f3 = quantities
     loss_per_sample = logsumexp(f3) - torch.sum(f3*onehot(y, 10, f3.dtype), dim=1)  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
 def _value_and_grad(W1, b1, W3, b3, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
-    a1, f1, f2, a3, f3 = _forward(W1, b1, W3, b3, x)
-    loss_per_sample = logsumexp(f3) - torch.sum(f3*onehot(y, 10, f3.dtype), dim=1)  # cross_entropy
-    _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
+    _p = (W1, b1, W3, b3, )
+    _q = _forward(*_p, x)
+    return _loss_from(_q, y), _gradients(_p, x, y, _q, 1.0 / x.shape[0])
+
+
+def _gradients(params, x, y, quantities, _scale):
+    """derive's backward pass over the forward pass's named quantities.  _scale is the batch
+    mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
+    _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
+    W1, b1, W3, b3 = params
+    a1, f1, f2, a3, f3 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df3 = _scale*(-onehot(y, 10, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
@@ -110,29 +127,37 @@ def _value_and_grad(W1, b1, W3, b3, x, y):
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = dL_df1*(a1 > 0).to(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1 * (a1 > 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    return torch.mean(loss_per_sample), (dL_dW1, dL_db1, dL_dW3, dL_db3, )
+    return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
 
 
 def _vjp(W1, b1, W3, b3, x, grad_yhat):
-    """The gradient of each parameter for a given ∂L/∂ŷ: the forward pass again, then derive's
-    backward from ∂L/∂ŷ (the loss's own step is the caller's)."""
-    a1, f1, f2, a3, f3 = _forward(W1, b1, W3, b3, x)
+    """The gradient of each parameter for a given ∂L/∂ŷ, the forward pass computed again."""
+    _p = (W1, b1, W3, b3, )
+    return _backward_from(_p, x, _forward(*_p, x), grad_yhat)
+
+
+def _backward_from(params, x, quantities, grad_yhat):
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
+    pass's named quantities."""
+    W1, b1, W3, b3 = params
+    a1, f1, f2, a3, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = dL_df1*(a1 > 0).to(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1 * (a1 > 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
 
 
-# ---- the CUDA path: the fused Triton kernel of lecture_convnet_triton.py (float32)
+# ---- each computation on any device: float32 on CUDA launches the fused Triton kernel of
+# lecture_convnet_triton.py; everything else runs the lines above
 
 _TRITON = []
 
@@ -154,8 +179,8 @@ def _triton():
     return _TRITON[0]
 
 
-def _named(params):
-    return dict(zip(PARAM_SHAPES, params))
+def _fused(x):
+    return x.is_cuda and x.dtype == torch.float32
 
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
@@ -163,8 +188,36 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
     _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
-    _triton().launch(_named(params), x, y, grads=_grads, loss=_total, out=_out)
+    _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
+
+
+def _check_dtypes(params, x):
+    if any(_p.dtype != x.dtype for _p in params):
+        raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                        f"{sorted({str(_p.dtype) for _p in params})} and x {x.dtype}")
+
+
+def _yhat_any(params, x):
+    _check_dtypes(params, x)
+    return _triton_run(params, x, out=True)[0] if _fused(x) else _yhat(*params, x)
+
+
+def _loss_any(params, x, y):
+    _check_dtypes(params, x)
+    return _triton_run(params, x, y, loss=True)[1] if _fused(x) else _loss(*params, x, y)
+
+
+def _value_and_grad_any(params, x, y):
+    _check_dtypes(params, x)
+    if _fused(x):
+        return _triton_run(params, x, y, loss=True, grad=True)[1:]
+    return _value_and_grad(*params, x, y)
+
+
+def _vjp_any(params, x, grad_yhat):
+    _check_dtypes(params, x)
+    return _vjp(*params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
 
 
 # ---- the custom ops
@@ -182,38 +235,28 @@ def _distinct(outs, inputs):
     return res
 
 
-def _check_dtypes(params, x):
-    if any(_p.dtype != x.dtype for _p in params):
-        raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
-                        f"{sorted({str(_p.dtype) for _p in params})} and x {x.dtype}")
-
-
 def _define_ops():
     """Register this network's ops (once per process; a second import of the same code reuses them)."""
 
     @torch.library.custom_op("derive::" + OPS + "_forward", mutates_args=())
     def forward_op(W1: torch.Tensor, b1: torch.Tensor, W3: torch.Tensor, b3: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         _p = (W1, b1, W3, b3, )
-        _check_dtypes(_p, x)
-        return _distinct([_yhat(*_p, x)], (*_p, x))[0]
+        return _distinct([_yhat_any(_p, x)], (*_p, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
     def backward_op(W1: torch.Tensor, b1: torch.Tensor, W3: torch.Tensor, b3: torch.Tensor, x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         _p = (W1, b1, W3, b3, )
-        _check_dtypes(_p, x)
-        return _distinct(_vjp(*_p, x, grad_yhat), (*_p, x, grad_yhat))
+        return _distinct(_vjp_any(_p, x, grad_yhat), (*_p, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
     def loss_op(W1: torch.Tensor, b1: torch.Tensor, W3: torch.Tensor, b3: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _p = (W1, b1, W3, b3, )
-        _check_dtypes(_p, x)
-        return _distinct([_loss(*_p, x, y)], (*_p, x, y))[0]
+        return _distinct([_loss_any(_p, x, y)], (*_p, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
     def value_and_grad_op(W1: torch.Tensor, b1: torch.Tensor, W3: torch.Tensor, b3: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         _p = (W1, b1, W3, b3, )
-        _check_dtypes(_p, x)
-        _value, _grads = _value_and_grad(*_p, x, y)
+        _value, _grads = _value_and_grad_any(_p, x, y)
         return _distinct([_value, *_grads], (*_p, x, y))
 
     # fakes: shapes and dtypes only, for torch.compile and meta tensors
@@ -267,33 +310,6 @@ def _define_ops():
 
     loss_op.register_autograd(loss_backward, setup_context=loss_setup)
 
-    # float32 on CUDA: the fused Triton kernel; any other dtype there runs the lines above on the GPU
-    @forward_op.register_kernel("cuda")
-    def _(W1, b1, W3, b3, x):
-        _p = (W1, b1, W3, b3, )
-        _check_dtypes(_p, x)
-        if x.dtype != torch.float32:
-            return _distinct([_yhat(*_p, x)], (*_p, x))[0]
-        return _triton_run(_p, x, out=True)[0]
-
-    @loss_op.register_kernel("cuda")
-    def _(W1, b1, W3, b3, x, y):
-        _p = (W1, b1, W3, b3, )
-        _check_dtypes(_p, x)
-        if x.dtype != torch.float32:
-            return _distinct([_loss(*_p, x, y)], (*_p, x, y))[0]
-        return _triton_run(_p, x, y, loss=True)[1]
-
-    @value_and_grad_op.register_kernel("cuda")
-    def _(W1, b1, W3, b3, x, y):
-        _p = (W1, b1, W3, b3, )
-        _check_dtypes(_p, x)
-        if x.dtype != torch.float32:
-            _value, _grads = _value_and_grad(*_p, x, y)
-            return _distinct([_value, *_grads], (*_p, x, y))
-        _, _value, _grads = _triton_run(_p, x, y, loss=True, grad=True)
-        return [_value, *_grads]
-
 
 if not hasattr(torch.ops.derive, OPS + "_value_and_grad"):
     _define_ops()
@@ -301,6 +317,58 @@ forward_op = getattr(torch.ops.derive, OPS + "_forward").default
 backward_op = getattr(torch.ops.derive, OPS + "_backward").default
 loss_op = getattr(torch.ops.derive, OPS + "_loss").default
 value_and_grad_op = getattr(torch.ops.derive, OPS + "_value_and_grad").default
+
+
+# ---- eager calls: the same computations as the ops, as autograd.Functions.  A Python custom op
+# costs about half a millisecond of dispatch per call in eager mode; under torch.compile the
+# module calls the ops, which the compiler sees through their fakes.
+
+class _LossFunction(torch.autograd.Function):
+    """The loss; its backward is derive's backward pass over the kept forward quantities, with the
+    upstream gradient folded into _scale (no pass over the gradients to multiply them)."""
+
+    @staticmethod
+    def forward(ctx, x, y, *params):
+        _check_dtypes(params, x)
+        if _fused(x):  # the fused kernel computes the gradients with the loss
+            _value, _grads = _value_and_grad_any(params, x, y)
+            ctx.fused = True
+            ctx.save_for_backward(*_grads)
+            return _value
+        _quantities = _forward(*params, x)
+        ctx.fused = False
+        ctx.save_for_backward(x, y, *params, *_quantities)
+        return _loss_from(_quantities, y)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.fused:
+            return (None, None, *(grad_loss * _g for _g in ctx.saved_tensors))
+        _x, _y, *_rest = ctx.saved_tensors
+        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        _scale = grad_loss * (1.0 / _x.shape[0])
+        return (None, None, *_gradients(_p, _x, _y, _q, _scale))
+
+
+class _YhatFunction(torch.autograd.Function):
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+
+    @staticmethod
+    def forward(ctx, x, *params):
+        _check_dtypes(params, x)
+        _quantities = _forward(*params, x)
+        ctx.save_for_backward(x, *params, *_quantities)
+        return _yhat_from(_quantities)
+
+    @staticmethod
+    def backward(ctx, grad_yhat):
+        _x, *_rest = ctx.saved_tensors
+        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        return (None, *_backward_from(_p, _x, _q, grad_yhat))
+
+
+def _needs_grad(params):
+    return torch.is_grad_enabled() and any(_t.requires_grad for _t in params)
 
 
 # ---- the nn.Module
@@ -326,15 +394,18 @@ class LectureConvnet(torch.nn.Module):
         if y is not None:
             return self.loss(x, y)
         _no_input_grad(x)
-        return forward_op(*self.params(), x)
+        _p = self.params()
+        if torch.compiler.is_compiling():
+            return forward_op(*_p, x)
+        return _YhatFunction.apply(x, *_p) if _needs_grad(_p) else _yhat_any(_p, x)
 
     def loss(self, x, y):
         """The batch loss (mean of the cross_entropy loss); its backward adds derive's gradients."""
         _no_input_grad(x)
         _p = self.params()
-        if torch.is_grad_enabled() and any(_t.requires_grad for _t in _p):
-            return value_and_grad_op(*_p, x, y)[0]
-        return loss_op(*_p, x, y)
+        if torch.compiler.is_compiling():
+            return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)
+        return _LossFunction.apply(x, y, *_p) if _needs_grad(_p) else _loss_any(_p, x, y)
 
     @classmethod
     def from_torch(cls, module):
@@ -359,6 +430,9 @@ class LectureConvnet(torch.nn.Module):
                 _dst = getattr(held[_k], _attr)
                 _dst.copy_(getattr(self, _name).reshape(_dst.shape))
         return seq
+
+
+MODEL = LectureConvnet  # the nn.Module, for tools that load a generated file by path
 
 
 def _no_input_grad(x):

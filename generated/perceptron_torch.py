@@ -16,8 +16,9 @@ Custom ops (torch.library.custom_op, each with register_fake), OPS = "perceptron
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
-perceptron_triton.py, which must lie beside this file.  derive computes no gradient for the input,
-so x must not require grad.
+perceptron_triton.py, which must lie beside this file.  Under torch.compile the module calls these
+ops; in eager mode it runs the same computations as autograd.Functions (no custom-op dispatch).
+derive computes no gradient for the input, so x must not require grad.
 """
 
 import importlib.util
@@ -59,39 +60,63 @@ def _forward(w, x):
 
 
 def _yhat(w, x):
-    a1, f1 = _forward(w, x)
+    return _yhat_from(_forward(w, x))
+
+
+def _yhat_from(quantities):
+    a1, f1 = quantities
     return f1
 
 
 def _loss(w, x, y):
-    a1, f1 = _forward(w, x)
+    return _loss_from(_forward(w, x), y)
+
+
+def _loss_from(quantities, y):
+    a1, f1 = quantities
     loss_per_sample = (1/2)*(-f1 + y)**2  # l2
     return torch.mean(loss_per_sample)
 
 
 def _value_and_grad(w, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
-    a1, f1 = _forward(w, x)
-    loss_per_sample = (1/2)*(-f1 + y)**2  # l2
-    _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
+    _p = (w, )
+    _q = _forward(*_p, x)
+    return _loss_from(_q, y), _gradients(_p, x, y, _q, 1.0 / x.shape[0])
+
+
+def _gradients(params, x, y, quantities, _scale):
+    """derive's backward pass over the forward pass's named quantities.  _scale is the batch
+    mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
+    _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
+    w, = params
+    a1, f1 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df1 = _scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dw = torch.sum(delta1*x, dim=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
-    return torch.mean(loss_per_sample), (dL_dw, )
+    return (dL_dw, )
 
 
 def _vjp(w, x, grad_yhat):
-    """The gradient of each parameter for a given ∂L/∂ŷ: the forward pass again, then derive's
-    backward from ∂L/∂ŷ (the loss's own step is the caller's)."""
-    a1, f1 = _forward(w, x)
+    """The gradient of each parameter for a given ∂L/∂ŷ, the forward pass computed again."""
+    _p = (w, )
+    return _backward_from(_p, x, _forward(*_p, x), grad_yhat)
+
+
+def _backward_from(params, x, quantities, grad_yhat):
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
+    pass's named quantities."""
+    w, = params
+    a1, f1 = quantities
     dL_df1 = grad_yhat  # ∂L/∂f1 = ∂L/∂ŷ, given by the caller
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dw = torch.sum(delta1*x, dim=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
     return (dL_dw, )
 
 
-# ---- the CUDA path: the fused Triton kernel of perceptron_triton.py (float32)
+# ---- each computation on any device: float32 on CUDA launches the fused Triton kernel of
+# perceptron_triton.py; everything else runs the lines above
 
 _TRITON = []
 
@@ -113,8 +138,8 @@ def _triton():
     return _TRITON[0]
 
 
-def _named(params):
-    return dict(zip(PARAM_SHAPES, params))
+def _fused(x):
+    return x.is_cuda and x.dtype == torch.float32
 
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
@@ -122,8 +147,36 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
     _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
-    _triton().launch(_named(params), x, y, grads=_grads, loss=_total, out=_out)
+    _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
+
+
+def _check_dtypes(params, x):
+    if any(_p.dtype != x.dtype for _p in params):
+        raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                        f"{sorted({str(_p.dtype) for _p in params})} and x {x.dtype}")
+
+
+def _yhat_any(params, x):
+    _check_dtypes(params, x)
+    return _triton_run(params, x, out=True)[0] if _fused(x) else _yhat(*params, x)
+
+
+def _loss_any(params, x, y):
+    _check_dtypes(params, x)
+    return _triton_run(params, x, y, loss=True)[1] if _fused(x) else _loss(*params, x, y)
+
+
+def _value_and_grad_any(params, x, y):
+    _check_dtypes(params, x)
+    if _fused(x):
+        return _triton_run(params, x, y, loss=True, grad=True)[1:]
+    return _value_and_grad(*params, x, y)
+
+
+def _vjp_any(params, x, grad_yhat):
+    _check_dtypes(params, x)
+    return _vjp(*params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
 
 
 # ---- the custom ops
@@ -141,38 +194,28 @@ def _distinct(outs, inputs):
     return res
 
 
-def _check_dtypes(params, x):
-    if any(_p.dtype != x.dtype for _p in params):
-        raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
-                        f"{sorted({str(_p.dtype) for _p in params})} and x {x.dtype}")
-
-
 def _define_ops():
     """Register this network's ops (once per process; a second import of the same code reuses them)."""
 
     @torch.library.custom_op("derive::" + OPS + "_forward", mutates_args=())
     def forward_op(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         _p = (w, )
-        _check_dtypes(_p, x)
-        return _distinct([_yhat(*_p, x)], (*_p, x))[0]
+        return _distinct([_yhat_any(_p, x)], (*_p, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
     def backward_op(w: torch.Tensor, x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         _p = (w, )
-        _check_dtypes(_p, x)
-        return _distinct(_vjp(*_p, x, grad_yhat), (*_p, x, grad_yhat))
+        return _distinct(_vjp_any(_p, x, grad_yhat), (*_p, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
     def loss_op(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _p = (w, )
-        _check_dtypes(_p, x)
-        return _distinct([_loss(*_p, x, y)], (*_p, x, y))[0]
+        return _distinct([_loss_any(_p, x, y)], (*_p, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
     def value_and_grad_op(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         _p = (w, )
-        _check_dtypes(_p, x)
-        _value, _grads = _value_and_grad(*_p, x, y)
+        _value, _grads = _value_and_grad_any(_p, x, y)
         return _distinct([_value, *_grads], (*_p, x, y))
 
     # fakes: shapes and dtypes only, for torch.compile and meta tensors
@@ -226,33 +269,6 @@ def _define_ops():
 
     loss_op.register_autograd(loss_backward, setup_context=loss_setup)
 
-    # float32 on CUDA: the fused Triton kernel; any other dtype there runs the lines above on the GPU
-    @forward_op.register_kernel("cuda")
-    def _(w, x):
-        _p = (w, )
-        _check_dtypes(_p, x)
-        if x.dtype != torch.float32:
-            return _distinct([_yhat(*_p, x)], (*_p, x))[0]
-        return _triton_run(_p, x, out=True)[0]
-
-    @loss_op.register_kernel("cuda")
-    def _(w, x, y):
-        _p = (w, )
-        _check_dtypes(_p, x)
-        if x.dtype != torch.float32:
-            return _distinct([_loss(*_p, x, y)], (*_p, x, y))[0]
-        return _triton_run(_p, x, y, loss=True)[1]
-
-    @value_and_grad_op.register_kernel("cuda")
-    def _(w, x, y):
-        _p = (w, )
-        _check_dtypes(_p, x)
-        if x.dtype != torch.float32:
-            _value, _grads = _value_and_grad(*_p, x, y)
-            return _distinct([_value, *_grads], (*_p, x, y))
-        _, _value, _grads = _triton_run(_p, x, y, loss=True, grad=True)
-        return [_value, *_grads]
-
 
 if not hasattr(torch.ops.derive, OPS + "_value_and_grad"):
     _define_ops()
@@ -260,6 +276,58 @@ forward_op = getattr(torch.ops.derive, OPS + "_forward").default
 backward_op = getattr(torch.ops.derive, OPS + "_backward").default
 loss_op = getattr(torch.ops.derive, OPS + "_loss").default
 value_and_grad_op = getattr(torch.ops.derive, OPS + "_value_and_grad").default
+
+
+# ---- eager calls: the same computations as the ops, as autograd.Functions.  A Python custom op
+# costs about half a millisecond of dispatch per call in eager mode; under torch.compile the
+# module calls the ops, which the compiler sees through their fakes.
+
+class _LossFunction(torch.autograd.Function):
+    """The loss; its backward is derive's backward pass over the kept forward quantities, with the
+    upstream gradient folded into _scale (no pass over the gradients to multiply them)."""
+
+    @staticmethod
+    def forward(ctx, x, y, *params):
+        _check_dtypes(params, x)
+        if _fused(x):  # the fused kernel computes the gradients with the loss
+            _value, _grads = _value_and_grad_any(params, x, y)
+            ctx.fused = True
+            ctx.save_for_backward(*_grads)
+            return _value
+        _quantities = _forward(*params, x)
+        ctx.fused = False
+        ctx.save_for_backward(x, y, *params, *_quantities)
+        return _loss_from(_quantities, y)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.fused:
+            return (None, None, *(grad_loss * _g for _g in ctx.saved_tensors))
+        _x, _y, *_rest = ctx.saved_tensors
+        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        _scale = grad_loss * (1.0 / _x.shape[0])
+        return (None, None, *_gradients(_p, _x, _y, _q, _scale))
+
+
+class _YhatFunction(torch.autograd.Function):
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+
+    @staticmethod
+    def forward(ctx, x, *params):
+        _check_dtypes(params, x)
+        _quantities = _forward(*params, x)
+        ctx.save_for_backward(x, *params, *_quantities)
+        return _yhat_from(_quantities)
+
+    @staticmethod
+    def backward(ctx, grad_yhat):
+        _x, *_rest = ctx.saved_tensors
+        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        return (None, *_backward_from(_p, _x, _q, grad_yhat))
+
+
+def _needs_grad(params):
+    return torch.is_grad_enabled() and any(_t.requires_grad for _t in params)
 
 
 # ---- the nn.Module
@@ -282,15 +350,18 @@ class Perceptron(torch.nn.Module):
         if y is not None:
             return self.loss(x, y)
         _no_input_grad(x)
-        return forward_op(*self.params(), x)
+        _p = self.params()
+        if torch.compiler.is_compiling():
+            return forward_op(*_p, x)
+        return _YhatFunction.apply(x, *_p) if _needs_grad(_p) else _yhat_any(_p, x)
 
     def loss(self, x, y):
         """The batch loss (mean of the l2 loss); its backward adds derive's gradients."""
         _no_input_grad(x)
         _p = self.params()
-        if torch.is_grad_enabled() and any(_t.requires_grad for _t in _p):
-            return value_and_grad_op(*_p, x, y)[0]
-        return loss_op(*_p, x, y)
+        if torch.compiler.is_compiling():
+            return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)
+        return _LossFunction.apply(x, y, *_p) if _needs_grad(_p) else _loss_any(_p, x, y)
 
     @classmethod
     def from_torch(cls, module):
@@ -315,6 +386,9 @@ class Perceptron(torch.nn.Module):
                 _dst = getattr(held[_k], _attr)
                 _dst.copy_(getattr(self, _name).reshape(_dst.shape))
         return seq
+
+
+MODEL = Perceptron  # the nn.Module, for tools that load a generated file by path
 
 
 def _no_input_grad(x):

@@ -49,8 +49,7 @@ def modules():
 
 
 def _class(mod):
-    return getattr(mod, next(n for n in dir(mod) if isinstance(getattr(mod, n), type)
-                             and issubclass(getattr(mod, n), torch.nn.Module) and getattr(mod, n).__module__ == mod.__name__))
+    return mod.MODEL
 
 
 def _draw(net, mod, seed: int, dtype):
@@ -125,6 +124,39 @@ def test_to_torch_is_the_equivalent_sequential(modules, example):
         _class(mod).from_torch(torch.nn.Sequential(*list(seq)[:-1], torch.nn.Dropout()))
 
 
+# activations and losses the examples do not use, a sum reduction, and a second derivative-free
+# loss (zero-one: no gradient flows, every gradient is 0)
+OTHER = [("prelu", "binary_cross_entropy", "mean"), ("leaky_relu", "l1", "sum"), ("softplus", "hinge", "mean"),
+         ("sigmoid", "l2", "sum"), ("tanh", "zero_one", "mean")]
+
+
+@pytest.mark.parametrize("act,loss,reduction", OTHER, ids=["-".join(o) for o in OTHER])
+def test_other_activations_and_losses(act, loss, reduction):
+    from derive import Linear, Loss, Network, Port
+
+    net = Network(f"other_{act}_{loss}", [Linear(out=3, activation=act), Linear(out=1)],
+                  input=Port("x", (2,)), loss=Loss(loss, reduction))
+    with generated_modules(net, "<python>", targets=("torch",)) as mods:
+        mod = mods["torch"]
+        params, x, y, model, tx, ty = _draw(net, mod, 31, torch.float64)
+        L = model.loss(tx, ty)
+        if L.requires_grad:
+            L.backward()
+        else:
+            assert loss == "zero_one"
+        with torch.no_grad():
+            yhat = model(tx)
+        grads = {f"grad {k}": to_numpy(p.grad) if p.grad is not None else np.zeros(p.shape)
+                 for k, p in model.named_parameters()}
+        got = {"forward": to_numpy(yhat), "loss": np.float64(L.item()), **grads}
+        assert_close_to_torch(net, got, params, x, y, 1e-10, net.name)
+        with torch.no_grad():
+            yhat_seq = model.to_torch()(tx)
+        assert_close_to_torch(net, {**got, "forward": to_numpy(yhat_seq)}, params, x, y, 1e-10, f"{net.name} seq")
+        p = [t.detach().requires_grad_(True) for t in model.params()]
+        _opcheck(mod.value_and_grad_op, (*p, tx, ty))
+
+
 def _opcheck(op, args):
     result = torch.library.opcheck(op, args)
     assert all(v == "SUCCESS" for v in result.values()), result
@@ -151,3 +183,157 @@ def test_gradcheck_float64(modules, example):
     assert torch.autograd.gradcheck(lambda *q: mod.value_and_grad_op(*q, tx, ty)[0], p, fast_mode=fast)
     assert torch.autograd.gradcheck(lambda *q: mod.loss_op(*q, tx, ty), p, fast_mode=fast)
     assert torch.autograd.gradcheck(lambda *q: mod.forward_op(*q, tx), p, fast_mode=fast)
+
+
+def test_ops_called_directly_match_the_reference(modules):
+    """The ops themselves (what torch.compile sees), not only the module's eager path."""
+    net, mod = modules["mlp_softmax"]
+    params, x, y, model, tx, ty = _draw(net, mod, 17, torch.float64)
+    p = [t.detach().requires_grad_(True) for t in model.params()]
+    names = list(mod.PARAM_SHAPES)
+    L = mod.value_and_grad_op(*p, tx, ty)[0]
+    L.backward()
+    got = {"forward": to_numpy(mod.forward_op(*p, tx)), "loss": np.float64(L.item())}
+    got.update({f"grad {n}": to_numpy(t.grad) for n, t in zip(names, p)})
+    assert_close_to_torch(net, got, params, x, y, 1e-10, "value_and_grad op")
+    for t in p:
+        t.grad = None
+    L = _torch_loss(net, mod.forward_op(*p, tx), ty)  # forward op, autograd through the _backward op
+    L.backward()
+    got.update({f"grad {n}": to_numpy(t.grad) for n, t in zip(names, p)})
+    assert_close_to_torch(net, got, params, x, y, 1e-10, "forward op")
+    for t in p:
+        t.grad = None
+    L = mod.loss_op(*p, tx, ty)
+    L.backward()
+    got.update({"loss": np.float64(L.item()), **{f"grad {n}": to_numpy(t.grad) for n, t in zip(names, p)}})
+    assert_close_to_torch(net, got, params, x, y, 1e-10, "loss op")
+
+
+def test_torch_compile_fullgraph_training_step(modules):
+    """torch.compile(fullgraph=True) of the loss (forward, derive's ops, AOTAutograd's backward graph),
+    then backward() and a torch.optim step: every step equals the eager module's to float32 rounding.
+    (torch.optim's step graph-breaks by design under torch.compile, so it runs eagerly.)"""
+    net, mod = modules["mlp_softmax"]
+    _, _, _, eager, tx, ty = _draw(net, mod, 19, torch.float32)
+    model = mod.MODEL()
+    model.load_state_dict(eager.state_dict())
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    traced = torch.compile(model, fullgraph=True, backend=recording)
+    traced(tx, ty).backward()
+    called = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert len(graphs) == 1 and f"derive.{mod.OPS}_value_and_grad.default" in called, called
+    model.zero_grad()
+
+    step = torch.compile(lambda x, y: model(x, y), fullgraph=True)  # inductor
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (model, eager)]
+    for _ in range(3):
+        for opt in opts:
+            opt.zero_grad()
+        L_compiled = step(tx, ty)
+        L_compiled.backward()
+        L_eager = eager.loss(tx, ty)
+        L_eager.backward()
+        torch.testing.assert_close(L_compiled, L_eager, rtol=1e-6, atol=0)
+        for (n, a), b in zip(model.named_parameters(), eager.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=n)
+        for opt in opts:
+            opt.step()
+
+
+@pytest.mark.parametrize("example", ["mlp_softmax", "iris_mlp"])
+def test_torch_optim_trains_it_as_it_trains_the_sequential(modules, example):
+    """Adam on the module and on its to_torch() twin (torch.autograd), float64: the same trajectory,
+    and the loss falls."""
+    net, mod = modules[example]
+    _, _, _, model, tx, ty = _draw(net, mod, 23, torch.float64)
+    seq = model.to_torch()
+    opt_a = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt_b = torch.optim.Adam(seq.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        L = model.loss(tx, ty)
+        L.backward()
+        _torch_loss(net, seq(tx), ty).backward()
+        opt_a.step()
+        opt_b.step()
+        losses.append(L.item())
+    twin = mod.MODEL.from_torch(seq)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, twin.state_dict()[k], rtol=1e-9, atol=1e-12, msg=k)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_state_dict_round_trips(modules, tmp_path):
+    net, mod = modules["lecture_convnet"]
+    _, _, _, model, tx, _ = _draw(net, mod, 29, torch.float64)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == list(mod.PARAM_SHAPES.items())
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    other = mod.MODEL(seed=1, dtype=torch.float64)
+    assert not torch.equal(other.W1, model.W1)
+    other.load_state_dict(torch.load(tmp_path / "w.pt"))
+    with torch.no_grad():
+        assert torch.equal(other(tx), model(tx))
+    buf = io.BytesIO()
+    torch.save(model, buf)  # the whole module pickles by reference to its class
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(again(tx), model(tx))
+
+
+def test_init_values_are_the_numpy_modules(modules):
+    net, mod = modules["iris_mlp"]
+    with generated_modules(net, "examples/iris_mlp.toml", targets=("numpy",)) as mods:
+        want = mods["numpy"].init_params(seed=5)
+    model = mod.MODEL(seed=5, dtype=torch.float64)
+    for k, v in want.items():
+        assert np.array_equal(to_numpy(getattr(model, k)), v), k
+
+
+def test_reimport_reuses_the_ops_and_a_changed_network_gets_new_ones(tmp_path):
+    spec = ROOT / "examples" / "perceptron.toml"
+    text = codegen.generate(load_spec(spec), "examples/perceptron.toml", ("torch",))["perceptron_torch.py"]
+    (tmp_path / "a.py").write_text(text)
+    (tmp_path / "b.py").write_text(text)
+    a = import_file(tmp_path / "a.py", "_derive_test_reimport_a")
+    b = import_file(tmp_path / "b.py", "_derive_test_reimport_b")  # same code: no "already registered"
+    assert a.OPS == b.OPS and a.value_and_grad_op is b.value_and_grad_op
+    changed = spec.read_text().replace('type = "l2"', 'type = "l1"')
+    (tmp_path / "perceptron.toml").write_text(changed)
+    c_text = codegen.generate(load_spec(tmp_path / "perceptron.toml"), "p.toml", ("torch",))["perceptron_torch.py"]
+    (tmp_path / "c.py").write_text(c_text)
+    c = import_file(tmp_path / "c.py", "_derive_test_reimport_c")
+    assert c.NAME == a.NAME and c.OPS != a.OPS  # the l1 network does not run the l2 network's code
+    x = torch.tensor([1.0, 2.0])
+    y = torch.tensor([0.0, 5.0])
+    m_a, m_c = a.MODEL(), c.MODEL()
+    m_c.load_state_dict(m_a.state_dict())
+    w = float(m_a.w.detach())
+    assert m_a.loss(x, y).item() == pytest.approx(np.mean(0.5 * (np.array([0.0, 5.0]) - w * np.array([1.0, 2.0])) ** 2))
+    assert m_c.loss(x, y).item() == pytest.approx(np.mean(np.abs(np.array([0.0, 5.0]) - w * np.array([1.0, 2.0]))))
+    for name in ("a", "b", "c"):
+        sys.modules.pop(f"_derive_test_reimport_{name}", None)
+
+
+def test_bad_calls_raise_clear_errors(modules):
+    net, mod = modules["mlp_softmax"]
+    model = mod.MODEL()
+    with pytest.raises(ValueError, match="no gradient for the input x"):
+        model(torch.randn(3, 4, requires_grad=True))
+    with pytest.raises(ValueError, match="empty batch"):
+        model.loss(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(TypeError, match="one dtype"):
+        model(torch.randn(3, 4, dtype=torch.float64))
+    _, lc = modules["locally_connected"]
+    with pytest.raises(ValueError, match="locally_connected"):
+        lc.MODEL.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="expected the layers"):
+        mod.MODEL.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh()))

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import sympy as sp
 
+from sympy.printing.precedence import PRECEDENCE
+
+from derive.ir.nodes import MatVec
+from derive.tables.functions import step
 from derive.targets.numpy_printer import NumpyCodePrinter
 
 
@@ -60,6 +64,26 @@ class TorchCodePrinter(NumpyCodePrinter):
 
     def _print_Abs(self, e):
         return "torch.abs(%s)" % self._print(e.args[0])
+
+    def _print_Mul(self, e):
+        # g·1[a > 0] as g * (a > 0), one kernel fewer than a cast: the bool mask takes g's dtype when
+        # g holds an array (times a Python float alone it would become float32, torch's default dtype)
+        masks = [f for f in e.args if isinstance(f, step) and isinstance(f.args[0], sp.Symbol)]
+        rest = sp.Mul(*(f for f in e.args if f not in masks), evaluate=False)
+        if masks and rest.free_symbols - {sp.Symbol("_scale", real=True)}:
+            return " * ".join([self.parenthesize(rest, PRECEDENCE["Mul"])]
+                              + ["(%s > 0)" % self._print(m.args[0]) for m in masks])
+        return super()._print_Mul(e)
+
+    def _print_Add(self, e):
+        # a dense layer's b + W·f as one addmm, as torch.nn.Linear runs it (no second pass for the bias)
+        terms = e.args
+        if len(terms) == 2 and any(isinstance(t, MatVec) for t in terms):
+            mv, b = terms if isinstance(terms[0], MatVec) else terms[::-1]
+            if isinstance(b, sp.Symbol):
+                w, f = mv.args
+                return "torch.addmm(%s, %s, %s.T)" % (self._print(b), self._print(f), self._print(w))
+        return super()._print_Add(e)
 
     def _print_BatchSum(self, e):
         return "torch.sum(%s, dim=0)" % self._print(e.args[0])
