@@ -35,8 +35,9 @@ RESERVED = frozenset(
     }
 )
 
-# The NumPy helpers of conv2d / locally_connected layers.
-RESERVED = RESERVED | {"windows", "conv2d_input_grad", "local_input_grad"}
+# The NumPy helpers of conv2d / locally_connected and pooling layers.
+RESERVED = RESERVED | {"windows", "conv2d_input_grad", "local_input_grad", "max_pool2d", "max_pool2d_grad",
+                       "avg_pool2d", "avg_pool2d_grad"}
 
 
 def check_identifier(name: object, variable: bool = True) -> str | None:
@@ -87,6 +88,18 @@ def upstream(layer: int) -> str:
 def padded(source: str) -> str:
     """The zero-padded input of a conv layer: x_pad, f1_pad."""
     return f"{source}_pad"
+
+
+def factor(numerator: str, denominator: str) -> str:
+    """The ASCII name of the chain factor ∂numerator/∂denominator: "df3/da3", "dL/df3", "delta3" (∂L/∂a3)."""
+    if is_delta_factor(numerator, denominator):
+        return delta(int(denominator[1:]))
+    return f"d{numerator}/d{denominator}"
+
+
+def is_delta_factor(numerator: str, denominator: str) -> bool:
+    """∂L/∂a_l is δ_l (a_l is a name only the derivation generates)."""
+    return numerator == "L" and re.fullmatch(r"a\d+", denominator) is not None
 
 
 def default_weight(layer: int, vector: bool) -> str:

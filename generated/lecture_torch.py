@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the l2
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch,); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_b21da8e813":
-  derive::lecture_b21da8e813_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_b21da8e813_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_2798b1a967":
+  derive::lecture_2798b1a967_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_2798b1a967_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_b21da8e813_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_b21da8e813_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_2798b1a967_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_2798b1a967_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture"
-OPS = "lecture_b21da8e813"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_2798b1a967"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "w1": (),
     "b1": (),
@@ -60,11 +60,11 @@ def _forward(w1, b1, w2, w3, x):
     """The forward pass, every named quantity in order: (a1, f1, a2, f2, a3, f3)."""
     if x.shape[0] == 0:
         raise ValueError("empty batch")
-    a1 = b1 + w1*x  # a1 = w1·x + b1
+    a1 = w1*x + b1  # a1 = w1·x + b1
     f1 = torch.sigmoid(a1)  # f1 = σ(a1)
-    a2 = f1*w2  # a2 = w2·f1
+    a2 = w2*f1  # a2 = w2·f1
     f2 = torch.sigmoid(a2)  # f2 = σ(a2)
-    a3 = f2*w3  # a3 = w3·f2
+    a3 = w3*f2  # a3 = w3·f2
     f3 = torch.sigmoid(a3)  # f3 = σ(a3)
     return a1, f1, a2, f2, a3, f3
 
@@ -84,7 +84,7 @@ def _loss(w1, b1, w2, w3, x, y):
 
 def _loss_from(quantities, y):
     a1, f1, a2, f2, a3, f3 = quantities
-    loss_per_sample = (1/2)*(-f3 + y)**2  # l2
+    loss_per_sample = (1/2)*(y - f3)**2  # l2
     return torch.mean(loss_per_sample)
 
 
@@ -102,7 +102,7 @@ def _gradients(params, x, y, quantities, _scale):
     w1, b1, w2, w3 = params
     a1, f1, a2, f2, a3, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(f3 - y)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = -_scale*(y - f3)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
     dL_dw3 = torch.sum(delta3*f2, dim=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
     dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2

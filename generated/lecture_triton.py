@@ -91,7 +91,7 @@ def lecture_fused_kernel(
         tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * _scale)
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-        dL_df3 = tl.where(row_mask, _scale*(f3 - y), 0.0)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df3 = tl.where(row_mask, -_scale*(-f3 + y), 0.0)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
         dL_dw3 = tl.sum(delta3*f2, axis=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
         dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the l2
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch,); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "linear_regression_cc3143ffe1":
-  derive::linear_regression_cc3143ffe1_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::linear_regression_cc3143ffe1_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "linear_regression_3659380b34":
+  derive::linear_regression_3659380b34_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::linear_regression_3659380b34_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::linear_regression_cc3143ffe1_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::linear_regression_cc3143ffe1_value_and_grad(params, x, y) -> (L, gradients)
+  derive::linear_regression_3659380b34_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::linear_regression_3659380b34_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "linear_regression"
-OPS = "linear_regression_cc3143ffe1"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "linear_regression_3659380b34"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "theta1": (),
     "theta0": (),
@@ -56,7 +56,7 @@ def _forward(theta1, theta0, x):
     """The forward pass, every named quantity in order: (a1, f1)."""
     if x.shape[0] == 0:
         raise ValueError("empty batch")
-    a1 = theta0 + theta1*x  # a1 = theta1·x + theta0
+    a1 = theta1*x + theta0  # a1 = theta1·x + theta0
     f1 = a1  # f1 = a1
     return a1, f1
 
@@ -76,7 +76,7 @@ def _loss(theta1, theta0, x, y):
 
 def _loss_from(quantities, y):
     a1, f1 = quantities
-    loss_per_sample = (1/2)*(-f1 + y)**2  # l2
+    loss_per_sample = (1/2)*(y - f1)**2  # l2
     return torch.mean(loss_per_sample)
 
 
@@ -94,7 +94,7 @@ def _gradients(params, x, y, quantities, _scale):
     theta1, theta0 = params
     a1, f1 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df1 = _scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df1 = -_scale*(y - f1)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dtheta1 = torch.sum(delta1*x, dim=0)  # ∂L/∂theta1 = δ1 · ∂a1/∂theta1, summed over the batch
     dL_dtheta0 = torch.sum(delta1, dim=0)  # ∂L/∂theta0 = δ1 · ∂a1/∂theta0, summed over the batch

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the l2
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch,); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "perceptron_f70f3ee9a9":
-  derive::perceptron_f70f3ee9a9_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::perceptron_f70f3ee9a9_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "perceptron_1ba8b3f6b6":
+  derive::perceptron_1ba8b3f6b6_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::perceptron_1ba8b3f6b6_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::perceptron_f70f3ee9a9_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::perceptron_f70f3ee9a9_value_and_grad(params, x, y) -> (L, gradients)
+  derive::perceptron_1ba8b3f6b6_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::perceptron_1ba8b3f6b6_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "perceptron"
-OPS = "perceptron_f70f3ee9a9"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "perceptron_1ba8b3f6b6"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "w": (),
 }
@@ -74,7 +74,7 @@ def _loss(w, x, y):
 
 def _loss_from(quantities, y):
     a1, f1 = quantities
-    loss_per_sample = (1/2)*(-f1 + y)**2  # l2
+    loss_per_sample = (1/2)*(y - f1)**2  # l2
     return torch.mean(loss_per_sample)
 
 
@@ -92,7 +92,7 @@ def _gradients(params, x, y, quantities, _scale):
     w, = params
     a1, f1 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df1 = _scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df1 = -_scale*(y - f1)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dw = torch.sum(delta1*x, dim=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
     return (dL_dw, )

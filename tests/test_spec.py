@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from derive.errors import SpecError
+from derive.layers import RULES
 from derive.network import Linear, Loss, Network, Port
 from derive.spec import load_spec, parse_spec
 
@@ -129,7 +130,7 @@ LAYER = '[[layers]]\ntype = "linear"\n'
 
 BAD = {
     "toml_syntax": (HEAD + '[[layers]]\ntype = linear\n', "line 3, column 8", "invalid TOML"),
-    "unknown_layer_type": (HEAD + '[[layers]]\ntype = "conv"\n', "layers[0].type", "expected one of linear, conv2d, locally_connected, flatten, got 'conv'"),
+    "unknown_layer_type": (HEAD + '[[layers]]\ntype = "conv"\n', "layers[0].type", f"expected one of {', '.join(RULES)}, got 'conv'"),
     "missing_layer_type": (HEAD + "[[layers]]\nout = 3\n", "layers[0].type", "missing required key"),
     "unknown_activation": (
         HEAD + LAYER + LAYER + 'activation = "relux"\n',

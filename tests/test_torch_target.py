@@ -157,6 +157,37 @@ def test_other_activations_and_losses(act, loss, reduction):
         _opcheck(mod.value_and_grad_op, (*p, tx, ty))
 
 
+POOLS = [("max_pool2d", 3, 2, 1), ("max_pool2d", 2, None, 0), ("avg_pool2d", 3, 2, 1), ("avg_pool2d", 2, 1, 0)]
+
+
+@pytest.mark.parametrize("kind,kernel,stride,padding", POOLS, ids=["-".join(map(str, p)) for p in POOLS])
+def test_pooling(kind, kernel, stride, padding):
+    """conv → pool → flatten → linear (overlapping and padded windows): both routes against the reference,
+    the to_torch() Sequential (nn.MaxPool2d / nn.AvgPool2d(count_include_pad=True)), opcheck."""
+    from derive import AvgPool2d, Conv2d, Flatten, Linear, Loss, MaxPool2d, Network, Port
+
+    pool = {"max_pool2d": MaxPool2d, "avg_pool2d": AvgPool2d}[kind](kernel, stride, padding)
+    net = Network(f"pool_{kind}", [Conv2d(filters=3, kernel=2, activation="tanh"), pool, Flatten(), Linear(out=3)],
+                  input=Port("x", (2, 7, 7)), target=Port("y"), loss=Loss("cross_entropy"))
+    with generated_modules(net, "<python>", targets=("torch",)) as mods:
+        mod = mods["torch"]
+        params, x, y, model, tx, ty = _draw(net, mod, 37, torch.float64)
+        L = model.loss(tx, ty)
+        L.backward()
+        with torch.no_grad():
+            yhat, yhat_seq = model(tx), model.to_torch()(tx)
+        got = {"forward": to_numpy(yhat), "loss": np.float64(L.item()), **_grads(model)}
+        assert_close_to_torch(net, got, params, x, y, 1e-10, f"{net.name} loss()")
+        assert_close_to_torch(net, {**got, "forward": to_numpy(yhat_seq)}, params, x, y, 1e-10, f"{net.name} seq")
+        model.zero_grad()
+        L = _torch_loss(net, model(tx), ty)
+        L.backward()
+        assert_close_to_torch(net, {**got, **_grads(model)}, params, x, y, 1e-10, f"{net.name} forward()")
+        p = [t.detach().requires_grad_(True) for t in model.params()]
+        _opcheck(mod.value_and_grad_op, (*p, tx, ty))
+        _opcheck(mod.forward_op, (*p, tx))
+
+
 def _opcheck(op, args):
     result = torch.library.opcheck(op, args)
     assert all(v == "SUCCESS" for v in result.values()), result

@@ -12,9 +12,9 @@ code generators lower), printed in index notation:
 from __future__ import annotations
 
 from derive.explain import display
-from derive.layers.conv import InRange
+from derive.indices import InRange
+from derive.layers import rule_for
 from derive.derivation.expand import expanded
-from derive.network import VolumeLayerInfo
 
 # How the generated NumPy code computes each volume gradient (the einsum spells the formula).
 _COMPUTED = {
@@ -26,18 +26,11 @@ _COMPUTED = {
 
 
 def has_volumes(net) -> bool:
-    return any(isinstance(li, VolumeLayerInfo) for li in net.info)
+    return any(li.kind != "linear" for li in net.info)
 
 
 def _describe(li) -> str:
-    if li.kind == "flatten":
-        return "flatten, C order (as torch flattens (c, h, w))"
-    o, oh, ow = li.out_shape
-    kh, kw = li.kernel
-    what = (f"conv2d: {o} filters of {li.in_shape[0]}×{kh}×{kw}, shared by all {oh}×{ow} positions"
-            if li.kind == "conv2d" else
-            f"locally connected: {o} filters of {li.in_shape[0]}×{kh}×{kw} at each of the {oh}×{ow} positions, no sharing")
-    return f"{what}; stride {li.stride}, padding {li.padding}"
+    return rule_for(li).describe(li)
 
 
 def to_text(der, param: str | None = None, expand: bool = False) -> str:
@@ -52,10 +45,10 @@ def to_text(der, param: str | None = None, expand: bool = False) -> str:
     for d in der.forward:
         li = net.info[d.layer - 1]
         note = ""
-        if isinstance(li, VolumeLayerInfo) and li.index not in noted and (li.kind == "flatten" or d.name.startswith("a")):
+        if li.kind != "linear" and li.index not in noted and (li.activation is None or d.name.startswith("a")):
             note = f"      ({_describe(li)})"
             noted.add(li.index)
-        if isinstance(li, VolumeLayerInfo) and d.name == li.padded:
+        if li.kind != "linear" and d.name == li.padded:
             note = f"      (zero where h − {li.padding} or w − {li.padding} falls outside the input)"
         add(f"  {t(d.lhs)} = {t(d.rhs)}{note}")
     add(f"  ŷ = f{net.depth}")
@@ -85,7 +78,7 @@ def to_text(der, param: str | None = None, expand: bool = False) -> str:
         d, local = s.factors
         lhs = t(s.lhs)
         pad = " " * (len(lhs) + 2)
-        if not isinstance(li, VolumeLayerInfo):
+        if li.kind == "linear":
             add(f"  {lhs} = {display.factor_name(d.name)} · {display.factor_name(local.name)}"
                 f"      ({display.factor_name(d.name)} re-used)")
             add(f"      {display.factor_name(local.name)} = {t(local.value)}")

@@ -101,6 +101,9 @@ def _torch_equivalent(ir: KernelIR) -> tuple[list[str], list[dict], str | None]:
         if li.kind == "flatten":
             mods.append("torch.nn.Flatten()")
             continue
+        if li.kind in ("max_pool2d", "avg_pool2d"):
+            mods.append(_pool(li))
+            continue
         if li.kind not in ("linear", "conv2d"):
             return [], [], f"layer {li.index} ({li.kind}) has no torch.nn equivalent in this target yet"
         mods.append(_parametric(li))
@@ -133,6 +136,14 @@ def _parametric(li: LayerIR) -> str:
     (kh, kw), (sh, sw) = li.kernel, li.stride
     return (f"torch.nn.Conv2d({li.in_shape[0]}, {li.out_shape[0]}, kernel_size=({kh}, {kw}), "
             f"stride=({sh}, {sw}), padding={li.padding}{bias})")
+
+
+def _pool(li: LayerIR) -> str:
+    (kh, kw), (sh, sw) = li.kernel, li.stride
+    geometry = f"kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding={li.padding}"
+    if li.kind == "max_pool2d":
+        return f"torch.nn.MaxPool2d({geometry})"
+    return f"torch.nn.AvgPool2d({geometry}, count_include_pad=True)"  # as derive's avg_pool2d
 
 
 def _torch_weight(li: LayerIR) -> tuple:

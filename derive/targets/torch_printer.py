@@ -173,6 +173,37 @@ TORCH_HELPERS = {
         for q in range(kw):
             g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oijc->bcij", delta, W[:, :, :, :, p, q])
     return g''',
+    "max_pool2d": '''def max_pool2d(x, kh, kw, sh, sw, pad):
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is −∞."""
+    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
+    return xp.unfold(2, kh, sh).unfold(3, kw, sw).amax(dim=(4, 5))''',
+    "max_pool2d_grad": '''def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of window (i, j)].
+
+    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes ties.
+    """
+    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
+    B, C, oh, ow = g.shape
+    first = xp.unfold(2, kh, sh).unfold(3, kw, sw).reshape(B, C, oh, ow, kh * kw).argmax(dim=4)
+    p, q = first // kw, first % kw
+    i = torch.arange(oh, device=g.device)[:, None]
+    j = torch.arange(ow, device=g.device)[None, :]
+    flat = (i * sh + p) * xp.shape[3] + (j * sw + q)  # the maximum's position in the padded input
+    gp = g.new_zeros((B, C, xp.shape[2] * xp.shape[3]))
+    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))  # windows overlap when the stride is below the kernel
+    return gp.reshape(xp.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
+    "avg_pool2d": '''def avg_pool2d(x, kh, kw, sh, sw, pad):
+    """f[b, c, i, j] = the mean over the kh × kw window at (i·sh − pad, j·sw − pad), padded zeros counted."""
+    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    return xp.unfold(2, kh, sh).unfold(3, kw, sw).mean(dim=(4, 5))''',
+    "avg_pool2d_grad": '''def avg_pool2d_grad(g, x, kh, kw, sh, sw, pad):
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]/(kh·kw)·[(h, w) in window (i, j)]: a scatter over the offsets (p, q)."""
+    B, C, oh, ow = g.shape
+    gp = g.new_zeros((B, C, x.shape[2] + 2 * pad, x.shape[3] + 2 * pad))
+    for p in range(kh):
+        for q in range(kw):
+            gp[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += g / (kh * kw)
+    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
     "onehot": '''def onehot(y, n, dtype):
     """[y = j] for class indices y and columns j < n."""
     return (y[:, None] == torch.arange(n, device=y.device)).to(dtype)''',
