@@ -368,3 +368,56 @@ def test_bad_calls_raise_clear_errors(modules):
         lc.MODEL.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="expected the layers"):
         mod.MODEL.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh()))
+
+
+def _fused_route_matches(net, mod, device, what):
+    """loss() (the fused kernel: value and gradients in one launch) and ŷ, float32 at 1e-4."""
+    params, x, y, model, tx, ty = _draw(net, mod, 41, torch.float32)
+    model = model.to(device)
+    tx, ty = tx.to(device), ty.to(device)
+    L = model.loss(tx, ty)
+    L.backward()
+    with torch.no_grad():
+        yhat = model(tx)
+    got = {"forward": to_numpy(yhat), "loss": np.float64(L.item()), **_grads(model)}
+    assert_close_to_torch(net, got, params, x, y, 1e-4, what, True)
+    p = [t.detach().requires_grad_(True) for t in model.params()]
+    value, *grads = mod.value_and_grad_op(*p, tx, ty)
+    torch.testing.assert_close(value, L.detach(), rtol=1e-6, atol=0)
+    return model, p, tx, ty
+
+
+def test_fused_triton_route_under_the_interpreter(monkeypatch, triton_device_name):
+    """The CUDA wiring (the sibling <name>_triton.py, its launch contract) on CPU tensors: the fused
+    route forced on for float32 while Triton runs under its interpreter (tests/conftest.py)."""
+    if triton_device_name != "cpu":
+        pytest.skip("a GPU is present: test_cuda_path covers this")
+    spec = ROOT / "examples" / "mlp_softmax.toml"
+    net = load_spec(spec)
+    with generated_modules(net, "examples/mlp_softmax.toml", targets=("triton", "torch")) as mods:
+        mod = mods["torch"]
+        launched = []
+        real = mod._triton_run
+        monkeypatch.setattr(mod, "_fused", lambda x: x.dtype == torch.float32)
+        monkeypatch.setattr(mod, "_triton_run", lambda *a, **k: launched.append(k) or real(*a, **k))
+        _fused_route_matches(net, mod, "cpu", "fused route (interpreter)")
+        assert {"loss": True, "grad": True} in launched and {"out": True} in launched, launched
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("example", IDS)
+def test_cuda_path(example):
+    """On CUDA, float32: loss() and the ops launch the fused Triton kernel; ŷ's backward runs the
+    torch-native lines on the GPU; opcheck on the device."""
+    net = load_spec(ROOT / "examples" / f"{example}.toml")
+    with generated_modules(net, f"examples/{example}.toml", targets=("triton", "torch")) as mods:
+        mod = mods["torch"]
+        model, p, tx, ty = _fused_route_matches(net, mod, "cuda", f"{example} cuda")
+        params, x, y, _, _, _ = _draw(net, mod, 41, torch.float32)
+        model.zero_grad()
+        _torch_loss(net, model(tx), ty).backward()
+        got = {"forward": to_numpy(model(tx).detach()), "loss": np.float64(_torch_loss(net, model(tx), ty).item()),
+               **_grads(model)}
+        assert_close_to_torch(net, got, params, x, y, 1e-4, f"{example} cuda forward()", True)
+        _opcheck(mod.value_and_grad_op, (*p, tx, ty))
+        _opcheck(mod.forward_op, (*p, tx))
