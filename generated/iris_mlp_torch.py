@@ -382,7 +382,7 @@ class IrisMlp(torch.nn.Module):
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which
-        calls forward, runs the fused value-and-gradient op)."""
+        calls forward, runs derive's loss and its backward)."""
         if y is not None:
             return self.loss(x, y)
         _no_input_grad(x)

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_8421caa505":
-  derive::lecture_convnet_8421caa505_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_convnet_8421caa505_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_3358e94af7":
+  derive::lecture_convnet_3358e94af7_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_convnet_3358e94af7_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_8421caa505_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_convnet_8421caa505_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_3358e94af7_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_convnet_3358e94af7_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture_convnet"
-OPS = "lecture_convnet_8421caa505"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_convnet_3358e94af7"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -127,7 +127,7 @@ def _gradients(params, x, y, quantities, _scale):
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = dL_df1 * (a1 > 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -150,7 +150,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = dL_df1 * (a1 > 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -390,7 +390,7 @@ class LectureConvnet(torch.nn.Module):
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which
-        calls forward, runs the fused value-and-gradient op)."""
+        calls forward, runs derive's loss and its backward)."""
         if y is not None:
             return self.loss(x, y)
         _no_input_grad(x)

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_b579f0a704":
-  derive::mlp_softmax_b579f0a704_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::mlp_softmax_b579f0a704_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_e50cc0bee1":
+  derive::mlp_softmax_e50cc0bee1_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::mlp_softmax_e50cc0bee1_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::mlp_softmax_b579f0a704_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::mlp_softmax_b579f0a704_value_and_grad(params, x, y) -> (L, gradients)
+  derive::mlp_softmax_e50cc0bee1_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::mlp_softmax_e50cc0bee1_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "mlp_softmax"
-OPS = "mlp_softmax_b579f0a704"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "mlp_softmax_e50cc0bee1"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -130,7 +130,7 @@ def _gradients(params, x, y, quantities, _scale):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = dL_df1 * (a1 > 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
@@ -156,7 +156,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = dL_df1 * (a1 > 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
@@ -398,7 +398,7 @@ class MlpSoftmax(torch.nn.Module):
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which
-        calls forward, runs the fused value-and-gradient op)."""
+        calls forward, runs derive's loss and its backward)."""
         if y is not None:
             return self.loss(x, y)
         _no_input_grad(x)

@@ -66,13 +66,13 @@ class TorchCodePrinter(NumpyCodePrinter):
         return "torch.abs(%s)" % self._print(e.args[0])
 
     def _print_Mul(self, e):
-        # g·1[a > 0] as g * (a > 0), one kernel fewer than a cast: the bool mask takes g's dtype when
-        # g holds an array (times a Python float alone it would become float32, torch's default dtype)
+        # g·1[a > 0] as torch.where(a > 0, g, 0): no cast of the mask, one kernel where the product
+        # needs two (a Python float times a bool mask alone would also become float32, torch's default)
         masks = [f for f in e.args if isinstance(f, step) and isinstance(f.args[0], sp.Symbol)]
         rest = sp.Mul(*(f for f in e.args if f not in masks), evaluate=False)
         if masks and rest.free_symbols - {sp.Symbol("_scale", real=True)}:
-            return " * ".join([self.parenthesize(rest, PRECEDENCE["Mul"])]
-                              + ["(%s > 0)" % self._print(m.args[0]) for m in masks])
+            cond = " & ".join("(%s > 0)" % self._print(m.args[0]) for m in masks)
+            return "torch.where(%s, %s, 0.0)" % (cond, self._print(rest))
         return super()._print_Mul(e)
 
     def _print_Add(self, e):
