@@ -45,7 +45,7 @@ def cmd_explain(args) -> int:
         known = ", ".join(p.name for p in net.params)
         raise DeriveError(f"{args.spec or '<lecture>'}: --param: expected one of {known}, got {args.param!r}")
     der = derive(net)
-    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand))
+    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
 
 
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output format (default text)")
     ex.add_argument("--expand", action="store_true",
                     help="write every gradient with the deltas substituted away (default off)")
+    ex.add_argument("--fragment", action="store_true",
+                    help="latex: the body alone, to paste (default: a complete document)")
     add_limit_options(ex)
     ex.set_defaults(func=cmd_explain)
 

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from derive.errors import DeriveError
+from derive.fsutil import display_path
 
 EXAMPLES = "examples"
 GENERATED = "generated"
-
-
-def _display_path(path: str, root: Path | None = None) -> str:
-    """A path as written into generated headers: relative to ``root`` (default: the current
-    directory) and '/'-separated when possible, so the text does not depend on where it ran."""
-    p = Path(path)
-    try:
-        p = p.resolve().relative_to((root or Path.cwd()).resolve())
-    except ValueError:
-        pass
-    return PurePath(p).as_posix()
 
 
 def _example_specs(examples: Path) -> list[Path]:
@@ -38,7 +28,7 @@ def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str
     root = examples.resolve().parent  # the repository: headers name paths relative to it
     for spec in _example_specs(examples):
         net = load_spec(spec)
-        files = codegen.generate(net, _display_path(str(spec), root), targets, _display_path(str(generated), root))
+        files = codegen.generate(net, display_path(str(spec), root), targets, display_path(str(generated), root))
         for fname, text in files.items():
             out[generated / fname] = text
     return out
@@ -84,7 +74,7 @@ def cmd_generate(args) -> int:
     from derive.cli import _network
 
     net = _network(args.spec)
-    files = codegen.generate(net, _display_path(args.spec), targets, _display_path(args.out))
+    files = codegen.generate(net, display_path(args.spec), targets, display_path(args.out))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DeriveError(f"{args.out}: -o: expected a directory, found a file")
@@ -121,7 +111,7 @@ def format_table(report) -> str:
 
 
 def cmd_verify(args) -> int:
-    from derive.verify import verify
+    from derive.verify.checks import verify
 
     if args.seeds < 1:
         raise DeriveError(f"--seeds: expected a positive integer, got {args.seeds}")
@@ -130,7 +120,7 @@ def cmd_verify(args) -> int:
     from derive.verify.checks import BATCH_SIZES
 
     net = _network(args.spec)
-    source = "<lecture>" if args.spec is None else _display_path(args.spec)
+    source = "<lecture>" if args.spec is None else display_path(args.spec)
     limits.check_budget(limits.estimate_bytes(net, max(BATCH_SIZES), "verify"), args.memory_budget,
                         f"derive verify {source}")
     report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)

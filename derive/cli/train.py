@@ -13,9 +13,9 @@ from derive.tables.optimizers import OPTIMIZER_TYPES, Optimizer
 
 
 def cmd_train(args) -> int:
-    from derive.cli.generate import _display_path
+    from derive.fsutil import display_path
     from derive.train.data import load_csv
-    from derive.train import plot, train
+    from derive.train.loop import plot, train
 
     from derive import limits
     from derive.cli import _network
@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
         except DeriveError as err:  # the error names optimizer.lr etc.; it came from the command line
             raise DeriveError(f"--lr/--optimizer: {err}".replace("<python>: ", "")) from None
         net = dataclasses.replace(net, optimizer=opt)
-    source = _display_path(args.spec)
+    source = display_path(args.spec)
     # the CSV's rows as Python strings take several times the file's size; refuse before reading it
     limits.check_budget(limits.csv_bytes(args.data), args.memory_budget, f"derive train --data {args.data}")
     x, y = load_csv(args.data, net)
