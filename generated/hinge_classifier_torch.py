@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the hi
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "hinge_classifier_9bba1105cc":
-  derive::hinge_classifier_9bba1105cc_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::hinge_classifier_9bba1105cc_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "hinge_classifier_11a6234be0":
+  derive::hinge_classifier_11a6234be0_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::hinge_classifier_11a6234be0_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::hinge_classifier_9bba1105cc_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::hinge_classifier_9bba1105cc_value_and_grad(params, x, y) -> (L, gradients)
+  derive::hinge_classifier_11a6234be0_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::hinge_classifier_11a6234be0_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "hinge_classifier"
-OPS = "hinge_classifier_9bba1105cc"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "hinge_classifier_11a6234be0"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (8, 2),
     "b1": (8,),
@@ -40,11 +40,6 @@ PARAM_SHAPES = {
 OUTPUT_SHAPE = ()  # ŷ per sample
 LOSS = "hinge"
 REDUCTION = "mean"
-
-
-def step(x):
-    """1[x > 0] in x's dtype: 0 at 0, PyTorch's relu'(0)."""
-    return (x > 0).to(x.dtype)
 
 
 def init_values(seed=0):
@@ -105,7 +100,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2 = params
     a1, f1, a2, f2 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = -_scale*y[:, None]*step(1 - f2*y[:, None])  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = -_scale*y[:, None]*torch.sign(torch.relu(1 - f2*y[:, None]))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch

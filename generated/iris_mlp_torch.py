@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_a3d34c0cc1":
-  derive::iris_mlp_a3d34c0cc1_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::iris_mlp_a3d34c0cc1_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_19a9e54216":
+  derive::iris_mlp_19a9e54216_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::iris_mlp_19a9e54216_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::iris_mlp_a3d34c0cc1_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::iris_mlp_a3d34c0cc1_value_and_grad(params, x, y) -> (L, gradients)
+  derive::iris_mlp_19a9e54216_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::iris_mlp_19a9e54216_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "iris_mlp"
-OPS = "iris_mlp_a3d34c0cc1"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "iris_mlp_19a9e54216"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -47,9 +47,9 @@ def logsumexp(z):
     return torch.logsumexp(z, dim=1)
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == torch.arange(n, device=y.device)).to(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
+    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)
 
 
 def softmax(z):
@@ -97,7 +97,7 @@ def _loss(W1, b1, W2, b2, x, y):
 
 def _loss_from(quantities, y):
     a1, f1, a2, f2 = quantities
-    loss_per_sample = -torch.sum(f2*onehot(y, 3, f2.dtype), dim=1) + logsumexp(f2)  # cross_entropy
+    loss_per_sample = -torch.gather(f2, 1, y[:, None])[:, 0] + logsumexp(f2)  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -115,7 +115,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2 = params
     a1, f1, a2, f2 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = _scale*(-onehot(y, 3, f2.dtype) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = _scale*(-onehot(y, f2) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -394,6 +394,7 @@ class IrisMlp(torch.nn.Module):
     def loss(self, x, y):
         """The batch loss (mean of the cross_entropy loss); its backward adds derive's gradients."""
         _no_input_grad(x)
+        y = y.long()  # class indices index with int64 (no copy when they already are)
         _p = self.params()
         if torch.compiler.is_compiling():
             return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_3358e94af7":
-  derive::lecture_convnet_3358e94af7_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_convnet_3358e94af7_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_2937342887":
+  derive::lecture_convnet_2937342887_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_convnet_2937342887_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_3358e94af7_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_convnet_3358e94af7_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_2937342887_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_convnet_2937342887_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture_convnet"
-OPS = "lecture_convnet_3358e94af7"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_convnet_2937342887"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -47,9 +47,9 @@ def logsumexp(z):
     return torch.logsumexp(z, dim=1)
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == torch.arange(n, device=y.device)).to(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
+    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)
 
 
 def softmax(z):
@@ -103,7 +103,7 @@ def _loss(W1, b1, W3, b3, x, y):
 
 def _loss_from(quantities, y):
     a1, f1, f2, a3, f3 = quantities
-    loss_per_sample = -torch.sum(f3*onehot(y, 10, f3.dtype), dim=1) + logsumexp(f3)  # cross_entropy
+    loss_per_sample = -torch.gather(f3, 1, y[:, None])[:, 0] + logsumexp(f3)  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -121,13 +121,13 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W3, b3 = params
     a1, f1, f2, a3, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(-onehot(y, 10, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -150,7 +150,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -402,6 +402,7 @@ class LectureConvnet(torch.nn.Module):
     def loss(self, x, y):
         """The batch loss (mean of the cross_entropy loss); its backward adds derive's gradients."""
         _no_input_grad(x)
+        y = y.long()  # class indices index with int64 (no copy when they already are)
         _p = self.params()
         if torch.compiler.is_compiling():
             return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2, 9, 9); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_831d7daf80":
-  derive::locally_connected_831d7daf80_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::locally_connected_831d7daf80_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_0d850757be":
+  derive::locally_connected_0d850757be_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::locally_connected_0d850757be_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::locally_connected_831d7daf80_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::locally_connected_831d7daf80_value_and_grad(params, x, y) -> (L, gradients)
+  derive::locally_connected_0d850757be_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::locally_connected_0d850757be_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "locally_connected"
-OPS = "locally_connected_831d7daf80"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "locally_connected_0d850757be"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (3, 2, 3, 3),
     "b1": (3,),
@@ -63,9 +63,9 @@ def logsumexp(z):
     return torch.logsumexp(z, dim=1)
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == torch.arange(n, device=y.device)).to(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
+    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)
 
 
 def softmax(z):
@@ -125,7 +125,7 @@ def _loss(W1, b1, W2, b2, W4, b4, x, y):
 
 def _loss_from(quantities, y):
     x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = quantities
-    loss_per_sample = -torch.sum(f4*onehot(y, 3, f4.dtype), dim=1) + logsumexp(f4)  # cross_entropy
+    loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -143,7 +143,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W4, b4 = params
     x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(-onehot(y, 3, f4.dtype) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
@@ -436,6 +436,7 @@ class LocallyConnected(torch.nn.Module):
     def loss(self, x, y):
         """The batch loss (mean of the cross_entropy loss); its backward adds derive's gradients."""
         _no_input_grad(x)
+        y = y.long()  # class indices index with int64 (no copy when they already are)
         _p = self.params()
         if torch.compiler.is_compiling():
             return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_e50cc0bee1":
-  derive::mlp_softmax_e50cc0bee1_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::mlp_softmax_e50cc0bee1_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_e269491882":
+  derive::mlp_softmax_e269491882_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::mlp_softmax_e269491882_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::mlp_softmax_e50cc0bee1_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::mlp_softmax_e50cc0bee1_value_and_grad(params, x, y) -> (L, gradients)
+  derive::mlp_softmax_e269491882_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::mlp_softmax_e269491882_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "mlp_softmax"
-OPS = "mlp_softmax_e50cc0bee1"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "mlp_softmax_e269491882"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -49,9 +49,9 @@ def logsumexp(z):
     return torch.logsumexp(z, dim=1)
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == torch.arange(n, device=y.device)).to(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
+    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)
 
 
 def softmax(z):
@@ -103,7 +103,7 @@ def _loss(W1, b1, W2, b2, W3, b3, x, y):
 
 def _loss_from(quantities, y):
     a1, f1, a2, f2, a3, f3 = quantities
-    loss_per_sample = -torch.sum(f3*onehot(y, 3, f3.dtype), dim=1) + logsumexp(f3)  # cross_entropy
+    loss_per_sample = -torch.gather(f3, 1, y[:, None])[:, 0] + logsumexp(f3)  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -121,7 +121,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W3, b3 = params
     a1, f1, a2, f2, a3, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(-onehot(y, 3, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
@@ -130,7 +130,7 @@ def _gradients(params, x, y, quantities, _scale):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
@@ -156,7 +156,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = torch.where((a1 > 0), dL_df1, 0.0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
@@ -410,6 +410,7 @@ class MlpSoftmax(torch.nn.Module):
     def loss(self, x, y):
         """The batch loss (mean of the cross_entropy loss); its backward adds derive's gradients."""
         _no_input_grad(x)
+        y = y.long()  # class indices index with int64 (no copy when they already are)
         _p = self.params()
         if torch.compiler.is_compiling():
             return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)

@@ -188,6 +188,22 @@ def test_pooling(kind, kernel, stride, padding):
         _opcheck(mod.forward_op, (*p, tx))
 
 
+def test_relu_kink_and_int32_labels(modules):
+    """relu'(0) = 0 as PyTorch's (pre-activations exactly 0), and int32 class indices are accepted."""
+    net, mod = modules["mlp_softmax"]
+    model = mod.MODEL(dtype=torch.float64)
+    with torch.no_grad():
+        model.W1.zero_()
+        model.b1.zero_()  # a1 = 0 exactly: relu'(a1) = 0, so W1 and b1 get no gradient
+    x = torch.randn(4, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1], dtype=torch.int32)
+    model.loss(x, y).backward()
+    seq = model.to_torch()
+    torch.nn.functional.cross_entropy(seq(x), y.long()).backward()
+    assert torch.equal(model.W1.grad, torch.zeros_like(model.W1)) and torch.equal(seq[0].weight.grad, model.W1.grad)
+    torch.testing.assert_close(model.W3.grad, seq[4].weight.grad, rtol=1e-12, atol=1e-15)
+
+
 def _opcheck(op, args):
     result = torch.library.opcheck(op, args)
     assert all(v == "SUCCESS" for v in result.values()), result

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from sympy.printing.precedence import PRECEDENCE
-
-from derive.ir.nodes import MatVec
-from derive.tables.functions import step
+from derive.ir.nodes import MatVec, OneHot
 from derive.targets.numpy_printer import NumpyCodePrinter
 
 
@@ -34,12 +31,9 @@ class TorchCodePrinter(NumpyCodePrinter):
         return "torch.sigmoid(%s)" % self._print(e.args[0])  # stable for large |x|
 
     def _print_step(self, e):
-        # 1[x > 0] in x's dtype, 0 at 0 (PyTorch's relu'(0))
-        (x,) = e.args
-        if isinstance(x, sp.Symbol):
-            s = self._print(x)
-            return f"({s} > 0).to({s}.dtype)"
-        return self._helper("step", x)  # an expression: evaluated once
+        # 1[x > 0] in x's dtype, 0 at 0 (PyTorch's relu'(0)), as sign(relu(x)): two vectorised float
+        # ops, where a comparison makes a bool tensor that is slower to write and to read back
+        return "torch.sign(torch.relu(%s))" % self._print(e.args[0])
 
     def _print_leaky_relu(self, e):
         x, s = (self._print(a) for a in e.args)
@@ -65,16 +59,6 @@ class TorchCodePrinter(NumpyCodePrinter):
     def _print_Abs(self, e):
         return "torch.abs(%s)" % self._print(e.args[0])
 
-    def _print_Mul(self, e):
-        # g·1[a > 0] as torch.where(a > 0, g, 0): no cast of the mask, one kernel where the product
-        # needs two (a Python float times a bool mask alone would also become float32, torch's default)
-        masks = [f for f in e.args if isinstance(f, step) and isinstance(f.args[0], sp.Symbol)]
-        rest = sp.Mul(*(f for f in e.args if f not in masks), evaluate=False)
-        if masks and rest.free_symbols - {sp.Symbol("_scale", real=True)}:
-            cond = " & ".join("(%s > 0)" % self._print(m.args[0]) for m in masks)
-            return "torch.where(%s, %s, 0.0)" % (cond, self._print(rest))
-        return super()._print_Mul(e)
-
     def _print_Add(self, e):
         # a dense layer's b + W·f as one addmm, as torch.nn.Linear runs it (no second pass for the bias)
         terms = e.args
@@ -89,12 +73,19 @@ class TorchCodePrinter(NumpyCodePrinter):
         return "torch.sum(%s, dim=0)" % self._print(e.args[0])
 
     def _print_RowSum(self, e):
-        return "torch.sum(%s, dim=1)" % self._print(e.args[0])
+        # Σ_j z_j·[y = j] over the logits z is z_y: one gather instead of a one-hot row, a product and a sum
+        body = e.args[0]
+        if isinstance(body, sp.Mul) and len(body.args) == 2:
+            hot = [f for f in body.args if isinstance(f, OneHot)]
+            z = [f for f in body.args if isinstance(f, sp.Symbol)]
+            if hot and z and hot[0].args[2] == z[0]:
+                return "torch.gather(%s, 1, %s[:, None])[:, 0]" % (self._print(z[0]), self._print(hot[0].args[0]))
+        return "torch.sum(%s, dim=1)" % self._print(body)
 
     def _print_OneHot(self, e):
-        y, n, z = e.args
+        y, _, z = e.args  # z: the logits, whose shape and dtype the row takes
         self.helpers.add("onehot")
-        return "onehot(%s, %s, %s.dtype)" % (self._print(y), n, self._print(z))
+        return "onehot(%s, %s)" % (self._print(y), self._print(z))
 
     def _print_ZerosLike(self, e):
         return "torch.zeros_like(%s)" % self._print(e.args[0])
@@ -142,9 +133,6 @@ TORCH_HELPERS = {
     "softmax": '''def softmax(z):
     """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
     return torch.softmax(z, dim=1)''',
-    "step": '''def step(x):
-    """1[x > 0] in x's dtype: 0 at 0, PyTorch's relu'(0)."""
-    return (x > 0).to(x.dtype)''',
     "windows": '''def windows(x, kh, kw, s):
     """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
     return x.unfold(2, kh, s).unfold(3, kw, s)''',
@@ -204,7 +192,7 @@ TORCH_HELPERS = {
         for q in range(kw):
             gp[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += g / (kh * kw)
     return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
-    "onehot": '''def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == torch.arange(n, device=y.device)).to(dtype)''',
+    "onehot": '''def onehot(y, z):
+    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
+    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)''',
 }
