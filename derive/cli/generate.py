@@ -54,7 +54,7 @@ def cmd_generate(args) -> int:
         stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         extra = sorted(
             p for p in generated.glob("*.py")
-            if p not in files and (p.name.endswith("_numpy.py") or p.name.endswith("_triton.py"))
+            if p not in files and any(p.name.endswith(f"_{t}.py") for t in codegen.TARGETS)
         )
         if stale or extra:
             for p in sorted(stale):
@@ -155,12 +155,12 @@ VERIFY_EXAMPLES = """examples:
 def add_commands(sub) -> None:
     from derive.cli import HelpFormatter, add_limit_options
 
-    gen = sub.add_parser("generate", help="emit NumPy and Triton code for a spec",
-                         description="Emit the NumPy reference module and the fused Triton kernel for a spec.",
+    gen = sub.add_parser("generate", help="emit NumPy, Triton and torch code for a spec",
+                         description="Emit the NumPy reference module, the fused Triton kernel and the torch module for a spec.",
                          epilog=GENERATE_EXAMPLES, formatter_class=HelpFormatter)
     gen.add_argument("spec", nargs="?", help="network spec (TOML)")
     gen.add_argument("-o", "--out", help="directory to write into (required with SPEC)")
-    gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all",
+    gen.add_argument("--target", choices=("numpy", "triton", "torch", "all"), default="all",
                      help="which code to write (default all)")
     gen.add_argument("--check", action="store_true",
                      help="fail, naming stale files, if generated/ is out of date (default off)")
