@@ -9,7 +9,7 @@ def add_explain_options(ex) -> None:
     g = ex.add_argument_group("numbers at one sample (docs/teaching.md)")
     g.add_argument("--at", nargs="+", metavar="NAME=VALUE",
                    help="evaluate every quantity at this sample: the input and target, e.g. x=2 y=1.9 or "
-                        "x=[1,2,3]; parameters may be given too (w1=0.5); values are JSON numbers or lists")
+                        "x=[1,2,3]; parameters may be given too (w1=0.5); values are JSON numbers or lists (default: no numbers)")
     g.add_argument("--params", metavar="FILE",
                    help="parameters from a JSON file ({name: value}, or derive train --format json's output) "
                         "or a derive train --checkpoint .npz (default: drawn with --seed)")

@@ -12,6 +12,22 @@ from derive.errors import DeriveError
 from derive.tables.optimizers import OPTIMIZER_TYPES, Optimizer
 
 
+def with_optimizer(net, kind: str | None, lr: float | None):
+    """``net`` with --optimizer/--lr applied (shared by derive train and derive trace)."""
+    opt = net.optimizer
+    if kind or lr is not None:
+        kind = kind or opt.type
+        # constants that belong to the new optimizer carry over; the rest would not apply
+        keep = tuple((k, v) for k, v in opt.constants if kind == opt.type)
+        lr = lr if lr is not None else (opt.lr if kind == opt.type else None)
+        try:
+            opt = Optimizer(kind, lr, opt.schedule, keep)
+        except DeriveError as err:  # the error names optimizer.lr etc.; it came from the command line
+            raise DeriveError(f"--lr/--optimizer: {err}".replace("<python>: ", "")) from None
+        net = dataclasses.replace(net, optimizer=opt)
+    return net
+
+
 def cmd_train(args) -> int:
     from derive.cli.generate import _display_path
     from derive.train.data import load_csv
@@ -20,18 +36,7 @@ def cmd_train(args) -> int:
     from derive import limits
     from derive.cli import _network
 
-    net = _network(args.spec)
-    opt = net.optimizer
-    if args.optimizer or args.lr is not None:
-        kind = args.optimizer or opt.type
-        # constants that belong to the new optimizer carry over; the rest would not apply
-        keep = tuple((k, v) for k, v in opt.constants if kind == opt.type)
-        lr = args.lr if args.lr is not None else (opt.lr if kind == opt.type else None)
-        try:
-            opt = Optimizer(kind, lr, opt.schedule, keep)
-        except DeriveError as err:  # the error names optimizer.lr etc.; it came from the command line
-            raise DeriveError(f"--lr/--optimizer: {err}".replace("<python>: ", "")) from None
-        net = dataclasses.replace(net, optimizer=opt)
+    net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
     source = _display_path(args.spec)
     # the CSV's rows as Python strings take several times the file's size; refuse before reading it
     limits.check_budget(limits.csv_bytes(args.data), args.memory_budget, f"derive train --data {args.data}")
