@@ -318,11 +318,30 @@ _DOUBLE = re.compile(r"\(\((-[0-9.e+-]+)\)\)")
 def shown(der, step) -> sp.Expr:
     """A scalar step as the product of its chain in chain order (-(y - f3)·f3·(1 - f3), δ3·w3·f2·(1 - f2)),
     the way `derive explain` writes it; a vector step as derived."""
-    from derive.explain.display import chain_product
-
     if der.network.vector:
         return step.expression
-    return chain_product([der.symbols.get(f.name, f.value) if f.is_delta else f.value for f in step.factors])
+    return _chain_product([der.symbols.get(f.name, f.value) if f.is_delta else f.value for f in step.factors])
+
+
+def _chain_product(values) -> sp.Expr:
+    """An unevaluated product in chain order, a leading minus pulled to the front (−(y − f3)·f3·…)."""
+    vals = [v for v in values if v != 1] or [sp.S.One]
+    if len(vals) == 1:
+        return vals[0]
+    flat, sign = [], 1
+    for v in vals:
+        if isinstance(v, sp.Mul) and v.args[0] == -1:
+            sign, v = -sign, sp.Mul(*v.args[1:], evaluate=False)
+        flat.extend(v.args if isinstance(v, sp.Mul) and not v.args[0].is_Number else [v])
+    if sign < 0:
+        flat.insert(0, sp.S.NegativeOne)
+    return sp.Mul(*flat, evaluate=False)
+
+
+def _header(net) -> list[str]:
+    shape = lambda s: "scalar" if s == () else "×".join(map(str, s))
+    return [f"Network {net.name}: input {net.input.name} ({shape(net.input.shape)}), target {net.target.name} "
+            f"({shape(net.target.shape)}), loss {net.loss.type} ({net.loss.reduction} over the batch)", ""]
 
 
 def _text(expr) -> str:
@@ -337,14 +356,14 @@ def _volume_layers(net) -> set[int]:
 
 def to_text(der, values: Values, full: bool = False, param: str | None = None) -> str:
     """The derivation with every quantity's number beside its symbol (``derive explain --at``)."""
-    from derive.explain.display import factor_name, header_lines, text_name
+    from derive.explain.display import factor_name, text_name
 
     net = der.network
     vol = _volume_layers(net)
     scalar = all(np.ndim(v) == 0 for v in values.quantities.values())
     inp = ", ".join(f"{k} = {show(v, net.info[0].kind in VOLUME_KINDS and k == net.input.name, full)}"
                     for k, v in values.inputs.items())
-    out = header_lines(net)
+    out = _header(net)
     out += [f"At the sample {inp} (one sample: the batch mean's 1/B is 1)", "",
             f"Parameters ({values.params_from})" if values.params_from else "Parameters"]
     layer_of = {p: li.index for li in net.info for p in (li.weight, li.bias, li.slope_param) if p}

@@ -119,7 +119,7 @@ def test_readme_iris_plot_goes_somewhere_git_ignores():
 
 def test_out_of_memory_is_one_line_in_a_subprocess(tmp_path):
     """The real exit code and stderr of a MemoryError (simulated: the budget cannot catch everything)."""
-    code = ("import sys, derive.verify as v\n"
+    code = ("import sys, derive.verify.checks as v\n"
             "def boom(*a, **k): raise MemoryError('Unable to allocate 19.0 GiB')\n"
             "v.verify = boom\n"
             "from derive.cli import main\n"

@@ -23,8 +23,8 @@ from derive.targets.modules import generated_modules
 from derive.verify import sample
 
 from helpers import (
-    EXAMPLES, ROOT, assert_close_to_torch, assert_matches_torch, norm_err, random_params, triton_inputs,
-    triton_outputs,
+    EXAMPLES, ROOT, assert_close_to_torch, assert_matches_torch, norm_err, random_params, torch_reference,
+    triton_inputs, triton_outputs,
 )
 
 EXAMPLE_IDS = [p.stem for p in EXAMPLES]
@@ -50,16 +50,16 @@ def test_example_generates_byte_identical_compilable_files(spec):
     net = load_spec(spec)
     first = codegen.generate(net, _source(spec))
     again = codegen.generate(load_spec(spec), _source(spec))
-    assert list(first) == [f"{net.name}_numpy.py", f"{net.name}_triton.py"]
+    assert list(first) == [f"{net.name}_{t}.py" for t in codegen.TARGETS]
     assert first == again  # no ids, timestamps or set order leak into the text
     for fname, text in first.items():
         compile(text, fname, "exec")
         assert text.endswith("\n") and "\r" not in text
         # the committed copy is the same text (also what `derive generate --check` asserts)
-        assert (ROOT / "generated" / fname).read_text(encoding="utf-8") == text
+        assert (ROOT / "generated" / fname).read_text(encoding="utf-8") == text, (
+            f"generated/{fname} is stale; update it with: derive generate --all")
 
 
-@pytest.mark.parametrize("spec", EXAMPLES, ids=EXAMPLE_IDS)
 def _digest_source() -> str:
     return r"""
 import hashlib
@@ -143,7 +143,7 @@ def test_memory_ops_on_vectors_are_masked():
 # =========================================================================== derive generate
 
 
-@pytest.mark.parametrize("target", ["all", "numpy", "triton"])
+@pytest.mark.parametrize("target", ["all", "numpy", "triton", "torch"])
 def test_generate_writes_exactly_the_files(tmp_path, monkeypatch, capsys, target):
     spec = ROOT / "examples" / "mlp_softmax.toml"
     out = tmp_path / "out"
@@ -152,8 +152,9 @@ def test_generate_writes_exactly_the_files(tmp_path, monkeypatch, capsys, target
     before = _listing(out)
     monkeypatch.chdir(ROOT)
     assert cli_main(["generate", "examples/mlp_softmax.toml", "-o", str(out), "--target", target]) == 0
-    names = {"all": ["mlp_softmax_numpy.py", "mlp_softmax_triton.py"],
-             "numpy": ["mlp_softmax_numpy.py"], "triton": ["mlp_softmax_triton.py"]}[target]
+    names = {"all": ["mlp_softmax_numpy.py", "mlp_softmax_torch.py", "mlp_softmax_triton.py"],
+             "numpy": ["mlp_softmax_numpy.py"], "triton": ["mlp_softmax_triton.py"],
+             "torch": ["mlp_softmax_torch.py"]}[target]
     assert _listing(out) == sorted(before + names)  # nothing else: no temporary files left behind
     assert (out / "keep.txt").read_text() == "mine"
     expected = codegen.generate(load_spec(spec), "examples/mlp_softmax.toml", out_dir=str(out))
@@ -180,7 +181,7 @@ def test_generate_creates_missing_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "a" / "b"
     assert cli_main(["generate", "examples/perceptron.toml", "-o", str(out)]) == 0
-    assert _listing(out) == ["perceptron_numpy.py", "perceptron_triton.py"]
+    assert _listing(out) == ["perceptron_numpy.py", "perceptron_torch.py", "perceptron_triton.py"]
 
 
 def test_generate_renderer_failure_writes_nothing(tmp_path, monkeypatch):
@@ -357,8 +358,12 @@ def test_numpy_gradients_and_train_step(example):
     before = {k: v.copy() for k, v in params.items()}
     new = npm.train_step(params, x, y, 0.05)
     assert list(new) == list(params)
+    want = torch_reference(net, params, x, y)  # the step against torch.autograd, not against the module's own gradients
+    g_all = np.sqrt(sum(np.sum(np.square(want[f"grad {k}"])) for k in params))
     for k in params:
-        np.testing.assert_array_equal(new[k], params[k] - 0.05 * grads[k])
+        step = (before[k] - new[k]) / 0.05
+        # float64: θ − η·g then /η loses a few ulps of |θ|/η; 1e-9 of the whole gradient's norm covers it
+        assert norm_err(step, want[f"grad {k}"], 1e-3 * g_all) <= 1e-9, k
         np.testing.assert_array_equal(params[k], before[k])  # the input is not modified
     init = npm.init_params(0)
     assert {k: np.shape(v) for k, v in init.items()} == {p.name: p.shape for p in net.params}

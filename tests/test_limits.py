@@ -230,7 +230,7 @@ def test_bad_memory_budget_flag(text, capsys):
 def test_verify_refuses_above_the_budget_before_allocating(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     called = []
-    monkeypatch.setattr("derive.verify.verify", lambda *a, **k: called.append(1))
+    monkeypatch.setattr("derive.verify.checks.verify", lambda *a, **k: called.append(1))
     conv = str(ROOT / "examples" / "lecture_convnet.toml")
     net = load_spec(conv)
     estimate = limits.estimate_bytes(net, 37, "verify")
@@ -280,7 +280,7 @@ def test_the_estimate_bounds_what_numpy_allocates():
 # --------------------------------------------------------------------------- MemoryError, temp dirs
 
 
-@pytest.mark.parametrize("command, patch", [("verify", "derive.verify.verify"), ("train", "derive.train.train")])
+@pytest.mark.parametrize("command, patch", [("verify", "derive.verify.checks.verify"), ("train", "derive.train.loop.train")])
 def test_a_memory_error_is_one_line(command, patch, monkeypatch, capsys):
     def boom(*a, **k):
         raise MemoryError("Unable to allocate 112. GiB for an array with shape (100000000, 150)")

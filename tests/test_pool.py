@@ -85,10 +85,10 @@ def test_pool_needs_a_volume():
 def test_explain_shows_the_routing_rules():
     text = to_text(derive(pooled_net("max_pool2d")))
     assert "f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]" in text
-    assert "1[(h - 2·i, w - 2·j) = argmax]" in text
+    assert "1[(h − 2·i, w − 2·j) = argmax]" in text  # explain's text writes one minus sign, U+2212
     text = to_text(derive(pooled_net("avg_pool2d", kernel=3, stride=1)))
     assert "f2[c, i, j] = Σ_{p,q} f1[c, i + p, j + q]/9" in text
-    assert "∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]/9·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]" in text
+    assert "∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1/9·[0 ≤ h − i ≤ 2]·[0 ≤ w − j ≤ 2]" in text
 
 
 def test_avg_pool_gradient_is_sympy_diff_of_its_definition():

@@ -286,3 +286,22 @@ def test_nothing_is_evaluated(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert info.value.path == "layers[0].out"
+
+
+def test_names_the_generator_never_uses_are_the_users():
+    """a0 (layers count from 1) and scale (the batch scale is _scale) are ordinary names; the generated
+    NumPy module built with them still matches torch.autograd."""
+    import numpy as np
+
+    from derive.targets.modules import generated_modules
+    from derive.verify import sample
+    from helpers import assert_matches_torch, random_params
+
+    net = Network("names", [Linear(out=3, weight="scale", bias="a0", activation="tanh"), Linear(out=2, bias="f0")],
+                  input=Port("x", (2,)), target=Port("y", (2,)))
+    assert [p.name for p in net.params] == ["scale", "a0", "W2", "f0"]
+    rng = np.random.default_rng(0)
+    with generated_modules(net, "<test>", targets=("numpy",)) as mods:
+        params = random_params(mods["numpy"], rng)
+        x, y = sample(net, rng, 4)
+        assert_matches_torch(net, mods["numpy"], params, x, y, 1e-10, "names")  # f64: only rounding differs

@@ -52,7 +52,7 @@ def cmd_explain(args) -> int:
         return 0
     if args.params is not None or args.seed is not None or args.full:
         raise DeriveError(f"{args.spec or '<lecture>'}: --params, --seed and --full go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
-    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand))
+    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
 
 
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output format (default text)")
     ex.add_argument("--expand", action="store_true",
                     help="write every gradient with the deltas substituted away (default off)")
+    ex.add_argument("--fragment", action="store_true",
+                    help="latex: the body alone, to paste (default: a complete document)")
     from derive.cli import numbers as cli_numbers
 
     cli_numbers.add_explain_options(ex)

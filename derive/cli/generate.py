@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from derive.errors import DeriveError
+from derive.fsutil import display_path
 
 EXAMPLES = "examples"
 GENERATED = "generated"
-
-
-def _display_path(path: str, root: Path | None = None) -> str:
-    """A path as written into generated headers: relative to ``root`` (default: the current
-    directory) and '/'-separated when possible, so the text does not depend on where it ran."""
-    p = Path(path)
-    try:
-        p = p.resolve().relative_to((root or Path.cwd()).resolve())
-    except ValueError:
-        pass
-    return PurePath(p).as_posix()
 
 
 def _example_specs(examples: Path) -> list[Path]:
@@ -38,7 +28,7 @@ def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str
     root = examples.resolve().parent  # the repository: headers name paths relative to it
     for spec in _example_specs(examples):
         net = load_spec(spec)
-        files = codegen.generate(net, _display_path(str(spec), root), targets, _display_path(str(generated), root))
+        files = codegen.generate(net, display_path(str(spec), root), targets, display_path(str(generated), root))
         for fname, text in files.items():
             out[generated / fname] = text
     return out
@@ -64,7 +54,7 @@ def cmd_generate(args) -> int:
         stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         extra = sorted(
             p for p in generated.glob("*.py")
-            if p not in files and (p.name.endswith("_numpy.py") or p.name.endswith("_triton.py"))
+            if p not in files and any(p.name.endswith(f"_{t}.py") for t in codegen.TARGETS)
         )
         if stale or extra:
             for p in sorted(stale):
@@ -84,7 +74,7 @@ def cmd_generate(args) -> int:
     from derive.cli import _network
 
     net = _network(args.spec)
-    files = codegen.generate(net, _display_path(args.spec), targets, _display_path(args.out))
+    files = codegen.generate(net, display_path(args.spec), targets, display_path(args.out))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DeriveError(f"{args.out}: -o: expected a directory, found a file")
@@ -115,13 +105,15 @@ def format_table(report) -> str:
         out.append(f"skipped: {s}")
     for s in report.notes:
         out.append(f"note: {s}")
+    if report.divergence:  # derive.testing.divergence: the first named quantity that disagrees with torch
+        out.append(report.divergence.line())
     n_fail = sum(not c.ok for c in report.checks)
     out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")
     return "\n".join(out) + "\n"
 
 
 def cmd_verify(args) -> int:
-    from derive.verify import verify
+    from derive.verify.checks import verify
 
     if args.seeds < 1:
         raise DeriveError(f"--seeds: expected a positive integer, got {args.seeds}")
@@ -130,10 +122,16 @@ def cmd_verify(args) -> int:
     from derive.verify.checks import BATCH_SIZES
 
     net = _network(args.spec)
-    source = "<lecture>" if args.spec is None else _display_path(args.spec)
+    source = "<lecture>" if args.spec is None else display_path(args.spec)
     limits.check_budget(limits.estimate_bytes(net, max(BATCH_SIZES), "verify"), args.memory_budget,
                         f"derive verify {source}")
-    report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
+    if args.modules:  # the checked-in files in DIR, not a fresh copy (derive.testing)
+        from derive.testing import verify_module
+        if args.spec is None:
+            raise DeriveError("derive verify --modules DIR: expected a SPEC (the spec the files were generated from)")
+        report = verify_module(args.spec, args.modules, args.seeds, args.seed)
+    else:
+        report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -157,12 +155,12 @@ VERIFY_EXAMPLES = """examples:
 def add_commands(sub) -> None:
     from derive.cli import HelpFormatter, add_limit_options
 
-    gen = sub.add_parser("generate", help="emit NumPy and Triton code for a spec",
-                         description="Emit the NumPy reference module and the fused Triton kernel for a spec.",
+    gen = sub.add_parser("generate", help="emit NumPy, Triton and torch code for a spec",
+                         description="Emit the NumPy reference module, the fused Triton kernel and the torch module for a spec.",
                          epilog=GENERATE_EXAMPLES, formatter_class=HelpFormatter)
     gen.add_argument("spec", nargs="?", help="network spec (TOML)")
     gen.add_argument("-o", "--out", help="directory to write into (required with SPEC)")
-    gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all",
+    gen.add_argument("--target", choices=("numpy", "triton", "torch", "all"), default="all",
                      help="which code to write (default all)")
     gen.add_argument("--check", action="store_true",
                      help="fail, naming stale files, if generated/ is out of date (default off)")
@@ -181,5 +179,7 @@ def add_commands(sub) -> None:
     ver.add_argument("--seeds", type=int, default=3, help="random draws per batch size (default 3)")
     ver.add_argument("--seed", type=int, help="base seed (default: fresh from the OS; printed to reproduce)")
     ver.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    ver.add_argument("--modules", metavar="DIR",
+                     help="check SPEC's checked-in files in DIR, freshness first (default: a fresh copy in a temp dir)")
     add_limit_options(ver, budget=True)
     ver.set_defaults(func=cmd_verify)

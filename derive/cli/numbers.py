@@ -33,7 +33,7 @@ def explain_at(der, args) -> str:
     if args.format == "text":
         return ev.to_text(der, values, full=args.full, param=args.param)
     if args.format == "json":
-        from derive.explain.formats import to_json_dict
+        from derive.explain.json_format import to_json_dict
 
         doc = to_json_dict(der, param=args.param, expand=args.expand)
         return json.dumps(ev.annotate(doc, der, values), indent=2) + "\n"

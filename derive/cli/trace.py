@@ -13,7 +13,7 @@ TRACE_EXAMPLES = """examples:
 def cmd_trace(args) -> int:
     from derive import limits
     from derive.cli import _network
-    from derive.cli.generate import _display_path
+    from derive.fsutil import display_path
     from derive.cli.train import with_optimizer
     from derive.derivation import derive
     from derive.targets.modules import generated_modules
@@ -21,7 +21,7 @@ def cmd_trace(args) -> int:
     from derive.train.trace import record_json, record_text, walk
 
     net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
-    source = _display_path(args.spec)
+    source = display_path(args.spec)
     limits.check_budget(limits.csv_bytes(args.data), args.memory_budget, f"derive trace --data {args.data}")
     x, y = load_csv(args.data, net)
     batch = 1 if args.batch is None else args.batch

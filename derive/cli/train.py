@@ -29,7 +29,7 @@ def with_optimizer(net, kind: str | None, lr: float | None):
 
 
 def cmd_train(args) -> int:
-    from derive.cli.generate import _display_path
+    from derive.fsutil import display_path
     from derive.train.data import load_csv
     from derive.train import train
 
@@ -37,7 +37,7 @@ def cmd_train(args) -> int:
     from derive.cli import _network
 
     net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
-    source = _display_path(args.spec)
+    source = display_path(args.spec)
     plans = _plot_plans(args, net)  # bad plot options fail before any training
     # the CSV's rows as Python strings take several times the file's size; refuse before reading it
     limits.check_budget(limits.csv_bytes(args.data), args.memory_budget, f"derive train --data {args.data}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from derive.errors import DeriveError
 from derive.network import Network
+from derive.tables.losses import CLASS, LOSS_RULES
 
 
 class DataError(DeriveError):
@@ -43,7 +44,7 @@ def load_csv(path: str, net: Network, warn=_warn) -> tuple[np.ndarray, np.ndarra
     """``warn`` gets each warning (a column the spec does not name) as one line."""
     x_cols = columns(net.input.name, net.input.shape)
     y_cols = columns(net.target.name, net.target.shape)
-    integer_target = net.loss.type == "cross_entropy"
+    integer_target = LOSS_RULES[net.loss.type].target == CLASS
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's byte-order mark is not a column
             rows = list(csv.reader(fh))

@@ -21,6 +21,7 @@ from derive import fsutil
 from derive.errors import DeriveError
 from derive.targets.modules import generated_modules, triton_device
 from derive.network import Network
+from derive.tables.losses import BINARY, CLASS, LOSS_RULES, SIGNED
 
 
 @dataclass
@@ -44,12 +45,13 @@ class TrainResult:
 
 
 def accuracy(net: Network, yhat: np.ndarray, y: np.ndarray) -> float | None:
-    kind = net.loss.type
-    if kind == "cross_entropy":
+    """The fraction classified right, for a loss whose target is a label (the loss table's target kind)."""
+    kind = LOSS_RULES[net.loss.type].target
+    if kind == CLASS:
         return float(np.mean(np.argmax(yhat, axis=1) == y))
-    if kind in ("hinge", "zero_one"):
+    if kind == SIGNED:
         return float(np.mean(np.where(yhat > 0, 1.0, -1.0) == y))
-    if kind == "binary_cross_entropy":
+    if kind == BINARY:
         return float(np.mean((yhat > 0).astype(float) == y))
     return None
 
@@ -211,7 +213,7 @@ class _Converter:
 
     def __init__(self, backend: str, device, net: Network):
         self.backend, self.device = backend, device
-        self.int_target = net.loss.type == "cross_entropy"
+        self.int_target = LOSS_RULES[net.loss.type].target == CLASS
 
     def to(self, v):
         if self.backend == "numpy":

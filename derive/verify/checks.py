@@ -4,6 +4,7 @@
   numpy f64  vs central finite differences            rel. error <= 1e-6
   numpy f32  vs numpy f64                              rel. error <= 1e-4
   triton f32 vs numpy f64 (CUDA or the interpreter)    rel. error <= 1e-4
+  torch f64  vs torch.autograd f64 (the torch target: nn.Module, loss.backward())  rel. error <= 1e-10
   and one SGD train_step on each target.
 
 Errors are norm-wise, ‖got − want‖ / ‖want‖ (absolute where ‖want‖ = 0), the maximum over
@@ -55,6 +56,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    divergence: object = None  # derive.testing.divergence.Divergence, when a row failed and one was found
 
     @property
     def ok(self) -> bool:
@@ -62,7 +64,8 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "network": self.network, "seed": self.seed,
-                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped, "notes": self.notes}
+                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped, "notes": self.notes,
+                **({"first_divergence": self.divergence.to_dict()} if self.divergence else {})}
 
 
 class _Collector:
@@ -158,41 +161,80 @@ def _fd_check(col: _Collector, mod, params, x, y, grads, rng):
         col.add("numpy-f64", "finite-differences", f"grad {name}", rel_err(got, est, floor), TOL_FD)
 
 
+GROUPS = ("numpy", "finite-differences", "float32", "triton", "torch")  # one pytest item each (derive.testing)
+
+
 def verify(net: Network, source: str, seeds: int = 3, seed: int | None = None,
            batch_sizes=BATCH_SIZES, progress=None) -> Report:
-    base = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-    report = Report(net.name, base)
+    """Generate ``net``'s code into a temporary directory and check that copy."""
+    targets = ("numpy",)
+    if _torch() is not None:
+        targets += ("triton", "torch") if triton_device() else ("torch",)
+    with generated_modules(net, source, targets) as mods:
+        return verify_modules(net, mods, seeds, seed, batch_sizes, progress)
+
+
+def _torch():
     try:
         import torch
     except ImportError:
-        torch = None
-        report.skipped.append("torch.autograd and Triton checks: torch is not installed (pip install 'derive[gpu]')")
+        return None
+    return torch
+
+
+def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = None,
+                   batch_sizes=BATCH_SIZES, progress=None, groups=GROUPS) -> Report:
+    """Check already-imported modules ({"numpy": module, "triton": module}) of ``net``.
+
+    ``groups`` selects the rows (GROUPS); every group draws the same inputs from the seed,
+    so one group's rows reproduce with ``derive verify --seed`` running them all.  When a
+    row fails, the first named intermediate that disagrees with torch is in ``report.divergence``.
+    """
+    base = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    report = Report(net.name, base)
+    torch = _torch()
     device = triton_device() if torch is not None else None
-    targets = ("numpy", "triton") if device else ("numpy",)
-    if torch is not None and device is None:
+    if torch is None:
+        report.skipped.append("torch.autograd and Triton checks: torch is not installed (pip install 'derive[gpu]')")
+    elif "triton" in groups and device is None:
         report.skipped.append("Triton checks: triton is not installed or no CUDA device and no interpreter")
+    elif "triton" in groups and "triton" not in mods:
+        report.skipped.append("Triton checks: no Triton module")
+    use_triton = "triton" in groups and "triton" in mods and device is not None
+    use_torch = "torch" in groups and "torch" in mods and torch is not None
 
     col = _Collector()
-    mods_source = {}
-    with generated_modules(net, source, targets) as mods:
-        mods_source = {t: open(m.__file__, encoding="utf-8").read() for t, m in mods.items()}
-        npm = mods["numpy"]
-        runs = [(s, b) for s in range(seeds) for b in batch_sizes]
-        for n, (s, batch) in enumerate(runs):
-            rng = np.random.default_rng([base, s, batch])
-            params = random_params(npm, rng)
-            x, y = sample(net, rng, batch)
-            _numpy_checks(col, net, npm, params, x, y, rng, torch)
-            if "triton" in mods:
-                _triton_checks(col, mods["triton"], npm, params, x, y, torch, device)
-            if progress:
-                progress(n + 1, len(runs))
-    if "triton" in targets:
-        unmasked = unmasked_memory_ops(mods_source["triton"])
-        col.add("triton-f32", "static check", "every tile load/store masked", 0.0 if not unmasked else float("inf"), 0.0)
+    npm = mods["numpy"]
+    runs = [(s, b) for s in range(seeds) for b in batch_sizes]
+    for n, (s, batch) in enumerate(runs):
+        params, x, y, rng = draw(net, npm, base, s, batch)
+        _numpy_checks(col, net, npm, params, x, y, rng, torch, groups)
+        if use_triton:
+            _triton_checks(col, mods["triton"], npm, params, x, y, torch, device)
+        if use_torch:
+            _torch_checks(col, net, mods["torch"], params, x, y, torch)
+        if progress:
+            progress(n + 1, len(runs))
+    if use_triton:
+        with open(mods["triton"].__file__, encoding="utf-8") as fh:
+            unmasked = unmasked_memory_ops(fh.read())
+        col.add("triton-f32", "static check", "every tile load/store masked",
+                0.0 if not unmasked else float("inf"), 0.0)
         report.notes += [f"unmasked memory op: {op}" for op in unmasked]
     report.checks = col.checks()
+    if not report.ok and report.checks and torch is not None:
+        from derive.testing.divergence import locate
+
+        report.divergence = locate(net, mods if use_triton else {"numpy": npm}, base, runs)
     return report
+
+
+def draw(net: Network, npm, base: int, s: int, batch: int):
+    """The parameters and the batch of run (s, batch), and the generator the run goes on with."""
+    rng = np.random.default_rng([base, s, batch])
+    params = random_params(npm, rng)
+    x, y = sample(net, rng, batch)
+    return params, x, y, rng
 
 
 _MEMORY_OP = re.compile(r"tl\.(load|store|atomic_add)\(")
@@ -216,14 +258,15 @@ def unmasked_memory_ops(source: str) -> list[str]:
     return bad
 
 
-def _numpy_checks(col, net, npm, params, x, y, rng, torch):
+def _numpy_checks(col, net, npm, params, x, y, rng, torch, groups=GROUPS):
     yhat = npm.forward(params, x)
     L = npm.loss(params, x, y)
     grads = npm.gradients(params, x, y)
-    for name, g in grads.items():
-        if np.shape(g) != np.shape(params[name]):
-            col.add("numpy-f64", "parameter shapes", f"grad {name}", float("inf"), 0.0)
-    if torch is not None:
+    if "numpy" in groups:
+        for name, g in grads.items():
+            if np.shape(g) != np.shape(params[name]):
+                col.add("numpy-f64", "parameter shapes", f"grad {name}", float("inf"), 0.0)
+    if torch is not None and "numpy" in groups:
         from derive.verify import reference
 
         tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
@@ -237,7 +280,10 @@ def _numpy_checks(col, net, npm, params, x, y, rng, torch):
                     rel_err(grads[name], tg[name].numpy(), GRAD_FLOOR * _norm_all(tg.values())), TOL_F64)
         want = {k: tg[k].numpy() for k in params}
         col.add("numpy-f64", "torch.autograd-f64", "train_step", _step_error(npm, params, x, y, want), TOL_F64)
-    _fd_check(col, npm, params, x, y, grads, rng)
+    if "finite-differences" in groups:
+        _fd_check(col, npm, params, x, y, grads, rng)
+    if "float32" not in groups:
+        return
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     x32 = x.astype(np.float32)
     y32 = y if y.dtype.kind == "i" else y.astype(np.float32)
@@ -274,6 +320,30 @@ def padded(torch, shape, device, pad=7):
 
 def sentinels_intact(buf, pad=7) -> bool:
     return bool((buf[:pad] == SENTINEL).all() and (buf[-pad:] == SENTINEL).all())
+
+
+def _torch_checks(col, net, tm, params, x, y, torch):
+    """The torch target's nn.Module in float64: ŷ, and the loss and every gradient of loss.backward()
+    (derive's backward inside a custom autograd op) against the independent torch.autograd rebuild."""
+    from derive.verify import reference
+
+    model = tm.MODEL(dtype=torch.float64)
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            value.copy_(torch.as_tensor(params[name], dtype=torch.float64))
+    tx = torch.tensor(x, dtype=torch.float64)
+    ty = torch.tensor(y, dtype=torch.long if y.dtype.kind == "i" else torch.float64)
+    tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+    tL, tg, tyhat = reference.loss_and_grads(net, tp, tx, ty)
+    with torch.no_grad():
+        col.add("torch-f64", "torch.autograd-f64", "forward", rel_err(model(tx).numpy(), tyhat.numpy()), TOL_F64)
+    L = model.loss(tx, ty)
+    L.backward()
+    col.add("torch-f64", "torch.autograd-f64", "loss", rel_err(L.item(), tL.item()), TOL_F64)
+    floor = GRAD_FLOOR * _norm_all(g.numpy() for g in tg.values())
+    for name, value in model.named_parameters():
+        got = value.grad if value.grad is not None else torch.zeros_like(value)
+        col.add("torch-f64", "torch.autograd-f64", f"grad {name}", rel_err(got.numpy(), tg[name].numpy(), floor), TOL_F64)
 
 
 def _triton_checks(col, trm, npm, params, x, y, torch, device):
