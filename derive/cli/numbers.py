@@ -37,5 +37,8 @@ def explain_at(der, args) -> str:
 
         doc = to_json_dict(der, param=args.param, expand=args.expand)
         return json.dumps(ev.annotate(doc, der, values), indent=2) + "\n"
-    raise DeriveError(f"{where}: --at: numbers are printed in --format text and json so far "
-                      f"(LaTeX and Markdown come with the new explain formats); got --format {args.format}")
+    if args.format == "markdown":  # the text, fenced: its columns line up in any Markdown viewer
+        return (f"# `{net.name}` at one sample\n\n```text\n" + ev.to_text(der, values, full=args.full, param=args.param)
+                + "```\n")
+    raise DeriveError(f"{where}: --at: numbers are printed in --format text, json and markdown so far "
+                      f"(LaTeX is not wired yet); got --format {args.format}")
