@@ -45,6 +45,13 @@ def cmd_explain(args) -> int:
         known = ", ".join(p.name for p in net.params)
         raise DeriveError(f"{args.spec or '<lecture>'}: --param: expected one of {known}, got {args.param!r}")
     der = derive(net)
+    if args.at is not None:
+        from derive.cli.numbers import explain_at
+
+        sys.stdout.write(explain_at(der, args))
+        return 0
+    if args.params is not None or args.seed is not None or args.full:
+        raise DeriveError(f"{args.spec or '<lecture>'}: --params, --seed and --full go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
     sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
 
@@ -81,7 +88,8 @@ def add_limit_options(p: argparse.ArgumentParser, budget: bool = False) -> None:
 EXPLAIN_EXAMPLES = """examples:
   derive explain                                    the lecture's four-parameter network
   derive explain examples/mlp_softmax.toml --param W1
-  derive explain examples/lecture.toml --format latex --expand"""
+  derive explain examples/lecture.toml --format latex --expand
+  derive explain examples/lecture.toml --at x=2 y=1.9 --seed 0   every quantity's number at one sample"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write every gradient with the deltas substituted away (default off)")
     ex.add_argument("--fragment", action="store_true",
                     help="latex: the body alone, to paste (default: a complete document)")
+    from derive.cli import numbers as cli_numbers
+
+    cli_numbers.add_explain_options(ex)
     add_limit_options(ex)
     ex.set_defaults(func=cmd_explain)
 
@@ -112,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_codegen.add_commands(sub)
     cli_train.add_commands(sub)
+    from derive.cli import trace as cli_trace
+
+    cli_trace.add_commands(sub)
     return parser
 
 

@@ -12,27 +12,33 @@ from derive.errors import DeriveError
 from derive.tables.optimizers import OPTIMIZER_TYPES, Optimizer
 
 
-def cmd_train(args) -> int:
-    from derive.fsutil import display_path
-    from derive.train.data import load_csv
-    from derive.train.loop import plot, train
-
-    from derive import limits
-    from derive.cli import _network
-
-    net = _network(args.spec)
+def with_optimizer(net, kind: str | None, lr: float | None):
+    """``net`` with --optimizer/--lr applied (shared by derive train and derive trace)."""
     opt = net.optimizer
-    if args.optimizer or args.lr is not None:
-        kind = args.optimizer or opt.type
+    if kind or lr is not None:
+        kind = kind or opt.type
         # constants that belong to the new optimizer carry over; the rest would not apply
         keep = tuple((k, v) for k, v in opt.constants if kind == opt.type)
-        lr = args.lr if args.lr is not None else (opt.lr if kind == opt.type else None)
+        lr = lr if lr is not None else (opt.lr if kind == opt.type else None)
         try:
             opt = Optimizer(kind, lr, opt.schedule, keep)
         except DeriveError as err:  # the error names optimizer.lr etc.; it came from the command line
             raise DeriveError(f"--lr/--optimizer: {err}".replace("<python>: ", "")) from None
         net = dataclasses.replace(net, optimizer=opt)
+    return net
+
+
+def cmd_train(args) -> int:
+    from derive.fsutil import display_path
+    from derive.train.data import load_csv
+    from derive.train import train
+
+    from derive import limits
+    from derive.cli import _network
+
+    net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
     source = display_path(args.spec)
+    plans = _plot_plans(args, net)  # bad plot options fail before any training
     # the CSV's rows as Python strings take several times the file's size; refuse before reading it
     limits.check_budget(limits.csv_bytes(args.data), args.memory_budget, f"derive train --data {args.data}")
     x, y = load_csv(args.data, net)
@@ -44,8 +50,8 @@ def cmd_train(args) -> int:
     result = train(net, source, x, y, epochs=args.epochs, batch=batch,
                    seed=args.seed, backend=args.backend, checkpoint=args.checkpoint,
                    progress=args.format == "text")
-    if args.plot:
-        plot(result.losses, args.plot, f"{net.name}: {net.optimizer.type}, lr {net.optimizer.hyper['lr']:g}")
+    if args.plot or args.plot_path:
+        _draw(args, net, source, x, y, batch, result, plans)
     if args.format == "json":
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return 0
@@ -57,8 +63,79 @@ def cmd_train(args) -> int:
     if result.accuracy is not None:
         print(f"training accuracy = {result.accuracy:.4f}")  # there is no held-out split
     if args.plot:
-        print(f"loss curve: {args.plot}")
+        print(f"loss curve{'s per learning rate' if args.lr_sweep else ''}: {args.plot}")
+    if args.plot_path:
+        print(f"loss contour and path{'s' if args.compare else ''}: {args.plot_path}")
     return 0
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from derive.evaluate import parse_number
+
+    out = []
+    for part in text.split(","):
+        v = float(parse_number(part.strip(), option))
+        if v <= 0:
+            raise DeriveError(f"{option}: expected positive learning rates, got {part.strip()}")
+        out.append(v)
+    return out
+
+
+def _plot_plans(args, net) -> dict:
+    from derive.train import plots
+
+    plans: dict = {}
+    if args.plot:
+        plots.check_path(args.plot, "--plot")
+    if args.lr_sweep:
+        if not args.plot:
+            raise DeriveError("--lr-sweep: draws on --plot FILE; pass --plot sweep.png too")
+        plans["lrs"] = _floats(args.lr_sweep, "--lr-sweep")
+    if args.compare or args.axes:
+        if not args.plot_path:
+            raise DeriveError(f"--{'compare' if args.compare else 'axes'}: draws on --plot-path FILE; pass it too")
+    if args.plot_path:
+        plots.check_path(args.plot_path, "--plot-path")
+        if net.optimizer.type == "lbfgs":
+            raise DeriveError("--plot-path: L-BFGS runs inside scipy; its steps are not traced (pick another optimizer)")
+        plans["axes"] = plots.parse_axes(args.axes, net)
+        kinds = [k.strip() for k in args.compare.split(",")] if args.compare else [net.optimizer.type]
+        for k in kinds:
+            if k not in OPTIMIZER_TYPES or k == "lbfgs":
+                raise DeriveError(f"--compare {k}: expected optimizers from "
+                                  f"{', '.join(t for t in OPTIMIZER_TYPES if t != 'lbfgs')}")
+        plans["kinds"] = kinds
+    return plans
+
+
+def _draw(args, net, source, x, y, batch, result, plans) -> None:
+    from derive.targets.modules import generated_modules
+    from derive.train import plots
+
+    lr = net.optimizer.hyper["lr"]
+    if args.plot and "lrs" not in plans:
+        plots.loss_curve(result.losses, args.plot, f"{net.name}: {net.optimizer.type}, lr {lr:g}")
+    if "lrs" in plans:
+        curves = {}
+        for v in plans["lrs"]:
+            n = with_optimizer(net, net.optimizer.type, v)
+            with generated_modules(n, source, ("numpy",)) as mods:
+                curves[v] = plots.epoch_losses(n, mods["numpy"], x, y, args.epochs, batch, args.seed)
+        plots.lr_sweep(curves, args.plot, f"{net.name}: {net.optimizer.type}, loss per learning rate "
+                                          f"(batch {batch})")
+    if args.plot_path:
+        steps = args.epochs * -(-len(x) // batch)
+        runs = {}
+        for kind in plans["kinds"]:
+            n = with_optimizer(net, kind, lr)
+            with generated_modules(n, source, ("numpy",)) as mods:
+                runs[f"{kind}, lr {lr:g}"] = plots._path(n, mods["numpy"], x, y, steps, batch, args.seed,
+                                                         plans["axes"])
+        with generated_modules(net, source, ("numpy",)) as mods:
+            others = "" if len(net.params) <= 2 and sum(max(1, int(np.prod(p.shape))) for p in net.params) == 2 \
+                else "\n(the other parameters held where the first path ends)"
+            plots.contour_paths(runs, mods["numpy"], x, y, plans["axes"], args.plot_path,
+                                f"{net.name}: loss contour and optimizer path{'s' if len(runs) > 1 else ''}{others}")
 
 
 PRINT_FULL = 1000  # arrays up to this many elements print in full (a 16×4 weight is not cut to "...")
@@ -95,7 +172,17 @@ def add_commands(sub) -> None:
     tr.add_argument("--seed", type=int, default=0, help="initial parameters and shuffling (default 0)")
     tr.add_argument("--backend", choices=("numpy", "triton"), default="numpy",
                     help="generated code to run (default numpy)")
-    tr.add_argument("--plot", help="write the loss curve to this PNG (default: no plot)")
+    g = tr.add_argument_group("plots (docs/teaching.md; the format is the file name's: .png, .pdf or .svg)")
+    g.add_argument("--plot", metavar="FILE", help="write the loss curve to FILE (default: no plot)")
+    g.add_argument("--plot-path", metavar="FILE",
+                   help="write the loss contour over two parameters with the optimizer's path (default: none)")
+    g.add_argument("--axes", nargs=2, metavar="ELEM",
+                   help="the two parameter elements of --plot-path, e.g. W1[0,0] b1[0] (default: the network's "
+                        "two scalar parameters)")
+    g.add_argument("--compare", metavar="OPTS",
+                   help="optimizers on one --plot-path contour, e.g. sgd,momentum,adam (default: the spec's)")
+    g.add_argument("--lr-sweep", metavar="LRS",
+                   help="loss curves for these learning rates on --plot, e.g. 0.001,0.01,0.1,1 (default: none)")
     tr.add_argument("--checkpoint",
                     help="save parameters and optimizer state every epoch; resume from it (default: none)")
     tr.add_argument("--format", choices=("text", "json"), default="text", help="result format (default text)")

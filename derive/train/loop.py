@@ -296,22 +296,7 @@ def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress) -> TrainResult:
 
 
 def plot(losses: list, path: str, title: str) -> None:
-    try:
-        import matplotlib
+    """The loss curve, in the format the file name asks for (derive/train/plots.py)."""
+    from derive.train.plots import loss_curve
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DeriveError("--plot: needs matplotlib (pip install 'derive[train]')") from None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(range(1, len(losses) + 1), losses, marker="." if len(losses) < 50 else None)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean batch loss")
-    ax.set_yscale("log" if min(losses, default=1) > 0 else "linear")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    try:
-        fsutil.write_atomic(Path(path), lambda fh: fig.savefig(fh, format="png"))
-    finally:
-        plt.close(fig)
+    loss_curve(losses, path, title)

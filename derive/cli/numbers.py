@@ -1,0 +1,44 @@
+"""`derive explain --at`: the derivation with numbers beside the symbols (logic in derive/evaluate.py)."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_explain_options(ex) -> None:
+    g = ex.add_argument_group("numbers at one sample (docs/teaching.md)")
+    g.add_argument("--at", nargs="+", metavar="NAME=VALUE",
+                   help="evaluate every quantity at this sample: the input and target, e.g. x=2 y=1.9 or "
+                        "x=[1,2,3]; parameters may be given too (w1=0.5); values are JSON numbers or lists (default: no numbers)")
+    g.add_argument("--params", metavar="FILE",
+                   help="parameters from a JSON file ({name: value}, or derive train --format json's output) "
+                        "or a derive train --checkpoint .npz (default: drawn with --seed)")
+    g.add_argument("--seed", type=int, help="draw the parameters not given otherwise with this seed (default 0)")
+    g.add_argument("--full", action="store_true",
+                   help="print conv volumes and arrays over 128 elements in full (default: their shape and norm)")
+
+
+def explain_at(der, args) -> str:
+    from derive import evaluate as ev
+    from derive.errors import DeriveError
+    from derive.targets.modules import generated_modules
+
+    net = der.network
+    where = args.spec or "<lecture>"
+    with generated_modules(net, where, ("numpy",)) as mods:
+        npm = mods["numpy"]
+        sample, params, origin = ev.sample_and_params(net, args.at, where, args.params, args.seed, npm.init_params)
+        values = ev.evaluate(der, sample, params, npm, where)
+    values.params_from = origin
+    if args.format == "text":
+        return ev.to_text(der, values, full=args.full, param=args.param)
+    if args.format == "json":
+        from derive.explain.json_format import to_json_dict
+
+        doc = to_json_dict(der, param=args.param, expand=args.expand)
+        return json.dumps(ev.annotate(doc, der, values), indent=2) + "\n"
+    if args.format == "markdown":  # the text, fenced: its columns line up in any Markdown viewer
+        return (f"# `{net.name}` at one sample\n\n```text\n" + ev.to_text(der, values, full=args.full, param=args.param)
+                + "```\n")
+    raise DeriveError(f"{where}: --at: numbers are printed in --format text, json and markdown so far "
+                      f"(LaTeX is not wired yet); got --format {args.format}")
