@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_codegen.add_commands(sub)
     cli_train.add_commands(sub)
+    from derive.cli import inspect as cli_inspect
+
+    cli_inspect.add_commands(sub)
     return parser
 
 
