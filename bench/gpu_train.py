@@ -182,7 +182,7 @@ def _torch_step(torch, net, params, x, y, mode):
             lin.weight.copy_(params[li.weight])
             lin.bias.copy_(params[li.bias])
         layers.append(lin)
-        if li.spec.activation == "relu":
+        if li.activation == "relu":
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)

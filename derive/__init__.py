@@ -7,11 +7,13 @@ as backprop is taught, and templates turn the derivation into NumPy and Triton c
 from derive.builtin import lecture_network
 from derive.derivation import Derivation, Factor, Step, derive
 from derive.errors import DeriveError, SpecError
-from derive.network import Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
+from derive.explain.api import Explanation, explain
+from derive.limits import Limits
+from derive.network import AvgPool2d, Conv2d, Flatten, Linear, LocallyConnected, Loss, MaxPool2d, Network, Port
 from derive.spec import load_spec, parse_spec
 
 __all__ = [
-    "Conv2d", "Derivation", "DeriveError", "Factor", "Flatten", "Linear", "LocallyConnected", "Loss", "Network", "Port", "SpecError", "Step",
-    "derive", "lecture_network", "load_spec", "parse_spec",
+    "AvgPool2d", "Conv2d", "Derivation", "DeriveError", "Factor", "Flatten", "Linear", "Limits", "LocallyConnected", "Loss", "MaxPool2d", "Network", "Port", "SpecError", "Step",
+    "derive", "explain", "Explanation", "lecture_network", "load_spec", "parse_spec",
 ]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, IO
 
 
@@ -31,3 +31,14 @@ def write_atomic(target: Path, write: Callable[[IO], None], binary: bool = True)
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def display_path(path: str, root: Path | None = None) -> str:
+    """A path as written into generated headers and messages: relative to ``root`` (default: the
+    current directory) and '/'-separated when possible, so the text does not depend on where it ran."""
+    p = Path(path)
+    try:
+        p = p.resolve().relative_to((root or Path.cwd()).resolve())
+    except ValueError:
+        pass
+    return PurePath(p).as_posix()

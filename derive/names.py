@@ -25,9 +25,9 @@ RESERVED = frozenset(
         "OPTIMIZER", "HYPER", "STATE",
         # functions of the generated modules and their helpers
         "init_params", "forward", "loss", "gradients", "value_and_gradients", "train_step", "launch",
-        "init_state", "apply_update", "step", "sigmoid", "softplus", "logsumexp", "softmax", "onehot",
+        "init_state", "apply_update", "step", "intermediates", "sigmoid", "softplus", "logsumexp", "softmax", "onehot",
         # arguments and kernel locals
-        "params", "grads", "state", "hyper", "lr", "t", "seed", "dtype", "device", "scale", "pid", "rows",
+        "params", "grads", "state", "hyper", "lr", "t", "seed", "dtype", "device", "pid", "rows",
         "row_mask", "loss_per_sample", "B", "N", "BLOCK", "offs", "mask", "yhat", "L",
         # optimizer rule symbols
         "theta", "g", "eta_t", "bc1", "bc2", "vel", "G", "m", "v", "Eg2", "Edx2", "dx",
@@ -35,8 +35,9 @@ RESERVED = frozenset(
     }
 )
 
-# The NumPy helpers of conv2d / locally_connected layers.
-RESERVED = RESERVED | {"windows", "conv2d_input_grad", "local_input_grad"}
+# The NumPy helpers of conv2d / locally_connected and pooling layers.
+RESERVED = RESERVED | {"windows", "conv2d_input_grad", "local_input_grad", "max_pool2d", "max_pool2d_grad",
+                       "avg_pool2d", "avg_pool2d_grad"}
 
 
 def check_identifier(name: object, variable: bool = True) -> str | None:
@@ -58,7 +59,8 @@ def check_identifier(name: object, variable: bool = True) -> str | None:
         return f"{name!r} is used by the generated code itself; choose another name"
     if name.endswith("_ptr") or name.startswith(("cols_", "cmask_", "WITH_")):
         return f"{name!r} has a prefix or suffix the generated kernels use (_ptr, cols_, cmask_, WITH_); choose another name"
-    if re.fullmatch(r"(a|f|delta|t)\d+", name) or name.startswith("dL_d") or name.startswith("BLOCK_"):
+    # layers count from 1 and CSE temporaries from t1, so a0, f0, delta0 and t0 are never generated
+    if re.fullmatch(r"(a|f|delta|t)[1-9]\d*", name) or name.startswith("dL_d") or name.startswith("BLOCK_"):
         return f"{name!r} is a name the derivation generates (a1, f1, delta1, dL_d..., t1); choose another name"
     return None
 
@@ -87,6 +89,18 @@ def upstream(layer: int) -> str:
 def padded(source: str) -> str:
     """The zero-padded input of a conv layer: x_pad, f1_pad."""
     return f"{source}_pad"
+
+
+def factor(numerator: str, denominator: str) -> str:
+    """The ASCII name of the chain factor ∂numerator/∂denominator: "df3/da3", "dL/df3", "delta3" (∂L/∂a3)."""
+    if is_delta_factor(numerator, denominator):
+        return delta(int(denominator[1:]))
+    return f"d{numerator}/d{denominator}"
+
+
+def is_delta_factor(numerator: str, denominator: str) -> bool:
+    """∂L/∂a_l is δ_l (a_l is a name only the derivation generates)."""
+    return numerator == "L" and re.fullmatch(r"a\d+", denominator) is not None
 
 
 def default_weight(layer: int, vector: bool) -> str:

@@ -9,22 +9,26 @@ expected``.  Nothing from the file is ever evaluated.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import re
 import tomllib
 from typing import Any
 
 from derive.errors import SpecError
-from derive.network import ACTIVATIONS, Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port
+from derive.layers import RULES
+from derive.layers.checks import integer as _integer
+from derive.layers.checks import keys as _check_keys
+from derive.layers.checks import number as _number
+from derive.layers.checks import show as _show
+from derive.layers.checks import string as _string
+from derive.layers.checks import table as _table
+from derive.limits import Limits
+from derive.network import Loss, Network, Port
 from derive.tables.optimizers import CONSTANTS, OPTIMIZER_TYPES, Optimizer
 
-TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer")
+TOP_KEYS = ("name", "input", "target", "layers", "loss", "optimizer", "limits")
 PORT_KEYS = ("name", "shape")
-LAYER_TYPES = ("linear", "conv2d", "locally_connected", "flatten")
-LINEAR_KEYS = ("type", "out", "weight", "bias", "activation", "slope", "slope_init")
-CONV_KEYS = ("type", "filters", "kernel", "stride", "padding", "weight", "bias", "activation", "slope")
-FLATTEN_KEYS = ("type",)
 LOSS_KEYS = ("type", "reduction")
 
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$")
@@ -76,54 +80,6 @@ def _toml_error_position(err: tomllib.TOMLDecodeError, text: str) -> tuple[int, 
     return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos), match.group("msg")
 
 
-def _show(value: Any) -> str:
-    """A value as the user wrote it in TOML (strings quoted as in Python's repr)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return f"a {type(value).__name__} ({value})"
-
-
-def _check_keys(path: str, table: dict, allowed: tuple[str, ...]) -> None:
-    for key in table:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else key
-            raise SpecError(where, f"unknown key {key!r}; expected one of {', '.join(allowed)}")
-
-
-def _table(path: str, value: Any, how: str) -> dict:
-    if not isinstance(value, dict):
-        raise SpecError(path, f"expected a table ({how}), got {_show(value)}")
-    return value
-
-
-def _string(path: str, value: Any, what: str = "a string") -> str:
-    if not isinstance(value, str):
-        raise SpecError(path, f"expected {what}, got {_show(value)}")
-    return value
-
-
-def _integer(path: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(path, f"expected a positive integer, got {_show(value)}")
-    return value
-
-
-def _number(path: str, value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(path, f"expected {what}, got {_show(value)}")
-    if not math.isfinite(value):
-        raise SpecError(path, f"expected a finite number, got {_show(value)}")
-    return float(value)
-
-
 def _shape(path: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) not in ((0, 1, 3) if path == "input.shape" else (0, 1)):
         more = " or [c, h, w] (a volume)" if path == "input.shape" else ""
@@ -154,7 +110,9 @@ def _parse(data: Any) -> Network:
     layers = tuple(_layer(f"layers[{i}]", entry) for i, entry in enumerate(layers_value))
     loss = _loss("loss", data["loss"]) if "loss" in data else Loss()
     optimizer = _optimizer("optimizer", data["optimizer"]) if "optimizer" in data else Optimizer()
-    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss, optimizer=optimizer)
+    lim = _limits("limits", data["limits"]) if "limits" in data else Limits()
+    return Network(name, layers=layers, input=input_port, target=target_port, loss=loss, optimizer=optimizer,
+                   limits=lim)
 
 
 def _port(path: str, value: Any, default: Port) -> Port:
@@ -167,86 +125,16 @@ def _port(path: str, value: Any, default: Port) -> Port:
     return Port(name, shape)
 
 
-def _layer(path: str, value: Any) -> Linear:
+def _layer(path: str, value: Any):
     table = _table(path, value, "a [[layers]] entry")
     if "type" not in table:
-        raise SpecError(f"{path}.type", f"missing required key; expected one of {', '.join(LAYER_TYPES)}")
+        raise SpecError(f"{path}.type", f"missing required key; expected one of {', '.join(RULES)}")
     kind = _string(f"{path}.type", table["type"])
-    if kind not in LAYER_TYPES:
-        raise SpecError(f"{path}.type", f"expected one of {', '.join(LAYER_TYPES)}, got {_show(kind)}")
-    if kind != "linear":
-        return _volume_layer(path, kind, table)
-    _check_keys(path, table, LINEAR_KEYS)
-
-    kwargs: dict[str, Any] = {}
-    if "out" in table:
-        kwargs["out"] = _integer(f"{path}.out", table["out"])  # the range is Network's to check
-    if "weight" in table:
-        kwargs["weight"] = _string(f"{path}.weight", table["weight"], "a name (string)")
-    if "bias" in table:
-        bias = table["bias"]
-        if bias is True:
-            pass  # the default name, as if the key were left out
-        elif bias is False or isinstance(bias, str):
-            kwargs["bias"] = bias
-        else:
-            raise SpecError(f"{path}.bias", f"expected a name (string) or false, got {_show(bias)}")
-    activation = "identity"
-    if "activation" in table:
-        activation = kwargs["activation"] = _string(f"{path}.activation", table["activation"])
-    known = activation in ACTIVATIONS  # an unknown one is reported by Network, listing the known ones
-    if "slope" in table:
-        slope = table["slope"]
-        if known and activation == "leaky_relu":
-            kwargs["slope"] = _number(f"{path}.slope", slope, "a number (leaky_relu's negative slope)")
-        elif known and activation == "prelu":
-            kwargs["slope"] = _string(f"{path}.slope", slope, "a name (string) for prelu's learnable slope")
-        elif known:
-            raise SpecError(f"{path}.slope", f"'slope' belongs to leaky_relu or prelu, not {activation}")
-        else:
-            kwargs["slope"] = slope
-    if "slope_init" in table:
-        if known and activation != "prelu":
-            raise SpecError(f"{path}.slope_init", f"'slope_init' belongs to prelu, not {activation}")
-        kwargs["slope_init"] = _number(f"{path}.slope_init", table["slope_init"], "a number")
-    return Linear(**kwargs)
-
-
-def _volume_layer(path: str, kind: str, table: dict):
-    """conv2d, locally_connected (the same keys) or flatten (no keys but type)."""
-    if kind == "flatten":
-        _check_keys(path, table, FLATTEN_KEYS)
-        return Flatten()
-    _check_keys(path, table, CONV_KEYS)
-    kwargs: dict[str, Any] = {}
-    for key in ("filters", "kernel"):
-        if key not in table:
-            raise SpecError(f"{path}.{key}", "missing required key; expected a positive integer"
-                            + (" or [kh, kw]" if key == "kernel" else ""))
-    kwargs["filters"] = _integer(f"{path}.filters", table["filters"])
-    kernel = table["kernel"]
-    if isinstance(kernel, list):
-        if len(kernel) != 2:
-            raise SpecError(f"{path}.kernel", f"expected a positive integer or [kh, kw], got {_show(kernel)}")
-        kwargs["kernel"] = tuple(_integer(f"{path}.kernel", n) for n in kernel)
-    else:
-        kwargs["kernel"] = _integer(f"{path}.kernel", kernel)
-    for key in ("stride", "padding"):
-        if key in table:
-            kwargs[key] = _integer(f"{path}.{key}", table[key])  # the range is Network's to check
-    if "weight" in table:
-        kwargs["weight"] = _string(f"{path}.weight", table["weight"], "a name (string)")
-    if "bias" in table:
-        bias = table["bias"]
-        if bias is False or isinstance(bias, str):
-            kwargs["bias"] = bias
-        elif bias is not True:
-            raise SpecError(f"{path}.bias", f"expected a name (string) or false, got {_show(bias)}")
-    if "activation" in table:
-        kwargs["activation"] = _string(f"{path}.activation", table["activation"])
-    if "slope" in table:
-        kwargs["slope"] = _number(f"{path}.slope", table["slope"], "a number (leaky_relu's negative slope)")
-    return (Conv2d if kind == "conv2d" else LocallyConnected)(**kwargs)
+    if kind not in RULES:
+        raise SpecError(f"{path}.type", f"expected one of {', '.join(RULES)}, got {_show(kind)}")
+    rule = RULES[kind]
+    _check_keys(path, table, rule.keys)
+    return rule.parse(path, table)
 
 
 def _loss(path: str, value: Any) -> Loss:
@@ -276,3 +164,10 @@ def _optimizer(path: str, value: Any) -> Optimizer:
             else:
                 constants[key] = _number(f"{path}.{key}", table[key], "a number")
     return Optimizer(kind, lr, schedule, tuple(sorted(constants.items())))
+
+
+def _limits(path: str, value: Any) -> Limits:
+    table = _table(path, value, "[limits]")
+    keys = tuple(f.name for f in dataclasses.fields(Limits))
+    _check_keys(path, table, keys)
+    return Limits(**{k: _integer(f"{path}.{k}", table[k]) for k in keys if k in table})

@@ -54,9 +54,9 @@ def _forward(params, x):
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
-    a1 = b1 + (x @ W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+    a1 = (x @ W1.T) + b1  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
     f1 = sigmoid(a1)  # f1[j] = σ(a1[j])
-    a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+    a2 = (f1 @ W2.T) + b2  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
     return a1, f1, a2, f2
 
@@ -69,7 +69,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1, a2, f2 = _forward(params, x)
-    return np.sum(np.maximum(-f2*y[:, None] + 1, 0), axis=1)
+    return np.sum(np.maximum(1 - y[:, None]*f2, 0), axis=1)
 
 
 def _loss_value(params, x, y):
@@ -90,10 +90,10 @@ def intermediates(params, x, y):
     b2 = params["b2"]
     # ---- forward pass
     a1, f1, a2, f2 = _forward(params, x)
-    loss_per_sample = np.sum(np.maximum(-f2*y[:, None] + 1, 0), axis=1)
+    loss_per_sample = np.sum(np.maximum(1 - y[:, None]*f2, 0), axis=1)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = -_scale*y[:, None]*np.heaviside(-f2*y[:, None] + 1, 0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = -_scale*y[:, None]*np.heaviside(1 - f2*y[:, None], 0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = np.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -152,7 +152,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 

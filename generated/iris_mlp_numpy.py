@@ -69,9 +69,9 @@ def _forward(params, x):
     b1 = params["b1"]
     W2 = params["W2"]
     b2 = params["b2"]
-    a1 = b1 + (x @ W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+    a1 = (x @ W1.T) + b1  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
     f1 = np.tanh(a1)  # f1[j] = tanh(a1[j])
-    a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+    a2 = (f1 @ W2.T) + b2  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
     return a1, f1, a2, f2
 
@@ -84,7 +84,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1, a2, f2 = _forward(params, x)
-    return logsumexp(f2) - np.sum(f2*onehot(y, 3, f2.dtype), axis=1)
+    return -np.sum(f2*onehot(y, 3, f2.dtype), axis=1) + logsumexp(f2)
 
 
 def _loss_value(params, x, y):
@@ -105,7 +105,7 @@ def intermediates(params, x, y):
     b2 = params["b2"]
     # ---- forward pass
     a1, f1, a2, f2 = _forward(params, x)
-    loss_per_sample = logsumexp(f2) - np.sum(f2*onehot(y, 3, f2.dtype), axis=1)
+    loss_per_sample = -np.sum(f2*onehot(y, 3, f2.dtype), axis=1) + logsumexp(f2)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     dL_df2 = _scale*(-onehot(y, 3, f2.dtype) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
@@ -174,9 +174,9 @@ def apply_update(params, state, grads, t, hyper=None):
         g = grads[_name]
         m = state["m"][_name]
         v = state["v"][_name]
-        m = beta1*m + g*(1 - beta1)  # m ← g·(1 - β1) + m·β1
-        v = beta2*v + g**2*(1 - beta2)  # v ← v·β2 + g²·(1 - β2)
-        theta = theta - eta_t*m/(bc1*(eps + np.sqrt(v)/np.sqrt(bc2)))  # θ ← θ - m·η_t/(bc1·(ε + sqrt(v)/sqrt(bc2)))
+        m = g*(1 - beta1) + m*beta1  # m ← g·(1 - β1) + m·β1
+        v = v*beta2 + g**2*(1 - beta2)  # v ← v·β2 + g²·(1 - β2)
+        theta = theta - m*eta_t/(bc1*(eps + np.sqrt(v)/np.sqrt(bc2)))  # θ ← θ - m·η_t/(bc1·(ε + sqrt(v)/sqrt(bc2)))
         _params[_name] = np.asarray(theta)
         _state["m"][_name] = np.asarray(m)
         _state["v"][_name] = np.asarray(v)

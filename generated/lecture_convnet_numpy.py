@@ -74,7 +74,7 @@ def _forward(params, x):
     a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
-    a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+    a3 = (f2 @ W3.T) + b3  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
     return a1, f1, f2, a3, f3
 
@@ -87,7 +87,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1, f2, a3, f3 = _forward(params, x)
-    return logsumexp(f3) - np.sum(f3*onehot(y, 10, f3.dtype), axis=1)
+    return -np.sum(f3*onehot(y, 10, f3.dtype), axis=1) + logsumexp(f3)
 
 
 def _loss_value(params, x, y):
@@ -108,7 +108,7 @@ def intermediates(params, x, y):
     b3 = params["b3"]
     # ---- forward pass
     a1, f1, f2, a3, f3 = _forward(params, x)
-    loss_per_sample = logsumexp(f3) - np.sum(f3*onehot(y, 10, f3.dtype), axis=1)
+    loss_per_sample = -np.sum(f3*onehot(y, 10, f3.dtype), axis=1) + logsumexp(f3)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     dL_df3 = _scale*(-onehot(y, 10, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
@@ -173,7 +173,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 

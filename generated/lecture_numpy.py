@@ -54,11 +54,11 @@ def _forward(params, x):
     b1 = params["b1"]
     w2 = params["w2"]
     w3 = params["w3"]
-    a1 = b1 + w1*x  # a1 = w1·x + b1
+    a1 = w1*x + b1  # a1 = w1·x + b1
     f1 = sigmoid(a1)  # f1 = σ(a1)
-    a2 = f1*w2  # a2 = w2·f1
+    a2 = w2*f1  # a2 = w2·f1
     f2 = sigmoid(a2)  # f2 = σ(a2)
-    a3 = f2*w3  # a3 = w3·f2
+    a3 = w3*f2  # a3 = w3·f2
     f3 = sigmoid(a3)  # f3 = σ(a3)
     return a1, f1, a2, f2, a3, f3
 
@@ -71,7 +71,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1, a2, f2, a3, f3 = _forward(params, x)
-    return (1/2)*(-f3 + y)**2
+    return (1/2)*(y - f3)**2
 
 
 def _loss_value(params, x, y):
@@ -92,10 +92,10 @@ def intermediates(params, x, y):
     w3 = params["w3"]
     # ---- forward pass
     a1, f1, a2, f2, a3, f3 = _forward(params, x)
-    loss_per_sample = (1/2)*(-f3 + y)**2
+    loss_per_sample = (1/2)*(y - f3)**2
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(f3 - y)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = -_scale*(y - f3)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
     dL_dw3 = np.sum(delta3*f2, axis=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
     dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2
@@ -160,7 +160,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 

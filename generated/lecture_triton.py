@@ -94,7 +94,7 @@ def lecture_fused_kernel(
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
         y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again, not held live through the loss (ptxas spilled it)
-        dL_df3 = tl.where(_row_mask, _scale*(f3 - y), 0.0)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df3 = tl.where(_row_mask, -_scale*(-f3 + y), 0.0)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
         dL_dw3 = tl.sum(delta3*f2, axis=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
         dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2

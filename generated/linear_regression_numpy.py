@@ -43,7 +43,7 @@ def _forward(params, x):
         raise ValueError("empty batch")
     theta1 = params["theta1"]
     theta0 = params["theta0"]
-    a1 = theta0 + theta1*x  # a1 = theta1·x + theta0
+    a1 = theta1*x + theta0  # a1 = theta1·x + theta0
     f1 = a1  # f1 = a1
     return a1, f1
 
@@ -56,7 +56,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1 = _forward(params, x)
-    return (1/2)*(-f1 + y)**2
+    return (1/2)*(y - f1)**2
 
 
 def _loss_value(params, x, y):
@@ -75,10 +75,10 @@ def intermediates(params, x, y):
     theta0 = params["theta0"]
     # ---- forward pass
     a1, f1 = _forward(params, x)
-    loss_per_sample = (1/2)*(-f1 + y)**2
+    loss_per_sample = (1/2)*(y - f1)**2
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df1 = _scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df1 = -_scale*(y - f1)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dtheta1 = np.sum(delta1*x, axis=0)  # ∂L/∂theta1 = δ1 · ∂a1/∂theta1, summed over the batch
     dL_dtheta0 = np.sum(delta1, axis=0)  # ∂L/∂theta0 = δ1 · ∂a1/∂theta0, summed over the batch
@@ -125,7 +125,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 

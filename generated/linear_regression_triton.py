@@ -75,7 +75,7 @@ def linear_regression_fused_kernel(
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
         y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again, not held live through the loss (ptxas spilled it)
-        dL_df1 = tl.where(_row_mask, _scale*(f1 - y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df1 = tl.where(_row_mask, -_scale*(-f1 + y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
         dL_dtheta1 = tl.sum(delta1*x, axis=0)  # ∂L/∂theta1 = δ1 · ∂a1/∂theta1, summed over the batch
         dL_dtheta0 = tl.sum(delta1, axis=0)  # ∂L/∂theta0 = δ1 · ∂a1/∂theta0, summed over the batch

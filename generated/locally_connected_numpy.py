@@ -103,7 +103,7 @@ def _forward(params, x):
     a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     f2 = sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
-    a4 = b4 + (f3 @ W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = (f3 @ W4.T) + b4  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
     return x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4
 
@@ -116,7 +116,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = _forward(params, x)
-    return logsumexp(f4) - np.sum(f4*onehot(y, 3, f4.dtype), axis=1)
+    return -np.sum(f4*onehot(y, 3, f4.dtype), axis=1) + logsumexp(f4)
 
 
 def _loss_value(params, x, y):
@@ -139,7 +139,7 @@ def intermediates(params, x, y):
     b4 = params["b4"]
     # ---- forward pass
     x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = _forward(params, x)
-    loss_per_sample = logsumexp(f4) - np.sum(f4*onehot(y, 3, f4.dtype), axis=1)
+    loss_per_sample = -np.sum(f4*onehot(y, 3, f4.dtype), axis=1) + logsumexp(f4)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     dL_df4 = _scale*(-onehot(y, 3, f4.dtype) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
@@ -220,7 +220,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 

@@ -72,11 +72,11 @@ def _forward(params, x):
     b2 = params["b2"]
     W3 = params["W3"]
     b3 = params["b3"]
-    a1 = b1 + (x @ W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+    a1 = (x @ W1.T) + b1  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
     f1 = np.maximum(a1, 0)  # f1[j] = max(0, a1[j])
-    a2 = b2 + (f1 @ W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+    a2 = (f1 @ W2.T) + b2  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = np.tanh(a2)  # f2[j] = tanh(a2[j])
-    a3 = b3 + (f2 @ W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+    a3 = (f2 @ W3.T) + b3  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
     return a1, f1, a2, f2, a3, f3
 
@@ -89,7 +89,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1, a2, f2, a3, f3 = _forward(params, x)
-    return logsumexp(f3) - np.sum(f3*onehot(y, 3, f3.dtype), axis=1)
+    return -np.sum(f3*onehot(y, 3, f3.dtype), axis=1) + logsumexp(f3)
 
 
 def _loss_value(params, x, y):
@@ -112,7 +112,7 @@ def intermediates(params, x, y):
     b3 = params["b3"]
     # ---- forward pass
     a1, f1, a2, f2, a3, f3 = _forward(params, x)
-    loss_per_sample = logsumexp(f3) - np.sum(f3*onehot(y, 3, f3.dtype), axis=1)
+    loss_per_sample = -np.sum(f3*onehot(y, 3, f3.dtype), axis=1) + logsumexp(f3)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     dL_df3 = _scale*(-onehot(y, 3, f3.dtype) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
@@ -186,7 +186,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 

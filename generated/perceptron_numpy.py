@@ -53,7 +53,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1 = _forward(params, x)
-    return (1/2)*(-f1 + y)**2
+    return (1/2)*(y - f1)**2
 
 
 def _loss_value(params, x, y):
@@ -71,10 +71,10 @@ def intermediates(params, x, y):
     w = params["w"]
     # ---- forward pass
     a1, f1 = _forward(params, x)
-    loss_per_sample = (1/2)*(-f1 + y)**2
+    loss_per_sample = (1/2)*(y - f1)**2
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df1 = _scale*(f1 - y)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df1 = -_scale*(y - f1)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dw = np.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
     return {
@@ -118,7 +118,7 @@ def apply_update(params, state, grads, t, hyper=None):
     for _name in params:
         theta = params[_name]
         g = grads[_name]
-        theta = -eta_t*g + theta  # θ ← θ - g·η_t
+        theta = theta - g*eta_t  # θ ← θ - g·η_t
         _params[_name] = np.asarray(theta)
     return _params, _state
 

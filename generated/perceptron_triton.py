@@ -71,7 +71,7 @@ def perceptron_fused_kernel(
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
         y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again, not held live through the loss (ptxas spilled it)
-        dL_df1 = tl.where(_row_mask, _scale*(f1 - y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df1 = tl.where(_row_mask, -_scale*(-f1 + y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
         dL_dw = tl.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
         # ---- write back: this tile's partial sums of the parameter gradients

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from derive.verify import reference
-from derive.verify import SENTINEL, padded, sentinels_intact
+# One copy each of the error metric and of the random parameters: derive verify's own.
+from derive.verify import SENTINEL, padded, random_params, sentinels_intact
+from derive.verify import rel_err as norm_err
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -37,19 +39,6 @@ GRAD_FLOOR = 1e-3
 # PyTorch's own float32 error measures by how much.  The generated code may be at most
 # F32_SLACK times worse than PyTorch's float32 there (and is held to rtol everywhere else).
 F32_SLACK = 10.0
-
-
-def norm_err(got, want, floor: float = 0.0) -> float:
-    """‖got − want‖ / max(‖want‖, floor); the absolute error where both are 0 (as derive.verify.rel_err)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return float("inf")
-    diff = float(np.linalg.norm((got - want).ravel()))
-    scale = max(float(np.linalg.norm(want.ravel())), floor)
-    if diff == 0.0:
-        return 0.0
-    return diff / scale if scale > 0 else diff
 
 
 def to_numpy(v) -> np.ndarray:
@@ -188,12 +177,6 @@ def triton_outputs(trm, params, x, y, *, net=None, block_b=None) -> dict:
     out = {"forward": to_numpy(yhat).astype(np.float64), "loss": np.float64(float(L))}
     out.update({f"grad {k}": to_numpy(g).astype(np.float64) for k, g in grads.items()})
     return out
-
-
-def random_params(npm, rng: np.random.Generator) -> dict:
-    """init_params at a random seed, perturbed (as derive.verify does) so that no symmetry hides a bug."""
-    params = npm.init_params(seed=int(rng.integers(2**31)))
-    return {k: np.asarray(v + 0.1 * rng.standard_normal(np.shape(v))) for k, v in params.items()}
 
 
 def triton_inputs(net, params, x, y, device="cpu"):

@@ -812,9 +812,9 @@ def test_text_format_lecture():
         "∂L/∂w2 = ∂L/∂f3 · ∂f3/∂a3 · ∂a3/∂f2 · ∂f2/∂a2 · ∂a2/∂w2",
         "∂L/∂w1 = ∂L/∂f3 · ∂f3/∂a3 · ∂a3/∂f2 · ∂f2/∂a2 · ∂a2/∂f1 · ∂f1/∂a1 · ∂a1/∂w1",
         "∂L/∂b1 = ∂L/∂f3 · ∂f3/∂a3 · ∂a3/∂f2 · ∂f2/∂a2 · ∂a2/∂f1 · ∂f1/∂a1 · ∂a1/∂b1",
-        "∂L/∂f3 = -(y - f3)",
+        "∂L/∂f3 = −(y − f3)",  # one minus sign (U+2212) throughout the text
         "= δ3·f2",
-        "= -(y - f3)·f3·(1 - f3)·f2",
+        "= −(y − f3)·f3·(1 − f3)·f2",
     ):
         assert line in text, line
 

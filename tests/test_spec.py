@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from derive.errors import SpecError
+from derive.layers import RULES
 from derive.network import Linear, Loss, Network, Port
 from derive.spec import load_spec, parse_spec
 
@@ -129,7 +130,7 @@ LAYER = '[[layers]]\ntype = "linear"\n'
 
 BAD = {
     "toml_syntax": (HEAD + '[[layers]]\ntype = linear\n', "line 3, column 8", "invalid TOML"),
-    "unknown_layer_type": (HEAD + '[[layers]]\ntype = "conv"\n', "layers[0].type", "expected one of linear, conv2d, locally_connected, flatten, got 'conv'"),
+    "unknown_layer_type": (HEAD + '[[layers]]\ntype = "conv"\n', "layers[0].type", f"expected one of {', '.join(RULES)}, got 'conv'"),
     "missing_layer_type": (HEAD + "[[layers]]\nout = 3\n", "layers[0].type", "missing required key"),
     "unknown_activation": (
         HEAD + LAYER + LAYER + 'activation = "relux"\n',
@@ -285,3 +286,22 @@ def test_nothing_is_evaluated(tmp_path):
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert info.value.path == "layers[0].out"
+
+
+def test_names_the_generator_never_uses_are_the_users():
+    """a0 (layers count from 1) and scale (the batch scale is _scale) are ordinary names; the generated
+    NumPy module built with them still matches torch.autograd."""
+    import numpy as np
+
+    from derive.targets.modules import generated_modules
+    from derive.verify import sample
+    from helpers import assert_matches_torch, random_params
+
+    net = Network("names", [Linear(out=3, weight="scale", bias="a0", activation="tanh"), Linear(out=2, bias="f0")],
+                  input=Port("x", (2,)), target=Port("y", (2,)))
+    assert [p.name for p in net.params] == ["scale", "a0", "W2", "f0"]
+    rng = np.random.default_rng(0)
+    with generated_modules(net, "<test>", targets=("numpy",)) as mods:
+        params = random_params(mods["numpy"], rng)
+        x, y = sample(net, rng, 4)
+        assert_matches_torch(net, mods["numpy"], params, x, y, 1e-10, "names")  # f64: only rounding differs

@@ -349,3 +349,103 @@ def test_iris_reaches_the_documented_accuracy(capsys):
     doc = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     assert "derive train examples/iris_mlp.toml --data examples/data/iris.csv --epochs 100 --batch 16" in doc
     assert f"accuracy = {IRIS_ACCURACY:.4f}" in doc
+
+
+# --------------------------------------------------------------------------- CLI polish (issue 14)
+
+
+def test_extra_columns_get_a_warning_naming_them(tmp_path, capsys):
+    data = tmp_path / "extra.csv"
+    data.write_text("note,x,y,weight\na,10,10.1,1\nb,2,1.9,1\nc,3.5,3.4,1\nd,1,1.1,1\n", encoding="utf-8")
+    assert main(["train", PERCEPTRON, "--data", str(data), "--epochs", "2", "--format", "json"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"derive: warning: {data}: line 1: ignoring columns not in the spec: note, weight"]
+    data.write_text("x,y\n10,10.1\n", encoding="utf-8")
+    assert main(["train", PERCEPTRON, "--data", str(data), "--epochs", "2", "--format", "json"]) == 0
+    assert capsys.readouterr().err == ""  # no extra column, no warning
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolon"), ("\t", "tab")])
+def test_another_delimiter_gets_a_hint(sep, name, tmp_path, capsys):
+    data = tmp_path / "eu.csv"
+    data.write_text(f"x{sep}y\n10{sep}10,1\n2{sep}1,9\n", encoding="utf-8")
+    msg = fails(capsys, PERCEPTRON, "--data", str(data))
+    assert msg.startswith(f"derive: error: {data}: line 1: missing column 'x'")
+    assert f"the header looks {name}-separated; derive reads comma-separated CSV" in msg
+
+
+def test_a_comma_separated_file_gets_no_delimiter_hint(tmp_path, capsys):
+    data = tmp_path / "c.csv"
+    data.write_text("a;b,y\n1,2\n", encoding="utf-8")  # two fields: commas are in use
+    assert "the header looks" not in fails(capsys, PERCEPTRON, "--data", str(data))
+
+
+def test_a_corrupt_checkpoint_gets_derives_own_message(tmp_path, capsys):
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, fingerprint=np.array([{"a": 1}], dtype=object))  # loading it needs allow_pickle
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, epoch=np.array(3))  # a real .npz without derive's keys
+    truncated = tmp_path / "truncated.npz"
+    train_json(capsys, PERCEPTRON, "--data", PERCEPTRON_CSV, "--epochs", "2", "--checkpoint", str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    for bad in (pickled, partial, truncated):
+        line = fails(capsys, PERCEPTRON, "--data", PERCEPTRON_CSV, "--checkpoint", str(bad))
+        assert line == (f"derive: error: {bad}: --checkpoint: not a derive checkpoint, or a damaged one (expected "
+                        "the .npz file an earlier derive train --checkpoint wrote); delete it or pass a new file")
+        assert "allow_pickle" not in line
+
+
+def test_ctrl_c_names_the_saved_epoch_and_resume_says_so(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in epoch 4 (simulated after the third save): the message names epoch 3, exit 130;
+    the same command resumes from epoch 3 and ends where an uninterrupted run ends."""
+    from derive.train import loop
+
+    common = [PERCEPTRON, "--data", PERCEPTRON_CSV, "--optimizer", "adam", "--lr", "0.01", "--batch", "2"]
+    whole = train_json(capsys, *common, "--epochs", "8")
+    ckpt = tmp_path / "run.ckpt"
+    real_save, saves = loop.save_checkpoint, []
+
+    def save_then_interrupt(*args, **kw):
+        real_save(*args, **kw)
+        saves.append(args[4])
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    assert main(["train", *common, "--epochs", "8", "--checkpoint", str(ckpt)]) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"derive: interrupted: {ckpt} holds epoch 3; run the same command again to resume"]
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert main(["train", *common, "--epochs", "8", "--checkpoint", str(ckpt), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"derive: resuming from epoch 3 of 8 ({ckpt})"]
+    assert json.loads(captured.out)["params"] == whole["params"]
+
+
+def test_ctrl_c_without_a_checkpoint(capsys, monkeypatch):
+    from derive.train import loop
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_Converter", interrupted)  # the first thing the loop does
+    assert main(["train", PERCEPTRON, "--data", PERCEPTRON_CSV]) == 130
+    assert capsys.readouterr().err == "derive: interrupted\n"
+
+
+def test_text_output_prints_arrays_in_full_and_labels_training_accuracy(capsys):
+    args = [IRIS, "--data", IRIS_CSV, "--epochs", "3", "--batch", "16"]
+    params = train_json(capsys, *args)["params"]
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    assert "..." not in out
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  W1 = "))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("  b1 = "))
+    block = lines[start:end]
+    assert len(block) == 16  # one row of the 16×4 weight per line
+    assert all(ln.startswith(" " * len("  W1 = ")) for ln in block[1:])  # continuation lines indented
+    printed = np.array(json.loads("".join(block)[len("  W1 = "):]))
+    np.testing.assert_allclose(printed, np.array(params["W1"]), rtol=0, atol=5e-7)  # precision=6
+    acc = [ln for ln in lines if "accuracy" in ln]
+    assert len(acc) == 1 and acc[0].startswith("training accuracy = ")

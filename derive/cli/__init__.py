@@ -1,7 +1,7 @@
-"""The `derive` command line: explain, generate, verify.
+"""The `derive` command line: explain, generate, verify, train.
 
 Exit codes: 0 ok, 1 a check failed, 2 bad input (one line naming file, key path and
-what was expected; never a traceback).
+what was expected; never a traceback), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -11,12 +11,29 @@ import sys
 
 from derive.errors import DeriveError
 
+EXIT_CODES = """exit codes:
+  0    ok
+  1    a check failed (derive verify, derive generate --check)
+  2    bad input: one line naming the file, the key path and what was expected; also a
+       size limit, the memory budget, or memory running out
+  130  interrupted (Ctrl-C)"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilogs keep their line breaks (examples, exit codes); option help is wrapped as usual."""
+
 
 def _network(spec: str | None):
     from derive.builtin import lecture_network
     from derive.spec import load_spec
 
-    return lecture_network() if spec is None else load_spec(spec)
+    if spec is None:
+        return lecture_network()
+    if spec.endswith(".py"):
+        # never run a file: Python users build the Network with the API themselves
+        raise DeriveError(f"{spec}: expected a TOML spec; derive does not run Python files (build the Network "
+                          "in your own script with the Python API, see the README)")
+    return load_spec(spec)
 
 
 def cmd_explain(args) -> int:
@@ -28,19 +45,67 @@ def cmd_explain(args) -> int:
         known = ", ".join(p.name for p in net.params)
         raise DeriveError(f"{args.spec or '<lecture>'}: --param: expected one of {known}, got {args.param!r}")
     der = derive(net)
-    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand))
+    sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="derive", description="See and generate backpropagation.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
-    ex = sub.add_parser("explain", help="print the chain-rule derivation of every partial derivative")
+
+def add_limit_options(p: argparse.ArgumentParser, budget: bool = False) -> None:
+    """--max-elements/--max-params/--max-tile (and --memory-budget) on a subcommand that reads a spec."""
+    from derive import limits
+
+    g = p.add_argument_group("size limits (docs/spec.md#limits; these override the spec's [limits] table)")
+    g.add_argument("--max-elements", type=_positive_int, metavar="N",
+                   help=f"largest tensor, in elements (default {limits.DEFAULT_MAX_ELEMENTS:,})")
+    g.add_argument("--max-params", type=_positive_int, metavar="N",
+                   help=f"most parameters in all (default {limits.DEFAULT_MAX_PARAMS:,})")
+    g.add_argument("--max-tile", type=_positive_int, metavar="N",
+                   help=f"widest padded Triton tile, in elements (default {limits.DEFAULT_MAX_TILE:,})")
+    if budget:
+        m = p.add_argument_group("memory (docs/spec.md#the-memory-budget)")
+        m.add_argument("--memory-budget", type=limits.parse_bytes, metavar="SIZE",
+                       help=f"refuse to start when the estimated memory needed is above SIZE, e.g. 2G or "
+                            f"512M (default {limits.BUDGET_FRACTION * 100:.0f}%% of physical memory, "
+                            f"{limits.human(limits.default_budget())} here)")
+
+
+EXPLAIN_EXAMPLES = """examples:
+  derive explain                                    the lecture's four-parameter network
+  derive explain examples/mlp_softmax.toml --param W1
+  derive explain examples/lecture.toml --format latex --expand"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from derive import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="derive", description="See and generate backpropagation.", formatter_class=HelpFormatter,
+        epilog="run 'derive COMMAND --help' for a command's options and examples.\n\n" + EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"derive {__version__}",
+                        help="print derive's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ex = sub.add_parser("explain", help="print the chain-rule derivation of every partial derivative",
+                        description="Print the chain-rule derivation of every partial derivative of the loss.",
+                        epilog=EXPLAIN_EXAMPLES, formatter_class=HelpFormatter)
     ex.add_argument("spec", nargs="?", help="network spec (TOML); default: the lecture's four-parameter network")
-    ex.add_argument("--param", help="only this parameter's gradient")
-    ex.add_argument("--format", choices=("text", "latex", "markdown", "json"), default="text")
-    ex.add_argument("--expand", action="store_true", help="write every gradient with the deltas substituted away")
+    ex.add_argument("--param", help="only this parameter's gradient (default: every parameter)")
+    ex.add_argument("--format", choices=("text", "latex", "markdown", "json"), default="text",
+                    help="output format (default text)")
+    ex.add_argument("--expand", action="store_true",
+                    help="write every gradient with the deltas substituted away (default off)")
+    ex.add_argument("--fragment", action="store_true",
+                    help="latex: the body alone, to paste (default: a complete document)")
+    add_limit_options(ex)
     ex.set_defaults(func=cmd_explain)
 
     from derive.cli import generate as cli_codegen, train as cli_train
@@ -53,16 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_overrides(args) -> dict:
+    return {k: getattr(args, k, None) for k in ("max_elements", "max_params", "max_tile")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from derive import limits
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with limits.overrides(**_limit_overrides(args)):
+            return args.func(args)
     except DeriveError as err:
         print(f"derive: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("derive: interrupted", file=sys.stderr)
+    except MemoryError as err:
+        # the budget's estimate was too low, or the machine is short of memory right now
+        detail = f" ({err})" if str(err) else ""
+        print(f"derive: error: out of memory{detail}; try a smaller --batch or network, or free memory",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"derive: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

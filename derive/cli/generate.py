@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from derive.errors import DeriveError
+from derive.fsutil import display_path
 
 EXAMPLES = "examples"
 GENERATED = "generated"
-
-
-def _display_path(path: str, root: Path | None = None) -> str:
-    """A path as written into generated headers: relative to ``root`` (default: the current
-    directory) and '/'-separated when possible, so the text does not depend on where it ran."""
-    p = Path(path)
-    try:
-        p = p.resolve().relative_to((root or Path.cwd()).resolve())
-    except ValueError:
-        pass
-    return PurePath(p).as_posix()
 
 
 def _example_specs(examples: Path) -> list[Path]:
@@ -38,7 +28,7 @@ def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str
     root = examples.resolve().parent  # the repository: headers name paths relative to it
     for spec in _example_specs(examples):
         net = load_spec(spec)
-        files = codegen.generate(net, _display_path(str(spec), root), targets, _display_path(str(generated), root))
+        files = codegen.generate(net, display_path(str(spec), root), targets, display_path(str(generated), root))
         for fname, text in files.items():
             out[generated / fname] = text
     return out
@@ -46,7 +36,6 @@ def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str
 
 def cmd_generate(args) -> int:
     from derive.targets import codegen
-    from derive.spec import load_spec
 
     targets = codegen.TARGETS if args.target == "all" else (args.target,)
     if args.check or args.all:
@@ -82,8 +71,10 @@ def cmd_generate(args) -> int:
         raise DeriveError("derive generate: expected a SPEC (or --check / --all)")
     if not args.out:
         raise DeriveError("derive generate: expected -o DIR, the directory to write into")
-    net = load_spec(args.spec)
-    files = codegen.generate(net, _display_path(args.spec), targets, _display_path(args.out))
+    from derive.cli import _network
+
+    net = _network(args.spec)
+    files = codegen.generate(net, display_path(args.spec), targets, display_path(args.out))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DeriveError(f"{args.out}: -o: expected a directory, found a file")
@@ -120,14 +111,18 @@ def format_table(report) -> str:
 
 
 def cmd_verify(args) -> int:
-    from derive.builtin import lecture_network
-    from derive.spec import load_spec
-    from derive.verify import verify
+    from derive.verify.checks import verify
 
     if args.seeds < 1:
         raise DeriveError(f"--seeds: expected a positive integer, got {args.seeds}")
-    net = lecture_network() if args.spec is None else load_spec(args.spec)
-    source = "<lecture>" if args.spec is None else _display_path(args.spec)
+    from derive import limits
+    from derive.cli import _network
+    from derive.verify.checks import BATCH_SIZES
+
+    net = _network(args.spec)
+    source = "<lecture>" if args.spec is None else display_path(args.spec)
+    limits.check_budget(limits.estimate_bytes(net, max(BATCH_SIZES), "verify"), args.memory_budget,
+                        f"derive verify {source}")
     report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -136,21 +131,45 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+GENERATE_EXAMPLES = """examples:
+  derive generate examples/mlp_softmax.toml -o out/     out/mlp_softmax_numpy.py, out/mlp_softmax_triton.py
+  derive generate examples/lecture.toml -o out/ --target numpy
+  derive generate --check                               generated/ matches examples/ (exit 1 if stale)
+  derive generate --all                                 regenerate generated/"""
+
+VERIFY_EXAMPLES = """examples:
+  derive verify                                         the lecture's network
+  derive verify examples/mlp_softmax.toml --seeds 5
+  derive verify examples/lecture_convnet.toml --seed 1234 --format json
+  derive verify big.toml --memory-budget 8G             allow a larger estimate than the default"""
+
+
 def add_commands(sub) -> None:
-    gen = sub.add_parser("generate", help="emit NumPy and Triton code for a spec")
+    from derive.cli import HelpFormatter, add_limit_options
+
+    gen = sub.add_parser("generate", help="emit NumPy and Triton code for a spec",
+                         description="Emit the NumPy reference module and the fused Triton kernel for a spec.",
+                         epilog=GENERATE_EXAMPLES, formatter_class=HelpFormatter)
     gen.add_argument("spec", nargs="?", help="network spec (TOML)")
-    gen.add_argument("-o", "--out", help="directory to write into")
-    gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all")
-    gen.add_argument("--check", action="store_true", help="fail, naming stale files, if generated/ is out of date")
-    gen.add_argument("--all", action="store_true", help="regenerate generated/ from every spec in examples/")
-    gen.add_argument("--examples", default=EXAMPLES, help=f"specs for --check/--all (default: {EXAMPLES})")
-    gen.add_argument("--generated", default=GENERATED, help=f"their generated code (default: {GENERATED})")
+    gen.add_argument("-o", "--out", help="directory to write into (required with SPEC)")
+    gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all",
+                     help="which code to write (default all)")
+    gen.add_argument("--check", action="store_true",
+                     help="fail, naming stale files, if generated/ is out of date (default off)")
+    gen.add_argument("--all", action="store_true",
+                     help="regenerate generated/ from every spec in examples/ (default off)")
+    gen.add_argument("--examples", default=EXAMPLES, help=f"specs for --check/--all (default {EXAMPLES})")
+    gen.add_argument("--generated", default=GENERATED, help=f"their generated code (default {GENERATED})")
+    add_limit_options(gen)
     gen.set_defaults(func=cmd_generate)
 
-    ver = sub.add_parser("verify", help="check the generated code against torch.autograd and finite differences")
+    ver = sub.add_parser("verify", help="check the generated code against torch.autograd and finite differences",
+                         description="Check the generated code on fresh random inputs against torch.autograd,\n"
+                                     "central finite differences and float64 references.",
+                         epilog=VERIFY_EXAMPLES, formatter_class=HelpFormatter)
     ver.add_argument("spec", nargs="?", help="network spec (TOML); default: the lecture's network")
     ver.add_argument("--seeds", type=int, default=3, help="random draws per batch size (default 3)")
     ver.add_argument("--seed", type=int, help="base seed (default: fresh from the OS; printed to reproduce)")
-    ver.add_argument("--format", choices=("text", "json"), default="text")
+    ver.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    add_limit_options(ver, budget=True)
     ver.set_defaults(func=cmd_verify)
-

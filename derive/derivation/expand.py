@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from derive.derivation import Derivation
+from derive.derivation.records import Derivation
 from derive.errors import DeriveError
 
 

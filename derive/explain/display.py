@@ -1,4 +1,6 @@
-"""Printers for people: the lecture's notation in plain text, LaTeX for slides.
+"""The plain-text printer of the lecture's notation, as the generated code's comments use it.
+
+`derive explain` prints through derive/explain/notation.py, which builds on this printer.
 
 Expressions are printed with ``order="none"`` so that −(y − f3) stays as the lecture
 writes it.  Names map to the lecture's symbols (delta3 -> δ3, dL_df2 -> ∂L/∂f2).
@@ -9,7 +11,6 @@ from __future__ import annotations
 import re
 
 import sympy as sp
-from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
 _DELTA = re.compile(r"delta(\d+)\Z")
@@ -121,63 +122,3 @@ class TextPrinter(StrPrinter):
 def text(expr) -> str:
     with sp.core.parameters.distribute(False):
         return TextPrinter().doprint(expr)
-
-
-def chain_product(values) -> sp.Expr:
-    """An unevaluated product that keeps the chain's order when printed."""
-    vals = [v for v in values if v != 1] or [sp.S.One]
-    if len(vals) == 1:
-        return vals[0]
-    flat = []
-    sign = 1
-    for v in vals:
-        if isinstance(v, sp.Mul) and v.args[0] == -1:
-            sign, v = -sign, sp.Mul(*v.args[1:], evaluate=False)
-        flat.extend(v.args if isinstance(v, sp.Mul) and not v.args[0].is_Number else [v])
-    if sign < 0:
-        flat.insert(0, sp.S.NegativeOne)  # printed as a leading "−", as the lecture writes −(y − ŷ)·…
-    return sp.Mul(*flat, evaluate=False)
-
-
-class SlidesLatexPrinter(LatexPrinter):
-    def _print_Symbol(self, expr, style="plain"):
-        m = _GRAD.match(expr.name)
-        if m:
-            return r"\frac{\partial L}{\partial %s}" % super()._print_Symbol(sp.Symbol(m.group(1)))
-        return super()._print_Symbol(expr)
-
-    def _print_KroneckerDelta(self, expr, exp=None):
-        return r"[%s = %s]" % (self._print(expr.args[0]), self._print(expr.args[1]))
-
-
-def latex(expr) -> str:
-    with sp.core.parameters.distribute(False):
-        return SlidesLatexPrinter({"order": "none"}).doprint(expr)
-
-
-def latex_factor(ascii_name: str) -> str:
-    if "/" in ascii_name:
-        top, bottom = ascii_name.split("/", 1)
-        return r"\frac{\partial %s}{\partial %s}" % (sp.latex(sp.Symbol(top[1:])), sp.latex(sp.Symbol(bottom[1:])))
-    return sp.latex(sp.Symbol(ascii_name))
-
-
-def header_lines(net) -> list[str]:
-    """The first line of `derive explain`'s text: the network, its ports and its loss."""
-    shape = lambda s: "scalar" if s == () else "×".join(map(str, s))
-    return [f"Network {net.name}: input {net.input.name} ({shape(net.input.shape)}), "
-            f"target {net.target.name} ({shape(net.target.shape)}), loss {net.loss.type} "
-            f"({net.loss.reduction} over the batch)", ""]
-
-
-def loss_lines(der) -> list[str]:
-    """The loss section of `derive explain`'s text: the lecture's form, SymPy's, and any note."""
-    from derive.tables.losses import LOSS_RULES
-
-    net = der.network
-    rule = LOSS_RULES[net.loss.type]
-    out = [f"Loss (per sample; the batch loss is its {net.loss.reduction})", f"  {rule.title}",
-           f"  L = {text(der.loss.rhs)}"]
-    if rule.note:
-        out.append(f"  Note: {rule.note}")
-    return out + [""]

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import sympy as sp
 
-from derive.layers import conv
-from derive.derivation import indices as ix
-from derive.derivation import Derivation, Step
+from derive import indices as ix
+from derive import names
+from derive.derivation.records import Derivation, Step
 from derive.errors import DerivationError
-from derive.network import VolumeLayerInfo
+from derive.layers import RULES
+from derive.tables.losses import CLASS, LOSS_RULES
 from derive.tables.functions import logsumexp, name_logsumexp, softmax
 from derive.ir.nodes import (
-    Array, Assign, LayerIR, BatchSum, Col, First, FirstColumn, ZerosLike, KernelIR, LogSumExp, MatVec, OneHot, Outer, RowSum, Softmax, VecMat,
+    Array, Assign, BatchSum, Col, First, FirstColumn, KernelIR, LayerIR, LogSumExp, MatVec, OneHot, RowSum, Softmax,
+    VecMat, VolumeLayer, ZerosLike,
 )
 
 SCALE = sp.Symbol("_scale", real=True)  # 1/B for a mean over the batch, 1 for a sum
@@ -77,7 +79,10 @@ def lower_expr(expr: sp.Expr, ctx: _Ctx, vector: bool) -> sp.Expr:
         return LogSumExp(sp.Symbol(_name(expr.args[0]), real=True))
     if not expr.args:
         return expr
-    return expr.func(*(lower_expr(a, ctx, vector) for a in expr.args))
+    args = [lower_expr(a, ctx, vector) for a in expr.args]
+    if isinstance(expr, (sp.Add, sp.Mul)):
+        return expr.func(*args, evaluate=False)  # the order the math is written in (w1·x + b1, not b1 + w1·x)
+    return expr.func(*args)
 
 
 def _lower_sum(s: sp.Sum, ctx: _Ctx) -> sp.Expr:
@@ -109,7 +114,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
     net = der.network
     arrays: dict[str, Array] = {}
     x = Array(net.input.name, net.input.shape, True)
-    y_dtype = "int" if net.loss.type == "cross_entropy" else "float"
+    y_dtype = "int" if LOSS_RULES[net.loss.type].target == CLASS else "float"
     y = Array(net.target.name, net.target.shape, True, y_dtype)
     arrays[x.name] = x
     arrays[y.name] = y
@@ -120,9 +125,11 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
     for d in der.forward:
         arrays[d.name] = Array(d.name, d.shape, True)
         ctx = _Ctx(arrays, f"forward {d.name}")
-        volume = conv.lower_definition(d, net.info[d.layer - 1], net) if _volume(net, d.layer) else None
-        if volume is not None:  # conv2d, locally_connected, flatten: lowered by their layer rules
-            forward.append(Assign(d.name, volume, d.shape, True, _comment_forward(d)))
+        layer = net.info[d.layer - 1]
+        own = not (layer.activation and d.name == names.activation(layer.index))  # the activation is generic
+        node = RULES[layer.kind].lower_forward(d.name, layer, net) if own else None
+        if node is not None:  # a whole-array operation of the layer's rule (conv, flatten, pooling)
+            forward.append(Assign(d.name, node, d.shape, True, _comment_forward(d)))
             continue
         forward.append(Assign(d.name, lower_expr(d.rhs, ctx, bool(d.shape)), d.shape, True,
                               _comment_forward(d)))
@@ -148,11 +155,14 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         ctx = _Ctx(arrays, f"step {s.name}", width)
         ctx.logits = sp.Symbol(f_top.name, real=True)
         ctx.scalar_lhs = s.shape == ()
-        producer = s.layer if s.kind == "upstream" else s.layer - 1  # the 0-based layer whose rule made s
-        volume = conv.lower_step(s, net.info[producer], net) if _volume(net, producer + 1) else None
-        if volume is not None:
-            backward.append(Assign(s.name, volume, s.shape, s.kind != "param",
-                                   _comment_forward(s) + (", summed over the batch" if s.kind == "param" else "")))
+        layer = net.info[s.origin - 1]
+        node = None
+        if s.kind in ("param", "upstream") and s.rhs != 0:
+            node = RULES[layer.kind].lower_step(s, layer, net, lambda e, ctx=ctx: lower_expr(e, ctx, True))
+        if node is not None:  # the layer's rule spells it (an outer product, a convolution, a pooling gradient)
+            comment = _comment_step(s) if layer.kind == "linear" else _comment_forward(s)
+            backward.append(Assign(s.name, node, s.shape, s.kind != "param",
+                                   comment + (", summed over the batch" if s.kind == "param" else "")))
             grads += [(s.param, s.name)] if s.kind == "param" else []
             continue
         backward.append(_lower_step(s, ctx))
@@ -165,7 +175,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         input=x,
         target=y,
         params=params,
-        slope_inits=tuple((li.slope_param, float(li.spec.slope_init)) for li in net.info if li.slope_param),
+        slope_inits=tuple((li.slope_param, li.slope_init) for li in net.info if li.slope_param),
         fan_ins=tuple((p.name, p.fan_in) for p in net.params),
         forward=tuple(forward),
         output=output,
@@ -174,7 +184,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         grads=tuple(grads),
         loss_type=net.loss.type,
         reduction=net.loss.reduction,
-        volumes=conv.volume_layers(der, net),
+        volumes=_volumes(der, net),
         layers=_layers(net),
         **_lower_optimizer(net),
     )
@@ -198,21 +208,27 @@ def _lower_optimizer(net) -> dict:
 
 
 def _layers(net) -> tuple[LayerIR, ...]:
+    return tuple(LayerIR(li.index, li.kind, li.in_shape, li.out_shape, li.source, names.activation(li.index),
+                         li.weight, li.bias, li.activation, li.slope_value, li.slope_param, li.kernel, li.stride,
+                         li.padding) for li in net.info)
+
+
+def _volumes(der, net) -> tuple[VolumeLayer, ...]:
+    """The conv2d / locally_connected layers as the Triton generator needs them."""
     out = []
     for pos, li in enumerate(net.info):
-        kind = getattr(li, "kind", "linear")
-        stride = getattr(li, "stride", 1)
-        out.append(LayerIR(
-            li.index, kind, li.in_shape, li.out_shape,
-            net.input.name if pos == 0 else f"f{li.index - 1}", f"f{li.index}",
-            li.weight, li.bias, None if kind == "flatten" else li.spec.activation, li.slope_value, li.slope_param,
-            getattr(li, "kernel", (1, 1)), (stride, stride), getattr(li, "padding", 0),
-        ))
+        if li.kind not in ("conv2d", "locally_connected"):
+            continue
+        formulas = [("forward", _comment_forward(next(d for d in der.forward if d.name == names.pre_activation(li.index))))]
+        formulas.append(("weight", _comment_forward(der.gradient(li.weight))))
+        if li.bias:
+            formulas.append(("bias", _comment_forward(der.gradient(li.bias))))
+        if pos > 0:
+            up = [s for s in der.backward if s.kind == "upstream" and s.origin == li.index]
+            formulas.append(("input", "; ".join(_comment_forward(s) for s in up)))
+        out.append(VolumeLayer(li.index, li.kind, li.in_shape, li.out_shape, li.stride[0], li.kernel, li.padding,
+                               li.weight, li.bias, li.source, pos == 0, pos > 0, tuple(formulas)))
     return tuple(out)
-
-
-def _volume(net, layer: int) -> bool:
-    return isinstance(net.info[layer - 1], VolumeLayerInfo)
 
 
 def _lower_step(s: Step, ctx: _Ctx) -> Assign:
@@ -229,15 +245,7 @@ def _lower_step(s: Step, ctx: _Ctx) -> Assign:
     if s.kind in ("delta", "upstream"):
         return Assign(s.name, lower_expr(s.rhs, ctx, vector), s.shape, True, _comment_step(s))
     # A parameter gradient: the per-sample rule summed over the batch.
-    if len(s.shape) == 2:
-        d, f = sp.Mul.make_args(s.rhs)
-        if not isinstance(d, sp.Indexed) or d.indices[0] != ix.j:
-            d, f = f, d
-        if not (isinstance(d, sp.Indexed) and isinstance(f, (sp.Indexed, sp.Symbol))):
-            raise DerivationError(f"step {s.name}: expected δ[j]·f[k], got {s.rhs}")
-        expr = Outer(lower_expr(d, ctx, True), lower_expr(f, ctx, True))
-    else:
-        expr = BatchSum(lower_expr(s.rhs, ctx, bool(s.shape)))
+    expr = BatchSum(lower_expr(s.rhs, ctx, bool(s.shape)))
     return Assign(s.name, expr, s.shape, False, _comment_step(s) + ", summed over the batch")
 
 

@@ -262,3 +262,32 @@ class Unflatten(IRNode):
     """Unflatten(g, C, H, W): the inverse of Flatten."""
 
     nargs = 4
+
+
+# ---- pooling: geometry as Integer arguments kh, kw, sh, sw, P and the layer number l ----------------
+
+
+class MaxPool2d(IRNode):
+    """MaxPool2d(f, kh, kw, sh, sw, P, l): f[c,i,j] = max_{p,q} f_prev[c, i·sh+p−P, j·sw+q−P], padding −∞."""
+
+    nargs = 7
+
+
+class AvgPool2d(IRNode):
+    """AvgPool2d(f, kh, kw, sh, sw, P, l): the window mean, padded zeros counted (count_include_pad)."""
+
+    nargs = 7
+
+
+class MaxPool2dGrad(IRNode):
+    """MaxPool2dGrad(g, f, kh, kw, sh, sw, P, l): ∂L/∂f_prev, each g[c,i,j] routed to its window's first
+    maximum (row-major) in f, the pooling's input."""
+
+    nargs = 8
+
+
+class AvgPool2dGrad(IRNode):
+    """AvgPool2dGrad(g, f, kh, kw, sh, sw, P, l): ∂L/∂f_prev, each g[c,i,j]/(kh·kw) spread over its window
+    (f, the pooling's input, gives the shape)."""
+
+    nargs = 8

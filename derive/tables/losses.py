@@ -16,11 +16,17 @@ import sympy as sp
 from derive.tables.functions import relu, softplus, step
 
 
+# The kinds of target a loss takes.  They decide how verify and train draw or read targets.
+REAL, SIGNED, BINARY, CLASS = "real", "±1", "{0, 1}", "class"
+
+
 @dataclass(frozen=True)
 class LossRule:
     title: str  # how the lecture writes it
     element: Callable[[sp.Expr, sp.Expr], sp.Expr] | None  # ℓ for one output element (ŷ_j, y_j)
     note: str = ""
+    target: str = REAL  # REAL, SIGNED (±1 labels), BINARY ({0, 1} labels) or CLASS (an index)
+    scalar_output: bool = False  # the prediction is one number per sample (a score or a logit)
 
 
 LOSS_RULES: dict[str, LossRule] = {
@@ -34,6 +40,7 @@ LOSS_RULES: dict[str, LossRule] = {
         "L = max(0, 1 − y·ŷ)",
         lambda yh, y: relu(1 - y * yh),
         "At the kink y·ŷ = 1 the subgradient 0 is used (PyTorch's relu'(0) = 0).",
+        SIGNED, True,
     ),
     "zero_one": LossRule(
         "L = 1[y·ŷ ≤ 0]",
@@ -41,16 +48,19 @@ LOSS_RULES: dict[str, LossRule] = {
         "The zero-one loss is piecewise constant: its derivative is zero almost everywhere "
         "(undefined on the decision boundary), so it gives no gradient signal and every gradient "
         "below is 0. Train with a surrogate: hinge or cross-entropy (binary_cross_entropy).",
+        SIGNED, True,
     ),
     "binary_cross_entropy": LossRule(
         "L = log(1 + e^ŷ) − y·ŷ   (BCE from the logit ŷ)",
         lambda yh, y: softplus(yh) - y * yh,
         "Written from the logit, log σ never appears, so large |ŷ| stays finite.",
+        BINARY, True,
     ),
     "cross_entropy": LossRule(
         "L = −log softmax(ŷ)_y = −ŷ_y + log Σ_j exp(ŷ_j)",
         None,
         "Computed with log-sum-exp, so large logits stay finite.",
+        CLASS,
     ),
 }
 

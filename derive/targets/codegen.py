@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from derive import fsutil
-from derive.derivation import derive
+from derive.derivation.engine import derive
 from derive.ir.lowering import lower
 from derive.network import Network
 from derive.targets.common import template_dir  # noqa: F401 (re-exported: tests and the wheel check use it)

@@ -14,7 +14,7 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
     target = "numpy"
 
     def __init__(self):
-        super().__init__({"strict": True, "fully_qualified_modules": True})
+        super().__init__({"strict": True, "fully_qualified_modules": True, "order": "none"})
         self.helpers = set()
 
     def _module_format(self, fqn, register=True):
@@ -134,6 +134,27 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
         self.helpers.add("local_input_grad")
         return "local_input_grad(%s, %s, %s, (%s, %s))" % (self._print(d), self._print(w), s, hh, ww)
 
+    # pooling: windows of the (padded) input, reduced; gradients scattered back over the windows
+    def _pool(self, name, e, *lead):
+        args = [self._print(a) for a in lead] + [str(a) for a in e.args[len(lead):-1]]
+        return self._helper_call(name, args)
+
+    def _helper_call(self, name, args):
+        self.helpers.add(name)
+        return "%s(%s)" % (name, ", ".join(args))
+
+    def _print_MaxPool2d(self, e):
+        return self._pool("max_pool2d", e, e.args[0])
+
+    def _print_AvgPool2d(self, e):
+        return self._pool("avg_pool2d", e, e.args[0])
+
+    def _print_MaxPool2dGrad(self, e):
+        return self._pool("max_pool2d_grad", e, *e.args[:2])
+
+    def _print_AvgPool2dGrad(self, e):
+        return self._pool("avg_pool2d_grad", e, *e.args[:2])
+
     def _print_Flatten(self, e):
         f = self._print(e.args[0])
         return "%s.reshape(%s.shape[0], -1)" % (f, f)
@@ -187,6 +208,35 @@ NUMPY_HELPERS = {
         for q in range(kw):
             g[:, :, p:p + s * oh:s, q:q + s * ow:s] += np.einsum("boij,oijc->bcij", delta, W[:, :, :, :, p, q])
     return g''',
+    "max_pool2d": '''def max_pool2d(x, kh, kw, sh, sw, pad):
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is −∞."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
+    return np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].max(axis=(4, 5))''',
+    "max_pool2d_grad": '''def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of window (i, j)].
+
+    The argmax is the window's first maximum in row-major order (np.argmax), as PyTorch routes ties.
+    """
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    B, C, oh, ow = g.shape
+    p, q = np.divmod(win.reshape(B, C, oh, ow, kh * kw).argmax(axis=4), kw)
+    b, c, i, j = np.indices(g.shape, sparse=True)
+    gp = np.zeros(xp.shape, dtype=g.dtype)
+    np.add.at(gp, (b, c, i * sh + p, j * sw + q), g)  # windows overlap when the stride is below the kernel
+    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
+    "avg_pool2d": '''def avg_pool2d(x, kh, kw, sh, sw, pad):
+    """f[b, c, i, j] = the mean over the kh × kw window at (i·sh − pad, j·sw − pad), padded zeros counted."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    return np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].mean(axis=(4, 5))''',
+    "avg_pool2d_grad": '''def avg_pool2d_grad(g, x, kh, kw, sh, sw, pad):
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]/(kh·kw)·[(h, w) in window (i, j)]: a scatter over the offsets (p, q)."""
+    B, C, oh, ow = g.shape
+    gp = np.zeros((B, C, x.shape[2] + 2 * pad, x.shape[3] + 2 * pad), dtype=g.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            gp[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += g / (kh * kw)
+    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
     "onehot": '''def onehot(y, n, dtype):
     """[y = j] for class indices y and columns j < n."""
     return (y[:, None] == np.arange(n)).astype(dtype)''',

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 
 import numpy as np
 
 from derive.errors import DeriveError
 from derive.network import Network
+from derive.tables.losses import CLASS, LOSS_RULES
 
 
 class DataError(DeriveError):
@@ -24,10 +26,25 @@ def columns(name: str, shape: tuple) -> list[str]:
     return [name] if not shape else [f"{name}{i}" for i in range(shape[0])]
 
 
-def load_csv(path: str, net: Network) -> tuple[np.ndarray, np.ndarray]:
+def _warn(message: str) -> None:
+    print(f"derive: warning: {message}", file=sys.stderr)
+
+
+def _delimiter_hint(header: list[str]) -> str:
+    """derive reads commas only; a header that is one field holding ';' or tabs was written with another."""
+    if len(header) == 1:
+        for sep, name in ((";", "semicolon"), ("\t", "tab")):
+            if sep in header[0]:
+                return (f" (the header looks {name}-separated; derive reads comma-separated CSV: "
+                        f"re-save the file with commas)")
+    return ""
+
+
+def load_csv(path: str, net: Network, warn=_warn) -> tuple[np.ndarray, np.ndarray]:
+    """``warn`` gets each warning (a column the spec does not name) as one line."""
     x_cols = columns(net.input.name, net.input.shape)
     y_cols = columns(net.target.name, net.target.shape)
-    integer_target = net.loss.type == "cross_entropy"
+    integer_target = LOSS_RULES[net.loss.type].target == CLASS
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's byte-order mark is not a column
             rows = list(csv.reader(fh))
@@ -42,10 +59,14 @@ def load_csv(path: str, net: Network) -> tuple[np.ndarray, np.ndarray]:
     header = [h.strip() for h in rows[0]]
     for col in x_cols + y_cols:
         if col not in header:
-            raise DataError(f"{path}: line 1: missing column {col!r}; expected columns {', '.join(x_cols + y_cols)}")
+            raise DataError(f"{path}: line 1: missing column {col!r}; expected columns {', '.join(x_cols + y_cols)}"
+                            + _delimiter_hint(header))
     dup = sorted({h for h in header if header.count(h) > 1})
     if dup:
         raise DataError(f"{path}: line 1: duplicate column {dup[0]!r}")
+    extra = [h for h in header if h not in x_cols + y_cols]
+    if extra:
+        warn(f"{path}: line 1: ignoring column{'s' if len(extra) > 1 else ''} not in the spec: {', '.join(extra)}")
     body = [(n, r) for n, r in enumerate(rows[1:], start=2) if any(cell.strip() for cell in r)]
     if not body:
         raise DataError(f"{path}: line 2: no data rows after the header")

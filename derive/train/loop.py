@@ -9,6 +9,9 @@ scipy.optimize on the generated loss and gradient.
 from __future__ import annotations
 
 import sys
+import zipfile
+import contextlib
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +21,16 @@ from derive import fsutil
 from derive.errors import DeriveError
 from derive.targets.modules import generated_modules, triton_device
 from derive.network import Network
+from derive.tables.losses import BINARY, CLASS, LOSS_RULES, SIGNED
 
 
 @dataclass
 class TrainResult:
     params: dict
     loss: float
+    accuracy: float | None  # on the training data (None for a regression loss)
     epochs: int
     losses: list = field(default_factory=list)  # mean batch loss of each epoch
-    accuracy: float | None = None
 
     def to_dict(self) -> dict:
         out = {
@@ -41,14 +45,29 @@ class TrainResult:
 
 
 def accuracy(net: Network, yhat: np.ndarray, y: np.ndarray) -> float | None:
-    kind = net.loss.type
-    if kind == "cross_entropy":
+    """The fraction classified right, for a loss whose target is a label (the loss table's target kind)."""
+    kind = LOSS_RULES[net.loss.type].target
+    if kind == CLASS:
         return float(np.mean(np.argmax(yhat, axis=1) == y))
-    if kind in ("hinge", "zero_one"):
+    if kind == SIGNED:
         return float(np.mean(np.where(yhat > 0, 1.0, -1.0) == y))
-    if kind == "binary_cross_entropy":
+    if kind == BINARY:
         return float(np.mean((yhat > 0).astype(float) == y))
     return None
+
+
+def evaluate(net: Network, npm, params, x, y, chunk: int) -> tuple[float, float | None]:
+    """The reported loss and accuracy over the whole data set, in float64, ``chunk`` samples at a
+    time: one pass over every sample at once would hold every activation of the data set (the
+    memory budget counts one batch)."""
+    n = len(x)
+    total, yhat = 0.0, []
+    for i in range(0, n, chunk):
+        xs, ys = x[i:i + chunk], y[i:i + chunk]
+        part = float(npm.loss(params, xs, ys))
+        total += part * len(xs) / n if net.loss.reduction == "mean" else part
+        yhat.append(npm.forward(params, xs))
+    return total, accuracy(net, np.concatenate(yhat), y)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -68,12 +87,24 @@ def save_checkpoint(path: Path, net: Network, params, state, epoch: int, t: int,
     fsutil.write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says which epoch the checkpoint holds."""
+
+
+CHECKPOINT_KEYS = ("fingerprint", "epoch", "t", "losses")
+
+
 def load_checkpoint(path: Path, net: Network):
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise DeriveError(f"{path}: --checkpoint: not a derive checkpoint ({err})") from None
+        if not all(k in data for k in CHECKPOINT_KEYS):
+            raise ValueError("keys missing")
+        int(data["epoch"]), int(data["t"])
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, AttributeError):
+        # numpy's own text (about allow_pickle, or zip internals) would be advice for the wrong problem
+        raise DeriveError(f"{path}: --checkpoint: not a derive checkpoint, or a damaged one (expected the .npz "
+                          "file an earlier derive train --checkpoint wrote); delete it or pass a new file") from None
     if str(data.get("fingerprint")) != _fingerprint(net):
         raise DeriveError(f"{path}: --checkpoint: it belongs to another network or optimizer "
                           f"({data.get('fingerprint')}); use a new file")
@@ -90,6 +121,31 @@ def _check_resume(ckpt, start: int, epochs: int) -> None:
     if start > epochs:
         raise DeriveError(f"{ckpt}: --checkpoint: the run is already at epoch {start}, past --epochs {epochs}; "
                           f"pass --epochs {start} or more, or use a new file")
+
+
+def _say_resume(ckpt, start: int, epochs: int) -> None:
+    print(f"derive: resuming from epoch {start} of {epochs} ({ckpt})", file=sys.stderr)
+
+
+@contextmanager
+def _interrupt_message(ckpt, saved: list):
+    """Turn Ctrl-C into a message naming the epoch the checkpoint holds.  The file is the truth:
+    Ctrl-C may land between a save's rename and ``saved`` being updated (save_checkpoint is
+    atomic, so the file is always one whole epoch)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if ckpt is None:
+            raise Interrupted("nothing saved (no --checkpoint)") from None
+        held = saved[0]
+        try:
+            with np.load(ckpt, allow_pickle=False) as z:
+                held = int(z["epoch"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass
+        if held == 0:
+            raise Interrupted(f"no epoch finished; {ckpt} not written") from None
+        raise Interrupted(f"{ckpt} holds epoch {held}; run the same command again to resume") from None
 
 
 def _np(v):
@@ -126,27 +182,30 @@ def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: in
         if ckpt is not None and ckpt.exists():
             p, s, start, t, losses = load_checkpoint(ckpt, net)
             _check_resume(ckpt, start, epochs)
+            _say_resume(ckpt, start, epochs)
             params = {k: conv.to(v) for k, v in p.items()}
             state = {kind: {k: conv.to(v) for k, v in per.items()} for kind, per in s.items()} or state
         n = x.shape[0]
         bar = _bar(range(start, epochs), epochs, start, progress)
-        for epoch in bar:
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            total, count = 0.0, 0
-            for i in range(0, n, batch):
-                idx = order[i:i + batch]
-                t += 1
-                params, state, loss = mod.step(params, state, conv.x(x[idx]), conv.y(y[idx]), t)
-                total += loss * len(idx)
-                count += len(idx)
-            losses.append(total / count)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{losses[-1]:.6g}")
-            if ckpt is not None:
-                save_checkpoint(ckpt, net, params, state, epoch + 1, t, losses)
+        saved = [start]  # the last epoch the checkpoint holds
+        with _interrupt_message(ckpt, saved), contextlib.closing(bar) if hasattr(bar, "close") else nullcontext():
+            for epoch in bar:
+                order = np.random.default_rng([seed, epoch]).permutation(n)
+                total, count = 0.0, 0
+                for i in range(0, n, batch):
+                    idx = order[i:i + batch]
+                    t += 1
+                    params, state, loss = mod.step(params, state, conv.x(x[idx]), conv.y(y[idx]), t)
+                    total += loss * len(idx)
+                    count += len(idx)
+                losses.append(total / count)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{losses[-1]:.6g}")
+                if ckpt is not None:
+                    save_checkpoint(ckpt, net, params, state, epoch + 1, t, losses)
+                    saved[0] = epoch + 1
         final = {k: _np(v).astype(np.float64) for k, v in params.items()}
-        # the reported loss and accuracy: the whole data set, in float64
-        return TrainResult(final, npm.loss(final, x, y), epochs, losses, accuracy(net, npm.forward(final, x), y))
+        return TrainResult(final, *evaluate(net, npm, final, x, y, batch), epochs=epochs, losses=losses)
 
 
 class _Converter:
@@ -154,7 +213,7 @@ class _Converter:
 
     def __init__(self, backend: str, device, net: Network):
         self.backend, self.device = backend, device
-        self.int_target = net.loss.type == "cross_entropy"
+        self.int_target = LOSS_RULES[net.loss.type].target == CLASS
 
     def to(self, v):
         if self.backend == "numpy":
@@ -201,6 +260,7 @@ def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress) -> TrainResult:
     if ckpt is not None and ckpt.exists():
         params, _, start, _, losses = load_checkpoint(ckpt, net)
         _check_resume(ckpt, start, epochs)
+        _say_resume(ckpt, start, epochs)
 
     def unflat(v):
         out, off = {}, 0
@@ -217,20 +277,22 @@ def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress) -> TrainResult:
     history = int(net.optimizer.hyper["history"])
     v0 = np.concatenate([np.ravel(params[n]) for n in names])
     epoch = [start]
+    saved = [start]
 
     def callback(intermediate_result):
         epoch[0] += 1
         losses.append(float(intermediate_result.fun))
         if ckpt is not None:
             save_checkpoint(ckpt, net, unflat(intermediate_result.x), {}, epoch[0], epoch[0], losses)
+            saved[0] = epoch[0]
 
     if epochs > start:
-        res = minimize(fun, v0, jac=True, method="L-BFGS-B", callback=callback,
-                       options={"maxiter": epochs - start, "maxcor": history, "gtol": 1e-12, "ftol": 1e-15})
+        with _interrupt_message(ckpt, saved):
+            res = minimize(fun, v0, jac=True, method="L-BFGS-B", callback=callback,
+                           options={"maxiter": epochs - start, "maxcor": history, "gtol": 1e-12, "ftol": 1e-15})
         v0 = res.x
     final = unflat(v0)
-    return TrainResult(final, float(npm.loss(final, x, y)), epochs, losses,
-                       accuracy(net, npm.forward(final, x), y))
+    return TrainResult(final, *evaluate(net, npm, final, x, y, len(x)), epochs=epochs, losses=losses)
 
 
 def plot(losses: list, path: str, title: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from derive.targets.modules import generated_modules, triton_device
 from derive.network import Network
+from derive.tables.losses import BINARY, CLASS, LOSS_RULES, SIGNED
 
 TOL_F64 = 1e-10  # two float64 evaluations of the same math: only rounding differs
 # Central differences in extended precision (np.longdouble, ε ≈ 1e-19 on x86-64), at three steps
@@ -109,15 +110,16 @@ def _norm_all(arrays) -> float:
 
 
 def sample(net: Network, rng: np.random.Generator, batch: int):
-    """Inputs and targets a loss accepts: ±1 labels for hinge/zero-one, {0, 1} for BCE, classes for CE."""
+    """Inputs and targets the loss accepts (its table entry's target kind): ±1 labels, {0, 1} labels,
+    class indices, or real values."""
     x = rng.standard_normal((batch, *net.input.shape))
-    kind = net.loss.type
+    kind = LOSS_RULES[net.loss.type].target
     t_shape = (batch, *net.target.shape)
-    if kind == "cross_entropy":
+    if kind == CLASS:
         y = rng.integers(0, net.output_shape[0], size=batch)
-    elif kind in ("hinge", "zero_one"):
+    elif kind == SIGNED:
         y = rng.choice([-1.0, 1.0], size=t_shape)
-    elif kind == "binary_cross_entropy":
+    elif kind == BINARY:
         y = rng.integers(0, 2, size=t_shape).astype(np.float64)
     else:
         y = rng.standard_normal(t_shape)
@@ -226,7 +228,7 @@ def _numpy_checks(col, net, npm, params, x, y, rng, torch):
 
         tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
         tx = torch.tensor(x, dtype=torch.float64)
-        ty = torch.tensor(y, dtype=torch.long if net.loss.type == "cross_entropy" else torch.float64)
+        ty = torch.tensor(y, dtype=torch.long if y.dtype.kind == "i" else torch.float64)
         tL, tg, tyhat = reference.loss_and_grads(net, tp, tx, ty)
         col.add("numpy-f64", "torch.autograd-f64", "forward", rel_err(yhat, tyhat.numpy()), TOL_F64)
         col.add("numpy-f64", "torch.autograd-f64", "loss", rel_err(L, tL.item()), TOL_F64)
@@ -238,7 +240,7 @@ def _numpy_checks(col, net, npm, params, x, y, rng, torch):
     _fd_check(col, npm, params, x, y, grads, rng)
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     x32 = x.astype(np.float32)
-    y32 = y if net.loss.type == "cross_entropy" else y.astype(np.float32)
+    y32 = y if y.dtype.kind == "i" else y.astype(np.float32)
     g32 = npm.gradients(p32, x32, y32)
     if any(np.asarray(v).dtype != np.float32 for v in g32.values()):
         col.add("numpy-f32", "dtype", "gradients stay float32", float("inf"), 0.0)

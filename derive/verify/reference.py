@@ -9,82 +9,80 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from derive.network import Network, VolumeLayerInfo
+from derive.network import Network
 
 
-def _activation(kind: str, a, slope):
-    if kind == "identity":
-        return a
-    if kind == "relu":
-        return torch.relu(a)
-    if kind == "sigmoid":
-        return torch.sigmoid(a)
-    if kind == "tanh":
-        return torch.tanh(a)
-    if kind == "softplus":
-        return torch.logaddexp(a, torch.zeros_like(a))  # F.softplus switches to x above 20
-    if kind in ("leaky_relu", "prelu"):
-        return torch.where(a > 0, a, slope * a)  # slope at 0, as torch's leaky_relu and prelu
-    raise ValueError(kind)
+# Each activation and loss spelled in PyTorch, independently of derive's tables.
+ACTIVATIONS = {
+    "identity": lambda a, s: a,
+    "relu": lambda a, s: torch.relu(a),
+    "sigmoid": lambda a, s: torch.sigmoid(a),
+    "tanh": lambda a, s: torch.tanh(a),
+    "softplus": lambda a, s: torch.logaddexp(a, torch.zeros_like(a)),  # F.softplus switches to x above 20
+    "leaky_relu": lambda a, s: torch.where(a > 0, a, s * a),  # slope at 0, as torch's leaky_relu and prelu
+    "prelu": lambda a, s: torch.where(a > 0, a, s * a),
+}
+LOSSES = {
+    "l2": lambda yh, y: 0.5 * (y - yh) ** 2,
+    "l1": lambda yh, y: (y - yh).abs(),
+    "hinge": lambda yh, y: torch.relu(1 - y * yh),
+    "zero_one": lambda yh, y: (y * yh <= 0).to(yh.dtype),
+    "binary_cross_entropy": lambda yh, y: F.binary_cross_entropy_with_logits(yh, y, reduction="none"),
+}
+
+
+def _linear(li, p, h):
+    if li.vector:
+        if h.dim() == 1:
+            h = h[:, None]  # a scalar input is a length-1 vector
+        return h @ p[li.weight].T
+    return p[li.weight] * h
+
+
+def _conv2d(li, p, h):
+    return F.conv2d(h, p[li.weight], None, stride=li.stride, padding=li.padding)
+
+
+def _locally_connected(li, p, h):
+    """F.unfold and one kernel per position."""
+    o, oh, ow = li.out_shape
+    cols = F.unfold(h, li.kernel, padding=li.padding, stride=li.stride)  # (B, c·kh·kw, oh·ow), (c, p, q) order
+    cols = cols.reshape(h.shape[0], -1, oh, ow)
+    return torch.einsum("bkij,oijk->boij", cols, p[li.weight].reshape(o, oh, ow, -1))
+
+
+# Each layer kind in PyTorch: the layer's linear part (its activation and bias are added below).
+LAYERS = {
+    "linear": _linear,
+    "conv2d": _conv2d,
+    "locally_connected": _locally_connected,
+    "flatten": lambda li, p, h: h.reshape(h.shape[0], -1),  # C order over (c, h, w)
+    "max_pool2d": lambda li, p, h: F.max_pool2d(h, li.kernel, li.stride, li.padding),
+    "avg_pool2d": lambda li, p, h: F.avg_pool2d(h, li.kernel, li.stride, li.padding, count_include_pad=True),
+}
 
 
 def forward(net: Network, params: dict, x):
     h = x
     for li in net.info:
-        if isinstance(li, VolumeLayerInfo):
-            h = _volume_layer(li, params, h)
-            continue
-        if li.vector:
-            if h.dim() == 1:
-                h = h[:, None]  # a scalar input is a length-1 vector
-            a = h @ params[li.weight].T
-        else:
-            a = params[li.weight] * h
+        h = LAYERS[li.kind](li, params, h)
         if li.bias:
-            a = a + params[li.bias]
-        slope = params[li.slope_param] if li.slope_param else li.slope_value
-        h = _activation(li.spec.activation, a, slope)
+            b = params[li.bias]
+            h = h + (b[:, None, None] if li.kind == "conv2d" else b)
+        if li.activation is not None:
+            slope = params[li.slope_param] if li.slope_param else li.slope_value
+            h = ACTIVATIONS[li.activation](h, slope)
     if net.output_shape == (1,) and net.target.shape == ():
         h = h[:, 0]
     return h
 
 
-def _volume_layer(li: VolumeLayerInfo, params: dict, h):
-    """conv2d by F.conv2d; locally connected by F.unfold and one kernel per position; flatten as torch does."""
-    if li.kind == "flatten":
-        return h.reshape(h.shape[0], -1)  # C order over (c, h, w)
-    w = params[li.weight]
-    b = params[li.bias] if li.bias else None
-    if li.kind == "conv2d":
-        a = F.conv2d(h, w, b, stride=li.stride, padding=li.padding)
-    else:
-        o, oh, ow = li.out_shape
-        cols = F.unfold(h, li.kernel, padding=li.padding, stride=li.stride)  # (B, c·kh·kw, oh·ow), (c, p, q) order
-        cols = cols.reshape(h.shape[0], -1, oh, ow)
-        a = torch.einsum("bkij,oijk->boij", cols, w.reshape(o, oh, ow, -1))
-        if b is not None:
-            a = a + b
-    return _activation(li.spec.activation, a, li.slope_value)
-
-
 def per_sample_loss(net: Network, yhat, y):
     kind = net.loss.type
-    vec = yhat.dim() == 2
-    if kind == "l2":
-        ell = 0.5 * (y - yhat) ** 2
-    elif kind == "l1":
-        ell = (y - yhat).abs()
-    elif kind == "hinge":
-        ell = torch.relu(1 - y * yhat)
-    elif kind == "zero_one":
-        ell = (y * yhat <= 0).to(yhat.dtype)
-    elif kind == "binary_cross_entropy":
-        ell = F.binary_cross_entropy_with_logits(yhat, y, reduction="none")
-    elif kind == "cross_entropy":
+    if kind == "cross_entropy":
         return F.cross_entropy(yhat, y.long(), reduction="none")
-    else:
-        raise ValueError(kind)
-    return ell.sum(dim=1) if vec else ell
+    ell = LOSSES[kind](yhat, y)
+    return ell.sum(dim=1) if yhat.dim() == 2 else ell
 
 
 def loss_and_grads(net: Network, params: dict, x, y):

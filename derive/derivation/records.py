@@ -1,0 +1,103 @@
+"""The derivation's frozen records: forward Definitions, backward Steps and their chain-rule Factors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from derive import names
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor of a chain, ∂numerator/∂denominator, with its derived value.
+
+    ``reused`` marks a quantity computed once above and re-used here (δ3, ∂L/∂f2).  ``name`` is its
+    ASCII spelling: "df3/da3", "dL/df3", or "delta3" for ∂L/∂a3 (derive.names.factor).
+    """
+
+    numerator: str
+    denominator: str
+    value: sp.Expr
+    reused: bool = False
+
+    @property
+    def name(self) -> str:
+        return names.factor(self.numerator, self.denominator)
+
+    @property
+    def is_delta(self) -> bool:
+        return names.is_delta_factor(self.numerator, self.denominator)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A forward quantity: ``lhs = rhs`` element-wise (lhs is a1 or a1[j])."""
+
+    name: str
+    lhs: sp.Expr
+    rhs: sp.Expr
+    shape: Shape
+    layer: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One backward assignment.
+
+    ``rhs`` uses only named symbols (forward quantities, parameters, earlier steps) and is
+    what the code generators lower; ``factors`` are the chain-rule factors it is the
+    product (or contraction) of; ``expression`` is the same value written with the δ
+    above it (for deltas) and is what ``derive explain`` prints.  ``layer`` is the layer the
+    quantity belongs to (∂L/∂f2 belongs to layer 2); ``origin`` the layer whose rule made it
+    (∂L/∂f2 is made by layer 3's).
+    """
+
+    name: str
+    kind: str  # "loss_grad" | "delta" | "param" | "upstream"
+    layer: int
+    lhs: sp.Expr
+    rhs: sp.Expr
+    factors: tuple[Factor, ...]
+    shape: Shape
+    expression: sp.Expr
+    param: str | None = None
+    origin: int = 0
+
+
+@dataclass(frozen=True)
+class Derivation:
+    network: object  # derive.network.Network
+    forward: tuple[Definition, ...]
+    loss: Definition
+    backward: tuple[Step, ...]
+    symbols: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def deltas(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.backward if s.kind == "delta")
+
+    @property
+    def gradients(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.backward if s.kind == "param")
+
+    def step(self, name: str) -> Step:
+        for s in self.backward:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def gradient(self, param: str) -> Step:
+        for s in self.gradients:
+            if s.param == param:
+                return s
+        raise KeyError(param)
+
+    @property
+    def loss_note(self) -> str:
+        from derive.tables.losses import LOSS_RULES
+
+        return LOSS_RULES[self.network.loss.type].note

@@ -1,0 +1,136 @@
+"""What a layer rule is, and the records it produces.
+
+A rule (one module per layer kind: linear.py, conv.py, flatten.py, pool.py) owns, in one place:
+its spec keys and parsing (``parse``), its validated ``Layer`` record (``resolve``), its
+forward definitions (``forward``, returning ``Node``s whose ``Input``s carry the local
+partials), its lowering to the kernel IR (``lower_forward``, ``lower_step``) and how explain
+describes it (``describe``).  The engine (derive/derivation/engine.py) walks the layers and
+never asks which kind a layer is; the targets keep a per-layer table beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A learnable tensor as the generated code sees it."""
+
+    name: str
+    shape: Shape
+    layer: int
+    role: str  # "weight", "bias" or "slope"
+    fan_in: int = 1
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A validated layer of any kind, with its resolved names and shapes (1-based ``index``).
+
+    ``source`` is the quantity it reads (the network input or f_{l-1}); ``activation`` is None
+    for layers that have none (flatten, pooling): their output f_l is the layer's only quantity.
+    ``padded`` names the zero-padded source (x_pad, f1_pad) of a windowed layer with padding.
+    """
+
+    index: int
+    kind: str
+    spec: object
+    in_shape: Shape
+    out_shape: Shape
+    source: str
+    params: tuple[Param, ...] = ()
+    weight: str | None = None
+    bias: str | None = None
+    activation: str | None = None
+    slope_value: float | None = None  # leaky_relu's constant slope
+    slope_param: str | None = None  # prelu's learnable slope
+    slope_init: float | None = None
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: int = 0
+    padded: str | None = None
+
+    @property
+    def vector(self) -> bool:
+        """The layer works on vectors or volumes (index notation), not on one scalar per sample."""
+        return self.out_shape != ()
+
+    @property
+    def padded_shape(self) -> Shape:
+        """The source's shape with ``padding`` added to both spatial sides."""
+        c, h, w = self.in_shape
+        return (c, h + 2 * self.padding, w + 2 * self.padding)
+
+    @property
+    def fan_in(self) -> int:
+        return self.params[0].fan_in if self.params else 1
+
+
+@dataclass(frozen=True)
+class Input:
+    """Something a forward definition depends on, with the local partial the backward pass contracts.
+
+    ``local`` is ∂(the definition's element)/∂``target``, ``target`` an element of ``name`` at fresh
+    indices; ``rename`` maps the fresh indices back to the printed ones once the contraction is done.
+    ``role`` is "weight", "bias" or "source" (the layer's input, only differentiated when a layer lies
+    below).
+    """
+
+    name: str
+    role: str
+    target: sp.Expr
+    local: sp.Expr
+    rename: dict = field(default_factory=dict)
+    lhs: sp.Expr | None = None  # the gradient's element as printed; default: target renamed
+
+
+@dataclass(frozen=True)
+class Node:
+    """One forward definition ``lhs = rhs``, element-wise, and what its backward pass needs.
+
+    ``out`` is the output element at the indices the inputs' local partials use, and ``limits``
+    their ranges: the engine forms Σ_limits ∂L/∂out · local for every input.
+    """
+
+    name: str
+    lhs: sp.Expr
+    rhs: sp.Expr
+    shape: Shape
+    out: tuple = ()  # index tuple of the output element the locals are written against
+    limits: tuple = ()
+    inputs: tuple[Input, ...] = ()
+
+
+class LayerRule:
+    """The interface every layer kind implements (see the module docstring)."""
+
+    kind: str = ""
+    spec_type: type = object
+    keys: tuple[str, ...] = ("type",)
+    has_activation = True
+
+    def parse(self, path: str, table: dict):
+        raise NotImplementedError
+
+    def resolve(self, path: str, index: int, spec, in_shape: Shape, claim, net) -> Layer:
+        raise NotImplementedError
+
+    def forward(self, layer: Layer, sym: dict) -> list[Node]:
+        """The layer's definitions up to its pre-activation a_l (or its output f_l without an activation)."""
+        raise NotImplementedError
+
+    def lower_forward(self, node_name: str, layer: Layer, net):
+        """The kernel-IR expression of a definition, or None when generic elementwise lowering applies."""
+        return None
+
+    def lower_step(self, step, layer: Layer, net):
+        """The kernel-IR expression of a backward step this layer's rule made, or None (generic lowering)."""
+        return None
+
+    def describe(self, layer: Layer) -> str:
+        raise NotImplementedError
