@@ -50,7 +50,7 @@ def test_example_generates_byte_identical_compilable_files(spec):
     net = load_spec(spec)
     first = codegen.generate(net, _source(spec))
     again = codegen.generate(load_spec(spec), _source(spec))
-    assert list(first) == [f"{net.name}_numpy.py", f"{net.name}_triton.py"]
+    assert list(first) == [f"{net.name}_{t}.py" for t in codegen.TARGETS]
     assert first == again  # no ids, timestamps or set order leak into the text
     for fname, text in first.items():
         compile(text, fname, "exec")
@@ -145,7 +145,7 @@ def test_memory_ops_on_vectors_are_masked():
 # =========================================================================== derive generate
 
 
-@pytest.mark.parametrize("target", ["all", "numpy", "triton"])
+@pytest.mark.parametrize("target", ["all", "numpy", "triton", "torch"])
 def test_generate_writes_exactly_the_files(tmp_path, monkeypatch, capsys, target):
     spec = ROOT / "examples" / "mlp_softmax.toml"
     out = tmp_path / "out"
@@ -154,8 +154,9 @@ def test_generate_writes_exactly_the_files(tmp_path, monkeypatch, capsys, target
     before = _listing(out)
     monkeypatch.chdir(ROOT)
     assert cli_main(["generate", "examples/mlp_softmax.toml", "-o", str(out), "--target", target]) == 0
-    names = {"all": ["mlp_softmax_numpy.py", "mlp_softmax_triton.py"],
-             "numpy": ["mlp_softmax_numpy.py"], "triton": ["mlp_softmax_triton.py"]}[target]
+    names = {"all": ["mlp_softmax_numpy.py", "mlp_softmax_torch.py", "mlp_softmax_triton.py"],
+             "numpy": ["mlp_softmax_numpy.py"], "triton": ["mlp_softmax_triton.py"],
+             "torch": ["mlp_softmax_torch.py"]}[target]
     assert _listing(out) == sorted(before + names)  # nothing else: no temporary files left behind
     assert (out / "keep.txt").read_text() == "mine"
     expected = codegen.generate(load_spec(spec), "examples/mlp_softmax.toml", out_dir=str(out))
@@ -182,7 +183,7 @@ def test_generate_creates_missing_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "a" / "b"
     assert cli_main(["generate", "examples/perceptron.toml", "-o", str(out)]) == 0
-    assert _listing(out) == ["perceptron_numpy.py", "perceptron_triton.py"]
+    assert _listing(out) == ["perceptron_numpy.py", "perceptron_torch.py", "perceptron_triton.py"]
 
 
 def test_generate_renderer_failure_writes_nothing(tmp_path, monkeypatch):

@@ -84,3 +84,19 @@ def test_installed_wheel_finds_its_templates_and_generates(wheel, tmp_path):
     assert out["files"] and set(out["files"]) <= set(committed)
     for name, text in out["files"].items():
         assert text == committed[name], name
+
+
+@pytest.mark.slow
+def test_installed_wheel_provides_the_pytest_plugin(wheel, tmp_path):
+    """The pytest11 entry point: with only the wheel on the path (no -p), pytest loads the plugin."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    project = tmp_path / "user_project"
+    shutil.copytree(ROOT / "examples" / "user_project", project)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--derive-seed", "0", "-k", "fresh"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "derive: 2 spec(s)" in proc.stdout and "2 passed" in proc.stdout

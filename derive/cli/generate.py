@@ -54,7 +54,7 @@ def cmd_generate(args) -> int:
         stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         extra = sorted(
             p for p in generated.glob("*.py")
-            if p not in files and (p.name.endswith("_numpy.py") or p.name.endswith("_triton.py"))
+            if p not in files and any(p.name.endswith(f"_{t}.py") for t in codegen.TARGETS)
         )
         if stale or extra:
             for p in sorted(stale):
@@ -105,6 +105,8 @@ def format_table(report) -> str:
         out.append(f"skipped: {s}")
     for s in report.notes:
         out.append(f"note: {s}")
+    if report.divergence:  # derive.testing.divergence: the first named quantity that disagrees with torch
+        out.append(report.divergence.line())
     n_fail = sum(not c.ok for c in report.checks)
     out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")
     return "\n".join(out) + "\n"
@@ -123,7 +125,13 @@ def cmd_verify(args) -> int:
     source = "<lecture>" if args.spec is None else display_path(args.spec)
     limits.check_budget(limits.estimate_bytes(net, max(BATCH_SIZES), "verify"), args.memory_budget,
                         f"derive verify {source}")
-    report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
+    if args.modules:  # the checked-in files in DIR, not a fresh copy (derive.testing)
+        from derive.testing import verify_module
+        if args.spec is None:
+            raise DeriveError("derive verify --modules DIR: expected a SPEC (the spec the files were generated from)")
+        report = verify_module(args.spec, args.modules, args.seeds, args.seed)
+    else:
+        report = verify(net, source, seeds=args.seeds, seed=args.seed, progress=_progress)
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -147,12 +155,12 @@ VERIFY_EXAMPLES = """examples:
 def add_commands(sub) -> None:
     from derive.cli import HelpFormatter, add_limit_options
 
-    gen = sub.add_parser("generate", help="emit NumPy and Triton code for a spec",
-                         description="Emit the NumPy reference module and the fused Triton kernel for a spec.",
+    gen = sub.add_parser("generate", help="emit NumPy, Triton and torch code for a spec",
+                         description="Emit the NumPy reference module, the fused Triton kernel and the torch module for a spec.",
                          epilog=GENERATE_EXAMPLES, formatter_class=HelpFormatter)
     gen.add_argument("spec", nargs="?", help="network spec (TOML)")
     gen.add_argument("-o", "--out", help="directory to write into (required with SPEC)")
-    gen.add_argument("--target", choices=("numpy", "triton", "all"), default="all",
+    gen.add_argument("--target", choices=("numpy", "triton", "torch", "all"), default="all",
                      help="which code to write (default all)")
     gen.add_argument("--check", action="store_true",
                      help="fail, naming stale files, if generated/ is out of date (default off)")
@@ -171,5 +179,7 @@ def add_commands(sub) -> None:
     ver.add_argument("--seeds", type=int, default=3, help="random draws per batch size (default 3)")
     ver.add_argument("--seed", type=int, help="base seed (default: fresh from the OS; printed to reproduce)")
     ver.add_argument("--format", choices=("text", "json"), default="text", help="report format (default text)")
+    ver.add_argument("--modules", metavar="DIR",
+                     help="check SPEC's checked-in files in DIR, freshness first (default: a fresh copy in a temp dir)")
     add_limit_options(ver, budget=True)
     ver.set_defaults(func=cmd_verify)

@@ -1,4 +1,4 @@
-"""KernelIR -> source files, one renderer per target (numpy.py, triton.py).
+"""KernelIR -> source files, one renderer per target (numpy.py, triton.py, torch.py).
 
 Output is deterministic (sorted helpers, no ids or timestamps), so regenerating gives
 byte-identical files, and files are written atomically.
@@ -14,11 +14,12 @@ from derive.ir.lowering import lower
 from derive.network import Network
 from derive.targets.common import template_dir  # noqa: F401 (re-exported: tests and the wheel check use it)
 from derive.targets.numpy import render_numpy
+from derive.targets.torch import render_torch
 from derive.targets.triton import render_triton
 
-TARGETS = ("numpy", "triton")
+TARGETS = ("numpy", "triton", "torch")
 
-RENDERERS = {"numpy": render_numpy, "triton": render_triton}
+RENDERERS = {"numpy": render_numpy, "triton": render_triton, "torch": render_torch}
 
 
 def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generated") -> dict[str, str]:

@@ -55,6 +55,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    divergence: object = None  # derive.testing.divergence.Divergence, when a row failed and one was found
 
     @property
     def ok(self) -> bool:
@@ -62,7 +63,8 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "network": self.network, "seed": self.seed,
-                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped, "notes": self.notes}
+                "checks": [asdict(c) for c in self.checks], "skipped": self.skipped, "notes": self.notes,
+                **({"first_divergence": self.divergence.to_dict()} if self.divergence else {})}
 
 
 class _Collector:
@@ -158,41 +160,75 @@ def _fd_check(col: _Collector, mod, params, x, y, grads, rng):
         col.add("numpy-f64", "finite-differences", f"grad {name}", rel_err(got, est, floor), TOL_FD)
 
 
+GROUPS = ("numpy", "finite-differences", "float32", "triton")  # one pytest item each (derive.testing)
+
+
 def verify(net: Network, source: str, seeds: int = 3, seed: int | None = None,
            batch_sizes=BATCH_SIZES, progress=None) -> Report:
-    base = int.from_bytes(os.urandom(4), "little") if seed is None else seed
-    report = Report(net.name, base)
+    """Generate ``net``'s code into a temporary directory and check that copy."""
+    targets = ("numpy", "triton") if _torch() is not None and triton_device() else ("numpy",)
+    with generated_modules(net, source, targets) as mods:
+        return verify_modules(net, mods, seeds, seed, batch_sizes, progress)
+
+
+def _torch():
     try:
         import torch
     except ImportError:
-        torch = None
-        report.skipped.append("torch.autograd and Triton checks: torch is not installed (pip install 'derive[gpu]')")
+        return None
+    return torch
+
+
+def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = None,
+                   batch_sizes=BATCH_SIZES, progress=None, groups=GROUPS) -> Report:
+    """Check already-imported modules ({"numpy": module, "triton": module}) of ``net``.
+
+    ``groups`` selects the rows (GROUPS); every group draws the same inputs from the seed,
+    so one group's rows reproduce with ``derive verify --seed`` running them all.  When a
+    row fails, the first named intermediate that disagrees with torch is in ``report.divergence``.
+    """
+    base = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    report = Report(net.name, base)
+    torch = _torch()
     device = triton_device() if torch is not None else None
-    targets = ("numpy", "triton") if device else ("numpy",)
-    if torch is not None and device is None:
+    if torch is None:
+        report.skipped.append("torch.autograd and Triton checks: torch is not installed (pip install 'derive[gpu]')")
+    elif "triton" in groups and device is None:
         report.skipped.append("Triton checks: triton is not installed or no CUDA device and no interpreter")
+    elif "triton" in groups and "triton" not in mods:
+        report.skipped.append("Triton checks: no Triton module")
+    use_triton = "triton" in groups and "triton" in mods and device is not None
 
     col = _Collector()
-    mods_source = {}
-    with generated_modules(net, source, targets) as mods:
-        mods_source = {t: open(m.__file__, encoding="utf-8").read() for t, m in mods.items()}
-        npm = mods["numpy"]
-        runs = [(s, b) for s in range(seeds) for b in batch_sizes]
-        for n, (s, batch) in enumerate(runs):
-            rng = np.random.default_rng([base, s, batch])
-            params = random_params(npm, rng)
-            x, y = sample(net, rng, batch)
-            _numpy_checks(col, net, npm, params, x, y, rng, torch)
-            if "triton" in mods:
-                _triton_checks(col, mods["triton"], npm, params, x, y, torch, device)
-            if progress:
-                progress(n + 1, len(runs))
-    if "triton" in targets:
-        unmasked = unmasked_memory_ops(mods_source["triton"])
-        col.add("triton-f32", "static check", "every tile load/store masked", 0.0 if not unmasked else float("inf"), 0.0)
+    npm = mods["numpy"]
+    runs = [(s, b) for s in range(seeds) for b in batch_sizes]
+    for n, (s, batch) in enumerate(runs):
+        params, x, y, rng = draw(net, npm, base, s, batch)
+        _numpy_checks(col, net, npm, params, x, y, rng, torch, groups)
+        if use_triton:
+            _triton_checks(col, mods["triton"], npm, params, x, y, torch, device)
+        if progress:
+            progress(n + 1, len(runs))
+    if use_triton:
+        with open(mods["triton"].__file__, encoding="utf-8") as fh:
+            unmasked = unmasked_memory_ops(fh.read())
+        col.add("triton-f32", "static check", "every tile load/store masked",
+                0.0 if not unmasked else float("inf"), 0.0)
         report.notes += [f"unmasked memory op: {op}" for op in unmasked]
     report.checks = col.checks()
+    if not report.ok and report.checks and torch is not None:
+        from derive.testing.divergence import locate
+
+        report.divergence = locate(net, mods if use_triton else {"numpy": npm}, base, runs)
     return report
+
+
+def draw(net: Network, npm, base: int, s: int, batch: int):
+    """The parameters and the batch of run (s, batch), and the generator the run goes on with."""
+    rng = np.random.default_rng([base, s, batch])
+    params = random_params(npm, rng)
+    x, y = sample(net, rng, batch)
+    return params, x, y, rng
 
 
 _MEMORY_OP = re.compile(r"tl\.(load|store|atomic_add)\(")
@@ -216,14 +252,15 @@ def unmasked_memory_ops(source: str) -> list[str]:
     return bad
 
 
-def _numpy_checks(col, net, npm, params, x, y, rng, torch):
+def _numpy_checks(col, net, npm, params, x, y, rng, torch, groups=GROUPS):
     yhat = npm.forward(params, x)
     L = npm.loss(params, x, y)
     grads = npm.gradients(params, x, y)
-    for name, g in grads.items():
-        if np.shape(g) != np.shape(params[name]):
-            col.add("numpy-f64", "parameter shapes", f"grad {name}", float("inf"), 0.0)
-    if torch is not None:
+    if "numpy" in groups:
+        for name, g in grads.items():
+            if np.shape(g) != np.shape(params[name]):
+                col.add("numpy-f64", "parameter shapes", f"grad {name}", float("inf"), 0.0)
+    if torch is not None and "numpy" in groups:
         from derive.verify import reference
 
         tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
@@ -237,7 +274,10 @@ def _numpy_checks(col, net, npm, params, x, y, rng, torch):
                     rel_err(grads[name], tg[name].numpy(), GRAD_FLOOR * _norm_all(tg.values())), TOL_F64)
         want = {k: tg[k].numpy() for k in params}
         col.add("numpy-f64", "torch.autograd-f64", "train_step", _step_error(npm, params, x, y, want), TOL_F64)
-    _fd_check(col, npm, params, x, y, grads, rng)
+    if "finite-differences" in groups:
+        _fd_check(col, npm, params, x, y, grads, rng)
+    if "float32" not in groups:
+        return
     p32 = {k: v.astype(np.float32) for k, v in params.items()}
     x32 = x.astype(np.float32)
     y32 = y if y.dtype.kind == "i" else y.astype(np.float32)

@@ -1,0 +1,170 @@
+"""KernelIR -> a PyTorch module: custom ops whose gradients are derive's backward, and an nn.Module.
+
+The same forward and backward Assign lists as the NumPy module, printed by TorchCodePrinter.
+Besides the loss's value and gradients, the module differentiates ŷ for any upstream
+gradient (a vector-Jacobian product): derive's backward seeded with ∂L/∂ŷ in place of the
+loss's own ∂L/∂ŷ, so a user's loss on ``module(x)`` also backpropagates through derive's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from derive.errors import DerivationError
+from derive.ir.nodes import Assign, First, KernelIR, LayerIR
+from derive.targets.common import _common, _env
+from derive.targets.torch_printer import TORCH_HELPERS, TorchCodePrinter
+
+# torch.nn modules for the activations (identity: none).  Softplus: torch's switches to x above
+# 20, derive's is exact (they differ by less than e^-20 there).
+_ACTIVATIONS = {"relu": "torch.nn.ReLU()", "sigmoid": "torch.nn.Sigmoid()", "tanh": "torch.nn.Tanh()",
+                "softplus": "torch.nn.Softplus()"}
+
+
+def class_name(name: str) -> str:
+    """lecture_convnet -> LectureConvnet (names are identifiers, checked by derive.names)."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Network"
+
+
+def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
+    pr = TorchCodePrinter()
+    line = lambda a: {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
+    seed, vjp = _vjp_backward(ir)
+    torch_layers, torch_params, no_equivalent = _torch_equivalent(ir)
+    ctx = _common(ir, out_dir)
+    ctx.update(
+        cls=class_name(ir.name),
+        forward=[line(a) for a in ir.forward],
+        forward_names=[a.name for a in ir.forward],
+        output=pr.doprint(ir.output.expr),
+        output_shape=repr(tuple(ir.output.shape)),
+        loss_rhs=pr.doprint(ir.loss.expr),
+        backward=[line(a) for a in ir.backward],
+        seed=seed,
+        vjp=[line(a) for a in vjp],
+        grads=[{"param": p, "value": g} for p, g in ir.grads_by_param()],
+        reduce="torch.mean" if ir.reduction == "mean" else "torch.sum",
+        scale=f"1.0 / {ir.input.name}.shape[0]" if ir.reduction == "mean" else "1.0",
+        torch_layers=torch_layers,
+        torch_params=torch_params,
+        no_equivalent=no_equivalent,
+        scalar_input=ir.input.shape == (),
+    )
+    ctx["helpers"] = [TORCH_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["imports"] = ["import importlib.util", "import sys", "from pathlib import Path", "",
+                      "import numpy as np", "import torch", "import torch.nn.functional as F"]
+    # The ops' names carry a digest of the math they run: a module imported twice reuses its ops,
+    # and a changed network of the same name gets new ones instead of the old implementation.
+    body = repr((ctx["forward"], ctx["loss_rhs"], ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
+                 [(p.name, p.shape) for p in ir.params], ir.input, ir.target, ir.reduction))
+    ctx["ops"] = f"{ir.name}_{hashlib.sha256(body.encode()).hexdigest()[:10]}"
+    return _env().get_template("torch_module.py.jinja").render(**ctx)
+
+
+def _vjp_backward(ir: KernelIR) -> tuple[dict, list[Assign]]:
+    """derive's backward from a given ∂L/∂ŷ: every step but the loss's own ∂L/∂f_top, and the
+    shared subexpressions only that step used (they may read the target y)."""
+    top = ir.forward[-1]
+    seed_name = f"dL_d{top.name}"
+    if not any(a.name == seed_name for a in ir.backward):
+        raise DerivationError(f"torch target: the backward pass of {ir.name} has no {seed_name}")
+    first = isinstance(ir.output.expr, First)  # ŷ = f_top[:, 0]: the upstream gradient is a column
+    rhs = "grad_yhat[:, None]" if first else "grad_yhat"
+    seed = {"lhs": seed_name, "rhs": rhs, "comment": f"∂L/∂{top.name} = ∂L/∂ŷ, given by the caller"}
+    steps = [a for a in ir.backward if a.name != seed_name]
+    temps = {a.name for a in steps if a.comment == "shared subexpression"}
+    needed = {s.name for a in steps if a.name not in temps for s in a.expr.free_symbols}
+    for a in reversed(steps):  # a temporary is needed when a later needed assignment reads it
+        if a.name in temps and a.name in needed:
+            needed |= {s.name for s in a.expr.free_symbols}
+    out = [a for a in steps if a.name not in temps or a.name in needed]
+    reads = {s.name for a in out for s in a.expr.free_symbols}
+    if ir.target.name in reads or "_scale" in reads:
+        raise DerivationError(f"torch target: {ir.name}'s backward below ∂L/∂ŷ reads the target or the batch scale")
+    return seed, out
+
+
+def _torch_equivalent(ir: KernelIR) -> tuple[list[str], list[dict], str | None]:
+    """The equivalent torch.nn.Sequential as constructor strings; each derive parameter's place
+    in it (the k-th module with parameters, and its attribute); or why there is none."""
+    mods: list[str] = []
+    params: list[dict] = []
+    held = 0  # modules with parameters so far
+    shapes = {p.name: p.shape for p in ir.params}
+    if ir.input.shape == ():
+        mods.append("torch.nn.Unflatten(0, (-1, 1))")  # a scalar per sample as a length-1 vector
+    for li in ir.layers:
+        if li.kind == "locally_connected":
+            return [], [], (f"layer {li.index} is locally_connected, which has no torch.nn equivalent "
+                            f"(weights are not shared across positions)")
+        if li.kind == "flatten":
+            mods.append("torch.nn.Flatten()")
+            continue
+        if li.kind in ("max_pool2d", "avg_pool2d"):
+            mods.append(_pool(li))
+            continue
+        if li.kind not in ("linear", "conv2d"):
+            return [], [], f"layer {li.index} ({li.kind}) has no torch.nn equivalent in this target yet"
+        mods.append(_parametric(li))
+        for name, attr, shape in ((li.weight, "weight", _torch_weight(li)), (li.bias, "bias", _torch_bias(li))):
+            if name is None:
+                continue
+            if math.prod(shapes[name]) != math.prod(shape):
+                raise DerivationError(f"torch target: {name} {shapes[name]} does not fit torch's {attr} {shape}")
+            params.append({"name": name, "index": held, "attr": attr})
+        held += 1
+        act = _activation(li)
+        if act:
+            mods.append(act)
+            if li.slope_param:
+                params.append({"name": li.slope_param, "index": held, "attr": "weight"})
+                held += 1
+    if isinstance(ir.output.expr, First) or ir.output.shape == ():
+        mods.append("torch.nn.Flatten(0)")  # ŷ one scalar per sample, as derive returns it
+    return mods, params, None
+
+
+def _features(shape) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _parametric(li: LayerIR) -> str:
+    bias = "" if li.bias else ", bias=False"
+    if li.kind == "linear":
+        return f"torch.nn.Linear({_features(li.in_shape)}, {_features(li.out_shape)}{bias})"
+    (kh, kw), (sh, sw) = li.kernel, li.stride
+    return (f"torch.nn.Conv2d({li.in_shape[0]}, {li.out_shape[0]}, kernel_size=({kh}, {kw}), "
+            f"stride=({sh}, {sw}), padding={li.padding}{bias})")
+
+
+def _pool(li: LayerIR) -> str:
+    (kh, kw), (sh, sw) = li.kernel, li.stride
+    geometry = f"kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding={li.padding}"
+    if li.kind == "max_pool2d":
+        return f"torch.nn.MaxPool2d({geometry})"
+    return f"torch.nn.AvgPool2d({geometry}, count_include_pad=True)"  # as derive's avg_pool2d
+
+
+def _torch_weight(li: LayerIR) -> tuple:
+    if li.kind == "linear":
+        return (_features(li.out_shape), _features(li.in_shape))
+    return (li.out_shape[0], li.in_shape[0], *li.kernel)
+
+
+def _torch_bias(li: LayerIR) -> tuple:
+    return (_features(li.out_shape),) if li.kind == "linear" else (li.out_shape[0],)
+
+
+def _activation(li: LayerIR) -> str | None:
+    a = li.activation
+    if a in (None, "identity"):
+        return None
+    if a == "leaky_relu":
+        return f"torch.nn.LeakyReLU({li.slope!r})"
+    if a == "prelu":
+        return "torch.nn.PReLU()"  # one learnable slope, as derive's prelu
+    if a in _ACTIVATIONS:
+        return _ACTIVATIONS[a]
+    raise DerivationError(f"torch target: no torch.nn module for the activation {a}")
+
