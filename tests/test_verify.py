@@ -182,7 +182,7 @@ def test_verify_without_triton_skips_and_runs_numpy(monkeypatch, capsys):
     assert report.ok
     assert len(report.skipped) == 1 and "Triton" in report.skipped[0]
     targets = {c.target for c in report.checks}
-    assert targets == {"numpy-f64", "numpy-f32"}
+    assert targets == {"numpy-f64", "numpy-f32", "torch-f64"}  # the torch target runs on the CPU without Triton
     assert ("numpy-f64", "torch.autograd-f64", "grad W1") in _rows(report)
 
     monkeypatch.chdir(ROOT)
@@ -191,7 +191,7 @@ def test_verify_without_triton_skips_and_runs_numpy(monkeypatch, capsys):
     assert "skipped: Triton checks" in out and "triton-f32" not in out
     assert cli_main(["verify", "examples/hinge_classifier.toml", "--format", "json", "--seeds", "1"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["ok"] is True and data["skipped"] and all(r["target"].startswith("numpy") for r in data["checks"])
+    assert data["ok"] is True and data["skipped"] and all(r["target"].startswith(("numpy", "torch")) for r in data["checks"])
 
 
 def test_verify_without_torch_runs_finite_differences(monkeypatch):
@@ -218,3 +218,18 @@ def test_verify_accepts_an_exactly_zero_gradient(monkeypatch, triton_device_name
     monkeypatch.setattr(dv, "random_params", lambda mod, rng: {k: v.copy() for k, v in params.items()})
     report = dv.verify(net, "x", seeds=1, seed=0, batch_sizes=(6,))
     assert report.ok, [(c.against, c.quantity, c.max_rel_err) for c in report.checks if not c.ok]
+
+
+def test_verify_catches_a_wrong_torch_target(monkeypatch):
+    """A wrong line in the torch target's backward fails its torch-f64 rows (and only those)."""
+    real = codegen.RENDERERS["torch"]
+
+    def wrong(ir, out_dir="generated"):
+        text = real(ir, out_dir)
+        assert "dL_dW1 =" in text
+        return text.replace("dL_dW1 = ", "dL_dW1 = 1.01 * ", 1)
+
+    monkeypatch.setitem(codegen.RENDERERS, "torch", wrong)
+    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)
+    failed = {(c.target, c.quantity) for c in report.checks if not c.ok}
+    assert failed == {("torch-f64", "grad W1")}

@@ -4,6 +4,7 @@
   numpy f64  vs central finite differences            rel. error <= 1e-6
   numpy f32  vs numpy f64                              rel. error <= 1e-4
   triton f32 vs numpy f64 (CUDA or the interpreter)    rel. error <= 1e-4
+  torch f64  vs torch.autograd f64 (the torch target: nn.Module, loss.backward())  rel. error <= 1e-10
   and one SGD train_step on each target.
 
 Errors are norm-wise, ‖got − want‖ / ‖want‖ (absolute where ‖want‖ = 0), the maximum over
@@ -160,13 +161,15 @@ def _fd_check(col: _Collector, mod, params, x, y, grads, rng):
         col.add("numpy-f64", "finite-differences", f"grad {name}", rel_err(got, est, floor), TOL_FD)
 
 
-GROUPS = ("numpy", "finite-differences", "float32", "triton")  # one pytest item each (derive.testing)
+GROUPS = ("numpy", "finite-differences", "float32", "triton", "torch")  # one pytest item each (derive.testing)
 
 
 def verify(net: Network, source: str, seeds: int = 3, seed: int | None = None,
            batch_sizes=BATCH_SIZES, progress=None) -> Report:
     """Generate ``net``'s code into a temporary directory and check that copy."""
-    targets = ("numpy", "triton") if _torch() is not None and triton_device() else ("numpy",)
+    targets = ("numpy",)
+    if _torch() is not None:
+        targets += ("triton", "torch") if triton_device() else ("torch",)
     with generated_modules(net, source, targets) as mods:
         return verify_modules(net, mods, seeds, seed, batch_sizes, progress)
 
@@ -198,6 +201,7 @@ def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = 
     elif "triton" in groups and "triton" not in mods:
         report.skipped.append("Triton checks: no Triton module")
     use_triton = "triton" in groups and "triton" in mods and device is not None
+    use_torch = "torch" in groups and "torch" in mods and torch is not None
 
     col = _Collector()
     npm = mods["numpy"]
@@ -207,6 +211,8 @@ def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = 
         _numpy_checks(col, net, npm, params, x, y, rng, torch, groups)
         if use_triton:
             _triton_checks(col, mods["triton"], npm, params, x, y, torch, device)
+        if use_torch:
+            _torch_checks(col, net, mods["torch"], params, x, y, torch)
         if progress:
             progress(n + 1, len(runs))
     if use_triton:
@@ -314,6 +320,30 @@ def padded(torch, shape, device, pad=7):
 
 def sentinels_intact(buf, pad=7) -> bool:
     return bool((buf[:pad] == SENTINEL).all() and (buf[-pad:] == SENTINEL).all())
+
+
+def _torch_checks(col, net, tm, params, x, y, torch):
+    """The torch target's nn.Module in float64: ŷ, and the loss and every gradient of loss.backward()
+    (derive's backward inside a custom autograd op) against the independent torch.autograd rebuild."""
+    from derive.verify import reference
+
+    model = tm.MODEL(dtype=torch.float64)
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            value.copy_(torch.as_tensor(params[name], dtype=torch.float64))
+    tx = torch.tensor(x, dtype=torch.float64)
+    ty = torch.tensor(y, dtype=torch.long if y.dtype.kind == "i" else torch.float64)
+    tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+    tL, tg, tyhat = reference.loss_and_grads(net, tp, tx, ty)
+    with torch.no_grad():
+        col.add("torch-f64", "torch.autograd-f64", "forward", rel_err(model(tx).numpy(), tyhat.numpy()), TOL_F64)
+    L = model.loss(tx, ty)
+    L.backward()
+    col.add("torch-f64", "torch.autograd-f64", "loss", rel_err(L.item(), tL.item()), TOL_F64)
+    floor = GRAD_FLOOR * _norm_all(g.numpy() for g in tg.values())
+    for name, value in model.named_parameters():
+        got = value.grad if value.grad is not None else torch.zeros_like(value)
+        col.add("torch-f64", "torch.autograd-f64", f"grad {name}", rel_err(got.numpy(), tg[name].numpy(), floor), TOL_F64)
 
 
 def _triton_checks(col, trm, npm, params, x, y, torch, device):
