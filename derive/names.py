@@ -26,9 +26,10 @@ RESERVED = frozenset(
         # functions of the generated modules and their helpers
         "init_params", "forward", "loss", "gradients", "value_and_gradients", "train_step", "launch",
         "init_state", "apply_update", "step", "intermediates", "sigmoid", "softplus", "logsumexp", "softmax", "onehot",
-        # arguments and kernel locals
-        "params", "grads", "state", "hyper", "lr", "t", "seed", "dtype", "device", "pid", "rows",
-        "row_mask", "loss_per_sample", "B", "N", "BLOCK", "offs", "mask", "yhat", "L",
+        # arguments of the generated functions (launch() and the update kernels included), a NumPy local,
+        # and the loss's own name; the kernels' locals start with "_" (B, rows, pid, offs … are the user's)
+        "params", "grads", "state", "hyper", "lr", "t", "seed", "dtype", "device", "out", "block_b",
+        "loss_per_sample", "yhat", "L",
         # optimizer rule symbols
         "theta", "g", "eta_t", "bc1", "bc2", "vel", "G", "m", "v", "Eg2", "Edx2", "dx",
         "momentum", "eps", "rho", "beta1", "beta2",
@@ -57,8 +58,8 @@ def check_identifier(name: object, variable: bool = True) -> str | None:
         return None
     if name in RESERVED:
         return f"{name!r} is used by the generated code itself; choose another name"
-    if name.endswith("_ptr") or name.startswith(("cols_", "cmask_", "WITH_")):
-        return f"{name!r} has a prefix or suffix the generated kernels use (_ptr, cols_, cmask_, WITH_); choose another name"
+    if name.endswith("_ptr") or name.startswith("WITH_"):
+        return f"{name!r} has a prefix or suffix the generated kernels use (_ptr, WITH_); choose another name"
     # layers count from 1 and CSE temporaries from t1, so a0, f0, delta0 and t0 are never generated
     if re.fullmatch(r"(a|f|delta|t)[1-9]\d*", name) or name.startswith("dL_d") or name.startswith("BLOCK_"):
         return f"{name!r} is a name the derivation generates (a1, f1, delta1, dL_d..., t1); choose another name"

@@ -33,6 +33,9 @@ HYPER = {
 }
 STATE = ()  # per-parameter optimizer state, zero at the start
 BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
+NUM_WARPS = 4
+NUM_STAGES = 1
+UPDATE_BLOCK = 1024  # parameters per program of the update kernel
 
 
 @triton.jit
@@ -67,12 +70,12 @@ def _tanh(x):
 
 @triton.jit
 def _layer1_forward(
-    SRC_ptr,  # x, (B, 2, 9, 9) float32: the windows are read from here
+    SRC_ptr,  # x, (batch, 2, 9, 9) float32: the windows are read from here
     src,  # x as a (BLOCK_B, 256) tile, copied to SRC_ptr first when STORE (else unused)
     W_ptr,  # W1, (3, 2, 3, 3)
     b_ptr,  # b1, (3,)
-    rows,  # the tile's batch rows
-    row_mask,  # rows < B
+    _rows,  # the tile's batch rows
+    _row_mask,  # _rows < batch
     STORE: tl.constexpr,  # copy src to SRC_ptr (an activation of this program's rows)
     BLOCK_B: tl.constexpr,
 ):
@@ -80,7 +83,7 @@ def _layer1_forward(
     # direct convolution: one pass per (c, p, q), the padding read through masks (zero outside the input)
     if STORE:
         m = tl.arange(0, 256)
-        tl.store(SRC_ptr + rows[:, None] * 162 + m[None, :], src, mask=row_mask[:, None] & (m < 162)[None, :])
+        tl.store(SRC_ptr + _rows[:, None] * 162 + m[None, :], src, mask=_row_mask[:, None] & (m < 162)[None, :])
         tl.debug_barrier()  # the tile is in memory before any thread reads a window of it
     n = tl.arange(0, 256)  # output element (o, i, j), flattened in C order
     n_ok = n < 243
@@ -94,8 +97,8 @@ def _layer1_forward(
                 hh = i * 1 + p - 1  # the window's row in the unpadded input
                 ww = j * 1 + q - 1
                 ok = n_ok & (hh >= 0) & (hh < 9) & (ww >= 0) & (ww < 9)
-                xv = tl.load(SRC_ptr + rows[:, None] * 162 + (c * 81 + hh * 9 + ww)[None, :],
-                             mask=row_mask[:, None] & ok[None, :], other=0.0)
+                xv = tl.load(SRC_ptr + _rows[:, None] * 162 + (c * 81 + hh * 9 + ww)[None, :],
+                             mask=_row_mask[:, None] & ok[None, :], other=0.0)
                 wv = tl.load(W_ptr + o * 18 + c * 9 + p * 3 + q, mask=n_ok, other=0.0)
                 a += xv * wv[None, :]
     a += tl.load(b_ptr + o, mask=n_ok, other=0.0)[None, :]
@@ -107,8 +110,8 @@ def _layer1_weight_grad(
     SRC_ptr,  # x, as in _layer1_forward
     delta,  # δ1, a (BLOCK_B, 256) tile, zero on padded rows
     G_ptr,  # ∂L/∂W1 accumulator, (3, 2, 3, 3) float32
-    rows,
-    row_mask,
+    _rows,
+    _row_mask,
     BLOCK_B: tl.constexpr,
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q]
@@ -126,8 +129,8 @@ def _layer1_weight_grad(
                 hh = i * 1 + p - 1
                 ww = j * 1 + q - 1
                 ok = n_ok & (hh >= 0) & (hh < 9) & (ww >= 0) & (ww < 9)
-                xv = tl.load(SRC_ptr + rows[:, None] * 162 + (c * 81 + hh * 9 + ww)[None, :],
-                             mask=row_mask[:, None] & ok[None, :], other=0.0)
+                xv = tl.load(SRC_ptr + _rows[:, None] * 162 + (c * 81 + hh * 9 + ww)[None, :],
+                             mask=_row_mask[:, None] & ok[None, :], other=0.0)
                 g = tl.sum(delta * xv, axis=0)  # Σ_b, per output element (o, i, j)
                 g = tl.sum(tl.where(of_f, g[None, :], 0.0), axis=1)  # Σ_{i,j}: every position shares the kernel
                 tl.atomic_add(G_ptr + f * 18 + c * 9 + p * 3 + q, g, mask=f < 3)
@@ -146,12 +149,12 @@ def _layer1_bias_grad(
 
 @triton.jit
 def _layer2_forward(
-    SRC_ptr,  # f1, (B, 3, 9, 9) float32: the windows are read from here
+    SRC_ptr,  # f1, (batch, 3, 9, 9) float32: the windows are read from here
     src,  # f1 as a (BLOCK_B, 256) tile, copied to SRC_ptr first when STORE (else unused)
     W_ptr,  # W2, (4, 5, 5, 3, 3, 2)
     b_ptr,  # b2, (4, 5, 5)
-    rows,  # the tile's batch rows
-    row_mask,  # rows < B
+    _rows,  # the tile's batch rows
+    _row_mask,  # _rows < batch
     STORE: tl.constexpr,  # copy src to SRC_ptr (an activation of this program's rows)
     BLOCK_B: tl.constexpr,
 ):
@@ -159,7 +162,7 @@ def _layer2_forward(
     # direct convolution: one pass per (c, p, q), the padding read through masks (zero outside the input)
     if STORE:
         m = tl.arange(0, 256)
-        tl.store(SRC_ptr + rows[:, None] * 243 + m[None, :], src, mask=row_mask[:, None] & (m < 243)[None, :])
+        tl.store(SRC_ptr + _rows[:, None] * 243 + m[None, :], src, mask=_row_mask[:, None] & (m < 243)[None, :])
         tl.debug_barrier()  # the tile is in memory before any thread reads a window of it
     n = tl.arange(0, 128)  # output element (o, i, j), flattened in C order
     n_ok = n < 100
@@ -173,8 +176,8 @@ def _layer2_forward(
                 hh = i * 2 + p - 1  # the window's row in the unpadded input
                 ww = j * 2 + q - 1
                 ok = n_ok & (hh >= 0) & (hh < 9) & (ww >= 0) & (ww < 9)
-                xv = tl.load(SRC_ptr + rows[:, None] * 243 + (c * 81 + hh * 9 + ww)[None, :],
-                             mask=row_mask[:, None] & ok[None, :], other=0.0)
+                xv = tl.load(SRC_ptr + _rows[:, None] * 243 + (c * 81 + hh * 9 + ww)[None, :],
+                             mask=_row_mask[:, None] & ok[None, :], other=0.0)
                 wv = tl.load(W_ptr + n * 18 + c * 6 + p * 2 + q, mask=n_ok, other=0.0)
                 a += xv * wv[None, :]
     a += tl.load(b_ptr + n, mask=n_ok, other=0.0)[None, :]
@@ -186,8 +189,8 @@ def _layer2_weight_grad(
     SRC_ptr,  # f1, as in _layer2_forward
     delta,  # δ2, a (BLOCK_B, 128) tile, zero on padded rows
     G_ptr,  # ∂L/∂W2 accumulator, (4, 5, 5, 3, 3, 2) float32
-    rows,
-    row_mask,
+    _rows,
+    _row_mask,
     BLOCK_B: tl.constexpr,
 ):
     # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q]
@@ -203,8 +206,8 @@ def _layer2_weight_grad(
                 hh = i * 2 + p - 1
                 ww = j * 2 + q - 1
                 ok = n_ok & (hh >= 0) & (hh < 9) & (ww >= 0) & (ww < 9)
-                xv = tl.load(SRC_ptr + rows[:, None] * 243 + (c * 81 + hh * 9 + ww)[None, :],
-                             mask=row_mask[:, None] & ok[None, :], other=0.0)
+                xv = tl.load(SRC_ptr + _rows[:, None] * 243 + (c * 81 + hh * 9 + ww)[None, :],
+                             mask=_row_mask[:, None] & ok[None, :], other=0.0)
                 g = tl.sum(delta * xv, axis=0)  # Σ_b, per output element (o, i, j)
                 tl.atomic_add(G_ptr + n * 18 + c * 6 + p * 2 + q, g, mask=n_ok)
 
@@ -212,17 +215,17 @@ def _layer2_weight_grad(
 @triton.jit
 def _layer2_input_grad(
     delta,  # δ2, a (BLOCK_B, 128) tile
-    D_ptr,  # scratch for δ2, (B, 4, 5, 5) float32
+    D_ptr,  # scratch for δ2, (batch, 4, 5, 5) float32
     W_ptr,  # W2, (4, 5, 5, 3, 3, 2)
-    rows,
-    row_mask,
+    _rows,
+    _row_mask,
     BLOCK_B: tl.constexpr,
 ):
     # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]; ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     # gathered per input element (c, h, w): for each kernel offset (p, q) the window (i, j) with
     # i·s + p = h + P, when that is a whole number in range, so each element is written once
     n = tl.arange(0, 128)
-    tl.store(D_ptr + rows[:, None] * 100 + n[None, :], delta, mask=row_mask[:, None] & (n < 100)[None, :])
+    tl.store(D_ptr + _rows[:, None] * 100 + n[None, :], delta, mask=_row_mask[:, None] & (n < 100)[None, :])
     tl.debug_barrier()  # δ is in memory before any thread gathers from it
     m = tl.arange(0, 256)  # input element (c, h, w), flattened in C order
     m_ok = m < 243
@@ -238,8 +241,8 @@ def _layer2_input_grad(
                 i = hs // 2
                 j = ws // 2
                 ok = m_ok & (hs >= 0) & (ws >= 0) & (hs % 2 == 0) & (ws % 2 == 0) & (i < 5) & (j < 5)
-                dv = tl.load(D_ptr + rows[:, None] * 100 + (o * 25 + i * 5 + j)[None, :],
-                             mask=row_mask[:, None] & ok[None, :], other=0.0)
+                dv = tl.load(D_ptr + _rows[:, None] * 100 + (o * 25 + i * 5 + j)[None, :],
+                             mask=_row_mask[:, None] & ok[None, :], other=0.0)
                 wv = tl.load(W_ptr + (o * 25 + i * 5 + j) * 18 + c * 6 + p * 2 + q, mask=ok, other=0.0)
                 g += dv * wv[None, :]
     return g
@@ -247,8 +250,8 @@ def _layer2_input_grad(
 
 @triton.jit
 def locally_connected_fused_kernel(
-    x_ptr,  # input x, (B, 2, 9, 9) float32
-    y_ptr,  # target y, (B) int class indices
+    x_ptr,  # input x, (batch, 2, 9, 9) float32
+    y_ptr,  # target y, (batch) int class indices
     W1_ptr,  # parameter W1, (3, 2, 3, 3)
     b1_ptr,  # parameter b1, (3,)
     W2_ptr,  # parameter W2, (4, 5, 5, 3, 3, 2)
@@ -261,115 +264,168 @@ def locally_connected_fused_kernel(
     dL_db2_ptr,  # gradient accumulator for b2 (float32, zeroed)
     dL_dW4_ptr,  # gradient accumulator for W4 (float32, zeroed)
     dL_db4_ptr,  # gradient accumulator for b4 (float32, zeroed)
-    LOSS_ptr,  # batch loss accumulator (float32, zeroed)
-    OUT_ptr,  # ŷ, (B, 3) float32
-    f1_ptr,  # scratch: f1, (B, 3, 9, 9) float32, the windows of layer 2
-    delta2_ptr,  # scratch: δ2, (B, 4, 5, 5) float32, gathered for ∂L/∂f1
-    B,  # batch size
+    _LOSS_ptr,  # batch loss accumulator (float32, zeroed)
+    _OUT_ptr,  # ŷ, (batch, 3) float32
+    f1_ptr,  # scratch: f1, (batch, 3, 9, 9) float32, the windows of layer 2
+    delta2_ptr,  # scratch: δ2, (batch, 4, 5, 5) float32, gathered for ∂L/∂f1
+    _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # accumulate the batch loss
     WITH_GRAD: tl.constexpr,  # run the backward pass and accumulate the gradients
     BLOCK_B: tl.constexpr,  # batch rows per program
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < B
-    cols_1 = tl.arange(0, 1)
-    cmask_1 = cols_1 < 1
-    cols_2 = tl.arange(0, 2)
-    cmask_2 = cols_2 < 2
-    cols_3 = tl.arange(0, 4)
-    cmask_3 = cols_3 < 3
-    cols_4 = tl.arange(0, 4)
-    cmask_4 = cols_4 < 4
-    cols_5 = tl.arange(0, 8)
-    cmask_5 = cols_5 < 5
-    cols_9 = tl.arange(0, 16)
-    cmask_9 = cols_9 < 9
-    cols_11 = tl.arange(0, 16)
-    cmask_11 = cols_11 < 11
-    cols_54 = tl.arange(0, 64)
-    cmask_54 = cols_54 < 54
-    cols_100 = tl.arange(0, 128)
-    cmask_100 = cols_100 < 100
-    cols_162 = tl.arange(0, 256)
-    cmask_162 = cols_162 < 162
-    cols_1800 = tl.arange(0, 2048)
-    cmask_1800 = cols_1800 < 1800
+    _pid = tl.program_id(0)
+    _rows = _pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    _row_mask = _rows < _B
+    _cols_1 = tl.arange(0, 1)
+    _cmask_1 = _cols_1 < 1
+    _cols_2 = tl.arange(0, 2)
+    _cmask_2 = _cols_2 < 2
+    _cols_3 = tl.arange(0, 4)
+    _cmask_3 = _cols_3 < 3
+    _cols_4 = tl.arange(0, 4)
+    _cmask_4 = _cols_4 < 4
+    _cols_5 = tl.arange(0, 8)
+    _cmask_5 = _cols_5 < 5
+    _cols_9 = tl.arange(0, 16)
+    _cmask_9 = _cols_9 < 9
+    _cols_11 = tl.arange(0, 16)
+    _cmask_11 = _cols_11 < 11
+    _cols_54 = tl.arange(0, 64)
+    _cmask_54 = _cols_54 < 54
+    _cols_100 = tl.arange(0, 128)
+    _cmask_100 = _cols_100 < 100
+    _cols_162 = tl.arange(0, 256)
+    _cmask_162 = _cols_162 < 162
+    _cols_1800 = tl.arange(0, 2048)
+    _cmask_1800 = _cols_1800 < 1800
 
     # ---- load the batch tile and every parameter (the weights stay on chip)
-    W4 = tl.load(W4_ptr + cols_3[:, None] * 100 + cols_100[None, :], mask=cmask_3[:, None] & cmask_100[None, :], other=0.0)
-    b4 = tl.load(b4_ptr + cols_3, mask=cmask_3, other=0.0)
+    b4 = tl.load(b4_ptr + _cols_3, mask=_cmask_3, other=0.0)
 
     # ---- forward
-    a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, rows, row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, _rows, _row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     f1 = _tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
-    a2 = _layer2_forward(f1_ptr, f1, W2_ptr, b2_ptr, rows, row_mask, STORE=True, BLOCK_B=BLOCK_B)  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    a2 = _layer2_forward(f1_ptr, f1, W2_ptr, b2_ptr, _rows, _row_mask, STORE=True, BLOCK_B=BLOCK_B)  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     f2 = _sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2  # f3[25·c + 5·h + w] = f2[c, h, w]
-    a4 = b4 + tl.sum((f3)[:, None, :] * W4[None, :, :], axis=2)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = b4 + tl.sum((f3)[:, None, :] * tl.load(W4_ptr + _cols_3[:, None] * 100 + _cols_100[None, :], mask=_cmask_3[:, None] & _cmask_100[None, :], other=0.0)[None, :, :], axis=2)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
     if WITH_OUT:
-        tl.store(OUT_ptr + rows[:, None] * 3 + cols_3[None, :], f4, mask=row_mask[:, None] & cmask_3[None, :])
-    if WITH_LOSS or WITH_GRAD:
-        y = tl.load(y_ptr + rows, mask=row_mask, other=0)
+        tl.store(_OUT_ptr + _rows[:, None] * 3 + _cols_3[None, :], f4, mask=_row_mask[:, None] & _cmask_3[None, :])
     if WITH_LOSS:
         # ---- loss: this tile's share of the batch loss
-        loss_per_sample = _logsumexp(f4, cmask_3[None, :]) - tl.sum(tl.where(cmask_3[None, :], f4*tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
-        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * _scale)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        _loss_per_sample = _logsumexp(f4, _cmask_3[None, :]) - tl.sum(tl.where(_cmask_3[None, :], f4*tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
+        tl.atomic_add(_LOSS_ptr, tl.sum(tl.where(_row_mask, _loss_per_sample, 0.0), axis=0) * _scale)
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-        dL_df4 = tl.where(row_mask[:, None] & cmask_3[None, :], _scale*(-tl.where(y[:, None] == cols_3[None, :], 1.0, 0.0) + _softmax(f4, cmask_3[None, :])), 0.0)  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)  # read again, not held live through the loss (ptxas spilled it)
+        dL_df4 = tl.where(_row_mask[:, None] & _cmask_3[None, :], _scale*(-tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0) + _softmax(f4, _cmask_3[None, :])), 0.0)  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
         dL_dW4 = tl.sum((delta4)[:, :, None] * (f3)[:, None, :], axis=0)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
         dL_db4 = tl.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-        dL_df3 = tl.sum((delta4)[:, :, None] * W4[None, :, :], axis=1)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+        dL_df3 = tl.sum((delta4)[:, :, None] * tl.load(W4_ptr + _cols_3[:, None] * 100 + _cols_100[None, :], mask=_cmask_3[:, None] & _cmask_100[None, :], other=0.0)[None, :, :], axis=1)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
         dL_df2 = dL_df3  # ∂L/∂f2[c, h, w] = ∂L/∂f3[25·c + 5·h + w]
         delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
         dL_db2 = tl.sum(delta2, axis=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-        dL_df1 = _layer2_input_grad(delta2, delta2_ptr, W2_ptr, rows, row_mask, BLOCK_B=BLOCK_B)  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+        dL_df1 = _layer2_input_grad(delta2, delta2_ptr, W2_ptr, _rows, _row_mask, BLOCK_B=BLOCK_B)  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
         delta1 = dL_df1*(1 - (f1 * f1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
         dL_db1 = _layer1_bias_grad(delta1)  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
         # ---- write back: this tile's partial sums of the parameter gradients
-        _layer1_weight_grad(x_ptr, delta1, dL_dW1_ptr, rows, row_mask, BLOCK_B=BLOCK_B)
-        tl.atomic_add(dL_db1_ptr + cols_3, dL_db1, mask=cmask_3)
-        _layer2_weight_grad(f1_ptr, delta2, dL_dW2_ptr, rows, row_mask, BLOCK_B=BLOCK_B)
-        tl.atomic_add(dL_db2_ptr + cols_100, dL_db2, mask=cmask_100)
-        tl.atomic_add(dL_dW4_ptr + cols_3[:, None] * 100 + cols_100[None, :], dL_dW4, mask=cmask_3[:, None] & cmask_100[None, :])
-        tl.atomic_add(dL_db4_ptr + cols_3, dL_db4, mask=cmask_3)
+        _layer1_weight_grad(x_ptr, delta1, dL_dW1_ptr, _rows, _row_mask, BLOCK_B=BLOCK_B)
+        tl.atomic_add(dL_db1_ptr + _cols_3, dL_db1, mask=_cmask_3)
+        _layer2_weight_grad(f1_ptr, delta2, dL_dW2_ptr, _rows, _row_mask, BLOCK_B=BLOCK_B)
+        tl.atomic_add(dL_db2_ptr + _cols_100, dL_db2, mask=_cmask_100)
+        tl.atomic_add(dL_dW4_ptr + _cols_3[:, None] * 100 + _cols_100[None, :], dL_dW4, mask=_cmask_3[:, None] & _cmask_100[None, :])
+        tl.atomic_add(dL_db4_ptr + _cols_3, dL_db4, mask=_cmask_3)
 
 
 @triton.jit
 def locally_connected_sgd_kernel(
-    P_ptr,  # all parameters, flattened into one float32 buffer
-    G_ptr,  # their gradients, same layout
-    N,  # number of elements
+    _P_ptr,  # all parameters, flattened into one float32 buffer
+    _G_ptr,  # their gradients, same layout
+    _N,  # number of elements
     lr,  # learning rate η
-    BLOCK: tl.constexpr,
+    _BLOCK: tl.constexpr,
 ):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(P_ptr + offs, mask=mask)
-    g = tl.load(G_ptr + offs, mask=mask)
-    tl.store(P_ptr + offs, theta - lr * g, mask=mask)  # θ ← θ − η·∂L/∂θ
+    _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
+    _mask = _offs < _N
+    theta = tl.load(_P_ptr + _offs, mask=_mask)
+    g = tl.load(_G_ptr + _offs, mask=_mask)
+    tl.store(_P_ptr + _offs, theta - lr * g, mask=_mask)  # θ ← θ − η·∂L/∂θ
 
 
 @triton.jit
 def locally_connected_update_kernel(
-    PARAMS_ptr,  # all parameters, flattened into one float32 buffer
-    GRADS_ptr,  # their gradients, same layout
-    N,  # number of elements
+    _PARAMS_ptr,  # all parameters, flattened into one float32 buffer
+    _GRADS_ptr,  # their gradients, same layout
+    _N,  # number of elements
     eta_t,  # host scalar
-    BLOCK: tl.constexpr,
+    _BLOCK: tl.constexpr,
 ):
     """One sgd update of every parameter in one launch."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(PARAMS_ptr + offs, mask=mask)
-    g = tl.load(GRADS_ptr + offs, mask=mask)
+    _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
+    _mask = _offs < _N
+    theta = tl.load(_PARAMS_ptr + _offs, mask=_mask)
+    g = tl.load(_GRADS_ptr + _offs, mask=_mask)
     theta = -eta_t*g + theta  # θ ← θ - g·η_t
-    tl.store(PARAMS_ptr + offs, theta, mask=mask)
+    tl.store(_PARAMS_ptr + _offs, theta, mask=_mask)
+
+
+# Every kernel and launch configuration this module uses, as triton.compile takes them:
+#   triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"], constexprs=s["constexprs"]),
+#                  target=GPUTarget("cuda", 90, 32), options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
+# `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
+_FUSED_SIGNATURE = {
+    "x_ptr": "*fp32",
+    "y_ptr": "*i64",
+    "W1_ptr": "*fp32",
+    "b1_ptr": "*fp32",
+    "W2_ptr": "*fp32",
+    "b2_ptr": "*fp32",
+    "W4_ptr": "*fp32",
+    "b4_ptr": "*fp32",
+    "dL_dW1_ptr": "*fp32",
+    "dL_db1_ptr": "*fp32",
+    "dL_dW2_ptr": "*fp32",
+    "dL_db2_ptr": "*fp32",
+    "dL_dW4_ptr": "*fp32",
+    "dL_db4_ptr": "*fp32",
+    "_LOSS_ptr": "*fp32",
+    "_OUT_ptr": "*fp32",
+    "f1_ptr": "*fp32",
+    "delta2_ptr": "*fp32",
+    "_B": "i32",
+    "_scale": "fp32",
+    "WITH_OUT": "constexpr",
+    "WITH_LOSS": "constexpr",
+    "WITH_GRAD": "constexpr",
+    "BLOCK_B": "constexpr",
+}
+_SGD_SIGNATURE = {
+    "_P_ptr": "*fp32",
+    "_G_ptr": "*fp32",
+    "_N": "i32",
+    "lr": "fp32",
+    "_BLOCK": "constexpr",
+}
+_UPDATE_SIGNATURE = {
+    "_PARAMS_ptr": "*fp32",
+    "_GRADS_ptr": "*fp32",
+    "_N": "i32",
+    "eta_t": "fp32",
+    "_BLOCK": "constexpr",
+}
+COMPILE_SPECS = [
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_sgd_kernel", "signature": _SGD_SIGNATURE, "constexprs": {"_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+]
 
 
 def init_params(seed=0, device="cpu"):
@@ -387,23 +443,19 @@ def init_params(seed=0, device="cpu"):
     return {_k: torch.tensor(_v, dtype=torch.float32, device=device) for _k, _v in _arrays.items()}
 
 
-def _block(batch, block_b):
-    if block_b is not None:
-        return block_b
-    return max(16, min(BLOCK_B, triton.next_power_of_2(max(batch, 1))))
-
-
 def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     """Run the fused kernel once.  ``grads`` (dict of zeroed float32 tensors), ``loss``
     (a zeroed 1-element tensor) and ``out`` (ŷ) are filled when given."""
     _batch = x.shape[0]
+    if _batch == 0:
+        raise ValueError("empty batch")  # a mean over no rows has no value; a grid of 0 programs is no launch
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _dummy = x.new_empty(1, dtype=torch.float32)
     _g = grads if grads is not None else {_name: _dummy for _name in PARAM_SHAPES}
-    _blk = _block(_batch, block_b)
+    _blk = BLOCK_B if block_b is None else block_b  # COMPILE_SPECS lists BLOCK_B only
     locally_connected_fused_kernel[(triton.cdiv(_batch, _blk),)](
         x.contiguous(),
-        y.contiguous() if y is not None else _dummy,
+        y.contiguous() if y is not None else x.new_empty(1, dtype=torch.int64),
         _p["W1"],
         _p["b1"],
         _p["W2"],
@@ -426,6 +478,8 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         WITH_LOSS=loss is not None,
         WITH_GRAD=grads is not None,
         BLOCK_B=_blk,
+        num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES,
     )
 
 
@@ -467,7 +521,8 @@ def train_step(params, x, y, lr):
     _grads = torch.zeros_like(_params)
     launch(_flat_views(_params), x, y, grads=_flat_views(_grads))
     _n = _params.numel()
-    locally_connected_sgd_kernel[(triton.cdiv(_n, 1024),)](_params, _grads, _n, lr, BLOCK=1024)
+    locally_connected_sgd_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](_params, _grads, _n, float(lr), _BLOCK=UPDATE_BLOCK,
+                                                         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return _flat_views(_params)
 
 
@@ -487,8 +542,9 @@ def step(params, state, x, y, t, hyper=None):
     _total = torch.zeros(1, dtype=torch.float32, device=x.device)
     launch(_flat_views(_params), x, y, grads=_flat_views(_grads), loss=_total)
     _n = _params.numel()
-    locally_connected_update_kernel[(triton.cdiv(_n, 1024),)](
-        _params, _grads, _n, eta_t, BLOCK=1024
+    locally_connected_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+        _params, _grads, _n, float(eta_t), _BLOCK=UPDATE_BLOCK,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(_total[0])
 
@@ -522,7 +578,8 @@ class FlatState:
         self.loss.zero_()
         launch(self._params, x, y, grads=self._grads, loss=self.loss)
         _n = self.flat.numel()
-        locally_connected_update_kernel[(triton.cdiv(_n, 1024),)](
-            self.flat, self.grads, _n, eta_t, BLOCK=1024
+        locally_connected_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+            self.flat, self.grads, _n, float(eta_t), _BLOCK=UPDATE_BLOCK,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         return self.loss

@@ -28,47 +28,50 @@ HYPER = {
 }
 STATE = ()  # per-parameter optimizer state, zero at the start
 BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
+NUM_WARPS = 4
+NUM_STAGES = 1
+UPDATE_BLOCK = 1024  # parameters per program of the update kernel
 
 
 @triton.jit
 def perceptron_fused_kernel(
-    x_ptr,  # input x, (B) float32
-    y_ptr,  # target y, (B) float32
+    x_ptr,  # input x, (batch) float32
+    y_ptr,  # target y, (batch) float32
     w_ptr,  # parameter w, ()
     dL_dw_ptr,  # gradient accumulator for w (float32, zeroed)
-    LOSS_ptr,  # batch loss accumulator (float32, zeroed)
-    OUT_ptr,  # ŷ, (B) float32
-    B,  # batch size
+    _LOSS_ptr,  # batch loss accumulator (float32, zeroed)
+    _OUT_ptr,  # ŷ, (batch) float32
+    _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # accumulate the batch loss
     WITH_GRAD: tl.constexpr,  # run the backward pass and accumulate the gradients
     BLOCK_B: tl.constexpr,  # batch rows per program
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < B
-    cols_1 = tl.arange(0, 1)
-    cmask_1 = cols_1 < 1
+    _pid = tl.program_id(0)
+    _rows = _pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    _row_mask = _rows < _B
+    _cols_1 = tl.arange(0, 1)
+    _cmask_1 = _cols_1 < 1
 
     # ---- load the batch tile and every parameter (the weights stay on chip)
     w = tl.load(w_ptr)
-    x = tl.load(x_ptr + rows, mask=row_mask, other=0.0)
+    x = tl.load(x_ptr + _rows, mask=_row_mask, other=0.0)
 
     # ---- forward
     a1 = w*x  # a1 = w·x
     f1 = a1  # f1 = a1
     if WITH_OUT:
-        tl.store(OUT_ptr + rows, f1, mask=row_mask)
-    if WITH_LOSS or WITH_GRAD:
-        y = tl.load(y_ptr + rows, mask=row_mask, other=0.0)
+        tl.store(_OUT_ptr + _rows, f1, mask=_row_mask)
     if WITH_LOSS:
         # ---- loss: this tile's share of the batch loss
-        loss_per_sample = (0.5)*((-f1 + y) * (-f1 + y))
-        tl.atomic_add(LOSS_ptr, tl.sum(tl.where(row_mask, loss_per_sample, 0.0), axis=0) * _scale)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)
+        _loss_per_sample = (0.5)*((-f1 + y) * (-f1 + y))
+        tl.atomic_add(_LOSS_ptr, tl.sum(tl.where(_row_mask, _loss_per_sample, 0.0), axis=0) * _scale)
     if WITH_GRAD:
         # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-        dL_df1 = tl.where(row_mask, -_scale*(-f1 + y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again, not held live through the loss (ptxas spilled it)
+        dL_df1 = tl.where(_row_mask, -_scale*(-f1 + y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
         delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
         dL_dw = tl.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
         # ---- write back: this tile's partial sums of the parameter gradients
@@ -77,34 +80,76 @@ def perceptron_fused_kernel(
 
 @triton.jit
 def perceptron_sgd_kernel(
-    P_ptr,  # all parameters, flattened into one float32 buffer
-    G_ptr,  # their gradients, same layout
-    N,  # number of elements
+    _P_ptr,  # all parameters, flattened into one float32 buffer
+    _G_ptr,  # their gradients, same layout
+    _N,  # number of elements
     lr,  # learning rate η
-    BLOCK: tl.constexpr,
+    _BLOCK: tl.constexpr,
 ):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(P_ptr + offs, mask=mask)
-    g = tl.load(G_ptr + offs, mask=mask)
-    tl.store(P_ptr + offs, theta - lr * g, mask=mask)  # θ ← θ − η·∂L/∂θ
+    _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
+    _mask = _offs < _N
+    theta = tl.load(_P_ptr + _offs, mask=_mask)
+    g = tl.load(_G_ptr + _offs, mask=_mask)
+    tl.store(_P_ptr + _offs, theta - lr * g, mask=_mask)  # θ ← θ − η·∂L/∂θ
 
 
 @triton.jit
 def perceptron_update_kernel(
-    PARAMS_ptr,  # all parameters, flattened into one float32 buffer
-    GRADS_ptr,  # their gradients, same layout
-    N,  # number of elements
+    _PARAMS_ptr,  # all parameters, flattened into one float32 buffer
+    _GRADS_ptr,  # their gradients, same layout
+    _N,  # number of elements
     eta_t,  # host scalar
-    BLOCK: tl.constexpr,
+    _BLOCK: tl.constexpr,
 ):
     """One sgd update of every parameter in one launch."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    theta = tl.load(PARAMS_ptr + offs, mask=mask)
-    g = tl.load(GRADS_ptr + offs, mask=mask)
+    _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
+    _mask = _offs < _N
+    theta = tl.load(_PARAMS_ptr + _offs, mask=_mask)
+    g = tl.load(_GRADS_ptr + _offs, mask=_mask)
     theta = -eta_t*g + theta  # θ ← θ - g·η_t
-    tl.store(PARAMS_ptr + offs, theta, mask=mask)
+    tl.store(_PARAMS_ptr + _offs, theta, mask=_mask)
+
+
+# Every kernel and launch configuration this module uses, as triton.compile takes them:
+#   triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"], constexprs=s["constexprs"]),
+#                  target=GPUTarget("cuda", 90, 32), options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
+# `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
+_FUSED_SIGNATURE = {
+    "x_ptr": "*fp32",
+    "y_ptr": "*fp32",
+    "w_ptr": "*fp32",
+    "dL_dw_ptr": "*fp32",
+    "_LOSS_ptr": "*fp32",
+    "_OUT_ptr": "*fp32",
+    "_B": "i32",
+    "_scale": "fp32",
+    "WITH_OUT": "constexpr",
+    "WITH_LOSS": "constexpr",
+    "WITH_GRAD": "constexpr",
+    "BLOCK_B": "constexpr",
+}
+_SGD_SIGNATURE = {
+    "_P_ptr": "*fp32",
+    "_G_ptr": "*fp32",
+    "_N": "i32",
+    "lr": "fp32",
+    "_BLOCK": "constexpr",
+}
+_UPDATE_SIGNATURE = {
+    "_PARAMS_ptr": "*fp32",
+    "_GRADS_ptr": "*fp32",
+    "_N": "i32",
+    "eta_t": "fp32",
+    "_BLOCK": "constexpr",
+}
+COMPILE_SPECS = [
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "perceptron_sgd_kernel", "signature": _SGD_SIGNATURE, "constexprs": {"_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+]
 
 
 def init_params(seed=0, device="cpu"):
@@ -117,20 +162,16 @@ def init_params(seed=0, device="cpu"):
     return {_k: torch.tensor(_v, dtype=torch.float32, device=device) for _k, _v in _arrays.items()}
 
 
-def _block(batch, block_b):
-    if block_b is not None:
-        return block_b
-    return max(16, min(BLOCK_B, triton.next_power_of_2(max(batch, 1))))
-
-
 def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     """Run the fused kernel once.  ``grads`` (dict of zeroed float32 tensors), ``loss``
     (a zeroed 1-element tensor) and ``out`` (ŷ) are filled when given."""
     _batch = x.shape[0]
+    if _batch == 0:
+        raise ValueError("empty batch")  # a mean over no rows has no value; a grid of 0 programs is no launch
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _dummy = x.new_empty(1, dtype=torch.float32)
     _g = grads if grads is not None else {_name: _dummy for _name in PARAM_SHAPES}
-    _blk = _block(_batch, block_b)
+    _blk = BLOCK_B if block_b is None else block_b  # COMPILE_SPECS lists BLOCK_B only
     perceptron_fused_kernel[(triton.cdiv(_batch, _blk),)](
         x.contiguous(),
         y.contiguous() if y is not None else _dummy,
@@ -144,6 +185,8 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         WITH_LOSS=loss is not None,
         WITH_GRAD=grads is not None,
         BLOCK_B=_blk,
+        num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES,
     )
 
 
@@ -185,7 +228,8 @@ def train_step(params, x, y, lr):
     _grads = torch.zeros_like(_params)
     launch(_flat_views(_params), x, y, grads=_flat_views(_grads))
     _n = _params.numel()
-    perceptron_sgd_kernel[(triton.cdiv(_n, 1024),)](_params, _grads, _n, lr, BLOCK=1024)
+    perceptron_sgd_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](_params, _grads, _n, float(lr), _BLOCK=UPDATE_BLOCK,
+                                                         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return _flat_views(_params)
 
 
@@ -205,8 +249,9 @@ def step(params, state, x, y, t, hyper=None):
     _total = torch.zeros(1, dtype=torch.float32, device=x.device)
     launch(_flat_views(_params), x, y, grads=_flat_views(_grads), loss=_total)
     _n = _params.numel()
-    perceptron_update_kernel[(triton.cdiv(_n, 1024),)](
-        _params, _grads, _n, eta_t, BLOCK=1024
+    perceptron_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+        _params, _grads, _n, float(eta_t), _BLOCK=UPDATE_BLOCK,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(_total[0])
 
@@ -240,7 +285,8 @@ class FlatState:
         self.loss.zero_()
         launch(self._params, x, y, grads=self._grads, loss=self.loss)
         _n = self.flat.numel()
-        perceptron_update_kernel[(triton.cdiv(_n, 1024),)](
-            self.flat, self.grads, _n, eta_t, BLOCK=1024
+        perceptron_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+            self.flat, self.grads, _n, float(eta_t), _BLOCK=UPDATE_BLOCK,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         return self.loss

@@ -17,7 +17,7 @@ import derive
 from derive.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("explain", "generate", "verify", "train", "trace")
+COMMANDS = ("explain", "generate", "verify", "train", "trace", "inspect")
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -112,9 +112,10 @@ def test_readme_iris_plot_goes_somewhere_git_ignores():
     if git is None or not (ROOT / ".git").exists():
         pytest.skip("needs git and a checkout")
     for line in lines:
-        plot = shlex.split(line.split("#")[0])[shlex.split(line.split("#")[0]).index("--plot") + 1]
-        # check-ignore exits 0 when the path is ignored (it need not exist)
-        assert subprocess.run([git, "check-ignore", "-q", plot], cwd=ROOT).returncode == 0, plot
+        words = shlex.split(line.split("#")[0])
+        for plot in (words[n + 1] for n, w in enumerate(words) if w in ("--plot", "--plot-path")):
+            # check-ignore exits 0 when the path is ignored (it need not exist)
+            assert subprocess.run([git, "check-ignore", "-q", plot], cwd=ROOT).returncode == 0, plot
 
 
 def test_out_of_memory_is_one_line_in_a_subprocess(tmp_path):

@@ -114,6 +114,8 @@ def test_generated_header_and_comments(spec):
     backward = [ln for ln in tr_lines[start + 1:end] if ln.strip()]
     assert backward, "no backward pass in the Triton kernel"
     for ln in backward:
+        if re.match(r"^ +(tl\.store|tl\.atomic_add|tl\.debug_barrier|_outer_add)\(", ln):
+            continue  # moving a step's result to scratch or to its gradient, not a step of its own
         assert re.match(r"^ +\w+ = .+  # \S", ln), f"backward line without a comment: {ln!r}"
 
 
@@ -425,31 +427,26 @@ def _kernel_lines(text: str) -> list[str]:
     return [ln for ln in kernel.splitlines() if " = " in ln]
 
 
-def test_wide_layers_use_tl_dot():
-    net = Network("wide", [Linear(out=16, activation="relu"), Linear(out=32)],
-                  input=Port("x", (16,)), target=Port("y", (32,)))
-    lines = _kernel_lines(_triton_text(net))
-    for name in ("a1", "a2", "dL_dW1", "dL_dW2", "dL_df1"):
-        line = next(ln for ln in lines if ln.strip().startswith(f"{name} = "))
-        assert "tl.dot(" in line, line
-
-
-def test_narrow_layers_do_not_use_tl_dot():
-    net = Network("narrow", [Linear(out=8, activation="tanh"), Linear(out=4)],
-                  input=Port("x", (3,)), target=Port("y", (4,)))
-    text = _triton_text(net)
-    assert "tl.dot(" not in text
-    assert "tl.sum((x)[:, None, :] * W1[None, :, :], axis=2)" in text
-    # a 16-wide layer fed by a narrow input: its matvec and outer product have a side < 16
-    net = Network("mixed", [Linear(out=16, activation="tanh"), Linear(out=2)], input=Port("x", (4,)),
-                  target=Port("y", (2,)))
-    assert "tl.dot(" not in _triton_text(net)
+def test_dense_contractions_read_their_operands_from_memory():
+    # issue 10: a weight or activation tile held in registers through forward and backward spills on the
+    # GPU, so every dense contraction is a rank-1-update helper reading W and the scratch rows per use
+    for net in (Network("wide", [Linear(out=16, activation="relu"), Linear(out=32)],
+                        input=Port("x", (16,)), target=Port("y", (32,))),
+                Network("narrow", [Linear(out=8, activation="tanh"), Linear(out=4)],
+                        input=Port("x", (3,)), target=Port("y", (4,)))):
+        lines = _kernel_lines(_triton_text(net))
+        for name, helper in (("a1", "_matvec("), ("a2", "_matvec("), ("dL_df1", "_vecmat(")):
+            line = next(ln for ln in lines if ln.strip().startswith(f"{name} = "))
+            assert helper in line, line
+        kernel = _triton_text(net).split("_fused_kernel(", 1)[1].split("\n@triton.jit", 1)[0]
+        assert sum(ln.strip().startswith("_outer_add(") and "dL_dW" in ln for ln in kernel.splitlines()) == 2
+        assert not any(ln.strip().startswith(("W1 = ", "W2 = ")) for ln in lines)  # never a whole weight tile
 
 
 def test_tl_dot_network_matches_torch(triton_device_name):
     net = Network("wide", [Linear(out=17, activation="tanh"), Linear(out=33, activation="softplus"), Linear(out=3)],
                   input=Port("x", (20,)), loss=Loss("cross_entropy"))
-    assert "tl.dot(" in _triton_text(net)
+    assert "_matvec(" in _triton_text(net)
     with generated_modules(net, "<python>") as mods:
         npm, trm = mods["numpy"], mods["triton"]
         for batch, block_b in ((37, 16), (5, 64)):

@@ -54,3 +54,26 @@ def test_gpu_bench_harness_runs_under_the_interpreter(tmp_path):
 
     rows = json.loads(out.read_text())["rows"]
     assert rows and rows[0]["fused_ms"] > 0 and rows[0]["eager_ms"] > 0
+
+
+def test_empty_batch_is_a_value_error_everywhere(triton_device_name):
+    import torch
+
+    net = dataclasses.replace(NET, optimizer=Optimizer("adam", 0.05, "constant"))
+    with generated_modules(net, "<test>") as mods:
+        trm = mods["triton"]
+        params = trm.init_params(0, device=triton_device_name)
+        x = torch.zeros((0, 4), dtype=torch.float32, device=triton_device_name)
+        y = torch.zeros((0, 3), dtype=torch.float32, device=triton_device_name)
+        calls = {
+            "launch": lambda: trm.launch(params, x, y, loss=torch.zeros(1)),
+            "forward": lambda: trm.forward(params, x),
+            "loss": lambda: trm.loss(params, x, y),
+            "gradients": lambda: trm.gradients(params, x, y),
+            "train_step": lambda: trm.train_step(params, x, y, 0.1),
+            "step": lambda: trm.step(params, trm.init_state(params), x, y, 1),
+            "FlatState.step": lambda: trm.FlatState(params).step(x, y, 1),
+        }
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match="empty batch"):
+                call()

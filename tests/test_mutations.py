@@ -100,10 +100,12 @@ type = "cross_entropy"
 TRITON = [
     # (example, line, replacement, the quantity the edited load feeds)
     ("lecture", "w2 = tl.load(w2_ptr)", "w2 = 1.5*tl.load(w2_ptr)", "a2"),
-    ("lecture", "y = tl.load(y_ptr + rows, mask=row_mask, other=0.0)",
-     "y = 0.5*tl.load(y_ptr + rows, mask=row_mask, other=0.0)", "dL_df3"),
-    ("mlp_softmax", "b3 = tl.load(b3_ptr + cols_3, mask=cmask_3, other=0.0)",
-     "b3 = tl.load(b3_ptr + cols_3, mask=cmask_3, other=0.0) + 0.01", "a3"),
+    # the backward section reads the target again (the loss section has its own read)
+    ("lecture", "y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again",
+     "y = 0.5*tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again", "dL_df3"),
+    # a dense network reads its bias where it is used
+    ("mlp_softmax", "tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + _matvec(",
+     "(tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + 0.01) + _matvec(", "a3"),
 ]
 
 

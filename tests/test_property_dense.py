@@ -93,7 +93,11 @@ def _dot_layers(net: Network) -> int:
 
 
 def _uses_dot(net: Network) -> bool:
-    return "tl.dot(" in codegen.generate(net, "<python>", ("triton",))["prop_triton.py"]
+    """Whether the kernel contracts through the dense helpers (issue 10 replaced tl.dot by them: an ieee
+    tl.dot holds whole operands per thread and spilled on the GPU); tl.dot itself is never emitted."""
+    text = codegen.generate(net, "<python>", ("triton",))["prop_triton.py"]
+    assert "tl.dot(" not in text
+    return "_matvec(" in text
 
 
 # Explicit examples, run every time: the tl.dot paths, a lecture-style scalar chain, the widest case.

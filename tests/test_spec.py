@@ -289,19 +289,23 @@ def test_nothing_is_evaluated(tmp_path):
 
 
 def test_names_the_generator_never_uses_are_the_users():
-    """a0 (layers count from 1) and scale (the batch scale is _scale) are ordinary names; the generated
-    NumPy module built with them still matches torch.autograd."""
+    """a0 (layers count from 1), scale (the batch scale is _scale), B and rows (kernel locals start with _)
+    are ordinary names; the generated NumPy and Triton modules built with them still match torch.autograd."""
     import numpy as np
 
     from derive.targets.modules import generated_modules
     from derive.verify import sample
-    from helpers import assert_matches_torch, random_params
+    from helpers import assert_close_to_torch, assert_matches_torch, random_params, triton_inputs, triton_outputs
 
-    net = Network("names", [Linear(out=3, weight="scale", bias="a0", activation="tanh"), Linear(out=2, bias="f0")],
+    net = Network("names", [Linear(out=3, weight="scale", bias="a0", activation="tanh"), Linear(out=2, weight="B", bias="rows")],
                   input=Port("x", (2,)), target=Port("y", (2,)))
-    assert [p.name for p in net.params] == ["scale", "a0", "W2", "f0"]
+    assert [p.name for p in net.params] == ["scale", "a0", "B", "rows"]
     rng = np.random.default_rng(0)
-    with generated_modules(net, "<test>", targets=("numpy",)) as mods:
+    with generated_modules(net, "<test>") as mods:
         params = random_params(mods["numpy"], rng)
         x, y = sample(net, rng, 4)
         assert_matches_torch(net, mods["numpy"], params, x, y, 1e-10, "names")  # f64: only rounding differs
+        tp, tx, ty = triton_inputs(net, params, x, y)
+        # float32 over two small layers: 1e-4 of the float64 reference
+        assert_close_to_torch(net, triton_outputs(mods["triton"], tp, tx, ty, net=net), tp, tx, ty, 1e-4,
+                              "names triton", float32=True)

@@ -144,13 +144,13 @@ def test_verify_catches_a_wrong_helper(monkeypatch):
 def test_verify_catches_a_missing_store_mask(monkeypatch, triton_device_name):
     """ŷ's store without its column mask writes a padded column past the end: the sentinel row fails."""
     real = codegen.RENDERERS["triton"]
-    full = "mask=row_mask[:, None] & cmask_3[None, :])"
+    full = "mask=_row_mask[:, None] & _cmask_3[None, :])"
 
     def unmasked(ir, out_dir="generated"):
         text = real(ir, out_dir)
-        line = next(ln for ln in text.splitlines() if "tl.store(OUT_ptr" in ln)
+        line = next(ln for ln in text.splitlines() if "tl.store(_OUT_ptr" in ln)
         assert full in line
-        return text.replace(line, line.replace(full, "mask=row_mask[:, None])"))
+        return text.replace(line, line.replace(full, "mask=_row_mask[:, None])"))
 
     monkeypatch.setitem(codegen.RENDERERS, "triton", unmasked)
     report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)
@@ -161,12 +161,12 @@ def test_verify_catches_a_missing_store_mask(monkeypatch, triton_device_name):
 
 def test_verify_catches_a_missing_atomic_mask(monkeypatch, triton_device_name):
     real = codegen.RENDERERS["triton"]
-    masked = "tl.atomic_add(dL_db3_ptr + cols_3, dL_db3, mask=cmask_3)"
+    masked = "tl.atomic_add(dL_db3_ptr + _cols_3, dL_db3, mask=_cmask_3)"
 
     def unmasked(ir, out_dir="generated"):
         text = real(ir, out_dir)
         assert masked in text
-        return text.replace(masked, "tl.atomic_add(dL_db3_ptr + cols_3, dL_db3)")
+        return text.replace(masked, "tl.atomic_add(dL_db3_ptr + _cols_3, dL_db3)")
 
     monkeypatch.setitem(codegen.RENDERERS, "triton", unmasked)
     report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)

@@ -123,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_codegen.add_commands(sub)
     cli_train.add_commands(sub)
-    from derive.cli import trace as cli_trace
+    from derive.cli import inspect as cli_inspect, trace as cli_trace
 
     cli_trace.add_commands(sub)
+    cli_inspect.add_commands(sub)
     return parser
 
 

@@ -3,65 +3,150 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from derive.ir.nodes import KernelIR
+import sympy as sp
+
+from derive.ir.nodes import KernelIR, Outer
 from derive.targets import triton_volume as volume
 from derive.targets.common import _common, _env
 from derive.targets.printers import HostPrinter
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 TRITON_BLOCK_B = 64
+NUM_WARPS = 4
+NUM_STAGES = 1  # the kernels have no software-pipelined loops
+
+# The flag sets the module's own entry points launch the fused kernel with (forward, loss,
+# gradients and train_step, step and FlatState): COMPILE_SPECS lists exactly these.
+FUSED_FLAGS = (
+    {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False},
+    {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False},
+    {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True},
+    {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True},
+)
 
 
 def _pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
+@dataclass(frozen=True)
+class TritonPlan:
+    """The rendered module and what derive inspect's cost model reads from its rendering: the fused
+    kernel's memory traffic and FLOPs as printed, (section, "row" | "program", "read" | "write" | "flop", amount)."""
+
+    text: str
+    events: tuple
+    block_b: int
+    num_warps: int
+    modeled: bool  # False where a layer's helpers do not record their traffic (conv, locally connected)
+
+
 def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
+    return plan_triton(ir, out_dir).text
+
+
+def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     arrays = ir.arrays()
+    scratch = {} if ir.volumes else _scratch_layout(ir)
+    _pad = _pow2
     widths: dict[str, object] = {}
     real: dict[str, int] = {}
     for a in arrays.values():
         if len(a.shape) == 1:
-            widths[a.name] = _pow2(a.shape[0])
+            widths[a.name] = _pad(a.shape[0])
             real[a.name] = a.shape[0]
         elif len(a.shape) == 2:
-            widths[a.name] = (_pow2(a.shape[0]), _pow2(a.shape[1]))
+            widths[a.name] = (_pad(a.shape[0]), _pad(a.shape[1]))
         else:
             widths[a.name] = 0
     # the smallest BLOCK_B a launch may use decides tl.dot against broadcast-multiply-sum
     pr = TritonCodePrinter(widths, real, 16, "ieee")
     pr.volume_calls = volume.calls(ir)
+    # matrices are loaded at each use: held as register tiles through forward and backward they spill
+    pr.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
+                       if (len(p.shape) == 2 or (scratch and p.shape)) and p.name not in volume.params(ir)}
     sizes = sorted({n for a in arrays.values() for n in a.shape} | {1} | volume.sizes(ir))
+    width = sum(n for _, n in scratch.values())
+    pr.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n) for name, (off, n) in scratch.items()}
+    pr.param_shapes = {p.name: p.shape for p in ir.params}
+    if pr.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
+        pr.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0])
+    outer = {}  # gradient name -> the helper call that adds this tile's outer product into it
 
     def line(a):
-        return {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
+        if isinstance(a.expr, Outer) and pr._chunked(*a.expr.args):
+            (d, f), (_, k) = a.expr.args, pr.param_shapes[_param_of(ir, a.name)]
+            (dp, ds, j), (fp, fs, _) = pr.in_memory[d.name], pr.in_memory[f.name]
+            pr.helpers.add("_outer_add")
+            kp, jc = _pow2(k), max(1, min(_pow2(j), 4096 // _pow2(k)))
+            pr._note("row", "read", 4 * (j + -(-j // jc) * k))
+            pr._note("program", "read", 4 * j * k)  # the atomic read-modify-write of the gradient
+            pr._note("program", "write", 4 * j * k)
+            pr._note("row", "flop", 2 * j * k)
+            outer[a.name] = (f"_outer_add({dp}, {ds}, {fp}, {fs}, dL_d{_param_of(ir, a.name)}_ptr, _pid * BLOCK_B, _B, "
+                             f"J={j}, K={k}, JC={jc}, KP={kp}, BLOCK_B=BLOCK_B)")
+            return None
+        ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None}
+        if a.name in scratch and not (isinstance(a.expr, sp.Symbol) and a.expr.name in scratch):
+            off, n = scratch[a.name]
+            pr._note("row", "write", 4 * n)
+            ln["store"] = (f"tl.store(_SCRATCH_ptr + {off} + _rows[:, None] * {width} + _cols_{n}[None, :], {a.name}, "
+                           f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
+        return ln
 
+    pr.events = []
+    pr.section = "forward"
+    forward = [line(a) for a in ir.forward if not volume.dropped(ir, a)]
+    pr.section = "loss"
+    loss_rhs = pr.doprint(ir.loss.expr)
+    pr.section = "backward"
     backward = []
+    grad_of = {g: p for p, g in ir.grads}
+    params = {p.name: p for p in ir.params}
+    stored: set[str] = set()
     for a in ir.backward:
         if volume.dropped(ir, a):
             continue
         ln = line(a)
+        if ln is None:
+            continue
         if a.name == ir.backward[0].name:  # ∂L/∂ŷ: zero on padded rows and columns
             ln["rhs"] = f"tl.where({_mask(a.shape)}, {ln['rhs']}, 0.0)"
         backward.append(ln)
+        if scratch and a.name in grad_of:  # stored at once, so no gradient stays live to the end
+            p = params[grad_of[a.name]]
+            ln["store"] = _store_grad(p, a.name)
+            stored.add(a.name)
+            pr._note("program", "read", 4 * math.prod(p.shape))
+            pr._note("program", "write", 4 * math.prod(p.shape))
 
     ctx = _common(ir, out_dir)
+    kernel_args = _kernel_args(ir) + volume.kernel_args(ir)
+    if scratch:
+        kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
+                            "comment": f"scratch: this batch's per-sample vectors, (batch, {width}) float32, "
+                                       + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
     ctx.update(
-        block_b=TRITON_BLOCK_B,
-        kernel_args=_kernel_args(ir) + volume.kernel_args(ir),
-        scratch=volume.scratch(ir),
-        columns=[{"n": n, "padded": _pow2(n)} for n in sizes],
-        loads=[_load_param(p) for p in ir.params if p.name not in volume.params(ir)]
-        + ([_load_sample(ir.input, f"{ir.input.name}_ptr")] if volume.needs_input_tile(ir) else []),
-        forward=[line(a) for a in ir.forward if not volume.dropped(ir, a)],
+        block_b=_block_b(widths) if scratch else TRITON_BLOCK_B,
+        num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES,
+        kernel_args=kernel_args,
+        scratch=volume.scratch(ir) + ([{"alloc": f"{ir.input.name}.new_empty(_batch * {width}, dtype=torch.float32)"}]
+                                      if scratch else []),
+        columns=[{"n": n, "padded": _pad(n)} for n in sizes],
+        loads=[_load_param(p) for p in ir.params if p.name not in volume.params(ir) and p.name not in pr.inline_loads]
+        + ([_load_sample(ir.input, f"{ir.input.name}_ptr")]
+           if volume.needs_input_tile(ir) and ir.input.name not in pr.in_memory else []),
+        forward=forward,
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
-        loss_rhs=pr.doprint(ir.loss.expr),
+        loss_rhs=loss_rhs,
         loss_scale="_scale",
         backward=backward,
-        grad_stores=[volume.grad_store(ir, p.name) or _store_grad(p, g)
-                     for p, (_, g) in zip(ir.params, ir.grads_by_param())],
+        grad_stores=[volume.grad_store(ir, p.name) or outer.get(g) or _store_grad(p, g)
+                     for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored],
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
     )
@@ -70,9 +155,73 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
                            for a in ir.update_scalars]
     ctx["updates"] = [line(a) for a in ir.updates]
     ctx["kernel_scalars"] = _kernel_scalars(ir)
+    ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)] + volume.helpers(ir, _env())
     ctx["imports"] = ["import math", "import numpy as np", "import torch", "import triton", "import triton.language as tl"]
-    return _env().get_template("triton_module.py.jinja").render(**ctx)
+    text = _env().get_template("triton_module.py.jinja").render(**ctx)
+    y = ir.target
+    y_bytes = 8 if y.dtype == "int" else 4 * math.prod(y.shape)
+    fixed = [("loss", "row", "read", y_bytes), ("backward", "row", "read", y_bytes),
+             ("out", "row", "write", 4 * math.prod(ir.output.shape)),
+             ("loss", "program", "read", 4), ("loss", "program", "write", 4)]
+    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=not ir.volumes)
+
+
+def _block_b(widths: dict) -> int:
+    """Batch rows per program: a (BLOCK_B, width) tile and its 64-bit addresses must stay a small share
+    of the 255 registers a thread has (4 warps), so wider layers get fewer rows (measured: derive inspect)."""
+    widest = max([w for w in widths.values() if isinstance(w, int)] + [1])
+    return 64 if widest <= 32 else 32 if widest <= 64 else 16
+
+
+def _scratch_layout(ir: KernelIR) -> dict[str, tuple[int, int]]:
+    """name -> (column offset, width) for every per-sample vector that a later line reads: they live in
+    scratch rows, not registers (an Outer's operands are read there too, by _outer_add)."""
+    exprs = [*ir.forward, ir.loss, *ir.backward]
+    used = {s.name for a in exprs for s in a.expr.free_symbols}
+    out, off = {}, 0
+    for a in (*ir.forward, *ir.backward):
+        if isinstance(a.expr, sp.Symbol) and a.expr.name in out:  # f3 = a3, δ3 = ∂L/∂f3: the same rows
+            out[a.name] = out[a.expr.name]
+        elif a.batched and len(a.shape) == 1 and a.name in used:
+            out[a.name] = (off, a.shape[0])
+            off += a.shape[0]
+    return out
+
+
+def _param_of(ir: KernelIR, grad: str) -> str:
+    return next(p for p, g in ir.grads if g == grad)
+
+
+def _signature(args: dict[str, str]) -> str:
+    return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in args.items()).replace("'", '"') + "}"
+
+
+def _compile_specs(ir: KernelIR, kernel_args: list[dict], kernel_scalars: list[str]) -> dict:
+    """COMPILE_SPECS: one entry per kernel and launch configuration the module may use, in the form
+    triton.compile(ASTSource(fn, signature, constexprs)) takes, so anyone can compile the kernels."""
+    fused = {a["name"]: a["type"] for a in kernel_args}
+    fused.update({"_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
+                  "WITH_GRAD": "constexpr", "BLOCK_B": "constexpr"})
+    sgd = {"_P_ptr": "*fp32", "_G_ptr": "*fp32", "_N": "i32", "lr": "fp32", "_BLOCK": "constexpr"}
+    update = {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state},
+              "_N": "i32", **{a: "fp32" for a in kernel_scalars}, "_BLOCK": "constexpr"}
+    specs = [(f"{ir.name}_fused_kernel", "_FUSED_SIGNATURE", {**flags, "BLOCK_B": "BLOCK_B"}) for flags in FUSED_FLAGS]
+    specs.append((f"{ir.name}_sgd_kernel", "_SGD_SIGNATURE", {"_BLOCK": "UPDATE_BLOCK"}))
+    if ir.updates:
+        specs.append((f"{ir.name}_update_kernel", "_UPDATE_SIGNATURE", {"_BLOCK": "UPDATE_BLOCK"}))
+
+    def entry(kernel, sig, constexprs):
+        cx = ", ".join(f'"{k}": {v}' for k, v in constexprs.items())
+        return (f'{{"kernel": "{kernel}", "signature": {sig}, "constexprs": {{{cx}}}, '
+                f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}')
+
+    return {
+        "fused_signature": _signature(fused),
+        "sgd_signature": _signature(sgd),
+        "update_signature": _signature(update) if ir.updates else None,
+        "compile_specs": [entry(*s) for s in specs],
+    }
 
 
 def _kernel_scalars(ir: KernelIR) -> list[str]:
@@ -84,27 +233,31 @@ def _kernel_scalars(ir: KernelIR) -> list[str]:
 
 def _mask(shape: tuple) -> str:
     if not shape:
-        return "row_mask"
-    return f"row_mask[:, None] & cmask_{shape[0]}[None, :]"
+        return "_row_mask"
+    return f"_row_mask[:, None] & _cmask_{shape[0]}[None, :]"
 
 
 def _kernel_args(ir: KernelIR) -> list[dict]:
     def desc(a):
-        dims = ", ".join(["B", *map(str, a.shape)])
+        dims = ", ".join(["batch", *map(str, a.shape)])
         kind = "int class indices" if a.dtype == "int" else "float32"
         return f"({dims}) {kind}"
 
     args = [
-        {"name": f"{ir.input.name}_ptr", "comment": f"input {ir.input.name}, {desc(ir.input)}"},
-        {"name": f"{ir.target.name}_ptr", "comment": f"target {ir.target.name}, {desc(ir.target)}"},
+        {"name": f"{ir.input.name}_ptr", "comment": f"input {ir.input.name}, {desc(ir.input)}", "type": "*fp32"},
+        {"name": f"{ir.target.name}_ptr", "comment": f"target {ir.target.name}, {desc(ir.target)}",
+         "type": "*i64" if ir.target.dtype == "int" else "*fp32"},
     ]
-    args += [{"name": f"{p.name}_ptr", "comment": f"parameter {p.name}, {p.shape}"} for p in ir.params]
+    args += [{"name": f"{p.name}_ptr", "comment": f"parameter {p.name}, {p.shape}", "type": "*fp32"}
+             for p in ir.params]
     args += [
-        {"name": f"dL_d{p.name}_ptr", "comment": f"gradient accumulator for {p.name} (float32, zeroed)"}
+        {"name": f"dL_d{p.name}_ptr", "comment": f"gradient accumulator for {p.name} (float32, zeroed)",
+         "type": "*fp32"}
         for p in ir.params
     ]
-    args.append({"name": "LOSS_ptr", "comment": "batch loss accumulator (float32, zeroed)"})
-    args.append({"name": "OUT_ptr", "comment": f"ŷ, (B{''.join(', ' + str(n) for n in ir.output.shape)}) float32"})
+    args.append({"name": "_LOSS_ptr", "comment": "batch loss accumulator (float32, zeroed)", "type": "*fp32"})
+    args.append({"name": "_OUT_ptr", "comment": f"ŷ, (batch{''.join(', ' + str(n) for n in ir.output.shape)}) float32",
+                 "type": "*fp32"})
     return args
 
 
@@ -113,29 +266,29 @@ def _load_param(p) -> str:
         return f"{p.name} = tl.load({p.name}_ptr)"
     if len(p.shape) == 1:
         n = p.shape[0]
-        return f"{p.name} = tl.load({p.name}_ptr + cols_{n}, mask=cmask_{n}, other=0.0)"
+        return f"{p.name} = tl.load({p.name}_ptr + _cols_{n}, mask=_cmask_{n}, other=0.0)"
     m, n = p.shape
-    return (f"{p.name} = tl.load({p.name}_ptr + cols_{m}[:, None] * {n} + cols_{n}[None, :], "
-            f"mask=cmask_{m}[:, None] & cmask_{n}[None, :], other=0.0)")
+    return (f"{p.name} = tl.load({p.name}_ptr + _cols_{m}[:, None] * {n} + _cols_{n}[None, :], "
+            f"mask=_cmask_{m}[:, None] & _cmask_{n}[None, :], other=0.0)")
 
 
 def _load_sample(a, ptr: str) -> str:
     other = "0" if a.dtype == "int" else "0.0"
     if not a.shape:
-        return f"{a.name} = tl.load({ptr} + rows, mask=row_mask, other={other})"
+        return f"{a.name} = tl.load({ptr} + _rows, mask=_row_mask, other={other})"
     n = a.shape[0] if len(a.shape) == 1 else math.prod(a.shape)  # a volume as a flat (c·h·w) tile
-    return (f"{a.name} = tl.load({ptr} + rows[:, None] * {n} + cols_{n}[None, :], "
-            f"mask=row_mask[:, None] & cmask_{n}[None, :], other={other})")
+    return (f"{a.name} = tl.load({ptr} + _rows[:, None] * {n} + _cols_{n}[None, :], "
+            f"mask=_row_mask[:, None] & _cmask_{n}[None, :], other={other})")
 
 
 def _store_out(ir: KernelIR) -> str:
     pr_value = ir.forward[-1].name if ir.output.shape or not ir.forward[-1].shape else None
     if ir.output.shape:
         n = ir.output.shape[0]
-        return (f"tl.store(OUT_ptr + rows[:, None] * {n} + cols_{n}[None, :], {pr_value}, "
-                f"mask=row_mask[:, None] & cmask_{n}[None, :])")
+        return (f"tl.store(_OUT_ptr + _rows[:, None] * {n} + _cols_{n}[None, :], {pr_value}, "
+                f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
     value = ir.forward[-1].name if not ir.forward[-1].shape else f"tl.sum({ir.forward[-1].name}, axis=1)"
-    return f"tl.store(OUT_ptr + rows, {value}, mask=row_mask)"
+    return f"tl.store(_OUT_ptr + _rows, {value}, mask=_row_mask)"
 
 
 def _store_grad(p, g: str) -> str:
@@ -144,6 +297,6 @@ def _store_grad(p, g: str) -> str:
         return f"tl.atomic_add({ptr}, {g})"
     if len(p.shape) == 1 or len(p.shape) >= 3:  # a locally connected bias (o, h, w) is stored flat
         n = math.prod(p.shape)
-        return f"tl.atomic_add({ptr} + cols_{n}, {g}, mask=cmask_{n})"
+        return f"tl.atomic_add({ptr} + _cols_{n}, {g}, mask=_cmask_{n})"
     m, n = p.shape
-    return f"tl.atomic_add({ptr} + cols_{m}[:, None] * {n} + cols_{n}[None, :], {g}, mask=cmask_{m}[:, None] & cmask_{n}[None, :])"
+    return f"tl.atomic_add({ptr} + _cols_{m}[:, None] * {n} + _cols_{n}[None, :], {g}, mask=_cmask_{m}[:, None] & _cmask_{n}[None, :])"

@@ -9,6 +9,13 @@ from derive.errors import DerivationError
 from derive.targets.printers import _Recording
 
 
+def _size(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
 class TritonCodePrinter(_Recording, PythonCodePrinter):
     """Triton tiles: a batch tile of BLOCK_B rows; vectors padded to powers of two.
 
@@ -30,6 +37,38 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
     def _module_format(self, fqn, register=True):
         return fqn
+
+    # parameters read where they are used (a name -> its tl.load expression), not held as tiles
+    inline_loads: dict = {}
+    param_shapes: dict = {}
+    # per-sample vectors kept in the program's scratch rows: name -> (pointer expression, row stride, width);
+    # every use reads them back, so no tile stays live in registers across layers
+    in_memory: dict = {}
+
+    # what the printed code moves and computes, for derive inspect's cost model: (section, scale, kind, amount)
+    # with scale "row" (per batch row), "program" (per program) and kind "read" / "write" bytes or "flop"
+    events: list = []
+    section: str = "forward"
+
+    def _note(self, scale: str, kind: str, amount: int):
+        self.events.append((self.section, scale, kind, int(amount)))
+
+    def _print_Symbol(self, e):
+        if e.name in self.inline_loads:
+            self._note("program", "read", 4 * _size(self.param_shapes.get(e.name, ())))
+            return self.inline_loads[e.name]
+        if e.name in self.in_memory:
+            ptr, stride, n = self.in_memory[e.name]
+            self._note("row", "read", 4 * n)
+            return (f"tl.load({ptr} + _rows[:, None] * {stride} + _cols_{n}[None, :], "
+                    f"mask=_row_mask[:, None] & _cmask_{n}[None, :], other=0.0)")
+        return super()._print_Symbol(e)
+
+    def _chunked(self, *names) -> bool:
+        return bool(self.in_memory) and all(isinstance(a, sp.Symbol) and a.name in self.in_memory for a in names)
+
+    def _mem(self, name: str) -> tuple[str, int, int]:
+        return self.in_memory[name]
 
     def _print_Function(self, e):
         name = type(e).__name__
@@ -104,6 +143,15 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
     def _print_MatVec(self, e):
         w, f = e.args
+        if self._chunked(f):
+            ptr, stride, k = self._mem(f.name)
+            n_out, n_in = self.param_shapes[w.name]
+            self.helpers.add("_matvec")
+            self._note("row", "read", 4 * n_in)
+            self._note("program", "read", 4 * n_in * n_out)
+            self._note("row", "flop", 2 * n_in * n_out)
+            return (f"_matvec({ptr}, {stride}, {w.name}_ptr, _rows, _row_mask, K={n_in}, N={n_out}, "
+                    f"NP={self.widths[w.name][0]}, BLOCK_B=BLOCK_B)")
         n_out, n_in = self.widths[w.name]
         fs, ws = self._print(f), self._print(w)
         if self._dot(self.block_b, n_out, n_in):
@@ -112,6 +160,15 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
     def _print_VecMat(self, e):
         d, w = e.args
+        if self._chunked(d):
+            ptr, stride, _ = self._mem(d.name)
+            n_out, n_in = self.param_shapes[w.name]
+            self.helpers.add("_vecmat")
+            self._note("row", "read", 4 * n_out)
+            self._note("program", "read", 4 * n_in * n_out)
+            self._note("row", "flop", 2 * n_in * n_out)
+            return (f"_vecmat({ptr}, {stride}, {w.name}_ptr, _rows, _row_mask, I={n_out}, J={n_in}, "
+                    f"JP={self.widths[w.name][1]}, BLOCK_B=BLOCK_B)")
         n_out, n_in = self.widths[w.name]
         ds, ws = self._print(d), self._print(w)
         if self._dot(self.block_b, n_out, n_in):
@@ -131,7 +188,7 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
     def _print_RowSum(self, e):
         body, n = e.args
-        return "tl.sum(tl.where(cmask_%d[None, :], %s, 0.0), axis=1)" % (int(n), self._print(body))
+        return "tl.sum(tl.where(_cmask_%d[None, :], %s, 0.0), axis=1)" % (int(n), self._print(body))
 
     def _print_Col(self, e):
         return "%s[:, None]" % self._print(e.args[0])
@@ -141,7 +198,7 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
     def _print_OneHot(self, e):
         y, n, _ = e.args
-        return "tl.where(%s[:, None] == cols_%d[None, :], 1.0, 0.0)" % (self._print(y), int(n))
+        return "tl.where(%s[:, None] == _cols_%d[None, :], 1.0, 0.0)" % (self._print(y), int(n))
 
     def _print_ZerosLike(self, e):
         return "(%s * 0.0)" % self._print(e.args[0])
@@ -155,12 +212,12 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def _print_Softmax(self, e):
         (z,) = e.args
         self.helpers.add("_softmax")
-        return "_softmax(%s, cmask_%d[None, :])" % (self._print(z), self._n_of(z))
+        return "_softmax(%s, _cmask_%d[None, :])" % (self._print(z), self._n_of(z))
 
     def _print_LogSumExp(self, e):
         (z,) = e.args
         self.helpers.add("_logsumexp")
-        return "_logsumexp(%s, cmask_%d[None, :])" % (self._print(z), self._n_of(z))
+        return "_logsumexp(%s, _cmask_%d[None, :])" % (self._print(z), self._n_of(z))
 
     # volumes: the layer's helper kernels (derive/codegen_volume.py), called by name
     volume_calls: dict = {}
@@ -204,6 +261,45 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
 
 TRITON_HELPERS = {
+    "_matvec": '''@triton.jit
+def _matvec(F_ptr, F_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, K: tl.constexpr, N: tl.constexpr,
+            NP: tl.constexpr, BLOCK_B: tl.constexpr):
+    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows, one rank-1 update per k: f is read a column
+    # and W a column at a time (from L1/L2), so only the (BLOCK_B, NP) sum lives in registers
+    n = tl.arange(0, NP)
+    acc = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
+    for k in range(K):
+        f = tl.load(F_ptr + _rows * F_STRIDE + k, mask=_row_mask, other=0.0)
+        w = tl.load(W_ptr + n * K + k, mask=n < N, other=0.0)
+        acc += f[:, None] * w[None, :]
+    return acc''',
+    "_vecmat": '''@triton.jit
+def _vecmat(D_ptr, D_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, I: tl.constexpr, J: tl.constexpr,
+            JP: tl.constexpr, BLOCK_B: tl.constexpr):
+    # g[b, j] = Σ_i d[b, i]·W[i, j] for the tile's rows, one rank-1 update per i (d's column, W's row)
+    j = tl.arange(0, JP)
+    acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
+    for i in range(I):
+        d = tl.load(D_ptr + _rows * D_STRIDE + i, mask=_row_mask, other=0.0)
+        w = tl.load(W_ptr + i * J + j, mask=j < J, other=0.0)
+        acc += d[:, None] * w[None, :]
+    return acc''',
+    "_outer_add": '''@triton.jit
+def _outer_add(D_ptr, D_STRIDE: tl.constexpr, F_ptr, F_STRIDE: tl.constexpr, G_ptr, _row0, _B,
+               J: tl.constexpr, K: tl.constexpr, JC: tl.constexpr, KP: tl.constexpr, BLOCK_B: tl.constexpr):
+    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's rows (G is (J, K), row-major): JC rows of G at a
+    # time, one rank-1 update per batch row, so one (JC, KP) block lives in registers
+    k = tl.arange(0, KP)
+    jc = tl.arange(0, JC)
+    for j0 in range(0, J, JC):
+        j = j0 + jc
+        g = tl.zeros((JC, KP), dtype=tl.float32)
+        for b in range(BLOCK_B):
+            r = _row0 + b
+            d = tl.load(D_ptr + r * D_STRIDE + j, mask=(j < J) & (j * 0 + r < _B), other=0.0)
+            f = tl.load(F_ptr + r * F_STRIDE + k, mask=(k < K) & (k * 0 + r < _B), other=0.0)
+            g += d[:, None] * f[None, :]
+        tl.atomic_add(G_ptr + j[:, None] * K + k[None, :], g, mask=(j < J)[:, None] & (k < K)[None, :])''',
     "_sigmoid": '''@triton.jit
 def _sigmoid(x):
     # σ(x) from e^−|x| ≤ 1: never overflows

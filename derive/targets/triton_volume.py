@@ -40,11 +40,11 @@ def calls(ir: KernelIR) -> dict:
         b_ptr = f"{v.bias}_ptr" if v.bias else f"{v.weight}_ptr"  # no bias: a pointer that is never read
         tile = "0.0" if v.first else v.source
         out[v.layer] = {
-            "forward": f"{_pre(v)}_forward({src}, {tile}, {v.weight}_ptr, {b_ptr}, rows, row_mask, "
+            "forward": f"{_pre(v)}_forward({src}, {tile}, {v.weight}_ptr, {b_ptr}, _rows, _row_mask, "
                        f"STORE={not v.first}, BLOCK_B=BLOCK_B)",
-            "weight": f"{_pre(v)}_weight_grad({src}, delta{v.layer}, dL_d{v.weight}_ptr, rows, row_mask, BLOCK_B=BLOCK_B)",
+            "weight": f"{_pre(v)}_weight_grad({src}, delta{v.layer}, dL_d{v.weight}_ptr, _rows, _row_mask, BLOCK_B=BLOCK_B)",
             "bias": f"{_pre(v)}_bias_grad(delta{v.layer})",
-            "input": f"{_pre(v)}_input_grad(delta{v.layer}, delta{v.layer}_ptr, {v.weight}_ptr, rows, row_mask, "
+            "input": f"{_pre(v)}_input_grad(delta{v.layer}, delta{v.layer}_ptr, {v.weight}_ptr, _rows, _row_mask, "
                      f"BLOCK_B=BLOCK_B)",
         }
         if v.padding:
@@ -95,12 +95,12 @@ def kernel_args(ir: KernelIR) -> list[dict]:
     for v in ir.volumes:
         if not v.first:
             out.append({"name": f"{v.source}_ptr",
-                        "comment": f"scratch: {v.source}, (B, {', '.join(map(str, v.in_shape))}) float32, "
-                                   f"the windows of layer {v.layer}"})
+                        "comment": f"scratch: {v.source}, (batch, {', '.join(map(str, v.in_shape))}) float32, "
+                                   f"the windows of layer {v.layer}", "type": "*fp32"})
         if v.below:
             out.append({"name": f"delta{v.layer}_ptr",
-                        "comment": f"scratch: δ{v.layer}, (B, {', '.join(map(str, v.out_shape))}) float32, "
-                                   f"gathered for ∂L/∂{v.source}"})
+                        "comment": f"scratch: δ{v.layer}, (batch, {', '.join(map(str, v.out_shape))}) float32, "
+                                   f"gathered for ∂L/∂{v.source}", "type": "*fp32"})
     return out
 
 

@@ -241,7 +241,7 @@ _MEMORY_OP = re.compile(r"tl\.(load|store|atomic_add)\(")
 
 
 def unmasked_memory_ops(source: str) -> list[str]:
-    """Loads, stores and atomic adds on a tile (their address uses rows or cols_) without a mask.
+    """Loads, stores and atomic adds on a tile (their address uses _rows or _cols_N) without a mask.
 
     The sentinel padding cannot see an unmasked atomic_add of a zero-padded lane, so this
     static check covers what the dynamic one cannot.
@@ -253,7 +253,7 @@ def unmasked_memory_ops(source: str) -> list[str]:
             depth += {"(": 1, ")": -1}.get(source[i], 0)
             i += 1
         call = source[m.start():i]
-        if re.search(r"\b(rows|cols_\w+)\b", call) and "mask=" not in call:
+        if re.search(r"(?<![A-Za-z0-9])_?(rows|cols_\w+)\b", call) and "mask=" not in call:  # _rows, _cols_N
             bad.append(" ".join(call.split()))
     return bad
 

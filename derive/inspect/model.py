@@ -1,0 +1,142 @@
+"""The static cost model of one training step: bytes moved to and from global memory, FLOPs, and the
+time they take at a card's peak rates, for the fused Triton step and for PyTorch eager on the same network.
+
+The fused kernel's numbers come from its rendering (derive.targets.triton.plan_triton records every load,
+store and contraction it prints).  Traffic that scales with the batch (x, y, the scratch rows, ŷ) is
+counted at DRAM, an upper bound: scratch rows read back right after their write often hit L1/L2.
+Traffic every program repeats (weights read per use, gradient partial sums) is counted once at DRAM
+(the parameters stay in L2) and in full at the L2 level.  Elementwise FLOPs are not counted.
+
+Eager PyTorch: each op reads its inputs from and writes its output to global memory (addmm, the
+activation, the loss, and in backward the activation's derivative, δᵀ·f, Σ δ, δ·W), then one
+foreach optimizer update.  Time per op is max(bytes / bandwidth, FLOPs / FLOP rate), summed over ops.
+
+The ideal step reads x and y once and the parameters, gradients and optimizer state once each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from derive.ir.nodes import KernelIR
+
+# H100 SXM: HBM3 bandwidth, dense fp32 (CUDA cores: what the ieee-precision kernels use) and tf32 tensor cores
+CARDS = {
+    "sm_90": {"name": "H100 SXM", "bandwidth": 3.35e12, "fp32": 67e12, "tf32": 495e12, "l2_bytes": 50e6},
+    "sm_80": {"name": "A100 SXM 80GB", "bandwidth": 2.039e12, "fp32": 19.5e12, "tf32": 156e12, "l2_bytes": 40e6},
+}
+TRAINING_SECTIONS = ("forward", "loss", "backward")
+
+
+@dataclass(frozen=True)
+class Cost:
+    name: str
+    launches: int
+    dram_bytes: float
+    l2_bytes: float
+    flops: float
+
+    def seconds(self, card: dict) -> float:
+        return max(self.dram_bytes / card["bandwidth"], self.flops / card["fp32"])
+
+
+def _params_bytes(ir: KernelIR) -> int:
+    return 4 * sum(math.prod(p.shape) for p in ir.params)
+
+
+def fused_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
+    """Zeroing the gradients, the fused kernel (training launch), the update kernel."""
+    programs = -(-batch // plan.block_b)
+    row = {"read": 0, "write": 0, "flop": 0}
+    prog = {"read": 0, "write": 0, "flop": 0}
+    for section, scale, kind, amount in plan.events:
+        if section in TRAINING_SECTIONS:
+            (row if scale == "row" else prog)[kind] += amount
+    theta = _params_bytes(ir)
+    rows_bytes = batch * (row["read"] + row["write"])
+    fused = Cost("fused kernel (loss + gradients)", 1,
+                 dram_bytes=rows_bytes + theta + 2 * theta + 8,  # θ read once, ∂L/∂θ read-modify-written once
+                 l2_bytes=rows_bytes + programs * (prog["read"] + prog["write"]),
+                 flops=batch * row["flop"] + programs * prog["flop"])
+    state = len(ir.state)
+    update = Cost("update kernel", 1, dram_bytes=theta * (3 + 2 * state), l2_bytes=theta * (3 + 2 * state), flops=0)
+    zero = Cost("zero the gradients", 1, dram_bytes=theta, l2_bytes=theta, flops=0)
+    return [zero, fused, update]
+
+
+def ideal_bytes(ir: KernelIR, batch: int) -> int:
+    x = 4 * math.prod(ir.input.shape)
+    y = 8 if ir.target.dtype == "int" else 4 * math.prod(ir.target.shape)
+    return batch * (x + y) + _params_bytes(ir) * (2 + len(ir.state))
+
+
+def eager_step(ir: KernelIR, batch: int) -> list[Cost]:
+    """One Cost per PyTorch eager op of a training step (forward, backward, optimizer)."""
+    n = batch
+    ops: list[Cost] = []
+
+    def op(name, read, write, flops=0):
+        ops.append(Cost(name, 1, 4 * (read + write), 4 * (read + write), flops))
+
+    for i, layer in enumerate(ir.layers):
+        fin, fout = math.prod(layer.in_shape), math.prod(layer.out_shape)
+        l = layer.index
+        if layer.kind == "flatten":
+            continue  # a view
+        if layer.kind == "linear":
+            w = fin * fout
+            macs = n * w
+        elif layer.kind in ("conv2d", "locally_connected"):
+            c, (kh, kw) = layer.in_shape[0], layer.kernel
+            macs = n * fout * c * kh * kw
+            w = (layer.out_shape[0] if layer.kind == "conv2d" else fout) * c * kh * kw
+        else:  # pooling and later kinds: one read and one write each way
+            op(f"{layer.kind}{l}", n * fin, n * fout)
+            op(f"{layer.kind}{l} backward", n * fout, n * fin)
+            continue
+        b = fout if layer.kind == "locally_connected" else (layer.out_shape[0] if layer.kind == "conv2d" else fout)
+        op(f"{layer.kind}{l} forward", n * fin + w + (b if layer.bias else 0), n * fout, 2 * macs)
+        if layer.activation not in (None, "identity"):
+            op(f"{layer.activation}{l}", n * fout, n * fout)
+            op(f"{layer.activation}{l} backward", 2 * n * fout, n * fout)
+        op(f"∂L/∂{layer.weight}", n * fout + n * fin, w, 2 * macs)
+        if layer.bias:
+            op(f"∂L/∂{layer.bias}", n * fout, b)
+        if i > 0:
+            op(f"∂L/∂{layer.source}", n * fout + w, n * fin, 2 * macs)
+    out = math.prod(ir.output.shape) or 1
+    y = 2 if ir.target.dtype == "int" else math.prod(ir.target.shape) or 1
+    op("loss", n * out + n * y, n * out)
+    op("loss reduction", n * out, 1)
+    op("loss backward", n * out + n * y, n * out)
+    p = _params_bytes(ir) // 4
+    op(f"{ir.optimizer} update (foreach)", p * (2 + len(ir.state)), p * (1 + len(ir.state)))
+    return ops
+
+
+def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
+    card = CARDS[arch]
+    fused = fused_step(ir, plan, batch)
+    eager = eager_step(ir, batch)
+    t_fused = sum(c.seconds(card) for c in fused)
+    t_eager = sum(c.seconds(card) for c in eager)
+    ideal = ideal_bytes(ir, batch)
+    fused_bytes = sum(c.dram_bytes for c in fused)
+    return {
+        "card": card["name"], "bandwidth_Bps": card["bandwidth"], "fp32_flops": card["fp32"], "batch": batch,
+        "block_b": plan.block_b, "programs": -(-batch // plan.block_b),
+        "fused": [_row(c, card) for c in fused],
+        "fused_total": {"launches": len(fused), "dram_bytes": fused_bytes, "flops": sum(c.flops for c in fused),
+                        "seconds": t_fused},
+        "eager_total": {"launches": len(eager), "dram_bytes": sum(c.dram_bytes for c in eager),
+                        "flops": sum(c.flops for c in eager), "seconds": t_eager},
+        "ideal": {"dram_bytes": ideal, "seconds": ideal / card["bandwidth"]},
+        "fused_traffic_over_ideal": fused_bytes / ideal,
+        "eager_over_fused_time": t_eager / t_fused if t_fused else float("inf"),
+    }
+
+
+def _row(c: Cost, card: dict) -> dict:
+    return {"name": c.name, "launches": c.launches, "dram_bytes": c.dram_bytes, "l2_bytes": c.l2_bytes,
+            "flops": c.flops, "seconds": c.seconds(card)}

@@ -1,0 +1,111 @@
+"""derive inspect: the report's contract, its cost model against counts made by hand, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+from derive import Linear, Loss, Network, Port
+from derive.derivation import derive
+from derive.inspect.model import CARDS, eager_step, fused_step, ideal_bytes, summary
+from derive.ir.lowering import lower
+from derive.targets.triton import plan_triton
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "derive", "inspect", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+NET = Network("insp", layers=[Linear(out=64, activation="relu"), Linear(out=64)], input=Port("x", (32,)),
+              target=Port("y", (64,)), loss=Loss("l2"))
+
+
+def test_compile_specs_name_real_kernels_and_all_their_arguments():
+    import importlib.util
+    import inspect as pyinspect
+
+    plan = plan_triton(lower(derive(NET), "<test>"))
+    path = ROOT / ".pytest-insp-module.py"
+    try:
+        path.write_text(plan.text)
+        spec = importlib.util.spec_from_file_location("_insp_mod", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        assert len(mod.COMPILE_SPECS) == 6  # four fused launch flag sets, the SGD and the update kernel
+        for s in mod.COMPILE_SPECS:
+            fn = getattr(mod, s["kernel"])
+            names = list(getattr(fn, "arg_names", None) or pyinspect.signature(fn.fn).parameters)
+            assert list(s["signature"]) == names, s["kernel"]
+            for k, v in s["signature"].items():
+                assert (v == "constexpr") == (k in s["constexprs"]), (s["kernel"], k)
+            assert s["num_warps"] == mod.NUM_WARPS and s["num_stages"] == mod.NUM_STAGES
+    finally:
+        path.unlink(missing_ok=True)
+        sys.modules.pop("_insp_mod", None)
+
+
+def test_fused_flops_match_the_dense_contractions():
+    # forward W·f per layer, backward δᵀ·f per layer and δ·W above the first: 2·N·in·out each
+    ir = lower(derive(NET), "<test>")
+    plan = plan_triton(ir)
+    batch = 1000
+    fused = fused_step(ir, plan, batch)[1]
+    macs = 32 * 64 + 64 * 64
+    assert fused.flops == 2 * batch * (2 * macs + 64 * 64)
+    eager = sum(c.flops for c in eager_step(ir, batch))
+    assert eager == fused.flops
+
+
+def test_ideal_and_eager_traffic_counted_by_hand():
+    ir = lower(derive(NET), "<test>")
+    n = 10
+    params = 32 * 64 + 64 + 64 * 64 + 64
+    assert ideal_bytes(ir, n) == n * (32 + 64) * 4 + 2 * params * 4
+    # eager: layer 1 addmm, relu, relu', dW1, db1; layer 2 addmm, dW2, db2, dX2; the loss (3 ops); SGD
+    ops = eager_step(ir, n)
+    assert len(ops) == 13
+    first = ops[0]
+    assert first.dram_bytes == 4 * (n * 32 + 32 * 64 + 64 + n * 64)
+
+
+def test_summary_ratios_are_the_quotients_of_its_totals():
+    ir = lower(derive(NET), "<test>")
+    m = summary(ir, plan_triton(ir), 4096, "sm_90")
+    assert m["fused_traffic_over_ideal"] == pytest.approx(m["fused_total"]["dram_bytes"] / m["ideal"]["dram_bytes"])
+    assert m["eager_over_fused_time"] == pytest.approx(m["eager_total"]["seconds"] / m["fused_total"]["seconds"])
+    card = CARDS["sm_90"]
+    for row in m["fused"]:
+        assert row["seconds"] == pytest.approx(max(row["dram_bytes"] / card["bandwidth"], row["flops"] / card["fp32"]))
+
+
+def test_model_only_json_from_the_cli():
+    proc = _cli("examples/mlp_softmax.toml", "--model-only", "--format", "json", "--batch", "1024")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["kernels"] == [] and report["model"]["batch"] == 1024
+    assert math.isfinite(report["model"]["eager_over_fused_time"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["examples/does_not_exist.toml"], "does_not_exist.toml"),
+    (["examples/mlp_softmax.toml", "--batch", "0"], "--batch"),
+    (["examples/mlp_softmax.toml", "--timeout", "-1"], "--timeout"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_bad_arch_is_refused_with_exit_2():
+    proc = _cli("examples/mlp_softmax.toml", "--arch", "sm_70")
+    assert proc.returncode == 2 and "--arch" in proc.stderr and "Traceback" not in proc.stderr
