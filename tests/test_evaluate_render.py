@@ -33,17 +33,17 @@ def _rendered(case):
     return der, values, named
 
 
-def _read(tex: str) -> np.ndarray:
-    """The number or smallmatrix a row ends with, back as floats (1.2 \\cdot 10^{-5} included)."""
+def _read(tex: str):
+    """The number (an array) or the smallmatrix's rows (lists) a row ends with, back as floats
+    (1.2 \\cdot 10^{-5} included)."""
     tex = re.sub(r"([-0-9.]+) \\cdot 10\^\{(-?[0-9]+)\}", r"\1e\2", tex.strip())
     m = re.fullmatch(r"\\left\[\\begin\{smallmatrix\}(.*)\\end\{smallmatrix\}\\right\]", tex)
     if not m:
         return np.array(float(tex))
-    rows = [[float(c) for c in r.split("&")] for r in m.group(1).split(r"\\")]
-    return np.array(rows[0] if len(rows) == 1 else rows)
+    return [[float(c) for c in r.split("&")] for r in m.group(1).split(r"\\")]
 
 
-def _final(rows: list[str], lhs: str) -> np.ndarray:
+def _final(rows: list[str], lhs: str):
     """The value of the last row for ``lhs`` (a δ row appears twice: its chain, then its result)."""
     hits = [r for r in rows if r.startswith(lhs + " &= ")]
     assert hits, lhs
@@ -51,7 +51,10 @@ def _final(rows: list[str], lhs: str) -> np.ndarray:
 
 
 def _close_shown(got, want):
-    want = np.asarray(want, dtype=np.float64).reshape(np.shape(got))
+    want = np.asarray(want, dtype=np.float64)
+    if isinstance(got, list):  # a vector wraps after at_sample.ROW entries: read back row by row
+        got = np.array(sum(got, [])) if want.ndim == 1 else np.array(got)
+    assert np.shape(got) == want.shape, (np.shape(got), want.shape)
     np.testing.assert_allclose(got, want, rtol=6e-4, atol=1e-12)  # 4 significant digits
 
 
@@ -125,3 +128,21 @@ def test_cli_latex_and_markdown_at(capsys, tmp_path):
     assert code == 0, err
     _check_markdown(md)
     assert md.startswith("# Backpropagation through `lecture` at one sample\n")
+
+
+def test_conv_latex_compiles_with_and_without_full_and_shows_torchs_norms(tmp_path):
+    x = np.random.default_rng(1).uniform(-1, 1, size=(3, 32, 32))
+    der, values, named = _rendered(("examples/lecture_convnet.toml", {"x": x, "y": np.array(4.0)}, 0))
+    doc = at_sample.to_latex(der, values)
+    compile_tex(doc, tmp_path, "conv_at")
+    norm = at_sample.number(np.linalg.norm(named["a1"].grad[0].numpy()))
+    last = [r for r in doc.splitlines() if r.startswith(latex(der.step("delta1").lhs) + " &= ")][-1]
+    big = at_sample.number(named["a1"].grad[0].abs().max())
+    want = r"= \text{shape } 6 \times 28 \times 28,\ \lVert\cdot\rVert = %s,\ \max\lvert\cdot\rvert = %s" % (norm, big)
+    assert last.rstrip(" \\").endswith(want), last
+    # --full: every vector and matrix TeX can set in full (b1's 6 entries), the 10×4704 W3 still as its norm
+    full = at_sample.to_latex(der, values, full=True)
+    compile_tex(full, tmp_path, "conv_at_full")
+    b1 = [r for r in full.splitlines() if r.startswith("b_{1} &= ")][0]
+    _close_shown(_read(b1.split(" &= ")[1].rstrip(" \\")), named["b1"].detach())
+    assert r"W_{3} &= \text{shape } 10 \times 4704" in full

@@ -31,16 +31,21 @@ def number(v) -> str:
     return {"inf": r"\infty", "-inf": r"-\infty", "nan": r"\text{NaN}"}.get(s, s)
 
 
+ROW = 16  # a vector wraps after 16 entries, as the text's list wraps at its line width
+TYPESET_CAP = (64, 32)  # rows, columns: beyond this even --full prints shape and norm (TeX cannot set a 10×4704)
+
+
 def value(v, volume: bool = False, full: bool = False) -> str:
     """A number, a vector or matrix of numbers, or (as evaluate.show decides) the shape and norm."""
     arr = np.asarray(v, dtype=np.float64)
     if arr.ndim == 0:
         return number(arr)
-    if (volume or arr.size > ev.SHOW_CAP or arr.ndim > 2) and not (full and arr.ndim <= 2):
+    rows = [arr[k:k + ROW] for k in range(0, arr.size, ROW)] if arr.ndim == 1 else arr
+    typeset = arr.ndim <= 2 and len(rows) <= TYPESET_CAP[0] and max(len(r) for r in rows) <= TYPESET_CAP[1]
+    if ((volume or arr.size > ev.SHOW_CAP) and not full) or not typeset:
         shape = r" \times ".join(map(str, arr.shape))
         return (r"\text{shape } %s,\ \lVert\cdot\rVert = %s,\ \max\lvert\cdot\rvert = %s"
                 % (shape, number(np.linalg.norm(arr)), number(np.max(np.abs(arr)))))
-    rows = arr[None] if arr.ndim == 1 else arr  # a vector as one small row: sixteen numbers fit the page
     return (r"\left[\begin{smallmatrix}%s\end{smallmatrix}\right]"
             % r" \\ ".join(" & ".join(map(number, row)) for row in rows))
 
