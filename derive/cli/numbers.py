@@ -20,7 +20,6 @@ def add_explain_options(ex) -> None:
 
 def explain_at(der, args) -> str:
     from derive import evaluate as ev
-    from derive.errors import DeriveError
     from derive.targets.modules import generated_modules
 
     net = der.network
@@ -41,6 +40,4 @@ def explain_at(der, args) -> str:
 
     if args.format == "markdown":
         return at_sample.to_markdown(der, values, full=args.full, param=args.param)
-    if args.format == "latex":
-        return at_sample.to_latex(der, values, full=args.full, param=args.param, fragment=args.fragment)
-    raise DeriveError(f"{where}: --at: expected --format text, json, markdown or latex, got --format {args.format}")
+    return at_sample.to_latex(der, values, full=args.full, param=args.param, fragment=args.fragment)  # latex
