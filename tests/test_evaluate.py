@@ -185,19 +185,11 @@ def test_params_from_json_file_and_checkpoint(capsys, tmp_path):
     (["--at", "x=true", "y=1"], "--at x: expected a number"),
     (["--at", "x2", "y=1"], "expected NAME=VALUE"),
     (["--seed", "1"], "go with --at"),
-    (["--at", "x=1", "y=1", "--format", "latex"], "--format text, json and markdown"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     code, out, err = run(["explain", *argv], capsys)
     assert code == 2 and out == ""
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_markdown_fences_the_numbered_text(capsys):
-    code, md, err = run(["explain", "--at", "x=2", "y=1.9", "--format", "markdown"], capsys)
-    assert code == 0, err
-    code, txt, _ = run(["explain", "--at", "x=2", "y=1.9"], capsys)
-    assert md.startswith("# `lecture` at one sample\n\n```text\n") and txt in md and md.endswith("```\n")
 
 
 def test_class_index_target_is_checked(capsys):

@@ -20,7 +20,6 @@ def add_explain_options(ex) -> None:
 
 def explain_at(der, args) -> str:
     from derive import evaluate as ev
-    from derive.errors import DeriveError
     from derive.targets.modules import generated_modules
 
     net = der.network
@@ -37,8 +36,8 @@ def explain_at(der, args) -> str:
 
         doc = to_json_dict(der, param=args.param, expand=args.expand)
         return json.dumps(ev.annotate(doc, der, values), indent=2) + "\n"
-    if args.format == "markdown":  # the text, fenced: its columns line up in any Markdown viewer
-        return (f"# `{net.name}` at one sample\n\n```text\n" + ev.to_text(der, values, full=args.full, param=args.param)
-                + "```\n")
-    raise DeriveError(f"{where}: --at: numbers are printed in --format text, json and markdown so far "
-                      f"(LaTeX is not wired yet); got --format {args.format}")
+    from derive.explain import at_sample
+
+    if args.format == "markdown":
+        return at_sample.to_markdown(der, values, full=args.full, param=args.param)
+    return at_sample.to_latex(der, values, full=args.full, param=args.param, fragment=args.fragment)  # latex
