@@ -31,7 +31,7 @@ def with_optimizer(net, kind: str | None, lr: float | None):
 def cmd_train(args) -> int:
     from derive.fsutil import display_path
     from derive.train.data import load_csv
-    from derive.train import train
+    from derive.train.loop import train
 
     from derive import limits
     from derive.cli import _network
