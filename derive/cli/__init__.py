@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from derive.cli.options import HelpFormatter, _network, _positive_int, add_limit_options  # noqa: F401 (re-exported)
 from derive.errors import DeriveError
 
 EXIT_CODES = """exit codes:
@@ -17,23 +18,6 @@ EXIT_CODES = """exit codes:
   2    bad input: one line naming the file, the key path and what was expected; also a
        size limit, the memory budget, or memory running out
   130  interrupted (Ctrl-C)"""
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Epilogs keep their line breaks (examples, exit codes); option help is wrapped as usual."""
-
-
-def _network(spec: str | None):
-    from derive.builtin import lecture_network
-    from derive.spec import load_spec
-
-    if spec is None:
-        return lecture_network()
-    if spec.endswith(".py"):
-        # never run a file: Python users build the Network with the API themselves
-        raise DeriveError(f"{spec}: expected a TOML spec; derive does not run Python files (build the Network "
-                          "in your own script with the Python API, see the README)")
-    return load_spec(spec)
 
 
 def cmd_explain(args) -> int:
@@ -54,35 +38,6 @@ def cmd_explain(args) -> int:
         raise DeriveError(f"{args.spec or '<lecture>'}: --params, --seed and --full go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
     sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def add_limit_options(p: argparse.ArgumentParser, budget: bool = False) -> None:
-    """--max-elements/--max-params/--max-tile (and --memory-budget) on a subcommand that reads a spec."""
-    from derive import limits
-
-    g = p.add_argument_group("size limits (docs/spec.md#limits; these override the spec's [limits] table)")
-    g.add_argument("--max-elements", type=_positive_int, metavar="N",
-                   help=f"largest tensor, in elements (default {limits.DEFAULT_MAX_ELEMENTS:,})")
-    g.add_argument("--max-params", type=_positive_int, metavar="N",
-                   help=f"most parameters in all (default {limits.DEFAULT_MAX_PARAMS:,})")
-    g.add_argument("--max-tile", type=_positive_int, metavar="N",
-                   help=f"widest padded Triton tile, in elements (default {limits.DEFAULT_MAX_TILE:,})")
-    if budget:
-        m = p.add_argument_group("memory (docs/spec.md#the-memory-budget)")
-        m.add_argument("--memory-budget", type=limits.parse_bytes, metavar="SIZE",
-                       help=f"refuse to start when the estimated memory needed is above SIZE, e.g. 2G or "
-                            f"512M (default {limits.BUDGET_FRACTION * 100:.0f}%% of physical memory, "
-                            f"{limits.human(limits.default_budget())} here)")
 
 
 EXPLAIN_EXAMPLES = """examples:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from derive.errors import DeriveError
 from derive.fsutil import display_path
+from derive.verify.table import format_table
 
 EXAMPLES = "examples"
 GENERATED = "generated"
@@ -71,7 +72,7 @@ def cmd_generate(args) -> int:
         raise DeriveError("derive generate: expected a SPEC (or --check / --all)")
     if not args.out:
         raise DeriveError("derive generate: expected -o DIR, the directory to write into")
-    from derive.cli import _network
+    from derive.cli.options import _network
 
     net = _network(args.spec)
     files = codegen.generate(net, display_path(args.spec), targets, display_path(args.out))
@@ -93,32 +94,13 @@ def _progress(done: int, total: int) -> None:
         sys.stderr.flush()
 
 
-def format_table(report) -> str:
-    head = ("target", "against", "quantity", "max rel err", "tolerance", "pass")
-    rows = [(c.target, c.against, c.quantity, f"{c.max_rel_err:.2e}", f"{c.tolerance:.0e}", "ok" if c.ok else "FAIL")
-            for c in report.checks]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
-    out = [f"derive verify {report.network} (seed {report.seed})", line(head), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows]
-    for s in report.skipped:
-        out.append(f"skipped: {s}")
-    for s in report.notes:
-        out.append(f"note: {s}")
-    if report.divergence:  # derive.testing.divergence: the first named quantity that disagrees with torch
-        out.append(report.divergence.line())
-    n_fail = sum(not c.ok for c in report.checks)
-    out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")
-    return "\n".join(out) + "\n"
-
-
 def cmd_verify(args) -> int:
     from derive.verify.checks import verify
 
     if args.seeds < 1:
         raise DeriveError(f"--seeds: expected a positive integer, got {args.seeds}")
     from derive import limits
-    from derive.cli import _network
+    from derive.cli.options import _network
     from derive.verify.checks import BATCH_SIZES
 
     net = _network(args.spec)
@@ -126,7 +108,7 @@ def cmd_verify(args) -> int:
     limits.check_budget(limits.estimate_bytes(net, max(BATCH_SIZES), "verify"), args.memory_budget,
                         f"derive verify {source}")
     if args.modules:  # the checked-in files in DIR, not a fresh copy (derive.testing)
-        from derive.testing import verify_module
+        from derive.testing.api import verify_module
         if args.spec is None:
             raise DeriveError("derive verify --modules DIR: expected a SPEC (the spec the files were generated from)")
         report = verify_module(args.spec, args.modules, args.seeds, args.seed)
@@ -153,7 +135,7 @@ VERIFY_EXAMPLES = """examples:
 
 
 def add_commands(sub) -> None:
-    from derive.cli import HelpFormatter, add_limit_options
+    from derive.cli.options import HelpFormatter, add_limit_options
 
     gen = sub.add_parser("generate", help="emit NumPy, Triton and torch code for a spec",
                          description="Emit the NumPy reference module, the fused Triton kernel and the torch module for a spec.",

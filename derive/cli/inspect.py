@@ -33,7 +33,7 @@ INSPECT_EXAMPLES = """examples:
 
 
 def add_commands(sub) -> None:
-    from derive.cli import HelpFormatter, add_limit_options
+    from derive.cli.options import HelpFormatter, add_limit_options
 
     p = sub.add_parser("inspect", help="compile the Triton kernels for a GPU (none needed) and model a training step",
                        epilog=INSPECT_EXAMPLES, formatter_class=HelpFormatter)

@@ -12,9 +12,9 @@ TRACE_EXAMPLES = """examples:
 
 def cmd_trace(args) -> int:
     from derive import limits
-    from derive.cli import _network
+    from derive.cli.options import _network
     from derive.fsutil import display_path
-    from derive.cli.train import with_optimizer
+    from derive.cli.options import with_optimizer
     from derive.derivation import derive
     from derive.targets.modules import generated_modules
     from derive.train.data import load_csv
@@ -41,7 +41,7 @@ def cmd_trace(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from derive.cli import HelpFormatter, _positive_int, add_limit_options
+    from derive.cli.options import HelpFormatter, _positive_int, add_limit_options
     from derive.tables.optimizers import OPTIMIZER_TYPES
 
     tr = sub.add_parser("trace", help="the training loop step by step, with every number",

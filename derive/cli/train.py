@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 import numpy as np
 
 from derive.errors import DeriveError
-from derive.tables.optimizers import OPTIMIZER_TYPES, Optimizer
-
-
-def with_optimizer(net, kind: str | None, lr: float | None):
-    """``net`` with --optimizer/--lr applied (shared by derive train and derive trace)."""
-    opt = net.optimizer
-    if kind or lr is not None:
-        kind = kind or opt.type
-        # constants that belong to the new optimizer carry over; the rest would not apply
-        keep = tuple((k, v) for k, v in opt.constants if kind == opt.type)
-        lr = lr if lr is not None else (opt.lr if kind == opt.type else None)
-        try:
-            opt = Optimizer(kind, lr, opt.schedule, keep)
-        except DeriveError as err:  # the error names optimizer.lr etc.; it came from the command line
-            raise DeriveError(f"--lr/--optimizer: {err}".replace("<python>: ", "")) from None
-        net = dataclasses.replace(net, optimizer=opt)
-    return net
+from derive.cli.options import with_optimizer
+from derive.tables.optimizers import OPTIMIZER_TYPES
 
 
 def cmd_train(args) -> int:
@@ -34,7 +18,7 @@ def cmd_train(args) -> int:
     from derive.train.loop import train
 
     from derive import limits
-    from derive.cli import _network
+    from derive.cli.options import _network
 
     net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
     source = display_path(args.spec)
@@ -157,7 +141,7 @@ TRAIN_EXAMPLES = """examples:
 
 
 def add_commands(sub) -> None:
-    from derive.cli import HelpFormatter, add_limit_options
+    from derive.cli.options import HelpFormatter, add_limit_options
 
     tr = sub.add_parser("train", help="train the generated network on a CSV file",
                         description="Train the generated network on a CSV file with the spec's optimizer.",

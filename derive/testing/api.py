@@ -102,7 +102,7 @@ def reproduce_command(spec, path, report: Report, seeds: int = 1, root=None) -> 
 
 def failure_text(spec, path, report: Report, seeds: int = 1, root=None) -> str:
     """The failing rows of the verify table, the first divergence, the seed and the command to rerun."""
-    from derive.cli.generate import format_table
+    from derive.verify.table import format_table
 
     failing = replace(report, checks=[c for c in report.checks if not c.ok], skipped=[])
     return format_table(failing) + f"reproduce: {reproduce_command(spec, path, report, seeds, root)}\n"
