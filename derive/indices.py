@@ -4,7 +4,7 @@ SymPy's ``diff`` of an indexed ``Sum`` leaves ``KroneckerDelta`` terms.  ``contr
 them: [e = k·s + idx] summed over idx ∈ [lo, hi] sets idx := e − k·s.  Indices that index a
 tensor of that size are in range by construction; for an index listed in ``ranged`` (a window
 offset p, q) the condition is kept as an Iverson bracket ``InRange``, never dropped
-(``deltasummation(..., no_piecewise=True)`` would drop it).
+(SymPy's ``deltasummation(..., no_piecewise=True)`` would drop it).
 
 Differentiation always targets *fresh* indices that occur nowhere bound (p, q for dense layers,
 primed o', c', h', w' for volumes), because SymPy silently mis-differentiates when a free index
@@ -18,7 +18,6 @@ differ only in their names, so a 1000-deep chain asks SymPy for each distinct pa
 from __future__ import annotations
 
 import sympy as sp
-from sympy.concrete.delta import deltasummation
 from sympy.core.parameters import distribute
 
 from derive.errors import DerivationError
@@ -60,13 +59,18 @@ class InRange(sp.Function):
 
 
 def contract(body: sp.Expr, limits, ranged=()) -> sp.Expr:
-    """Σ over ``limits`` of a product ``body``, each Kronecker delta that fixes a summation index eliminated.
+    """Σ over ``limits`` of ``body``, each Kronecker delta that fixes a summation index eliminated.
 
-    Limits without a delta stay as a ``Sum``; a body that is zero gives zero.
+    A sum of products (a loss's derivative) is contracted term by term.  Limits without a delta
+    stay as a ``Sum``; a body that is zero gives zero.
     """
     if not limits:
         return body
     with distribute(True):  # derive() turns distribution off for display; index arithmetic needs it
+        if body.has(sp.KroneckerDelta):
+            body = sp.expand(body)
+        if isinstance(body, sp.Add):
+            return sp.Add(*(_contract(term, limits, ranged) for term in body.args))
         return _contract(body, limits, ranged)
 
 
@@ -92,20 +96,9 @@ def _contract(body, limits, ranged):
 
 
 def contract_sums(expr: sp.Expr) -> sp.Expr:
-    """Eliminate the Kronecker deltas inside every Sum of ``expr`` (a loss's derivative: sums of
-    differences, which ``contract`` does not take), indices assumed in range."""
-
-    def one(s: sp.Sum) -> sp.Expr:
-        body = s.function
-        for limit in reversed(s.limits):
-            body = sp.expand(body) if body.has(sp.KroneckerDelta) else body
-            if body.has(sp.KroneckerDelta):
-                body = deltasummation(body, limit, no_piecewise=True)
-            else:
-                body = sp.Sum(body, limit)
-        return body
-
-    expr = expr.replace(lambda e: isinstance(e, sp.Sum) and e.has(sp.KroneckerDelta), one)
+    """``contract`` applied to every Sum of ``expr`` that holds a Kronecker delta (a loss's derivative)."""
+    expr = expr.replace(lambda e: isinstance(e, sp.Sum) and e.has(sp.KroneckerDelta),
+                        lambda e: contract(e.function, e.limits))
     # a sum of zeros (the zero-one loss differentiates to one) is zero
     return expr.replace(lambda e: isinstance(e, sp.Sum) and e.function == 0, lambda e: sp.S.Zero)
 

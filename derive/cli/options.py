@@ -70,3 +70,11 @@ def with_optimizer(net, kind: str | None, lr: float | None):
             raise DeriveError(f"--lr/--optimizer: {err}".replace("<python>: ", "")) from None
         net = dataclasses.replace(net, optimizer=opt)
     return net
+
+
+def add_optimizer_options(p: argparse.ArgumentParser) -> None:
+    """--lr and --optimizer, which derive train and derive trace apply with ``with_optimizer``."""
+    from derive.tables.optimizers import OPTIMIZER_TYPES
+
+    p.add_argument("--lr", type=float, help="learning rate η0 (default: the spec's)")
+    p.add_argument("--optimizer", choices=OPTIMIZER_TYPES, help="override the spec's optimizer (default: the spec's)")

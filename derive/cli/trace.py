@@ -41,8 +41,7 @@ def cmd_trace(args) -> int:
 
 
 def add_commands(sub) -> None:
-    from derive.cli.options import HelpFormatter, _positive_int, add_limit_options
-    from derive.tables.optimizers import OPTIMIZER_TYPES
+    from derive.cli.options import HelpFormatter, _positive_int, add_limit_options, add_optimizer_options
 
     tr = sub.add_parser("trace", help="the training loop step by step, with every number",
                         description="Run the training loop step by step and print, for each step, the sample "
@@ -52,8 +51,7 @@ def add_commands(sub) -> None:
     tr.add_argument("--data", required=True, help="CSV with columns named after the spec's input and target (required)")
     tr.add_argument("--steps", type=_positive_int, default=4, help="optimizer steps to show (default 4)")
     tr.add_argument("--batch", type=_positive_int, help="samples per step (default 1)")
-    tr.add_argument("--lr", type=float, help="learning rate η0 (default: the spec's)")
-    tr.add_argument("--optimizer", choices=OPTIMIZER_TYPES, help="override the spec's optimizer (default: the spec's)")
+    add_optimizer_options(tr)
     tr.add_argument("--seed", type=int, default=0, help="initial parameters and shuffling, as derive train (default 0)")
     tr.add_argument("--format", choices=("text", "json"), default="text",
                     help="text, or json: one record per step, one per line (default text)")

@@ -141,7 +141,7 @@ TRAIN_EXAMPLES = """examples:
 
 
 def add_commands(sub) -> None:
-    from derive.cli.options import HelpFormatter, add_limit_options
+    from derive.cli.options import HelpFormatter, add_limit_options, add_optimizer_options
 
     tr = sub.add_parser("train", help="train the generated network on a CSV file",
                         description="Train the generated network on a CSV file with the spec's optimizer.",
@@ -151,8 +151,7 @@ def add_commands(sub) -> None:
                     help="comma-separated CSV with columns named after the spec's input and target (required)")
     tr.add_argument("--epochs", type=int, default=100, help="passes over the data (default 100)")
     tr.add_argument("--batch", type=int, help="mini-batch size (default: the whole data set)")
-    tr.add_argument("--lr", type=float, help="learning rate η0 (default: the spec's)")
-    tr.add_argument("--optimizer", choices=OPTIMIZER_TYPES, help="override the spec's optimizer (default: the spec's)")
+    add_optimizer_options(tr)
     tr.add_argument("--seed", type=int, default=0, help="initial parameters and shuffling (default 0)")
     tr.add_argument("--backend", choices=("numpy", "triton"), default="numpy",
                     help="generated code to run (default numpy)")

@@ -82,6 +82,16 @@ def bias_key(path: str, value: Any):
     raise SpecError(path, f"expected a name (string) or false, got {show(value)}")
 
 
+def names_and_activation(path: str, table: dict, kwargs: dict) -> None:
+    """The keys every layer with parameters reads the same way: weight, bias and activation."""
+    if "weight" in table:
+        kwargs["weight"] = string(f"{path}.weight", table["weight"], "a name (string)")
+    if "bias" in table and bias_key(f"{path}.bias", table["bias"]) is not None:
+        kwargs["bias"] = table["bias"]
+    if "activation" in table:
+        kwargs["activation"] = string(f"{path}.activation", table["activation"])
+
+
 # ----------------------------------------------------------------------------- meaning
 
 

@@ -91,12 +91,7 @@ class ConvRule(LayerRule):
         for key in ("stride", "padding"):
             if key in table:
                 kwargs[key] = checks.integer(f"{path}.{key}", table[key])
-        if "weight" in table:
-            kwargs["weight"] = checks.string(f"{path}.weight", table["weight"], "a name (string)")
-        if "bias" in table and checks.bias_key(f"{path}.bias", table["bias"]) is not None:
-            kwargs["bias"] = table["bias"]
-        if "activation" in table:
-            kwargs["activation"] = checks.string(f"{path}.activation", table["activation"])
+        checks.names_and_activation(path, table, kwargs)
         if "slope" in table:
             kwargs["slope"] = checks.number(f"{path}.slope", table["slope"], "a number (leaky_relu's negative slope)")
         return self.spec_type(**kwargs)

@@ -48,12 +48,7 @@ class LinearRule(LayerRule):
         kwargs: dict = {}
         if "out" in table:
             kwargs["out"] = checks.integer(f"{path}.out", table["out"])
-        if "weight" in table:
-            kwargs["weight"] = checks.string(f"{path}.weight", table["weight"], "a name (string)")
-        if "bias" in table and checks.bias_key(f"{path}.bias", table["bias"]) is not None:
-            kwargs["bias"] = table["bias"]
-        if "activation" in table:
-            kwargs["activation"] = checks.string(f"{path}.activation", table["activation"])
+        checks.names_and_activation(path, table, kwargs)
         if "slope" in table:  # a number (leaky_relu) or a name (prelu): resolve checks which one fits
             slope = table["slope"]
             kwargs["slope"] = slope if isinstance(slope, str) else checks.number(f"{path}.slope", slope, "a number")
