@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from derive.cli.options import HelpFormatter, _network, _positive_int, add_limit_options  # noqa: F401 (re-exported)
+from derive.cli.options import HelpFormatter, _network, add_limit_options
 from derive.errors import DeriveError
 
 EXIT_CODES = """exit codes:

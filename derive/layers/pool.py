@@ -151,8 +151,7 @@ class PoolRule(LayerRule):
     def rule_text(self, layer: Layer) -> str:
         """The lecture-style rule for the gradient at a window position (explain prints it)."""
         (kh, kw), (sh, sw) = layer.kernel, layer.stride
-        up, src = names.upstream(layer.index), names.activation(layer.index - 1) if layer.index > 1 else layer.source
-        at = f"{src}[c, i·{sh}+p, j·{sw}+q]"
+        at = f"{layer.source}[c, i·{sh}+p, j·{sw}+q]"
         if self.mode == "max":
             return f"∂L/∂{at} = ∂L/∂f{layer.index}[c,i,j]·1[(p, q) = argmax] (the first maximum, row-major, on ties)"
         return f"∂L/∂{at} = ∂L/∂f{layer.index}[c,i,j]/({kh}·{kw}) for every (p, q) of the window"

@@ -9,7 +9,6 @@ only includes those (the printer owns the imports).
 
 from __future__ import annotations
 
-import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from derive.errors import DerivationError
