@@ -39,7 +39,10 @@ def test_compile_specs_name_real_kernels_and_all_their_arguments():
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
-        assert len(mod.COMPILE_SPECS) == 6  # four fused launch flag sets, the SGD and the update kernel
+        kernels = [s["kernel"] for s in mod.COMPILE_SPECS]
+        # four fused launch flag sets; the update kernel's modes: ∂L/∂θ only, SGD, the spec's optimizer
+        assert kernels == ["insp_fused_kernel"] * 4 + ["insp_update_kernel"] * 3
+        assert [s["constexprs"]["MODE"] for s in mod.COMPILE_SPECS[4:]] == [0, 1, 2]
         for s in mod.COMPILE_SPECS:
             fn = getattr(mod, s["kernel"])
             names = list(getattr(fn, "arg_names", None) or pyinspect.signature(fn.fn).parameters)
@@ -57,7 +60,7 @@ def test_fused_flops_match_the_dense_contractions():
     ir = lower(derive(NET), "<test>")
     plan = plan_triton(ir)
     batch = 1000
-    fused = fused_step(ir, plan, batch)[1]
+    fused = fused_step(ir, plan, batch, CARDS["sm_90"])[0]
     macs = 32 * 64 + 64 * 64
     assert fused.flops == 2 * batch * (2 * macs + 64 * 64)
     eager = sum(c.flops for c in eager_step(ir, batch))

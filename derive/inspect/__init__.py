@@ -72,6 +72,7 @@ def format_text(r: dict) -> str:
     lines.append(f"model of one training step at batch {m['batch']:,} on {m['card']} "
                  f"({m['bandwidth_Bps'] / 1e12:.2f} TB/s, fp32 {m['fp32_flops'] / 1e12:.0f} TFLOP/s); "
                  f"model figures, not measurements")
+    lines.append(f"{m['tiles']:,} tiles of {m['block_b']} rows on a persistent grid of {m['programs']} programs")
     lines.append(f"{'':<34} {'launches':>8} {'DRAM MB':>11} {'L2 MB':>11} {'GFLOP':>9} {'time us':>10}")
     for c in m["fused"]:
         lines.append(f"  {c['name']:<32} {c['launches']:>8} {_mb(c['dram_bytes']):>11} {_mb(c['l2_bytes']):>11} "

@@ -2,10 +2,15 @@
 time they take at a card's peak rates, for the fused Triton step and for PyTorch eager on the same network.
 
 The fused kernel's numbers come from its rendering (derive.targets.triton.plan_triton records every load,
-store and contraction it prints).  Traffic that scales with the batch (x, y, the scratch rows, ŷ) is
-counted at DRAM, an upper bound: scratch rows read back right after their write often hit L1/L2.
-Traffic every program repeats (weights read per use, gradient partial sums) is counted once at DRAM
-(the parameters stay in L2) and in full at the L2 level.  Elementwise FLOPs are not counted.
+store and contraction it prints).  It runs as a persistent grid, one program per SM, each looping over
+batch tiles.  Traffic that streams with the batch (x, y, ŷ) is counted at DRAM.  What every tile repeats
+in the same few addresses is counted once at DRAM and in full at the L2 level: the weights read at each
+use, each program's scratch rows (re-used by each of its tiles) and its row of partial gradient sums
+(read-modify-written per tile), as long as together they fit in L2; where they do not, the scratch rows
+are counted in full at DRAM.  The update kernel reads the partial rows (from L2, where the fused kernel
+left them, when they fit) and reads and writes θ and the state once.
+Elementwise FLOPs are not counted; the time of a kernel is max(DRAM bytes / bandwidth, FLOPs / FLOP rate)
+(the L2 traffic is reported beside it, not timed: NVIDIA publishes no L2 bandwidth).
 
 Eager PyTorch: each op reads its inputs from and writes its output to global memory (addmm, the
 activation, the loss, and in backward the activation's derivative, δᵀ·f, Σ δ, δ·W), then one
@@ -23,8 +28,9 @@ from derive.ir.nodes import KernelIR
 
 # H100 SXM: HBM3 bandwidth, dense fp32 (CUDA cores: what the ieee-precision kernels use) and tf32 tensor cores
 CARDS = {
-    "sm_90": {"name": "H100 SXM", "bandwidth": 3.35e12, "fp32": 67e12, "tf32": 495e12, "l2_bytes": 50e6},
-    "sm_80": {"name": "A100 SXM 80GB", "bandwidth": 2.039e12, "fp32": 19.5e12, "tf32": 156e12, "l2_bytes": 40e6},
+    "sm_90": {"name": "H100 SXM", "bandwidth": 3.35e12, "fp32": 67e12, "tf32": 495e12, "l2_bytes": 50e6, "sms": 132},
+    "sm_80": {"name": "A100 SXM 80GB", "bandwidth": 2.039e12, "fp32": 19.5e12, "tf32": 156e12, "l2_bytes": 40e6,
+              "sms": 108},
 }
 TRAINING_SECTIONS = ("forward", "loss", "backward")
 
@@ -45,24 +51,31 @@ def _params_bytes(ir: KernelIR) -> int:
     return 4 * sum(math.prod(p.shape) for p in ir.params)
 
 
-def fused_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
-    """Zeroing the gradients, the fused kernel (training launch), the update kernel."""
-    programs = -(-batch // plan.block_b)
-    row = {"read": 0, "write": 0, "flop": 0}
-    prog = {"read": 0, "write": 0, "flop": 0}
+def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
+    """The fused kernel (training launch) and the update kernel that reduces the partial sums."""
+    tiles = -(-batch // plan.block_b)
+    programs = min(tiles, card["sms"])
+    per = {scale: {"read": 0, "write": 0, "flop": 0} for scale in ("row", "reread", "scratch", "tile")}
     for section, scale, kind, amount in plan.events:
         if section in TRAINING_SECTIONS:
-            (row if scale == "row" else prog)[kind] += amount
+            per[scale][kind] += amount
     theta = _params_bytes(ir)
-    rows_bytes = batch * (row["read"] + row["write"])
+    partials = programs * (theta + 4)  # one row per program: ∂L/∂θ and the loss
+    streamed = batch * (per["row"]["read"] + per["row"]["write"])
+    scratch = batch * (per["scratch"]["read"] + per["scratch"]["write"])
+    reread = batch * per["reread"]["read"]
+    footprint = programs * plan.block_b * plan.scratch_width * 4
+    resident = footprint + partials + theta <= card["l2_bytes"]
     fused = Cost("fused kernel (loss + gradients)", 1,
-                 dram_bytes=rows_bytes + theta + 2 * theta + 8,  # θ read once, ∂L/∂θ read-modify-written once
-                 l2_bytes=rows_bytes + programs * (prog["read"] + prog["write"]),
-                 flops=batch * row["flop"] + programs * prog["flop"])
+                 dram_bytes=streamed + (footprint if resident else scratch) + theta + partials,
+                 l2_bytes=streamed + reread + scratch + tiles * (per["tile"]["read"] + per["tile"]["write"]) + partials,
+                 flops=sum(n * per[s]["flop"] for s, n in (("row", batch), ("scratch", batch), ("tile", tiles))))
     state = len(ir.state)
-    update = Cost("update kernel", 1, dram_bytes=theta * (3 + 2 * state), l2_bytes=theta * (3 + 2 * state), flops=0)
-    zero = Cost("zero the gradients", 1, dram_bytes=theta, l2_bytes=theta, flops=0)
-    return [zero, fused, update]
+    io = theta * (2 + 2 * state)  # θ and each state read and written once
+    # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
+    update = Cost("update kernel (reduction + step)", 1, dram_bytes=io + (0 if resident else partials),
+                  l2_bytes=io + partials, flops=0)
+    return [fused, update]
 
 
 def ideal_bytes(ir: KernelIR, batch: int) -> int:
@@ -117,7 +130,7 @@ def eager_step(ir: KernelIR, batch: int) -> list[Cost]:
 
 def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
     card = CARDS[arch]
-    fused = fused_step(ir, plan, batch)
+    fused = fused_step(ir, plan, batch, card)
     eager = eager_step(ir, batch)
     t_fused = sum(c.seconds(card) for c in fused)
     t_eager = sum(c.seconds(card) for c in eager)
@@ -125,7 +138,8 @@ def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
     fused_bytes = sum(c.dram_bytes for c in fused)
     return {
         "card": card["name"], "bandwidth_Bps": card["bandwidth"], "fp32_flops": card["fp32"], "batch": batch,
-        "block_b": plan.block_b, "programs": -(-batch // plan.block_b),
+        "block_b": plan.block_b, "tiles": -(-batch // plan.block_b),
+        "programs": min(-(-batch // plan.block_b), card["sms"]),
         "fused": [_row(c, card) for c in fused],
         "fused_total": {"launches": len(fused), "dram_bytes": fused_bytes, "flops": sum(c.flops for c in fused),
                         "seconds": t_fused},

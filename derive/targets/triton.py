@@ -1,8 +1,10 @@
-"""KernelIR -> the fused Triton module (one kernel per network, an SGD and an update kernel)."""
+"""KernelIR -> the fused Triton module: one persistent kernel per network, and one kernel that reduces the
+programs' partial gradient sums in a fixed order and updates the parameters."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -34,13 +36,16 @@ def _pow2(n: int) -> int:
 @dataclass(frozen=True)
 class TritonPlan:
     """The rendered module and what derive inspect's cost model reads from its rendering: the fused
-    kernel's memory traffic and FLOPs as printed, (section, "row" | "program", "read" | "write" | "flop", amount)."""
+    kernel's memory traffic and FLOPs as printed, (section, scale, "read" | "write" | "flop", amount) with scale
+    "row" (per batch row streamed: x, y, ŷ), "reread" (per batch row, read again from L2), "scratch" (per row of
+    the program's scratch) or "tile" (per batch tile)."""
 
     text: str
     events: tuple
     block_b: int
     num_warps: int
     modeled: bool  # False where a layer's helpers do not record their traffic (conv, locally connected)
+    scratch_width: int = 0  # floats per scratch row
 
 
 def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
@@ -69,34 +74,36 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
                        if (len(p.shape) == 2 or (scratch and p.shape)) and p.name not in volume.params(ir)}
     sizes = sorted({n for a in arrays.values() for n in a.shape} | {1} | volume.sizes(ir))
     width = sum(n for _, n in scratch.values())
-    pr.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n) for name, (off, n) in scratch.items()}
+    pr.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n, "_srows") for name, (off, n) in scratch.items()}
     pr.param_shapes = {p.name: p.shape for p in ir.params}
     if pr.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
-        pr.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0])
+        pr.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
     outer = {}  # gradient name -> the helper call that adds this tile's outer product into it
 
     def line(a):
         if isinstance(a.expr, Outer) and pr._chunked(*a.expr.args):
             (d, f), (_, k) = a.expr.args, pr.param_shapes[_param_of(ir, a.name)]
-            (dp, ds, j), (fp, fs, _) = pr.in_memory[d.name], pr.in_memory[f.name]
+            (dp, ds, j, dr), (fp, fs, _, fr) = pr.in_memory[d.name], pr.in_memory[f.name]
             pr.helpers.add("_outer_add")
             kp, jc = _pow2(k), max(1, min(_pow2(j), 4096 // _pow2(k)))
-            pr._note("row", "read", 4 * (j + -(-j // jc) * k))
-            pr._note("program", "read", 4 * j * k)  # the atomic read-modify-write of the gradient
-            pr._note("program", "write", 4 * j * k)
+            pr._read_rows(d.name, dr, 4 * j)
+            pr._read_rows(f.name, fr, 4 * -(-j // jc) * k)
+            pr._note("tile", "read", 4 * j * k)  # the read-modify-write of this program's partial sum
+            pr._note("tile", "write", 4 * j * k)
             pr._note("row", "flop", 2 * j * k)
-            outer[a.name] = (f"_outer_add({dp}, {ds}, {fp}, {fs}, dL_d{_param_of(ir, a.name)}_ptr, _pid * BLOCK_B, _B, "
-                             f"J={j}, K={k}, JC={jc}, KP={kp}, BLOCK_B=BLOCK_B)")
+            outer[a.name] = (f"_outer_add({dp}, {ds}, {_row0(dr)}, {fp}, {fs}, {_row0(fr)}, "
+                             f"dL_d{_param_of(ir, a.name)}_ptr, _nvalid, J={j}, K={k}, JC={jc}, KP={kp}, BLOCK_B=BLOCK_B)")
             return None
         ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None}
         if a.name in scratch and not (isinstance(a.expr, sp.Symbol) and a.expr.name in scratch):
             off, n = scratch[a.name]
-            pr._note("row", "write", 4 * n)
-            ln["store"] = (f"tl.store(_SCRATCH_ptr + {off} + _rows[:, None] * {width} + _cols_{n}[None, :], {a.name}, "
+            pr._note("scratch", "write", 4 * n)
+            ln["store"] = (f"tl.store(_SCRATCH_ptr + {off} + _srows[:, None] * {width} + _cols_{n}[None, :], {a.name}, "
                            f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
+            ln["barrier"] = True
         return ln
 
-    pr.events = []
+    pr.events, pr.streamed = [], set()
     pr.section = "forward"
     forward = [line(a) for a in ir.forward if not volume.dropped(ir, a)]
     pr.section = "loss"
@@ -117,35 +124,42 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         backward.append(ln)
         if scratch and a.name in grad_of:  # stored at once, so no gradient stays live to the end
             p = params[grad_of[a.name]]
-            ln["store"] = _store_grad(p, a.name)
+            ln["store"], ln["barrier"] = _store_grad(p, a.name, pr.helpers)
             stored.add(a.name)
-            pr._note("program", "read", 4 * math.prod(p.shape))
-            pr._note("program", "write", 4 * math.prod(p.shape))
+            pr._note("tile", "read", 4 * math.prod(p.shape))
+            pr._note("tile", "write", 4 * math.prod(p.shape))
 
     ctx = _common(ir, out_dir)
     kernel_args = _kernel_args(ir) + volume.kernel_args(ir)
     if scratch:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
-                            "comment": f"scratch: this batch's per-sample vectors, (batch, {width}) float32, "
-                                       + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
+                            "comment": f"scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, "
+                                       f"{width}) float32, " + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
+    n_params = sum(math.prod(p.shape) for p in ir.params)
+    offsets = [0]
+    for p in ir.params:
+        offsets.append(offsets[-1] + math.prod(p.shape))
     ctx.update(
         block_b=_block_b(widths) if scratch else TRITON_BLOCK_B,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
         kernel_args=kernel_args,
-        scratch=volume.scratch(ir) + ([{"alloc": f"{ir.input.name}.new_empty(_batch * {width}, dtype=torch.float32)"}]
+        scratch=volume.scratch(ir) + ([{"alloc": f"{ir.input.name}.new_empty(_np * _blk * {width}, dtype=torch.float32)"}]
                                       if scratch else []),
         columns=[{"n": n, "padded": _pad(n)} for n in sizes],
-        loads=[_load_param(p) for p in ir.params if p.name not in volume.params(ir) and p.name not in pr.inline_loads]
-        + ([_load_sample(ir.input, f"{ir.input.name}_ptr")]
-           if volume.needs_input_tile(ir) and ir.input.name not in pr.in_memory else []),
+        loads=[_load_param(p) for p in ir.params if p.name not in volume.params(ir) and p.name not in pr.inline_loads],
+        row_loads=[_load_sample(ir.input, f"{ir.input.name}_ptr")]
+        if volume.needs_input_tile(ir) and ir.input.name not in pr.in_memory else [],
+        n_params=n_params,
+        n_total=n_params + 1,
+        grad_ptrs=[{"name": f"dL_d{p.name}_ptr", "param": p.name, "offset": o} for p, o in zip(ir.params, offsets)],
         forward=forward,
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
         loss_rhs=loss_rhs,
         loss_scale="_scale",
         backward=backward,
-        grad_stores=[volume.grad_store(ir, p.name) or outer.get(g) or _store_grad(p, g)
+        grad_stores=[volume.grad_store(ir, p.name) or outer.get(g) or _store_grad(p, g, pr.helpers)[0]
                      for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored],
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
@@ -157,14 +171,22 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx["kernel_scalars"] = _kernel_scalars(ir)
     ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)] + volume.helpers(ir, _env())
-    ctx["imports"] = ["import math", "import numpy as np", "import torch", "import triton", "import triton.language as tl"]
-    text = _env().get_template("triton_module.py.jinja").render(**ctx)
+    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
+    template = _env().get_template("triton_module.py.jinja")
+    text = template.render(**ctx)
+    # only the column ranges some line uses (a width-1 vector's pair is dead where nothing reads it)
+    ctx["columns"] = [c for c in ctx["columns"] if re.search(rf"_(cols|cmask)_{c['n']}\b", _without_columns(text))]
+    if re.search(r"\bmath\.", text):
+        ctx["imports"].insert(0, "import math")
+    text = template.render(**ctx)
     y = ir.target
     y_bytes = 8 if y.dtype == "int" else 4 * math.prod(y.shape)
-    fixed = [("loss", "row", "read", y_bytes), ("backward", "row", "read", y_bytes),
+    # the backward pass reads y again right after the loss did: from L2, not DRAM
+    fixed = [("loss", "row", "read", y_bytes), ("backward", "reread", "read", y_bytes),
              ("out", "row", "write", 4 * math.prod(ir.output.shape)),
-             ("loss", "program", "read", 4), ("loss", "program", "write", 4)]
-    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=not ir.volumes)
+             ("loss", "tile", "read", 4), ("loss", "tile", "write", 4)]
+    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=not ir.volumes,
+                      scratch_width=width)
 
 
 def _block_b(widths: dict) -> int:
@@ -203,13 +225,12 @@ def _compile_specs(ir: KernelIR, kernel_args: list[dict], kernel_scalars: list[s
     fused = {a["name"]: a["type"] for a in kernel_args}
     fused.update({"_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
                   "WITH_GRAD": "constexpr", "BLOCK_B": "constexpr"})
-    sgd = {"_P_ptr": "*fp32", "_G_ptr": "*fp32", "_N": "i32", "lr": "fp32", "_BLOCK": "constexpr"}
-    update = {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state},
-              "_N": "i32", **{a: "fp32" for a in kernel_scalars}, "_BLOCK": "constexpr"}
+    update = {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32", "_LOSS_ptr": "*fp32",
+              **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state}, "_N": "i32", "_lr": "fp32",
+              **{a: "fp32" for a in kernel_scalars}, "MODE": "constexpr", "_BLOCK": "constexpr"}
     specs = [(f"{ir.name}_fused_kernel", "_FUSED_SIGNATURE", {**flags, "BLOCK_B": "BLOCK_B"}) for flags in FUSED_FLAGS]
-    specs.append((f"{ir.name}_sgd_kernel", "_SGD_SIGNATURE", {"_BLOCK": "UPDATE_BLOCK"}))
-    if ir.updates:
-        specs.append((f"{ir.name}_update_kernel", "_UPDATE_SIGNATURE", {"_BLOCK": "UPDATE_BLOCK"}))
+    specs += [(f"{ir.name}_update_kernel", "_UPDATE_SIGNATURE", {"MODE": m, "_BLOCK": "UPDATE_BLOCK"})
+              for m in ((0, 1, 2) if ir.updates else (0, 1))]
 
     def entry(kernel, sig, constexprs):
         cx = ", ".join(f'"{k}": {v}' for k, v in constexprs.items())
@@ -218,10 +239,18 @@ def _compile_specs(ir: KernelIR, kernel_args: list[dict], kernel_scalars: list[s
 
     return {
         "fused_signature": _signature(fused),
-        "sgd_signature": _signature(sgd),
-        "update_signature": _signature(update) if ir.updates else None,
+        "update_signature": _signature(update),
         "compile_specs": [entry(*s) for s in specs],
     }
+
+
+def _without_columns(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not re.match(r"\s*_(cols|cmask)_\d+ = ", ln))
+
+
+def _row0(rows: str) -> str:
+    """The first row of a tile in the buffer ``rows`` indexes: this program's scratch rows or the batch's."""
+    return "_pid * BLOCK_B" if rows == "_srows" else "_tile * BLOCK_B"
 
 
 def _kernel_scalars(ir: KernelIR) -> list[str]:
@@ -250,12 +279,9 @@ def _kernel_args(ir: KernelIR) -> list[dict]:
     ]
     args += [{"name": f"{p.name}_ptr", "comment": f"parameter {p.name}, {p.shape}", "type": "*fp32"}
              for p in ir.params]
-    args += [
-        {"name": f"dL_d{p.name}_ptr", "comment": f"gradient accumulator for {p.name} (float32, zeroed)",
-         "type": "*fp32"}
-        for p in ir.params
-    ]
-    args.append({"name": "_LOSS_ptr", "comment": "batch loss accumulator (float32, zeroed)", "type": "*fp32"})
+    n = sum(math.prod(p.shape) for p in ir.params)
+    args.append({"name": "_PART_ptr", "comment": f"(programs, {n + 1}) float32: each program's partial sums of the "
+                 "gradients (PARAM_SHAPES order, flat) and the loss", "type": "*fp32"})
     args.append({"name": "_OUT_ptr", "comment": f"ŷ, (batch{''.join(', ' + str(n) for n in ir.output.shape)}) float32",
                  "type": "*fp32"})
     return args
@@ -291,12 +317,15 @@ def _store_out(ir: KernelIR) -> str:
     return f"tl.store(_OUT_ptr + _rows, {value}, mask=_row_mask)"
 
 
-def _store_grad(p, g: str) -> str:
+def _store_grad(p, g: str, helpers: set) -> tuple[str, bool]:
+    """This tile's gradient added to this program's partial sum (the pointer is into its own row)."""
     ptr = f"dL_d{p.name}_ptr"
     if not p.shape:
-        return f"tl.atomic_add({ptr}, {g})"
+        return f"tl.store({ptr}, tl.load({ptr}) + {g})", False
+    helpers.add("_accumulate")
     if len(p.shape) == 1 or len(p.shape) >= 3:  # a locally connected bias (o, h, w) is stored flat
         n = math.prod(p.shape)
-        return f"tl.atomic_add({ptr} + _cols_{n}, {g}, mask=_cmask_{n})"
+        return f"_accumulate({ptr} + _cols_{n}, {g}, _cmask_{n})", False
     m, n = p.shape
-    return f"tl.atomic_add({ptr} + _cols_{m}[:, None] * {n} + _cols_{n}[None, :], {g}, mask=_cmask_{m}[:, None] & _cmask_{n}[None, :])"
+    return (f"_accumulate({ptr} + _cols_{m}[:, None] * {n} + _cols_{n}[None, :], {g}, "
+            f"_cmask_{m}[:, None] & _cmask_{n}[None, :])"), False

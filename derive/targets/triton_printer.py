@@ -41,33 +41,46 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     # parameters read where they are used (a name -> its tl.load expression), not held as tiles
     inline_loads: dict = {}
     param_shapes: dict = {}
-    # per-sample vectors kept in the program's scratch rows: name -> (pointer expression, row stride, width);
-    # every use reads them back, so no tile stays live in registers across layers
+    # per-sample vectors kept in memory: name -> (pointer expression, row stride, width, rows): the
+    # program's scratch rows (_srows) or the input's batch rows (_rows); every use reads them back, so
+    # no tile stays live in registers across layers
     in_memory: dict = {}
 
     # what the printed code moves and computes, for derive inspect's cost model: (section, scale, kind, amount)
-    # with scale "row" (per batch row), "program" (per program) and kind "read" / "write" bytes or "flop"
+    # with scale "row" (per streamed batch row), "scratch" (per scratch row), "tile" (per batch tile) and kind
+    # "read" / "write" bytes or "flop"
     events: list = []
     section: str = "forward"
 
     def _note(self, scale: str, kind: str, amount: int):
         self.events.append((self.section, scale, kind, int(amount)))
 
+    def _read_rows(self, name: str, rows: str, amount: int):
+        """A per-row read for the cost model: the program's scratch, or a streamed array (x), whose first
+        read in a tile comes from DRAM and whose later reads find the tile's rows in L2."""
+        if rows == "_srows":
+            self._note("scratch", "read", amount)
+        else:
+            self._note("reread" if name in self.streamed else "row", "read", amount)
+            self.streamed.add(name)
+
+    streamed: set = set()
+
     def _print_Symbol(self, e):
         if e.name in self.inline_loads:
-            self._note("program", "read", 4 * _size(self.param_shapes.get(e.name, ())))
+            self._note("tile", "read", 4 * _size(self.param_shapes.get(e.name, ())))
             return self.inline_loads[e.name]
         if e.name in self.in_memory:
-            ptr, stride, n = self.in_memory[e.name]
-            self._note("row", "read", 4 * n)
-            return (f"tl.load({ptr} + _rows[:, None] * {stride} + _cols_{n}[None, :], "
+            ptr, stride, n, rows = self.in_memory[e.name]
+            self._read_rows(e.name, rows, 4 * n)
+            return (f"tl.load({ptr} + {rows}[:, None] * {stride} + _cols_{n}[None, :], "
                     f"mask=_row_mask[:, None] & _cmask_{n}[None, :], other=0.0)")
         return super()._print_Symbol(e)
 
     def _chunked(self, *names) -> bool:
         return bool(self.in_memory) and all(isinstance(a, sp.Symbol) and a.name in self.in_memory for a in names)
 
-    def _mem(self, name: str) -> tuple[str, int, int]:
+    def _mem(self, name: str) -> tuple[str, int, int, str]:
         return self.in_memory[name]
 
     def _print_Function(self, e):
@@ -144,13 +157,13 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def _print_MatVec(self, e):
         w, f = e.args
         if self._chunked(f):
-            ptr, stride, k = self._mem(f.name)
+            ptr, stride, k, rows = self._mem(f.name)
             n_out, n_in = self.param_shapes[w.name]
             self.helpers.add("_matvec")
-            self._note("row", "read", 4 * n_in)
-            self._note("program", "read", 4 * n_in * n_out)
+            self._read_rows(f.name, rows, 4 * n_in)
+            self._note("tile", "read", 4 * n_in * n_out)
             self._note("row", "flop", 2 * n_in * n_out)
-            return (f"_matvec({ptr}, {stride}, {w.name}_ptr, _rows, _row_mask, K={n_in}, N={n_out}, "
+            return (f"_matvec({ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, K={n_in}, N={n_out}, "
                     f"NP={self.widths[w.name][0]}, BLOCK_B=BLOCK_B)")
         n_out, n_in = self.widths[w.name]
         fs, ws = self._print(f), self._print(w)
@@ -161,13 +174,13 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def _print_VecMat(self, e):
         d, w = e.args
         if self._chunked(d):
-            ptr, stride, _ = self._mem(d.name)
+            ptr, stride, _, rows = self._mem(d.name)
             n_out, n_in = self.param_shapes[w.name]
             self.helpers.add("_vecmat")
-            self._note("row", "read", 4 * n_out)
-            self._note("program", "read", 4 * n_in * n_out)
+            self._read_rows(d.name, rows, 4 * n_out)
+            self._note("tile", "read", 4 * n_in * n_out)
             self._note("row", "flop", 2 * n_in * n_out)
-            return (f"_vecmat({ptr}, {stride}, {w.name}_ptr, _rows, _row_mask, I={n_out}, J={n_in}, "
+            return (f"_vecmat({ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, I={n_out}, J={n_in}, "
                     f"JP={self.widths[w.name][1]}, BLOCK_B=BLOCK_B)")
         n_out, n_in = self.widths[w.name]
         ds, ws = self._print(d), self._print(w)
@@ -285,21 +298,28 @@ def _vecmat(D_ptr, D_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, I: tl.conste
         acc += d[:, None] * w[None, :]
     return acc''',
     "_outer_add": '''@triton.jit
-def _outer_add(D_ptr, D_STRIDE: tl.constexpr, F_ptr, F_STRIDE: tl.constexpr, G_ptr, _row0, _B,
+def _outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.constexpr, F_ROW0, G_ptr, NVALID,
                J: tl.constexpr, K: tl.constexpr, JC: tl.constexpr, KP: tl.constexpr, BLOCK_B: tl.constexpr):
-    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's rows (G is (J, K), row-major): JC rows of G at a
-    # time, one rank-1 update per batch row, so one (JC, KP) block lives in registers
+    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's first NVALID rows (d's rows from D_ROW0, f's from
+    # F_ROW0; G is (J, K), row-major, this program's own partial sum): JC rows of G at a time, one
+    # rank-1 update per batch row, so one (JC, KP) block lives in registers
     k = tl.arange(0, KP)
     jc = tl.arange(0, JC)
     for j0 in range(0, J, JC):
         j = j0 + jc
         g = tl.zeros((JC, KP), dtype=tl.float32)
         for b in range(BLOCK_B):
-            r = _row0 + b
-            d = tl.load(D_ptr + r * D_STRIDE + j, mask=(j < J) & (j * 0 + r < _B), other=0.0)
-            f = tl.load(F_ptr + r * F_STRIDE + k, mask=(k < K) & (k * 0 + r < _B), other=0.0)
+            ok = j * 0 + b < NVALID
+            d = tl.load(D_ptr + (D_ROW0 + b) * D_STRIDE + j, mask=(j < J) & ok, other=0.0)
+            f = tl.load(F_ptr + (F_ROW0 + b) * F_STRIDE + k, mask=(k < K) & (k * 0 + b < NVALID), other=0.0)
             g += d[:, None] * f[None, :]
-        tl.atomic_add(G_ptr + j[:, None] * K + k[None, :], g, mask=(j < J)[:, None] & (k < K)[None, :])''',
+        _g = G_ptr + j[:, None] * K + k[None, :]
+        _m = (j < J)[:, None] & (k < K)[None, :]
+        tl.store(_g, tl.load(_g, mask=_m, other=0.0) + g, mask=_m)''',
+    "_accumulate": '''@triton.jit
+def _accumulate(ptr, value, mask):
+    # this program's partial sum: only this program writes these addresses, so no atomics are needed
+    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) + value, mask=mask)''',
     "_sigmoid": '''@triton.jit
 def _sigmoid(x):
     # σ(x) from e^−|x| ≤ 1: never overflows
