@@ -82,6 +82,9 @@ def format_text(r: dict) -> str:
                      f"{t['flops'] / 1e9:>9.3f} {t['seconds'] * 1e6:>10.2f}")
     lines.append(f"{'ideal (x, y, θ, ∂L/∂θ, state once)':<34} {'':>8} {_mb(m['ideal']['dram_bytes']):>11} {'':>11} "
                  f"{'':>9} {m['ideal']['seconds'] * 1e6:>10.2f}")
+    l2 = sum(c["l2_bytes"] for c in m["fused"])
+    lines.append(f"L2 traffic of the fused step (not timed: NVIDIA publishes no L2 bandwidth): {_mb(l2)} MB, "
+                 f"{l2 / m['fused_total']['dram_bytes']:.1f}x its DRAM traffic")
     lines.append(f"fused traffic / ideal: {m['fused_traffic_over_ideal']:.2f}x; "
                  f"modeled eager time / fused time: {m['eager_over_fused_time']:.2f}x")
     return "\n".join(lines) + "\n"
