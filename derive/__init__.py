@@ -16,4 +16,4 @@ __all__ = [
     "AvgPool2d", "Conv2d", "Derivation", "DeriveError", "Factor", "Flatten", "Linear", "Limits", "LocallyConnected", "Loss", "MaxPool2d", "Network", "Port", "SpecError", "Step",
     "derive", "explain", "Explanation", "lecture_network", "load_spec", "parse_spec",
 ]
-__version__ = "0.1.0"
+from derive.version import __version__  # noqa: E402  (re-exported)

@@ -123,13 +123,7 @@ def hinge_classifier_fused_kernel(
     # same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
-    _srows = _pid * BLOCK_B + tl.arange(0, BLOCK_B)  # this program's scratch rows, re-used by each of its tiles
     _part = _PART_ptr + _pid * 34
-    dL_dW1_ptr = _part + 0  # ∂L/∂W1, this program's partial sum
-    dL_db1_ptr = _part + 16  # ∂L/∂b1, this program's partial sum
-    dL_dW2_ptr = _part + 24  # ∂L/∂W2, this program's partial sum
-    dL_db2_ptr = _part + 32  # ∂L/∂b2, this program's partial sum
-    _LOSS_ptr = _part + 33  # the loss, this program's partial sum
     _cols_1 = tl.arange(0, 1)
     _cmask_1 = _cols_1 < 1
     _cols_8 = tl.arange(0, 8)
@@ -143,6 +137,22 @@ def hinge_classifier_fused_kernel(
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
         _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
+        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each of its tiles; computed
+        # from the tile so that the compiler does not hoist every scratch address tile out of the loop
+        # and hold them all in registers (it did, and spilled)
+        _srows = _rows % (_nprog * BLOCK_B)
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that their
+        # loads stay where they are used rather than being hoisted out of the loop and held in registers
+        _at = _tile // (_tile + 1)
+        W1_ptr = W1_ptr + _at
+        b1_ptr = b1_ptr + _at
+        W2_ptr = W2_ptr + _at
+        b2_ptr = b2_ptr + _at
+        dL_dW1_ptr = _part + (0 + _at)  # ∂L/∂W1, this program's partial sum
+        dL_db1_ptr = _part + (16 + _at)  # ∂L/∂b1, this program's partial sum
+        dL_dW2_ptr = _part + (24 + _at)  # ∂L/∂W2, this program's partial sum
+        dL_db2_ptr = _part + (32 + _at)  # ∂L/∂b2, this program's partial sum
+        _LOSS_ptr = _part + (33 + _at)  # the loss, this program's partial sum
 
         # ---- forward
         a1 = tl.load(b1_ptr + _cols_8, mask=_cmask_8, other=0.0) + _matvec(x_ptr, 2, W1_ptr, _rows, _row_mask, K=2, N=8, NP=8, BLOCK_B=BLOCK_B)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]

@@ -161,13 +161,7 @@ def lecture_convnet_fused_kernel(
     # same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
-    _srows = _pid * BLOCK_B + tl.arange(0, BLOCK_B)  # this program's scratch rows, re-used by each of its tiles
     _part = _PART_ptr + _pid * 47507
-    dL_dW1_ptr = _part + 0  # ∂L/∂W1, this program's partial sum
-    dL_db1_ptr = _part + 450  # ∂L/∂b1, this program's partial sum
-    dL_dW3_ptr = _part + 456  # ∂L/∂W3, this program's partial sum
-    dL_db3_ptr = _part + 47496  # ∂L/∂b3, this program's partial sum
-    _LOSS_ptr = _part + 47506  # the loss, this program's partial sum
     _cols_6 = tl.arange(0, 8)
     _cmask_6 = _cols_6 < 6
     _cols_10 = tl.arange(0, 16)
@@ -184,6 +178,22 @@ def lecture_convnet_fused_kernel(
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
         _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
+        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each of its tiles; computed
+        # from the tile so that the compiler does not hoist every scratch address tile out of the loop
+        # and hold them all in registers (it did, and spilled)
+        _srows = _rows % (_nprog * BLOCK_B)
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that their
+        # loads stay where they are used rather than being hoisted out of the loop and held in registers
+        _at = _tile // (_tile + 1)
+        W1_ptr = W1_ptr + _at
+        b1_ptr = b1_ptr + _at
+        W3_ptr = W3_ptr + _at
+        b3_ptr = b3_ptr + _at
+        dL_dW1_ptr = _part + (0 + _at)  # ∂L/∂W1, this program's partial sum
+        dL_db1_ptr = _part + (450 + _at)  # ∂L/∂b1, this program's partial sum
+        dL_dW3_ptr = _part + (456 + _at)  # ∂L/∂W3, this program's partial sum
+        dL_db3_ptr = _part + (47496 + _at)  # ∂L/∂b3, this program's partial sum
+        _LOSS_ptr = _part + (47506 + _at)  # the loss, this program's partial sum
 
         # ---- forward
         a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, _rows, _row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]

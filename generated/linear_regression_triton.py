@@ -57,11 +57,7 @@ def linear_regression_fused_kernel(
     # same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
-    _srows = _pid * BLOCK_B + tl.arange(0, BLOCK_B)  # this program's scratch rows, re-used by each of its tiles
     _part = _PART_ptr + _pid * 3
-    dL_dtheta1_ptr = _part + 0  # ∂L/∂theta1, this program's partial sum
-    dL_dtheta0_ptr = _part + 1  # ∂L/∂theta0, this program's partial sum
-    _LOSS_ptr = _part + 2  # the loss, this program's partial sum
     if WITH_LOSS or WITH_GRAD:
         for _z in range(0, 3, 1024):  # the partial row starts at zero
             _zo = _z + tl.arange(0, 1024)
@@ -73,6 +69,18 @@ def linear_regression_fused_kernel(
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
         _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
+        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each of its tiles; computed
+        # from the tile so that the compiler does not hoist every scratch address tile out of the loop
+        # and hold them all in registers (it did, and spilled)
+        _srows = _rows % (_nprog * BLOCK_B)
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that their
+        # loads stay where they are used rather than being hoisted out of the loop and held in registers
+        _at = _tile // (_tile + 1)
+        theta1_ptr = theta1_ptr + _at
+        theta0_ptr = theta0_ptr + _at
+        dL_dtheta1_ptr = _part + (0 + _at)  # ∂L/∂theta1, this program's partial sum
+        dL_dtheta0_ptr = _part + (1 + _at)  # ∂L/∂theta0, this program's partial sum
+        _LOSS_ptr = _part + (2 + _at)  # the loss, this program's partial sum
         x = tl.load(x_ptr + _rows, mask=_row_mask, other=0.0)
 
         # ---- forward

@@ -283,15 +283,7 @@ def locally_connected_fused_kernel(
     # same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
-    _srows = _pid * BLOCK_B + tl.arange(0, BLOCK_B)  # this program's scratch rows, re-used by each of its tiles
     _part = _PART_ptr + _pid * 2261
-    dL_dW1_ptr = _part + 0  # ∂L/∂W1, this program's partial sum
-    dL_db1_ptr = _part + 54  # ∂L/∂b1, this program's partial sum
-    dL_dW2_ptr = _part + 57  # ∂L/∂W2, this program's partial sum
-    dL_db2_ptr = _part + 1857  # ∂L/∂b2, this program's partial sum
-    dL_dW4_ptr = _part + 1957  # ∂L/∂W4, this program's partial sum
-    dL_db4_ptr = _part + 2257  # ∂L/∂b4, this program's partial sum
-    _LOSS_ptr = _part + 2260  # the loss, this program's partial sum
     _cols_3 = tl.arange(0, 4)
     _cmask_3 = _cols_3 < 3
     _cols_100 = tl.arange(0, 128)
@@ -306,6 +298,26 @@ def locally_connected_fused_kernel(
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
         _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
+        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each of its tiles; computed
+        # from the tile so that the compiler does not hoist every scratch address tile out of the loop
+        # and hold them all in registers (it did, and spilled)
+        _srows = _rows % (_nprog * BLOCK_B)
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that their
+        # loads stay where they are used rather than being hoisted out of the loop and held in registers
+        _at = _tile // (_tile + 1)
+        W1_ptr = W1_ptr + _at
+        b1_ptr = b1_ptr + _at
+        W2_ptr = W2_ptr + _at
+        b2_ptr = b2_ptr + _at
+        W4_ptr = W4_ptr + _at
+        b4_ptr = b4_ptr + _at
+        dL_dW1_ptr = _part + (0 + _at)  # ∂L/∂W1, this program's partial sum
+        dL_db1_ptr = _part + (54 + _at)  # ∂L/∂b1, this program's partial sum
+        dL_dW2_ptr = _part + (57 + _at)  # ∂L/∂W2, this program's partial sum
+        dL_db2_ptr = _part + (1857 + _at)  # ∂L/∂b2, this program's partial sum
+        dL_dW4_ptr = _part + (1957 + _at)  # ∂L/∂W4, this program's partial sum
+        dL_db4_ptr = _part + (2257 + _at)  # ∂L/∂b4, this program's partial sum
+        _LOSS_ptr = _part + (2260 + _at)  # the loss, this program's partial sum
 
         # ---- forward
         a1 = _layer1_forward(x_ptr, 0.0, W1_ptr, b1_ptr, _rows, _row_mask, STORE=False, BLOCK_B=BLOCK_B)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]

@@ -1,4 +1,4 @@
-"""The first divergence: the torch rebuild of the named intermediates (derive.testing.reference)
+"""The first divergence: the torch rebuild of the named intermediates (derive.verify.named)
 agrees with every example's generated intermediates() in the derivation's order; a wrong line
 is named with its rule and the agreeing quantities before it, by `derive verify` too."""
 
@@ -16,8 +16,8 @@ from derive import load_spec
 from derive.cli import main as cli_main
 from derive.targets import codegen
 from derive.targets.modules import generated_modules
-from derive.testing.divergence import first_divergence, order
-from derive.testing.reference import named_quantities
+from derive.verify.divergence import first_divergence, order
+from derive.verify.named import named_quantities
 from derive.verify import reference
 
 from helpers import EXAMPLES, ROOT

@@ -18,7 +18,7 @@ import pytest
 from derive import load_spec
 from derive.targets import codegen
 from derive.targets.modules import import_file
-from derive.testing.divergence import order
+from derive.verify.divergence import order
 from derive.verify.checks import verify_modules
 
 from helpers import ROOT

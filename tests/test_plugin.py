@@ -18,7 +18,7 @@ from derive import load_spec
 from derive.cli import main as cli_main
 from derive.targets import codegen
 from derive.testing import CHECKS, assert_verified, verify_module
-from derive.testing.divergence import order
+from derive.verify.divergence import order
 
 from helpers import ROOT
 

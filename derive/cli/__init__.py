@@ -48,7 +48,7 @@ EXPLAIN_EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from derive import __version__
+    from derive.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="derive", description="See and generate backpropagation.", formatter_class=HelpFormatter,

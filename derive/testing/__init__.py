@@ -1,6 +1,6 @@
-"""derive's checks in a project's own tests: verify_module / assert_verified (api.py), the pytest
-plugin (plugin.py, registered through the pytest11 entry point) and the first-divergence
-comparison (divergence.py) against a torch rebuild of the named intermediates (reference.py)."""
+"""derive's checks in a project's own tests: verify_module / assert_verified (api.py) and the pytest
+plugin (plugin.py, registered through the pytest11 entry point).  The first-divergence comparison
+they report is derive.verify's (divergence.py, against the torch rebuild in named.py)."""
 
 __all__ = ["CHECKS", "assert_verified", "verify_module"]
 

@@ -88,7 +88,7 @@ def loss_curve(losses: list, path: str, title: str) -> None:
 
 
 def _path(net, npm, x, y, steps, batch, seed, axes):
-    from derive.train.trace import walk
+    from derive.train.walk import walk
 
     pts, last = [], None
     for rec in walk(net, npm, x, y, steps, batch, seed):
@@ -155,7 +155,7 @@ def lr_sweep(curves: dict, path: str, title: str) -> None:
 
 def epoch_losses(net, npm, x, y, epochs, batch, seed) -> list:
     """derive train's per-epoch mean batch loss, through the same walk (stops early once it is not finite)."""
-    from derive.train.trace import walk
+    from derive.train.walk import walk
 
     steps_per = -(-len(x) // batch)
     out, total, count = [], 0.0, 0

@@ -56,7 +56,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    divergence: object = None  # derive.testing.divergence.Divergence, when a row failed and one was found
+    divergence: object = None  # derive.verify.divergence.Divergence, when a row failed and one was found
 
     @property
     def ok(self) -> bool:
@@ -223,7 +223,7 @@ def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = 
         report.notes += [f"unmasked memory op: {op}" for op in unmasked]
     report.checks = col.checks()
     if not report.ok and report.checks and torch is not None:
-        from derive.testing.divergence import locate
+        from derive.verify.divergence import locate
 
         report.divergence = locate(net, mods if use_triton else {"numpy": npm}, base, runs)
     return report

@@ -15,7 +15,7 @@ def format_table(report) -> str:
         out.append(f"skipped: {s}")
     for s in report.notes:
         out.append(f"note: {s}")
-    if report.divergence:  # derive.testing.divergence: the first named quantity that disagrees with torch
+    if report.divergence:  # derive.verify.divergence: the first named quantity that disagrees with torch
         out.append(report.divergence.line())
     n_fail = sum(not c.ok for c in report.checks)
     out.append("all checks passed" if report.ok else f"{n_fail} check(s) FAILED")

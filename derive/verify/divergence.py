@@ -3,7 +3,7 @@
 Backprop computes its quantities in an order where each one is built from the ones before
 it: the forward pass a1, f1, a2, ..., the per-sample loss, then the backward pass ∂L/∂f_top,
 δ_top, its parameter gradients, ∂L/∂f below, δ below, and so on.  The first quantity that
-disagrees with an independent value (derive.testing.reference, torch.autograd) was computed
+disagrees with an independent value (derive.verify.named, torch.autograd) was computed
 by a wrong rule from right inputs, so naming it names the faulty line of the generated code.
 """
 
@@ -110,7 +110,7 @@ def compare(quantities: list[Quantity], got: dict, want: dict, tol: float, targe
 
 
 def _reference(net, torch, params, x, y):
-    from derive.testing.reference import named_quantities
+    from derive.verify.named import named_quantities
 
     tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
     ty = torch.tensor(y, dtype=torch.long if net.loss.type == "cross_entropy" else torch.float64)
