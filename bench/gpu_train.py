@@ -3,7 +3,8 @@
 For dense MLPs (width w, depth d: d linear layers of width w, ReLU between, L2 loss, SGD),
 one training step (forward, loss, backward, update) of each contender:
 
-  fused      the generated module's FlatState.step: zero grads, the fused kernel, one update launch
+  fused      the generated module's FlatState.step: the fused kernel (a persistent grid), then one launch
+             that reduces the programs' partial gradients in order and updates
   eager      nn.Linear layers + torch.optim.SGD
   compile    torch.compile(step) in default mode
   max-ac     torch.compile(step, mode="max-autotune-no-cudagraphs")
@@ -13,7 +14,7 @@ Times are medians of triton.testing.do_bench (CUDA events) on a GPU, of perf_cou
 elsewhere.  Ratios are eager/fused etc.: > 1 means the fused step is faster.  The
 roofline fraction is max(bytes/bandwidth, flops/peak)/time with both ceilings measured
 on the card at the start (a 1 GiB device copy; an 8192² float32 matmul, TF32 off as in
-our kernels, which use input_precision="ieee").
+our kernels, which compute in float32 on CUDA cores).
 
   python bench/gpu_train.py                       # the full table on a GPU (scripts/gpu-bench)
   python bench/gpu_train.py --tiny --interpret    # a smoke test on the CPU under the Triton interpreter

@@ -36,6 +36,7 @@ STATE = ()  # per-parameter optimizer state, zero at the start
 BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
 NUM_WARPS = 4
 NUM_STAGES = 1
+MAXNREG = 255  # registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
 N_PARAMS = 2260  # all parameters, flattened in PARAM_SHAPES order
 INTERPRETER_PROGRAMS = 4  # the persistent grid off CUDA (under TRITON_INTERPRET=1)
@@ -294,7 +295,7 @@ def locally_connected_fused_kernel(
             tl.store(_part + _zo, tl.zeros((1024,), dtype=tl.float32), mask=_zo < 2261)
         tl.debug_barrier()
     b4 = tl.load(b4_ptr + _cols_3, mask=_cmask_3, other=0.0)
-    for _tile in range(_pid, tl.cdiv(_B, BLOCK_B), _nprog):
+    for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
         _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
@@ -394,7 +395,8 @@ def locally_connected_update_kernel(
 
 # Every kernel and launch configuration this module uses, as triton.compile takes them:
 #   triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"], constexprs=s["constexprs"]),
-#                  target=GPUTarget("cuda", 90, 32), options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
+#                  target=GPUTarget("cuda", 90, 32),
+#                  options={"num_warps": s["num_warps"], "num_stages": s["num_stages"], "maxnreg": s["maxnreg"]})
 # `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
 _FUSED_SIGNATURE = {
     "x_ptr": "*fp32",
@@ -428,13 +430,13 @@ _UPDATE_SIGNATURE = {
     "_BLOCK": "constexpr",
 }
 COMPILE_SPECS = [
-    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "locally_connected_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "locally_connected_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "locally_connected_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "locally_connected_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
 ]
 
 
@@ -497,6 +499,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         BLOCK_B=_blk,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
+        maxnreg=MAXNREG,
     )
     return _part, _np
 
@@ -510,7 +513,7 @@ def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
     _scalars = tuple(scalars) or (0.0,) * 1
     locally_connected_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
         flat, part, programs, loss, *_state, _n, float(lr), *map(float, _scalars), MODE=mode,
-        _BLOCK=UPDATE_BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        _BLOCK=UPDATE_BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
     )
 
 

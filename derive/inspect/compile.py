@@ -159,7 +159,8 @@ def _child(path: str, arch: str, indices: list[int]) -> None:
             log = io.StringIO()
             with contextlib.redirect_stdout(log):  # Triton prints the ptxas -v log; stdout is our JSON lines
                 compiled = triton.compile(src, target=target,
-                                          options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
+                                          options={"num_warps": s["num_warps"], "num_stages": s["num_stages"],
+                                                   **({"maxnreg": s["maxnreg"]} if s.get("maxnreg") else {})})
             seconds = time.perf_counter() - t0
             reg, stack, local, static_shared = _resources(compiled.asm["cubin"], s["kernel"])
             m = _SPILL.search(log.getvalue())

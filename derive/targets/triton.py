@@ -18,6 +18,9 @@ from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 TRITON_BLOCK_B = 64
 NUM_WARPS = 4
 NUM_STAGES = 1  # the kernels have no software-pipelined loops
+# ptxas's own register target for these kernels was sometimes 96 or 128 with spills where 168 registers
+# and no spill were possible (derive inspect): every launch says the 255 a thread may have
+MAXNREG = 255
 
 # The flag sets the module's own entry points launch the fused kernel with (forward, loss,
 # gradients and train_step, step and FlatState): COMPILE_SPECS lists exactly these.
@@ -143,6 +146,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         block_b=_block_b(widths) if scratch else TRITON_BLOCK_B,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
+        maxnreg=MAXNREG,
         kernel_args=kernel_args,
         scratch=volume.scratch(ir) + ([{"alloc": f"{ir.input.name}.new_empty(_np * _blk * {width}, dtype=torch.float32)"}]
                                       if scratch else []),
@@ -236,7 +240,7 @@ def _compile_specs(ir: KernelIR, kernel_args: list[dict], kernel_scalars: list[s
     def entry(kernel, sig, constexprs):
         cx = ", ".join(f'"{k}": {v}' for k, v in constexprs.items())
         return (f'{{"kernel": "{kernel}", "signature": {sig}, "constexprs": {{{cx}}}, '
-                f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}')
+                f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG}}')
 
     return {
         "fused_signature": _signature(fused),
