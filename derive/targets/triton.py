@@ -48,6 +48,10 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
 
 
 def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
+    if any(len(layer.in_shape) == 3 for layer in ir.layers):  # a volume: per-layer kernels
+        from derive.targets.triton_layers import plan_layers  # it imports this module's helpers
+
+        return plan_layers(ir, out_dir)
     arrays = ir.arrays()
     scratch = {} if ir.volumes else _scratch_layout(ir)
     _pad = _pow2
