@@ -1,4 +1,5 @@
-"""KernelIR -> the fused Triton module (one kernel per network, an SGD and an update kernel)."""
+"""KernelIR -> the fused Triton module (one kernel per network, an SGD and an update kernel) for dense networks;
+a network with a volume gets per-layer kernels (triton_layers.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from dataclasses import dataclass
 import sympy as sp
 
 from derive.ir.nodes import KernelIR, Outer
-from derive.targets import triton_volume as volume
 from derive.targets.common import _common, _env
 from derive.targets.printers import HostPrinter
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
@@ -53,7 +53,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
 
         return plan_layers(ir, out_dir)
     arrays = ir.arrays()
-    scratch = {} if ir.volumes else _scratch_layout(ir)
+    scratch = _scratch_layout(ir)
     _pad = _pow2
     widths: dict[str, object] = {}
     real: dict[str, int] = {}
@@ -67,11 +67,10 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             widths[a.name] = 0
     # the smallest BLOCK_B a launch may use decides tl.dot against broadcast-multiply-sum
     pr = TritonCodePrinter(widths, real, 16, "ieee")
-    pr.volume_calls = volume.calls(ir)
     # matrices are loaded at each use: held as register tiles through forward and backward they spill
     pr.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
-                       if (len(p.shape) == 2 or (scratch and p.shape)) and p.name not in volume.params(ir)}
-    sizes = sorted({n for a in arrays.values() for n in a.shape} | {1} | volume.sizes(ir))
+                       if len(p.shape) == 2 or (scratch and p.shape)}
+    sizes = sorted({n for a in arrays.values() for n in a.shape} | {1})
     width = sum(n for _, n in scratch.values())
     pr.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n) for name, (off, n) in scratch.items()}
     pr.param_shapes = {p.name: p.shape for p in ir.params}
@@ -102,7 +101,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
 
     pr.events = []
     pr.section = "forward"
-    forward = [line(a) for a in ir.forward if not volume.dropped(ir, a)]
+    forward = [line(a) for a in ir.forward]
     pr.section = "loss"
     loss_rhs = pr.doprint(ir.loss.expr)
     pr.section = "backward"
@@ -111,8 +110,6 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     params = {p.name: p for p in ir.params}
     stored: set[str] = set()
     for a in ir.backward:
-        if volume.dropped(ir, a):
-            continue
         ln = line(a)
         if ln is None:
             continue
@@ -127,7 +124,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             pr._note("program", "write", 4 * math.prod(p.shape))
 
     ctx = _common(ir, out_dir)
-    kernel_args = _kernel_args(ir) + volume.kernel_args(ir)
+    kernel_args = _kernel_args(ir)
     if scratch:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
                             "comment": f"scratch: this batch's per-sample vectors, (batch, {width}) float32, "
@@ -137,19 +134,17 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
         kernel_args=kernel_args,
-        scratch=volume.scratch(ir) + ([{"alloc": f"{ir.input.name}.new_empty(_batch * {width}, dtype=torch.float32)"}]
-                                      if scratch else []),
+        scratch=[{"alloc": f"{ir.input.name}.new_empty(_batch * {width}, dtype=torch.float32)"}] if scratch else [],
         columns=[{"n": n, "padded": _pad(n)} for n in sizes],
-        loads=[_load_param(p) for p in ir.params if p.name not in volume.params(ir) and p.name not in pr.inline_loads]
-        + ([_load_sample(ir.input, f"{ir.input.name}_ptr")]
-           if volume.needs_input_tile(ir) and ir.input.name not in pr.in_memory else []),
+        loads=[_load_param(p) for p in ir.params if p.name not in pr.inline_loads]
+        + ([_load_sample(ir.input, f"{ir.input.name}_ptr")] if ir.input.name not in pr.in_memory else []),
         forward=forward,
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
         loss_rhs=loss_rhs,
         loss_scale="_scale",
         backward=backward,
-        grad_stores=[volume.grad_store(ir, p.name) or outer.get(g) or _store_grad(p, g)
+        grad_stores=[outer.get(g) or _store_grad(p, g)
                      for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored],
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
@@ -160,7 +155,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx["updates"] = [line(a) for a in ir.updates]
     ctx["kernel_scalars"] = _kernel_scalars(ir)
     ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
-    ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)] + volume.helpers(ir, _env())
+    ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["imports"] = ["import math", "import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     text = _env().get_template("triton_module.py.jinja").render(**ctx)
     y = ir.target
@@ -168,7 +163,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     fixed = [("loss", "row", "read", y_bytes), ("backward", "row", "read", y_bytes),
              ("out", "row", "write", 4 * math.prod(ir.output.shape)),
              ("loss", "program", "read", 4), ("loss", "program", "write", 4)]
-    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=not ir.volumes)
+    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=True)
 
 
 def _block_b(widths: dict) -> int:

@@ -29,12 +29,13 @@ from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 BLOCK_B = 32  # batch rows per program of a row-tiled kernel
 BLOCK_N = 128  # output elements per program (a tile of at most BLOCK_B · BLOCK_N = 4096 floats)
-POOL_GRAD_N = 64  # the max-pooling gather holds four tiles (sum, maximum, argmax, value): half the width
+WINDOW_N = 64  # the same for a window's kernel, whose gathers keep an address and a mask per element live
+POOL_GRAD_N = 32  # the max-pooling gather holds four tiles (sum, maximum, argmax, value)
 TILE = 4096  # the most elements one program's tile holds (32 per thread at 4 warps)
 NUM_WARPS = 4
 NUM_STAGES = 1
 BLOCK_G = 32  # gradient elements per program of a weight gradient
-BLOCK_R = 128  # terms of its batch sum per step
+BLOCK_R = 64  # terms of its batch sum per step
 OUTER_J, OUTER_K = 16, 128
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
@@ -415,7 +416,7 @@ def _emit_param_elementwise(plan: _Plan, a: Assign, after, section) -> int:
 
 def _window_geometry(plan: _Plan, a: Assign, x_name: str, w_name: str, stride: int, kh: int, kw: int) -> dict:
     src, pad = plan.source(x_name)
-    c, h, w = plan.arrays[src].shape
+    c, h, w = plan.arrays[plan.pads[x_name][0] if x_name in plan.pads else x_name].shape  # a view keeps the data, not the shape
     return {"c": c, "h": h, "w": w, "hw": h * w, "n_in": c * h * w, "kh": kh, "kw": kw, "kk": kh * kw,
             "ckk": c * kh * kw, "s": stride, "pad": pad, "src": src, "weight": w_name}
 
@@ -426,7 +427,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
     o, oh, ow = a.shape
     n = o * oh * ow
     shared = isinstance(a.expr, N.ConvForward)
-    block_n = min(_pow2(n), BLOCK_N)
+    block_n = min(_pow2(n), WINDOW_N)
     k = {**g, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "out": a.name, "cols": f"_cols_{n}", "cmask": f"_cmask_{n}",
          "bn": block_n, "bias": b != 0,
          "w_index": (f"_o * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q" if shared
@@ -462,14 +463,14 @@ def _emit_crop(plan: _Plan, a: Assign, after, section) -> int:
 
 def _input_grad(plan: _Plan, a: Assign, e, pad: int, after, section) -> int:
     d, wt, s, _, _, _ = e.args
-    o, oh, ow = plan.arrays[plan.resolve(d.name)].shape
+    o, oh, ow = plan.arrays[d.name].shape
     c, h, w = a.shape
     n = c * h * w
     wshape = plan.params[wt.name].shape
     kh, kw = wshape[-2:]
     ckk, kk = c * kh * kw, kh * kw
     shared = isinstance(e, N.ConvInputGrad)
-    block_n = min(_pow2(n), BLOCK_N)
+    block_n = min(_pow2(n), WINDOW_N)
     w_index = (f"_o * {ckk} + _c * {kk} + _p * {kw} + _q" if shared
                else f"(_o * {oh * ow} + _i * {ow} + _j) * {ckk} + _c * {kk} + _p * {kw} + _q")
     k = {"c": c, "h": h, "w": w, "hw": h * w, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "n_out": o * oh * ow,
@@ -484,7 +485,7 @@ def _input_grad(plan: _Plan, a: Assign, e, pad: int, after, section) -> int:
 
 def _pool_geometry(plan: _Plan, f_name: str, kh, kw, sh, sw, pad) -> dict:
     src = plan.resolve(f_name)
-    c, h, w = plan.arrays[src].shape
+    c, h, w = plan.arrays[f_name].shape
     kh, kw, sh, sw, pad = (int(v) for v in (kh, kw, sh, sw, pad))
     oh, ow = (h + 2 * pad - kh) // sh + 1, (w + 2 * pad - kw) // sw + 1
     return {"src": src, "c": c, "h": h, "w": w, "hw": h * w, "n_in": c * h * w, "kh": kh, "kw": kw, "sh": sh, "sw": sw,
@@ -495,7 +496,7 @@ def _emit_pool(plan: _Plan, a: Assign, after, section) -> int:
     f, kh, kw, sh, sw, pad, _ = a.expr.args
     k = _pool_geometry(plan, f.name, kh, kw, sh, sw, pad)
     n = k["n_out"]
-    block_n = min(_pow2(n), BLOCK_N)
+    block_n = min(_pow2(n), WINDOW_N)
     k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn=block_n, max=isinstance(a.expr, N.MaxPool2d))
     rest = _rest(plan, after, n, True)
     args = [_named(plan, k["src"], "X_ptr", section)]
@@ -508,7 +509,7 @@ def _emit_pool_grad(plan: _Plan, a: Assign, after, section) -> int:
     k = _pool_geometry(plan, f.name, kh, kw, sh, sw, pad)
     n = k["n_in"]
     is_max = isinstance(a.expr, N.MaxPool2dGrad)
-    block_n = min(_pow2(n), POOL_GRAD_N if is_max else BLOCK_N)
+    block_n = min(_pow2(n), POOL_GRAD_N if is_max else WINDOW_N)
     k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn=block_n, max=is_max)
     rest = _rest(plan, after, n, True)
     args = [_named(plan, g.name, "G_ptr", section)] + ([_named(plan, k["src"], "X_ptr", section)] if is_max else [])
@@ -526,7 +527,7 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     d, x, s, kh, kw, _ = a.expr.args
     p = plan.grad_param[a.name]
     g = _window_geometry(plan, a, x.name, p, int(s), int(kh), int(kw))
-    o, oh, ow = plan.arrays[plan.resolve(d.name)].shape
+    o, oh, ow = plan.arrays[d.name].shape
     shared = isinstance(a.expr, N.ConvWeightGrad)
     n_grad = math.prod(plan.params[p].shape)
     k = {**g, "name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "source": g["src"], "o": o, "oh": oh,
@@ -542,7 +543,7 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
 def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
     d = a.expr.args[0]
     p = plan.grad_param[a.name]
-    o, oh, ow = plan.arrays[plan.resolve(d.name)].shape
+    o, oh, ow = plan.arrays[d.name].shape
     k = {"name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "bias": p, "o": o, "oh": oh, "ow": ow,
          "ohw": oh * ow, "n_out": o * oh * ow, "formula": a.comment}
     args = _grad_args(plan, a, [(d.name, "D_ptr")], section)
