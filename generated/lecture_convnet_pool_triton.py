@@ -109,7 +109,6 @@ def lecture_convnet_pool_a1_kernel(
                 _wv = tl.load(W_ptr + _o * 75 + _c * 25 + _p * 5 + _q, mask=_cmask_4704, other=0.0)
                 a1 += _xv * _wv[None, :]
     a1 += tl.load(BIAS_ptr + _o, mask=_cmask_4704, other=0.0)[None, :]
-
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
     tl.store(a1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], a1, mask=_row_mask[:, None] & _cmask_4704[None, :])
     tl.store(f1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], f1, mask=_row_mask[:, None] & _cmask_4704[None, :])
@@ -141,7 +140,6 @@ def lecture_convnet_pool_f2_kernel(
             _v = tl.load(X_ptr + _rows[:, None] * 4704 + (_c * 784 + _hh * 28 + _ww)[None, :],
                          mask=_row_mask[:, None] & _ok[None, :], other=-float("inf"))
             f2 = tl.maximum(f2, _v)
-
     tl.store(f2_ptr + _rows[:, None] * 1176 + _cols_1176[None, :], f2, mask=_row_mask[:, None] & _cmask_1176[None, :])
 
 
@@ -329,7 +327,6 @@ def lecture_convnet_pool_dL_df1_kernel(
                     _arg = tl.where(_v > _best, _p2 * 2 + _q2, _arg)  # strictly greater: the first maximum stays
                     _best = tl.maximum(_best, _v)
             dL_df1 += tl.where(_arg == _p * 2 + _q, _gv, 0.0)
-
     a1 = tl.load(a1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], mask=_row_mask[:, None] & _cmask_4704[None, :], other=0.0)
     delta1 = dL_df1*tl.where(a1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     tl.store(delta1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], delta1, mask=_row_mask[:, None] & _cmask_4704[None, :])

@@ -109,7 +109,6 @@ def lecture_convnet_a1_kernel(
                 _wv = tl.load(W_ptr + _o * 75 + _c * 25 + _p * 5 + _q, mask=_cmask_4704, other=0.0)
                 a1 += _xv * _wv[None, :]
     a1 += tl.load(BIAS_ptr + _o, mask=_cmask_4704, other=0.0)[None, :]
-
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
     tl.store(a1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], a1, mask=_row_mask[:, None] & _cmask_4704[None, :])
     tl.store(f1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], f1, mask=_row_mask[:, None] & _cmask_4704[None, :])

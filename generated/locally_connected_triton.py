@@ -125,7 +125,6 @@ def locally_connected_a1_kernel(
                 _wv = tl.load(W_ptr + _o * 18 + _c * 9 + _p * 3 + _q, mask=_cmask_243, other=0.0)
                 a1 += _xv * _wv[None, :]
     a1 += tl.load(BIAS_ptr + _o, mask=_cmask_243, other=0.0)[None, :]
-
     f1 = _tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
     tl.store(f1_ptr + _rows[:, None] * 243 + _cols_243[None, :], f1, mask=_row_mask[:, None] & _cmask_243[None, :])
 
@@ -162,7 +161,6 @@ def locally_connected_a2_kernel(
                 _wv = tl.load(W_ptr + _cols_100 * 18 + _c * 6 + _p * 2 + _q, mask=_cmask_100, other=0.0)
                 a2 += _xv * _wv[None, :]
     a2 += tl.load(BIAS_ptr + _cols_100, mask=_cmask_100, other=0.0)[None, :]
-
     f2 = _sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     tl.store(f2_ptr + _rows[:, None] * 100 + _cols_100[None, :], f2, mask=_row_mask[:, None] & _cmask_100[None, :])
 
@@ -402,7 +400,6 @@ def locally_connected_dL_df1_kernel(
                               mask=_row_mask[:, None] & _ok[None, :], other=0.0)
                 _wv = tl.load(W_ptr + (_o * 25 + _i * 5 + _j) * 18 + _c * 6 + _p * 2 + _q, mask=_ok, other=0.0)
                 dL_df1 += _dv * _wv[None, :]
-
     f1 = tl.load(f1_ptr + _rows[:, None] * 243 + _cols_243[None, :], mask=_row_mask[:, None] & _cmask_243[None, :], other=0.0)
     delta1 = dL_df1*(1 - (f1 * f1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     tl.store(delta1_ptr + _rows[:, None] * 243 + _cols_243[None, :], delta1, mask=_row_mask[:, None] & _cmask_243[None, :])

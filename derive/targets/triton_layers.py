@@ -24,7 +24,7 @@ from derive.ir import nodes as N
 from derive.ir.nodes import Assign, KernelIR
 from derive.targets.common import _common, _env
 from derive.targets.printers import HostPrinter
-from derive.targets.triton import TritonPlan, _kernel_scalars, _signature
+from derive.targets.triton import TritonPlan, _kernel_scalars
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 BLOCK_B = 32  # batch rows per program of a row-tiled kernel
@@ -79,7 +79,6 @@ class _RowPrinter(TritonCodePrinter):
         self.width = width  # the output's, for the contractions' columns
         self.loaded: list[str] = []  # symbols read as tiles, in order of first use
         self.ptrs: list[str] = []  # arrays whose pointer the kernel takes
-        self.contracted = False
 
     def _ptr(self, name: str) -> str:
         if name not in self.ptrs:
@@ -99,7 +98,6 @@ class _RowPrinter(TritonCodePrinter):
         w, f = e.args
         k = self._operand(f, "W·f")
         self.helpers.add("_matvec_cols")
-        self.contracted = True
         n = self.width
         return (f"_matvec_cols({self._ptr(f.name)}, {k}, {self._ptr(w.name)}, _rows, _row_mask, _cols_{n}, "
                 f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]})")
@@ -108,7 +106,6 @@ class _RowPrinter(TritonCodePrinter):
         d, w = e.args
         i = self._operand(d, "δ·W")
         self.helpers.add("_vecmat_cols")
-        self.contracted = True
         n = _width(self.plan.arrays[w.name].shape[1:])
         return (f"_vecmat_cols({self._ptr(d.name)}, {i}, {self._ptr(w.name)}, {n}, _rows, _row_mask, _cols_{n}, "
                 f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]})")
@@ -241,8 +238,8 @@ class _Plan:
             rhs = pr.doprint(expr)
             printed.append((a, rhs))
             in_regs.add(a.name)
-        if not chunked:
-            self.block_n_of.setdefault(width, _pow2(width)) if width else None
+        if not chunked and width:
+            self.block_n_of.setdefault(width, _pow2(width))
         loads = []
         for name in pr.loaded:
             if name in in_regs:
@@ -276,7 +273,7 @@ class _Plan:
         cap = 1 << (max(1, cap).bit_length() - 1)
         name = self.kernel_name(head.name)
         source = self.env.tiled_kernel({
-            "name": name, "args": args, "comment": head.comment, "cols": cols, "head": head_lines or "",
+            "name": name, "args": args, "comment": head.comment, "cols": cols, "head": (head_lines or "").rstrip("\n"),
             "loads": loads, "body": body, "stores": stores + list(extra),
         })
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {block_n}))" if chunked and width else ")")
@@ -333,7 +330,7 @@ class _Plan:
                 f"mask=_row_mask[:, None] & _cmask_{w}[None, :])")
 
     # ---- the elementwise lines a kernel may take after its head
-    def fusable(self, a: Assign, width: int, chunked: bool) -> bool:
+    def fusable(self, a: Assign, width: int) -> bool:
         if not a.batched or a.name in self.alias or a.name in self.folded or _width(a.shape) != width:
             return False
         e = a.expr
@@ -371,13 +368,14 @@ def _loaded_symbols(expr) -> set:
 # those it fused into its kernel's epilogue.
 
 
-def _rest(plan: _Plan, after: list[Assign], width: int, chunked: bool) -> list[Assign]:
+def _rest(plan: _Plan, after: list[Assign], width: int) -> list[Assign]:
+    """The elementwise assignments right after a kernel's head that its epilogue computes too."""
     out = []
     for a in after:
         if a.name in plan.alias:  # a view: the name resolves to what it renames, nothing to compute
             out.append(a)
             continue
-        if not plan.fusable(a, width, chunked):
+        if not plan.fusable(a, width):
             break
         out.append(a)
     while out and out[-1].name in plan.alias:
@@ -398,7 +396,7 @@ def _emit_rowwise(plan: _Plan, a: Assign, after: list[Assign], section: str) -> 
     loaded = {w for w in plan._widths(expr)}
     chunked = bool(width) and not reduces and loaded <= {width}
     block_n = min(_pow2(width), BLOCK_N) if chunked else _pow2(width)
-    rest = _rest(plan, after, width, chunked)
+    rest = _rest(plan, after, width)
     plan.kernels.append(plan.tiled(a, section, None, [], _compute(rest, plan), width, block_n, chunked))
     return len(rest)
 
@@ -434,7 +432,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
                      else f"_cols_{n} * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q"),
          "b_index": "_o" if shared else f"_cols_{n}"}
     head = plan.env.window_forward(k)
-    rest = _rest(plan, after, n, True)
+    rest = _rest(plan, after, n)
     args = [_named(plan, g["src"], "X_ptr", section), _named(plan, wt.name, "W_ptr", section)]
     if b != 0:
         args.append(_named(plan, b.name, "BIAS_ptr", section))
@@ -477,7 +475,7 @@ def _input_grad(plan: _Plan, a: Assign, e, pad: int, after, section) -> int:
          "kh": kh, "kw": kw, "s": int(s), "pad": pad, "out": a.name, "cols": f"_cols_{n}", "cmask": f"_cmask_{n}",
          "bn": block_n, "w_index": w_index}
     head = plan.env.window_input_grad(k)
-    rest = _rest(plan, after, n, True)
+    rest = _rest(plan, after, n)
     args = [_named(plan, d.name, "D_ptr", section), _named(plan, wt.name, "W_ptr", section)]
     plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True))
     return len(rest)
@@ -498,7 +496,7 @@ def _emit_pool(plan: _Plan, a: Assign, after, section) -> int:
     n = k["n_out"]
     block_n = min(_pow2(n), WINDOW_N)
     k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn=block_n, max=isinstance(a.expr, N.MaxPool2d))
-    rest = _rest(plan, after, n, True)
+    rest = _rest(plan, after, n)
     args = [_named(plan, k["src"], "X_ptr", section)]
     plan.kernels.append(plan.tiled(a, section, plan.env.pool_forward(k), args, _compute(rest, plan), n, block_n, True))
     return len(rest)
@@ -511,7 +509,7 @@ def _emit_pool_grad(plan: _Plan, a: Assign, after, section) -> int:
     is_max = isinstance(a.expr, N.MaxPool2dGrad)
     block_n = min(_pow2(n), POOL_GRAD_N if is_max else WINDOW_N)
     k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn=block_n, max=is_max)
-    rest = _rest(plan, after, n, True)
+    rest = _rest(plan, after, n)
     args = [_named(plan, g.name, "G_ptr", section)] + ([_named(plan, k["src"], "X_ptr", section)] if is_max else [])
     plan.kernels.append(plan.tiled(a, section, plan.env.pool_grad(k), args, _compute(rest, plan), n, block_n, True))
     return len(rest)
