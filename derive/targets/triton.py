@@ -40,7 +40,9 @@ class TritonPlan:
     events: tuple
     block_b: int
     num_warps: int
-    modeled: bool  # False where a layer's helpers do not record their traffic (conv, locally connected)
+    modeled: bool  # False where a layer's helpers do not record their traffic
+    # per-layer modules (triton_layers.py): (name, section, bytes per row, bytes per launch, FLOPs per row) per kernel
+    kernels: tuple = ()
 
 
 def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:

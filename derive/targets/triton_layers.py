@@ -66,6 +66,7 @@ class Kernel:
     block_b: str | None = "_blk"  # the BLOCK_B a launch passes (None: the kernel takes none)
     block_b_spec: str | None = "BLOCK_B"  # the same for COMPILE_SPECS
     constexprs: dict = field(default_factory=dict)  # further constexprs, fixed
+    flops: int = 0  # per batch row: the contraction's multiply-adds, times 2 (derive inspect's model)
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -79,6 +80,7 @@ class _RowPrinter(TritonCodePrinter):
         self.width = width  # the output's, for the contractions' columns
         self.loaded: list[str] = []  # symbols read as tiles, in order of first use
         self.ptrs: list[str] = []  # arrays whose pointer the kernel takes
+        self.flops = 0  # per batch row, of W·f and δ·W
 
     def _ptr(self, name: str) -> str:
         if name not in self.ptrs:
@@ -99,6 +101,7 @@ class _RowPrinter(TritonCodePrinter):
         k = self._operand(f, "W·f")
         self.helpers.add("_matvec_cols")
         n = self.width
+        self.flops += 2 * k * n
         return (f"_matvec_cols({self._ptr(f.name)}, {k}, {self._ptr(w.name)}, _rows, _row_mask, _cols_{n}, "
                 f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]})")
 
@@ -107,6 +110,7 @@ class _RowPrinter(TritonCodePrinter):
         i = self._operand(d, "δ·W")
         self.helpers.add("_vecmat_cols")
         n = _width(self.plan.arrays[w.name].shape[1:])
+        self.flops += 2 * i * n
         return (f"_vecmat_cols({self._ptr(d.name)}, {i}, {self._ptr(w.name)}, {n}, _rows, _row_mask, _cols_{n}, "
                 f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]})")
 
@@ -279,7 +283,7 @@ class _Plan:
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {block_n}))" if chunked and width else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
-                      "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})")
+                      "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops)
 
     def kernel_name(self, what: str) -> str:
         return f"{self.ir.name}_{what}_kernel"
@@ -437,6 +441,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
     if b != 0:
         args.append(_named(plan, b.name, "BIAS_ptr", section))
     plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True))
+    plan.kernels[-1].flops = 2 * n * g["ckk"]
     return len(rest)
 
 
@@ -478,6 +483,7 @@ def _input_grad(plan: _Plan, a: Assign, e, pad: int, after, section) -> int:
     rest = _rest(plan, after, n)
     args = [_named(plan, d.name, "D_ptr", section), _named(plan, wt.name, "W_ptr", section)]
     plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True))
+    plan.kernels[-1].flops = 2 * o * oh * ow * ckk
     return len(rest)
 
 
@@ -534,7 +540,7 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args,
                                f"(triton.cdiv({n_grad}, {BLOCK_G}),)", section, None, None,
-                               {"BLOCK_G": BLOCK_G, "BLOCK_R": BLOCK_R}))
+                               {"BLOCK_G": BLOCK_G, "BLOCK_R": BLOCK_R}, flops=2 * o * oh * ow * g["ckk"]))
     return 0
 
 
@@ -545,8 +551,9 @@ def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
     k = {"name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "bias": p, "o": o, "oh": oh, "ow": ow,
          "ohw": oh * ow, "n_out": o * oh * ow, "formula": a.comment}
     args = _grad_args(plan, a, [(d.name, "D_ptr")], section)
-    plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {BLOCK_G}),)",
-                               section, None, None, {"BLOCK_G": min(BLOCK_G, _pow2(o)), "BLOCK_R": BLOCK_R}))
+    bg = min(BLOCK_G, _pow2(o))
+    plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {bg}),)",
+                               section, None, None, {"BLOCK_G": bg, "BLOCK_R": BLOCK_R}))
     return 0
 
 
@@ -562,7 +569,7 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
     bj, bk = min(_pow2(j), OUTER_J), min(_pow2(kk), OUTER_K)
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (f.name, "F_ptr")], section)
     plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({kk}, {bk}))",
-                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}))
+                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk))
     return 0
 
 
@@ -735,6 +742,26 @@ def _spec_text(s: dict) -> str:
             f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}')
 
 
+def _traffic(plan: _Plan, k: Kernel) -> tuple:
+    """(name, section, bytes per batch row, bytes per launch, FLOPs per row): each per-sample operand read or
+    written once per row, each parameter and gradient once per launch (the model's DRAM count)."""
+    ir, row, fixed = plan.ir, 0, 0
+    for _, _, host, _ in k.args:
+        if host == "_x":
+            row += 4 * math.prod(ir.input.shape)
+        elif host == "_y":
+            row += 8 if ir.target.dtype == "int" else 4 * max(math.prod(ir.target.shape), 1)
+        elif host == "out":
+            row += 4 * max(_width(ir.output.shape), 1)
+        elif host.startswith("_b_"):
+            row += 4 * max(_width(plan.arrays[host[3:]].shape), 1)
+        elif host.startswith(("_p[", "_g[")):
+            fixed += 4 * math.prod(plan.params[host[4:-2]].shape)
+        elif host == "_part":
+            fixed += 8  # the partial sums: a few bytes per program
+    return (k.name, k.section, row, fixed, k.flops)
+
+
 def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     """The per-layer module for a network with a volume (derive.targets.triton.plan_triton dispatches here)."""
     plan = _Plan(ir)
@@ -770,7 +797,7 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx["compile_specs"] = specs
     ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     text = _env().get_template("triton_layers.py.jinja").render(**ctx)
-    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, modeled=False)
+    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, modeled=True, kernels=tuple(_traffic(plan, k) for k in plan.kernels))
 
 
 __all__ = ["EMITTERS", "plan_layers"]
