@@ -522,7 +522,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         lecture_convnet_pool_dL_dW1_kernel[(triton.cdiv(450, 32),)](
             _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_db1_kernel[(triton.cdiv(6, 32),)](
+        lecture_convnet_pool_dL_db1_kernel[(triton.cdiv(6, 8),)](
             _b_delta1, _g["b1"], _batch, BLOCK_G=8, BLOCK_R=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 

@@ -604,7 +604,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         locally_connected_dL_dW1_kernel[(triton.cdiv(54, 32),)](
             _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        locally_connected_dL_db1_kernel[(triton.cdiv(3, 32),)](
+        locally_connected_dL_db1_kernel[(triton.cdiv(3, 4),)](
             _b_delta1, _g["b1"], _batch, BLOCK_G=4, BLOCK_R=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 

@@ -437,7 +437,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         tiny_conv_dL_dW1_kernel[(triton.cdiv(18, 32),)](
             _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        tiny_conv_dL_db1_kernel[(triton.cdiv(2, 32),)](
+        tiny_conv_dL_db1_kernel[(triton.cdiv(2, 2),)](
             _b_delta1, _g["b1"], _batch, BLOCK_G=2, BLOCK_R=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
