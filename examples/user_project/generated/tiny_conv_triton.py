@@ -339,6 +339,7 @@ def tiny_conv_update_kernel(
     SGD: tl.constexpr,  # True: θ ← θ − η·∂L/∂θ (train_step); False: the spec's sgd update (step)
     _BLOCK: tl.constexpr,
 ):
+    # one update of every parameter element in one launch: SGD (train_step) or sgd (step, FlatState)
     _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
     _mask = _offs < _N
     theta = tl.load(_PARAMS_ptr + _offs, mask=_mask)
