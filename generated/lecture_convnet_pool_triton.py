@@ -34,6 +34,9 @@ BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
+# On CPU tensors (TRITON_INTERPRET=1) the column-tiled kernels take wider tiles: the interpreter pays per
+# program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on the CPU too.
+CPU_WIDE_TILES = True
 
 
 @triton.jit
@@ -86,18 +89,19 @@ def lecture_convnet_pool_a1_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_4704 = tl.program_id(1) * 64 + tl.arange(0, 64)
+    _cols_4704 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_4704 = _cols_4704 < 4704
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every pass's
     # addresses live: 255 registers); the padding is read through masks (zero outside the input)
     _o = _cols_4704 // 784
     _i = _cols_4704 // 28 % 28
     _j = _cols_4704 % 28
-    a1 = tl.zeros((BLOCK_B, 64), dtype=tl.float32)
+    a1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _c in range(3):
         for _p in range(5):
             for _q in range(5):
@@ -121,17 +125,18 @@ def lecture_convnet_pool_f2_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_1176 = tl.program_id(1) * 64 + tl.arange(0, 64)
+    _cols_1176 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_1176 = _cols_1176 < 1176
     # each output element reduces its kh × kw window; padding reads as −inf
     _c = _cols_1176 // 196
     _i = _cols_1176 // 14 % 14
     _j = _cols_1176 % 14
-    f2 = tl.full((BLOCK_B, 64), -float("inf"), dtype=tl.float32)
+    f2 = tl.full((BLOCK_B, BLOCK_N), -float("inf"), dtype=tl.float32)
     for _p in tl.static_range(2):
         for _q in tl.static_range(2):
             _hh = _i * 2 + _p - 0
@@ -152,14 +157,15 @@ def lecture_convnet_pool_a4_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_10 = tl.program_id(1) * 16 + tl.arange(0, 16)
+    _cols_10 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_10 = _cols_10 < 10
     b4 = tl.load(b4_ptr + _cols_10, mask=_cmask_10, other=0.0)
-    a4 = b4 + _matvec_cols(f2_ptr, 1176, W4_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, 16)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = b4 + _matvec_cols(f2_ptr, 1176, W4_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, BLOCK_N)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     tl.store(a4_ptr + _rows[:, None] * 10 + _cols_10[None, :], a4, mask=_row_mask[:, None] & _cmask_10[None, :])
 
 
@@ -170,11 +176,12 @@ def lecture_convnet_pool_yhat_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ŷ = f4
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_10 = tl.program_id(1) * 16 + tl.arange(0, 16)
+    _cols_10 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_10 = _cols_10 < 10
     a4 = tl.load(a4_ptr + _rows[:, None] * 10 + _cols_10[None, :], mask=_row_mask[:, None] & _cmask_10[None, :], other=0.0)
     yhat = a4  # ŷ = f4
@@ -273,13 +280,14 @@ def lecture_convnet_pool_dL_df3_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_1176 = tl.program_id(1) * 128 + tl.arange(0, 128)
+    _cols_1176 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_1176 = _cols_1176 < 1176
-    dL_df3 = _vecmat_cols(dL_df4_ptr, 10, W4_ptr, 1176, _rows, _row_mask, _cols_1176, _cmask_1176, BLOCK_B, 128)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = _vecmat_cols(dL_df4_ptr, 10, W4_ptr, 1176, _rows, _row_mask, _cols_1176, _cmask_1176, BLOCK_B, BLOCK_N)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     tl.store(dL_df3_ptr + _rows[:, None] * 1176 + _cols_1176[None, :], dL_df3, mask=_row_mask[:, None] & _cmask_1176[None, :])
 
 
@@ -292,18 +300,19 @@ def lecture_convnet_pool_dL_df1_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_4704 = tl.program_id(1) * 32 + tl.arange(0, 32)
+    _cols_4704 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_4704 = _cols_4704 < 4704
     # a gather per input element (c, h, w) over the windows (i, j) that cover it, at offset (p, q)
     # the window's maximum is found again, first in row-major order on ties (NumPy's argmax, PyTorch's routing)
     _c = _cols_4704 // 784
     _hh = _cols_4704 // 28 % 28
     _ww = _cols_4704 % 28
-    dL_df1 = tl.zeros((BLOCK_B, 32), dtype=tl.float32)
+    dL_df1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _p in tl.static_range(2):
         for _q in tl.static_range(2):
             _hs = _hh + 0 - _p  # = i·sh when window row i covers h at offset p
@@ -315,8 +324,8 @@ def lecture_convnet_pool_dL_df1_kernel(
             _m = _row_mask[:, None] & _ok[None, :]
             _gv = tl.load(G_ptr + _rows[:, None] * 1176 + (_c * 196 + _i * 14 + _j)[None, :],
                           mask=_m, other=0.0)
-            _best = tl.full((BLOCK_B, 32), -float("inf"), dtype=tl.float32)
-            _arg = tl.zeros((BLOCK_B, 32), dtype=tl.int32)
+            _best = tl.full((BLOCK_B, BLOCK_N), -float("inf"), dtype=tl.float32)
+            _arg = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.int32)
             for _p2 in tl.static_range(2):
                 for _q2 in tl.static_range(2):
                     _h2 = _i * 2 + _p2 - 0
@@ -431,16 +440,16 @@ def lecture_convnet_pool_update_kernel(
 #                  target=GPUTarget("cuda", 90, 32), options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
 # `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
 COMPILE_SPECS = [
-    {"kernel": "lecture_convnet_pool_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_pool_f2_kernel", "signature": {"X_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_pool_a4_kernel", "signature": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_pool_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_pool_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_pool_f2_kernel", "signature": {"X_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_pool_a4_kernel", "signature": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_pool_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_pool_loss_per_sample_kernel", "signature": {"_PART_ptr": "*fp32", "a4_ptr": "*fp32", "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_pool_dL_df4_kernel", "signature": {"y_ptr": "*i64", "a4_ptr": "*fp32", "dL_df4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_pool_dL_dW4_kernel", "signature": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"}, "constexprs": {"BLOCK_J": 16, "BLOCK_K": 128}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_pool_dL_db4_kernel", "signature": {"dL_df4_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_pool_dL_df3_kernel", "signature": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_pool_dL_df1_kernel", "signature": {"G_ptr": "*fp32", "X_ptr": "*fp32", "a1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_pool_dL_df3_kernel", "signature": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_pool_dL_df1_kernel", "signature": {"G_ptr": "*fp32", "X_ptr": "*fp32", "a1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_pool_dL_dW1_kernel", "signature": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_pool_dL_db1_kernel", "signature": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 8, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_pool_loss_sum_kernel", "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"}, "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
@@ -473,22 +482,23 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     _scale = 1.0 / _batch
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
+    _wide = CPU_WIDE_TILES and not _x.is_cuda
     _b_a1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 1176), dtype=torch.float32)
     _b_a4 = _x.new_empty((_batch, 10), dtype=torch.float32)
-    lecture_convnet_pool_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, 64))](
-        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk,
+    lecture_convnet_pool_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, (8192 if _wide else 64)))](
+        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(8192 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    lecture_convnet_pool_f2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1176, 64))](
-        _b_f1, _b_f2, _batch, _scale, BLOCK_B=_blk,
+    lecture_convnet_pool_f2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1176, (2048 if _wide else 64)))](
+        _b_f1, _b_f2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(2048 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     lecture_convnet_pool_a4_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(10, 16))](
-        _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk,
+        _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=16,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if out is not None:
         lecture_convnet_pool_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(10, 16))](
-            out, _b_a4, _batch, _scale, BLOCK_B=_blk,
+            out, _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=16,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if loss is None and grads is None:
         return
@@ -514,17 +524,17 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         lecture_convnet_pool_dL_db4_kernel[(triton.cdiv(10, 16),)](
             _b_dL_df4, _g["b4"], _batch, _scale, BLOCK_B=_blk,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_df3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1176, 128))](
-            _b_dL_df4, _p["W4"], _b_dL_df3, _batch, _scale, BLOCK_B=_blk,
+        lecture_convnet_pool_dL_df3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1176, (2048 if _wide else 128)))](
+            _b_dL_df4, _p["W4"], _b_dL_df3, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(2048 if _wide else 128),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_df1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, 32))](
-            _b_dL_df3, _b_f1, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
+        lecture_convnet_pool_dL_df1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, (8192 if _wide else 32)))](
+            _b_dL_df3, _b_f1, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(8192 if _wide else 32),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_pool_dL_dW1_kernel[(triton.cdiv(450, 32),)](
-            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=64,
+            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_pool_dL_db1_kernel[(triton.cdiv(6, 8),)](
-            _b_delta1, _g["b1"], _batch, BLOCK_G=8, BLOCK_R=64,
+            _b_delta1, _g["b1"], _batch, BLOCK_G=8, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
 

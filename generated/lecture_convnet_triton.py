@@ -34,6 +34,9 @@ BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
+# On CPU tensors (TRITON_INTERPRET=1) the column-tiled kernels take wider tiles: the interpreter pays per
+# program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on the CPU too.
+CPU_WIDE_TILES = True
 
 
 @triton.jit
@@ -86,18 +89,19 @@ def lecture_convnet_a1_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_4704 = tl.program_id(1) * 64 + tl.arange(0, 64)
+    _cols_4704 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_4704 = _cols_4704 < 4704
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every pass's
     # addresses live: 255 registers); the padding is read through masks (zero outside the input)
     _o = _cols_4704 // 784
     _i = _cols_4704 // 28 % 28
     _j = _cols_4704 % 28
-    a1 = tl.zeros((BLOCK_B, 64), dtype=tl.float32)
+    a1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _c in range(3):
         for _p in range(5):
             for _q in range(5):
@@ -123,14 +127,15 @@ def lecture_convnet_a3_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_10 = tl.program_id(1) * 16 + tl.arange(0, 16)
+    _cols_10 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_10 = _cols_10 < 10
     b3 = tl.load(b3_ptr + _cols_10, mask=_cmask_10, other=0.0)
-    a3 = b3 + _matvec_cols(f1_ptr, 4704, W3_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, 16)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+    a3 = b3 + _matvec_cols(f1_ptr, 4704, W3_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, BLOCK_N)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     tl.store(a3_ptr + _rows[:, None] * 10 + _cols_10[None, :], a3, mask=_row_mask[:, None] & _cmask_10[None, :])
 
 
@@ -141,11 +146,12 @@ def lecture_convnet_yhat_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ŷ = f3
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_10 = tl.program_id(1) * 16 + tl.arange(0, 16)
+    _cols_10 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_10 = _cols_10 < 10
     a3 = tl.load(a3_ptr + _rows[:, None] * 10 + _cols_10[None, :], mask=_row_mask[:, None] & _cmask_10[None, :], other=0.0)
     yhat = a3  # ŷ = f3
@@ -245,14 +251,15 @@ def lecture_convnet_dL_df2_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_4704 = tl.program_id(1) * 128 + tl.arange(0, 128)
+    _cols_4704 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_4704 = _cols_4704 < 4704
     a1 = tl.load(a1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], mask=_row_mask[:, None] & _cmask_4704[None, :], other=0.0)
-    dL_df2 = _vecmat_cols(dL_df3_ptr, 10, W3_ptr, 4704, _rows, _row_mask, _cols_4704, _cmask_4704, BLOCK_B, 128)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+    dL_df2 = _vecmat_cols(dL_df3_ptr, 10, W3_ptr, 4704, _rows, _row_mask, _cols_4704, _cmask_4704, BLOCK_B, BLOCK_N)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta1 = dL_df2*tl.where(a1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     tl.store(delta1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], delta1, mask=_row_mask[:, None] & _cmask_4704[None, :])
 
@@ -356,14 +363,14 @@ def lecture_convnet_update_kernel(
 #                  target=GPUTarget("cuda", 90, 32), options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
 # `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
 COMPILE_SPECS = [
-    {"kernel": "lecture_convnet_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_a3_kernel", "signature": {"f1_ptr": "*fp32", "W3_ptr": "*fp32", "b3_ptr": "*fp32", "a3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_a3_kernel", "signature": {"f1_ptr": "*fp32", "W3_ptr": "*fp32", "b3_ptr": "*fp32", "a3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_loss_per_sample_kernel", "signature": {"_PART_ptr": "*fp32", "a3_ptr": "*fp32", "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_dL_df3_kernel", "signature": {"y_ptr": "*i64", "a3_ptr": "*fp32", "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_dL_dW3_kernel", "signature": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"}, "constexprs": {"BLOCK_J": 16, "BLOCK_K": 128}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_dL_db3_kernel", "signature": {"dL_df3_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "lecture_convnet_dL_df2_kernel", "signature": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "a1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "lecture_convnet_dL_df2_kernel", "signature": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "a1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_dL_dW1_kernel", "signature": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_dL_db1_kernel", "signature": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 8, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "lecture_convnet_loss_sum_kernel", "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"}, "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
@@ -396,18 +403,19 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     _scale = 1.0 / _batch
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
+    _wide = CPU_WIDE_TILES and not _x.is_cuda
     _b_a1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_a3 = _x.new_empty((_batch, 10), dtype=torch.float32)
-    lecture_convnet_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, 64))](
-        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk,
+    lecture_convnet_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, (8192 if _wide else 64)))](
+        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(8192 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     lecture_convnet_a3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(10, 16))](
-        _b_f1, _p["W3"], _p["b3"], _b_a3, _batch, _scale, BLOCK_B=_blk,
+        _b_f1, _p["W3"], _p["b3"], _b_a3, _batch, _scale, BLOCK_B=_blk, BLOCK_N=16,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if out is not None:
         lecture_convnet_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(10, 16))](
-            out, _b_a3, _batch, _scale, BLOCK_B=_blk,
+            out, _b_a3, _batch, _scale, BLOCK_B=_blk, BLOCK_N=16,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if loss is None and grads is None:
         return
@@ -432,14 +440,14 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         lecture_convnet_dL_db3_kernel[(triton.cdiv(10, 16),)](
             _b_dL_df3, _g["b3"], _batch, _scale, BLOCK_B=_blk,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_dL_df2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, 128))](
-            _b_dL_df3, _p["W3"], _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
+        lecture_convnet_dL_df2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, (8192 if _wide else 128)))](
+            _b_dL_df3, _p["W3"], _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(8192 if _wide else 128),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_dL_dW1_kernel[(triton.cdiv(450, 32),)](
-            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=64,
+            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_dL_db1_kernel[(triton.cdiv(6, 8),)](
-            _b_delta1, _g["b1"], _batch, BLOCK_G=8, BLOCK_R=64,
+            _b_delta1, _g["b1"], _batch, BLOCK_G=8, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
 

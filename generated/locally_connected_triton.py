@@ -36,6 +36,9 @@ BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
+# On CPU tensors (TRITON_INTERPRET=1) the column-tiled kernels take wider tiles: the interpreter pays per
+# program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on the CPU too.
+CPU_WIDE_TILES = True
 
 
 @triton.jit
@@ -102,18 +105,19 @@ def locally_connected_a1_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_243 = tl.program_id(1) * 64 + tl.arange(0, 64)
+    _cols_243 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_243 = _cols_243 < 243
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every pass's
     # addresses live: 255 registers); the padding is read through masks (zero outside the input)
     _o = _cols_243 // 81
     _i = _cols_243 // 9 % 9
     _j = _cols_243 % 9
-    a1 = tl.zeros((BLOCK_B, 64), dtype=tl.float32)
+    a1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _c in range(2):
         for _p in range(3):
             for _q in range(3):
@@ -138,18 +142,19 @@ def locally_connected_a2_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_100 = tl.program_id(1) * 64 + tl.arange(0, 64)
+    _cols_100 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_100 = _cols_100 < 100
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every pass's
     # addresses live: 255 registers); the padding is read through masks (zero outside the input)
     _o = _cols_100 // 25
     _i = _cols_100 // 5 % 5
     _j = _cols_100 % 5
-    a2 = tl.zeros((BLOCK_B, 64), dtype=tl.float32)
+    a2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _c in range(3):
         for _p in range(3):
             for _q in range(2):
@@ -174,14 +179,15 @@ def locally_connected_a4_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_3 = tl.program_id(1) * 4 + tl.arange(0, 4)
+    _cols_3 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_3 = _cols_3 < 3
     b4 = tl.load(b4_ptr + _cols_3, mask=_cmask_3, other=0.0)
-    a4 = b4 + _matvec_cols(f2_ptr, 100, W4_ptr, _rows, _row_mask, _cols_3, _cmask_3, BLOCK_B, 4)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = b4 + _matvec_cols(f2_ptr, 100, W4_ptr, _rows, _row_mask, _cols_3, _cmask_3, BLOCK_B, BLOCK_N)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     tl.store(a4_ptr + _rows[:, None] * 3 + _cols_3[None, :], a4, mask=_row_mask[:, None] & _cmask_3[None, :])
 
 
@@ -192,11 +198,12 @@ def locally_connected_yhat_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ŷ = f4
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_3 = tl.program_id(1) * 4 + tl.arange(0, 4)
+    _cols_3 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_3 = _cols_3 < 3
     a4 = tl.load(a4_ptr + _rows[:, None] * 3 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
     yhat = a4  # ŷ = f4
@@ -296,14 +303,15 @@ def locally_connected_dL_df3_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_100 = tl.program_id(1) * 128 + tl.arange(0, 128)
+    _cols_100 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_100 = _cols_100 < 100
     f2 = tl.load(f2_ptr + _rows[:, None] * 100 + _cols_100[None, :], mask=_row_mask[:, None] & _cmask_100[None, :], other=0.0)
-    dL_df3 = _vecmat_cols(dL_df4_ptr, 3, W4_ptr, 100, _rows, _row_mask, _cols_100, _cmask_100, BLOCK_B, 128)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = _vecmat_cols(dL_df4_ptr, 3, W4_ptr, 100, _rows, _row_mask, _cols_100, _cmask_100, BLOCK_B, BLOCK_N)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     delta2 = dL_df3*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     tl.store(delta2_ptr + _rows[:, None] * 100 + _cols_100[None, :], delta2, mask=_row_mask[:, None] & _cmask_100[None, :])
 
@@ -375,18 +383,19 @@ def locally_connected_dL_df1_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    BLOCK_N: tl.constexpr,  # output elements per program
 ):
     # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_243 = tl.program_id(1) * 64 + tl.arange(0, 64)
+    _cols_243 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_243 = _cols_243 < 243
     # a gather per input element (c, h, w): for each kernel offset (p, q) the window (i, j) with
     # i·s + p = h + P, when that is a whole number in range, so each element is written once (no atomics)
     _c = _cols_243 // 81
     _hh = _cols_243 // 9 % 9
     _ww = _cols_243 % 9
-    dL_df1 = tl.zeros((BLOCK_B, 64), dtype=tl.float32)
+    dL_df1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _o in range(4):
         for _p in range(3):
             for _q in range(2):
@@ -504,18 +513,18 @@ def locally_connected_update_kernel(
 #                  target=GPUTarget("cuda", 90, 32), options={"num_warps": s["num_warps"], "num_stages": s["num_stages"]})
 # `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
 COMPILE_SPECS = [
-    {"kernel": "locally_connected_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_a2_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_a4_kernel", "signature": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_a2_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_a4_kernel", "signature": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_loss_per_sample_kernel", "signature": {"_PART_ptr": "*fp32", "a4_ptr": "*fp32", "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_df4_kernel", "signature": {"y_ptr": "*i64", "a4_ptr": "*fp32", "dL_df4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_dW4_kernel", "signature": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"}, "constexprs": {"BLOCK_J": 4, "BLOCK_K": 128}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_db4_kernel", "signature": {"dL_df4_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_dL_df3_kernel", "signature": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "f2_ptr": "*fp32", "delta2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_dL_df3_kernel", "signature": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "f2_ptr": "*fp32", "delta2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_dW2_kernel", "signature": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_db2_kernel", "signature": {"delta2_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_dL_df1_kernel", "signature": {"D_ptr": "*fp32", "W_ptr": "*fp32", "f1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_dL_df1_kernel", "signature": {"D_ptr": "*fp32", "W_ptr": "*fp32", "f1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_dW1_kernel", "signature": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_db1_kernel", "signature": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 4, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_loss_sum_kernel", "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"}, "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
@@ -550,21 +559,22 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     _scale = 1.0 / _batch
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
+    _wide = CPU_WIDE_TILES and not _x.is_cuda
     _b_f1 = _x.new_empty((_batch, 243), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 100), dtype=torch.float32)
     _b_a4 = _x.new_empty((_batch, 3), dtype=torch.float32)
-    locally_connected_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(243, 64))](
-        _x, _p["W1"], _p["b1"], _b_f1, _batch, _scale, BLOCK_B=_blk,
+    locally_connected_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(243, (256 if _wide else 64)))](
+        _x, _p["W1"], _p["b1"], _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(256 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    locally_connected_a2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(100, 64))](
-        _b_f1, _p["W2"], _p["b2"], _b_f2, _batch, _scale, BLOCK_B=_blk,
+    locally_connected_a2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(100, (128 if _wide else 64)))](
+        _b_f1, _p["W2"], _p["b2"], _b_f2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(128 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     locally_connected_a4_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(3, 4))](
-        _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk,
+        _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=4,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if out is not None:
         locally_connected_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(3, 4))](
-            out, _b_a4, _batch, _scale, BLOCK_B=_blk,
+            out, _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=4,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if loss is None and grads is None:
         return
@@ -591,22 +601,22 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
             _b_dL_df4, _g["b4"], _batch, _scale, BLOCK_B=_blk,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_df3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(100, 128))](
-            _b_dL_df4, _p["W4"], _b_f2, _b_delta2, _batch, _scale, BLOCK_B=_blk,
+            _b_dL_df4, _p["W4"], _b_f2, _b_delta2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=128,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_dW2_kernel[(triton.cdiv(1800, 32),)](
-            _b_delta2, _b_f1, _g["W2"], _batch, BLOCK_G=32, BLOCK_R=64,
+            _b_delta2, _b_f1, _g["W2"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_db2_kernel[(triton.cdiv(100, 128),)](
             _b_delta2, _g["b2"], _batch, _scale, BLOCK_B=_blk,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        locally_connected_dL_df1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(243, 64))](
-            _b_delta2, _p["W2"], _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
+        locally_connected_dL_df1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(243, (256 if _wide else 64)))](
+            _b_delta2, _p["W2"], _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(256 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_dW1_kernel[(triton.cdiv(54, 32),)](
-            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=64,
+            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_db1_kernel[(triton.cdiv(3, 4),)](
-            _b_delta1, _g["b1"], _batch, BLOCK_G=4, BLOCK_R=64,
+            _b_delta1, _g["b1"], _batch, BLOCK_G=4, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
 

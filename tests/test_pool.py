@@ -194,6 +194,19 @@ def test_triton_pool_as_the_first_layer(kind, triton_device_name):
     check_triton_against_torch(pooled_net(kind, 3, 1, 1, conv=False), triton_device_name, batch=2)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_triton_with_the_cuda_tiles(kind, triton_device_name, monkeypatch):
+    """The column tiles CUDA uses (64 wide, 32 for the max-pooling gather), several per row, on the CPU too."""
+    net = pooled_net(kind, 3, 1, 1, shape=(2, 10, 9))  # 3×9×8 = 216 conv outputs, 3×9×8 pooled: 4 to 7 tiles a row
+    rng = np.random.default_rng(7)
+    with generated_modules(net, "<test>", targets=("numpy", "triton")) as mods:
+        monkeypatch.setattr(mods["triton"], "CPU_WIDE_TILES", False)
+        x, y = sample(net, rng, 3)
+        tp, tx, ty = triton_inputs(net, random_params(mods["numpy"], rng), x, y, triton_device_name)
+        got = triton_outputs(mods["triton"], tp, tx, ty, net=net)
+        assert_close_to_torch(net, got, tp, tx, ty, 1e-4, f"{net.name} triton, CUDA tiles", float32=True)
+
+
 def test_triton_max_pool_ties_go_to_the_first_maximum(triton_device_name):
     """W1 = 0: every window ties, in float32 too; ∂L/∂W1 is right only if each tie goes to the first maximum."""
     net = pooled_net("max_pool2d", kernel=3, stride=2, padding=1, activation="identity")

@@ -32,10 +32,14 @@ BLOCK_N = 128  # output elements per program (a tile of at most BLOCK_B · BLOCK
 WINDOW_N = 64  # the same for a window's kernel, whose gathers keep an address and a mask per element live
 POOL_GRAD_N = 32  # the max-pooling gather holds four tiles (sum, maximum, argmax, value)
 TILE = 4096  # the most elements one program's tile holds (32 per thread at 4 warps)
+# On CPU tensors (the interpreter) a row-tiled kernel takes up to this many columns per program: the
+# interpreter's cost is per program and operation, not per element, and registers do not exist there
+WIDE_N = 8192
 NUM_WARPS = 4
 NUM_STAGES = 1
 BLOCK_G = 32  # gradient elements per program of a weight gradient
 BLOCK_R = 64  # terms of its batch sum per step
+WIDE_R = 2048  # the same on CPU tensors (the interpreter)
 OUTER_J, OUTER_K = 16, 128
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
@@ -65,8 +69,9 @@ class Kernel:
     section: str  # "forward", "out", "loss" or "backward": the launches run for forward(), loss(), gradients()
     block_b: str | None = "_blk"  # the BLOCK_B a launch passes (None: the kernel takes none)
     block_b_spec: str | None = "BLOCK_B"  # the same for COMPILE_SPECS
-    constexprs: dict = field(default_factory=dict)  # further constexprs, fixed
+    constexprs: dict = field(default_factory=dict)  # further constexprs: a value, or (on CUDA, on CPU)
     flops: int = 0  # per batch row: the contraction's multiply-adds, times 2 (derive inspect's model)
+    block_n: tuple | None = None  # (on CUDA, on CPU) columns per program of a column-tiled kernel
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -225,7 +230,7 @@ class _Plan:
         (None: the head is elementwise and printed too), then ``rest`` are printed, then the stores.
         ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment)."""
         pr = _RowPrinter(self, width)
-        self.block_n_of = {width: block_n} if chunked else {}
+        self.block_n_of = {width: "BLOCK_N"} if chunked else {}
         in_regs: set[str] = set()
         body: list[str] = []
         todo = ([head] if head_lines is None else []) + list(rest)
@@ -268,7 +273,7 @@ class _Plan:
         cols = []
         if chunked:
             if width:
-                cols = [f"_cols_{width} = tl.program_id(1) * {block_n} + tl.arange(0, {block_n})",
+                cols = [f"_cols_{width} = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)",
                         f"_cmask_{width} = _cols_{width} < {width}"]
         else:
             for w in sorted(widths):
@@ -278,12 +283,13 @@ class _Plan:
         name = self.kernel_name(head.name)
         source = self.env.tiled_kernel({
             "name": name, "args": args, "comment": head.comment, "cols": cols, "head": (head_lines or "").rstrip("\n"),
-            "loads": loads, "body": body, "stores": stores + list(extra),
+            "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
         })
-        grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {block_n}))" if chunked and width else ")")
+        tiles = (block_n, min(_pow2(width), WIDE_N)) if chunked and width else None
+        grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
-                      "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops)
+                      "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles)
 
     def kernel_name(self, what: str) -> str:
         return f"{self.ir.name}_{what}_kernel"
@@ -431,7 +437,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
     shared = isinstance(a.expr, N.ConvForward)
     block_n = min(_pow2(n), WINDOW_N)
     k = {**g, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "out": a.name, "cols": f"_cols_{n}", "cmask": f"_cmask_{n}",
-         "bn": block_n, "bias": b != 0,
+         "bn": "BLOCK_N", "bias": b != 0,
          "w_index": (f"_o * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q" if shared
                      else f"_cols_{n} * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q"),
          "b_index": "_o" if shared else f"_cols_{n}"}
@@ -478,7 +484,7 @@ def _input_grad(plan: _Plan, a: Assign, e, pad: int, after, section) -> int:
                else f"(_o * {oh * ow} + _i * {ow} + _j) * {ckk} + _c * {kk} + _p * {kw} + _q")
     k = {"c": c, "h": h, "w": w, "hw": h * w, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "n_out": o * oh * ow,
          "kh": kh, "kw": kw, "s": int(s), "pad": pad, "out": a.name, "cols": f"_cols_{n}", "cmask": f"_cmask_{n}",
-         "bn": block_n, "w_index": w_index}
+         "bn": "BLOCK_N", "w_index": w_index}
     head = plan.env.window_input_grad(k)
     rest = _rest(plan, after, n)
     args = [_named(plan, d.name, "D_ptr", section), _named(plan, wt.name, "W_ptr", section)]
@@ -501,7 +507,7 @@ def _emit_pool(plan: _Plan, a: Assign, after, section) -> int:
     k = _pool_geometry(plan, f.name, kh, kw, sh, sw, pad)
     n = k["n_out"]
     block_n = min(_pow2(n), WINDOW_N)
-    k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn=block_n, max=isinstance(a.expr, N.MaxPool2d))
+    k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn="BLOCK_N", max=isinstance(a.expr, N.MaxPool2d))
     rest = _rest(plan, after, n)
     args = [_named(plan, k["src"], "X_ptr", section)]
     plan.kernels.append(plan.tiled(a, section, plan.env.pool_forward(k), args, _compute(rest, plan), n, block_n, True))
@@ -514,7 +520,7 @@ def _emit_pool_grad(plan: _Plan, a: Assign, after, section) -> int:
     n = k["n_in"]
     is_max = isinstance(a.expr, N.MaxPool2dGrad)
     block_n = min(_pow2(n), POOL_GRAD_N if is_max else WINDOW_N)
-    k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn=block_n, max=is_max)
+    k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn="BLOCK_N", max=is_max)
     rest = _rest(plan, after, n)
     args = [_named(plan, g.name, "G_ptr", section)] + ([_named(plan, k["src"], "X_ptr", section)] if is_max else [])
     plan.kernels.append(plan.tiled(a, section, plan.env.pool_grad(k), args, _compute(rest, plan), n, block_n, True))
@@ -540,7 +546,7 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args,
                                f"(triton.cdiv({n_grad}, {BLOCK_G}),)", section, None, None,
-                               {"BLOCK_G": BLOCK_G, "BLOCK_R": BLOCK_R}, flops=2 * o * oh * ow * g["ckk"]))
+                               {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"]))
     return 0
 
 
@@ -553,7 +559,7 @@ def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
     args = _grad_args(plan, a, [(d.name, "D_ptr")], section)
     bg = min(BLOCK_G, _pow2(o))
     plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {bg}),)",
-                               section, None, None, {"BLOCK_G": bg, "BLOCK_R": BLOCK_R}))
+                               section, None, None, {"BLOCK_G": bg, "BLOCK_R": (BLOCK_R, WIDE_R)}))
     return 0
 
 
@@ -716,10 +722,16 @@ def _emit_all(plan: _Plan) -> None:
 _PRINTABLE = {"MatVec", "VecMat", "RowSum", "Col", "First", "FirstColumn", "ZerosLike", "OneHot", "Softmax", "LogSumExp"}
 
 
+def _bn(tiles: tuple) -> str:
+    gpu, cpu = tiles
+    return str(gpu) if gpu == cpu else f"({cpu} if _wide else {gpu})"
+
+
 def _launch(k: Kernel) -> dict:
     hosts = [a[2] for a in k.args]
     scalars = ["_batch", "_scale"] if k.block_b else (["_batch"] if k.constexprs else [])
-    cx = ([f"BLOCK_B={k.block_b}"] if k.block_b else []) + [f"{n}={v}" for n, v in k.constexprs.items()]
+    cx = ([f"BLOCK_B={k.block_b}"] if k.block_b else []) + ([f"BLOCK_N={_bn(k.block_n)}"] if k.block_n else [])
+    cx += [f"{n}={_bn(v) if isinstance(v, tuple) else v}" for n, v in k.constexprs.items()]
     return {"name": k.name, "grid": k.grid, "args": ", ".join(hosts + scalars + cx), "section": k.section,
             "loss": k.section == "loss", "block_b": k.block_b}
 
@@ -728,10 +740,13 @@ def _spec(k: Kernel) -> dict:
     sig = {a[0]: a[1] for a in k.args}
     if k.block_b:
         sig.update({"_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"})
+    if k.block_n:
+        sig["BLOCK_N"] = "constexpr"
     elif k.constexprs:
         sig["_B"] = "i32"
     sig.update({n: "constexpr" for n in k.constexprs})
-    cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | {n: repr(v) for n, v in k.constexprs.items()}
+    cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | ({"BLOCK_N": str(k.block_n[0])} if k.block_n else {})
+    cx |= {n: repr(v[0] if isinstance(v, tuple) else v) for n, v in k.constexprs.items()}
     return {"kernel": k.name, "signature": sig, "constexprs": cx}
 
 
