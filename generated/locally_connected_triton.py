@@ -51,14 +51,25 @@ def _logsumexp(z, mask):
 
 @triton.jit
 def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask, BLOCK_B: tl.constexpr,
-                 BN: tl.constexpr):
-    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j, one rank-1 update per k: f and W
-    # are read a column at a time (from L1/L2), so only the (BLOCK_B, BN) sum lives in registers
+                 BN: tl.constexpr, KC: tl.constexpr):
+    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j
     _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
-    for _k in range(K):
-        _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
-        _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
-        _acc += _f[:, None] * _w[None, :]
+    if KC == 1:
+        # one rank-1 update per k: f and W are read a column at a time (from L1/L2), so only the
+        # (BLOCK_B, BN) sum lives in registers
+        for _k in range(K):
+            _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
+            _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
+            _acc += _f[:, None] * _w[None, :]
+    else:
+        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast product
+        for _k0 in range(0, K, KC):
+            _kk = _k0 + tl.arange(0, KC)
+            _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :], mask=_row_mask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _w = tl.load(W_ptr + _cols[:, None] * K + _kk[None, :], mask=_cmask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
     return _acc
 
 
@@ -180,6 +191,7 @@ def locally_connected_a4_kernel(
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_N: tl.constexpr,  # output elements per program
+    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
 ):
     # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -187,7 +199,7 @@ def locally_connected_a4_kernel(
     _cols_3 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_3 = _cols_3 < 3
     b4 = tl.load(b4_ptr + _cols_3, mask=_cmask_3, other=0.0)
-    a4 = b4 + _matvec_cols(f2_ptr, 100, W4_ptr, _rows, _row_mask, _cols_3, _cmask_3, BLOCK_B, BLOCK_N)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = b4 + _matvec_cols(f2_ptr, 100, W4_ptr, _rows, _row_mask, _cols_3, _cmask_3, BLOCK_B, BLOCK_N, KC)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     tl.store(a4_ptr + _rows[:, None] * 3 + _cols_3[None, :], a4, mask=_row_mask[:, None] & _cmask_3[None, :])
 
 
@@ -515,7 +527,7 @@ def locally_connected_update_kernel(
 COMPILE_SPECS = [
     {"kernel": "locally_connected_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_a2_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "locally_connected_a4_kernel", "signature": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "locally_connected_a4_kernel", "signature": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "KC": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4, "KC": 1}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_loss_per_sample_kernel", "signature": {"_PART_ptr": "*fp32", "a4_ptr": "*fp32", "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "locally_connected_dL_df4_kernel", "signature": {"y_ptr": "*i64", "a4_ptr": "*fp32", "dL_df4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
@@ -570,7 +582,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         _b_f1, _p["W2"], _p["b2"], _b_f2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(128 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     locally_connected_a4_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(3, 4))](
-        _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=4,
+        _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=4, KC=(256 if _wide else 1),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if out is not None:
         locally_connected_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(3, 4))](

@@ -35,6 +35,7 @@ TILE = 4096  # the most elements one program's tile holds (32 per thread at 4 wa
 # On CPU tensors (the interpreter) a row-tiled kernel takes up to this many columns per program: the
 # interpreter's cost is per program and operation, not per element, and registers do not exist there
 WIDE_N = 8192
+WIDE_K = 256  # the inputs per step of W·f there (on CUDA one, a rank-1 update per input)
 NUM_WARPS = 4
 NUM_STAGES = 1
 BLOCK_G = 32  # gradient elements per program of a weight gradient
@@ -108,7 +109,7 @@ class _RowPrinter(TritonCodePrinter):
         n = self.width
         self.flops += 2 * k * n
         return (f"_matvec_cols({self._ptr(f.name)}, {k}, {self._ptr(w.name)}, _rows, _row_mask, _cols_{n}, "
-                f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]})")
+                f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]}, KC)")
 
     def _print_VecMat(self, e):
         d, w = e.args
@@ -284,12 +285,14 @@ class _Plan:
         source = self.env.tiled_kernel({
             "name": name, "args": args, "comment": head.comment, "cols": cols, "head": (head_lines or "").rstrip("\n"),
             "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
+            "kc": "_matvec_cols" in pr.helpers,
         })
         tiles = (block_n, min(_pow2(width), WIDE_N)) if chunked and width else None
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
-                      "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles)
+                      "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
+                      constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {})
 
     def kernel_name(self, what: str) -> str:
         return f"{self.ir.name}_{what}_kernel"
@@ -649,14 +652,25 @@ EMITTERS = {
 HELPERS = {
     "_matvec_cols": '''@triton.jit
 def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask, BLOCK_B: tl.constexpr,
-                 BN: tl.constexpr):
-    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j, one rank-1 update per k: f and W
-    # are read a column at a time (from L1/L2), so only the (BLOCK_B, BN) sum lives in registers
+                 BN: tl.constexpr, KC: tl.constexpr):
+    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j
     _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
-    for _k in range(K):
-        _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
-        _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
-        _acc += _f[:, None] * _w[None, :]
+    if KC == 1:
+        # one rank-1 update per k: f and W are read a column at a time (from L1/L2), so only the
+        # (BLOCK_B, BN) sum lives in registers
+        for _k in range(K):
+            _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
+            _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
+            _acc += _f[:, None] * _w[None, :]
+    else:
+        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast product
+        for _k0 in range(0, K, KC):
+            _kk = _k0 + tl.arange(0, KC)
+            _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :], mask=_row_mask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _w = tl.load(W_ptr + _cols[:, None] * K + _kk[None, :], mask=_cmask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
     return _acc''',
     "_vecmat_cols": '''@triton.jit
 def _vecmat_cols(D_ptr, I: tl.constexpr, W_ptr, J: tl.constexpr, _rows, _row_mask, _cols, _cmask,

@@ -49,14 +49,25 @@ def _logsumexp(z, mask):
 
 @triton.jit
 def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask, BLOCK_B: tl.constexpr,
-                 BN: tl.constexpr):
-    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j, one rank-1 update per k: f and W
-    # are read a column at a time (from L1/L2), so only the (BLOCK_B, BN) sum lives in registers
+                 BN: tl.constexpr, KC: tl.constexpr):
+    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j
     _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
-    for _k in range(K):
-        _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
-        _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
-        _acc += _f[:, None] * _w[None, :]
+    if KC == 1:
+        # one rank-1 update per k: f and W are read a column at a time (from L1/L2), so only the
+        # (BLOCK_B, BN) sum lives in registers
+        for _k in range(K):
+            _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
+            _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
+            _acc += _f[:, None] * _w[None, :]
+    else:
+        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast product
+        for _k0 in range(0, K, KC):
+            _kk = _k0 + tl.arange(0, KC)
+            _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :], mask=_row_mask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _w = tl.load(W_ptr + _cols[:, None] * K + _kk[None, :], mask=_cmask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
     return _acc
 
 
@@ -128,6 +139,7 @@ def tiny_conv_a3_kernel(
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_N: tl.constexpr,  # output elements per program
+    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
 ):
     # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -135,7 +147,7 @@ def tiny_conv_a3_kernel(
     _cols_2 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_2 = _cols_2 < 2
     b3 = tl.load(b3_ptr + _cols_2, mask=_cmask_2, other=0.0)
-    a3 = b3 + _matvec_cols(f1_ptr, 32, W3_ptr, _rows, _row_mask, _cols_2, _cmask_2, BLOCK_B, BLOCK_N)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+    a3 = b3 + _matvec_cols(f1_ptr, 32, W3_ptr, _rows, _row_mask, _cols_2, _cmask_2, BLOCK_B, BLOCK_N, KC)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     tl.store(a3_ptr + _rows[:, None] * 2 + _cols_2[None, :], a3, mask=_row_mask[:, None] & _cmask_2[None, :])
 
 
@@ -364,7 +376,7 @@ def tiny_conv_update_kernel(
 # `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
 COMPILE_SPECS = [
     {"kernel": "tiny_conv_a1_kernel", "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "tiny_conv_a3_kernel", "signature": {"f1_ptr": "*fp32", "W3_ptr": "*fp32", "b3_ptr": "*fp32", "a3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 2}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "tiny_conv_a3_kernel", "signature": {"f1_ptr": "*fp32", "W3_ptr": "*fp32", "b3_ptr": "*fp32", "a3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "KC": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 2, "KC": 1}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "tiny_conv_yhat_kernel", "signature": {"_OUT_ptr": "*fp32", "a3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 2}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "tiny_conv_loss_per_sample_kernel", "signature": {"_PART_ptr": "*fp32", "a3_ptr": "*fp32", "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "tiny_conv_dL_df3_kernel", "signature": {"y_ptr": "*i64", "a3_ptr": "*fp32", "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
@@ -411,7 +423,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
         _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     tiny_conv_a3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(2, 2))](
-        _b_f1, _p["W3"], _p["b3"], _b_a3, _batch, _scale, BLOCK_B=_blk, BLOCK_N=2,
+        _b_f1, _p["W3"], _p["b3"], _b_a3, _batch, _scale, BLOCK_B=_blk, BLOCK_N=2, KC=(256 if _wide else 1),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if out is not None:
         tiny_conv_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(2, 2))](
