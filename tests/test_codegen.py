@@ -108,7 +108,18 @@ def test_generated_header_and_comments(spec):
     assert backward, "no backward pass in the NumPy module"
     for ln in backward:
         assert re.match(r"^    \w+ = .+  # \S", ln), f"backward line without a comment: {ln!r}"
-    tr_lines = files[f"{net.name}_triton.py"].splitlines()
+    tr_text = files[f"{net.name}_triton.py"]
+    if f"{net.name}_fused_kernel" not in tr_text:  # a network with volumes: one kernel per layer phase
+        kernels = [k.split("\n\n\n", 1)[0] for k in tr_text.split("@triton.jit\ndef ")[1:] if k.startswith(f"{net.name}_")]
+        assert kernels, "no per-layer kernels"
+        for k in kernels:
+            body = k.split("):\n", 1)[1].splitlines()
+            assert body[0].startswith("    # "), f"kernel {k.split('(')[0]} does not say what it computes"
+            for ln in body:
+                if re.match(r"^    [a-zA-Z]\w* = ", ln) and not re.match(r"^ +\w+ = tl\.(load|zeros|full)\(", ln):
+                    assert re.match(r"^ +\w+ = .+  # \S", ln), f"step line without a comment: {ln!r}"
+        return
+    tr_lines = tr_text.splitlines()
     start = next(i for i, ln in enumerate(tr_lines) if "# ---- backward" in ln)
     end = next(i for i in range(start, len(tr_lines)) if "# ---- write back" in tr_lines[i])
     backward = [ln for ln in tr_lines[start + 1:end] if ln.strip()]
@@ -134,7 +145,8 @@ def test_memory_ops_on_vectors_are_masked():
     sentinels, see test_verify.py)."""
     for spec in EXAMPLES:
         text = codegen.generate(load_spec(spec), _source(spec), ("triton",))[f"{load_spec(spec).name}_triton.py"]
-        kernel = text.split("_fused_kernel(", 1)[1].split("\n@triton.jit", 1)[0]
+        # the fused kernel, or every per-layer kernel (a network with volumes)
+        kernel = text.split("_fused_kernel(", 1)[1].split("\n@triton.jit", 1)[0] if "_fused_kernel(" in text else text
         ops = re.findall(r"tl\.(?:load|store|atomic_add)\((.*)\)\s*(?:#.*)?$", kernel, re.M)
         assert ops
         for op in ops:

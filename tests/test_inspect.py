@@ -13,7 +13,7 @@ from helpers import ROOT
 
 from derive import Linear, Loss, Network, Port
 from derive.derivation import derive
-from derive.inspect.model import CARDS, eager_step, fused_step, ideal_bytes, summary
+from derive.inspect.model import CARDS, eager_step, fused_step, ideal_bytes, layered_step, summary
 from derive.ir.lowering import lower
 from derive.targets.triton import plan_triton
 
@@ -107,6 +107,22 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_layered_model_counts_each_kernel_by_hand():
+    """A network with a volume is modeled kernel by kernel: the convolution's FLOPs and its operands' bytes."""
+    from derive.spec import load_spec
+
+    ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet_pool.toml")), "<test>")
+    batch = 1000
+    costs = {c.name: c for c in layered_step(ir, plan_triton(ir), batch)}
+    a1 = costs["lecture_convnet_pool_a1_kernel"]
+    assert a1.flops == 2 * batch * (6 * 28 * 28) * (3 * 5 * 5)
+    # x read and a1, f1 = relu(a1) written per row (a1 is stored for relu′ in backward); W1 and b1 once
+    assert a1.dram_bytes == 4 * batch * (3 * 32 * 32 + 2 * 6 * 28 * 28) + 4 * (6 * 3 * 5 * 5 + 6)
+    dw4 = costs["lecture_convnet_pool_dL_dW4_kernel"]  # δ4ᵀ·f3: 10 × 1176 multiply-adds per row
+    assert dw4.flops == 2 * batch * 10 * 1176
+    assert summary(ir, plan_triton(ir), batch, "sm_90")["layered"]
 
 
 def test_bad_arch_is_refused_with_exit_2():

@@ -1,8 +1,8 @@
 """max_pool2d and avg_pool2d: spec keys, the derivation's rules, and the generated NumPy module against
 torch.autograd (F.max_pool2d / F.avg_pool2d with count_include_pad=True) and finite differences.
 
-The Triton target's pooling entries are tested with the other Triton tests (tests/test_conv.py runs
-every volume example through the interpreter).
+The generated Triton module (float32, under the interpreter or on CUDA) is checked against the same
+torch.autograd float64 reference, in sentinel-padded buffers, including padding and a max-pool tie case.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from derive.targets.modules import generated_modules
 from derive.verify import sample
 from derive.verify.checks import _Collector, _fd_check
 
-from helpers import assert_matches_torch, random_params
+from helpers import assert_close_to_torch, assert_matches_torch, random_params, triton_inputs, triton_outputs
 
 KINDS = ("max_pool2d", "avg_pool2d")
 POOL = {"max_pool2d": MaxPool2d, "avg_pool2d": AvgPool2d}
@@ -166,3 +166,67 @@ def test_empty_batch_is_a_value_error():
         npm = mods["numpy"]
         with pytest.raises(ValueError, match="empty batch"):
             npm.gradients(npm.init_params(), np.zeros((0, 2, 7, 7)), np.zeros(0, dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------- the Triton module
+
+
+def check_triton_against_torch(net, device, seed=0, batch=3, params=None, block_b=None):
+    """Triton float32 in sentinel-padded buffers against torch.autograd float64 at the same values (1e-4:
+    float32 over window sums and a batch sum, the tolerance of every Triton test)."""
+    rng = np.random.default_rng(seed)
+    with generated_modules(net, "<test>", targets=("numpy", "triton")) as mods:
+        params = params if params is not None else random_params(mods["numpy"], rng)
+        x, y = sample(net, rng, batch)
+        tp, tx, ty = triton_inputs(net, params, x, y, device)
+        got = triton_outputs(mods["triton"], tp, tx, ty, net=net, block_b=block_b)
+        return assert_close_to_torch(net, got, tp, tx, ty, 1e-4, f"{net.name} triton", float32=True), mods, tp, tx, ty
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((2, 3), (1, 2), 0)])
+def test_triton_matches_torch(kind, kernel, stride, padding, triton_device_name):
+    check_triton_against_torch(pooled_net(kind, kernel, stride, padding), triton_device_name, block_b=16 if padding else None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_triton_pool_as_the_first_layer(kind, triton_device_name):
+    check_triton_against_torch(pooled_net(kind, 3, 1, 1, conv=False), triton_device_name, batch=2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_triton_with_the_cuda_tiles(kind, triton_device_name, monkeypatch):
+    """The column tiles CUDA uses (64 wide, 32 for the max-pooling gather), several per row, on the CPU too."""
+    net = pooled_net(kind, 3, 1, 1, shape=(2, 10, 9))  # 3×9×8 = 216 conv outputs, 3×9×8 pooled: 4 to 7 tiles a row
+    rng = np.random.default_rng(7)
+    with generated_modules(net, "<test>", targets=("numpy", "triton")) as mods:
+        monkeypatch.setattr(mods["triton"], "CPU_WIDE_TILES", False)
+        x, y = sample(net, rng, 3)
+        tp, tx, ty = triton_inputs(net, random_params(mods["numpy"], rng), x, y, triton_device_name)
+        got = triton_outputs(mods["triton"], tp, tx, ty, net=net)
+        assert_close_to_torch(net, got, tp, tx, ty, 1e-4, f"{net.name} triton, CUDA tiles", float32=True)
+
+
+def test_triton_max_pool_ties_go_to_the_first_maximum(triton_device_name):
+    """W1 = 0: every window ties, in float32 too; ∂L/∂W1 is right only if each tie goes to the first maximum."""
+    net = pooled_net("max_pool2d", kernel=3, stride=2, padding=1, activation="identity")
+    with generated_modules(net, "<test>", targets=("numpy",)) as mods:
+        params = mods["numpy"].init_params(seed=3)
+    params = {k: (np.zeros_like(v) if k == "W1" else v) for k, v in params.items()}
+    errs, *_ = check_triton_against_torch(net, triton_device_name, params=params)
+    assert errs["grad W1"] <= 1e-4
+
+
+def test_triton_gradients_are_deterministic(triton_device_name):
+    """No atomics: the same inputs give bitwise the same gradients and loss, launch after launch."""
+    net = pooled_net("max_pool2d", 2, 1, 0)
+    rng = np.random.default_rng(4)
+    with generated_modules(net, "<test>", targets=("numpy", "triton")) as mods:
+        trm = mods["triton"]
+        x, y = sample(net, rng, 37)
+        tp, tx, ty = triton_inputs(net, random_params(mods["numpy"], rng), x, y, triton_device_name)
+        first, again = trm.gradients(tp, tx, ty), trm.gradients(tp, tx, ty)
+        assert all(torch.equal(first[k], again[k]) for k in first)
+        assert trm.loss(tp, tx, ty) == trm.loss(tp, tx, ty)
+        with open(trm.__file__, encoding="utf-8") as fh:
+            assert "tl.atomic" not in fh.read()

@@ -40,8 +40,8 @@ def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: 
 
 
 def _flags(constexprs: dict) -> str:
-    on = [k.removeprefix("WITH_") for k, v in constexprs.items() if v is True]
-    rest = [f"{k}={v}" for k, v in constexprs.items() if not isinstance(v, bool)]
+    on = [k.removeprefix("WITH_") for k, v in constexprs.items() if v is True and k.startswith("WITH_")]
+    rest = [f"{k}={v}" for k, v in constexprs.items() if not (isinstance(v, bool) and k.startswith("WITH_"))]
     return " ".join([("+".join(on) or "-")] * bool([k for k in constexprs if k.startswith("WITH_")]) + rest)
 
 
@@ -66,8 +66,7 @@ def format_text(r: dict) -> str:
         lines.append("")
     m = r["model"]
     if m is None:
-        lines.append("cost model: not available for this network (its conv / locally connected helpers do not "
-                     "record their traffic yet)")
+        lines.append("cost model: not available for this network")
         return "\n".join(lines) + "\n"
     lines.append(f"model of one training step at batch {m['batch']:,} on {m['card']} "
                  f"({m['bandwidth_Bps'] / 1e12:.2f} TB/s, fp32 {m['fp32_flops'] / 1e12:.0f} TFLOP/s); "
@@ -77,7 +76,8 @@ def format_text(r: dict) -> str:
     for c in m["fused"]:
         lines.append(f"  {c['name']:<32} {c['launches']:>8} {_mb(c['dram_bytes']):>11} {_mb(c['l2_bytes']):>11} "
                      f"{c['flops'] / 1e9:>9.3f} {c['seconds'] * 1e6:>10.2f}")
-    for label, t in (("fused step", m["fused_total"]), ("PyTorch eager (modeled)", m["eager_total"])):
+    step = "per-layer step" if m.get("layered") else "fused step"
+    for label, t in ((step, m["fused_total"]), ("PyTorch eager (modeled)", m["eager_total"])):
         lines.append(f"{label:<34} {t['launches']:>8} {_mb(t['dram_bytes']):>11} {'':>11} "
                      f"{t['flops'] / 1e9:>9.3f} {t['seconds'] * 1e6:>10.2f}")
     lines.append(f"{'ideal (x, y, θ, ∂L/∂θ, state once)':<34} {'':>8} {_mb(m['ideal']['dram_bytes']):>11} {'':>11} "

@@ -16,6 +16,10 @@ Eager PyTorch: each op reads its inputs from and writes its output to global mem
 activation, the loss, and in backward the activation's derivative, δᵀ·f, Σ δ, δ·W), then one
 foreach optimizer update.  Time per op is max(bytes / bandwidth, FLOPs / FLOP rate), summed over ops.
 
+A per-layer module (a network with a volume, derive.targets.triton_layers) is modeled kernel by kernel
+from what each launch takes: every per-sample operand read or written once per row, every parameter and
+gradient once per launch, and the FLOPs of its contraction (convolution, W·f, δ·W, δᵀ·f) per row.
+
 The ideal step reads x and y once and the parameters, gradients and optimizer state once each.
 """
 
@@ -78,6 +82,17 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     return [fused, update]
 
 
+def layered_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
+    """One Cost per kernel of a per-layer module's training launch (forward, loss, backward), then the update."""
+    out = []
+    for name, section, row, fixed, flops in plan.kernels:
+        if section in ("forward", "loss", "backward"):
+            out.append(Cost(name, 1, batch * row + fixed, batch * row + fixed, batch * flops))
+    theta, state = _params_bytes(ir), len(ir.state)
+    out.append(Cost("update kernel", 1, theta * (3 + 2 * state), theta * (3 + 2 * state), 0))
+    return out
+
+
 def ideal_bytes(ir: KernelIR, batch: int) -> int:
     x = 4 * math.prod(ir.input.shape)
     y = 8 if ir.target.dtype == "int" else 4 * math.prod(ir.target.shape)
@@ -130,16 +145,16 @@ def eager_step(ir: KernelIR, batch: int) -> list[Cost]:
 
 def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
     card = CARDS[arch]
-    fused = fused_step(ir, plan, batch, card)
+    fused = layered_step(ir, plan, batch) if plan.kernels else fused_step(ir, plan, batch, card)
     eager = eager_step(ir, batch)
     t_fused = sum(c.seconds(card) for c in fused)
     t_eager = sum(c.seconds(card) for c in eager)
     ideal = ideal_bytes(ir, batch)
     fused_bytes = sum(c.dram_bytes for c in fused)
     return {
-        "card": card["name"], "bandwidth_Bps": card["bandwidth"], "fp32_flops": card["fp32"], "batch": batch,
-        "block_b": plan.block_b, "tiles": -(-batch // plan.block_b),
-        "programs": min(-(-batch // plan.block_b), card["sms"]),
+        "layered": bool(plan.kernels), "card": card["name"], "bandwidth_Bps": card["bandwidth"],
+        "fp32_flops": card["fp32"], "batch": batch, "block_b": plan.block_b, "tiles": -(-batch // plan.block_b),
+        "programs": -(-batch // plan.block_b) if plan.kernels else min(-(-batch // plan.block_b), card["sms"]),
         "fused": [_row(c, card) for c in fused],
         "fused_total": {"launches": len(fused), "dram_bytes": fused_bytes, "flops": sum(c.flops for c in fused),
                         "seconds": t_fused},

@@ -1,18 +1,19 @@
-"""KernelIR -> the fused Triton module: one persistent kernel per network, and one kernel that reduces the
-programs' partial gradient sums in a fixed order and updates the parameters."""
+"""KernelIR -> the fused Triton module for dense networks: one persistent kernel per network, and one kernel
+that reduces the programs' partial gradient sums in a fixed order and updates the parameters.  A network
+with a volume gets per-layer kernels (triton_layers.py)."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 import sympy as sp
 
 from derive.ir.nodes import KernelIR, Outer
-from derive.targets import triton_volume as volume
 from derive.targets.common import _common, _env
 from derive.targets.printers import HostPrinter
+from derive.targets.triton_layers import plan_layers
+from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 TRITON_BLOCK_B = 64
@@ -36,28 +37,15 @@ def _pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
-@dataclass(frozen=True)
-class TritonPlan:
-    """The rendered module and what derive inspect's cost model reads from its rendering: the fused
-    kernel's memory traffic and FLOPs as printed, (section, scale, "read" | "write" | "flop", amount) with scale
-    "row" (per batch row streamed: x, y, ŷ), "reread" (per batch row, read again from L2), "scratch" (per row of
-    the program's scratch) or "tile" (per batch tile)."""
-
-    text: str
-    events: tuple
-    block_b: int
-    num_warps: int
-    modeled: bool  # False where a layer's helpers do not record their traffic (conv, locally connected)
-    scratch_width: int = 0  # floats per scratch row
-
-
 def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
     return plan_triton(ir, out_dir).text
 
 
 def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
+    if any(len(layer.in_shape) == 3 for layer in ir.layers):  # a volume: per-layer kernels
+        return plan_layers(ir, out_dir)
     arrays = ir.arrays()
-    scratch = {} if ir.volumes else _scratch_layout(ir)
+    scratch = _scratch_layout(ir)
     _pad = _pow2
     widths: dict[str, object] = {}
     real: dict[str, int] = {}
@@ -71,11 +59,10 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             widths[a.name] = 0
     # the smallest BLOCK_B a launch may use decides tl.dot against broadcast-multiply-sum
     pr = TritonCodePrinter(widths, real, 16, "ieee")
-    pr.volume_calls = volume.calls(ir)
     # matrices are loaded at each use: held as register tiles through forward and backward they spill
     pr.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
-                       if (len(p.shape) == 2 or (scratch and p.shape)) and p.name not in volume.params(ir)}
-    sizes = sorted({n for a in arrays.values() for n in a.shape} | {1} | volume.sizes(ir))
+                       if len(p.shape) == 2 or (scratch and p.shape)}
+    sizes = sorted({n for a in arrays.values() for n in a.shape} | {1})
     width = sum(n for _, n in scratch.values())
     pr.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n, "_srows") for name, (off, n) in scratch.items()}
     pr.param_shapes = {p.name: p.shape for p in ir.params}
@@ -108,7 +95,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
 
     pr.events, pr.streamed = [], set()
     pr.section = "forward"
-    forward = [line(a) for a in ir.forward if not volume.dropped(ir, a)]
+    forward = [line(a) for a in ir.forward]
     pr.section = "loss"
     loss_rhs = pr.doprint(ir.loss.expr)
     pr.section = "backward"
@@ -117,8 +104,6 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     params = {p.name: p for p in ir.params}
     stored: set[str] = set()
     for a in ir.backward:
-        if volume.dropped(ir, a):
-            continue
         ln = line(a)
         if ln is None:
             continue
@@ -133,7 +118,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             pr._note("tile", "write", 4 * math.prod(p.shape))
 
     ctx = _common(ir, out_dir)
-    kernel_args = _kernel_args(ir) + volume.kernel_args(ir)
+    kernel_args = _kernel_args(ir)
     if scratch:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
                             "comment": f"scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, "
@@ -148,12 +133,11 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         num_stages=NUM_STAGES,
         maxnreg=MAXNREG,
         kernel_args=kernel_args,
-        scratch=volume.scratch(ir) + ([{"alloc": f"{ir.input.name}.new_empty(_np * _blk * {width}, dtype=torch.float32)"}]
-                                      if scratch else []),
+        scratch=[{"alloc": f"{ir.input.name}.new_empty(_np * _blk * {width}, dtype=torch.float32)"}] if scratch else [],
         columns=[{"n": n, "padded": _pad(n)} for n in sizes],
-        loads=[_load_param(p) for p in ir.params if p.name not in volume.params(ir) and p.name not in pr.inline_loads],
+        loads=[_load_param(p) for p in ir.params if p.name not in pr.inline_loads],
         row_loads=[_load_sample(ir.input, f"{ir.input.name}_ptr")]
-        if volume.needs_input_tile(ir) and ir.input.name not in pr.in_memory else [],
+        if ir.input.name not in pr.in_memory else [],
         n_params=n_params,
         n_total=n_params + 1,
         grad_ptrs=[{"name": f"dL_d{p.name}_ptr", "param": p.name, "offset": o} for p, o in zip(ir.params, offsets)],
@@ -163,7 +147,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         loss_rhs=loss_rhs,
         loss_scale="_scale",
         backward=backward,
-        grad_stores=[volume.grad_store(ir, p.name) or outer.get(g) or _store_grad(p, g, pr.helpers)[0]
+        grad_stores=[outer.get(g) or _store_grad(p, g, pr.helpers)[0]
                      for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored],
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
@@ -174,7 +158,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx["updates"] = [line(a) for a in ir.updates]
     ctx["kernel_scalars"] = _kernel_scalars(ir)
     ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
-    ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)] + volume.helpers(ir, _env())
+    ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     template = _env().get_template("triton_module.py.jinja")
     text = template.render(**ctx)
@@ -189,7 +173,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     fixed = [("loss", "row", "read", y_bytes), ("backward", "reread", "read", y_bytes),
              ("out", "row", "write", 4 * math.prod(ir.output.shape)),
              ("loss", "tile", "read", 4), ("loss", "tile", "write", 4)]
-    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=not ir.volumes,
+    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=True,
                       scratch_width=width)
 
 
@@ -256,13 +240,6 @@ def _without_columns(text: str) -> str:
 def _row0(rows: str) -> str:
     """The first row of a tile in the buffer ``rows`` indexes: this program's scratch rows or the batch's."""
     return "_pid * BLOCK_B" if rows == "_srows" else "_tile * BLOCK_B"
-
-
-def _kernel_scalars(ir: KernelIR) -> list[str]:
-    """The scalars the update kernel takes: every free symbol of the update that is not per-element."""
-    elementwise = {"theta", "g", *ir.state} | {a.name for a in ir.updates}
-    names = {s.name for a in ir.updates for s in a.expr.free_symbols} - elementwise
-    return sorted(names)
 
 
 def _mask(shape: tuple) -> str:

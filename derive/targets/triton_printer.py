@@ -232,46 +232,6 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         self.helpers.add("_logsumexp")
         return "_logsumexp(%s, _cmask_%d[None, :])" % (self._print(z), self._n_of(z))
 
-    # volumes: the layer's helper kernels (derive/codegen_volume.py), called by name
-    volume_calls: dict = {}
-
-    def _volume_call(self, layer, what: str) -> str:
-        try:
-            return self.volume_calls[int(layer)][what]
-        except KeyError:
-            raise DerivationError(f"triton printer: no helper for layer {layer}'s {what}") from None
-
-    def _print_ConvForward(self, e):
-        return self._volume_call(e.args[-1], "forward")
-
-    _print_LocalForward = _print_ConvForward
-
-    def _print_ConvWeightGrad(self, e):
-        return self._volume_call(e.args[-1], "weight")
-
-    _print_LocalWeightGrad = _print_ConvWeightGrad
-
-    def _print_ConvBiasGrad(self, e):
-        return self._volume_call(e.args[-1], "bias")
-
-    def _print_ConvInputGrad(self, e):
-        return self._volume_call(e.args[-1], "input")
-
-    _print_LocalInputGrad = _print_ConvInputGrad
-
-    def _print_Crop(self, e):
-        # ∂L/∂x from δ directly: the gather runs in unpadded coordinates
-        try:
-            return self.volume_calls[str(e.args[0])]
-        except KeyError:
-            raise DerivationError(f"triton printer: no gather for {e}") from None
-
-    def _print_Flatten(self, e):
-        return self._print(e.args[0])  # a volume tile is already flat, in C order
-
-    def _print_Unflatten(self, e):
-        return self._print(e.args[0])
-
 
 TRITON_HELPERS = {
     "_matvec": '''@triton.jit

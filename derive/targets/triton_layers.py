@@ -1,0 +1,832 @@
+"""KernelIR -> a Triton module of per-layer phase kernels, for any network with a volume.
+
+Every per-sample array lives in global memory as a (batch, n) float32 buffer (a volume flattened in C
+order), and each IR assignment becomes one small kernel, found by its node class in EMITTERS: a tile of
+BLOCK_B batch rows by at most BLOCK_N output elements, or, for a parameter gradient, a block of the
+gradient's elements that sums over the whole batch in a fixed order and is written once (no atomics).
+Elementwise assignments that follow a kernel at the same index (f1 = relu(a1), δ1 = ∂L/∂f1·f1′) are
+printed by the strict Triton printer into that kernel's epilogue, and an array is stored only when a
+later kernel reads it.  Flatten, Unflatten and a bare rename are views; Pad is read through masks by
+the windows that use it, and Crop is folded into the gather that computes the padded gradient.
+
+Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from derive.errors import DerivationError
+from derive.ir import nodes as N
+from derive.ir.nodes import Assign, KernelIR
+from derive.targets.common import _common, _env
+from derive.targets.printers import HostPrinter
+from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
+from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
+
+BLOCK_B = 32  # batch rows per program of a row-tiled kernel
+BLOCK_N = 128  # output elements per program (a tile of at most BLOCK_B · BLOCK_N = 4096 floats)
+WINDOW_N = 64  # the same for a window's kernel, whose gathers keep an address and a mask per element live
+POOL_GRAD_N = 32  # the max-pooling gather holds four tiles (sum, maximum, argmax, value)
+TILE = 4096  # the most elements one program's tile holds (32 per thread at 4 warps)
+# On CPU tensors (the interpreter) a row-tiled kernel takes up to this many columns per program: the
+# interpreter's cost is per program and operation, not per element, and registers do not exist there
+WIDE_N = 8192
+WIDE_K = 256  # the inputs per step of W·f there (on CUDA one, a rank-1 update per input)
+NUM_WARPS = 4
+NUM_STAGES = 1
+BLOCK_G = 32  # gradient elements per program of a weight gradient
+BLOCK_R = 64  # terms of its batch sum per step
+WIDE_R = 2048  # the same on CPU tensors (the interpreter)
+OUTER_J, OUTER_K = 16, 128
+
+_REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
+_CONTRACTING = (N.MatVec, N.VecMat)  # read their operand from memory, a column or row at a time
+
+
+def _pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def _width(shape) -> int:
+    return math.prod(shape) if shape else 0  # 0: one scalar per sample
+
+
+def _sym(name: str) -> sp.Symbol:
+    return sp.Symbol(name, real=True)
+
+
+@dataclass
+class Kernel:
+    """One @triton.jit kernel and its launch: ``args`` are (parameter, signature type, host expression, comment)."""
+
+    name: str
+    source: str
+    args: list
+    grid: str
+    section: str  # "forward", "out", "loss" or "backward": the launches run for forward(), loss(), gradients()
+    block_b: str | None = "_blk"  # the BLOCK_B a launch passes (None: the kernel takes none)
+    block_b_spec: str | None = "BLOCK_B"  # the same for COMPILE_SPECS
+    constexprs: dict = field(default_factory=dict)  # further constexprs: a value, or (on CUDA, on CPU)
+    flops: int = 0  # per batch row: the contraction's multiply-adds, times 2 (derive inspect's model)
+    block_n: tuple | None = None  # (on CUDA, on CPU) columns per program of a column-tiled kernel
+
+
+class _RowPrinter(TritonCodePrinter):
+    """The strict Triton printer over one kernel's tile: arrays are the variables the kernel loaded (or
+    computed in registers), W·f and δ·W read their operands from memory for the tile's columns."""
+
+    def __init__(self, plan: "_Plan", width: int):
+        real = {a.name: _width(a.shape) for a in plan.arrays.values()}
+        super().__init__({}, real, 16, "ieee")
+        self.plan = plan
+        self.width = width  # the output's, for the contractions' columns
+        self.loaded: list[str] = []  # symbols read as tiles, in order of first use
+        self.ptrs: list[str] = []  # arrays whose pointer the kernel takes
+        self.flops = 0  # per batch row, of W·f and δ·W
+
+    def _ptr(self, name: str) -> str:
+        if name not in self.ptrs:
+            self.ptrs.append(name)
+        return f"{name}_ptr"
+
+    def _print_Symbol(self, e):
+        if e.name == "_scale":
+            return "_scale"
+        if e.name in self.plan.pads:
+            raise DerivationError(f"triton target: {e.name} (a padded copy) is read only through the windows of a layer")
+        if e.name not in self.loaded:
+            self.loaded.append(e.name)
+        return e.name
+
+    def _print_MatVec(self, e):
+        w, f = e.args
+        k = self._operand(f, "W·f")
+        self.helpers.add("_matvec_cols")
+        n = self.width
+        self.flops += 2 * k * n
+        return (f"_matvec_cols({self._ptr(f.name)}, {k}, {self._ptr(w.name)}, _rows, _row_mask, _cols_{n}, "
+                f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]}, KC)")
+
+    def _print_VecMat(self, e):
+        d, w = e.args
+        i = self._operand(d, "δ·W")
+        self.helpers.add("_vecmat_cols")
+        n = _width(self.plan.arrays[w.name].shape[1:])
+        self.flops += 2 * i * n
+        return (f"_vecmat_cols({self._ptr(d.name)}, {i}, {self._ptr(w.name)}, {n}, _rows, _row_mask, _cols_{n}, "
+                f"_cmask_{n}, BLOCK_B, {self.plan.block_n_of[n]})")
+
+    def _print_FirstColumn(self, e):
+        (w,) = e.args
+        n = self.plan.arrays[w.name].shape[0]  # W is (n, 1): its first column is its flat storage
+        return f"tl.load({self._ptr(w.name)} + _cols_{n}, mask=_cmask_{n}, other=0.0)"
+
+    def _operand(self, f, what: str) -> int:
+        if not isinstance(f, sp.Symbol) or f.name not in self.plan.arrays or not self.plan.arrays[f.name].batched:
+            raise DerivationError(f"triton target: {what} needs a named per-sample operand, got {f}")
+        return _width(self.plan.arrays[f.name].shape)
+
+
+class _Plan:
+    """The module's kernels, buffers and views, built assignment by assignment."""
+
+    def __init__(self, ir: KernelIR):
+        self.ir = ir
+        self.arrays = ir.arrays()
+        self.params = {p.name: p for p in ir.params}
+        self.grad_param = {g: p for p, g in ir.grads}
+        self.alias: dict[str, str] = {}
+        self.pads: dict[str, tuple[str, int]] = {}  # x_pad -> (x, P)
+        self.kernels: list[Kernel] = []
+        self.stored: dict[str, str] = {}  # per-sample buffer -> the section that first writes it
+        self.helpers: set[str] = set()
+        self.block_n_of: dict[int, int] = {}
+        self.env = _env().get_template("triton_layer_kernels.jinja").module
+        self.order: list[Assign] = [*ir.forward, ir.output, ir.loss, *ir.backward]
+        self.folded = {a.expr.args[0].name for a in ir.backward if isinstance(a.expr, N.Crop)}
+        self._views()
+        self.readers = self._readers()
+
+    # ---- views and who reads what
+    def _views(self):
+        for a in self.order:
+            e = a.expr
+            if isinstance(e, sp.Symbol) and a.batched and a is not self.ir.output:
+                self.alias[a.name] = e.name
+            elif isinstance(e, (N.Flatten, N.Unflatten)):
+                self.alias[a.name] = e.args[0].name
+            elif isinstance(e, N.Pad):
+                self.pads[a.name] = (e.args[0].name, int(e.args[1]))
+
+    def resolve(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def source(self, name: str) -> tuple[str, int]:
+        """The unpadded array a window reads, and its padding."""
+        if name in self.pads:
+            src, pad = self.pads[name]
+            return self.resolve(src), pad
+        return self.resolve(name), 0
+
+    def _effective(self, a: Assign) -> sp.Expr | None:
+        e = a.expr
+        if a.name in self.alias or isinstance(e, N.Pad) or a.name in self.folded:
+            return None
+        if isinstance(e, N.Crop):
+            return self.defining(e.args[0].name).expr
+        return e
+
+    def defining(self, name: str) -> Assign:
+        return next(a for a in self.order if a.name == name)
+
+    def _readers(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for a in self.order:
+            e = self._effective(a)
+            if e is None:
+                continue
+            for s in e.free_symbols:
+                name = self.source(s.name)[0] if s.name in self.arrays else s.name
+                out.setdefault(name, set()).add(a.name)
+        return out
+
+    # ---- host side
+    def host(self, name: str) -> str:
+        name = self.resolve(name)
+        if name == self.ir.input.name:
+            return "_x"
+        if name == self.ir.target.name:
+            return "_y"
+        if name in self.params:
+            return f'_p["{name}"]'
+        if name in self.grad_param:
+            return f'_g["{self.grad_param[name]}"]'
+        return f"_b_{name}"
+
+    def arg(self, name: str, section: str) -> tuple:
+        name = self.resolve(name)
+        if name in self.grad_param:
+            p = self.grad_param[name]
+            return (f"{name}_ptr", "*fp32", self.host(name), f"∂L/∂{p}, {self.params[p].shape} float32: written once")
+        if name in self.params:
+            return (f"{name}_ptr", "*fp32", self.host(name), f"parameter {name}, {self.params[name].shape}")
+        a = self.arrays[name]
+        if name == self.ir.target.name and a.dtype == "int":
+            return (f"{name}_ptr", "*i64", "_y", f"target {name}, (batch,) class indices")
+        if name not in (self.ir.input.name, self.ir.target.name):
+            self.stored.setdefault(name, section)
+        dims = ", ".join(["batch", *map(str, a.shape)])
+        return (f"{name}_ptr", "*fp32", self.host(name), f"{name}, ({dims}) float32")
+
+    # ---- row-tiled kernels: a head, the fused elementwise lines, the stores
+    def tiled(self, head: Assign, section: str, head_lines: str | None, head_args: list, rest: list[Assign],
+              width: int, block_n: int, chunked: bool, extra: tuple = (), out_ptr: str | None = None) -> Kernel:
+        """A kernel over (BLOCK_B rows) × (block_n columns of ``width``): ``head_lines`` compute the head's tile
+        (None: the head is elementwise and printed too), then ``rest`` are printed, then the stores.
+        ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment)."""
+        pr = _RowPrinter(self, width)
+        self.block_n_of = {width: "BLOCK_N"} if chunked else {}
+        in_regs: set[str] = set()
+        body: list[str] = []
+        todo = ([head] if head_lines is None else []) + list(rest)
+        if head_lines is not None:
+            in_regs.add(head.name)
+        widths = {width} if width else set()
+        printed = []
+        for a in todo:
+            expr = self.resolved(a.expr)
+            if not chunked:
+                for w in self._widths(expr):
+                    widths.add(w)
+                    self.block_n_of.setdefault(w, _pow2(w))
+            rhs = pr.doprint(expr)
+            printed.append((a, rhs))
+            in_regs.add(a.name)
+        if not chunked and width:
+            self.block_n_of.setdefault(width, _pow2(width))
+        loads = []
+        for name in pr.loaded:
+            if name in in_regs:
+                continue
+            loads.append(self._load(name, pr))
+        for a, rhs in printed:
+            body.append(f"{a.name} = {rhs}  # {a.comment}")
+        outs = [head] + list(rest) if head_lines is not None else list(todo)
+        stores = []
+        for a in outs:
+            if out_ptr is not None:
+                stores.append(self._store(a.name, out_ptr))
+            elif self._needs_store(a.name, {x.name for x in outs}):
+                stores.append(self._store(a.name))
+                pr._ptr(a.name)
+        args = list(head_args)
+        for n in pr.ptrs:
+            t = self.arg(n, section)
+            if t[0] not in {x[0] for x in args}:
+                args.append(t)
+        self.helpers |= pr.helpers
+        cols = []
+        if chunked:
+            if width:
+                cols = [f"_cols_{width} = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)",
+                        f"_cmask_{width} = _cols_{width} < {width}"]
+        else:
+            for w in sorted(widths):
+                cols += [f"_cols_{w} = tl.arange(0, {_pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}"]
+        cap = TILE // max([_pow2(w) for w in widths] + [1]) if not chunked else BLOCK_B
+        cap = 1 << (max(1, cap).bit_length() - 1)
+        name = self.kernel_name(head.name)
+        source = self.env.tiled_kernel({
+            "name": name, "args": args, "comment": head.comment, "cols": cols, "head": (head_lines or "").rstrip("\n"),
+            "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
+            "kc": "_matvec_cols" in pr.helpers,
+        })
+        tiles = (block_n, min(_pow2(width), WIDE_N)) if chunked and width else None
+        grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
+        blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
+        return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
+                      "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
+                      constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {})
+
+    def kernel_name(self, what: str) -> str:
+        return f"{self.ir.name}_{what}_kernel"
+
+    def resolved(self, expr: sp.Expr) -> sp.Expr:
+        subs = {s: _sym(self.resolve(s.name)) for s in expr.free_symbols if s.name in self.alias}
+        return expr.xreplace(subs) if subs else expr
+
+    def _widths(self, expr) -> set[int]:
+        out = set()
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, (N.RowSum, N.OneHot)):
+                out.add(int(node.args[1]))
+        for s in _loaded_symbols(expr):
+            if s.name in self.arrays:
+                w = _width(self.arrays[s.name].shape)
+                if w:
+                    out.add(w)
+        return out
+
+    def _load(self, name: str, pr: _RowPrinter) -> str:
+        a = self.arrays[name]
+        w = _width(a.shape)
+        if name not in pr.ptrs:
+            pr.ptrs.append(name)
+        ptr = f"{name}_ptr"
+        if not a.batched:
+            if not a.shape:
+                return f"{name} = tl.load({ptr})"
+            return f"{name} = tl.load({ptr} + _cols_{w}, mask=_cmask_{w}, other=0.0)"
+        other = "0" if a.dtype == "int" else "0.0"
+        if not w:
+            return f"{name} = tl.load({ptr} + _rows, mask=_row_mask, other={other})"
+        return (f"{name} = tl.load({ptr} + _rows[:, None] * {w} + _cols_{w}[None, :], "
+                f"mask=_row_mask[:, None] & _cmask_{w}[None, :], other={other})")
+
+    def _needs_store(self, name: str, here: set[str]) -> bool:
+        if name in self.grad_param:
+            return True
+        return bool(self.readers.get(name, set()) - here)
+
+    def _store(self, name: str, ptr: str | None = None) -> str:
+        w = _width(self.arrays[name].shape)
+        target = ptr or f"{name}_ptr"
+        if not w:
+            return f"tl.store({target} + _rows, {name}, mask=_row_mask)"
+        return (f"tl.store({target} + _rows[:, None] * {w} + _cols_{w}[None, :], {name}, "
+                f"mask=_row_mask[:, None] & _cmask_{w}[None, :])")
+
+    # ---- the elementwise lines a kernel may take after its head
+    def fusable(self, a: Assign, width: int) -> bool:
+        if not a.batched or a.name in self.alias or a.name in self.folded or _width(a.shape) != width:
+            return False
+        e = a.expr
+        if isinstance(e, (N.Pad, N.Crop)) or any(isinstance(n, N.IRNode) and not isinstance(n, (N.Col, N.OneHot, N.ZerosLike))
+                                                 for n in sp.preorder_traversal(e)):
+            return False
+        for s in e.free_symbols:
+            if s.name == "_scale":
+                continue
+            arr = self.arrays.get(self.resolve(s.name))
+            if arr is None or s.name in self.pads:
+                return False
+            w = _width(arr.shape)
+            if arr.batched and w not in (0, width):
+                return False
+            if not arr.batched and w not in (0, width):
+                return False
+        return True
+
+
+def _loaded_symbols(expr) -> set:
+    """The symbols an elementwise print loads as tiles: not those inside W·f, δ·W or a first column."""
+    if isinstance(expr, sp.Symbol):
+        return {expr}
+    if isinstance(expr, (*_CONTRACTING, N.FirstColumn)):
+        return set()
+    out = set()
+    for a in expr.args:
+        out |= _loaded_symbols(a)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- emitters
+# Each takes (plan, assignment, the assignments after it in its section, section) and returns how many of
+# those it fused into its kernel's epilogue.
+
+
+def _rest(plan: _Plan, after: list[Assign], width: int) -> list[Assign]:
+    """The elementwise assignments right after a kernel's head that its epilogue computes too."""
+    out = []
+    for a in after:
+        if a.name in plan.alias:  # a view: the name resolves to what it renames, nothing to compute
+            out.append(a)
+            continue
+        if not plan.fusable(a, width):
+            break
+        out.append(a)
+    while out and out[-1].name in plan.alias:
+        out.pop()
+    return out
+
+
+def _compute(rest: list[Assign], plan: _Plan) -> list[Assign]:
+    return [a for a in rest if a.name not in plan.alias]
+
+
+def _emit_rowwise(plan: _Plan, a: Assign, after: list[Assign], section: str) -> int:
+    if not a.batched:
+        return _emit_param_elementwise(plan, a, after, section)
+    width = _width(a.shape)
+    expr = plan.resolved(a.expr)
+    reduces = any(isinstance(n, _REDUCING) for n in sp.preorder_traversal(expr))
+    loaded = {w for w in plan._widths(expr)}
+    chunked = bool(width) and not reduces and loaded <= {width}
+    block_n = min(_pow2(width), BLOCK_N) if chunked else _pow2(width)
+    rest = _rest(plan, after, width)
+    plan.kernels.append(plan.tiled(a, section, None, [], _compute(rest, plan), width, block_n, chunked))
+    return len(rest)
+
+
+def _emit_param_elementwise(plan: _Plan, a: Assign, after, section) -> int:
+    if not isinstance(a.expr, N.ZerosLike):
+        raise DerivationError(f"triton target: no kernel for the parameter-shaped {a.name} = {a.expr}")
+    n = _width(a.shape) or 1
+    name = plan.kernel_name(a.name)
+    arg = plan.arg(a.name, section)
+    source = plan.env.fill_zero({"name": name, "arg": arg, "n": n, "comment": a.comment})
+    plan.kernels.append(Kernel(name, source, [arg], f"(triton.cdiv({n}, 1024),)", section, None, None))
+    return 0
+
+
+def _window_geometry(plan: _Plan, a: Assign, x_name: str, w_name: str, stride: int, kh: int, kw: int) -> dict:
+    src, pad = plan.source(x_name)
+    c, h, w = plan.arrays[plan.pads[x_name][0] if x_name in plan.pads else x_name].shape  # a view keeps the data, not the shape
+    return {"c": c, "h": h, "w": w, "hw": h * w, "n_in": c * h * w, "kh": kh, "kw": kw, "kk": kh * kw,
+            "ckk": c * kh * kw, "s": stride, "pad": pad, "src": src, "weight": w_name}
+
+
+def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
+    x, wt, b, s, kh, kw, _ = a.expr.args
+    g = _window_geometry(plan, a, x.name, wt.name, int(s), int(kh), int(kw))
+    o, oh, ow = a.shape
+    n = o * oh * ow
+    shared = isinstance(a.expr, N.ConvForward)
+    block_n = min(_pow2(n), WINDOW_N)
+    k = {**g, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "out": a.name, "cols": f"_cols_{n}", "cmask": f"_cmask_{n}",
+         "bn": "BLOCK_N", "bias": b != 0,
+         "w_index": (f"_o * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q" if shared
+                     else f"_cols_{n} * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q"),
+         "b_index": "_o" if shared else f"_cols_{n}"}
+    head = plan.env.window_forward(k)
+    rest = _rest(plan, after, n)
+    args = [_named(plan, g["src"], "X_ptr", section), _named(plan, wt.name, "W_ptr", section)]
+    if b != 0:
+        args.append(_named(plan, b.name, "BIAS_ptr", section))
+    plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True))
+    plan.kernels[-1].flops = 2 * n * g["ckk"]
+    return len(rest)
+
+
+def _named(plan: _Plan, name: str, param: str, section: str) -> tuple:
+    _, typ, host, comment = plan.arg(name, section)
+    return (param, typ, host, comment)
+
+
+def _emit_window_input_grad(plan: _Plan, a: Assign, after, section) -> int:
+    if a.name in plan.folded:
+        return 0  # the Crop below it computes ∂L/∂input in unpadded coordinates
+    return _input_grad(plan, a, a.expr, 0, after, section)
+
+
+def _emit_crop(plan: _Plan, a: Assign, after, section) -> int:
+    g, pad = a.expr.args
+    inner = plan.defining(g.name).expr
+    if not isinstance(inner, (N.ConvInputGrad, N.LocalInputGrad)):
+        raise DerivationError(f"triton target: {a.name} crops {g.name}, which is not a window's input gradient")
+    return _input_grad(plan, a, inner, int(pad), after, section)
+
+
+def _input_grad(plan: _Plan, a: Assign, e, pad: int, after, section) -> int:
+    d, wt, s, _, _, _ = e.args
+    o, oh, ow = plan.arrays[d.name].shape
+    c, h, w = a.shape
+    n = c * h * w
+    wshape = plan.params[wt.name].shape
+    kh, kw = wshape[-2:]
+    ckk, kk = c * kh * kw, kh * kw
+    shared = isinstance(e, N.ConvInputGrad)
+    block_n = min(_pow2(n), WINDOW_N)
+    w_index = (f"_o * {ckk} + _c * {kk} + _p * {kw} + _q" if shared
+               else f"(_o * {oh * ow} + _i * {ow} + _j) * {ckk} + _c * {kk} + _p * {kw} + _q")
+    k = {"c": c, "h": h, "w": w, "hw": h * w, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "n_out": o * oh * ow,
+         "kh": kh, "kw": kw, "s": int(s), "pad": pad, "out": a.name, "cols": f"_cols_{n}", "cmask": f"_cmask_{n}",
+         "bn": "BLOCK_N", "w_index": w_index}
+    head = plan.env.window_input_grad(k)
+    rest = _rest(plan, after, n)
+    args = [_named(plan, d.name, "D_ptr", section), _named(plan, wt.name, "W_ptr", section)]
+    plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True))
+    plan.kernels[-1].flops = 2 * o * oh * ow * ckk
+    return len(rest)
+
+
+def _pool_geometry(plan: _Plan, f_name: str, kh, kw, sh, sw, pad) -> dict:
+    src = plan.resolve(f_name)
+    c, h, w = plan.arrays[f_name].shape
+    kh, kw, sh, sw, pad = (int(v) for v in (kh, kw, sh, sw, pad))
+    oh, ow = (h + 2 * pad - kh) // sh + 1, (w + 2 * pad - kw) // sw + 1
+    return {"src": src, "c": c, "h": h, "w": w, "hw": h * w, "n_in": c * h * w, "kh": kh, "kw": kw, "sh": sh, "sw": sw,
+            "pad": pad, "oh": oh, "ow": ow, "ohw": oh * ow, "n_out": c * oh * ow, "inv": repr(1.0 / (kh * kw))}
+
+
+def _emit_pool(plan: _Plan, a: Assign, after, section) -> int:
+    f, kh, kw, sh, sw, pad, _ = a.expr.args
+    k = _pool_geometry(plan, f.name, kh, kw, sh, sw, pad)
+    n = k["n_out"]
+    block_n = min(_pow2(n), WINDOW_N)
+    k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn="BLOCK_N", max=isinstance(a.expr, N.MaxPool2d))
+    rest = _rest(plan, after, n)
+    args = [_named(plan, k["src"], "X_ptr", section)]
+    plan.kernels.append(plan.tiled(a, section, plan.env.pool_forward(k), args, _compute(rest, plan), n, block_n, True))
+    return len(rest)
+
+
+def _emit_pool_grad(plan: _Plan, a: Assign, after, section) -> int:
+    g, f, kh, kw, sh, sw, pad, _ = a.expr.args
+    k = _pool_geometry(plan, f.name, kh, kw, sh, sw, pad)
+    n = k["n_in"]
+    is_max = isinstance(a.expr, N.MaxPool2dGrad)
+    block_n = min(_pow2(n), POOL_GRAD_N if is_max else WINDOW_N)
+    k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn="BLOCK_N", max=is_max)
+    rest = _rest(plan, after, n)
+    args = [_named(plan, g.name, "G_ptr", section)] + ([_named(plan, k["src"], "X_ptr", section)] if is_max else [])
+    plan.kernels.append(plan.tiled(a, section, plan.env.pool_grad(k), args, _compute(rest, plan), n, block_n, True))
+    return len(rest)
+
+
+def _grad_args(plan: _Plan, a: Assign, inputs: list[tuple[str, str]], section: str) -> list:
+    out = [_named(plan, name, param, section) for name, param in inputs]
+    _, typ, host, comment = plan.arg(a.name, section)
+    return out + [("G_ptr", typ, host, comment)]
+
+
+def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
+    d, x, s, kh, kw, _ = a.expr.args
+    p = plan.grad_param[a.name]
+    g = _window_geometry(plan, a, x.name, p, int(s), int(kh), int(kw))
+    o, oh, ow = plan.arrays[d.name].shape
+    shared = isinstance(a.expr, N.ConvWeightGrad)
+    n_grad = math.prod(plan.params[p].shape)
+    k = {**g, "name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "source": g["src"], "o": o, "oh": oh,
+         "ow": ow, "ohw": oh * ow, "n_out": o * oh * ow, "shared": shared, "n_grad": n_grad,
+         "per_row": oh * ow if shared else 1, "w_shape": plan.params[p].shape, "formula": a.comment}
+    args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
+    plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args,
+                               f"(triton.cdiv({n_grad}, {BLOCK_G}),)", section, None, None,
+                               {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"]))
+    return 0
+
+
+def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
+    d = a.expr.args[0]
+    p = plan.grad_param[a.name]
+    o, oh, ow = plan.arrays[d.name].shape
+    k = {"name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "bias": p, "o": o, "oh": oh, "ow": ow,
+         "ohw": oh * ow, "n_out": o * oh * ow, "formula": a.comment}
+    args = _grad_args(plan, a, [(d.name, "D_ptr")], section)
+    bg = min(BLOCK_G, _pow2(o))
+    plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {bg}),)",
+                               section, None, None, {"BLOCK_G": bg, "BLOCK_R": (BLOCK_R, WIDE_R)}))
+    return 0
+
+
+def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
+    d, f = a.expr.args
+    for v in (d, f):
+        if not isinstance(v, sp.Symbol):
+            raise DerivationError(f"triton target: the outer product {a.name} needs named operands, got {v}")
+    p = plan.grad_param[a.name]
+    j, kk = plan.params[p].shape
+    k = {"name": plan.kernel_name(a.name), "d": plan.resolve(d.name), "f": plan.resolve(f.name), "weight": p,
+         "j": j, "k": kk, "formula": a.comment}
+    bj, bk = min(_pow2(j), OUTER_J), min(_pow2(kk), OUTER_K)
+    args = _grad_args(plan, a, [(d.name, "D_ptr"), (f.name, "F_ptr")], section)
+    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({kk}, {bk}))",
+                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk))
+    return 0
+
+
+def _emit_batch_sum(plan: _Plan, a: Assign, after, section) -> int:
+    (e,) = a.expr.args
+    e = plan.resolved(e)
+    width = _width(a.shape)
+    reduces = any(isinstance(n, _REDUCING) for n in sp.preorder_traversal(e))
+    chunked = bool(width) and not reduces and plan._widths(e) <= {width}
+    block_n = min(_pow2(width), BLOCK_N) if chunked else _pow2(width)
+    pr = _RowPrinter(plan, width)
+    plan.block_n_of = {width: block_n} if chunked else {w: _pow2(w) for w in plan._widths(e) | ({width} - {0})}
+    rhs = pr.doprint(e)
+    loads = [plan._load(n, pr) for n in pr.loaded]
+    widths = set(plan.block_n_of)
+    cols = ([f"_cols_{width} = tl.program_id(0) * {block_n} + tl.arange(0, {block_n})",
+             f"_cmask_{width} = _cols_{width} < {width}"] if chunked and width else
+            [ln for w in sorted(widths) for ln in (f"_cols_{w} = tl.arange(0, {_pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}")])
+    cap = BLOCK_B if chunked else 1 << (max(1, TILE // max([_pow2(w) for w in widths] + [1])).bit_length() - 1)
+    plan.helpers |= pr.helpers
+    _, typ, host, comment = plan.arg(a.name, section)
+    args = [plan.arg(n, section) for n in pr.ptrs]
+    args.append(("G_ptr", typ, host, comment))
+    if width:
+        mask, store = (f"_row_mask[:, None] & _cmask_{width}[None, :]",
+                       f"tl.store(G_ptr + _cols_{width}, tl.sum(_acc, axis=0), mask=_cmask_{width})")
+        shape = f"(BLOCK_B, {block_n})"
+    else:
+        mask, store, shape = "_row_mask", "tl.store(G_ptr, tl.sum(_acc, axis=0))", "(BLOCK_B,)"
+    name = plan.kernel_name(a.name)
+    source = plan.env.batch_sum({"name": name, "args": args, "comment": a.comment, "cols": cols, "loads": loads,
+                                 "rhs": rhs, "mask": mask, "store": store, "shape": shape,
+                                 "scale": "_scale" in {s.name for s in e.free_symbols}})
+    grid = f"(triton.cdiv({width}, {block_n}),)" if chunked and width else "(1,)"
+    blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
+    plan.kernels.append(Kernel(name, source, args, grid, section, blk,
+                               "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})"))
+    return 0
+
+
+def _emit_nothing(plan: _Plan, a: Assign, after, section) -> int:
+    return 0  # a view (Flatten, Unflatten, a rename) or a padded copy the windows read through masks
+
+
+# The Triton target's per-layer table: an IR node class -> the function that emits its kernel.  An assignment
+# whose expression is none of these is elementwise (with at most a W·f or δ·W in it) and printed by the
+# strict Triton printer; anything it cannot print is a DerivationError naming it.
+EMITTERS = {
+    N.ConvForward: _emit_window_forward,
+    N.LocalForward: _emit_window_forward,
+    N.ConvWeightGrad: _emit_window_weight_grad,
+    N.LocalWeightGrad: _emit_window_weight_grad,
+    N.ConvBiasGrad: _emit_conv_bias_grad,
+    N.ConvInputGrad: _emit_window_input_grad,
+    N.LocalInputGrad: _emit_window_input_grad,
+    N.MaxPool2d: _emit_pool,
+    N.AvgPool2d: _emit_pool,
+    N.MaxPool2dGrad: _emit_pool_grad,
+    N.AvgPool2dGrad: _emit_pool_grad,
+    N.Outer: _emit_outer,
+    N.BatchSum: _emit_batch_sum,
+    N.MatVec: _emit_rowwise,
+    N.VecMat: _emit_rowwise,
+    N.Flatten: _emit_nothing,
+    N.Unflatten: _emit_nothing,
+    N.Pad: _emit_nothing,
+    N.Crop: _emit_crop,
+}
+
+
+HELPERS = {
+    "_matvec_cols": '''@triton.jit
+def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask, BLOCK_B: tl.constexpr,
+                 BN: tl.constexpr, KC: tl.constexpr):
+    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j
+    _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
+    if KC == 1:
+        # one rank-1 update per k: f and W are read a column at a time (from L1/L2), so only the
+        # (BLOCK_B, BN) sum lives in registers
+        for _k in range(K):
+            _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
+            _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
+            _acc += _f[:, None] * _w[None, :]
+    else:
+        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast product
+        for _k0 in range(0, K, KC):
+            _kk = _k0 + tl.arange(0, KC)
+            _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :], mask=_row_mask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _w = tl.load(W_ptr + _cols[:, None] * K + _kk[None, :], mask=_cmask[:, None] & (_kk < K)[None, :],
+                         other=0.0)
+            _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
+    return _acc''',
+    "_vecmat_cols": '''@triton.jit
+def _vecmat_cols(D_ptr, I: tl.constexpr, W_ptr, J: tl.constexpr, _rows, _row_mask, _cols, _cmask,
+                 BLOCK_B: tl.constexpr, BN: tl.constexpr):
+    # g[b, j] = Σ_i d[b, i]·W[i, j] for the tile's rows and columns j, one rank-1 update per i
+    _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
+    for _i in range(I):
+        _d = tl.load(D_ptr + _rows * I + _i, mask=_row_mask, other=0.0)
+        _w = tl.load(W_ptr + _i * J + _cols, mask=_cmask, other=0.0)
+        _acc += _d[:, None] * _w[None, :]
+    return _acc''',
+}
+
+
+def _emit_out(plan: _Plan, a: Assign) -> None:
+    width = _width(a.shape)
+    expr = plan.resolved(a.expr)
+    reduces = any(isinstance(n, _REDUCING) for n in sp.preorder_traversal(expr))
+    chunked = bool(width) and not reduces
+    block_n = min(_pow2(width), BLOCK_N) if chunked else _pow2(width)
+    dims = ", ".join(["batch", *map(str, a.shape)])
+    out = ("_OUT_ptr", "*fp32", "out", f"ŷ, ({dims}) float32")
+    plan.kernels.append(plan.tiled(a, "out", None, [out], [], width, block_n, chunked, out_ptr="_OUT_ptr"))
+
+
+def _emit_loss(plan: _Plan, a: Assign) -> None:
+    part = ("_PART_ptr", "*fp32", "_part", "one partial sum of the batch loss per program")
+    total = ("tl.store(_PART_ptr + tl.program_id(0), "
+             "tl.sum(tl.where(_row_mask, loss_per_sample, 0.0), axis=0) * _scale)")
+    plan.kernels.append(plan.tiled(a, "loss", None, [part], [], 0, 1, False, extra=(total,)))
+
+
+SECTIONS = ("forward", "out", "loss", "backward")
+
+
+def _emit_all(plan: _Plan) -> None:
+    ir = plan.ir
+    for section, assigns in (("forward", list(ir.forward)), ("backward", list(ir.backward))):
+        i = 0
+        while i < len(assigns):
+            a = assigns[i]
+            if a.name in plan.alias:
+                i += 1
+                continue
+            emit = EMITTERS.get(type(a.expr))
+            if emit is None:
+                heads = [n for n in sp.preorder_traversal(a.expr) if type(n) in EMITTERS and type(n) not in _CONTRACTING]
+                if heads:
+                    raise DerivationError(f"triton target: {type(heads[0]).__name__} inside {a.name} = {a.expr}: "
+                                          "a layer's node must be a whole assignment")
+                if any(isinstance(n, N.IRNode) and type(n).__name__ not in _PRINTABLE for n in sp.preorder_traversal(a.expr)):
+                    bad = next(n for n in sp.preorder_traversal(a.expr)
+                               if isinstance(n, N.IRNode) and type(n).__name__ not in _PRINTABLE)
+                    raise DerivationError(f"triton target: no emitter for {type(bad).__name__} (in {a.name})")
+                emit = _emit_rowwise
+            i += 1 + emit(plan, a, assigns[i + 1:], section)
+        if section == "forward":
+            _emit_out(plan, ir.output)
+            _emit_loss(plan, ir.loss)
+
+
+# IR nodes the strict printer spells inside an elementwise line (the rest need an emitter)
+_PRINTABLE = {"MatVec", "VecMat", "RowSum", "Col", "First", "FirstColumn", "ZerosLike", "OneHot", "Softmax", "LogSumExp"}
+
+
+def _bn(tiles: tuple) -> str:
+    gpu, cpu = tiles
+    return str(gpu) if gpu == cpu else f"({cpu} if _wide else {gpu})"
+
+
+def _launch(k: Kernel) -> dict:
+    hosts = [a[2] for a in k.args]
+    scalars = ["_batch", "_scale"] if k.block_b else (["_batch"] if k.constexprs else [])
+    cx = ([f"BLOCK_B={k.block_b}"] if k.block_b else []) + ([f"BLOCK_N={_bn(k.block_n)}"] if k.block_n else [])
+    cx += [f"{n}={_bn(v) if isinstance(v, tuple) else v}" for n, v in k.constexprs.items()]
+    return {"name": k.name, "grid": k.grid, "args": ", ".join(hosts + scalars + cx), "section": k.section,
+            "loss": k.section == "loss", "block_b": k.block_b}
+
+
+def _spec(k: Kernel) -> dict:
+    sig = {a[0]: a[1] for a in k.args}
+    if k.block_b:
+        sig.update({"_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"})
+    if k.block_n:
+        sig["BLOCK_N"] = "constexpr"
+    elif k.constexprs:
+        sig["_B"] = "i32"
+    sig.update({n: "constexpr" for n in k.constexprs})
+    cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | ({"BLOCK_N": str(k.block_n[0])} if k.block_n else {})
+    cx |= {n: repr(v[0] if isinstance(v, tuple) else v) for n, v in k.constexprs.items()}
+    return {"kernel": k.name, "signature": sig, "constexprs": cx}
+
+
+def _spec_text(s: dict) -> str:
+    sig = ", ".join(f'"{n}": "{t}"' for n, t in s["signature"].items())
+    cx = ", ".join(f'"{n}": {v}' for n, v in s["constexprs"].items())
+    return (f'{{"kernel": "{s["kernel"]}", "signature": {{{sig}}}, "constexprs": {{{cx}}}, '
+            f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}')
+
+
+def _traffic(plan: _Plan, k: Kernel) -> tuple:
+    """(name, section, bytes per batch row, bytes per launch, FLOPs per row): each per-sample operand read or
+    written once per row, each parameter and gradient once per launch (the model's DRAM count)."""
+    ir, row, fixed = plan.ir, 0, 0
+    for _, _, host, _ in k.args:
+        if host == "_x":
+            row += 4 * math.prod(ir.input.shape)
+        elif host == "_y":
+            row += 8 if ir.target.dtype == "int" else 4 * max(math.prod(ir.target.shape), 1)
+        elif host == "out":
+            row += 4 * max(_width(ir.output.shape), 1)
+        elif host.startswith("_b_"):
+            row += 4 * max(_width(plan.arrays[host[3:]].shape), 1)
+        elif host.startswith(("_p[", "_g[")):
+            fixed += 4 * math.prod(plan.params[host[4:-2]].shape)
+        elif host == "_part":
+            fixed += 8  # the partial sums: a few bytes per program
+    return (k.name, k.section, row, fixed, k.flops)
+
+
+def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
+    """The per-layer module for a network with a volume (derive.targets.triton.plan_triton dispatches here)."""
+    plan = _Plan(ir)
+    _emit_all(plan)
+    ctx = _common(ir, out_dir)
+    widths = {a.name: _width(a.shape) for a in plan.arrays.values()}
+    ctx.update(
+        block_b=BLOCK_B, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        kernels=[k.source.rstrip("\n") for k in plan.kernels],
+        helpers=[(HELPERS.get(h) or TRITON_HELPERS[h]) for h in sorted(plan.helpers)],
+        launches={s: [_launch(k) for k in plan.kernels if k.section == s] for s in SECTIONS},
+        buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
+                 for s in SECTIONS},
+        scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
+        output_shape=repr(tuple(ir.output.shape)),
+    )
+    host = HostPrinter()
+    ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}
+                           for a in ir.update_scalars]
+    pr = TritonCodePrinter({}, {}, 16, "ieee")
+    ctx["updates"] = [{"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment} for a in ir.updates]
+    ctx["kernel_scalars"] = _kernel_scalars(ir)
+    specs = [_spec_text(_spec(k)) for k in plan.kernels]
+    specs.append(_spec_text({"kernel": f"{ir.name}_loss_sum_kernel",
+                             "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"},
+                             "constexprs": {"_BLOCK": "1024"}}))
+    update = {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state},
+              "_N": "i32", "_lr": "fp32", **{a: "fp32" for a in ctx["kernel_scalars"]}, "SGD": "constexpr",
+              "_BLOCK": "constexpr"}
+    for sgd in ((True, False) if ir.updates else (True,)):
+        specs.append(_spec_text({"kernel": f"{ir.name}_update_kernel", "signature": update,
+                                 "constexprs": {"SGD": repr(sgd), "_BLOCK": "UPDATE_BLOCK"}}))
+    ctx["compile_specs"] = specs
+    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
+    text = _env().get_template("triton_layers.py.jinja").render(**ctx)
+    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, modeled=True, kernels=tuple(_traffic(plan, k) for k in plan.kernels))
+
+
+__all__ = ["EMITTERS", "plan_layers"]
