@@ -34,7 +34,7 @@ def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: 
         "block_b": plan.block_b, "num_warps": plan.num_warps,
         "kernels": kernels,
         "ok": all(k["ok"] and k["spill_bytes"] == 0 for k in kernels),
-        "model": summary(ir, plan, batch, arch) if plan.modeled else None,
+        "model": summary(ir, plan, batch, arch),
     }
     return report
 
@@ -65,9 +65,6 @@ def format_text(r: dict) -> str:
         lines.append(f"{len(r['kernels']) - len(bad)} of {len(r['kernels'])} configurations compile without spills")
         lines.append("")
     m = r["model"]
-    if m is None:
-        lines.append("cost model: not available for this network")
-        return "\n".join(lines) + "\n"
     lines.append(f"model of one training step at batch {m['batch']:,} on {m['card']} "
                  f"({m['bandwidth_Bps'] / 1e12:.2f} TB/s, fp32 {m['fp32_flops'] / 1e12:.0f} TFLOP/s); "
                  f"model figures, not measurements")
@@ -83,7 +80,7 @@ def format_text(r: dict) -> str:
     lines.append(f"{'ideal (x, y, θ, ∂L/∂θ, state once)':<34} {'':>8} {_mb(m['ideal']['dram_bytes']):>11} {'':>11} "
                  f"{'':>9} {m['ideal']['seconds'] * 1e6:>10.2f}")
     l2 = sum(c["l2_bytes"] for c in m["fused"])
-    lines.append(f"L2 traffic of the fused step (not timed: NVIDIA publishes no L2 bandwidth): {_mb(l2)} MB, "
+    lines.append(f"L2 traffic of the {step} (not timed: NVIDIA publishes no L2 bandwidth): {_mb(l2)} MB, "
                  f"{l2 / m['fused_total']['dram_bytes']:.1f}x its DRAM traffic")
     lines.append(f"fused traffic / ideal: {m['fused_traffic_over_ideal']:.2f}x; "
                  f"modeled eager time / fused time: {m['eager_over_fused_time']:.2f}x")

@@ -73,7 +73,7 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     fused = Cost("fused kernel (loss + gradients)", 1,
                  dram_bytes=streamed + (footprint if resident else scratch) + theta + partials,
                  l2_bytes=streamed + reread + scratch + tiles * (per["tile"]["read"] + per["tile"]["write"]) + partials,
-                 flops=sum(n * per[s]["flop"] for s, n in (("row", batch), ("scratch", batch), ("tile", tiles))))
+                 flops=batch * per["row"]["flop"] + tiles * per["tile"]["flop"])
     state = len(ir.state)
     io = theta * (2 + 2 * state)  # θ and each state read and written once
     # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
@@ -151,10 +151,11 @@ def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
     t_eager = sum(c.seconds(card) for c in eager)
     ideal = ideal_bytes(ir, batch)
     fused_bytes = sum(c.dram_bytes for c in fused)
+    tiles = -(-batch // plan.block_b)
     return {
         "layered": bool(plan.kernels), "card": card["name"], "bandwidth_Bps": card["bandwidth"],
-        "fp32_flops": card["fp32"], "batch": batch, "block_b": plan.block_b, "tiles": -(-batch // plan.block_b),
-        "programs": -(-batch // plan.block_b) if plan.kernels else min(-(-batch // plan.block_b), card["sms"]),
+        "fp32_flops": card["fp32"], "batch": batch, "block_b": plan.block_b, "tiles": tiles,
+        "programs": tiles if plan.kernels else min(tiles, card["sms"]),
         "fused": [_row(c, card) for c in fused],
         "fused_total": {"launches": len(fused), "dram_bytes": fused_bytes, "flops": sum(c.flops for c in fused),
                         "seconds": t_fused},

@@ -4,6 +4,7 @@ with a volume gets per-layer kernels (triton_layers.py)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -84,7 +85,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             outer[a.name] = (f"_outer_add({dp}, {ds}, {_row0(dr)}, {fp}, {fs}, {_row0(fr)}, "
                              f"dL_d{_param_of(ir, a.name)}_ptr, _nvalid, J={j}, K={k}, JC={jc}, KP={kp}, BLOCK_B=BLOCK_B)")
             return None
-        ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None}
+        ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None, "barrier": False}
         if a.name in scratch and not (isinstance(a.expr, sp.Symbol) and a.expr.name in scratch):
             off, n = scratch[a.name]
             pr._note("scratch", "write", 4 * n)
@@ -112,21 +113,19 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         backward.append(ln)
         if scratch and a.name in grad_of:  # stored at once, so no gradient stays live to the end
             p = params[grad_of[a.name]]
-            ln["store"], ln["barrier"] = _store_grad(p, a.name, pr.helpers)
+            ln["store"] = _store_grad(p, a.name, pr.helpers)  # no barrier: only this program reads its sums
             stored.add(a.name)
             pr._note("tile", "read", 4 * math.prod(p.shape))
             pr._note("tile", "write", 4 * math.prod(p.shape))
 
     ctx = _common(ir, out_dir)
-    kernel_args = _kernel_args(ir)
+    offsets = [0, *itertools.accumulate(math.prod(p.shape) for p in ir.params)]  # PARAM_SHAPES order, flat
+    n_params = offsets[-1]
+    kernel_args = _kernel_args(ir, n_params)
     if scratch:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
                             "comment": f"scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, "
                                        f"{width}) float32, " + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
-    n_params = sum(math.prod(p.shape) for p in ir.params)
-    offsets = [0]
-    for p in ir.params:
-        offsets.append(offsets[-1] + math.prod(p.shape))
     ctx.update(
         block_b=_block_b(widths) if scratch else TRITON_BLOCK_B,
         num_warps=NUM_WARPS,
@@ -147,7 +146,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         loss_rhs=loss_rhs,
         loss_scale="_scale",
         backward=backward,
-        grad_stores=[outer.get(g) or _store_grad(p, g, pr.helpers)[0]
+        grad_stores=[outer.get(g) or _store_grad(p, g, pr.helpers)
                      for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored],
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
@@ -173,8 +172,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     fixed = [("loss", "row", "read", y_bytes), ("backward", "reread", "read", y_bytes),
              ("out", "row", "write", 4 * math.prod(ir.output.shape)),
              ("loss", "tile", "read", 4), ("loss", "tile", "write", 4)]
-    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, modeled=True,
-                      scratch_width=width)
+    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, scratch_width=width)
 
 
 def _block_b(widths: dict) -> int:
@@ -248,7 +246,7 @@ def _mask(shape: tuple) -> str:
     return f"_row_mask[:, None] & _cmask_{shape[0]}[None, :]"
 
 
-def _kernel_args(ir: KernelIR) -> list[dict]:
+def _kernel_args(ir: KernelIR, n_params: int) -> list[dict]:
     def desc(a):
         dims = ", ".join(["batch", *map(str, a.shape)])
         kind = "int class indices" if a.dtype == "int" else "float32"
@@ -261,8 +259,7 @@ def _kernel_args(ir: KernelIR) -> list[dict]:
     ]
     args += [{"name": f"{p.name}_ptr", "comment": f"parameter {p.name}, {p.shape}", "type": "*fp32"}
              for p in ir.params]
-    n = sum(math.prod(p.shape) for p in ir.params)
-    args.append({"name": "_PART_ptr", "comment": f"(programs, {n + 1}) float32: each program's partial sums of the "
+    args.append({"name": "_PART_ptr", "comment": f"(programs, {n_params + 1}) float32: each program's partial sums of the "
                  "gradients (PARAM_SHAPES order, flat) and the loss", "type": "*fp32"})
     args.append({"name": "_OUT_ptr", "comment": f"ŷ, (batch{''.join(', ' + str(n) for n in ir.output.shape)}) float32",
                  "type": "*fp32"})
@@ -299,15 +296,15 @@ def _store_out(ir: KernelIR) -> str:
     return f"tl.store(_OUT_ptr + _rows, {value}, mask=_row_mask)"
 
 
-def _store_grad(p, g: str, helpers: set) -> tuple[str, bool]:
+def _store_grad(p, g: str, helpers: set) -> str:
     """This tile's gradient added to this program's partial sum (the pointer is into its own row)."""
     ptr = f"dL_d{p.name}_ptr"
     if not p.shape:
-        return f"tl.store({ptr}, tl.load({ptr}) + {g})", False
+        return f"tl.store({ptr}, tl.load({ptr}) + {g})"
     helpers.add("_accumulate")
-    if len(p.shape) == 1 or len(p.shape) >= 3:  # a locally connected bias (o, h, w) is stored flat
-        n = math.prod(p.shape)
-        return f"_accumulate({ptr} + _cols_{n}, {g}, _cmask_{n})", False
+    if len(p.shape) == 1:
+        n = p.shape[0]
+        return f"_accumulate({ptr} + _cols_{n}, {g}, _cmask_{n})"
     m, n = p.shape
     return (f"_accumulate({ptr} + _cols_{m}[:, None] * {n} + _cols_{n}[None, :], {g}, "
-            f"_cmask_{m}[:, None] & _cmask_{n}[None, :])"), False
+            f"_cmask_{m}[:, None] & _cmask_{n}[None, :])")

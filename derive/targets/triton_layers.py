@@ -826,7 +826,7 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx["compile_specs"] = specs
     ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     text = _env().get_template("triton_layers.py.jinja").render(**ctx)
-    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, modeled=True, kernels=tuple(_traffic(plan, k) for k in plan.kernels))
+    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels))
 
 
 __all__ = ["EMITTERS", "plan_layers"]

@@ -19,7 +19,6 @@ class TritonPlan:
     events: tuple
     block_b: int
     num_warps: int
-    modeled: bool  # False where a layer's helpers do not record their traffic
     scratch_width: int = 0  # floats per scratch row of the fused kernel
     # per-layer modules (triton_layers.py): (name, section, bytes per row, bytes per launch, FLOPs per row) per kernel
     kernels: tuple = ()

@@ -47,8 +47,8 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     in_memory: dict = {}
 
     # what the printed code moves and computes, for derive inspect's cost model: (section, scale, kind, amount)
-    # with scale "row" (per streamed batch row), "scratch" (per scratch row), "tile" (per batch tile) and kind
-    # "read" / "write" bytes or "flop"
+    # with scale "row" (per streamed batch row), "reread" (per batch row, read again from L2), "scratch" (per
+    # scratch row), "tile" (per batch tile) and kind "read" / "write" bytes or "flop"
     events: list = []
     section: str = "forward"
 
