@@ -74,7 +74,9 @@ def effective(spec_limits: Limits | None) -> Limits:
     return out
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """n padded to a power of two: the width of a Triton tile (tl.arange needs one), as the Triton
+    target pads and as max_tile counts."""
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
@@ -106,16 +108,16 @@ def check(net) -> None:
     n_in = _size(net.input.shape)
     if n_in > lim.max_elements:
         raise _over("input.shape", f"the input {list(net.input.shape)}", n_in, "max_elements", lim.max_elements)
-    if _pow2(n_in) > lim.max_tile:
-        raise _over("input.shape", f"the input's Triton tile ({n_in:,} padded to {_pow2(n_in):,})", _pow2(n_in),
+    if pow2(n_in) > lim.max_tile:
+        raise _over("input.shape", f"the input's Triton tile ({n_in:,} padded to {pow2(n_in):,})", pow2(n_in),
                     "max_tile", lim.max_tile)
     for li in net.info:
         n = _size(li.out_shape)
         if n > lim.max_elements:
             raise _over(_layer_key(li), f"layer {li.index}'s output {list(li.out_shape)} (per sample)", n,
                         "max_elements", lim.max_elements)
-        if _pow2(n) > lim.max_tile:
-            raise _over(_layer_key(li), f"layer {li.index}'s Triton tile ({n:,} padded to {_pow2(n):,})", _pow2(n),
+        if pow2(n) > lim.max_tile:
+            raise _over(_layer_key(li), f"layer {li.index}'s Triton tile ({n:,} padded to {pow2(n):,})", pow2(n),
                         "max_tile", lim.max_tile)
     total = 0
     for p in net.params:
@@ -124,10 +126,10 @@ def check(net) -> None:
         if n > lim.max_elements:
             raise _over(key, f"parameter {p.name} {list(p.shape)}", n, "max_elements", lim.max_elements)
         if len(p.shape) == 2:
-            tile = _pow2(p.shape[0]) * _pow2(p.shape[1])
+            tile = pow2(p.shape[0]) * pow2(p.shape[1])
             if tile > lim.max_tile:
                 raise _over(key, f"parameter {p.name}'s Triton tile ({p.shape[0]}×{p.shape[1]} padded to "
-                                 f"{_pow2(p.shape[0])}×{_pow2(p.shape[1])})", tile, "max_tile", lim.max_tile)
+                                 f"{pow2(p.shape[0])}×{pow2(p.shape[1])})", tile, "max_tile", lim.max_tile)
         total += n
         if total > lim.max_params:
             raise SpecError(key, f"the parameters up to {p.name} total {total:,}, over the limit max_params = "

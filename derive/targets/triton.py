@@ -11,6 +11,7 @@ import re
 import sympy as sp
 
 from derive.ir.nodes import KernelIR, Outer
+from derive.limits import pow2
 from derive.targets.common import _common, _env
 from derive.targets.printers import HostPrinter
 from derive.targets.triton_layers import plan_layers
@@ -34,10 +35,6 @@ FUSED_FLAGS = (
 )
 
 
-def _pow2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
 def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
     return plan_triton(ir, out_dir).text
 
@@ -47,15 +44,14 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         return plan_layers(ir, out_dir)
     arrays = ir.arrays()
     scratch = _scratch_layout(ir)
-    _pad = _pow2
     widths: dict[str, object] = {}
     real: dict[str, int] = {}
     for a in arrays.values():
         if len(a.shape) == 1:
-            widths[a.name] = _pad(a.shape[0])
+            widths[a.name] = pow2(a.shape[0])
             real[a.name] = a.shape[0]
         elif len(a.shape) == 2:
-            widths[a.name] = (_pad(a.shape[0]), _pad(a.shape[1]))
+            widths[a.name] = (pow2(a.shape[0]), pow2(a.shape[1]))
         else:
             widths[a.name] = 0
     # the smallest BLOCK_B a launch may use decides tl.dot against broadcast-multiply-sum
@@ -76,7 +72,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             (d, f), (_, k) = a.expr.args, pr.param_shapes[_param_of(ir, a.name)]
             (dp, ds, j, dr), (fp, fs, _, fr) = pr.in_memory[d.name], pr.in_memory[f.name]
             pr.helpers.add("_outer_add")
-            kp, jc = _pow2(k), max(1, min(_pow2(j), 4096 // _pow2(k)))
+            kp, jc = pow2(k), max(1, min(pow2(j), 4096 // pow2(k)))
             pr._read_rows(d.name, dr, 4 * j)
             pr._read_rows(f.name, fr, 4 * -(-j // jc) * k)
             pr._note("tile", "read", 4 * j * k)  # the read-modify-write of this program's partial sum
@@ -133,7 +129,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         maxnreg=MAXNREG,
         kernel_args=kernel_args,
         scratch=[{"alloc": f"{ir.input.name}.new_empty(_np * _blk * {width}, dtype=torch.float32)"}] if scratch else [],
-        columns=[{"n": n, "padded": _pad(n)} for n in sizes],
+        columns=[{"n": n, "padded": pow2(n)} for n in sizes],
         loads=[_load_param(p) for p in ir.params if p.name not in pr.inline_loads],
         row_loads=[_load_sample(ir.input, f"{ir.input.name}_ptr")]
         if ir.input.name not in pr.in_memory else [],

@@ -22,6 +22,7 @@ import sympy as sp
 from derive.errors import DerivationError
 from derive.ir import nodes as N
 from derive.ir.nodes import Assign, KernelIR
+from derive.limits import pow2
 from derive.targets.common import _common, _env
 from derive.targets.printers import HostPrinter
 from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
@@ -45,10 +46,6 @@ OUTER_J, OUTER_K = 16, 128
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
 _CONTRACTING = (N.MatVec, N.VecMat)  # read their operand from memory, a column or row at a time
-
-
-def _pow2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def _width(shape) -> int:
@@ -244,12 +241,12 @@ class _Plan:
             if not chunked:
                 for w in self._widths(expr):
                     widths.add(w)
-                    self.block_n_of.setdefault(w, _pow2(w))
+                    self.block_n_of.setdefault(w, pow2(w))
             rhs = pr.doprint(expr)
             printed.append((a, rhs))
             in_regs.add(a.name)
         if not chunked and width:
-            self.block_n_of.setdefault(width, _pow2(width))
+            self.block_n_of.setdefault(width, pow2(width))
         loads = []
         for name in pr.loaded:
             if name in in_regs:
@@ -278,8 +275,8 @@ class _Plan:
                         f"_cmask_{width} = _cols_{width} < {width}"]
         else:
             for w in sorted(widths):
-                cols += [f"_cols_{w} = tl.arange(0, {_pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}"]
-        cap = TILE // max([_pow2(w) for w in widths] + [1]) if not chunked else BLOCK_B
+                cols += [f"_cols_{w} = tl.arange(0, {pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}"]
+        cap = TILE // max([pow2(w) for w in widths] + [1]) if not chunked else BLOCK_B
         cap = 1 << (max(1, cap).bit_length() - 1)
         name = self.kernel_name(head.name)
         source = self.env.tiled_kernel({
@@ -287,7 +284,7 @@ class _Plan:
             "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
             "kc": "_matvec_cols" in pr.helpers,
         })
-        tiles = (block_n, min(_pow2(width), WIDE_N)) if chunked and width else None
+        tiles = (block_n, min(pow2(width), WIDE_N)) if chunked and width else None
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
@@ -408,7 +405,7 @@ def _emit_rowwise(plan: _Plan, a: Assign, after: list[Assign], section: str) -> 
     reduces = any(isinstance(n, _REDUCING) for n in sp.preorder_traversal(expr))
     loaded = {w for w in plan._widths(expr)}
     chunked = bool(width) and not reduces and loaded <= {width}
-    block_n = min(_pow2(width), BLOCK_N) if chunked else _pow2(width)
+    block_n = min(pow2(width), BLOCK_N) if chunked else pow2(width)
     rest = _rest(plan, after, width)
     plan.kernels.append(plan.tiled(a, section, None, [], _compute(rest, plan), width, block_n, chunked))
     return len(rest)
@@ -438,7 +435,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
     o, oh, ow = a.shape
     n = o * oh * ow
     shared = isinstance(a.expr, N.ConvForward)
-    block_n = min(_pow2(n), WINDOW_N)
+    block_n = min(pow2(n), WINDOW_N)
     k = {**g, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "out": a.name, "cols": f"_cols_{n}", "cmask": f"_cmask_{n}",
          "bn": "BLOCK_N", "bias": b != 0,
          "w_index": (f"_o * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q" if shared
@@ -482,7 +479,7 @@ def _input_grad(plan: _Plan, a: Assign, e, pad: int, after, section) -> int:
     kh, kw = wshape[-2:]
     ckk, kk = c * kh * kw, kh * kw
     shared = isinstance(e, N.ConvInputGrad)
-    block_n = min(_pow2(n), WINDOW_N)
+    block_n = min(pow2(n), WINDOW_N)
     w_index = (f"_o * {ckk} + _c * {kk} + _p * {kw} + _q" if shared
                else f"(_o * {oh * ow} + _i * {ow} + _j) * {ckk} + _c * {kk} + _p * {kw} + _q")
     k = {"c": c, "h": h, "w": w, "hw": h * w, "o": o, "oh": oh, "ow": ow, "ohw": oh * ow, "n_out": o * oh * ow,
@@ -509,7 +506,7 @@ def _emit_pool(plan: _Plan, a: Assign, after, section) -> int:
     f, kh, kw, sh, sw, pad, _ = a.expr.args
     k = _pool_geometry(plan, f.name, kh, kw, sh, sw, pad)
     n = k["n_out"]
-    block_n = min(_pow2(n), WINDOW_N)
+    block_n = min(pow2(n), WINDOW_N)
     k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn="BLOCK_N", max=isinstance(a.expr, N.MaxPool2d))
     rest = _rest(plan, after, n)
     args = [_named(plan, k["src"], "X_ptr", section)]
@@ -522,7 +519,7 @@ def _emit_pool_grad(plan: _Plan, a: Assign, after, section) -> int:
     k = _pool_geometry(plan, f.name, kh, kw, sh, sw, pad)
     n = k["n_in"]
     is_max = isinstance(a.expr, N.MaxPool2dGrad)
-    block_n = min(_pow2(n), POOL_GRAD_N if is_max else WINDOW_N)
+    block_n = min(pow2(n), POOL_GRAD_N if is_max else WINDOW_N)
     k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn="BLOCK_N", max=is_max)
     rest = _rest(plan, after, n)
     args = [_named(plan, g.name, "G_ptr", section)] + ([_named(plan, k["src"], "X_ptr", section)] if is_max else [])
@@ -560,7 +557,7 @@ def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
     k = {"name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "bias": p, "o": o, "oh": oh, "ow": ow,
          "ohw": oh * ow, "n_out": o * oh * ow, "formula": a.comment}
     args = _grad_args(plan, a, [(d.name, "D_ptr")], section)
-    bg = min(BLOCK_G, _pow2(o))
+    bg = min(BLOCK_G, pow2(o))
     plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {bg}),)",
                                section, None, None, {"BLOCK_G": bg, "BLOCK_R": (BLOCK_R, WIDE_R)}))
     return 0
@@ -575,7 +572,7 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
     j, kk = plan.params[p].shape
     k = {"name": plan.kernel_name(a.name), "d": plan.resolve(d.name), "f": plan.resolve(f.name), "weight": p,
          "j": j, "k": kk, "formula": a.comment}
-    bj, bk = min(_pow2(j), OUTER_J), min(_pow2(kk), OUTER_K)
+    bj, bk = min(pow2(j), OUTER_J), min(pow2(kk), OUTER_K)
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (f.name, "F_ptr")], section)
     plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({kk}, {bk}))",
                                section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk))
@@ -588,16 +585,16 @@ def _emit_batch_sum(plan: _Plan, a: Assign, after, section) -> int:
     width = _width(a.shape)
     reduces = any(isinstance(n, _REDUCING) for n in sp.preorder_traversal(e))
     chunked = bool(width) and not reduces and plan._widths(e) <= {width}
-    block_n = min(_pow2(width), BLOCK_N) if chunked else _pow2(width)
+    block_n = min(pow2(width), BLOCK_N) if chunked else pow2(width)
     pr = _RowPrinter(plan, width)
-    plan.block_n_of = {width: block_n} if chunked else {w: _pow2(w) for w in plan._widths(e) | ({width} - {0})}
+    plan.block_n_of = {width: block_n} if chunked else {w: pow2(w) for w in plan._widths(e) | ({width} - {0})}
     rhs = pr.doprint(e)
     loads = [plan._load(n, pr) for n in pr.loaded]
     widths = set(plan.block_n_of)
     cols = ([f"_cols_{width} = tl.program_id(0) * {block_n} + tl.arange(0, {block_n})",
              f"_cmask_{width} = _cols_{width} < {width}"] if chunked and width else
-            [ln for w in sorted(widths) for ln in (f"_cols_{w} = tl.arange(0, {_pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}")])
-    cap = BLOCK_B if chunked else 1 << (max(1, TILE // max([_pow2(w) for w in widths] + [1])).bit_length() - 1)
+            [ln for w in sorted(widths) for ln in (f"_cols_{w} = tl.arange(0, {pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}")])
+    cap = BLOCK_B if chunked else 1 << (max(1, TILE // max([pow2(w) for w in widths] + [1])).bit_length() - 1)
     plan.helpers |= pr.helpers
     _, typ, host, comment = plan.arg(a.name, section)
     args = [plan.arg(n, section) for n in pr.ptrs]
@@ -690,7 +687,7 @@ def _emit_out(plan: _Plan, a: Assign) -> None:
     expr = plan.resolved(a.expr)
     reduces = any(isinstance(n, _REDUCING) for n in sp.preorder_traversal(expr))
     chunked = bool(width) and not reduces
-    block_n = min(_pow2(width), BLOCK_N) if chunked else _pow2(width)
+    block_n = min(pow2(width), BLOCK_N) if chunked else pow2(width)
     dims = ", ".join(["batch", *map(str, a.shape)])
     out = ("_OUT_ptr", "*fp32", "out", f"ŷ, ({dims}) float32")
     plan.kernels.append(plan.tiled(a, "out", None, [out], [], width, block_n, chunked, out_ptr="_OUT_ptr"))
