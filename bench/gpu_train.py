@@ -12,9 +12,12 @@ one training step (forward, loss, backward, update) of each contender:
 
 Times are medians of triton.testing.do_bench (CUDA events) on a GPU, of perf_counter
 elsewhere.  Ratios are eager/fused etc.: > 1 means the fused step is faster.  The
-roofline fraction is max(bytes/bandwidth, flops/peak)/time with both ceilings measured
-on the card at the start (a 1 GiB device copy; an 8192² float32 matmul, TF32 off as in
-our kernels, which compute in float32 on CUDA cores).
+roofline fraction is max(bytes/bandwidth, flops/peak)/time with the ceilings measured
+on the card at the start (a 1 GiB device copy; an 8192² float32 matmul with TF32 off, and
+one with TF32 on).  The peak is the kernel's own: the TF32 matmul's rate divided by 3 where
+its contractions are tl.dot in "tf32x3" (three TF32 products per product), else the float32 rate.
+The torch baselines run with TF32 off (PyTorch's default for float32 matmuls): float32 accuracy,
+as tf32x3 keeps.
 
   python bench/gpu_train.py                       # the full table on a GPU (scripts/gpu-bench)
   python bench/gpu_train.py --tiny --interpret    # a smoke test on the CPU under the Triton interpreter
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available() and not args.interpret
     device = "cuda" if cuda else "cpu"
     if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # the same float32 matmuls as our kernels
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 accuracy, as our kernels' tf32x3 keeps
         torch.backends.cudnn.allow_tf32 = False
     t0 = time.perf_counter()
     env = _environment(torch, device)
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
     if not cuda:
         print("NOTE: no CUDA device: the Triton interpreter runs the kernels in NumPy; these times say nothing "
               "about GPU speed (this mode only checks that the benchmark runs)")
-    ceilings = _ceilings(torch, device) if cuda else {"bandwidth_Bps": None, "flops": None}
+    ceilings = _ceilings(torch, device) if cuda else {"bandwidth_Bps": None, "flops": None, "tf32_flops": None}
     print(f"ceilings: {ceilings}")
     rows = []
     header = ["width", "depth", "batch", "fused ms", *[f"{b}/fused" for b in args.baselines], "roofline"]
@@ -141,7 +144,12 @@ def _ceilings(torch, device):
     a = b = None  # free the 2 GiB before the matmul
     m = torch.randn(8192, 8192, device=device)
     ms = _timer(torch, lambda: m @ m, True)
-    return {"bandwidth_Bps": bw, "flops": 2 * 8192**3 / (ms * 1e-3)}
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        ms_tf32 = _timer(torch, lambda: m @ m, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return {"bandwidth_Bps": bw, "flops": 2 * 8192**3 / (ms * 1e-3), "tf32_flops": 2 * 8192**3 / (ms_tf32 * 1e-3)}
 
 
 def _row(torch, trm, net, width, depth, batch, device, args, cuda, ceilings):
@@ -166,7 +174,9 @@ def _row(torch, trm, net, width, depth, batch, device, args, cuda, ceilings):
         macs = sum(w_in * w_out for w_in, w_out in _dims(net))
         flops = 6 * batch * macs  # forward 2, backward 4 per multiply-add
         bytes_ = 4 * (2 * batch * width + 3 * sum(a * b + b for a, b in _dims(net)))
-        floor = max(bytes_ / ceilings["bandwidth_Bps"], flops / ceilings["flops"])
+        passes = {"tf32": 1, "tf32x3": 3}.get(getattr(trm, "DOT_PRECISION", None))
+        peak = ceilings["tf32_flops"] / passes if passes else ceilings["flops"]
+        floor = max(bytes_ / ceilings["bandwidth_Bps"], flops / peak)
         row.update(flops=flops, bytes=bytes_, roofline=floor / (row["fused_ms"] * 1e-3))
     return row
 

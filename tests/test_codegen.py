@@ -444,24 +444,38 @@ def _kernel_lines(text: str) -> list[str]:
 
 def test_dense_contractions_read_their_operands_from_memory():
     # issue 10: a weight or activation tile held in registers through forward and backward spills on the
-    # GPU, so every dense contraction is a rank-1-update helper reading W and the scratch rows per use
-    for net in (Network("wide", [Linear(out=16, activation="relu"), Linear(out=32)],
-                        input=Port("x", (16,)), target=Port("y", (32,))),
-                Network("narrow", [Linear(out=8, activation="tanh"), Linear(out=4)],
-                        input=Port("x", (3,)), target=Port("y", (4,)))):
-        lines = _kernel_lines(_triton_text(net))
+    # GPU, so every dense contraction is a helper reading W and the scratch rows per use: on tensor cores
+    # (tl.dot, KC columns at a time) where every side pads to >= 16, else as rank-1 updates
+    for net, prefix in ((Network("wide", [Linear(out=16, activation="relu"), Linear(out=32)],
+                                 input=Port("x", (16,)), target=Port("y", (32,))), "_dot"),
+                        (Network("narrow", [Linear(out=8, activation="tanh"), Linear(out=4)],
+                                 input=Port("x", (3,)), target=Port("y", (4,))), "")):
+        text = _triton_text(net)
+        lines = _kernel_lines(text)
         for name, helper in (("a1", "_matvec("), ("a2", "_matvec("), ("dL_df1", "_vecmat(")):
             line = next(ln for ln in lines if ln.strip().startswith(f"{name} = "))
-            assert helper in line, line
-        kernel = _triton_text(net).split("_fused_kernel(", 1)[1].split("\n@triton.jit", 1)[0]
-        assert sum(ln.strip().startswith("_outer_add(") and "dL_dW" in ln for ln in kernel.splitlines()) == 2
+            assert f"{prefix}{helper}" in line and (prefix or "_dot_" not in line), line
+        kernel = text.split("_fused_kernel(", 1)[1].split("\n@triton.jit", 1)[0]
+        assert sum(ln.strip().startswith(f"{prefix}_outer_add(") and "dL_dW" in ln for ln in kernel.splitlines()) == 2
         assert not any(ln.strip().startswith(("W1 = ", "W2 = ")) for ln in lines)  # never a whole weight tile
+        assert ("DOT_PRECISION = " in text) == bool(prefix)
+
+
+def test_tl_dot_needs_sixteen_rows(triton_device_name):
+    net = Network("wide", [Linear(out=16, activation="relu"), Linear(out=32)],
+                  input=Port("x", (16,)), target=Port("y", (32,)))
+    with generated_modules(net, "<python>") as mods:
+        trm = mods["triton"]
+        params = trm.init_params(0, device=triton_device_name)
+        x = torch.zeros((20, 16), device=triton_device_name)
+        with pytest.raises(ValueError, match="block_b=8: tl.dot needs tiles of at least 16 rows"):
+            trm.launch(params, x, block_b=8, out=torch.empty((20, 32), device=triton_device_name))
 
 
 def test_tl_dot_network_matches_torch(triton_device_name):
     net = Network("wide", [Linear(out=17, activation="tanh"), Linear(out=33, activation="softplus"), Linear(out=3)],
                   input=Port("x", (20,)), loss=Loss("cross_entropy"))
-    assert "_matvec(" in _triton_text(net)
+    assert "_dot_matvec(" in _triton_text(net)
     with generated_modules(net, "<python>") as mods:
         npm, trm = mods["numpy"], mods["triton"]
         for batch, block_b in ((37, 16), (5, 64)):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import EXAMPLES
+from helpers import EXAMPLES, ROOT
 
 from derive.spec import load_spec
 
 # Dense examples get the fused kernel; volume examples (conv2d, pooling, locally connected) per-layer kernels,
-# each of which compiles in seconds: every example is compiled.
+# each of which compiles in seconds: every example is compiled.  The examples' layers are all narrower than
+# tl.dot's 16, so the benchmark network (64 wide, every contraction a tl.dot) is compiled beside them.
+BENCH = ROOT / "bench" / "mlp64x4_l2.toml"
+SPECS = [*EXAMPLES, BENCH]
 
 
 def _ptxas_available() -> bool:
@@ -37,7 +40,7 @@ def cache_dir(request, tmp_path_factory):
     return cache.mkdir("derive-compile") if cache is not None else tmp_path_factory.mktemp("derive-compile")
 
 
-@pytest.mark.parametrize("spec", EXAMPLES, ids=[s.stem for s in EXAMPLES])
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
 def test_every_compile_spec_compiles_without_spills(spec, cache_dir):
     from derive.derivation import derive
     from derive.inspect.compile import compile_module
@@ -45,6 +48,8 @@ def test_every_compile_spec_compiles_without_spills(spec, cache_dir):
     from derive.targets.triton import plan_triton
 
     text = plan_triton(lower(derive(load_spec(spec)), spec.name)).text
+    if spec == BENCH:
+        assert "_dot_matvec(" in text and "_dot_outer_add(" in text
     results = compile_module(text, "sm_90", timeout=120, cache_dir=cache_dir)
     assert results, "COMPILE_SPECS is empty"
     kernels = {r["kernel"] for r in results}

@@ -11,6 +11,7 @@ from the hypothesis profile of tests/conftest.py ("ci": 15).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,11 +94,12 @@ def _dot_layers(net: Network) -> int:
 
 
 def _uses_dot(net: Network) -> bool:
-    """Whether the kernel contracts through the dense helpers (issue 10 replaced tl.dot by them: an ieee
-    tl.dot holds whole operands per thread and spilled on the GPU); tl.dot itself is never emitted."""
+    """Whether the kernel contracts on tensor cores: through the chunked tl.dot helpers, the only place a
+    tl.dot is printed (a whole-operand tl.dot spilled on the GPU)."""
     text = codegen.generate(net, "<python>", ("triton",))["prop_triton.py"]
-    assert "tl.dot(" not in text
-    return "_matvec(" in text
+    dots = [ln for ln in text.splitlines() if "tl.dot(" in ln]
+    assert all("input_precision=DOT_PRECISION" in ln for ln in dots), dots
+    return "_dot_matvec(" in text and len(dots) == len(re.findall(r"^def _dot_", text, re.M))
 
 
 # Explicit examples, run every time: the tl.dot paths, a lecture-style scalar chain, the widest case.

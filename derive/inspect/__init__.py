@@ -9,7 +9,7 @@ import math
 
 from derive.errors import DeriveError
 from derive.inspect.compile import ARCHS, compile_module
-from derive.inspect.model import summary
+from derive.inspect.model import TF32_PASSES, summary
 
 
 def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: float = 120.0,
@@ -45,6 +45,10 @@ def _flags(constexprs: dict) -> str:
     return " ".join([("+".join(on) or "-")] * bool([k for k in constexprs if k.startswith("WITH_")]) + rest)
 
 
+def _products(n: int) -> str:
+    return "one TF32 product" if n == 1 else f"{n} TF32 products"
+
+
 def _mb(b: float) -> str:
     return f"{b / 1e6:,.2f}"
 
@@ -66,9 +70,14 @@ def format_text(r: dict) -> str:
         lines.append("")
     m = r["model"]
     lines.append(f"model of one training step at batch {m['batch']:,} on {m['card']} "
-                 f"({m['bandwidth_Bps'] / 1e12:.2f} TB/s, fp32 {m['fp32_flops'] / 1e12:.0f} TFLOP/s); "
-                 f"model figures, not measurements")
+                 f"({m['bandwidth_Bps'] / 1e12:.2f} TB/s, fp32 {m['fp32_flops'] / 1e12:.0f} TFLOP/s, "
+                 f"tf32 {m['tf32_flops'] / 1e12:.0f} TFLOP/s); model figures, not measurements")
     lines.append(f"{m['tiles']:,} tiles of {m['block_b']} rows on a persistent grid of {m['programs']} programs")
+    dots = m["fused_total"].get("dot_flops", 0)
+    if dots:
+        lines.append(f"{dots / 1e9:.3f} GFLOP of the contractions as tl.dot, input precision {m['dot_precision']} "
+                     f"({_products(TF32_PASSES[m['dot_precision']])} per product); PyTorch eager "
+                     f"at the fp32 rate (its default: no TF32 for float32 matmuls)")
     lines.append(f"{'':<34} {'launches':>8} {'DRAM MB':>11} {'L2 MB':>11} {'GFLOP':>9} {'time us':>10}")
     for c in m["fused"]:
         lines.append(f"  {c['name']:<32} {c['launches']:>8} {_mb(c['dram_bytes']):>11} {_mb(c['l2_bytes']):>11} "

@@ -9,7 +9,9 @@ use, each program's scratch rows (re-used by each of its tiles) and its row of p
 (read-modify-written per tile), as long as together they fit in L2; where they do not, the scratch rows
 are counted in full at DRAM.  The update kernel reads the partial rows (from L2, where the fused kernel
 left them, when they fit) and reads and writes θ and the state once.
-Elementwise FLOPs are not counted; the time of a kernel is max(DRAM bytes / bandwidth, FLOPs / FLOP rate)
+Elementwise FLOPs are not counted; the time of a kernel is max(DRAM bytes / bandwidth, FLOPs / FLOP rate),
+where the contractions the kernel runs as tl.dot go at the tf32 tensor-core rate divided by the products
+its input precision takes per product (3 for "tf32x3"), and the rest at the fp32 rate
 (the L2 traffic is reported beside it, not timed: NVIDIA publishes no L2 bandwidth).
 
 Eager PyTorch: each op reads its inputs from and writes its output to global memory (addmm, the
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 from derive.ir.nodes import KernelIR
 
-# H100 SXM: HBM3 bandwidth, dense fp32 (CUDA cores: what the ieee-precision kernels use) and tf32 tensor cores
+# H100 SXM: HBM3 bandwidth, dense fp32 (CUDA cores) and dense tf32 (tensor cores)
 CARDS = {
     "sm_90": {"name": "H100 SXM", "bandwidth": 3.35e12, "fp32": 67e12, "tf32": 495e12, "l2_bytes": 50e6, "sms": 132},
     "sm_80": {"name": "A100 SXM 80GB", "bandwidth": 2.039e12, "fp32": 19.5e12, "tf32": 156e12, "l2_bytes": 40e6,
@@ -39,16 +41,27 @@ CARDS = {
 TRAINING_SECTIONS = ("forward", "loss", "backward")
 
 
+# tensor-core products per product at each tl.dot input precision ("ieee" runs on the CUDA cores)
+TF32_PASSES = {"tf32": 1, "tf32x3": 3}
+
+
 @dataclass(frozen=True)
 class Cost:
     name: str
     launches: int
     dram_bytes: float
     l2_bytes: float
-    flops: float
+    flops: float  # all of them: the CUDA cores' and the tensor cores'
+    dot_flops: float = 0.0  # the share run as tl.dot
+    dot_precision: str | None = None
 
     def seconds(self, card: dict) -> float:
-        return max(self.dram_bytes / card["bandwidth"], self.flops / card["fp32"])
+        passes = TF32_PASSES.get(self.dot_precision)
+        if passes is None:  # no tensor cores: every FLOP at the fp32 rate
+            compute = self.flops / card["fp32"]
+        else:
+            compute = (self.flops - self.dot_flops) / card["fp32"] + passes * self.dot_flops / card["tf32"]
+        return max(self.dram_bytes / card["bandwidth"], compute)
 
 
 def _params_bytes(ir: KernelIR) -> int:
@@ -59,7 +72,7 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     """The fused kernel (training launch) and the update kernel that reduces the partial sums."""
     tiles = -(-batch // plan.block_b)
     programs = min(tiles, card["sms"])
-    per = {scale: {"read": 0, "write": 0, "flop": 0} for scale in ("row", "reread", "scratch", "tile")}
+    per = {scale: {"read": 0, "write": 0, "flop": 0, "dot": 0} for scale in ("row", "reread", "scratch", "tile")}
     for section, scale, kind, amount in plan.events:
         if section in TRAINING_SECTIONS:
             per[scale][kind] += amount
@@ -73,7 +86,8 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     fused = Cost("fused kernel (loss + gradients)", 1,
                  dram_bytes=streamed + (footprint if resident else scratch) + theta + partials,
                  l2_bytes=streamed + reread + scratch + tiles * (per["tile"]["read"] + per["tile"]["write"]) + partials,
-                 flops=batch * per["row"]["flop"] + tiles * per["tile"]["flop"])
+                 flops=batch * (per["row"]["flop"] + per["row"]["dot"]) + tiles * per["tile"]["flop"],
+                 dot_flops=batch * per["row"]["dot"], dot_precision=plan.dot_precision)
     state = len(ir.state)
     io = theta * (2 + 2 * state)  # θ and each state read and written once
     # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
@@ -154,11 +168,11 @@ def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
     tiles = -(-batch // plan.block_b)
     return {
         "layered": bool(plan.kernels), "card": card["name"], "bandwidth_Bps": card["bandwidth"],
-        "fp32_flops": card["fp32"], "batch": batch, "block_b": plan.block_b, "tiles": tiles,
+        "fp32_flops": card["fp32"], "tf32_flops": card["tf32"], "dot_precision": plan.dot_precision, "batch": batch, "block_b": plan.block_b, "tiles": tiles,
         "programs": tiles if plan.kernels else min(tiles, card["sms"]),
         "fused": [_row(c, card) for c in fused],
         "fused_total": {"launches": len(fused), "dram_bytes": fused_bytes, "flops": sum(c.flops for c in fused),
-                        "seconds": t_fused},
+                        "dot_flops": sum(c.dot_flops for c in fused), "seconds": t_fused},
         "eager_total": {"launches": len(eager), "dram_bytes": sum(c.dram_bytes for c in eager),
                         "flops": sum(c.flops for c in eager), "seconds": t_eager},
         "ideal": {"dram_bytes": ideal, "seconds": ideal / card["bandwidth"]},
@@ -169,4 +183,4 @@ def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
 
 def _row(c: Cost, card: dict) -> dict:
     return {"name": c.name, "launches": c.launches, "dram_bytes": c.dram_bytes, "l2_bytes": c.l2_bytes,
-            "flops": c.flops, "seconds": c.seconds(card)}
+            "flops": c.flops, "dot_flops": c.dot_flops, "seconds": c.seconds(card)}

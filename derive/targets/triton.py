@@ -20,10 +20,18 @@ from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 TRITON_BLOCK_B = 64
 NUM_WARPS = 4
+# with tl.dot: twice the threads share each tile, which kept the deep 32- and 64-wide cross-entropy MLPs
+# from spilling (at 4 warps they held 255 registers and spilled 4-32 bytes, derive inspect)
+DOT_NUM_WARPS = 8
+DOT_WIDEST = 128  # the widest vector a tile of 16 rows (tl.dot's smallest) was measured to hold
 NUM_STAGES = 1  # the kernels have no software-pipelined loops
 # ptxas's own register target for these kernels was sometimes 96 or 128 with spills where 168 registers
 # and no spill were possible (derive inspect): every launch says the 255 a thread may have
 MAXNREG = 255
+# tl.dot's input precision: "tf32x3" multiplies on tensor cores with three TF32 products per product (the
+# high parts, then each high part times the other's low part), which keeps about float32's accuracy;
+# "tf32" (one product) is about 1e-3 relative, and "ieee" runs on the CUDA cores (it spilled, derive inspect)
+DOT_PRECISION = "tf32x3"
 
 # The flag sets the module's own entry points launch the fused kernel with (forward, loss,
 # gradients and train_step, step and FlatState): COMPILE_SPECS lists exactly these.
@@ -54,8 +62,8 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             widths[a.name] = (pow2(a.shape[0]), pow2(a.shape[1]))
         else:
             widths[a.name] = 0
-    # the smallest BLOCK_B a launch may use decides tl.dot against broadcast-multiply-sum
-    pr = TritonCodePrinter(widths, real, 16, "ieee")
+    block_b = _block_b(widths) if scratch else TRITON_BLOCK_B
+    pr = TritonCodePrinter(widths, real, block_b, DOT_PRECISION)
     # matrices are loaded at each use: held as register tiles through forward and backward they spill
     pr.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
                        if len(p.shape) == 2 or (scratch and p.shape)}
@@ -71,14 +79,20 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         if isinstance(a.expr, Outer) and pr._chunked(*a.expr.args):
             (d, f), (_, k) = a.expr.args, pr.param_shapes[_param_of(ir, a.name)]
             (dp, ds, j, dr), (fp, fs, _, fr) = pr.in_memory[d.name], pr.in_memory[f.name]
-            pr.helpers.add("_outer_add")
             kp, jc = pow2(k), max(1, min(pow2(j), 4096 // pow2(k)))
+            helper = "_outer_add"
             pr._read_rows(d.name, dr, 4 * j)
-            pr._read_rows(f.name, fr, 4 * -(-j // jc) * k)
+            if pr.tensor_cores(j, k):  # dᵀ·f as tl.dot: f read once per tile, d once per JC rows of G
+                helper, jc = "_dot_outer_add", max(16, jc)
+                pr._read_rows(f.name, fr, 4 * k)
+                pr._note("row", "dot", 2 * jc * -(-j // jc) * kp)
+            else:  # one rank-1 update per row and JC rows of G: f is read again for each JC
+                pr._read_rows(f.name, fr, 4 * -(-j // jc) * k)
+                pr._note("row", "flop", 2 * j * k)
+            pr.helpers.add(helper)
             pr._note("tile", "read", 4 * j * k)  # the read-modify-write of this program's partial sum
             pr._note("tile", "write", 4 * j * k)
-            pr._note("row", "flop", 2 * j * k)
-            outer[a.name] = (f"_outer_add({dp}, {ds}, {_row0(dr)}, {fp}, {fs}, {_row0(fr)}, "
+            outer[a.name] = (f"{helper}({dp}, {ds}, {_row0(dr)}, {fp}, {fs}, {_row0(fr)}, "
                              f"dL_d{_param_of(ir, a.name)}_ptr, _nvalid, J={j}, K={k}, JC={jc}, KP={kp}, BLOCK_B=BLOCK_B)")
             return None
         ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None, "barrier": False}
@@ -115,6 +129,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             pr._note("tile", "write", 4 * math.prod(p.shape))
 
     ctx = _common(ir, out_dir)
+    dots = any(h.startswith("_dot_") for h in pr.helpers)
     offsets = [0, *itertools.accumulate(math.prod(p.shape) for p in ir.params)]  # PARAM_SHAPES order, flat
     n_params = offsets[-1]
     kernel_args = _kernel_args(ir, n_params)
@@ -123,8 +138,9 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
                             "comment": f"scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, "
                                        f"{width}) float32, " + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
     ctx.update(
-        block_b=_block_b(widths) if scratch else TRITON_BLOCK_B,
-        num_warps=NUM_WARPS,
+        block_b=block_b,
+        dot_precision=DOT_PRECISION if dots else None,
+        num_warps=DOT_NUM_WARPS if dots else NUM_WARPS,
         num_stages=NUM_STAGES,
         maxnreg=MAXNREG,
         kernel_args=kernel_args,
@@ -168,7 +184,8 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     fixed = [("loss", "row", "read", y_bytes), ("backward", "reread", "read", y_bytes),
              ("out", "row", "write", 4 * math.prod(ir.output.shape)),
              ("loss", "tile", "read", 4), ("loss", "tile", "write", 4)]
-    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], NUM_WARPS, scratch_width=width)
+    return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], ctx["num_warps"], scratch_width=width,
+                      dot_precision=ctx["dot_precision"])
 
 
 def _block_b(widths: dict) -> int:
@@ -176,6 +193,8 @@ def _block_b(widths: dict) -> int:
     the 255 registers a thread has (4 warps), so wider layers get fewer rows.  Measured with derive
     inspect: inside the persistent loop, 2048 elements per tile (64 rows of 32, 32 of 64) spilled."""
     widest = max([w for w in widths.values() if isinstance(w, int)] + [1])
+    if widest <= DOT_WIDEST:  # tl.dot needs 16 rows: 2048 elements at width 128 (with tl.dot: no spill)
+        return max(16, min(64, 1024 // widest))
     return max(1, min(64, 1024 // widest))
 
 

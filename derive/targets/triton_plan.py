@@ -12,7 +12,7 @@ from derive.ir.nodes import KernelIR
 class TritonPlan:
     """The rendered module and what derive inspect's cost model reads from its rendering: the fused
     kernel's memory traffic and FLOPs as printed, (section, scale, "read" | "write" | "flop", amount) with scale
-    "row" (per batch row streamed: x, y, ŷ), "reread" (per batch row, read again from L2), "scratch" (per row of
+    "row" (per batch row streamed: x, y, ŷ; and the FLOPs: "flop" on the CUDA cores, "dot" on tensor cores), "reread" (per batch row, read again from L2), "scratch" (per row of
     the program's scratch) or "tile" (per batch tile)."""
 
     text: str
@@ -20,6 +20,7 @@ class TritonPlan:
     block_b: int
     num_warps: int
     scratch_width: int = 0  # floats per scratch row of the fused kernel
+    dot_precision: str | None = None  # tl.dot's input_precision where the fused kernel uses tensor cores
     # per-layer modules (triton_layers.py): (name, section, bytes per row, bytes per launch, FLOPs per row) per kernel
     kernels: tuple = ()
 

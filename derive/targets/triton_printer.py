@@ -6,7 +6,13 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from derive.errors import DerivationError
+from derive.limits import pow2
 from derive.targets.printers import _Recording
+
+
+# reduction columns per tl.dot step of the chunked helpers: at 32, the 64-wide 4-layer MLP's training
+# kernel held 198 registers and spilled nothing on sm_90; at 16, 253; at 64, 254 (derive inspect)
+DOT_CHUNK = 32
 
 
 def _size(shape) -> int:
@@ -151,6 +157,23 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
             return 1
         raise DerivationError(f"triton printer: cannot tell the width of {e}")
 
+    def tensor_cores(self, *sides: int) -> bool:
+        """Whether a contraction of these sides (the batch tile's rows besides) runs as tl.dot: every side
+        padded to a power of two, and BLOCK_B, at least 16 (tl.dot's smallest)."""
+        return self.block_b >= 16 and min(pow2(n) for n in sides) >= 16
+
+    def _contraction(self, helper: str, args: str, out: int, reduced: int) -> str:
+        """A chunked W·f or δ·W: tl.dot over KC columns of the reduction at a time where the sides allow
+        (its FLOPs counted as tensor-core FLOPs, padded as the tensor cores run them), else rank-1 updates."""
+        if self.tensor_cores(out, reduced):
+            kc = min(DOT_CHUNK, pow2(reduced))
+            self.helpers.add(f"_dot{helper}")
+            self._note("row", "dot", 2 * pow2(out) * kc * -(-reduced // kc))
+            return f"_dot{helper}({args}, KC={kc}, BLOCK_B=BLOCK_B)"
+        self.helpers.add(helper)
+        self._note("row", "flop", 2 * out * reduced)
+        return f"{helper}({args}, BLOCK_B=BLOCK_B)"
+
     def _dot_call(self, a: str, b: str) -> str:
         return f'tl.dot({a}, {b}, input_precision="{self.dot_precision}")'
 
@@ -159,12 +182,11 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         if self._chunked(f):
             ptr, stride, k, rows = self._mem(f.name)
             n_out, n_in = self.param_shapes[w.name]
-            self.helpers.add("_matvec")
             self._read_rows(f.name, rows, 4 * n_in)
             self._note("tile", "read", 4 * n_in * n_out)
-            self._note("row", "flop", 2 * n_in * n_out)
-            return (f"_matvec({ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, K={n_in}, N={n_out}, "
-                    f"NP={self.widths[w.name][0]}, BLOCK_B=BLOCK_B)")
+            args = (f"{ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, K={n_in}, N={n_out}, "
+                    f"NP={self.widths[w.name][0]}")
+            return self._contraction("_matvec", args, n_out, n_in)
         n_out, n_in = self.widths[w.name]
         fs, ws = self._print(f), self._print(w)
         if self._dot(self.block_b, n_out, n_in):
@@ -176,12 +198,11 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         if self._chunked(d):
             ptr, stride, _, rows = self._mem(d.name)
             n_out, n_in = self.param_shapes[w.name]
-            self.helpers.add("_vecmat")
             self._read_rows(d.name, rows, 4 * n_out)
             self._note("tile", "read", 4 * n_in * n_out)
-            self._note("row", "flop", 2 * n_in * n_out)
-            return (f"_vecmat({ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, I={n_out}, J={n_in}, "
-                    f"JP={self.widths[w.name][1]}, BLOCK_B=BLOCK_B)")
+            args = (f"{ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, I={n_out}, J={n_in}, "
+                    f"JP={self.widths[w.name][1]}")
+            return self._contraction("_vecmat", args, n_in, n_out)
         n_out, n_in = self.widths[w.name]
         ds, ws = self._print(d), self._print(w)
         if self._dot(self.block_b, n_out, n_in):
@@ -276,6 +297,53 @@ def _outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.conste
         _g = G_ptr + j[:, None] * K + k[None, :]
         _m = (j < J)[:, None] & (k < K)[None, :]
         tl.store(_g, tl.load(_g, mask=_m, other=0.0) + g, mask=_m)''',
+    # the same three contractions on tensor cores (tl.dot, every side >= 16): KC columns of the reduction
+    # at a time, so that one (BLOCK_B, KC) operand and one (KC, N) weight block are live, never a whole matrix
+    "_dot_matvec": '''@triton.jit
+def _dot_matvec(F_ptr, F_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, K: tl.constexpr, N: tl.constexpr,
+                NP: tl.constexpr, KC: tl.constexpr, BLOCK_B: tl.constexpr):
+    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows: f (BLOCK_B, KC) times Wᵀ (KC, NP) per step
+    n = tl.arange(0, NP)
+    kc = tl.arange(0, KC)
+    acc = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
+    for k0 in range(0, K, KC):
+        k = k0 + kc
+        f = tl.load(F_ptr + _rows[:, None] * F_STRIDE + k[None, :], mask=_row_mask[:, None] & (k < K)[None, :],
+                    other=0.0)
+        w = tl.load(W_ptr + n[None, :] * K + k[:, None], mask=(k < K)[:, None] & (n < N)[None, :], other=0.0)
+        acc = tl.dot(f, w, acc, input_precision=DOT_PRECISION)
+    return acc''',
+    "_dot_vecmat": '''@triton.jit
+def _dot_vecmat(D_ptr, D_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, I: tl.constexpr, J: tl.constexpr,
+                JP: tl.constexpr, KC: tl.constexpr, BLOCK_B: tl.constexpr):
+    # g[b, j] = Σ_i d[b, i]·W[i, j] for the tile's rows: d (BLOCK_B, KC) times W (KC, JP) per step
+    j = tl.arange(0, JP)
+    ic = tl.arange(0, KC)
+    acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
+    for i0 in range(0, I, KC):
+        i = i0 + ic
+        d = tl.load(D_ptr + _rows[:, None] * D_STRIDE + i[None, :], mask=_row_mask[:, None] & (i < I)[None, :],
+                    other=0.0)
+        w = tl.load(W_ptr + i[:, None] * J + j[None, :], mask=(i < I)[:, None] & (j < J)[None, :], other=0.0)
+        acc = tl.dot(d, w, acc, input_precision=DOT_PRECISION)
+    return acc''',
+    "_dot_outer_add": '''@triton.jit
+def _dot_outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.constexpr, F_ROW0, G_ptr, NVALID,
+                   J: tl.constexpr, K: tl.constexpr, JC: tl.constexpr, KP: tl.constexpr, BLOCK_B: tl.constexpr):
+    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's first NVALID rows, as dᵀ (JC, BLOCK_B) times
+    # f (BLOCK_B, KP) for JC rows of G at a time (G: (J, K), row-major, this program's own partial sum)
+    k = tl.arange(0, KP)
+    jc = tl.arange(0, JC)
+    b = tl.arange(0, BLOCK_B)
+    ok = b < NVALID
+    f = tl.load(F_ptr + (F_ROW0 + b)[:, None] * F_STRIDE + k[None, :], mask=ok[:, None] & (k < K)[None, :], other=0.0)
+    for j0 in range(0, J, JC):
+        j = j0 + jc
+        d = tl.load(D_ptr + (D_ROW0 + b)[None, :] * D_STRIDE + j[:, None], mask=(j < J)[:, None] & ok[None, :],
+                    other=0.0)
+        _g = G_ptr + j[:, None] * K + k[None, :]
+        _m = (j < J)[:, None] & (k < K)[None, :]
+        tl.store(_g, tl.load(_g, mask=_m, other=0.0) + tl.dot(d, f, input_precision=DOT_PRECISION), mask=_m)''',
     "_accumulate": '''@triton.jit
 def _accumulate(ptr, value, mask):
     # this program's partial sum: only this program writes these addresses, so no atomics are needed
