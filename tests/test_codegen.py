@@ -461,6 +461,18 @@ def test_dense_contractions_read_their_operands_from_memory():
         assert ("DOT_PRECISION = " in text) == bool(prefix)
 
 
+def test_tile_rows_and_warps_follow_tl_dot():
+    # tl.dot takes at least 16 rows: a 128-wide module with a tl.dot gets 16 rows at 8 warps; one whose
+    # contractions are all too narrow for tl.dot keeps 1,024 / 128 = 8 rows at 4 warps (16 spilled)
+    def constants(layers, width):
+        text = _triton_text(Network("t", layers, input=Port("x", (width,)), target=Port("y", (layers[-1].out,))))
+        return [int(re.search(rf"^{k} = (\d+)", text, re.M).group(1)) for k in ("BLOCK_B", "NUM_WARPS")]
+
+    assert constants([Linear(out=128, activation="relu"), Linear(out=128)], 128) == [16, 8]
+    assert constants([Linear(out=4)], 128) == [8, 4]
+    assert constants([Linear(out=8, activation="tanh"), Linear(out=4)], 3) == [64, 4]
+
+
 def test_tl_dot_needs_sixteen_rows(triton_device_name):
     net = Network("wide", [Linear(out=16, activation="relu"), Linear(out=32)],
                   input=Port("x", (16,)), target=Port("y", (32,)))

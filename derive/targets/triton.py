@@ -23,7 +23,7 @@ NUM_WARPS = 4
 # with tl.dot: twice the threads share each tile, which kept the deep 32- and 64-wide cross-entropy MLPs
 # from spilling (at 4 warps they held 255 registers and spilled 4-32 bytes, derive inspect)
 DOT_NUM_WARPS = 8
-DOT_WIDEST = 128  # the widest vector a tile of 16 rows (tl.dot's smallest) was measured to hold
+DOT_WIDEST = 128  # the widest vector a tile of tl.dot's smallest 16 rows was measured to hold (no spill)
 NUM_STAGES = 1  # the kernels have no software-pipelined loops
 # ptxas's own register target for these kernels was sometimes 96 or 128 with spills where 168 registers
 # and no spill were possible (derive inspect): every launch says the 255 a thread may have
@@ -62,7 +62,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             widths[a.name] = (pow2(a.shape[0]), pow2(a.shape[1]))
         else:
             widths[a.name] = 0
-    block_b = _block_b(widths) if scratch else TRITON_BLOCK_B
+    block_b = _block_b(widths, ir.params) if scratch else TRITON_BLOCK_B
     pr = TritonCodePrinter(widths, real, block_b, DOT_PRECISION)
     # matrices are loaded at each use: held as register tiles through forward and backward they spill
     pr.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
@@ -188,14 +188,18 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
                       dot_precision=ctx["dot_precision"])
 
 
-def _block_b(widths: dict) -> int:
+def _block_b(widths: dict, params) -> int:
     """Batch rows per tile: a (BLOCK_B, width) tile and its 64-bit addresses must stay a small share of
-    the 255 registers a thread has (4 warps), so wider layers get fewer rows.  Measured with derive
-    inspect: inside the persistent loop, 2048 elements per tile (64 rows of 32, 32 of 64) spilled."""
+    the 255 registers a thread has, so wider layers get fewer rows.  Measured with derive inspect: inside
+    the persistent loop, 2048 elements per tile (64 rows of 32, 32 of 64) spilled at 4 warps without
+    tl.dot.  A module with a matrix that tl.dot can take gets at least tl.dot's 16 rows up to width 128
+    (2048 elements at 8 warps: no spill).  (32 rows of 64 with tl.dot compiled without spills too, but at
+    up to 255 registers, with no margin left: not taken.)"""
     widest = max([w for w in widths.values() if isinstance(w, int)] + [1])
-    if widest <= DOT_WIDEST:  # tl.dot needs 16 rows: 2048 elements at width 128 (with tl.dot: no spill)
-        return max(16, min(64, 1024 // widest))
-    return max(1, min(64, 1024 // widest))
+    rows = max(1, min(64, 1024 // widest))
+    if widest <= DOT_WIDEST and any(len(p.shape) == 2 and min(map(pow2, p.shape)) >= 16 for p in params):
+        return max(16, rows)
+    return rows
 
 
 def _scratch_layout(ir: KernelIR) -> dict[str, tuple[int, int]]:
