@@ -104,6 +104,8 @@ def _run_child(path: Path, arch: str, todo: list[int], timeout: float) -> list[d
                 err = (proc.stderr.read().strip().splitlines() or ["the compiler process exited"])[-1]
                 out.append(_failed(todo[len(out)], False, err))
                 break
+            if not line.startswith('{"index"'):  # anything else a library printed is not a result
+                continue
             out.append(json.loads(line))
             deadline = time.monotonic() + timeout
     finally:
@@ -148,7 +150,10 @@ def _child(path: str, arch: str, indices: list[int]) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from derive.inspect.warmup import warm_up
+
     target = GPUTarget("cuda", ARCHS[arch], 32)
+    warm_up(target)
     for i in indices:
         s = specs[i]
         row = {"index": i, "kernel": s["kernel"], "constexprs": s["constexprs"], "num_warps": s["num_warps"],
