@@ -31,6 +31,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import gc
 import time
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def measure(net: Network, repeat: int) -> dict:
     for _ in range(repeat):
         clear_cache()
         indices.clear_memo()  # derive's own memo of local partials: every repeat starts cold
+        gc.collect()  # the previous depth's garbage is not this depth's time
         start = time.perf_counter()
         der = derive(net)
         best = min(best, time.perf_counter() - start)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="scalar sigmoid chain depths (default: 25 50 100 250 500 1000)")
     ap.add_argument("--naive-depths", type=int, nargs="+", default=[5, 10, 20, 25],
                     help="depths for the naive route (default: 5 10 20 25)")
-    ap.add_argument("--repeat", type=int, default=1, help="time derive this many times, keep the best")
+    ap.add_argument("--repeat", type=int, default=3, help="time derive this many times, keep the best")
     ap.add_argument("--mlp", action="store_true", help="also dense 64-wide MLPs of depths 2, 5, 10, 25, 50, 100")
     ap.add_argument("--cli", type=int, nargs="*", default=[1000, 2000],
                     help="chain depths timed through the CLI in a fresh process (default: 1000 2000; none: skip)")
