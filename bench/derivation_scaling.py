@@ -28,10 +28,10 @@ Exit status: 0 when every requirement printed is met, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import gc
 import subprocess
 import sys
 import tempfile
-import gc
 import time
 from pathlib import Path
 
