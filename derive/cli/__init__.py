@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_trace.add_commands(sub)
     cli_inspect.add_commands(sub)
+    from derive.cli import draw as cli_draw
+
+    cli_draw.add_commands(sub)
     return parser
 
 

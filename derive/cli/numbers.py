@@ -18,7 +18,8 @@ def add_explain_options(ex) -> None:
                    help="print conv volumes and arrays over 128 elements in full (default: their shape and norm)")
 
 
-def explain_at(der, args) -> str:
+def values_at(der, args):
+    """Every quantity's number at the sample of --at (with --params / --seed): evaluate.Values."""
     from derive import evaluate as ev
     from derive.targets.modules import generated_modules
 
@@ -29,6 +30,17 @@ def explain_at(der, args) -> str:
         sample, params, origin = ev.sample_and_params(net, args.at, where, args.params, args.seed, npm.init_params)
         values = ev.evaluate(der, sample, params, npm, where)
     values.params_from = origin
+    return values
+
+
+def explain_at(der, args) -> str:
+    from derive import evaluate as ev
+
+    values = values_at(der, args)
+    if args.format == "html":
+        from derive.draw.page import render
+
+        return render(der, values, full=args.full, param=args.param)
     if args.format == "text":
         return ev.to_text(der, values, full=args.full, param=args.param)
     if args.format == "json":
