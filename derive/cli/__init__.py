@@ -36,6 +36,11 @@ def cmd_explain(args) -> int:
         return 0
     if args.params is not None or args.seed is not None or args.full:
         raise DeriveError(f"{args.spec or '<lecture>'}: --params, --seed and --full go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
+    if args.format == "html":  # the page with its graph (derive/draw/page.py)
+        from derive.draw.page import render
+
+        sys.stdout.write(render(der, param=args.param))
+        return 0
     sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
 
@@ -44,7 +49,8 @@ EXPLAIN_EXAMPLES = """examples:
   derive explain                                    the lecture's four-parameter network
   derive explain examples/mlp_softmax.toml --param W1
   derive explain examples/lecture.toml --format latex --expand
-  derive explain examples/lecture.toml --at x=2 y=1.9 --seed 0   every quantity's number at one sample"""
+  derive explain examples/lecture.toml --at x=2 y=1.9 --seed 0   every quantity's number at one sample
+  derive explain examples/lecture.toml --format html --at x=2 y=1.9 > lecture.html   a page to click through"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=EXPLAIN_EXAMPLES, formatter_class=HelpFormatter)
     ex.add_argument("spec", nargs="?", help="network spec (TOML); default: the lecture's four-parameter network")
     ex.add_argument("--param", help="only this parameter's gradient (default: every parameter)")
-    ex.add_argument("--format", choices=("text", "latex", "markdown", "json"), default="text",
-                    help="output format (default text)")
+    ex.add_argument("--format", choices=("text", "latex", "markdown", "json", "html"), default="text",
+                    help="output format; html: one self-contained page with the graph, needs Graphviz's dot "
+                         "(default text)")
     ex.add_argument("--expand", action="store_true",
                     help="write every gradient with the deltas substituted away (default off)")
     ex.add_argument("--fragment", action="store_true",

@@ -22,10 +22,10 @@ def cmd_draw(args) -> int:
 
     out = Path(args.output)
     fmt = out.suffix.lower().lstrip(".")
-    if fmt not in dot.FORMATS:
-        raise DeriveError(f"{args.output}: -o: expected a file ending in .svg, .png or .pdf, got {out.suffix or 'no suffix'!r}")
     if out.is_dir():
         raise DeriveError(f"{args.output}: -o: is a directory; expected a file name")
+    if fmt not in dot.FORMATS:
+        raise DeriveError(f"{args.output}: -o: expected a file ending in .svg, .png or .pdf, got {out.suffix or 'no suffix'!r}")
     dot.require_dot()
     net = _network(args.spec)
     der = derive(net)
