@@ -49,7 +49,7 @@ def source(g: Graph) -> str:
     import graphviz
 
     dot = graphviz.Digraph(name=g.name, graph_attr={
-        "rankdir": "LR", "newrank": "true", "nodesep": "0.45", "ranksep": "0.55", "fontname": FONT,
+        "rankdir": "LR", "newrank": "true", "nodesep": "0.6", "ranksep": "0.7", "fontname": FONT,
         "label": f"{g.name}: forward (top) and backward (bottom) pass", "labelloc": "t", "fontsize": "16"},
         node_attr={"fontname": FONT, "fontsize": "12", "shape": "box", "style": "rounded,filled"},
         edge_attr={"fontname": FONT, "fontsize": "10"})

@@ -124,8 +124,8 @@ def build(der, values=None) -> Graph:
             key = f"{f.numerator}/{f.denominator}"
             if f.reused or key in factors:
                 continue
-            v = values.factors.get((s.name, i)) if values is not None else None
-            val = shown(v) if v is not None else ""
+            v = values.factors.get((s.name, i)) if values is not None and not f.value.is_number else None
+            val = shown(v) if v is not None else ""  # ∂a1/∂b1 = 1 needs no "= 1" under it
             factors[key] = FactorInfo(key, f"{tx.math(lab)} = {text(f.value)}", lx.math(lab), val)
 
     nodes = [Node(quantity_id(net.input.name), "input", net.input.name, net.input.name,

@@ -223,6 +223,8 @@ def render(der, values=None, full: bool = False, param: str | None = None) -> st
                 {**b, "html": jinja2.utils.markupsafe.Markup(b["html"])} if b["kind"] == "prose" else b
                 for b in s["blocks"]]} for s in sections],
         numbers=values is not None, svg=jinja2.utils.markupsafe.Markup(_svg(g)),
+        katex_license=jinja2.utils.markupsafe.Markup(
+            (KATEX / "LICENSE").read_text(encoding="utf-8").strip().replace("--", "- -")),  # inside <!-- -->
         katex_css=jinja2.utils.markupsafe.Markup(css), katex_js=jinja2.utils.markupsafe.Markup(_script_safe(js)),
         data=jinja2.utils.markupsafe.Markup(_script_safe(json.dumps(_data(g), ensure_ascii=False, sort_keys=True))))
     return page
