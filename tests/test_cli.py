@@ -17,7 +17,7 @@ import derive
 from derive.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("explain", "generate", "verify", "train", "trace", "inspect")
+COMMANDS = ("explain", "generate", "verify", "train", "trace", "inspect", "draw")
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:

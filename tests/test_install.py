@@ -19,7 +19,7 @@ import pytest
 
 from helpers import ROOT
 
-TEMPLATES = ("numpy_module.py.jinja", "triton_module.py.jinja")
+TEMPLATES = ("numpy_module.py.jinja", "triton_module.py.jinja", "explain_page.html.jinja")
 
 PROBE = r"""
 import json, sys
@@ -58,6 +58,12 @@ def test_wheel_contains_the_templates(wheel):
             assert f"derive/templates/{t}" in names, sorted(names)
             assert zf.read(f"derive/templates/{t}") == (ROOT / "templates" / t).read_bytes()
         assert "derive/__init__.py" in names and "derive/targets/codegen.py" in names
+        # the HTML page's vendored KaTeX (derive/draw/katex/): script, style, the 20 woff2 fonts, its licence
+        katex = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "derive" / "draw" / "katex").rglob("*")
+                       if p.is_file())
+        assert len([k for k in katex if k.endswith(".woff2")]) == 20
+        for k in katex:
+            assert k in names and zf.read(k) == (ROOT / k).read_bytes(), k
         entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "derive = derive.cli:main" in zf.read(entry).decode()
     assert not any(n.startswith(("tests/", "generated/", "examples/")) for n in names)

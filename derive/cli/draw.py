@@ -58,7 +58,7 @@ def add_commands(sub) -> None:
     g = dr.add_argument_group("numbers at one sample (as derive explain --at)")
     g.add_argument("--at", nargs="+", metavar="NAME=VALUE",
                    help="evaluate every quantity at this sample, e.g. x=2 y=1.9 (default: no numbers)")
-    g.add_argument("--params", metavar="FILE", help="parameters from a JSON file or a .npz checkpoint")
+    g.add_argument("--params", metavar="FILE", help="parameters from a JSON file or a .npz checkpoint (default: drawn with --seed)")
     g.add_argument("--seed", type=int, help="draw the parameters not given otherwise with this seed (default 0)")
     add_limit_options(dr)
     dr.set_defaults(func=cmd_draw)
