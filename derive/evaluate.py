@@ -203,6 +203,19 @@ def evaluate(der, sample: dict, params: dict, npm=None, source: str = "<spec>") 
     return values
 
 
+def at_sample(der, tokens: list[str], where: str, params_file: str | None = None, seed: int | None = None) -> Values:
+    """`--at NAME=VALUE …` (with --params / --seed) -> the Values of every quantity: what explain and draw show."""
+    from derive.targets.modules import generated_modules
+
+    net = der.network
+    with generated_modules(net, where, ("numpy",)) as mods:
+        npm = mods["numpy"]
+        sample, params, origin = sample_and_params(net, tokens, where, params_file, seed, npm.init_params)
+        values = evaluate(der, sample, params, npm, where)
+    values.params_from = origin
+    return values
+
+
 def _factor_value(der, step, factor, values: Values):
     """The factor's expression at the sample, element by element over the step's own indices."""
     if factor.reused:  # ∂L/∂f_l and δ_l re-used: the value of the quantity computed above

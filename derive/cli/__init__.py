@@ -29,6 +29,18 @@ def cmd_explain(args) -> int:
         known = ", ".join(p.name for p in net.params)
         raise DeriveError(f"{args.spec or '<lecture>'}: --param: expected one of {known}, got {args.param!r}")
     der = derive(net)
+    if args.format == "html":  # the page with its graph (derive/draw/page.py)
+        from derive.draw.page import render
+
+        values = None
+        if args.at is not None:
+            from derive.cli.numbers import values_at
+
+            values = values_at(der, args)
+        elif args.params is not None or args.seed is not None or args.full:
+            raise DeriveError(f"{args.spec or '<lecture>'}: --params, --seed and --full go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
+        sys.stdout.write(render(der, values, full=args.full, param=args.param))
+        return 0
     if args.at is not None:
         from derive.cli.numbers import explain_at
 
@@ -36,11 +48,6 @@ def cmd_explain(args) -> int:
         return 0
     if args.params is not None or args.seed is not None or args.full:
         raise DeriveError(f"{args.spec or '<lecture>'}: --params, --seed and --full go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
-    if args.format == "html":  # the page with its graph (derive/draw/page.py)
-        from derive.draw.page import render
-
-        sys.stdout.write(render(der, param=args.param))
-        return 0
     sys.stdout.write(FORMATS[args.format](der, param=args.param, expand=args.expand, fragment=args.fragment))
     return 0
 

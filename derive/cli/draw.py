@@ -31,9 +31,9 @@ def cmd_draw(args) -> int:
     der = derive(net)
     values = None
     if args.at is not None:
-        from derive.cli.numbers import values_at
+        from derive.evaluate import at_sample
 
-        values = values_at(der, args)
+        values = at_sample(der, args.at, args.spec or "<lecture>", args.params, args.seed)
     elif args.params is not None or args.seed is not None:
         raise DeriveError(f"{args.spec or '<lecture>'}: --params and --seed go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
     picture = dot.render(dot.source(graph.build(der, values)), fmt)

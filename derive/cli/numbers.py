@@ -21,26 +21,14 @@ def add_explain_options(ex) -> None:
 def values_at(der, args):
     """Every quantity's number at the sample of --at (with --params / --seed): evaluate.Values."""
     from derive import evaluate as ev
-    from derive.targets.modules import generated_modules
 
-    net = der.network
-    where = args.spec or "<lecture>"
-    with generated_modules(net, where, ("numpy",)) as mods:
-        npm = mods["numpy"]
-        sample, params, origin = ev.sample_and_params(net, args.at, where, args.params, args.seed, npm.init_params)
-        values = ev.evaluate(der, sample, params, npm, where)
-    values.params_from = origin
-    return values
+    return ev.at_sample(der, args.at, args.spec or "<lecture>", args.params, args.seed)
 
 
 def explain_at(der, args) -> str:
     from derive import evaluate as ev
 
     values = values_at(der, args)
-    if args.format == "html":
-        from derive.draw.page import render
-
-        return render(der, values, full=args.full, param=args.param)
     if args.format == "text":
         return ev.to_text(der, values, full=args.full, param=args.param)
     if args.format == "json":

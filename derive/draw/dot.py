@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 
-from derive.draw.graph import Graph, Node
 from derive.errors import DeriveError
 
 FORMATS = ("svg", "png", "pdf")
@@ -26,7 +25,8 @@ def _shape(shape: tuple) -> str:
     return "×".join(map(str, shape)) if shape else ""
 
 
-def _label(n: Node) -> str:
+def _label(n) -> str:
+    """A graph.Node's text: its symbol, shape, value and marks."""
     lines = [n.title]
     if n.kind == "input":
         lines[0] += " (input)"
@@ -44,8 +44,8 @@ def _label(n: Node) -> str:
     return "\n".join(lines)
 
 
-def source(g: Graph) -> str:
-    """The DOT text of ``g``."""
+def source(g) -> str:
+    """The DOT text of a graph.Graph (duck-typed: dot.py imports no stage above it)."""
     import graphviz
 
     dot = graphviz.Digraph(name=g.name, graph_attr={
