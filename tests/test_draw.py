@@ -163,6 +163,8 @@ def test_params_without_at_is_refused(capsys, tmp_path):
 def test_html_page_is_self_contained(capsys):
     assert main(["explain", str(ROOT / "examples" / "lecture.toml"), "--format", "html", "--at", "x=2", "y=1.9"]) == 0
     page = capsys.readouterr().out
+    assert main(["explain", str(ROOT / "examples" / "lecture.toml"), "--format", "html", "--at", "x=2", "y=1.9"]) == 0
+    assert capsys.readouterr().out == page  # deterministic, byte for byte
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from a network
     assert "url(fonts/" not in page and page.count("data:font/woff2;base64,") == 20
@@ -177,3 +179,28 @@ def test_dot_source_has_forward_above_backward():
     src = dot.source(graph.build(der))
     assert "newrank=true" in src and "rankdir=LR" in src
     assert '{rank=same; "q-a1"; "g-delta1"}' in src
+
+
+def test_a_quantity_with_two_consumers_shows_both_paths_and_the_sum(tmp_path):
+    """The drawing reads the records only: give the lecture a skip connection f1 -> a3 in its records (the shape
+    a graph network's derivation has) and the graph grows the second forward edge, the second backward path into
+    ∂L/∂f1 and says that ∂L/∂f1 sums two paths, with no code that knows about graphs."""
+    import dataclasses
+
+    import sympy as sp
+
+    der = derive(load_spec(str(ROOT / "examples" / "lecture.toml")))
+    f1, f2, w3, w2 = sp.symbols("f1 f2 w3 w2")
+    delta2, delta3 = sp.symbols("delta2 delta3")
+    forward = tuple(dataclasses.replace(d, rhs=f2 * w3 + f1) if d.name == "a3" else d for d in der.forward)
+    backward = tuple(dataclasses.replace(s, rhs=delta2 * w2 + delta3) if s.name == "dL_df1" else s
+                     for s in der.backward)
+    g = graph.build(dataclasses.replace(der, forward=forward, backward=backward))
+    fwd = {(e.tail, e.head) for e in g.edges if e.kind == "forward"}
+    assert {("q-f1", "q-a2"), ("q-f1", "q-a3")} <= fwd
+    bwd = {(e.tail, e.head) for e in g.edges if e.kind == "backward"}
+    assert {("g-delta2", "g-dL_df1"), ("g-delta3", "g-dL_df1")} <= bwd
+    node = g.node("g-dL_df1")
+    assert node.paths == 2 and "g-dL_df1" in [graph.grad_id(u) for u in g.node("g-delta3").uses]
+    svg = dot.render(dot.source(g), "svg").decode("utf-8").replace("&#45;", "-")
+    assert "sum of 2 paths" in svg and "re-used by 3" in svg  # δ3 now read by ∂L/∂w3, ∂L/∂f2 and ∂L/∂f1

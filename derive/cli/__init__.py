@@ -39,7 +39,7 @@ def cmd_explain(args) -> int:
             values = values_at(der, args)
         elif args.params is not None or args.seed is not None or args.full:
             raise DeriveError(f"{args.spec or '<lecture>'}: --params, --seed and --full go with --at NAME=VALUE (e.g. --at x=2 y=1.9)")
-        sys.stdout.write(render(der, values, full=args.full, param=args.param))
+        sys.stdout.write(render(der, values, full=args.full, param=args.param, expand=args.expand))
         return 0
     if args.at is not None:
         from derive.cli.numbers import explain_at

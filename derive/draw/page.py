@@ -148,8 +148,8 @@ def _aligned(rows: list[str]) -> str:
     return "\\begin{aligned}\n" + lx.join_rows(rows) + "\n\\end{aligned}"
 
 
-def _symbolic(der, param, tagger) -> tuple[str, list[dict]]:
-    doc = model.build(der, param, False)
+def _symbolic(der, param, expand, tagger) -> tuple[str, list[dict]]:
+    doc = model.build(der, param, expand)
     sections = []
     for sec in doc.sections:
         blocks = []
@@ -203,12 +203,12 @@ def _data(g: graph.Graph) -> dict:
     }
 
 
-def render(der, values=None, full: bool = False, param: str | None = None) -> str:
+def render(der, values=None, full: bool = False, param: str | None = None, expand: bool = False) -> str:
     """The page as one string (KaTeX, fonts, SVG and script inside)."""
     g = graph.build(der, values)
     tagger = Tagger(g)
     if values is None:
-        header, sections = _symbolic(der, param, tagger)
+        header, sections = _symbolic(der, param, expand, tagger)
     else:
         header, sections = _numbered(der, values, full, param, tagger)
     css, js = katex_assets()
