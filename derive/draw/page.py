@@ -189,7 +189,8 @@ def _numbered(der, values, full, param, tagger) -> tuple[str, list[dict]]:
 def _svg(g: graph.Graph) -> str:
     svg = dot.render(dot.source(g), "svg").decode("utf-8")
     svg = svg[svg.index("<svg"):]  # no XML prolog or DOCTYPE inside HTML
-    return re.sub(r'<svg width="[^"]*" height="[^"]*"', '<svg class="graph"', svg, count=1)
+    # fitted to the window by the page's style; its own width kept for the page's "actual size" button
+    return re.sub(r'<svg width="([^"]*)" height="[^"]*"', r'<svg class="graph" data-width="\1"', svg, count=1)
 
 
 def _data(g: graph.Graph) -> dict:
