@@ -7,6 +7,7 @@ written out here by hand.  Needs Graphviz's dot (scripts/install-graphviz; scrip
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import shutil
@@ -69,6 +70,13 @@ def test_every_example_is_drawn_with_every_quantity_and_partial(name, tmp_path):
     for s in der.deltas:
         readers = sum(s.name in _reads(t.rhs, steps) for t in der.backward)
         assert ("re-used by %d" % readers in _node_text(svg, graph.grad_id(s.name))) == (readers > 1)
+    # the HTML page ties every partial and every δ of its formulas to the graph (none left untagged)
+    from derive.draw.page import render
+
+    texs = [html.unescape(t) for t in re.findall(r'data-tex="([^"]*)"', render(der))]
+    untagged = [t[m.start():m.start() + 50] for t in texs
+                for m in re.finditer(r"(\\htmlData\{[^}]*\}\{)?\\(frac\{\\partial |delta_\{)", t) if not m.group(1)]
+    assert texs and untagged == []
     # deterministic: drawn again, byte for byte; no Graphviz version inside
     again = tmp_path / f"{name}-again.svg"
     assert main(["draw", str(spec), "-o", str(again)]) == 0

@@ -62,7 +62,8 @@ class Tagger:
     @staticmethod
     def _pattern(name: str) -> re.Pattern:
         bare = re.escape(name_latex(name))
-        indexed = re.escape(name_latex(name, "\x00")).replace("\x00", "[^{}]*")
+        # indices may hold one level of braces (\mathrm{c''} of a padded volume's primed index)
+        indexed = re.escape(name_latex(name, "\x00")).replace("\x00", r"(?:[^{}]|\{[^{}]*\})*")
         return re.compile(f"(?:{indexed}|{bare})\\Z")
 
     def _which(self, tex: str, table) -> str | None:
