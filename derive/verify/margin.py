@@ -1,0 +1,119 @@
+"""Which samples lie within float32 rounding of a kink, where a float32 evaluation may take the other branch.
+
+A relu's derivative jumps at 0, a max-pool's at a tie, a hinge's or an l1's at its corner.  Within
+rounding of such a point, a float32 evaluation may decide the branch differently from a float64 one;
+both are exact derivatives of the network at points ~1e-7 apart, but they differ by a whole term
+(one δ times one input window), and no accumulation bound covers that.  So the float32 rows are
+compared only at points where every branch is decided the same way by any float32 evaluation:
+``ambiguous`` bounds the float32 error of every kink argument (a running forward error bound, in
+float64, on the network rebuilt in torch by ``reference``) and names the samples to draw again.
+
+The bound, for the point (params, x) exactly representable in float32 (checks.draw rounds it):
+  a = Σ_k W_k·h_k + b over n terms, with ĥ = h + Δh, |Δh| ≤ e:
+    |â − a| ≤ |W|·e + (U_MUL + γ_{n+1})·(|W|·(|h| + e) + |b|),   γ_m = m·u / (1 − m·u), u = 2⁻²⁴
+  (U_MUL covers the products of Triton's tf32x3 dots, each within 2·2⁻²² of the float32 product);
+  an activation φ with Lipschitz constant λ: e_f = λ·e_a + 4·u·|f| (exp, log and a division, a few ulps);
+  max pooling: e_out = the window's largest e; average pooling: the mean of e plus γ_{k²+1} of the mean of |h|.
+Kinks: |a| ≤ e_a for relu, leaky_relu and prelu; a window's two largest values within e₁ + e₂ for max
+pooling; the hinge's, l1's and zero-one's corner within the bound of ŷ (and of y·ŷ's own rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from derive.network import Network
+
+U = 2.0 ** -24
+U_MUL = 2.0 ** -21
+KINKED = ("relu", "leaky_relu", "prelu")
+LIPSCHITZ = {"identity": 1.0, "relu": 1.0, "sigmoid": 0.25, "tanh": 1.0, "softplus": 1.0}
+WEIGHTED = ("linear", "conv2d", "locally_connected")
+
+
+def gamma(m):
+    return m * U / (1 - m * U)
+
+
+def ambiguous(net: Network, params: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A boolean per sample: True where some kink argument is within its float32 error bound of the kink."""
+    return _walk(net, params, x, y)[0]
+
+
+def bounds(net: Network, params: dict, x: np.ndarray) -> dict:
+    """{a_l or f_l: (its float64 value, the bound on its float32 error)} for every layer, as numpy arrays."""
+    return _walk(net, params, x, None)[1]
+
+
+def _walk(net, params, x, y):
+    import torch
+    import torch.nn.functional as F
+
+    from derive.verify import reference
+
+    out = {}
+    with torch.no_grad():
+        p = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in params.items()}
+        ap = {k: v.abs() for k, v in p.items()}
+        h = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        e = torch.zeros_like(h)
+        bad = torch.zeros(h.shape[0], dtype=torch.bool)
+
+        def flag(mask):
+            nonlocal bad
+            bad = bad | mask.reshape(mask.shape[0], -1).any(dim=1)
+
+        for li in net.info:
+            layer = reference.LAYERS[li.kind]
+            if li.kind in WEIGHTED:
+                ones = {li.weight: torch.ones_like(p[li.weight])}
+                n = layer(li, ones, torch.ones_like(h))  # terms per output (padding counted: an upper bound)
+                absb = 0.0
+                if li.bias:
+                    absb = ap[li.bias][:, None, None] if li.kind == "conv2d" else ap[li.bias]
+                a = layer(li, p, h)
+                if li.bias:
+                    a = a + (p[li.bias][:, None, None] if li.kind == "conv2d" else p[li.bias])
+                e = layer(li, ap, e) + (U_MUL + gamma(n + 1)) * (layer(li, ap, h.abs() + e) + absb)
+                h = a
+            elif li.kind == "max_pool2d":
+                kh, kw = li.kernel
+                if kh * kw > 1:
+                    hp = F.pad(h, (li.padding,) * 4, value=-float("inf"))
+                    ep = F.pad(e, (li.padding,) * 4, value=0.0)
+                    cols = F.unfold(hp, li.kernel, stride=li.stride)
+                    ecols = F.unfold(ep, li.kernel, stride=li.stride)
+                    b, _, L = cols.shape
+                    cols = cols.reshape(b, h.shape[1], kh * kw, L)
+                    ecols = ecols.reshape(b, h.shape[1], kh * kw, L)
+                    top, idx = cols.topk(2, dim=2)
+                    etop = ecols.gather(2, idx)
+                    flag((top[:, :, 0] - top[:, :, 1]) <= etop.sum(dim=2))
+                h, e = layer(li, p, h), F.max_pool2d(e, li.kernel, li.stride, li.padding)
+            elif li.kind == "avg_pool2d":
+                k2 = li.kernel[0] * li.kernel[1]
+                e = layer(li, p, e) + gamma(k2 + 1) * layer(li, p, h.abs() + e)
+                h = layer(li, p, h)
+            else:  # flatten: exact
+                h, e = layer(li, p, h), layer(li, p, e)
+            if li.activation is None:
+                out[f"f{li.index}"] = (h.numpy(), e.numpy())
+                continue
+            out[f"a{li.index}"] = (h.numpy(), e.numpy())
+            slope = p[li.slope_param] if li.slope_param else li.slope_value
+            if li.activation in KINKED:
+                flag(h.abs() <= e)
+                lip = 1.0 if slope is None else torch.clamp(torch.as_tensor(slope).abs(), min=1.0)
+            else:
+                lip = LIPSCHITZ[li.activation]
+            h = reference.ACTIVATIONS[li.activation](h, slope)
+            e = lip * e + 4 * U * h.abs()
+            out[f"f{li.index}"] = (h.numpy(), e.numpy())
+        if net.output_shape == (1,) and net.target.shape == ():
+            h, e = h[:, 0], e[:, 0]
+        kind = net.loss.type
+        if y is not None and kind in ("hinge", "l1", "zero_one"):
+            t = torch.as_tensor(np.asarray(y, dtype=np.float64))
+            corner = {"hinge": 1 - t * h, "l1": t - h, "zero_one": t * h}[kind]
+            flag(corner.abs() <= t.abs() * e + e + 4 * U * (t.abs() * h.abs() + 1))
+    return bad.numpy(), out
