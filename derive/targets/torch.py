@@ -22,6 +22,11 @@ _ACTIVATIONS = {"relu": "torch.nn.ReLU()", "sigmoid": "torch.nn.Sigmoid()", "tan
                 "softplus": "torch.nn.Softplus()"}
 
 
+# The ops' calling convention, part of their digest: a file generated before a change of it gets
+# other op names than one generated after, so both can be imported into one process.
+OPS_SCHEMA = "params: Tensor[]"
+
+
 def class_name(name: str) -> str:
     """lecture_convnet -> LectureConvnet (names are identifiers, checked by derive.names)."""
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Network"
@@ -50,13 +55,15 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
         torch_params=torch_params,
         no_equivalent=no_equivalent,
         scalar_input=ir.input.shape == (),
+        input_shape_tuple=repr(tuple(ir.input.shape)),
+        target_shape_tuple=repr(tuple(ir.target.shape)),
     )
     ctx["helpers"] = [TORCH_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["imports"] = ["import importlib.util", "import sys", "from pathlib import Path", "",
                       "import numpy as np", "import torch", "import torch.nn.functional as F"]
     # The ops' names carry a digest of the math they run: a module imported twice reuses its ops,
     # and a changed network of the same name gets new ones instead of the old implementation.
-    body = repr((ctx["forward"], ctx["loss_rhs"], ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
+    body = repr((OPS_SCHEMA, ctx["forward"], ctx["loss_rhs"], ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
                  [(p.name, p.shape) for p in ir.params], ir.input, ir.target, ir.reduction))
     ctx["ops"] = f"{ir.name}_{hashlib.sha256(body.encode()).hexdigest()[:10]}"
     return _env().get_template("torch_module.py.jinja").render(**ctx)
