@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the hi
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "hinge_classifier_c82a5b465c":
-  derive::hinge_classifier_c82a5b465c_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::hinge_classifier_c82a5b465c_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "hinge_classifier_03cf61a105":
+  derive::hinge_classifier_03cf61a105_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::hinge_classifier_03cf61a105_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::hinge_classifier_c82a5b465c_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::hinge_classifier_c82a5b465c_value_and_grad(params, x, y) -> (L, gradients)
+  derive::hinge_classifier_03cf61a105_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::hinge_classifier_03cf61a105_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "hinge_classifier"
-OPS = "hinge_classifier_c82a5b465c"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "hinge_classifier_03cf61a105"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (8, 2),
     "b1": (8,),
@@ -59,7 +59,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of hinge_classifier_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1, a2, f2)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2)."""
     W1, b1, W2, b2 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -67,7 +67,7 @@ def _forward(params, x):
     f1 = torch.sigmoid(a1)  # f1[j] = σ(a1[j])
     a2 = torch.addmm(b2, f1, W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
-    return a1, f1, a2, f2
+    return f1, f2
 
 
 def _yhat(params, x):
@@ -75,7 +75,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     return f2[:, 0]
 
 
@@ -84,7 +84,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     loss_per_sample = torch.sum(torch.relu(1 - y[:, None]*f2), dim=1)  # hinge
     return torch.mean(loss_per_sample)
 
@@ -100,9 +100,9 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W2, b2 = params
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = -_scale*y[:, None]*torch.sign(torch.relu(1 - f2*y[:, None]))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = torch.ops.aten.threshold_backward(-_scale*y[:, None], 1 - f2*y[:, None], 0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -122,7 +122,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W2, b2 = params
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     dL_df2 = grad_yhat[:, None]  # ∂L/∂f2 = ∂L/∂ŷ, given by the caller
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch

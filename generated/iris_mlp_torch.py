@@ -74,7 +74,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of iris_mlp_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1, a2, f2)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2)."""
     W1, b1, W2, b2 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -82,7 +82,7 @@ def _forward(params, x):
     f1 = torch.tanh(a1)  # f1[j] = tanh(a1[j])
     a2 = torch.addmm(b2, f1, W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
-    return a1, f1, a2, f2
+    return f1, f2
 
 
 def _yhat(params, x):
@@ -90,7 +90,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     return f2
 
 
@@ -99,7 +99,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     loss_per_sample = -torch.gather(f2, 1, y[:, None])[:, 0] + logsumexp(f2)  # cross_entropy
     return torch.mean(loss_per_sample)
 
@@ -115,7 +115,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W2, b2 = params
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df2 = _scale*(-onehot(y, f2) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
@@ -137,7 +137,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W2, b2 = params
-    a1, f1, a2, f2 = quantities
+    f1, f2 = quantities
     dL_df2 = grad_yhat  # ∂L/∂f2 = ∂L/∂ŷ, given by the caller
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_pool_a3585708e5":
-  derive::lecture_convnet_pool_a3585708e5_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_convnet_pool_a3585708e5_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_pool_8632897a26":
+  derive::lecture_convnet_pool_8632897a26_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_convnet_pool_8632897a26_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_pool_a3585708e5_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_convnet_pool_a3585708e5_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_pool_8632897a26_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_convnet_pool_8632897a26_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture_convnet_pool"
-OPS = "lecture_convnet_pool_a3585708e5"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_convnet_pool_8632897a26"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -102,17 +102,17 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of lecture_convnet_pool_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1, f2, f3, a4, f4)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f3, f4)."""
     W1, b1, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     a1 = F.conv2d(x, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
-    f1 = torch.relu(a1)  # f1[o, i, j] = max(0, a1[o, i, j])
+    f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f2 = max_pool2d(f1, 2, 2, 2, 2, 0)  # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     f3 = f2.reshape(f2.shape[0], -1)  # f3[196·c + 14·h + w] = f2[c, h, w]
     a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
-    return a1, f1, f2, f3, a4, f4
+    return f1, f3, f4
 
 
 def _yhat(params, x):
@@ -120,7 +120,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    a1, f1, f2, f3, a4, f4 = quantities
+    f1, f3, f4 = quantities
     return f4
 
 
@@ -129,7 +129,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1, f2, f3, a4, f4 = quantities
+    f1, f3, f4 = quantities
     loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
     return torch.mean(loss_per_sample)
 
@@ -145,7 +145,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W4, b4 = params
-    a1, f1, f2, f3, a4, f4 = quantities
+    f1, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
@@ -154,7 +154,7 @@ def _gradients(params, x, y, quantities, _scale):
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 6, 14, 14)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[196·c + 14·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
@@ -169,7 +169,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W4, b4 = params
-    a1, f1, f2, f3, a4, f4 = quantities
+    f1, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
@@ -177,7 +177,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 6, 14, 14)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[196·c + 14·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )

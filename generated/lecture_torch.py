@@ -59,7 +59,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of lecture_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1, a2, f2, a3, f3)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2, f3)."""
     w1, b1, w2, w3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -69,7 +69,7 @@ def _forward(params, x):
     f2 = torch.sigmoid(a2)  # f2 = σ(a2)
     a3 = w3*f2  # a3 = w3·f2
     f3 = torch.sigmoid(a3)  # f3 = σ(a3)
-    return a1, f1, a2, f2, a3, f3
+    return f1, f2, f3
 
 
 def _yhat(params, x):
@@ -77,7 +77,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     return f3
 
 
@@ -86,7 +86,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     loss_per_sample = (1/2)*(y - f3)**2  # l2
     return torch.mean(loss_per_sample)
 
@@ -102,7 +102,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     w1, b1, w2, w3 = params
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df3 = -_scale*(y - f3)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
@@ -126,7 +126,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     w1, b1, w2, w3 = params
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
     dL_dw3 = torch.sum(delta3*f2, dim=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch

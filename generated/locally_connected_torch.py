@@ -97,7 +97,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of locally_connected_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (x_pad, f1, f1_pad, f2, f3, f4)."""
     W1, b1, W2, b2, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -110,7 +110,7 @@ def _forward(params, x):
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
-    return x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4
+    return x_pad, f1, f1_pad, f2, f3, f4
 
 
 def _yhat(params, x):
@@ -118,7 +118,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = quantities
+    x_pad, f1, f1_pad, f2, f3, f4 = quantities
     return f4
 
 
@@ -127,7 +127,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = quantities
+    x_pad, f1, f1_pad, f2, f3, f4 = quantities
     loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
     return torch.mean(loss_per_sample)
 
@@ -143,7 +143,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W2, b2, W4, b4 = params
-    x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = quantities
+    x_pad, f1, f1_pad, f2, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
@@ -171,7 +171,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W2, b2, W4, b4 = params
-    x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = quantities
+    x_pad, f1, f1_pad, f2, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch

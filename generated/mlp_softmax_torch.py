@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_31654bb7d5":
-  derive::mlp_softmax_31654bb7d5_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::mlp_softmax_31654bb7d5_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_c7a7f5ccea":
+  derive::mlp_softmax_c7a7f5ccea_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::mlp_softmax_c7a7f5ccea_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::mlp_softmax_31654bb7d5_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::mlp_softmax_31654bb7d5_value_and_grad(params, x, y) -> (L, gradients)
+  derive::mlp_softmax_c7a7f5ccea_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::mlp_softmax_c7a7f5ccea_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "mlp_softmax"
-OPS = "mlp_softmax_31654bb7d5"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "mlp_softmax_c7a7f5ccea"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -78,17 +78,17 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of mlp_softmax_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1, a2, f2, a3, f3)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2, f3)."""
     W1, b1, W2, b2, W3, b3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     a1 = torch.addmm(b1, x, W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-    f1 = torch.relu(a1)  # f1[j] = max(0, a1[j])
+    f1 = torch.relu_(a1)  # f1[j] = max(0, a1[j]) (in place: nothing below reads a1)
     a2 = torch.addmm(b2, f1, W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = torch.tanh(a2)  # f2[j] = tanh(a2[j])
     a3 = torch.addmm(b3, f2, W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
-    return a1, f1, a2, f2, a3, f3
+    return f1, f2, f3
 
 
 def _yhat(params, x):
@@ -96,7 +96,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     return f3
 
 
@@ -105,7 +105,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     loss_per_sample = -torch.gather(f3, 1, y[:, None])[:, 0] + logsumexp(f3)  # cross_entropy
     return torch.mean(loss_per_sample)
 
@@ -121,7 +121,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W2, b2, W3, b3 = params
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
@@ -132,7 +132,7 @@ def _gradients(params, x, y, quantities, _scale):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
@@ -147,7 +147,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W2, b2, W3, b3 = params
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
@@ -157,7 +157,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )

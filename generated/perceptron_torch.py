@@ -53,13 +53,13 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of perceptron_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1)."""
     w, = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     a1 = w*x  # a1 = w·x
     f1 = a1  # f1 = a1
-    return a1, f1
+    return f1,
 
 
 def _yhat(params, x):
@@ -67,7 +67,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    a1, f1 = quantities
+    f1, = quantities
     return f1
 
 
@@ -76,7 +76,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1 = quantities
+    f1, = quantities
     loss_per_sample = (1/2)*(y - f1)**2  # l2
     return torch.mean(loss_per_sample)
 
@@ -92,7 +92,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     w, = params
-    a1, f1 = quantities
+    f1, = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df1 = -_scale*(y - f1)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
@@ -109,7 +109,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     w, = params
-    a1, f1 = quantities
+    f1, = quantities
     dL_df1 = grad_yhat  # ∂L/∂f1 = ∂L/∂ŷ, given by the caller
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dw = torch.sum(delta1*x, dim=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch

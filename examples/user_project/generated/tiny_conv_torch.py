@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "tiny_conv_91dec036af":
-  derive::tiny_conv_91dec036af_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::tiny_conv_91dec036af_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "tiny_conv_924735fbe2":
+  derive::tiny_conv_924735fbe2_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::tiny_conv_924735fbe2_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::tiny_conv_91dec036af_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::tiny_conv_91dec036af_value_and_grad(params, x, y) -> (L, gradients)
+  derive::tiny_conv_924735fbe2_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::tiny_conv_924735fbe2_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "tiny_conv"
-OPS = "tiny_conv_91dec036af"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "tiny_conv_924735fbe2"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -79,16 +79,16 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of tiny_conv_numpy)
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1, f2, a3, f3)."""
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2, f3)."""
     W1, b1, W3, b3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     a1 = F.conv2d(x, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
-    f1 = torch.relu(a1)  # f1[o, i, j] = max(0, a1[o, i, j])
+    f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f2 = f1.reshape(f1.shape[0], -1)  # f2[16·c + 4·h + w] = f1[c, h, w]
     a3 = torch.addmm(b3, f2, W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
-    return a1, f1, f2, a3, f3
+    return f1, f2, f3
 
 
 def _yhat(params, x):
@@ -96,7 +96,7 @@ def _yhat(params, x):
 
 
 def _yhat_from(quantities):
-    a1, f1, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     return f3
 
 
@@ -105,7 +105,7 @@ def _loss(params, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     loss_per_sample = -torch.gather(f3, 1, y[:, None])[:, 0] + logsumexp(f3)  # cross_entropy
     return torch.mean(loss_per_sample)
 
@@ -121,7 +121,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W3, b3 = params
-    a1, f1, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
@@ -129,7 +129,7 @@ def _gradients(params, x, y, quantities, _scale):
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 2, 4, 4)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[16·c + 4·h + w]
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -144,14 +144,14 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W3, b3 = params
-    a1, f1, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 2, 4, 4)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[16·c + 4·h + w]
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
