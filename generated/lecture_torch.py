@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the l2
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch,); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_2798b1a967":
-  derive::lecture_2798b1a967_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_2798b1a967_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_33834dfbb8":
+  derive::lecture_33834dfbb8_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_33834dfbb8_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_2798b1a967_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_2798b1a967_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_33834dfbb8_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_33834dfbb8_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,13 +30,15 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture"
-OPS = "lecture_2798b1a967"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_33834dfbb8"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "w1": (),
     "b1": (),
     "w2": (),
     "w3": (),
 }
+INPUT_SHAPE = ()  # x per sample
+TARGET_SHAPE = ()  # y per sample
 OUTPUT_SHAPE = ()  # ŷ per sample
 LOSS = "l2"
 REDUCTION = "mean"
@@ -56,8 +58,9 @@ def init_values(seed=0):
 
 # ---- derive's forward and backward passes, on tensors (the lines of lecture_numpy)
 
-def _forward(w1, b1, w2, w3, x):
-    """The forward pass, every named quantity in order: (a1, f1, a2, f2, a3, f3)."""
+def _forward(params, x):
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2, f3)."""
+    w1, b1, w2, w3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     a1 = w1*x + b1  # a1 = w1·x + b1
@@ -66,33 +69,32 @@ def _forward(w1, b1, w2, w3, x):
     f2 = torch.sigmoid(a2)  # f2 = σ(a2)
     a3 = w3*f2  # a3 = w3·f2
     f3 = torch.sigmoid(a3)  # f3 = σ(a3)
-    return a1, f1, a2, f2, a3, f3
+    return f1, f2, f3
 
 
-def _yhat(w1, b1, w2, w3, x):
-    return _yhat_from(_forward(w1, b1, w2, w3, x))
+def _yhat(params, x):
+    return _yhat_from(_forward(params, x))
 
 
 def _yhat_from(quantities):
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     return f3
 
 
-def _loss(w1, b1, w2, w3, x, y):
-    return _loss_from(_forward(w1, b1, w2, w3, x), y)
+def _loss(params, x, y):
+    return _loss_from(_forward(params, x), y)
 
 
 def _loss_from(quantities, y):
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     loss_per_sample = (1/2)*(y - f3)**2  # l2
     return torch.mean(loss_per_sample)
 
 
-def _value_and_grad(w1, b1, w2, w3, x, y):
+def _value_and_grad(params, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
-    _p = (w1, b1, w2, w3, )
-    _q = _forward(*_p, x)
-    return _loss_from(_q, y), _gradients(_p, x, y, _q, 1.0 / x.shape[0])
+    _q = _forward(params, x)
+    return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
 
 def _gradients(params, x, y, quantities, _scale):
@@ -100,7 +102,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     w1, b1, w2, w3 = params
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df3 = -_scale*(y - f3)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
@@ -115,17 +117,16 @@ def _gradients(params, x, y, quantities, _scale):
     return (dL_dw1, dL_db1, dL_dw2, dL_dw3, )
 
 
-def _vjp(w1, b1, w2, w3, x, grad_yhat):
+def _vjp(params, x, grad_yhat):
     """The gradient of each parameter for a given ∂L/∂ŷ, the forward pass computed again."""
-    _p = (w1, b1, w2, w3, )
-    return _backward_from(_p, x, _forward(*_p, x), grad_yhat)
+    return _backward_from(params, x, _forward(params, x), grad_yhat)
 
 
 def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     w1, b1, w2, w3 = params
-    a1, f1, a2, f2, a3, f3 = quantities
+    f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
     dL_dw3 = torch.sum(delta3*f2, dim=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
@@ -175,32 +176,54 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
 
-def _check_dtypes(params, x):
-    if any(_p.dtype != x.dtype for _p in params):
-        raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
-                        f"{sorted({str(_p.dtype) for _p in params})} and x {x.dtype}")
+def _check_inputs(params, x, y=None):
+    """derive's one-line errors for calls the lines above would fail on with torch's own message,
+    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    if len(params) != len(PARAM_SHAPES):
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
+                        f"got {len(params)}")
+    if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
+        raise ValueError(f"{NAME}: x must have shape (batch,), got {tuple(x.shape)}")
+    for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
+        if _p.dtype != x.dtype:
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+                            f"and x {x.dtype}")
+        if tuple(_p.shape) != _s:
+            raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
+    if y is None:
+        return
+    if y.dtype != x.dtype:
+        raise TypeError(f"{NAME}: y must have x's dtype {x.dtype}, got {y.dtype}")
+    if tuple(y.shape) != (x.shape[0], *TARGET_SHAPE):
+        raise ValueError(f"{NAME}: y must have shape {((x.shape[0], *TARGET_SHAPE))} "
+                         f"(x's batch of {x.shape[0]}), got {tuple(y.shape)}")
+
+
+def _as_target(y, x):
+    """The target as the ops take it: in x's dtype (no copy when it already is)."""
+    return y.to(x.dtype)
 
 
 def _yhat_any(params, x):
-    _check_dtypes(params, x)
-    return _triton_run(params, x, out=True)[0] if _fused(x) else _yhat(*params, x)
+    _check_inputs(params, x)
+    return _triton_run(params, x, out=True)[0] if _fused(x) else _yhat(params, x)
 
 
 def _loss_any(params, x, y):
-    _check_dtypes(params, x)
-    return _triton_run(params, x, y, loss=True)[1] if _fused(x) else _loss(*params, x, y)
+    _check_inputs(params, x, y)
+    return _triton_run(params, x, y, loss=True)[1] if _fused(x) else _loss(params, x, y)
 
 
 def _value_and_grad_any(params, x, y):
-    _check_dtypes(params, x)
+    _check_inputs(params, x, y)
     if _fused(x):
         return _triton_run(params, x, y, loss=True, grad=True)[1:]
-    return _value_and_grad(*params, x, y)
+    return _value_and_grad(params, x, y)
 
 
 def _vjp_any(params, x, grad_yhat):
-    _check_dtypes(params, x)
-    return _vjp(*params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    _check_inputs(params, x)
+    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
 
 
 # ---- the custom ops
@@ -219,57 +242,57 @@ def _distinct(outs, inputs):
 
 
 def _define_ops():
-    """Register this network's ops (once per process; a second import of the same code reuses them)."""
+    """Register this network's ops (once per process; a second import of the same code reuses them).
+    Every op takes the parameters as one list (Tensor[]), so that no depth runs into the
+    dispatcher's limit of 64 arguments per op."""
 
     @torch.library.custom_op("derive::" + OPS + "_forward", mutates_args=())
-    def forward_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        _p = (w1, b1, w2, w3, )
-        return _distinct([_yhat_any(_p, x)], (*_p, x))[0]
+    def forward_op(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
-        _p = (w1, b1, w2, w3, )
-        return _distinct(_vjp_any(_p, x, grad_yhat), (*_p, x, grad_yhat))
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+        return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
-    def loss_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _p = (w1, b1, w2, w3, )
-        return _distinct([_loss_any(_p, x, y)], (*_p, x, y))[0]
+    def loss_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        _p = (w1, b1, w2, w3, )
-        _value, _grads = _value_and_grad_any(_p, x, y)
-        return _distinct([_value, *_grads], (*_p, x, y))
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        _value, _grads = _value_and_grad_any(params, x, y)
+        return _distinct([_value, *_grads], (*params, x, y))
 
     # fakes: shapes and dtypes only, for torch.compile and meta tensors
     @forward_op.register_fake
-    def _(w1, b1, w2, w3, x):
-        _check_dtypes((w1, b1, w2, w3, ), x)
+    def _(params, x):
+        _check_inputs(params, x)
         return x.new_empty((x.shape[0], *OUTPUT_SHAPE))
 
     @backward_op.register_fake
-    def _(w1, b1, w2, w3, x, grad_yhat):
-        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in (w1, b1, w2, w3, )]
+    def _(params, x, grad_yhat):
+        _check_inputs(params, x)
+        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params]
 
     @loss_op.register_fake
-    def _(w1, b1, w2, w3, x, y):
-        _check_dtypes((w1, b1, w2, w3, ), x)
+    def _(params, x, y):
+        _check_inputs(params, x, y)
         return x.new_empty(())
 
     @value_and_grad_op.register_fake
-    def _(w1, b1, w2, w3, x, y):
-        _check_dtypes((w1, b1, w2, w3, ), x)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format)
-                                  for _p in (w1, b1, w2, w3, ))]
+    def _(params, x, y):
+        _check_inputs(params, x, y)
+        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        _params, _x = inputs
+        ctx.save_for_backward(*_params, _x)
 
     def forward_backward(ctx, grad_yhat):
         *_p, _x = ctx.saved_tensors
-        return (*backward_op(*_p, _x, grad_yhat.contiguous()), None)
+        return backward_op(_p, _x, grad_yhat.contiguous()), None
 
     forward_op.register_autograd(forward_backward, setup_context=forward_setup)
 
@@ -279,17 +302,18 @@ def _define_ops():
 
     def value_and_grad_backward(ctx, grads):
         _grad_loss = grads[0]  # the gradients it returned are constants (no second derivative)
-        return (*(_grad_loss * _g for _g in ctx.saved_tensors), None, None)
+        return [_grad_loss * _g for _g in ctx.saved_tensors], None, None
 
     value_and_grad_op.register_autograd(value_and_grad_backward, setup_context=value_and_grad_setup)
 
     def loss_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        _params, _x, _y = inputs
+        ctx.save_for_backward(*_params, _x, _y)
 
     def loss_backward(ctx, grad_loss):
         *_p, _x, _y = ctx.saved_tensors
-        _grads = value_and_grad_op(*_p, _x, _y)[1:]  # the forward pass again, then derive's backward
-        return (*(grad_loss * _g for _g in _grads), None, None)
+        _grads = value_and_grad_op(_p, _x, _y)[1:]  # the forward pass again, then derive's backward
+        return [grad_loss * _g for _g in _grads], None, None
 
     loss_op.register_autograd(loss_backward, setup_context=loss_setup)
 
@@ -312,13 +336,13 @@ class _LossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, *params):
-        _check_dtypes(params, x)
+        _check_inputs(params, x, y)
         if _fused(x):  # the fused kernel computes the gradients with the loss
             _value, _grads = _value_and_grad_any(params, x, y)
             ctx.fused = True
             ctx.save_for_backward(*_grads)
             return _value
-        _quantities = _forward(*params, x)
+        _quantities = _forward(params, x)
         ctx.fused = False
         ctx.save_for_backward(x, y, *params, *_quantities)
         return _loss_from(_quantities, y)
@@ -338,8 +362,8 @@ class _YhatFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, *params):
-        _check_dtypes(params, x)
-        _quantities = _forward(*params, x)
+        _check_inputs(params, x)
+        _quantities = _forward(params, x)
         ctx.save_for_backward(x, *params, *_quantities)
         return _yhat_from(_quantities)
 
@@ -368,8 +392,8 @@ class Lecture(torch.nn.Module):
         self.w3 = torch.nn.Parameter(torch.as_tensor(_values["w3"], dtype=dtype, device=device))
 
     def params(self):
-        """The parameters in PARAM_SHAPES order (the ops take them so)."""
-        return (self.w1, self.b1, self.w2, self.w3, )
+        """The parameters in PARAM_SHAPES order (the ops take them as one list)."""
+        return [getattr(self, _n) for _n in PARAM_SHAPES]
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which
@@ -379,15 +403,16 @@ class Lecture(torch.nn.Module):
         _no_input_grad(x)
         _p = self.params()
         if torch.compiler.is_compiling():
-            return forward_op(*_p, x)
+            return forward_op(_p, x)
         return _YhatFunction.apply(x, *_p) if _needs_grad(_p) else _yhat_any(_p, x)
 
     def loss(self, x, y):
         """The batch loss (mean of the l2 loss); its backward adds derive's gradients."""
         _no_input_grad(x)
+        y = _as_target(y, x)
         _p = self.params()
         if torch.compiler.is_compiling():
-            return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)
+            return value_and_grad_op(_p, x, y)[0] if _needs_grad(_p) else loss_op(_p, x, y)
         return _LossFunction.apply(x, y, *_p) if _needs_grad(_p) else _loss_any(_p, x, y)
 
     @classmethod

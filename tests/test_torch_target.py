@@ -154,7 +154,7 @@ def test_other_activations_and_losses(act, loss, reduction):
             yhat_seq = model.to_torch()(tx)
         assert_close_to_torch(net, {**got, "forward": to_numpy(yhat_seq)}, params, x, y, 1e-10, f"{net.name} seq")
         p = [t.detach().requires_grad_(True) for t in model.params()]
-        _opcheck(mod.value_and_grad_op, (*p, tx, ty))
+        _opcheck(mod.value_and_grad_op, (p, tx, ty))
 
 
 POOLS = [("max_pool2d", 3, 2, 1), ("max_pool2d", 2, None, 0), ("avg_pool2d", 3, 2, 1), ("avg_pool2d", 2, 1, 0)]
@@ -184,8 +184,8 @@ def test_pooling(kind, kernel, stride, padding):
         L.backward()
         assert_close_to_torch(net, {**got, **_grads(model)}, params, x, y, 1e-10, f"{net.name} forward()")
         p = [t.detach().requires_grad_(True) for t in model.params()]
-        _opcheck(mod.value_and_grad_op, (*p, tx, ty))
-        _opcheck(mod.forward_op, (*p, tx))
+        _opcheck(mod.value_and_grad_op, (p, tx, ty))
+        _opcheck(mod.forward_op, (p, tx))
 
 
 def test_relu_kink_and_int32_labels(modules):
@@ -214,11 +214,11 @@ def test_opcheck_every_op(modules, example):
     net, mod = modules[example]
     _, _, _, model, tx, ty = _draw(net, mod, 11, torch.float64)
     p = [t.detach().requires_grad_(True) for t in model.params()]
-    _opcheck(mod.forward_op, (*p, tx))
-    _opcheck(mod.loss_op, (*p, tx, ty))
-    _opcheck(mod.value_and_grad_op, (*p, tx, ty))
+    _opcheck(mod.forward_op, (p, tx))
+    _opcheck(mod.loss_op, (p, tx, ty))
+    _opcheck(mod.value_and_grad_op, (p, tx, ty))
     grad_yhat = torch.randn((BATCH, *mod.OUTPUT_SHAPE), dtype=torch.float64)
-    _opcheck(mod.backward_op, (*(t.detach() for t in p), tx, grad_yhat))  # no second derivative
+    _opcheck(mod.backward_op, ([t.detach() for t in p], tx, grad_yhat))  # no second derivative
 
 
 @pytest.mark.parametrize("example", IDS)
@@ -227,9 +227,9 @@ def test_gradcheck_float64(modules, example):
     _, _, _, model, tx, ty = _draw(net, mod, 13, torch.float64)
     p = tuple(t.detach().requires_grad_(True) for t in model.params())
     fast = sum(t.numel() for t in p) > 2000  # lecture_convnet: 47k weights, a random projection instead
-    assert torch.autograd.gradcheck(lambda *q: mod.value_and_grad_op(*q, tx, ty)[0], p, fast_mode=fast)
-    assert torch.autograd.gradcheck(lambda *q: mod.loss_op(*q, tx, ty), p, fast_mode=fast)
-    assert torch.autograd.gradcheck(lambda *q: mod.forward_op(*q, tx), p, fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda *q: mod.value_and_grad_op(list(q), tx, ty)[0], p, fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda *q: mod.loss_op(list(q), tx, ty), p, fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda *q: mod.forward_op(list(q), tx), p, fast_mode=fast)
 
 
 def test_ops_called_directly_match_the_reference(modules):
@@ -238,20 +238,20 @@ def test_ops_called_directly_match_the_reference(modules):
     params, x, y, model, tx, ty = _draw(net, mod, 17, torch.float64)
     p = [t.detach().requires_grad_(True) for t in model.params()]
     names = list(mod.PARAM_SHAPES)
-    L = mod.value_and_grad_op(*p, tx, ty)[0]
+    L = mod.value_and_grad_op(p, tx, ty)[0]
     L.backward()
-    got = {"forward": to_numpy(mod.forward_op(*p, tx)), "loss": np.float64(L.item())}
+    got = {"forward": to_numpy(mod.forward_op(p, tx)), "loss": np.float64(L.item())}
     got.update({f"grad {n}": to_numpy(t.grad) for n, t in zip(names, p)})
     assert_close_to_torch(net, got, params, x, y, 1e-10, "value_and_grad op")
     for t in p:
         t.grad = None
-    L = _torch_loss(net, mod.forward_op(*p, tx), ty)  # forward op, autograd through the _backward op
+    L = _torch_loss(net, mod.forward_op(p, tx), ty)  # forward op, autograd through the _backward op
     L.backward()
     got.update({f"grad {n}": to_numpy(t.grad) for n, t in zip(names, p)})
     assert_close_to_torch(net, got, params, x, y, 1e-10, "forward op")
     for t in p:
         t.grad = None
-    L = mod.loss_op(*p, tx, ty)
+    L = mod.loss_op(p, tx, ty)
     L.backward()
     got.update({"loss": np.float64(L.item()), **{f"grad {n}": to_numpy(t.grad) for n, t in zip(names, p)}})
     assert_close_to_torch(net, got, params, x, y, 1e-10, "loss op")
@@ -379,11 +379,59 @@ def test_bad_calls_raise_clear_errors(modules):
         model.loss(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))
     with pytest.raises(TypeError, match="one dtype"):
         model(torch.randn(3, 4, dtype=torch.float64))
+    x, y = torch.randn(3, 4), torch.tensor([0, 2, 1])
+    with pytest.raises(TypeError, match=r"^mlp_softmax: y holds class indices and must be an integer tensor \(int64\), "
+                                        r"got torch.float32$"):
+        model.loss(x, y.float())  # a float label would be truncated, or index with garbage
+    with pytest.raises(TypeError, match="y holds class indices"):
+        model(x, y.bool())
+    with pytest.raises(ValueError, match=r"^mlp_softmax: x must have shape \(batch, 4\), got \(3, 5\)$"):
+        model(torch.randn(3, 5))  # not torch's "mat1 and mat2 shapes cannot be multiplied"
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\), got \(3, 4, 1\)"):
+        model.loss(torch.randn(3, 4, 1), y)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\), got \(4,\)"):
+        with torch.no_grad():
+            model(torch.randn(4))  # one sample without its batch axis
+    with pytest.raises(ValueError, match=r"^mlp_softmax: y must have shape \(3,\) \(x's batch of 3\), got \(2,\)$"):
+        model.loss(x, y[:2])
+    p = [t.detach() for t in model.params()]
+    with pytest.raises(TypeError, match=r"expected 6 parameters \(W1, b1, W2, b2, W3, b3\), got 5"):
+        mod.value_and_grad_op(p[:5], x, y)
+    with pytest.raises(TypeError, match="y holds class indices and must be int64, got torch.int32"):
+        mod.loss_op(p, x, y.int())  # the ops take int64; the module converts other integer dtypes
+    with pytest.raises(ValueError, match=r"parameter W2 must have shape \(8, 16\), got \(16, 8\)"):
+        mod.forward_op([*p[:2], p[2].T, *p[3:]], x)
+    _, reg = modules["linear_regression"]
+    r = reg.MODEL()
+    with pytest.raises(ValueError, match=r"linear_regression: x must have shape"):
+        r.loss(torch.randn(3, 7), torch.randn(3))
     _, lc = modules["locally_connected"]
     with pytest.raises(ValueError, match="locally_connected"):
         lc.MODEL.from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="expected the layers"):
         mod.MODEL.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh()))
+
+
+def test_input_checks_under_torch_compile(modules):
+    """The checks read static shapes and dtypes: a compiled module keeps one graph over batch sizes,
+    and a bad call under torch.compile fails with derive's message inside torch's compile error."""
+    net, mod = modules["mlp_softmax"]
+    model = mod.MODEL()
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    step = torch.compile(model, fullgraph=True, backend=recording, dynamic=True)
+    for batch in (3, 5, 8):
+        x, y = torch.randn(batch, 4), torch.randint(0, 3, (batch,))
+        torch.testing.assert_close(step(x, y), model.loss(x, y))
+    assert len(graphs) == 1
+    with pytest.raises(Exception, match=r"y holds class indices and must be an integer tensor"):
+        step(x, y.float())
+    with pytest.raises(Exception, match=r"x must have shape \(batch, 4\)"):
+        step(torch.randn(3, 5), y[:3])
 
 
 def _fused_route_matches(net, mod, device, what):
@@ -398,7 +446,7 @@ def _fused_route_matches(net, mod, device, what):
     got = {"forward": to_numpy(yhat), "loss": np.float64(L.item()), **_grads(model)}
     assert_close_to_torch(net, got, params, x, y, 1e-4, what, True)
     p = [t.detach().requires_grad_(True) for t in model.params()]
-    value, *grads = mod.value_and_grad_op(*p, tx, ty)
+    value, *grads = mod.value_and_grad_op(p, tx, ty)
     torch.testing.assert_close(value, L.detach(), rtol=1e-6, atol=0)
     return model, p, tx, ty
 
@@ -435,5 +483,5 @@ def test_cuda_path(example):
         got = {"forward": to_numpy(model(tx).detach()), "loss": np.float64(_torch_loss(net, model(tx), ty).item()),
                **_grads(model)}
         assert_close_to_torch(net, got, params, x, y, 1e-4, f"{example} cuda forward()", True)
-        _opcheck(mod.value_and_grad_op, (*p, tx, ty))
-        _opcheck(mod.forward_op, (*p, tx))
+        _opcheck(mod.value_and_grad_op, (p, tx, ty))
+        _opcheck(mod.forward_op, (p, tx))

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
+
+import sympy as sp
 
 from derive.errors import DerivationError
-from derive.ir.nodes import Assign, First, KernelIR, LayerIR
+from derive.ir.nodes import (Assign, AvgPool2d, ConvForward, First, KernelIR, LayerIR, LocalForward, MatVec,
+                             MaxPool2d, VecMat)
+from derive.tables.functions import relu, step
 from derive.targets.common import _common, _env
 from derive.targets.torch_printer import TORCH_HELPERS, TorchCodePrinter
 
@@ -22,6 +27,15 @@ _ACTIVATIONS = {"relu": "torch.nn.ReLU()", "sigmoid": "torch.nn.Sigmoid()", "tan
                 "softplus": "torch.nn.Softplus()"}
 
 
+# The ops' calling convention, part of their digest: a file generated before a change of it gets
+# other op names than one generated after, so both can be imported into one process.
+OPS_SCHEMA = "params: Tensor[]"
+
+
+# expressions whose printed value is a new tensor, never a view of another (relu may overwrite one)
+_FRESH = (sp.Add, sp.Mul, MatVec, VecMat, ConvForward, LocalForward, MaxPool2d, AvgPool2d)
+
+
 def class_name(name: str) -> str:
     """lecture_convnet -> LectureConvnet (names are identifiers, checked by derive.names)."""
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Network"
@@ -29,18 +43,27 @@ def class_name(name: str) -> str:
 
 def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
     pr = TorchCodePrinter()
-    line = lambda a: {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
     seed, vjp = _vjp_backward(ir)
+    backward, vjp, kept, in_place = _relu_from_output(ir, list(ir.backward), vjp)
+    line = lambda a: {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
+
+    def forward_line(a: Assign) -> dict:
+        if a.name not in in_place:
+            return line(a)
+        (pre,) = a.expr.args
+        return {"lhs": a.name, "rhs": f"torch.relu_({pr.doprint(pre)})",
+                "comment": f"{a.comment} (in place: nothing below reads {pre.name})"}
+
     torch_layers, torch_params, no_equivalent = _torch_equivalent(ir)
     ctx = _common(ir, out_dir)
     ctx.update(
         cls=class_name(ir.name),
-        forward=[line(a) for a in ir.forward],
-        forward_names=[a.name for a in ir.forward],
+        forward=[forward_line(a) for a in ir.forward],
+        forward_names=kept,
         output=pr.doprint(ir.output.expr),
         output_shape=repr(tuple(ir.output.shape)),
         loss_rhs=pr.doprint(ir.loss.expr),
-        backward=[line(a) for a in ir.backward],
+        backward=[line(a) for a in backward],
         seed=seed,
         vjp=[line(a) for a in vjp],
         grads=[{"param": p, "value": g} for p, g in ir.grads_by_param()],
@@ -50,16 +73,43 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
         torch_params=torch_params,
         no_equivalent=no_equivalent,
         scalar_input=ir.input.shape == (),
+        input_shape_tuple=repr(tuple(ir.input.shape)),
+        target_shape_tuple=repr(tuple(ir.target.shape)),
     )
     ctx["helpers"] = [TORCH_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["imports"] = ["import importlib.util", "import sys", "from pathlib import Path", "",
                       "import numpy as np", "import torch", "import torch.nn.functional as F"]
     # The ops' names carry a digest of the math they run: a module imported twice reuses its ops,
     # and a changed network of the same name gets new ones instead of the old implementation.
-    body = repr((ctx["forward"], ctx["loss_rhs"], ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
+    body = repr((OPS_SCHEMA, ctx["forward"], ctx["loss_rhs"], ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
                  [(p.name, p.shape) for p in ir.params], ir.input, ir.target, ir.reduction))
     ctx["ops"] = f"{ir.name}_{hashlib.sha256(body.encode()).hexdigest()[:10]}"
     return _env().get_template("torch_module.py.jinja").render(**ctx)
+
+
+def _relu_from_output(ir: KernelIR, backward: list[Assign], vjp: list[Assign]):
+    """relu' read from relu's output: step(a) = step(f) for f = relu(a), so the backward passes need
+    f only.  Returns both passes rewritten so; the forward quantities that the loss, ŷ or a backward
+    pass read (the ones the forward keeps, in order); and each f = relu(a) whose a nothing else reads
+    and is a fresh tensor, which relu may overwrite (one tensor fewer to write and to keep, where
+    torch.nn.ReLU writes a second)."""
+    swap = {step(a.expr.args[0]): step(sp.Symbol(a.name, **a.expr.args[0].assumptions0)) for a in ir.forward
+            if isinstance(a.expr, relu) and isinstance(a.expr.args[0], sp.Symbol)}
+    backward = [replace(a, expr=a.expr.xreplace(swap)) for a in backward]
+    vjp = [replace(a, expr=a.expr.xreplace(swap)) for a in vjp]
+    read = {s.name for a in (*backward, *vjp) for s in a.expr.free_symbols}
+    read |= {s.name for e in (ir.loss.expr, ir.output.expr) for s in e.free_symbols}
+    kept = [a.name for a in ir.forward if a.name in read]
+    forward_reads: dict[str, int] = {}
+    for a in ir.forward:
+        for s in a.expr.free_symbols:
+            forward_reads[s.name] = forward_reads.get(s.name, 0) + 1
+    fresh = {a.name for a in ir.forward if isinstance(a.expr, _FRESH)}
+    in_place = {a.name for a in ir.forward
+                if isinstance(a.expr, relu) and isinstance(a.expr.args[0], sp.Symbol)
+                and a.expr.args[0].name in fresh and a.expr.args[0].name not in read
+                and forward_reads.get(a.expr.args[0].name) == 1}
+    return backward, vjp, kept, in_place
 
 
 def _vjp_backward(ir: KernelIR) -> tuple[dict, list[Assign]]:

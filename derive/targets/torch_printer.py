@@ -12,6 +12,7 @@ from __future__ import annotations
 import sympy as sp
 
 from derive.ir.nodes import MatVec, OneHot
+from derive.tables.functions import step
 from derive.targets.numpy_printer import NumpyCodePrinter
 
 
@@ -34,6 +35,16 @@ class TorchCodePrinter(NumpyCodePrinter):
         # 1[x > 0] in x's dtype, 0 at 0 (PyTorch's relu'(0)), as sign(relu(x)): two vectorised float
         # ops, where a comparison makes a bool tensor that is slower to write and to read back
         return "torch.sign(torch.relu(%s))" % self._print(e.args[0])
+
+    def _print_Mul(self, e):
+        # g·step(a), relu's backward, in one pass that writes one tensor (PyTorch's own relu backward):
+        # sign(relu(a))·g writes three, and on the CPU each fresh tensor costs more than its arithmetic
+        steps = [f for f in e.args if isinstance(f, step)]
+        rest = [f for f in e.args if not isinstance(f, step)]
+        if len(steps) == 1 and {s.name for f in rest for s in f.free_symbols} - {"_scale"}:  # g a tensor, not a number
+            return "torch.ops.aten.threshold_backward(%s, %s, 0)" % (self._print(e.func(*rest)),
+                                                                      self._print(steps[0].args[0]))
+        return super()._print_Mul(e)
 
     def _print_leaky_relu(self, e):
         x, s = (self._print(a) for a in e.args)
