@@ -87,6 +87,11 @@ def upstream(layer: int) -> str:
     return f"dL_df{layer}"
 
 
+def path_term(quantity: str, layer: int) -> str:
+    """One path's term of ∂L/∂quantity when several layers read it: the part through layer ``layer``."""
+    return f"{grad(quantity)}_via{layer}"
+
+
 def padded(source: str) -> str:
     """The zero-padded input of a conv layer: x_pad, f1_pad."""
     return f"{source}_pad"
