@@ -96,6 +96,15 @@ class Derivation:
                 return s
         raise KeyError(name)
 
+    def paths(self, step: Step) -> tuple[Step, ...]:
+        """The path terms a sum-over-paths step adds, in its order (none for any other step)."""
+        return tuple(self.step(t) for t in step.terms)
+
+    def paths_note(self, step: Step) -> str:
+        """"f1 feeds a2 and a3: sum over paths": what the multivariate chain rule sums, in words."""
+        fed = [t.factors[-1].numerator for t in self.paths(step)]
+        return f"{step.wrt} feeds {', '.join(fed[:-1])} and {fed[-1]}: sum over paths"
+
     def gradient(self, param: str) -> Step:
         for s in self.gradients:
             if s.param == param:

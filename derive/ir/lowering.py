@@ -263,6 +263,8 @@ def _comment_step(s: Step) -> str:
     from derive.explain.display import factor_name, text
 
     chain = " · ".join(factor_name(f.name) for f in s.factors)
+    if s.wrt and s.name != names.grad(s.wrt):  # one path's term of a sum over paths
+        return f"∂L/∂{s.wrt} through {s.factors[-1].numerator} (one path's term) = {chain}"
     return f"{text(s.lhs)} = {chain}"
 
 

@@ -108,7 +108,8 @@ class ConvRule(LayerRule):
                                               f"{hin + 2 * pad}×{win + 2 * pad}, got {kh}×{kw}")
         act, slope_value = checks.activation(path, spec, parameters=False)
         weight, bias = checks.weight_and_bias(path, index, spec, True, claim)
-        padded = claim(f"{path}.padding", names.padded(source)) if pad else None
+        own = index if spec.input is not None else None  # a named input: a name no other layer's padding takes
+        padded = claim(f"{path}.padding", names.padded(source, own)) if pad else None
         out_shape = (filters, (hin + 2 * pad - kh) // stride + 1, (win + 2 * pad - kw) // stride + 1)
         fan_in = cin * kh * kw
         if self.shared:
