@@ -180,9 +180,8 @@ def _unknown(net: Network, pos: int, name: str, shapes: dict) -> str:
 
 
 def _check_read(net: Network, read: set[str]) -> None:
-    """Every quantity but the last layer's output feeds something: an unused one is a mistake in the graph."""
-    if net.input.name not in read:
-        raise SpecError("input.name", f"the input {net.input.name!r} is never read; name it in a layer's input or inputs")
+    """Every quantity but the last layer's output feeds something: an unused one is a mistake in the graph.
+    (The input always does: the first layer can read nothing else.)"""
     for pos in range(len(net.layers) - 1):
         f = names.activation(pos + 1)
         if f not in read:
