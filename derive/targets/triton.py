@@ -50,7 +50,7 @@ def refusal(ir: KernelIR) -> str | None:
     refused rather than planned by either."""
     reason = ir.graph_reason()
     if reason:
-        return f"the triton target does not take graph networks yet ({reason}); use --target numpy or torch"
+        return f"the triton target does not take graph networks yet ({reason}); the numpy and torch targets do"
     return None
 
 
