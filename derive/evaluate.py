@@ -331,6 +331,8 @@ _DOUBLE = re.compile(r"\(\((-[0-9.e+-]+)\)\)")
 def shown(der, step) -> sp.Expr:
     """A scalar step as the product of its chain in chain order (-(y - f3)·f3·(1 - f3), δ3·w3·f2·(1 - f2)),
     the way `derive explain` writes it; a vector step as derived."""
+    if step.terms:  # a sum over paths: each path's term as it is shown
+        return sp.Add(*(shown(der, t) for t in der.paths(step)), evaluate=False)
     if der.network.vector:
         return step.expression
     return _chain_product([der.symbols.get(f.name, f.value) if f.is_delta else f.value for f in step.factors])
@@ -398,13 +400,19 @@ def to_text(der, values: Values, full: bool = False, param: str | None = None) -
         out.append(line(_text(d.lhs), d.rhs, values.get(d.name), d.layer in vol))
     out += ["", "Loss (per sample)", line("L", der.loss.rhs, values.get("L"), False), "",
             "Backward pass: each δ is computed once and re-used below"]
+    in_sum = {t for s in der.backward for t in s.terms}  # a path's term: shown inside its sum
     for s in der.backward:
-        if s.kind == "param":
+        if s.kind == "param" or s.name in in_sum:
             continue
         v = values.get(s.name)
         if v is None:
             continue
         volume = s.layer in vol
+        if s.terms:
+            paths = " + ".join(" · ".join(factor_name(f.name) for f in t.factors) for t in der.paths(s))
+            out.append(f"  {_text(s.lhs)} = {paths}  ({der.paths_note(s)})")
+            out.append(line("  " + _text(s.lhs), shown(der, s), v, volume))
+            continue
         if s.kind != "delta":
             out.append(line(_text(s.lhs), shown(der, s), v, volume))
             continue

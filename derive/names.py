@@ -87,9 +87,15 @@ def upstream(layer: int) -> str:
     return f"dL_df{layer}"
 
 
-def padded(source: str) -> str:
-    """The zero-padded input of a conv layer: x_pad, f1_pad."""
-    return f"{source}_pad"
+def path_term(quantity: str, layer: int) -> str:
+    """One path's term of ∂L/∂quantity when several layers read it: the part through layer ``layer``."""
+    return f"{grad(quantity)}_via{layer}"
+
+
+def padded(source: str, layer: int | None = None) -> str:
+    """The zero-padded input of a conv layer: x_pad, f1_pad; f1_pad3 for layer 3 when it names its
+    input itself (in a graph two layers may pad the same quantity)."""
+    return f"{source}_pad" if layer is None else f"{source}_pad{layer}"
 
 
 def factor(numerator: str, denominator: str) -> str:

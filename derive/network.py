@@ -7,22 +7,25 @@ code generation) can trust it.  Errors carry the key path of the offending entry
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from derive import limits as size_limits
+from derive import names
 from derive.errors import SpecError
 from derive.layers import RULES, checks
 from derive.layers.base import Layer, Param, Shape
 from derive.layers.conv import Conv2d, LocallyConnected
 from derive.layers.flatten import Flatten
 from derive.layers.linear import Linear
+from derive.layers.merge import Add, Concat
 from derive.layers.pool import AvgPool2d, MaxPool2d, Pool2d
 from derive.tables.losses import CLASS, LOSS_RULES
 from derive.tables.optimizers import Optimizer
 
 REDUCTIONS = ("mean", "sum")
 
-__all__ = ["AvgPool2d", "Conv2d", "Flatten", "Layer", "Linear", "LocallyConnected", "Loss", "MaxPool2d",
+__all__ = ["Add", "AvgPool2d", "Concat", "Conv2d", "Flatten", "Layer", "Linear", "LocallyConnected", "Loss", "MaxPool2d",
            "Network", "Param", "Pool2d", "Port"]
 
 
@@ -116,14 +119,23 @@ def _resolve(net: Network) -> tuple[Layer, ...]:
         return name
 
     resolved = []
-    shape = in_shape
+    shapes = {net.input.name: in_shape}  # every quantity a layer may read, in the order they are computed
+    read: set[str] = set()
     for pos, spec in enumerate(net.layers):
         path = f"layers[{pos}]"
         rule = RULES.get(getattr(spec, "kind", None))
         if rule is None or not isinstance(spec, rule.spec_type):
             raise SpecError(f"{path}.type", f"expected a layer such as Linear, got {type(spec).__name__}")
-        resolved.append(rule.resolve(path, pos + 1, spec, shape, claim, net))
-        shape = resolved[-1].out_shape
+        sources = _sources(net, path, pos, spec, rule, shapes)
+        read.update(sources)
+        if rule.multi_input:
+            layer = rule.resolve(path, pos + 1, spec, tuple(shapes[s] for s in sources), claim, sources)
+        else:
+            layer = rule.resolve(path, pos + 1, spec, shapes[sources[0]], claim, sources[0])
+        resolved.append(layer)
+        shapes[names.activation(pos + 1)] = layer.out_shape
+    _check_read(net, read)
+    shape = resolved[-1].out_shape
 
     if len(shape) == 3:
         raise SpecError(f"layers[{len(net.layers) - 1}].type",
@@ -131,6 +143,50 @@ def _resolve(net: Network) -> tuple[Layer, ...]:
                         "add a flatten (and a linear) layer")
     _check_target(net, shape, target_shape)
     return tuple(resolved)
+
+
+def _sources(net: Network, path: str, pos: int, spec, rule, shapes: dict) -> tuple[str, ...]:
+    """The quantities layer ``pos`` reads: its spec's ``inputs`` (add, concat), its ``input``, or by
+    default the previous layer's output.  Only the network input and earlier layers' outputs can be
+    read, so the layers' order is a topological order and a cycle cannot be written."""
+    if rule.multi_input:
+        given = spec.inputs
+        if not isinstance(given, tuple) or len(given) < 2:
+            raise SpecError(f"{path}.inputs", f"expected a list of two or more quantity names, got {given!r}")
+        keys = [f"{path}.inputs[{k}]" for k in range(len(given))]
+    else:
+        one = getattr(spec, "input", None)
+        if one is None:
+            return (net.input.name if pos == 0 else names.activation(pos),)
+        given, keys = (one,), [f"{path}.input"]
+    for key, name in zip(keys, given):
+        if not isinstance(name, str):
+            raise SpecError(key, f"expected a quantity name (string), got {name!r}")
+        if name not in shapes:
+            raise SpecError(key, _unknown(net, pos, name, shapes))
+    for k, name in enumerate(given):
+        if name in given[:k]:
+            raise SpecError(keys[k], f"{name!r} is named twice; each input is read once")
+    return tuple(given)
+
+
+def _unknown(net: Network, pos: int, name: str, shapes: dict) -> str:
+    readable = ", ".join(shapes)
+    m = re.fullmatch(r"f([1-9]\d*)", name)
+    if m and int(m.group(1)) <= len(net.layers):
+        return (f"{name!r} is computed by layers[{int(m.group(1)) - 1}], at or after this layer (a cycle): a layer "
+                f"reads the input or an earlier layer's output, here one of {readable}")
+    return f"unknown quantity {name!r}; expected the input or an earlier layer's output, one of {readable}"
+
+
+def _check_read(net: Network, read: set[str]) -> None:
+    """Every quantity but the last layer's output feeds something: an unused one is a mistake in the graph.
+    (The input always does: the first layer can read nothing else.)"""
+    for pos in range(len(net.layers) - 1):
+        f = names.activation(pos + 1)
+        if f not in read:
+            raise SpecError(f"layers[{pos}]", f"its output {f} is never read: name it in a later layer's input or "
+                                              "inputs, or remove the layer (only the last layer's output is the network's)")
 
 
 def _check_target(net: Network, out_shape: Shape, target_shape: Shape) -> None:

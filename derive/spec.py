@@ -133,8 +133,22 @@ def _layer(path: str, value: Any):
     if kind not in RULES:
         raise SpecError(f"{path}.type", f"expected one of {', '.join(RULES)}, got {_show(kind)}")
     rule = RULES[kind]
-    _check_keys(path, table, rule.keys)
-    return rule.parse(path, table)
+    if rule.multi_input:
+        _check_keys(path, table, rule.keys)
+        if "inputs" not in table:
+            raise SpecError(f"{path}.inputs", 'missing required key; expected a list of quantity names such as '
+                                              'inputs = ["f1", "f3"]')
+        given = table["inputs"]
+        if not isinstance(given, list) or len(given) < 2:
+            raise SpecError(f"{path}.inputs", f"expected a list of two or more quantity names, got {_show(given)}")
+        table = {**table, "inputs": tuple(_string(f"{path}.inputs[{k}]", v, "a quantity name (string)")
+                                          for k, v in enumerate(given))}
+        return rule.parse(path, table)
+    _check_keys(path, table, (*rule.keys, "input"))
+    spec = rule.parse(path, table)
+    if "input" in table:
+        spec = dataclasses.replace(spec, input=_string(f"{path}.input", table["input"], "a quantity name (string)"))
+    return spec
 
 
 def _loss(path: str, value: Any) -> Loss:

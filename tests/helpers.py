@@ -186,3 +186,25 @@ def triton_inputs(net, params, x, y, device="cpu"):
     ydt = torch.int32 if net.loss.type == "cross_entropy" else torch.float32
     ty = torch.tensor(np.asarray(y), dtype=ydt, device=device)
     return tp, tx, ty
+
+
+# Graph networks (add, concat, a layer reading other than the previous output): the Triton target refuses them
+# until the one Triton planner (issue 21) takes them.  Tests that iterate over the examples call this and, for a
+# graph, check the refusal instead of the Triton module: never a silent skip.
+TRITON_GRAPH_REFUSAL = "the triton target does not take graph networks yet"
+
+
+def triton_refuses(net) -> bool:
+    """True, after asserting that generating Triton code for ``net`` fails with the graph refusal; False for a chain."""
+    import pytest
+
+    from derive.errors import DerivationError
+    from derive.ir.lowering import lower
+    from derive.targets import codegen, triton
+    from derive import derive
+
+    if triton.refusal(lower(derive(net))) is None:
+        return False
+    with pytest.raises(DerivationError, match=TRITON_GRAPH_REFUSAL):
+        codegen.generate(net, "<test>", ("triton",))
+    return True

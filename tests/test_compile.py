@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import EXAMPLES, ROOT
+from helpers import EXAMPLES, ROOT, triton_refuses
 
 from derive.spec import load_spec
 
@@ -47,6 +47,8 @@ def test_every_compile_spec_compiles_without_spills(spec, cache_dir):
     from derive.ir.lowering import lower
     from derive.targets.triton import plan_triton
 
+    if triton_refuses(load_spec(spec)):
+        return  # a graph network: no Triton kernels until the one planner (the refusal is asserted)
     text = plan_triton(lower(derive(load_spec(spec)), spec.name)).text
     if spec == BENCH:
         assert "_dot_matvec(" in text and "_dot_outer_add(" in text

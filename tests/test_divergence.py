@@ -164,3 +164,14 @@ def test_a_triton_module_with_intermediates_is_compared_quantity_by_quantity():
     assert d.target == "triton" and d.quantity == "delta1" and d.tolerance == dv.TOL_F32
     assert d.rel_err == pytest.approx(0.01, rel=1e-2) and "no intermediates" not in d.line()
     assert d.line().startswith("first divergence: triton delta1 = dL_df1")
+
+
+def test_a_wrong_path_term_of_a_graph_is_the_divergence(monkeypatch):
+    """residual_mlp: one path's term of ∂L/∂f1 off by 1% is named, before the sum and δ1 that read it."""
+    net = load_spec(ROOT / "examples" / "residual_mlp.toml")
+    _mutate_numpy(monkeypatch, "    dL_df1_via3 = delta3  #", "    dL_df1_via3 = 1.01*delta3  #")
+    with generated_modules(net, "x", ("numpy",)) as mods:
+        params, x, y, _ = dv.draw(net, mods["numpy"], 0, 0, 3)
+        d = first_divergence(net, mods, params, x, y)
+    assert d.quantity == "dL_df1_via3" and d.layer == 1 and "delta3" in d.agree and "dL_df1" not in d.agree
+    assert d.rule.startswith("dL_df1_via3 = delta3 · da3/df1")

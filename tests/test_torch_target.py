@@ -120,8 +120,11 @@ def test_to_torch_is_the_equivalent_sequential(modules, example):
     back = _class(mod).from_torch(seq)
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
+    # a graph network's equivalent is a _TorchGraph (wired by the inputs each layer names), not a Sequential
+    wrong = (torch.nn.Sequential(*list(seq)[:-1], torch.nn.Dropout()) if isinstance(seq, torch.nn.Sequential)
+             else torch.nn.Sequential(*[m for m in seq.modules() if not list(m.children())][:-1], torch.nn.Dropout()))
     with pytest.raises(ValueError, match="expected the layers"):
-        _class(mod).from_torch(torch.nn.Sequential(*list(seq)[:-1], torch.nn.Dropout()))
+        _class(mod).from_torch(wrong)
 
 
 # activations and losses the examples do not use, a sum reduction, and a second derivative-free

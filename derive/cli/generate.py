@@ -29,9 +29,13 @@ def _render_examples(examples: Path, generated: Path, targets) -> dict[Path, str
     root = examples.resolve().parent  # the repository: headers name paths relative to it
     for spec in _example_specs(examples):
         net = load_spec(spec)
-        files = codegen.generate(net, display_path(str(spec), root), targets, display_path(str(generated), root))
+        skipped: dict[str, str] = {}
+        files = codegen.generate(net, display_path(str(spec), root), targets, display_path(str(generated), root),
+                                 skipped)
         for fname, text in files.items():
             out[generated / fname] = text
+        for fname, reason in skipped.items():
+            print(f"skipped: {generated / fname}: {reason}", file=sys.stderr)
     return out
 
 
@@ -75,7 +79,10 @@ def cmd_generate(args) -> int:
     from derive.cli.options import _network
 
     net = _network(args.spec)
-    files = codegen.generate(net, display_path(args.spec), targets, display_path(args.out))
+    skipped: dict[str, str] | None = {} if args.target == "all" else None  # a named target refuses loudly
+    files = codegen.generate(net, display_path(args.spec), targets, display_path(args.out), skipped)
+    for fname, reason in (skipped or {}).items():
+        print(f"skipped: {Path(args.out) / fname}: {reason}", file=sys.stderr)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DeriveError(f"{args.out}: -o: expected a directory, found a file")

@@ -57,10 +57,36 @@ def _derive(net) -> Derivation:
         layers.append((layer, nodes, act))
 
     loss, backward = _loss(net, sym)
+    graph = _Graph(net)
     made = {backward[0].name: backward[0]}  # each ∂L/∂f_l by its name, for the δ that re-uses it
+    # The layers' order is topological (a layer reads only earlier outputs), so its reverse visits
+    # every consumer of a quantity before the layer that computes it: ∂L/∂f_l is complete when needed.
     for layer, nodes, act in reversed(layers):
-        backward += _layer_backward(net, layer, nodes, act, sym, made)
+        backward += _layer_backward(net, layer, nodes, act, sym, made, graph)
     return Derivation(net, tuple(forward), loss, tuple(backward), sym)
+
+
+class _Graph:
+    """Who reads what: the consumers of each quantity, the layer that computes it, the shapes."""
+
+    def __init__(self, net):
+        self.input = net.input.name
+        self.producer = {net.input.name: 0}
+        self.shape = {net.input.name: net.info[0].in_shape if net.info[0].vector else net.input.shape}
+        self.consumers: dict[str, list[int]] = {}
+        for li in net.info:
+            self.producer[names.activation(li.index)] = li.index
+            self.shape[names.activation(li.index)] = li.out_shape
+            for s in li.sources:
+                self.consumers.setdefault(s, []).append(li.index)
+        self.pending: dict[str, list] = {}  # the path terms of a quantity with several consumers, so far
+
+    def needs_gradient(self, layer, name: str) -> bool:
+        """The network input needs no gradient, nor its zero-padded copy."""
+        return name != self.input and not (name == layer.padded and layer.source == self.input)
+
+    def shared(self, name: str) -> bool:
+        return len(self.consumers.get(name, ())) > 1
 
 
 def _loss(net, sym) -> tuple[Definition, list[Step]]:
@@ -83,7 +109,7 @@ def _loss(net, sym) -> tuple[Definition, list[Step]]:
     return loss, [step]
 
 
-def _layer_backward(net, layer, nodes, act, sym, made) -> list[Step]:
+def _layer_backward(net, layer, nodes, act, sym, made, graph) -> list[Step]:
     l = layer.index
     fname, aname = names.activation(l), names.pre_activation(l)
     up_step = made[names.upstream(l)]
@@ -110,11 +136,12 @@ def _layer_backward(net, layer, nodes, act, sym, made) -> list[Step]:
     def contraction(node, inp, kind, name, below):
         g_el = ix.elem(grad_of[node.name], *node.out)
         g = ix.contract(g_el * inp.local, node.limits).xreplace(inp.rename)
-        shape = _shape_of(net, layer, inp.name)
+        shape = _shape_of(graph, layer, inp.name)
         gsym = _tensor(sym, name, shape)
         lhs = inp.lhs if inp.lhs is not None else ix.elem(gsym, *getattr(inp.target.xreplace(inp.rename), "indices", ()))
         factors = (Factor("L", node.name, g_el, reused=True), Factor(node.name, inp.name, inp.local.xreplace(inp.rename)))
-        return Step(name, kind, below, lhs, g, factors, shape, g, param=inp.name if kind == "param" else None, origin=l)
+        return Step(name, kind, below, lhs, g, factors, shape, g, param=inp.name if kind == "param" else None, origin=l,
+                    wrt=inp.name if kind == "upstream" else None)
 
     for node in reversed(nodes):  # parameters first, then the slope, then what flows to the layer below
         for inp in node.inputs:
@@ -129,24 +156,48 @@ def _layer_backward(net, layer, nodes, act, sym, made) -> list[Step]:
         out.append(Step(gname, "param", l, sp.Symbol(gname), g,
                         (Factor("L", fname, up_el, reused=True), Factor(fname, layer.slope_param, local)),
                         (), g, param=layer.slope_param, origin=l))
-    if l == 1:
-        return out  # the network input needs no gradient
     for node in reversed(nodes):
         for inp in node.inputs:
-            if inp.role != "source":
+            if inp.role != "source" or not graph.needs_gradient(layer, inp.name):
                 continue
-            name = names.upstream(l - 1) if inp.name == layer.source else names.grad(inp.name)
-            step = contraction(node, inp, "upstream", name, l - 1)
-            grad_of[inp.name] = sym[name]
-            made[name] = step
-            out.append(step)
+            below = graph.producer[layer.source if inp.name == layer.padded else inp.name]
+            if not graph.shared(inp.name):
+                name = names.grad(inp.name)  # ∂L/∂f_k: dL_df{k}
+                step = contraction(node, inp, "upstream", name, below)
+                grad_of[inp.name] = sym[name]
+                made[name] = step
+                out.append(step)
+                continue
+            term = contraction(node, inp, "upstream", names.path_term(inp.name, l), below)
+            out.append(term)
+            terms = graph.pending.setdefault(inp.name, [])
+            terms.append(term)
+            if len(terms) == len(graph.consumers[inp.name]):  # every path is in: ∂L/∂f_k is their sum
+                step = _sum_over_paths(sym, inp.name, below, terms[::-1], graph.shape[inp.name])
+                made[step.name] = step
+                out.append(step)
     return out
 
 
-def _shape_of(net, layer, name: str):
+def _sum_over_paths(sym, quantity: str, layer: int, terms: list[Step], shape) -> Step:
+    """∂L/∂f = Σ over the layers f feeds of that path's term: the multivariate chain rule.
+
+    Each term is a contraction like any other (its factors derived by SymPy); the sum is one step,
+    named as a single consumer's would be, so that the δ below re-uses it the same way.
+    """
+    name = names.grad(quantity)
+    g = _tensor(sym, name, shape)
+    idx = tuple(terms[0].lhs.indices) if isinstance(terms[0].lhs, sp.Indexed) else ()
+    lhs = ix.elem(g, *idx)
+    total = sp.Add(*(t.rhs for t in terms), evaluate=False)
+    return Step(name, "upstream", layer, lhs, total, (Factor("L", quantity, lhs),), shape, total,
+                origin=terms[0].origin, wrt=quantity, terms=tuple(t.name for t in terms))
+
+
+def _shape_of(graph, layer, name: str):
     for p in layer.params:
         if p.name == name:
             return p.shape
-    if name == layer.source:
-        return net.info[layer.index - 2].out_shape
-    return layer.padded_shape
+    if name == layer.padded:
+        return layer.padded_shape
+    return graph.shape[name]

@@ -54,6 +54,10 @@ class Step:
     above it (for deltas) and is what ``derive explain`` prints.  ``layer`` is the layer the
     quantity belongs to (∂L/∂f2 belongs to layer 2); ``origin`` the layer whose rule made it
     (∂L/∂f2 is made by layer 3's).
+
+    When a quantity feeds several layers (a graph: add, concat, a skip path), each consumer's
+    contribution is its own "upstream" step, one path's term (``dL_df1_via3``), and ∂L/∂f1 is
+    the step whose ``terms`` names them: the multivariate chain rule's sum over paths.
     """
 
     name: str
@@ -66,6 +70,8 @@ class Step:
     expression: sp.Expr
     param: str | None = None
     origin: int = 0
+    wrt: str | None = None  # an upstream step: the quantity whose gradient (or one path's term of it) it is
+    terms: tuple[str, ...] = ()  # a sum over paths: the steps it adds (one per consumer of ``wrt``)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,15 @@ class Derivation:
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def paths(self, step: Step) -> tuple[Step, ...]:
+        """The path terms a sum-over-paths step adds, in its order (none for any other step)."""
+        return tuple(self.step(t) for t in step.terms)
+
+    def paths_note(self, step: Step) -> str:
+        """"f1 feeds a2 and a3: sum over paths": what the multivariate chain rule sums, in words."""
+        fed = [t.factors[-1].numerator for t in self.paths(step)]
+        return f"{step.wrt} feeds {', '.join(fed[:-1])} and {fed[-1]}: sum over paths"
 
     def gradient(self, param: str) -> Step:
         for s in self.gradients:

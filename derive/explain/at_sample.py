@@ -116,10 +116,16 @@ def sections(der, values, full: bool = False, param: str | None = None, esc=lx.t
     out.append(("Forward pass", [], forward))
     out.append(("Loss (per sample)", [], [row("L", der.loss.rhs, values.get("L"), False)]))
     back = []
+    in_sum = {t for s in der.backward for t in s.terms}  # a path's term: shown inside its sum
     for s in der.backward:
-        if s.kind == "param" or values.get(s.name) is None:
+        if s.kind == "param" or values.get(s.name) is None or s.name in in_sum:
             continue
         volume = s.layer in vol
+        if s.terms:
+            paths = " + ".join(r" \, ".join(_label(f) for f in t.factors) for t in der.paths(s))
+            back.append(f"{latex(s.lhs)} &= {paths}" + note(f"({der.paths_note(s)})"))
+            back.append(row(latex(s.lhs), ev.shown(der, s), values.get(s.name), volume))
+            continue
         if s.kind != "delta":
             back.append(row(latex(s.lhs), ev.shown(der, s), values.get(s.name), volume))
             continue

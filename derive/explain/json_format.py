@@ -59,10 +59,8 @@ def to_json_dict(der: Derivation, param: str | None = None, expand: bool = False
         ],
         # ∂L/∂f_l of every layer below the top (and of a padded input): what the δ's and a prelu
         # slope's gradient below re-use
-        "upstream": [
-            {"name": s.name, "element": _str(s.lhs), "chain": [f.name for f in s.factors], "expression": _str(s.rhs)}
-            for s in der.backward if s.kind == "upstream"
-        ],
+        # (a quantity several layers read: one path's term per layer, then their sum, with its "paths")
+        "upstream": [_upstream(der, s) for s in der.backward if s.kind == "upstream"],
         "parameters": [
             {
                 "name": s.param,
@@ -77,6 +75,14 @@ def to_json_dict(der: Derivation, param: str | None = None, expand: bool = False
         ],
         "optimizer": _optimizer_json(der, param),
     }
+
+
+def _upstream(der: Derivation, s) -> dict:
+    out = {"name": s.name, "element": _str(s.lhs), "chain": [f.name for f in s.factors], "expression": _str(s.rhs)}
+    if s.terms:
+        out["sum_over_paths"] = {"note": der.paths_note(s), "paths": [
+            {"name": t.name, "chain": [f.name for f in t.factors], "expression": _str(t.rhs)} for t in der.paths(s)]}
+    return out
 
 
 def _optimizer_json(der: Derivation, param: str | None) -> dict:

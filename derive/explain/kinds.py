@@ -79,8 +79,8 @@ def gradient_notes(net, li, param: str) -> list[tuple]:
         if not li.vector or role == "slope":
             return []
         l = li.index
-        prev = net.input.name if l == 1 else f"f{l - 1}"
-        prev_tex = prev if l == 1 else f"f_{{{l - 1}}}"
+        prev = li.source  # the input, f_{l-1}, or the quantity the layer names
+        prev_tex = name_latex(prev)
         if role == "weight":
             return [("matrix form: ", Tex(f"∂L/∂{param} = δ{l} · {prev}ᵀ", rf"\frac{{\partial L}}{{\partial "
                      rf"{name_latex(param)}}} = \delta_{{{l}}} \, {prev_tex}^\top"),
@@ -88,7 +88,7 @@ def gradient_notes(net, li, param: str) -> list[tuple]:
         return [("matrix form: ", Tex(f"∂L/∂{param} = δ{l}", rf"\frac{{\partial L}}{{\partial {name_latex(param)}}}"
                  rf" = \delta_{{{l}}}"), "  (summed over the batch)")]
     if k in ("conv2d", "locally_connected") and role in ("weight", "bias"):
-        src = li.padded or (net.input.name if li.index == 1 else f"f{li.index - 1}")
+        src = li.padded or li.source
         out = []
         if k == "conv2d":
             out.append(("(weight sharing: the sum runs over every position (i, j) the kernel visits)",))

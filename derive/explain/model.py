@@ -62,6 +62,14 @@ class Product:
 
 
 @dataclass(frozen=True)
+class Paths:
+    """A sum over paths (Chains, or Products of their values), one per layer a quantity feeds:
+    the multivariate chain rule, ∂L/∂f1 = δ2·∂a2/∂f1 + δ3·∂a3/∂f1."""
+
+    items: tuple
+
+
+@dataclass(frozen=True)
 class Eq:
     """``lhs rel rhs[0] = rhs[1] …``, with a note after it."""
 
@@ -344,7 +352,13 @@ class Explainer:
     def backward(self) -> Section:
         items = []
         folded = self._folded()
+        in_sum = {t for s in self.der.backward for t in s.terms}  # a path's term: shown inside its sum
         for s in self.der.backward:
+            if s.terms:
+                items += self._sum_over_paths(s)
+                continue
+            if s.name in in_sum:
+                continue
             if s.kind == "loss_grad":
                 top = Partial(None, sp.Symbol(names.activation(s.layer)))
                 items.append(Eq(s.lhs, (s.rhs,), ("      (SymPy: ", top, " of the loss)")))
@@ -373,6 +387,29 @@ class Explainer:
                        "below it", "Backward pass", tuple(items),
                        ("Each ", Tex("δl = ∂L/∂al", r"\delta_l = \partial L / \partial a_l"),
                         " is computed once and re-used by everything below it.",))
+
+    def _sum_over_paths(self, s: Step) -> list:
+        """∂L/∂f = Σ over the layers f feeds of δ·∂a/∂f, each path's factors as in a single step."""
+        chains, products, lines = [], [], []
+        for t in self.der.paths(s):
+            target = self._target(t, t.factors)
+            over, labels = self.labelled(t.factors, target)
+            chains.append(Chain(over, labels))
+            products.append(self.product(t.factors, labels, over))
+            lines += [self._factor_line(f, lab) for f, lab in zip(t.factors, labels)]
+            origin = self.net.info[t.origin - 1]
+            note = kinds.step_note(origin)
+            if note:
+                lines.append(Prose((note,), 6))
+        out = [Eq(s.lhs, (Paths(tuple(chains)),), (f"      ({self.der.paths_note(s)})",)), *lines]
+        if any(type(r).__name__ == "InRange" for t in s.terms for f in self.steps[t].factors
+               for r in f.value.atoms(sp.Function)):
+            out.append(Prose(("the brackets keep the kernel offset (h − i·s, w − j·s) inside the kernel: "
+                              "only the windows that cover (h, w) contribute",), 6))
+        out.append(Result(s.lhs, Paths(tuple(products))))
+        if any(_contracted(p) for p in products):  # a sum over a Kronecker delta: SymPy eliminated it
+            out.append(Result(s.lhs, s.rhs))
+        return out
 
     def _target(self, s: Step, factors) -> sp.Expr:
         _, den = parts(factors[-1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from derive.explain.kinds import Code, Tex
-from derive.explain.model import (ELLIPSIS, Chain, Cont, Document, Eq, FactorLine, Partial, Product, Prose,
+from derive.explain.model import (ELLIPSIS, Chain, Cont, Document, Eq, FactorLine, Partial, Paths, Product, Prose,
                                   Result)
 from derive.explain.notation import text
 
@@ -20,6 +20,9 @@ def math(m) -> str:
         return _over(m.over) + " · ".join(ELLIPSIS if f == ELLIPSIS else math(f) for f in m.factors)
     if isinstance(m, Product):
         return _product(m)
+    if isinstance(m, Paths):  # a Σ that is not the last term is bracketed: it does not run over the terms after it
+        last = len(m.items) - 1
+        return " + ".join("(%s)" % math(t) if t.over and k < last else math(t) for k, t in enumerate(m.items))
     if isinstance(m, str):
         return m
     return text(m)

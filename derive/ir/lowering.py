@@ -157,6 +157,10 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         ctx.scalar_lhs = s.shape == ()
         layer = net.info[s.origin - 1]
         node = None
+        if s.terms:  # the sum over paths of a quantity several layers read: its terms are named above
+            backward.append(Assign(s.name, sp.Add(*(sp.Symbol(t, real=True) for t in s.terms), evaluate=False),
+                                   s.shape, True, _comment_sum(s)))
+            continue
         if s.kind in ("param", "upstream") and s.rhs != 0:
             node = RULES[layer.kind].lower_step(s, layer, net, lambda e, ctx=ctx: lower_expr(e, ctx, True))
         if node is not None:  # the layer's rule spells it (an outer product, a convolution, a pooling gradient)
@@ -210,7 +214,7 @@ def _lower_optimizer(net) -> dict:
 def _layers(net) -> tuple[LayerIR, ...]:
     return tuple(LayerIR(li.index, li.kind, li.in_shape, li.out_shape, li.source, names.activation(li.index),
                          li.weight, li.bias, li.activation, li.slope_value, li.slope_param, li.kernel, li.stride,
-                         li.padding) for li in net.info)
+                         li.padding, li.inputs) for li in net.info)
 
 
 def _volumes(der, net) -> tuple[VolumeLayer, ...]:
@@ -259,7 +263,13 @@ def _comment_step(s: Step) -> str:
     from derive.explain.display import factor_name, text
 
     chain = " · ".join(factor_name(f.name) for f in s.factors)
+    if s.wrt and s.name != names.grad(s.wrt):  # one path's term of a sum over paths
+        return f"∂L/∂{s.wrt} through {s.factors[-1].numerator} (one path's term) = {chain}"
     return f"{text(s.lhs)} = {chain}"
+
+
+def _comment_sum(s: Step) -> str:
+    return f"∂L/∂{s.wrt}: the sum over the {len(s.terms)} paths from L (the multivariate chain rule)"
 
 
 def _cse(steps: tuple[Assign, ...]) -> tuple[Assign, ...]:

@@ -133,6 +133,11 @@ class LayerIR:
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: int = 0
+    inputs: tuple[str, ...] = ()  # add, concat: every array it reads (``source`` is the first)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.inputs or (self.source,)
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,18 @@ class KernelIR:
     state: tuple[str, ...] = ()  # per-parameter optimizer state
     update_scalars: tuple[Assign, ...] = ()  # host scalars, once per step (η_t, bias corrections)
     updates: tuple[Assign, ...] = ()  # the elementwise update of one parameter θ with gradient g
+
+    def graph_reason(self) -> str | None:
+        """Why this network is a graph rather than a chain (a layer reading several quantities, or
+        one other than the previous layer's output), or None for a chain."""
+        prev = self.input.name
+        for li in self.layers:
+            if len(li.sources) > 1:
+                return f"layer {li.index} ({li.kind}) reads {', '.join(li.sources)}"
+            if li.source != prev:
+                return f"layer {li.index} reads {li.source}, not the previous layer's output {prev}"
+            prev = li.output
+        return None
 
     def grads_by_param(self) -> tuple[tuple[str, str], ...]:
         """(param, gradient array) in the order of ``params``."""
@@ -291,3 +308,16 @@ class AvgPool2dGrad(IRNode):
     (f, the pooling's input, gives the shape)."""
 
     nargs = 8
+
+
+# ---- graphs: concat along axis 1 of the batched arrays (features of (B, n), channels of (B, c, h, w)) ---
+
+
+class Concat(IRNode):
+    """Concat(f1, f2, …): the inputs end to end along axis 1 (features or channels)."""
+
+
+class Slice(IRNode):
+    """Slice(g, offset, size): g[:, offset:offset + size], the block of a concat's gradient one input filled."""
+
+    nargs = 3

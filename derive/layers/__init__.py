@@ -9,11 +9,12 @@ per-layer tables: docs/architecture.md lists the places).
 from __future__ import annotations
 
 from derive.errors import DerivationError
-from derive.layers import conv, flatten, linear, pool
+from derive.layers import conv, flatten, linear, merge, pool
 from derive.layers.base import Layer, LayerRule, Param
 
 RULES: dict[str, LayerRule] = {
-    rule.kind: rule for rule in (linear.RULE, conv.CONV, conv.LOCAL, flatten.RULE, pool.MAX, pool.AVG)
+    rule.kind: rule for rule in (linear.RULE, conv.CONV, conv.LOCAL, flatten.RULE, pool.MAX, pool.AVG, merge.ADD,
+                                 merge.CONCAT)
 }
 
 

@@ -32,7 +32,8 @@ class Param:
 class Layer:
     """A validated layer of any kind, with its resolved names and shapes (1-based ``index``).
 
-    ``source`` is the quantity it reads (the network input or f_{l-1}); ``activation`` is None
+    ``source`` is the quantity it reads (the network input, f_{l-1} by default, or the spec's
+    ``input``; the first of ``inputs`` for add and concat); ``activation`` is None
     for layers that have none (flatten, pooling): their output f_l is the layer's only quantity.
     ``padded`` names the zero-padded source (x_pad, f1_pad) of a windowed layer with padding.
     """
@@ -54,6 +55,13 @@ class Layer:
     stride: tuple[int, int] = (1, 1)
     padding: int = 0
     padded: str | None = None
+    inputs: tuple[str, ...] = ()  # every quantity read, for a kind with several (add, concat)
+    in_shapes: tuple[Shape, ...] = ()  # and their shapes, in the same order
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The quantities this layer reads: its ``inputs``, or its one ``source``."""
+        return self.inputs or (self.source,)
 
     @property
     def vector(self) -> bool:
@@ -113,11 +121,14 @@ class LayerRule:
     spec_type: type = object
     keys: tuple[str, ...] = ("type",)
     has_activation = True
+    multi_input = False  # the spec names its inputs (``inputs``, two or more) instead of one ``input``
 
     def parse(self, path: str, table: dict):
         raise NotImplementedError
 
-    def resolve(self, path: str, index: int, spec, in_shape: Shape, claim, net) -> Layer:
+    def resolve(self, path: str, index: int, spec, in_shape: Shape, claim, source: str) -> Layer:
+        """The validated Layer reading ``source`` of shape ``in_shape`` (for a ``multi_input`` rule:
+        tuples of both, one per input, in the spec's order)."""
         raise NotImplementedError
 
     def forward(self, layer: Layer, sym: dict) -> list[Node]:
@@ -128,8 +139,10 @@ class LayerRule:
         """The kernel-IR expression of a definition, or None when generic elementwise lowering applies."""
         return None
 
-    def lower_step(self, step, layer: Layer, net):
-        """The kernel-IR expression of a backward step this layer's rule made, or None (generic lowering)."""
+    def lower_step(self, step, layer: Layer, net, lower):
+        """The kernel-IR expression of a backward step this layer's rule made, or None (generic lowering).
+
+        ``lower`` turns an element expression into an array expression (for rules that build on it)."""
         return None
 
     def describe(self, layer: Layer) -> str:

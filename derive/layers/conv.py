@@ -46,6 +46,7 @@ class Conv2d:
     bias: str | None | bool = None
     activation: str = "identity"
     slope: float | None = None  # leaky_relu's negative slope (default 0.01)
+    input: str | None = None  # the quantity it reads (default: the previous layer's output)
 
     kind = "conv2d"
 
@@ -96,7 +97,7 @@ class ConvRule(LayerRule):
             kwargs["slope"] = checks.number(f"{path}.slope", table["slope"], "a number (leaky_relu's negative slope)")
         return self.spec_type(**kwargs)
 
-    def resolve(self, path: str, index: int, spec, shape, claim, net) -> Layer:
+    def resolve(self, path: str, index: int, spec, shape, claim, source) -> Layer:
         cin, hin, win = checks.volume(path, self.kind, shape)
         filters = checks.positive(f"{path}.filters", spec.filters)
         kh, kw = checks.positive_pair(f"{path}.kernel", spec.kernel, "positive kernel sizes")
@@ -107,8 +108,8 @@ class ConvRule(LayerRule):
                                               f"{hin + 2 * pad}×{win + 2 * pad}, got {kh}×{kw}")
         act, slope_value = checks.activation(path, spec, parameters=False)
         weight, bias = checks.weight_and_bias(path, index, spec, True, claim)
-        source = net.input.name if index == 1 else names.activation(index - 1)
-        padded = claim(f"{path}.padding", names.padded(source)) if pad else None
+        own = index if spec.input is not None else None  # a named input: a name no other layer's padding takes
+        padded = claim(f"{path}.padding", names.padded(source, own)) if pad else None
         out_shape = (filters, (hin + 2 * pad - kh) // stride + 1, (win + 2 * pad - kw) // stride + 1)
         fan_in = cin * kh * kw
         if self.shared:
@@ -165,7 +166,7 @@ class ConvRule(LayerRule):
             return node(delta, src, *self._geometry(layer))
         if step.kind == "param" and step.param == layer.bias:
             return ir.ConvBiasGrad(delta, sp.Integer(layer.index)) if self.shared else ir.BatchSum(delta)
-        if layer.padded and step.name == names.upstream(layer.index - 1):
+        if layer.padded and step.name != names.grad(layer.padded):  # ∂L/∂source: a crop of ∂L/∂source_pad
             return ir.Crop(_s(names.grad(layer.padded)), sp.Integer(layer.padding))
         _, hp, wp = layer.padded_shape
         node = ir.ConvInputGrad if self.shared else ir.LocalInputGrad

@@ -21,6 +21,8 @@ from derive.indices import UNPRIME, c, c_, h, h_, n, w, w_
 class Flatten:
     """f[c·H·W + h·W + w] = f_prev[c,h,w]: a volume as a vector, in C order (as torch flattens (c, h, w))."""
 
+    input: str | None = None  # the quantity it reads (default: the previous layer's output)
+
     kind = "flatten"
 
 
@@ -33,9 +35,8 @@ class FlattenRule(LayerRule):
     def parse(self, path: str, table: dict) -> Flatten:
         return Flatten()
 
-    def resolve(self, path: str, index: int, spec, shape, claim, net) -> Layer:
+    def resolve(self, path: str, index: int, spec, shape, claim, source) -> Layer:
         cin, hin, win = checks.volume(path, self.kind, shape)
-        source = net.input.name if index == 1 else names.activation(index - 1)
         return Layer(index, self.kind, spec, shape, (cin * hin * win,), source)
 
     def forward(self, layer: Layer, sym: dict) -> list[Node]:

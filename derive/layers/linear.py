@@ -35,6 +35,7 @@ class Linear:
     activation: str = "identity"
     slope: float | str | None = None  # leaky_relu: a float (default 0.01); prelu: the parameter's name
     slope_init: float | None = None  # prelu's initial slope (default 0.25, as torch.nn.PReLU)
+    input: str | None = None  # the quantity it reads (default: the previous layer's output)
 
     kind = "linear"
 
@@ -56,7 +57,7 @@ class LinearRule(LayerRule):
             kwargs["slope_init"] = checks.number(f"{path}.slope_init", table["slope_init"], "a number")
         return Linear(**kwargs)
 
-    def resolve(self, path: str, index: int, spec: Linear, shape, claim, net) -> Layer:
+    def resolve(self, path: str, index: int, spec: Linear, shape, claim, source) -> Layer:
         if len(shape) == 3:
             raise SpecError(f"{path}.type", f"expected a flatten layer before a linear layer on a volume "
                                             f"(this layer's input has shape {list(shape)})")
@@ -89,7 +90,6 @@ class LinearRule(LayerRule):
             params.append(Param(bias, (out,) if vector else (), index, "bias", fan_in))
         if slope_param is not None:
             params.append(Param(slope_param, (), index, "slope", fan_in))
-        source = net.input.name if index == 1 else names.activation(index - 1)
         return Layer(index, self.kind, spec, in_view, (out,) if vector else (), source, tuple(params),
                      weight, bias, act, slope_value, slope_param, slope_init)
 

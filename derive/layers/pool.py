@@ -58,18 +58,19 @@ class Pool2d:
     kernel: int | tuple[int, int]
     stride: int | tuple[int, int] | None = None
     padding: int = 0
+    input: str | None = None  # the quantity it reads (default: the previous layer's output)
 
     @property
     def kind(self) -> str:
         return self.type
 
 
-def MaxPool2d(kernel, stride=None, padding=0) -> Pool2d:  # noqa: N802 (reads as a layer type)
-    return Pool2d("max_pool2d", kernel, stride, padding)
+def MaxPool2d(kernel, stride=None, padding=0, input=None) -> Pool2d:  # noqa: N802 (reads as a layer type)
+    return Pool2d("max_pool2d", kernel, stride, padding, input)
 
 
-def AvgPool2d(kernel, stride=None, padding=0) -> Pool2d:  # noqa: N802
-    return Pool2d("avg_pool2d", kernel, stride, padding)
+def AvgPool2d(kernel, stride=None, padding=0, input=None) -> Pool2d:  # noqa: N802
+    return Pool2d("avg_pool2d", kernel, stride, padding, input)
 
 
 class PoolRule(LayerRule):
@@ -89,7 +90,7 @@ class PoolRule(LayerRule):
             kwargs["padding"] = checks.integer(f"{path}.padding", table["padding"])
         return Pool2d(self.kind, **kwargs)
 
-    def resolve(self, path: str, index: int, spec: Pool2d, shape, claim, net) -> Layer:
+    def resolve(self, path: str, index: int, spec: Pool2d, shape, claim, source) -> Layer:
         cin, hin, win = checks.volume(path, self.kind, shape)
         kh, kw = checks.positive_pair(f"{path}.kernel", spec.kernel, "positive kernel sizes")
         sh, sw = (kh, kw) if spec.stride is None else checks.positive_pair(f"{path}.stride", spec.stride,
@@ -102,7 +103,6 @@ class PoolRule(LayerRule):
             raise SpecError(f"{path}.kernel", f"expected a kernel no larger than the padded input "
                                               f"{hin + 2 * pad}×{win + 2 * pad}, got {kh}×{kw}")
         out_shape = (cin, (hin + 2 * pad - kh) // sh + 1, (win + 2 * pad - kw) // sw + 1)
-        source = net.input.name if index == 1 else names.activation(index - 1)
         return Layer(index, self.kind, spec, shape, out_shape, source, kernel=(kh, kw), stride=(sh, sw), padding=pad)
 
     def _window(self, layer: Layer, sym: dict):

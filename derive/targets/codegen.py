@@ -15,6 +15,7 @@ from derive.network import Network
 from derive.targets.common import template_dir  # noqa: F401 (re-exported: tests and the wheel check use it)
 from derive.targets.numpy import render_numpy
 from derive.targets.torch import render_torch
+from derive.targets import triton
 from derive.targets.triton import render_triton
 
 TARGETS = ("numpy", "triton", "torch")
@@ -22,9 +23,24 @@ TARGETS = ("numpy", "triton", "torch")
 RENDERERS = {"numpy": render_numpy, "triton": render_triton, "torch": render_torch}
 
 
-def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generated") -> dict[str, str]:
-    """file name -> source text, for each target."""
+# Why a target refuses a network it cannot generate yet (None: it takes it).
+REFUSALS = {"triton": triton.refusal}
+
+
+def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generated",
+             skipped: dict | None = None) -> dict[str, str]:
+    """file name -> source text, for each target.
+
+    With ``skipped`` (a dict), a target that refuses the network is left out and its reason
+    recorded there; without it, the refusal is the target's error.
+    """
     ir = lower(derive(net), source)
+    if skipped is not None:
+        for t in targets:
+            reason = REFUSALS[t](ir) if t in REFUSALS else None
+            if reason:
+                skipped[f"{net.name}_{t}.py"] = reason
+        targets = [t for t in targets if f"{net.name}_{t}.py" not in skipped]
     return {f"{net.name}_{t}.py": RENDERERS[t](ir, out_dir) for t in targets}
 
 

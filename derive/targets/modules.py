@@ -47,11 +47,17 @@ def import_file(path: Path, module_name: str):
 
 
 @contextmanager
-def generated_modules(net: Network, source: str, targets=("numpy", "triton")):
-    """Yield {target: module} for freshly generated code."""
+def generated_modules(net: Network, source: str, targets=("numpy", "triton"), skipped: dict | None = None):
+    """Yield {target: module} for freshly generated code (with ``skipped``, a target that refuses the
+    network is left out and its reason recorded there, keyed by the target)."""
     if "triton" in targets:
         triton_device()  # the interpreter must be chosen before triton is imported
-    files = codegen.generate(net, source, targets)
+    refused: dict[str, str] = {}
+    files = codegen.generate(net, source, targets, skipped=refused if skipped is not None else None)
+    for t in targets:
+        if f"{net.name}_{t}.py" in refused:
+            skipped[t] = refused[f"{net.name}_{t}.py"]
+    targets = [t for t in targets if f"{net.name}_{t}.py" in files]
     with tempfile.TemporaryDirectory(prefix="derive-") as tmp:
         mods = {}
         try:

@@ -159,6 +159,15 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
         f = self._print(e.args[0])
         return "%s.reshape(%s.shape[0], -1)" % (f, f)
 
+    def _print_Concat(self, e):
+        return "%s((%s), axis=1)" % (self._concat, ", ".join(self._print(a) for a in e.args))
+
+    _concat = "np.concatenate"
+
+    def _print_Slice(self, e):
+        g, at, size = e.args
+        return "%s[:, %s:%s]" % (self._print(g), at, at + size)
+
     def _print_Unflatten(self, e):
         g, cc, hh, ww = e.args
         return "%s.reshape(-1, %s, %s, %s)" % (self._print(g), cc, hh, ww)

@@ -54,7 +54,7 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
         return {"lhs": a.name, "rhs": f"torch.relu_({pr.doprint(pre)})",
                 "comment": f"{a.comment} (in place: nothing below reads {pre.name})"}
 
-    torch_layers, torch_params, no_equivalent = _torch_equivalent(ir)
+    torch_layers, torch_params, no_equivalent, torch_graph = _torch_equivalent(ir)
     ctx = _common(ir, out_dir)
     ctx.update(
         cls=class_name(ir.name),
@@ -72,6 +72,7 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
         torch_layers=torch_layers,
         torch_params=torch_params,
         no_equivalent=no_equivalent,
+        torch_graph=torch_graph,
         scalar_input=ir.input.shape == (),
         input_shape_tuple=repr(tuple(ir.input.shape)),
         target_shape_tuple=repr(tuple(ir.target.shape)),
@@ -135,44 +136,57 @@ def _vjp_backward(ir: KernelIR) -> tuple[dict, list[Assign]]:
     return seed, out
 
 
-def _torch_equivalent(ir: KernelIR) -> tuple[list[str], list[dict], str | None]:
-    """The equivalent torch.nn.Sequential as constructor strings; each derive parameter's place
-    in it (the k-th module with parameters, and its attribute); or why there is none."""
-    mods: list[str] = []
+def _torch_equivalent(ir: KernelIR) -> tuple[list[str], list[dict], str | None, dict | None]:
+    """The equivalent torch.nn model as constructor strings; each derive parameter's place in it
+    (the k-th module with parameters, and its attribute); why there is none; and for a graph
+    network, its wiring (one torch.nn.Sequential per layer, the quantities each reads)."""
     params: list[dict] = []
     held = 0  # modules with parameters so far
     shapes = {p.name: p.shape for p in ir.params}
-    if ir.input.shape == ():
-        mods.append("torch.nn.Unflatten(0, (-1, 1))")  # a scalar per sample as a length-1 vector
+    pre = ["torch.nn.Unflatten(0, (-1, 1))"] if ir.input.shape == () else []  # a scalar as a length-1 vector
+    per_layer: list[list[str]] = []
     for li in ir.layers:
+        mods: list[str] = []
+        per_layer.append(mods)
         if li.kind == "locally_connected":
             return [], [], (f"layer {li.index} is locally_connected, which has no torch.nn equivalent "
-                            f"(weights are not shared across positions)")
+                            f"(weights are not shared across positions)"), None
         if li.kind == "flatten":
             mods.append("torch.nn.Flatten()")
             continue
         if li.kind in ("max_pool2d", "avg_pool2d"):
             mods.append(_pool(li))
             continue
-        if li.kind not in ("linear", "conv2d"):
-            return [], [], f"layer {li.index} ({li.kind}) has no torch.nn equivalent in this target yet"
-        mods.append(_parametric(li))
-        for name, attr, shape in ((li.weight, "weight", _torch_weight(li)), (li.bias, "bias", _torch_bias(li))):
-            if name is None:
-                continue
-            if math.prod(shapes[name]) != math.prod(shape):
-                raise DerivationError(f"torch target: {name} {shapes[name]} does not fit torch's {attr} {shape}")
-            params.append({"name": name, "index": held, "attr": attr})
-        held += 1
+        if li.kind in ("linear", "conv2d"):
+            mods.append(_parametric(li))
+            for name, attr, shape in ((li.weight, "weight", _torch_weight(li)), (li.bias, "bias", _torch_bias(li))):
+                if name is None:
+                    continue
+                if math.prod(shapes[name]) != math.prod(shape):
+                    raise DerivationError(f"torch target: {name} {shapes[name]} does not fit torch's {attr} {shape}")
+                params.append({"name": name, "index": held, "attr": attr})
+            held += 1
+        elif li.kind not in MERGES:
+            return [], [], f"layer {li.index} ({li.kind}) has no torch.nn equivalent in this target yet", None
         act = _activation(li)
         if act:
             mods.append(act)
             if li.slope_param:
                 params.append({"name": li.slope_param, "index": held, "attr": "weight"})
                 held += 1
+    post = []
     if isinstance(ir.output.expr, First) or ir.output.shape == ():
-        mods.append("torch.nn.Flatten(0)")  # ŷ one scalar per sample, as derive returns it
-    return mods, params, None
+        post.append("torch.nn.Flatten(0)")  # ŷ one scalar per sample, as derive returns it
+    if ir.graph_reason() is None:
+        return pre + [m for mods in per_layer for m in mods] + post, params, None, None
+    graph = {"layers": per_layer, "reads": [list(li.sources) for li in ir.layers],
+             "merges": [MERGES.get(li.kind) for li in ir.layers], "outputs": [li.output for li in ir.layers],
+             "input": ir.input.name, "pre": pre, "post": post}
+    return [], params, None, graph
+
+
+# The kinds that read several quantities: how the equivalent torch model joins them before the layer's modules.
+MERGES = {"add": "add", "concat": "concat"}
 
 
 def _features(shape) -> int:

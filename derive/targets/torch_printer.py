@@ -20,6 +20,7 @@ class TorchCodePrinter(NumpyCodePrinter):
     """Whole-batch torch: same names and layout as the NumPy module, on tensors."""
 
     target = "torch"
+    _concat = "torch.cat"
 
     def _module_format(self, fqn, register=True):
         # SymPy's NumPy printer asks for numpy.exp, numpy.tanh, …: torch has the same names.

@@ -10,6 +10,7 @@ import re
 
 import sympy as sp
 
+from derive.errors import DerivationError
 from derive.ir.nodes import KernelIR, Outer
 from derive.limits import pow2
 from derive.targets.common import _common, _env
@@ -43,11 +44,28 @@ FUSED_FLAGS = (
 )
 
 
+def refusal(ir: KernelIR) -> str | None:
+    """Why the triton target refuses this network, or None.  Graph networks (add, concat, skip paths)
+    wait for the one Triton planner (issue 21): today's two generators assume a chain, so a graph is
+    refused rather than planned by either."""
+    reason = ir.graph_reason()
+    if reason:
+        return f"the triton target does not take graph networks yet ({reason}); the numpy and torch targets do"
+    return None
+
+
+def refuse_graph(ir: KernelIR) -> None:
+    reason = refusal(ir)
+    if reason:
+        raise DerivationError(f"{ir.source}: {reason}")
+
+
 def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
     return plan_triton(ir, out_dir).text
 
 
 def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
+    refuse_graph(ir)
     if any(len(layer.in_shape) == 3 for layer in ir.layers):  # a volume: per-layer kernels
         return plan_layers(ir, out_dir)
     arrays = ir.arrays()

@@ -170,8 +170,13 @@ def verify(net: Network, source: str, seeds: int = 3, seed: int | None = None,
     targets = ("numpy",)
     if _torch() is not None:
         targets += ("triton", "torch") if triton_device() else ("torch",)
-    with generated_modules(net, source, targets) as mods:
-        return verify_modules(net, mods, seeds, seed, batch_sizes, progress)
+    refused: dict[str, str] = {}
+    with generated_modules(net, source, targets, refused) as mods:
+        report = verify_modules(net, mods, seeds, seed, batch_sizes, progress)
+    if "triton" in refused:  # say why there is no Triton module, not only that there is none
+        report.skipped = [f"Triton checks: {refused['triton']}" if m == "Triton checks: no Triton module" else m
+                          for m in report.skipped]
+    return report
 
 
 def _torch():

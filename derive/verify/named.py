@@ -5,6 +5,9 @@ Built from the Network alone (never from the derivation or the generated code), 
 names derive/names.py gives.  L carries the batch scale (1/B for the mean), as the generated
 backward pass does, so ∂L/∂f_top matches the generated dL_df_top.  Layers without an
 activation (flatten, pooling) have f_l only, computed by derive.verify.reference's layer table.
+In a graph, a quantity several layers read is read by each through its own copy, so that
+torch.autograd's gradient at each copy is that path's term (dL_df1_via3), and at the
+quantity itself their sum (dL_df1).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 
 from derive import names
 from derive.network import Network
-from derive.verify.reference import ACTIVATIONS, LAYERS, per_sample_loss
+from derive.verify.reference import ACTIVATIONS, LAYERS, MERGES, per_sample_loss
 
 
 def named_quantities(net: Network, params: dict, x, y) -> dict:
@@ -24,16 +27,35 @@ def named_quantities(net: Network, params: dict, x, y) -> dict:
     p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     q: dict = {}  # forward quantities, in order
     wrt: dict = {}  # gradient name -> the tensor it is the gradient of
-    h = x.detach().clone().requires_grad_(True)  # so that a first layer without parameters (flatten) has ∂L/∂f1
+    # so that a first layer without parameters (flatten) has ∂L/∂f1
+    out_of = {net.input.name: x.detach().clone().requires_grad_(True)}  # each layer's output, for its readers
+    readers: dict = {}
+    for li in net.info:
+        for s in li.sources:
+            readers[s] = readers.get(s, 0) + 1
+
+    def read(s, l):
+        """A quantity several layers read: each reads its own copy, whose gradient is that path's term."""
+        if readers[s] < 2:
+            return out_of[s]
+        copy = out_of[s].clone()
+        if s != net.input.name:
+            wrt[names.path_term(s, l)] = copy
+        return copy
+
     for li in net.info:
         l = li.index
+        h = read(li.source, l)
         if li.padded:  # the zero-padded input is a named quantity of its own (conv2d, locally connected)
             h = F.pad(h, (li.padding,) * 4)
             q[li.padded] = h
-            if l > 1:  # x_pad has no gradient in the derivation: nothing is upstream of the input
+            if li.source != net.input.name:  # x_pad has no gradient in the derivation: nothing is upstream of x
                 wrt[names.grad(li.padded)] = h  # dL_df1_pad, as derive/layers/conv.py names it
             li = replace(li, padding=0)
-        a = LAYERS[li.kind](li, p, h)  # verify's own rebuild of the layer's linear part
+        if li.kind in MERGES:  # add, concat: the quantities it reads, joined
+            a = MERGES[li.kind](li, p, [h] + [read(s, l) for s in li.sources[1:]])
+        else:
+            a = LAYERS[li.kind](li, p, h)  # verify's own rebuild of the layer's linear part
         if li.bias:
             b = p[li.bias]
             a = a + (b[:, None, None] if li.kind == "conv2d" else b)
@@ -43,7 +65,7 @@ def named_quantities(net: Network, params: dict, x, y) -> dict:
             q[names.pre_activation(l)] = wrt[names.delta(l)] = a
             slope = p[li.slope_param] if li.slope_param else li.slope_value
             h = ACTIVATIONS[li.activation](a, slope)
-        q[names.activation(l)] = wrt[names.upstream(l)] = h
+        q[names.activation(l)] = wrt[names.upstream(l)] = out_of[names.activation(l)] = h
     yhat = h[:, 0] if net.output_shape == (1,) and net.target.shape == () else h
     ell = per_sample_loss(net, yhat, y)
     L = ell.mean() if net.loss.reduction == "mean" else ell.sum()

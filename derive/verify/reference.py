@@ -60,18 +60,27 @@ LAYERS = {
     "max_pool2d": lambda li, p, h: F.max_pool2d(h, li.kernel, li.stride, li.padding),
     "avg_pool2d": lambda li, p, h: F.avg_pool2d(h, li.kernel, li.stride, li.padding, count_include_pad=True),
 }
+# The kinds that read several quantities (a graph): they get the list of them.
+MERGES = {
+    "add": lambda li, p, hs: sum(hs[1:], hs[0]),
+    "concat": lambda li, p, hs: torch.cat(hs, dim=1),  # features of (B, n), channels of (B, c, h, w)
+}
 
 
 def forward(net: Network, params: dict, x):
-    h = x
+    q = {net.input.name: x}  # every layer's output by name, for the layers that read it
     for li in net.info:
-        h = LAYERS[li.kind](li, params, h)
+        if li.kind in MERGES:
+            h = MERGES[li.kind](li, params, [q[s] for s in li.sources])
+        else:
+            h = LAYERS[li.kind](li, params, q[li.source])
         if li.bias:
             b = params[li.bias]
             h = h + (b[:, None, None] if li.kind == "conv2d" else b)
         if li.activation is not None:
             slope = params[li.slope_param] if li.slope_param else li.slope_value
             h = ACTIVATIONS[li.activation](h, slope)
+        q[f"f{li.index}"] = h
     if net.output_shape == (1,) and net.target.shape == ():
         h = h[:, 0]
     return h
