@@ -15,9 +15,9 @@ import numpy as np
 
 NAME = "digits_convnet"
 PARAM_SHAPES = {
-    "W1": (8, 1, 3, 3),
-    "b1": (8,),
-    "W4": (10, 72),
+    "W1": (16, 1, 3, 3),
+    "b1": (16,),
+    "W4": (10, 256),
     "b4": (10,),
 }
 LOSS = "cross_entropy"
@@ -80,38 +80,39 @@ def init_params(seed=0, dtype=np.float64):
     """Uniform(−1/√fan_in, 1/√fan_in) weights and biases, as torch.nn.Linear draws them."""
     rng = np.random.default_rng(seed)
     return {
-        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(8, 1, 3, 3)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(8,)), dtype=dtype),
-        "W4": np.asarray(rng.uniform(-0.11785113019775793, 0.11785113019775793, size=(10, 72)), dtype=dtype),
-        "b4": np.asarray(rng.uniform(-0.11785113019775793, 0.11785113019775793, size=(10,)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16, 1, 3, 3)), dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16,)), dtype=dtype),
+        "W4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10, 256)), dtype=dtype),
+        "b4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10,)), dtype=dtype),
     }
 
 
 def _forward(params, x):
-    """The forward pass, every named quantity in order: (a1, f1, f2, f3, a4, f4)."""
+    """The forward pass, every named quantity in order: (x_pad, a1, f1, f2, f3, a4, f4)."""
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     W1 = params["W1"]
     b1 = params["b1"]
     W4 = params["W4"]
     b4 = params["b4"]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = max_pool2d(f1, 2, 2, 2, 2, 0)  # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
-    f3 = f2.reshape(f2.shape[0], -1)  # f3[9·c + 3·h + w] = f2[c, h, w]
+    f3 = f2.reshape(f2.shape[0], -1)  # f3[16·c + 4·h + w] = f2[c, h, w]
     a4 = (f3 @ W4.T) + b4  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
-    return a1, f1, f2, f3, a4, f4
+    return x_pad, a1, f1, f2, f3, a4, f4
 
 
 def forward(params, x):
     """ŷ for a batch of inputs."""
-    a1, f1, f2, f3, a4, f4 = _forward(params, x)
+    x_pad, a1, f1, f2, f3, a4, f4 = _forward(params, x)
     return f4
 
 
 def _loss_per_sample(params, x, y):
-    a1, f1, f2, f3, a4, f4 = _forward(params, x)
+    x_pad, a1, f1, f2, f3, a4, f4 = _forward(params, x)
     return -np.sum(f4*onehot(y, 10, f4.dtype), axis=1) + logsumexp(f4)
 
 
@@ -132,7 +133,7 @@ def intermediates(params, x, y):
     W4 = params["W4"]
     b4 = params["b4"]
     # ---- forward pass
-    a1, f1, f2, f3, a4, f4 = _forward(params, x)
+    x_pad, a1, f1, f2, f3, a4, f4 = _forward(params, x)
     loss_per_sample = -np.sum(f4*onehot(y, 10, f4.dtype), axis=1) + logsumexp(f4)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
@@ -141,12 +142,13 @@ def intermediates(params, x, y):
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = np.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
-    dL_df2 = dL_df3.reshape(-1, 8, 3, 3)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[9·c + 3·h + w]
+    dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = np.sum(delta1, axis=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return {
+        "x_pad": x_pad,
         "a1": a1,
         "f1": f1,
         "f2": f2,

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 8, 8); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "digits_convnet_cd0dcba075":
-  derive::digits_convnet_cd0dcba075_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::digits_convnet_cd0dcba075_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "digits_convnet_4c4fbbeb5d":
+  derive::digits_convnet_4c4fbbeb5d_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::digits_convnet_4c4fbbeb5d_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::digits_convnet_cd0dcba075_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::digits_convnet_cd0dcba075_value_and_grad(params, x, y) -> (L, gradients)
+  derive::digits_convnet_4c4fbbeb5d_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::digits_convnet_4c4fbbeb5d_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 NAME = "digits_convnet"
-OPS = "digits_convnet_cd0dcba075"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "digits_convnet_4c4fbbeb5d"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
-    "W1": (8, 1, 3, 3),
-    "b1": (8,),
-    "W4": (10, 72),
+    "W1": (16, 1, 3, 3),
+    "b1": (16,),
+    "W4": (10, 256),
     "b4": (10,),
 }
 OUTPUT_SHAPE = (10,)  # ŷ per sample
@@ -90,26 +90,27 @@ def init_values(seed=0):
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
-        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(8, 1, 3, 3)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(8,)), dtype=dtype),
-        "W4": np.asarray(rng.uniform(-0.11785113019775793, 0.11785113019775793, size=(10, 72)), dtype=dtype),
-        "b4": np.asarray(rng.uniform(-0.11785113019775793, 0.11785113019775793, size=(10,)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16, 1, 3, 3)), dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16,)), dtype=dtype),
+        "W4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10, 256)), dtype=dtype),
+        "b4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10,)), dtype=dtype),
     }
 
 
 # ---- derive's forward and backward passes, on tensors (the lines of digits_convnet_numpy)
 
 def _forward(W1, b1, W4, b4, x):
-    """The forward pass, every named quantity in order: (a1, f1, f2, f3, a4, f4)."""
+    """The forward pass, every named quantity in order: (x_pad, a1, f1, f2, f3, a4, f4)."""
     if x.shape[0] == 0:
         raise ValueError("empty batch")
-    a1 = F.conv2d(x, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    x_pad = F.pad(x, (1, 1, 1, 1))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
+    a1 = F.conv2d(x_pad, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     f1 = torch.relu(a1)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = max_pool2d(f1, 2, 2, 2, 2, 0)  # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
-    f3 = f2.reshape(f2.shape[0], -1)  # f3[9·c + 3·h + w] = f2[c, h, w]
+    f3 = f2.reshape(f2.shape[0], -1)  # f3[16·c + 4·h + w] = f2[c, h, w]
     a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
-    return a1, f1, f2, f3, a4, f4
+    return x_pad, a1, f1, f2, f3, a4, f4
 
 
 def _yhat(W1, b1, W4, b4, x):
@@ -117,7 +118,7 @@ def _yhat(W1, b1, W4, b4, x):
 
 
 def _yhat_from(quantities):
-    a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, a1, f1, f2, f3, a4, f4 = quantities
     return f4
 
 
@@ -126,7 +127,7 @@ def _loss(W1, b1, W4, b4, x, y):
 
 
 def _loss_from(quantities, y):
-    a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, a1, f1, f2, f3, a4, f4 = quantities
     loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
     return torch.mean(loss_per_sample)
 
@@ -143,17 +144,17 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W4, b4 = params
-    a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, a1, f1, f2, f3, a4, f4 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
-    dL_df2 = dL_df3.reshape(-1, 8, 3, 3)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[9·c + 3·h + w]
+    dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
 
@@ -168,16 +169,16 @@ def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W4, b4 = params
-    a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, a1, f1, f2, f3, a4, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
-    dL_df2 = dL_df3.reshape(-1, 8, 3, 3)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[9·c + 3·h + w]
+    dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
 
@@ -481,11 +482,11 @@ TORCH_PARAMS = {
 def torch_sequential():
     """The equivalent torch.nn.Sequential, freshly initialised by torch."""
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1), padding=0),
+        torch.nn.Conv2d(1, 16, kernel_size=(3, 3), stride=(1, 1), padding=1),
         torch.nn.ReLU(),
         torch.nn.MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=0),
         torch.nn.Flatten(),
-        torch.nn.Linear(72, 10),
+        torch.nn.Linear(256, 10),
     )
 
 

@@ -17,9 +17,9 @@ import triton.language as tl
 
 NAME = "digits_convnet"
 PARAM_SHAPES = {
-    "W1": (8, 1, 3, 3),
-    "b1": (8,),
-    "W4": (10, 72),
+    "W1": (16, 1, 3, 3),
+    "b1": (16,),
+    "W4": (10, 256),
     "b4": (10,),
 }
 LOSS = "cross_entropy"
@@ -96,46 +96,46 @@ def _vecmat_cols(D_ptr, I: tl.constexpr, W_ptr, J: tl.constexpr, _rows, _row_mas
 @triton.jit
 def digits_convnet_a1_kernel(
     X_ptr,  # x, (batch, 1, 8, 8) float32
-    W_ptr,  # parameter W1, (8, 1, 3, 3)
-    BIAS_ptr,  # parameter b1, (8,)
-    a1_ptr,  # a1, (batch, 8, 6, 6) float32
-    f1_ptr,  # f1, (batch, 8, 6, 6) float32
+    W_ptr,  # parameter W1, (16, 1, 3, 3)
+    BIAS_ptr,  # parameter b1, (16,)
+    a1_ptr,  # a1, (batch, 16, 8, 8) float32
+    f1_ptr,  # f1, (batch, 16, 8, 8) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_N: tl.constexpr,  # output elements per program
 ):
-    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_288 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_288 = _cols_288 < 288
+    _cols_1024 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _cmask_1024 = _cols_1024 < 1024
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every pass's
     # addresses live: 255 registers); the padding is read through masks (zero outside the input)
-    _o = _cols_288 // 36
-    _i = _cols_288 // 6 % 6
-    _j = _cols_288 % 6
+    _o = _cols_1024 // 64
+    _i = _cols_1024 // 8 % 8
+    _j = _cols_1024 % 8
     a1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _c in range(1):
         for _p in range(3):
             for _q in range(3):
-                _hh = _i * 1 + _p - 0  # the window's row in the unpadded input
-                _ww = _j * 1 + _q - 0
-                _ok = _cmask_288 & (_hh >= 0) & (_hh < 8) & (_ww >= 0) & (_ww < 8)
+                _hh = _i * 1 + _p - 1  # the window's row in the unpadded input
+                _ww = _j * 1 + _q - 1
+                _ok = _cmask_1024 & (_hh >= 0) & (_hh < 8) & (_ww >= 0) & (_ww < 8)
                 _xv = tl.load(X_ptr + _rows[:, None] * 64 + (_c * 64 + _hh * 8 + _ww)[None, :],
                               mask=_row_mask[:, None] & _ok[None, :], other=0.0)
-                _wv = tl.load(W_ptr + _o * 9 + _c * 9 + _p * 3 + _q, mask=_cmask_288, other=0.0)
+                _wv = tl.load(W_ptr + _o * 9 + _c * 9 + _p * 3 + _q, mask=_cmask_1024, other=0.0)
                 a1 += _xv * _wv[None, :]
-    a1 += tl.load(BIAS_ptr + _o, mask=_cmask_288, other=0.0)[None, :]
+    a1 += tl.load(BIAS_ptr + _o, mask=_cmask_1024, other=0.0)[None, :]
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
-    tl.store(a1_ptr + _rows[:, None] * 288 + _cols_288[None, :], a1, mask=_row_mask[:, None] & _cmask_288[None, :])
-    tl.store(f1_ptr + _rows[:, None] * 288 + _cols_288[None, :], f1, mask=_row_mask[:, None] & _cmask_288[None, :])
+    tl.store(a1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :], a1, mask=_row_mask[:, None] & _cmask_1024[None, :])
+    tl.store(f1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :], f1, mask=_row_mask[:, None] & _cmask_1024[None, :])
 
 
 @triton.jit
 def digits_convnet_f2_kernel(
-    X_ptr,  # f1, (batch, 8, 6, 6) float32
-    f2_ptr,  # f2, (batch, 8, 3, 3) float32
+    X_ptr,  # f1, (batch, 16, 8, 8) float32
+    f2_ptr,  # f2, (batch, 16, 4, 4) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
@@ -144,28 +144,28 @@ def digits_convnet_f2_kernel(
     # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_72 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_72 = _cols_72 < 72
+    _cols_256 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _cmask_256 = _cols_256 < 256
     # each output element reduces its kh × kw window; padding reads as −inf
-    _c = _cols_72 // 9
-    _i = _cols_72 // 3 % 3
-    _j = _cols_72 % 3
+    _c = _cols_256 // 16
+    _i = _cols_256 // 4 % 4
+    _j = _cols_256 % 4
     f2 = tl.full((BLOCK_B, BLOCK_N), -float("inf"), dtype=tl.float32)
     for _p in tl.static_range(2):
         for _q in tl.static_range(2):
             _hh = _i * 2 + _p - 0
             _ww = _j * 2 + _q - 0
-            _ok = _cmask_72 & (_hh >= 0) & (_hh < 6) & (_ww >= 0) & (_ww < 6)
-            _v = tl.load(X_ptr + _rows[:, None] * 288 + (_c * 36 + _hh * 6 + _ww)[None, :],
+            _ok = _cmask_256 & (_hh >= 0) & (_hh < 8) & (_ww >= 0) & (_ww < 8)
+            _v = tl.load(X_ptr + _rows[:, None] * 1024 + (_c * 64 + _hh * 8 + _ww)[None, :],
                          mask=_row_mask[:, None] & _ok[None, :], other=-float("inf"))
             f2 = tl.maximum(f2, _v)
-    tl.store(f2_ptr + _rows[:, None] * 72 + _cols_72[None, :], f2, mask=_row_mask[:, None] & _cmask_72[None, :])
+    tl.store(f2_ptr + _rows[:, None] * 256 + _cols_256[None, :], f2, mask=_row_mask[:, None] & _cmask_256[None, :])
 
 
 @triton.jit
 def digits_convnet_a4_kernel(
-    f2_ptr,  # f2, (batch, 8, 3, 3) float32
-    W4_ptr,  # parameter W4, (10, 72)
+    f2_ptr,  # f2, (batch, 16, 4, 4) float32
+    W4_ptr,  # parameter W4, (10, 256)
     b4_ptr,  # parameter b4, (10,)
     a4_ptr,  # a4, (batch, 10) float32
     _B,  # batch size
@@ -180,7 +180,7 @@ def digits_convnet_a4_kernel(
     _cols_10 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_10 = _cols_10 < 10
     b4 = tl.load(b4_ptr + _cols_10, mask=_cmask_10, other=0.0)
-    a4 = b4 + _matvec_cols(f2_ptr, 72, W4_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, BLOCK_N, KC)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = b4 + _matvec_cols(f2_ptr, 256, W4_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, BLOCK_N, KC)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     tl.store(a4_ptr + _rows[:, None] * 10 + _cols_10[None, :], a4, mask=_row_mask[:, None] & _cmask_10[None, :])
 
 
@@ -246,8 +246,8 @@ def digits_convnet_dL_df4_kernel(
 @triton.jit
 def digits_convnet_dL_dW4_kernel(
     D_ptr,  # dL_df4, (batch, 10) float32
-    F_ptr,  # f2, (batch, 72) float32
-    G_ptr,  # ∂L/∂W4, (10, 72) float32: written once
+    F_ptr,  # f2, (batch, 256) float32
+    G_ptr,  # ∂L/∂W4, (10, 256) float32: written once
     _B,  # batch size
     BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -257,13 +257,13 @@ def digits_convnet_dL_dW4_kernel(
     _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     _j_ok = _jj < 10
-    _k_ok = _kk < 72
+    _k_ok = _kk < 256
     _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
     for _b in range(_B):
         _dv = tl.load(D_ptr + _b * 10 + _jj, mask=_j_ok, other=0.0)
-        _fv = tl.load(F_ptr + _b * 72 + _kk, mask=_k_ok, other=0.0)
+        _fv = tl.load(F_ptr + _b * 256 + _kk, mask=_k_ok, other=0.0)
         _acc += _dv[:, None] * _fv[None, :]
-    tl.store(G_ptr + _jj[:, None] * 72 + _kk[None, :], _acc, mask=_j_ok[:, None] & _k_ok[None, :])
+    tl.store(G_ptr + _jj[:, None] * 256 + _kk[None, :], _acc, mask=_j_ok[:, None] & _k_ok[None, :])
 
 
 @triton.jit
@@ -290,8 +290,8 @@ def digits_convnet_dL_db4_kernel(
 @triton.jit
 def digits_convnet_dL_df3_kernel(
     dL_df4_ptr,  # dL_df4, (batch, 10) float32
-    W4_ptr,  # parameter W4, (10, 72)
-    dL_df3_ptr,  # dL_df3, (batch, 72) float32
+    W4_ptr,  # parameter W4, (10, 256)
+    dL_df3_ptr,  # dL_df3, (batch, 256) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
@@ -300,18 +300,18 @@ def digits_convnet_dL_df3_kernel(
     # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_72 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_72 = _cols_72 < 72
-    dL_df3 = _vecmat_cols(dL_df4_ptr, 10, W4_ptr, 72, _rows, _row_mask, _cols_72, _cmask_72, BLOCK_B, BLOCK_N)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
-    tl.store(dL_df3_ptr + _rows[:, None] * 72 + _cols_72[None, :], dL_df3, mask=_row_mask[:, None] & _cmask_72[None, :])
+    _cols_256 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _cmask_256 = _cols_256 < 256
+    dL_df3 = _vecmat_cols(dL_df4_ptr, 10, W4_ptr, 256, _rows, _row_mask, _cols_256, _cmask_256, BLOCK_B, BLOCK_N)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    tl.store(dL_df3_ptr + _rows[:, None] * 256 + _cols_256[None, :], dL_df3, mask=_row_mask[:, None] & _cmask_256[None, :])
 
 
 @triton.jit
 def digits_convnet_dL_df1_kernel(
-    G_ptr,  # dL_df3, (batch, 72) float32
-    X_ptr,  # f1, (batch, 8, 6, 6) float32
-    a1_ptr,  # a1, (batch, 8, 6, 6) float32
-    delta1_ptr,  # delta1, (batch, 8, 6, 6) float32
+    G_ptr,  # dL_df3, (batch, 256) float32
+    X_ptr,  # f1, (batch, 16, 8, 8) float32
+    a1_ptr,  # a1, (batch, 16, 8, 8) float32
+    delta1_ptr,  # delta1, (batch, 16, 8, 8) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
@@ -320,13 +320,13 @@ def digits_convnet_dL_df1_kernel(
     # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_288 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_288 = _cols_288 < 288
+    _cols_1024 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _cmask_1024 = _cols_1024 < 1024
     # a gather per input element (c, h, w) over the windows (i, j) that cover it, at offset (p, q)
     # the window's maximum is found again, first in row-major order on ties (NumPy's argmax, PyTorch's routing)
-    _c = _cols_288 // 36
-    _hh = _cols_288 // 6 % 6
-    _ww = _cols_288 % 6
+    _c = _cols_1024 // 64
+    _hh = _cols_1024 // 8 % 8
+    _ww = _cols_1024 % 8
     dL_df1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for _p in tl.static_range(2):
         for _q in tl.static_range(2):
@@ -334,10 +334,10 @@ def digits_convnet_dL_df1_kernel(
             _ws = _ww + 0 - _q
             _i = _hs // 2
             _j = _ws // 2
-            _ok = (_cmask_288 & (_hs >= 0) & (_ws >= 0) & (_hs % 2 == 0) & (_ws % 2 == 0)
-                   & (_i < 3) & (_j < 3))
+            _ok = (_cmask_1024 & (_hs >= 0) & (_ws >= 0) & (_hs % 2 == 0) & (_ws % 2 == 0)
+                   & (_i < 4) & (_j < 4))
             _m = _row_mask[:, None] & _ok[None, :]
-            _gv = tl.load(G_ptr + _rows[:, None] * 72 + (_c * 9 + _i * 3 + _j)[None, :],
+            _gv = tl.load(G_ptr + _rows[:, None] * 256 + (_c * 16 + _i * 4 + _j)[None, :],
                           mask=_m, other=0.0)
             _best = tl.full((BLOCK_B, BLOCK_N), -float("inf"), dtype=tl.float32)
             _arg = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.int32)
@@ -345,44 +345,44 @@ def digits_convnet_dL_df1_kernel(
                 for _q2 in tl.static_range(2):
                     _h2 = _i * 2 + _p2 - 0
                     _w2 = _j * 2 + _q2 - 0
-                    _in = _ok & (_h2 >= 0) & (_h2 < 6) & (_w2 >= 0) & (_w2 < 6)
-                    _v = tl.load(X_ptr + _rows[:, None] * 288 + (_c * 36 + _h2 * 6 + _w2)[None, :],
+                    _in = _ok & (_h2 >= 0) & (_h2 < 8) & (_w2 >= 0) & (_w2 < 8)
+                    _v = tl.load(X_ptr + _rows[:, None] * 1024 + (_c * 64 + _h2 * 8 + _w2)[None, :],
                                  mask=_row_mask[:, None] & _in[None, :], other=-float("inf"))
                     _arg = tl.where(_v > _best, _p2 * 2 + _q2, _arg)  # strictly greater: the first maximum stays
                     _best = tl.maximum(_best, _v)
             dL_df1 += tl.where(_arg == _p * 2 + _q, _gv, 0.0)
-    a1 = tl.load(a1_ptr + _rows[:, None] * 288 + _cols_288[None, :], mask=_row_mask[:, None] & _cmask_288[None, :], other=0.0)
+    a1 = tl.load(a1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :], mask=_row_mask[:, None] & _cmask_1024[None, :], other=0.0)
     delta1 = dL_df1*tl.where(a1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    tl.store(delta1_ptr + _rows[:, None] * 288 + _cols_288[None, :], delta1, mask=_row_mask[:, None] & _cmask_288[None, :])
+    tl.store(delta1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :], delta1, mask=_row_mask[:, None] & _cmask_1024[None, :])
 
 
 @triton.jit
 def digits_convnet_dL_dW1_kernel(
-    D_ptr,  # δ1, (batch, 8, 6, 6) float32
+    D_ptr,  # δ1, (batch, 16, 8, 8) float32
     X_ptr,  # x, (batch, 1, 8, 8) float32: the windows
-    G_ptr,  # ∂L/∂W1, (8, 1, 3, 3) float32: written once
+    G_ptr,  # ∂L/∂W1, (16, 1, 3, 3) float32: written once
     _B,  # batch size
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
-    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every position (i, j)
     # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 72
+    _g_ok = _g < 144
     _o = _g // 9
     _c = _g // 9 % 1
     _p = _g // 3 % 3
     _q = _g % 3
     _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 36, BLOCK_R):
+    for _r0 in range(0, _B * 64, BLOCK_R):
         _r = _r0 + tl.arange(0, BLOCK_R)
-        _r_ok = _r < _B * 36
-        _b = _r // 36  # the sum runs over (b, i, j), flattened
-        _pos = _r % 36
-        _hh = (_pos // 6 * 1)[None, :] + _p[:, None] - 0
-        _ww = (_pos % 6 * 1)[None, :] + _q[:, None] - 0
-        _d_at = _b[None, :] * 288 + _o[:, None] * 36 + _pos[None, :]
+        _r_ok = _r < _B * 64
+        _b = _r // 64  # the sum runs over (b, i, j), flattened
+        _pos = _r % 64
+        _hh = (_pos // 8 * 1)[None, :] + _p[:, None] - 1
+        _ww = (_pos % 8 * 1)[None, :] + _q[:, None] - 1
+        _d_at = _b[None, :] * 1024 + _o[:, None] * 64 + _pos[None, :]
         _m = _g_ok[:, None] & _r_ok[None, :]
         _in = _m & (_hh >= 0) & (_hh < 8) & (_ww >= 0) & (_ww < 8)
         _dv = tl.load(D_ptr + _d_at, mask=_m, other=0.0)
@@ -394,8 +394,8 @@ def digits_convnet_dL_dW1_kernel(
 
 @triton.jit
 def digits_convnet_dL_db1_kernel(
-    D_ptr,  # δ1, (batch, 8, 6, 6) float32
-    G_ptr,  # ∂L/∂b1, (8,) float32: written once
+    D_ptr,  # δ1, (batch, 16, 8, 8) float32
+    G_ptr,  # ∂L/∂b1, (16,) float32: written once
     _B,  # batch size
     BLOCK_G: tl.constexpr,  # filters per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
@@ -403,12 +403,12 @@ def digits_convnet_dL_db1_kernel(
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     # one sum per filter over (b, i, j), in a fixed order, written once
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 8
+    _g_ok = _g < 16
     _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 36, BLOCK_R):
+    for _r0 in range(0, _B * 64, BLOCK_R):
         _r = _r0 + tl.arange(0, BLOCK_R)
-        _m = _g_ok[:, None] & (_r < _B * 36)[None, :]
-        _acc += tl.load(D_ptr + (_r // 36 * 288 + _r % 36)[None, :] + _g[:, None] * 36,
+        _m = _g_ok[:, None] & (_r < _B * 64)[None, :]
+        _acc += tl.load(D_ptr + (_r // 64 * 1024 + _r % 64)[None, :] + _g[:, None] * 64,
                         mask=_m, other=0.0)
     tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
 
@@ -479,7 +479,7 @@ COMPILE_SPECS = [
     {"kernel": "digits_convnet_dL_df3_kernel", "signature": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "digits_convnet_dL_df1_kernel", "signature": {"G_ptr": "*fp32", "X_ptr": "*fp32", "a1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "digits_convnet_dL_dW1_kernel", "signature": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
-    {"kernel": "digits_convnet_dL_db1_kernel", "signature": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 8, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+    {"kernel": "digits_convnet_dL_db1_kernel", "signature": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 16, "BLOCK_R": 64}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "digits_convnet_loss_sum_kernel", "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"}, "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "digits_convnet_update_kernel", "signature": {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", "_STATE_m_ptr": "*fp32", "_STATE_v_ptr": "*fp32", "_N": "i32", "_lr": "fp32", "bc1": "fp32", "bc2": "fp32", "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "eta_t": "fp32", "SGD": "constexpr", "_BLOCK": "constexpr"}, "constexprs": {"SGD": True, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
     {"kernel": "digits_convnet_update_kernel", "signature": {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", "_STATE_m_ptr": "*fp32", "_STATE_v_ptr": "*fp32", "_N": "i32", "_lr": "fp32", "bc1": "fp32", "bc2": "fp32", "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "eta_t": "fp32", "SGD": "constexpr", "_BLOCK": "constexpr"}, "constexprs": {"SGD": False, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
@@ -491,10 +491,10 @@ def init_params(seed=0, device="cpu"):
     rng = np.random.default_rng(seed)
     dtype = np.float64
     _arrays = {
-        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(8, 1, 3, 3)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(8,)), dtype=dtype),
-        "W4": np.asarray(rng.uniform(-0.11785113019775793, 0.11785113019775793, size=(10, 72)), dtype=dtype),
-        "b4": np.asarray(rng.uniform(-0.11785113019775793, 0.11785113019775793, size=(10,)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16, 1, 3, 3)), dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16,)), dtype=dtype),
+        "W4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10, 256)), dtype=dtype),
+        "b4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10,)), dtype=dtype),
     }
     return {_k: torch.tensor(_v, dtype=torch.float32, device=device) for _k, _v in _arrays.items()}
 
@@ -511,15 +511,15 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
-    _b_a1 = _x.new_empty((_batch, 288), dtype=torch.float32)
-    _b_f1 = _x.new_empty((_batch, 288), dtype=torch.float32)
-    _b_f2 = _x.new_empty((_batch, 72), dtype=torch.float32)
+    _b_a1 = _x.new_empty((_batch, 1024), dtype=torch.float32)
+    _b_f1 = _x.new_empty((_batch, 1024), dtype=torch.float32)
+    _b_f2 = _x.new_empty((_batch, 256), dtype=torch.float32)
     _b_a4 = _x.new_empty((_batch, 10), dtype=torch.float32)
-    digits_convnet_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(288, (512 if _wide else 64)))](
-        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(512 if _wide else 64),
+    digits_convnet_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1024, (1024 if _wide else 64)))](
+        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(1024 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    digits_convnet_f2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
-        _b_f1, _b_f2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(128 if _wide else 64),
+    digits_convnet_f2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(256, (256 if _wide else 64)))](
+        _b_f1, _b_f2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(256 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     digits_convnet_a4_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(10, 16))](
         _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=16, KC=(256 if _wide else 1),
@@ -541,28 +541,28 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None):
     if grads is not None:
         _g = grads
         _b_dL_df4 = _x.new_empty((_batch, 10), dtype=torch.float32)
-        _b_dL_df3 = _x.new_empty((_batch, 72), dtype=torch.float32)
-        _b_delta1 = _x.new_empty((_batch, 288), dtype=torch.float32)
+        _b_dL_df3 = _x.new_empty((_batch, 256), dtype=torch.float32)
+        _b_delta1 = _x.new_empty((_batch, 1024), dtype=torch.float32)
         digits_convnet_dL_df4_kernel[(triton.cdiv(_batch, _blk),)](
             _y, _b_a4, _b_dL_df4, _batch, _scale, BLOCK_B=_blk,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        digits_convnet_dL_dW4_kernel[(triton.cdiv(10, 16), triton.cdiv(72, 128))](
+        digits_convnet_dL_dW4_kernel[(triton.cdiv(10, 16), triton.cdiv(256, 128))](
             _b_dL_df4, _b_f2, _g["W4"], _batch, BLOCK_J=16, BLOCK_K=128,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         digits_convnet_dL_db4_kernel[(triton.cdiv(10, 16),)](
             _b_dL_df4, _g["b4"], _batch, _scale, BLOCK_B=_blk,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        digits_convnet_dL_df3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, 128))](
-            _b_dL_df4, _p["W4"], _b_dL_df3, _batch, _scale, BLOCK_B=_blk, BLOCK_N=128,
+        digits_convnet_dL_df3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(256, (256 if _wide else 128)))](
+            _b_dL_df4, _p["W4"], _b_dL_df3, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(256 if _wide else 128),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        digits_convnet_dL_df1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(288, (512 if _wide else 32)))](
-            _b_dL_df3, _b_f1, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(512 if _wide else 32),
+        digits_convnet_dL_df1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1024, (1024 if _wide else 32)))](
+            _b_dL_df3, _b_f1, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(1024 if _wide else 32),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        digits_convnet_dL_dW1_kernel[(triton.cdiv(72, 32),)](
+        digits_convnet_dL_dW1_kernel[(triton.cdiv(144, 32),)](
             _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        digits_convnet_dL_db1_kernel[(triton.cdiv(8, 8),)](
-            _b_delta1, _g["b1"], _batch, BLOCK_G=8, BLOCK_R=(2048 if _wide else 64),
+        digits_convnet_dL_db1_kernel[(triton.cdiv(16, 16),)](
+            _b_delta1, _g["b1"], _batch, BLOCK_G=16, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
 

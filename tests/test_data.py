@@ -103,7 +103,7 @@ def torch_loop(params: dict, x, y, steps: int, lr: float) -> dict:
     opt = torch.optim.Adam(p.values(), lr=lr)
 
     def loss():
-        h = F.max_pool2d(F.relu(F.conv2d(tx, p["W1"], p["b1"])), 2)
+        h = F.max_pool2d(F.relu(F.conv2d(tx, p["W1"], p["b1"], padding=1)), 2)
         return F.cross_entropy(F.linear(h.flatten(1), p["W4"], p["b4"]), ty)
 
     for _ in range(steps):
@@ -136,7 +136,7 @@ def test_a_volume_spec_trains_from_npz_and_csv_as_torch_does(tmp_path, capsys):
         assert not np.allclose(got, init[k]), k  # it trained
     # the held-out figures against the torch model at the final parameters
     p = {k: torch.tensor(v) for k, v in want.items()}
-    logits = F.linear(F.max_pool2d(F.relu(F.conv2d(torch.tensor(xt), p["W1"], p["b1"])), 2).flatten(1),
+    logits = F.linear(F.max_pool2d(F.relu(F.conv2d(torch.tensor(xt), p["W1"], p["b1"], padding=1)), 2).flatten(1),
                       p["W4"], p["b4"])
     assert runs["npz"]["test_loss"] == pytest.approx(float(F.cross_entropy(logits, torch.tensor(yt))), rel=1e-10)
     assert runs["npz"]["test_accuracy"] == pytest.approx(float((logits.argmax(1).numpy() == yt).mean()), abs=1e-12)
@@ -184,7 +184,7 @@ BAD_NPZ = [
     ("missing-input", dict(img=X8, y=Y8), "missing array 'x' (found img, y)"),
     ("flat-input", dict(x=np.zeros((3, 64)), y=Y8), "array 'x' has shape (3, 64); expected (N, 1, 8, 8)"),
     ("no-channel", dict(x=np.zeros((3, 8, 8)), y=Y8), "array 'x' has shape (3, 8, 8); expected (N, 1, 8, 8)"),
-    ("target-2d", dict(x=X8, y=np.zeros((3, 10))), "array 'y' has shape (3, 10); expected (N,)"),
+    ("target-2d", dict(x=X8, y=np.zeros((3, 10))), "array 'y' has shape (3, 10); expected (N,), one class index 0..9 per sample (not one-hot)"),
     ("lengths", dict(x=X8, y=np.array([0, 1])), "arrays 'x' and 'y' hold 3 and 2 samples"),
     ("empty", dict(x=np.zeros((0, 1, 8, 8)), y=np.zeros(0, dtype=int)), "hold no samples"),
     ("strings", dict(x=X8, y=np.array(["a", "b", "c"])), "array 'y' has dtype <U1; expected integers or floats"),

@@ -225,8 +225,12 @@ def load_npz(path: str, net: Network, warn=_warn) -> tuple[np.ndarray, np.ndarra
                         f"N samples of input shape {list(net.input.shape)}")
     y_shape = tuple(net.target.shape)
     if y.ndim == 0 or tuple(y.shape[1:]) != y_shape:
+        if LOSS_RULES[net.loss.type].target == CLASS:
+            what = f"one class index 0..{net.output_shape[0] - 1} per sample (not one-hot)"
+        else:
+            what = f"N samples of target shape {list(y_shape)}" if y_shape else "one number per sample"
         raise DataError(f"{path}: array {yn!r} has shape {_shape_text(y.shape)}; expected {_shape_text(want[yn])}, "
-                        f"N samples of target shape {list(y_shape)}")
+                        + what)
     if len(x) != len(y):
         raise DataError(f"{path}: arrays {xn!r} and {yn!r} hold {len(x)} and {len(y)} samples; expected the same number")
     if len(x) == 0:
