@@ -146,7 +146,7 @@ def format_param(name: str, value) -> str:
 TRAIN_EXAMPLES = """examples:
   derive train examples/perceptron.toml --data examples/data/perceptron.csv --optimizer adam --lr 0.01 --epochs 3000
   derive train examples/iris_mlp.toml --data examples/data/iris.csv --epochs 100 --batch 16 --plot out/iris_loss.png
-  derive train examples/digits_convnet.toml --data examples/data/digits_train.npz --test-data examples/data/digits_test.npz --epochs 30 --batch 32
+  derive train examples/digits_convnet.toml --data examples/data/digits_train.npz --test-data examples/data/digits_test.npz --epochs 20 --batch 32
   derive train examples/iris_mlp.toml --data examples/data/iris.csv --epochs 200 --checkpoint out/iris.npz
       (Ctrl-C says which epoch the checkpoint holds; the same command again resumes from it)"""
 
