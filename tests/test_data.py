@@ -289,3 +289,12 @@ def test_trace_reads_npz(tmp_path, capsys):
     from_npz = capsys.readouterr().out
     assert main(["trace", PERCEPTRON, "--data", PERCEPTRON_CSV, "--steps", "2", "--format", "json"]) == 0
     assert from_npz == capsys.readouterr().out
+
+
+def test_the_memory_budget_counts_an_npz_before_reading_it(capsys):
+    """9× the arrays' uncompressed size (the arrays and their float64 copy), checked before loading."""
+    msg = fails(capsys, DIGITS, "--data", str(DIGITS_DATA / "digits_train.npz"), "--memory-budget", "100K")
+    assert msg.startswith(f"derive: error: derive train --data {DIGITS_DATA / 'digits_train.npz'}: would allocate"), msg
+    msg = fails(capsys, DIGITS, "--data", str(DIGITS_DATA / "digits_test.npz"), "--test-data",
+                str(DIGITS_DATA / "digits_train.npz"), "--memory-budget", "1M")
+    assert msg.startswith(f"derive: error: derive train --test-data {DIGITS_DATA / 'digits_train.npz'}: would allocate"), msg
