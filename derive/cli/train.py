@@ -23,7 +23,8 @@ def cmd_train(args) -> int:
     net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
     source = display_path(args.spec)
     plans = _plot_plans(args, net)  # bad plot options fail before any training
-    # the CSV's rows as Python strings take several times the file's size; refuse before reading it
+    # a CSV's cells as Python strings take several times the file's size (an .npz its arrays and a float64
+    # copy): refuse before reading either file
     for opt, path in (("--data", args.data), ("--test-data", args.test_data)):
         if path is not None:
             limits.check_budget(read_bytes(path), args.memory_budget, f"derive train {opt} {path}")
