@@ -81,3 +81,32 @@ def test_lr_sweep_curve_is_trains_losses():
         curve = plots.epoch_losses(net, mods["numpy"], x, y, 4, 1, 0)
     result = train(net, "lr", x, y, epochs=4, batch=1, seed=0, progress=False)
     np.testing.assert_allclose(curve, result.losses, rtol=1e-12)
+
+
+def test_compared_paths_are_told_apart(tmp_path, capsys, monkeypatch):
+    """--compare: each path its own colour, marker and line style, in the legend, with a labelled end;
+    one labelled start (issue 22: one path drawn under the other, unlabelled end points)."""
+    from derive.train import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, option: figs.append(fig))
+    assert main(["train", "examples/linear_regression.toml", "--data", DATA, "--epochs", "20", "--lr", "0.004",
+                 "--plot-path", str(tmp_path / "c.png"), "--compare", "sgd,momentum,adam"]) == 0
+    capsys.readouterr()
+    (fig,) = figs
+    ax = fig.axes[0]
+    paths = [ln for ln in ax.get_lines() if ln.get_label().endswith("(20 steps)")]
+    assert [ln.get_label().split(",")[0] for ln in paths] == ["sgd", "momentum", "adam"]
+    for attr in ("get_color", "get_marker", "get_linestyle"):
+        assert len({str(getattr(ln, attr)()) for ln in paths}) == 3, attr
+    # a path drawn first (underneath) is wider than the ones drawn over it
+    widths = [ln.get_linewidth() for ln in paths]
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(lab.startswith("start") for lab in labels) and any(lab.startswith("end") for lab in labels)
+    notes = sorted(t.get_text() for t in ax.texts)
+    assert notes == ["adam end", "momentum end", "sgd end", "start"]
+    ends = {t.get_text(): t.xy for t in ax.texts}
+    for ln in paths:  # each end label sits on its own path's last point
+        name = ln.get_label().split(",")[0]
+        assert tuple(ends[f"{name} end"]) == (ln.get_xdata()[-1], ln.get_ydata()[-1])

@@ -92,3 +92,53 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def _trace_text(capsys, *argv) -> str:
+    assert main(["trace", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_the_update_reads_as_the_lecture_writes_it(capsys):
+    """w ← w − η·∂L/∂w with the numbers: w0 from init_params, ∂L/∂w from torch.autograd at the drawn sample."""
+    from derive.evaluate import fmt
+
+    net = load_spec(str(ROOT / "examples/perceptron.toml"))
+    x, y = load_csv(DATA, net)
+    with generated_modules(net, "perceptron", ("numpy",)) as mods:
+        w0 = float(mods["numpy"].init_params(0)["w"])
+    i = int(np.random.default_rng([0, 0]).permutation(len(x))[0])  # derive train's first sample
+    w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+    (0.5 * (w * float(x[i]) - float(y[i])) ** 2).backward()
+    g = float(w.grad)
+    neg = lambda v: f"({fmt(v)})".replace("-", "−") if v < 0 else fmt(v)
+    want = f"     w ← w − η_t·∂L/∂w = {fmt(w0)} − 0.01·{neg(g)} = {fmt(w0 - 0.01 * g)}"
+    out = _trace_text(capsys, "examples/perceptron.toml", "--data", DATA, "--steps", "1", "--lr", "0.01")
+    assert "  3. update (sgd, step t = 1): η_t = η0 = 0.01" in out.splitlines()
+    assert want in out.splitlines(), out
+    assert "+ (" not in out and "-" not in out  # not the old "w: 0.2739 + (0.08544)", and the minus sign is −
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adagrad", "adadelta", "adam"])
+def test_each_update_line_adds_up_and_ends_where_train_does(optimizer, capsys):
+    """Every `lhs ← rule = numbers = value` line: the numbers, evaluated, give the value (to the 4 digits
+    shown), and the parameter's last value is the walk's (= derive train's) after the step."""
+    from derive.evaluate import fmt
+
+    argv = ["examples/lecture.toml", "--data", DATA, "--steps", "3", "--optimizer", optimizer, "--lr", "0.05"]
+    lines = [ln.strip() for ln in _trace_text(capsys, *argv).splitlines() if " ← " in ln]
+    net = with_optimizer(load_spec(str(ROOT / "examples/lecture.toml")), optimizer, 0.05)
+    x, y = load_csv(DATA, net)
+    with generated_modules(net, "lecture", ("numpy",)) as mods:
+        last = list(walk(net, mods["numpy"], x, y, 3, 1))[-1]
+    assert len(lines) == 3 * len(net.params) * {"sgd": 1, "momentum": 2, "adagrad": 2, "adadelta": 4, "adam": 3}[optimizer]
+    for line in lines:
+        _, numbers, value = line.split(" = ")
+        py = numbers.replace("−", "-").replace("·", "*").replace("^", "**").replace("²", "**2")
+        got = eval(py, {"__builtins__": {}, "sqrt": np.sqrt})  # our own printed arithmetic, not a spec string
+        # each number is printed to 4 significant digits (relative 5e-4), and a line combines up to 4 of them
+        assert float(value.replace("−", "-")) == pytest.approx(got, rel=2e-3, abs=1e-9), line
+    for k, v in last["after"].items():
+        assert f"{k} ← {k} " in "\n".join(lines)
+        mine = [ln for ln in lines if ln.startswith(f"{k} ← ")][-1]
+        assert mine.endswith(" = " + fmt(v).replace("-", "−")), mine

@@ -449,3 +449,26 @@ def test_text_output_prints_arrays_in_full_and_labels_training_accuracy(capsys):
     np.testing.assert_allclose(printed, np.array(params["W1"]), rtol=0, atol=5e-7)  # precision=6
     acc = [ln for ln in lines if "accuracy" in ln]
     assert len(acc) == 1 and acc[0].startswith("training accuracy = ")
+
+
+# --------------------------------------------------------------------------- the README's commands (issue 22)
+
+
+def test_the_readme_pytest_line_names_files_that_exist_where_it_runs():
+    """The --derive-specs line must run from the repository root: it changes into the project first, and
+    its spec glob and generated folder are there (the plugin reads them relative to the current directory)."""
+    import glob
+    import re
+    import shlex
+
+    line = next(ln for ln in (ROOT / "README.md").read_text(encoding="utf-8").splitlines() if "--derive-specs" in ln)
+    m = re.match(r"\(cd (\S+) && (pytest .*?)\)", line)
+    assert m, f"README: the --derive-specs line does not say where it runs: {line}"
+    where = ROOT / m.group(1)
+    argv = shlex.split(m.group(2))
+    specs = argv[argv.index("--derive-specs") + 1]
+    generated = argv[argv.index("--derive-generated") + 1]
+    assert glob.glob(str(where / specs)), f"{specs} matches nothing in {where}"
+    assert (where / generated).is_dir()
+    for spec in glob.glob(str(where / specs)):
+        assert (where / generated / f"{Path(spec).stem}_numpy.py").is_file(), spec

@@ -17,13 +17,13 @@ def cmd_trace(args) -> int:
     from derive.cli.options import with_optimizer
     from derive.derivation import derive
     from derive.targets.modules import generated_modules
-    from derive.train.data import load_csv
+    from derive.train.data import load, read_bytes
     from derive.train.trace import record_json, record_text, walk
 
     net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
     source = display_path(args.spec)
-    limits.check_budget(limits.csv_bytes(args.data), args.memory_budget, f"derive trace --data {args.data}")
-    x, y = load_csv(args.data, net)
+    limits.check_budget(read_bytes(args.data), args.memory_budget, f"derive trace --data {args.data}")
+    x, y = load(args.data, net)
     batch = 1 if args.batch is None else args.batch
     need = limits.estimate_bytes(net, max(1, min(batch, len(x))), "train", data_rows=len(x))
     limits.check_budget(need, args.memory_budget, f"derive trace {source} on {len(x):,} samples")
@@ -48,7 +48,8 @@ def add_commands(sub) -> None:
                                     "drawn, the forward pass and loss, each δ and gradient, and the update.",
                         epilog=TRACE_EXAMPLES, formatter_class=HelpFormatter)
     tr.add_argument("spec", help="network spec (TOML)")
-    tr.add_argument("--data", required=True, help="CSV with columns named after the spec's input and target (required)")
+    tr.add_argument("--data", required=True, help="CSV with columns named after the spec's input and target, or an .npz file with arrays "
+                         "named after them (required; docs/training.md)")
     tr.add_argument("--steps", type=_positive_int, default=4, help="optimizer steps to show (default 4)")
     tr.add_argument("--batch", type=_positive_int, help="samples per step (default 1)")
     add_optimizer_options(tr)

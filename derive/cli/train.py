@@ -14,7 +14,7 @@ from derive.tables.optimizers import OPTIMIZER_TYPES
 
 def cmd_train(args) -> int:
     from derive.fsutil import display_path
-    from derive.train.data import load_csv
+    from derive.train.data import load, read_bytes
     from derive.train.loop import train
 
     from derive import limits
@@ -23,17 +23,22 @@ def cmd_train(args) -> int:
     net = with_optimizer(_network(args.spec), args.optimizer, args.lr)
     source = display_path(args.spec)
     plans = _plot_plans(args, net)  # bad plot options fail before any training
-    # the CSV's rows as Python strings take several times the file's size; refuse before reading it
-    limits.check_budget(limits.csv_bytes(args.data), args.memory_budget, f"derive train --data {args.data}")
-    x, y = load_csv(args.data, net)
+    # a CSV's cells as Python strings take several times the file's size (an .npz its arrays and a float64
+    # copy): refuse before reading either file
+    for opt, path in (("--data", args.data), ("--test-data", args.test_data)):
+        if path is not None:
+            limits.check_budget(read_bytes(path), args.memory_budget, f"derive train {opt} {path}")
+    x, y = load(args.data, net)
+    test = load(args.test_data, net) if args.test_data is not None else None  # its errors before any training
     batch = len(x) if args.batch is None else args.batch
     full = len(x) if net.optimizer.type == "lbfgs" else batch  # L-BFGS is full-batch whatever --batch says
-    need = limits.estimate_bytes(net, max(1, min(full, len(x))), "train", data_rows=len(x))
+    rows = len(x) + (len(test[0]) if test is not None else 0)
+    need = limits.estimate_bytes(net, max(1, min(full, len(x))), "train", data_rows=rows)
     limits.check_budget(need, args.memory_budget,
                         f"derive train {source} on {len(x):,} samples")
     result = train(net, source, x, y, epochs=args.epochs, batch=batch,
                    seed=args.seed, backend=args.backend, checkpoint=args.checkpoint,
-                   progress=args.format == "text")
+                   progress=args.format == "text", test=test)
     if args.plot or args.plot_path:
         _draw(args, net, source, x, y, batch, result, plans)
     if args.format == "json":
@@ -45,7 +50,13 @@ def cmd_train(args) -> int:
         print(format_param(name, value))
     print(f"loss = {result.loss:.8g}")
     if result.accuracy is not None:
-        print(f"training accuracy = {result.accuracy:.4f}")  # there is no held-out split
+        print(f"training accuracy = {result.accuracy:.4f}")
+    if result.test_loss is not None:
+        n_test = len(test[0])
+        print(f"test loss = {result.test_loss:.8g} ({n_test:,} samples of {args.test_data})")
+        if result.test_accuracy is not None:
+            right = round(result.test_accuracy * n_test)
+            print(f"test accuracy = {result.test_accuracy:.4f} ({right} of {n_test:,})")
     if args.plot:
         print(f"loss curve{'s per learning rate' if args.lr_sweep else ''}: {args.plot}")
     if args.plot_path:
@@ -136,6 +147,7 @@ def format_param(name: str, value) -> str:
 TRAIN_EXAMPLES = """examples:
   derive train examples/perceptron.toml --data examples/data/perceptron.csv --optimizer adam --lr 0.01 --epochs 3000
   derive train examples/iris_mlp.toml --data examples/data/iris.csv --epochs 100 --batch 16 --plot out/iris_loss.png
+  derive train examples/digits_convnet.toml --data examples/data/digits_train.npz --test-data examples/data/digits_test.npz --epochs 20 --batch 32
   derive train examples/iris_mlp.toml --data examples/data/iris.csv --epochs 200 --checkpoint out/iris.npz
       (Ctrl-C says which epoch the checkpoint holds; the same command again resumes from it)"""
 
@@ -143,12 +155,16 @@ TRAIN_EXAMPLES = """examples:
 def add_commands(sub) -> None:
     from derive.cli.options import HelpFormatter, add_limit_options, add_optimizer_options
 
-    tr = sub.add_parser("train", help="train the generated network on a CSV file",
-                        description="Train the generated network on a CSV file with the spec's optimizer.",
+    tr = sub.add_parser("train", help="train the generated network on data (CSV or .npz)",
+                        description="Train the generated network on data (CSV or .npz) with the spec's optimizer.",
                         epilog=TRAIN_EXAMPLES, formatter_class=HelpFormatter)
     tr.add_argument("spec", help="network spec (TOML)")
     tr.add_argument("--data", required=True,
-                    help="comma-separated CSV with columns named after the spec's input and target (required)")
+                    help="the training data: comma-separated CSV with columns named after the spec's input and "
+                         "target, or an .npz file with arrays named after them (required; docs/training.md)")
+    tr.add_argument("--test-data", metavar="FILE",
+                    help="held-out data in the same forms: its loss (and accuracy, for a classifier) is reported "
+                         "after training (default: none)")
     tr.add_argument("--epochs", type=int, default=100, help="passes over the data (default 100)")
     tr.add_argument("--batch", type=int, help="mini-batch size (default: the whole data set)")
     add_optimizer_options(tr)

@@ -1,4 +1,4 @@
-"""`derive train`: the training loop over generated modules (loop.py) and CSV data (data.py)."""
+"""`derive train`: the training loop over generated modules (loop.py) and CSV or .npz data (data.py)."""
 
 from derive.train.loop import plot, train
 

@@ -1,4 +1,4 @@
-"""`derive train`: fit the generated network to CSV data with the spec's optimizer.
+"""`derive train`: fit the generated network to data (derive/train/data.py) with the spec's optimizer.
 
 Each epoch visits the samples in a fresh random order (the lecture's "for each random
 sample"), drawn from (seed, epoch) alone, so a run resumed from its checkpoint takes
@@ -31,6 +31,8 @@ class TrainResult:
     accuracy: float | None  # on the training data (None for a regression loss)
     epochs: int
     losses: list = field(default_factory=list)  # mean batch loss of each epoch
+    test_loss: float | None = None  # on the held-out data (--test-data), when given
+    test_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         out = {
@@ -41,6 +43,10 @@ class TrainResult:
         }
         if self.accuracy is not None:
             out["accuracy"] = float(self.accuracy)
+        if self.test_loss is not None:
+            out["test_loss"] = float(self.test_loss)
+        if self.test_accuracy is not None:
+            out["test_accuracy"] = float(self.test_accuracy)
         return out
 
 
@@ -156,7 +162,9 @@ def _np(v):
 
 
 def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, seed: int = 0,
-          backend: str = "numpy", checkpoint: str | None = None, progress: bool = True) -> TrainResult:
+          backend: str = "numpy", checkpoint: str | None = None, progress: bool = True,
+          test: tuple | None = None) -> TrainResult:
+    """``test``: held-out (x, y), whose loss and accuracy are reported after training (``--test-data``)."""
     if epochs < 1:
         raise DeriveError(f"--epochs: expected a positive integer, got {epochs}")
     if batch < 1:
@@ -173,7 +181,7 @@ def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: in
     with generated_modules(net, source, targets) as mods:
         npm = mods["numpy"]
         if net.optimizer.type == "lbfgs":
-            return _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress)
+            return _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress, test)
         mod = mods[backend]
         conv = _Converter(backend, device, net)
         params = mod.init_params(seed) if backend == "numpy" else mod.init_params(seed, device=device)
@@ -205,7 +213,15 @@ def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: in
                     save_checkpoint(ckpt, net, params, state, epoch + 1, t, losses)
                     saved[0] = epoch + 1
         final = {k: _np(v).astype(np.float64) for k, v in params.items()}
-        return TrainResult(final, *evaluate(net, npm, final, x, y, batch), epochs=epochs, losses=losses)
+        return _result(net, npm, final, x, y, batch, epochs, losses, test)
+
+
+def _result(net, npm, final, x, y, chunk, epochs, losses, test) -> TrainResult:
+    """The final parameters with their loss and accuracy on the training data and on ``test``, if given."""
+    out = TrainResult(final, *evaluate(net, npm, final, x, y, chunk), epochs=epochs, losses=losses)
+    if test is not None:
+        out.test_loss, out.test_accuracy = evaluate(net, npm, final, *test, chunk)
+    return out
 
 
 class _Converter:
@@ -244,7 +260,7 @@ def _bar(it, total, start, enabled):
     return it
 
 
-def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress) -> TrainResult:
+def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress, test) -> TrainResult:
     """Full-batch L-BFGS by scipy.optimize on the generated loss and gradient (one iteration per epoch).
 
     Resuming restarts from the checkpoint's parameters with an empty curvature history.
@@ -292,7 +308,7 @@ def _train_lbfgs(net, npm, x, y, epochs, seed, ckpt, progress) -> TrainResult:
                            options={"maxiter": epochs - start, "maxcor": history, "gtol": 1e-12, "ftol": 1e-15})
         v0 = res.x
     final = unflat(v0)
-    return TrainResult(final, *evaluate(net, npm, final, x, y, len(x)), epochs=epochs, losses=losses)
+    return _result(net, npm, final, x, y, len(x), epochs, losses, test)
 
 
 def plot(losses: list, path: str, title: str) -> None:

@@ -99,9 +99,19 @@ def _path(net, npm, x, y, steps, batch, seed, axes):
     return np.array(pts), last
 
 
+# One look per path, so that paths drawn over each other stay apart: colour, marker and line style all
+# differ, and the earlier paths are drawn wider underneath the later ones.
+_STYLES = (("tab:red", "o", "-"), ("tab:blue", "s", "--"), ("tab:orange", "^", ":"), ("tab:purple", "D", "-."),
+           ("tab:brown", "v", (0, (5, 1, 1, 1))))
+
+
 def contour_paths(runs: dict, npm, x, y, axes, path: str, title: str) -> None:
     """``runs``: {label: (points (k×2), final params)}; the contour is the loss over the two axes with every
     other parameter held at the first run's final values (exact for a two-parameter network)."""
+    save(contour_figure(runs, npm, x, y, axes, title), path, "--plot-path")
+
+
+def contour_figure(runs: dict, npm, x, y, axes, title: str):
     plt = _plt()
     first = next(iter(runs.values()))[1]
     allpts = np.concatenate([p for p, _ in runs.values()])
@@ -116,21 +126,53 @@ def contour_paths(runs: dict, npm, x, y, axes, path: str, title: str) -> None:
             for (name, idx), v in zip(axes, (v0, v1)):
                 p[name][idx] = v
             Z[r, c] = npm.loss(p, x, y)
-    fig, ax = plt.subplots(figsize=(6.4, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 5.4), dpi=100)
     levels = np.geomspace(max(Z.min(), 1e-12), Z.max(), 25) if Z.min() > 0 else 25
-    cs = ax.contour(g0, g1, Z, levels=levels, cmap="viridis", linewidths=0.8)
+    # grey levels, light to dark, so that no level shares a colour with a path
+    from matplotlib.colors import LinearSegmentedColormap
+
+    greys = LinearSegmentedColormap.from_list("levels", ["#c8c8c8", "#303030"])
+    cs = ax.contour(g0, g1, Z, levels=levels, cmap=greys, linewidths=0.8)
     fig.colorbar(cs, ax=ax, label="loss J over the data")
-    for label, (pts, _) in runs.items():
-        ax.plot(pts[:, 0], pts[:, 1], ".-", markersize=3, linewidth=1.2, label=f"{label} ({len(pts) - 1} steps)")
-        ax.plot(pts[0, 0], pts[0, 1], "ko", markersize=5)
-        ax.plot(pts[-1, 0], pts[-1, 1], "k*", markersize=9)
+    n = len(runs)
+    starts = {tuple(pts[0]) for pts, _ in runs.values()}
+    for k, (label, (pts, _)) in enumerate(runs.items()):
+        colour, marker, style = _STYLES[k % len(_STYLES)]
+        ax.plot(pts[:, 0], pts[:, 1], linestyle=style, marker=marker, markersize=4 + 1.5 * (n - 1 - k),
+                markevery=max(1, len(pts) // 30), linewidth=1.4 + 1.2 * (n - 1 - k), color=colour, alpha=0.9,
+                label=f"{label} ({len(pts) - 1} steps)", zorder=3 + k)
+        ax.plot(*pts[-1], marker="*", markersize=16, color=colour, markeredgecolor="black", zorder=10 + k,
+                linestyle="none")
+        short = label.split(",")[0]
+        # the label beyond the end, away from the start (where the path is not), turned back inside near an edge
+        span = np.array([g0[-1] - g0[0], g1[-1] - g1[0]])
+        rel = (pts[-1] - np.array([g0[0], g1[0]])) / span
+        d = (pts[-1] - pts[0]) / span
+        d = d / np.linalg.norm(d) if np.linalg.norm(d) > 0 else np.array([1.0, 0.0])
+        if rel[0] + 0.25 * d[0] > 0.9 or rel[0] + 0.25 * d[0] < 0.1:
+            d[0] = -d[0]
+        if rel[1] + 0.1 * d[1] > 0.95 or rel[1] + 0.1 * d[1] < 0.05:
+            d[1] = -d[1]
+        ax.annotate(f"{short} end" if n > 1 else "end", pts[-1], xytext=tuple(16 * d),
+                    textcoords="offset points", ha="left" if d[0] >= 0 else "right",
+                    va="bottom" if d[1] >= 0 else "top",
+                    color=colour, fontsize=9, fontweight="bold", zorder=20,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=colour, alpha=0.85))
+    for start in starts:
+        ax.plot(*start, marker="o", markersize=9, color="black", linestyle="none", zorder=30)
+        ax.annotate("start", start, xytext=(-10, -16), textcoords="offset points", ha="right", fontsize=9,
+                    fontweight="bold", zorder=30, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="black",
+                                                            alpha=0.85))
+    ax.plot([], [], marker="o", markersize=7, color="black", linestyle="none", label="start (●)")
+    ax.plot([], [], marker="*", markersize=12, color="white", markeredgecolor="black", linestyle="none",
+            label="end of each path (★)" if n > 1 else "end (★)")
     name = lambda a: a[0] + (f"[{','.join(map(str, a[1]))}]" if a[1] else "")
     ax.set_xlabel(name(axes[0]))
     ax.set_ylabel(name(axes[1]))
     ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
-    save(fig, path, "--plot-path")
+    return fig
 
 
 def lr_sweep(curves: dict, path: str, title: str) -> None:

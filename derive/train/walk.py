@@ -9,7 +9,8 @@ from derive.errors import DeriveError
 
 
 def walk(net, npm, x, y, steps: int, batch: int, seed: int = 0):
-    """Yield one record per step: t, epoch, indices, batch, intermediates, loss, gradients, θ before and after."""
+    """Yield one record per step: t, epoch, indices, batch, intermediates, loss, gradients, θ and the
+    optimizer state before and after."""
     if steps < 1:
         raise DeriveError(f"--steps: expected a positive integer, got {steps}")
     if batch < 1:
@@ -27,10 +28,11 @@ def walk(net, npm, x, y, steps: int, batch: int, seed: int = 0):
             xb, yb = x[idx], y[idx]
             inter = npm.intermediates(params, xb, yb)
             loss, grads = npm.value_and_gradients(params, xb, yb)
-            new, state = npm.apply_update(params, state, grads, t)
+            new, new_state = npm.apply_update(params, state, grads, t)
             yield {"t": t, "epoch": epoch + 1, "indices": idx, "x": xb, "y": yb, "intermediates": inter,
-                   "loss": loss, "grads": grads, "before": params, "after": new}
-            params = new
+                   "loss": loss, "grads": grads, "before": params, "after": new,
+                   "state": state, "state_after": new_state}
+            params, state = new, new_state
             if t == steps:
                 return
         epoch += 1
