@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 8, 8); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "digits_convnet_4c4fbbeb5d":
-  derive::digits_convnet_4c4fbbeb5d_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::digits_convnet_4c4fbbeb5d_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "digits_convnet_0298cd08c8":
+  derive::digits_convnet_0298cd08c8_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::digits_convnet_0298cd08c8_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::digits_convnet_4c4fbbeb5d_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::digits_convnet_4c4fbbeb5d_value_and_grad(params, x, y) -> (L, gradients)
+  derive::digits_convnet_0298cd08c8_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::digits_convnet_0298cd08c8_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,13 +30,15 @@ import torch
 import torch.nn.functional as F
 
 NAME = "digits_convnet"
-OPS = "digits_convnet_4c4fbbeb5d"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "digits_convnet_0298cd08c8"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 1, 3, 3),
     "b1": (16,),
     "W4": (10, 256),
     "b4": (10,),
 }
+INPUT_SHAPE = (1, 8, 8)  # x per sample
+TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (10,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
@@ -99,44 +101,44 @@ def init_values(seed=0):
 
 # ---- derive's forward and backward passes, on tensors (the lines of digits_convnet_numpy)
 
-def _forward(W1, b1, W4, b4, x):
-    """The forward pass, every named quantity in order: (x_pad, a1, f1, f2, f3, a4, f4)."""
+def _forward(params, x):
+    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (x_pad, f1, f3, f4)."""
+    W1, b1, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     x_pad = F.pad(x, (1, 1, 1, 1))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
     a1 = F.conv2d(x_pad, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
-    f1 = torch.relu(a1)  # f1[o, i, j] = max(0, a1[o, i, j])
+    f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f2 = max_pool2d(f1, 2, 2, 2, 2, 0)  # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     f3 = f2.reshape(f2.shape[0], -1)  # f3[16·c + 4·h + w] = f2[c, h, w]
     a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
-    return x_pad, a1, f1, f2, f3, a4, f4
+    return x_pad, f1, f3, f4
 
 
-def _yhat(W1, b1, W4, b4, x):
-    return _yhat_from(_forward(W1, b1, W4, b4, x))
+def _yhat(params, x):
+    return _yhat_from(_forward(params, x))
 
 
 def _yhat_from(quantities):
-    x_pad, a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, f1, f3, f4 = quantities
     return f4
 
 
-def _loss(W1, b1, W4, b4, x, y):
-    return _loss_from(_forward(W1, b1, W4, b4, x), y)
+def _loss(params, x, y):
+    return _loss_from(_forward(params, x), y)
 
 
 def _loss_from(quantities, y):
-    x_pad, a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, f1, f3, f4 = quantities
     loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
-def _value_and_grad(W1, b1, W4, b4, x, y):
+def _value_and_grad(params, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
-    _p = (W1, b1, W4, b4, )
-    _q = _forward(*_p, x)
-    return _loss_from(_q, y), _gradients(_p, x, y, _q, 1.0 / x.shape[0])
+    _q = _forward(params, x)
+    return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
 
 def _gradients(params, x, y, quantities, _scale):
@@ -144,7 +146,7 @@ def _gradients(params, x, y, quantities, _scale):
     mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
     _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
     W1, b1, W4, b4 = params
-    x_pad, a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, f1, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
     dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
@@ -153,23 +155,22 @@ def _gradients(params, x, y, quantities, _scale):
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
 
 
-def _vjp(W1, b1, W4, b4, x, grad_yhat):
+def _vjp(params, x, grad_yhat):
     """The gradient of each parameter for a given ∂L/∂ŷ, the forward pass computed again."""
-    _p = (W1, b1, W4, b4, )
-    return _backward_from(_p, x, _forward(*_p, x), grad_yhat)
+    return _backward_from(params, x, _forward(params, x), grad_yhat)
 
 
 def _backward_from(params, x, quantities, grad_yhat):
     """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
     pass's named quantities."""
     W1, b1, W4, b4 = params
-    x_pad, a1, f1, f2, f3, a4, f4 = quantities
+    x_pad, f1, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
@@ -177,7 +178,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta1 = dL_df1*torch.sign(torch.relu(a1))  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
@@ -219,32 +220,58 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
 
-def _check_dtypes(params, x):
-    if any(_p.dtype != x.dtype for _p in params):
-        raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
-                        f"{sorted({str(_p.dtype) for _p in params})} and x {x.dtype}")
+def _check_inputs(params, x, y=None):
+    """derive's one-line errors for calls the lines above would fail on with torch's own message,
+    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    if len(params) != len(PARAM_SHAPES):
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
+                        f"got {len(params)}")
+    if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
+        raise ValueError(f"{NAME}: x must have shape (batch, 1, 8, 8), got {tuple(x.shape)}")
+    for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
+        if _p.dtype != x.dtype:
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+                            f"and x {x.dtype}")
+        if tuple(_p.shape) != _s:
+            raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
+    if y is None:
+        return
+    if y.dtype != torch.int64:
+        raise TypeError(f"{NAME}: y holds class indices and must be int64, got {y.dtype}")
+    if tuple(y.shape) != (x.shape[0], *TARGET_SHAPE):
+        raise ValueError(f"{NAME}: y must have shape {((x.shape[0], *TARGET_SHAPE))} "
+                         f"(x's batch of {x.shape[0]}), got {tuple(y.shape)}")
+
+
+def _as_target(y, x):
+    """The target as the ops take it: class indices as int64 (no copy when they already are);
+    floats are refused rather than truncated."""
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{NAME}: y holds class indices and must be an integer tensor (int64), "
+                        f"got {y.dtype}")
+    return y.long()
 
 
 def _yhat_any(params, x):
-    _check_dtypes(params, x)
-    return _triton_run(params, x, out=True)[0] if _fused(x) else _yhat(*params, x)
+    _check_inputs(params, x)
+    return _triton_run(params, x, out=True)[0] if _fused(x) else _yhat(params, x)
 
 
 def _loss_any(params, x, y):
-    _check_dtypes(params, x)
-    return _triton_run(params, x, y, loss=True)[1] if _fused(x) else _loss(*params, x, y)
+    _check_inputs(params, x, y)
+    return _triton_run(params, x, y, loss=True)[1] if _fused(x) else _loss(params, x, y)
 
 
 def _value_and_grad_any(params, x, y):
-    _check_dtypes(params, x)
+    _check_inputs(params, x, y)
     if _fused(x):
         return _triton_run(params, x, y, loss=True, grad=True)[1:]
-    return _value_and_grad(*params, x, y)
+    return _value_and_grad(params, x, y)
 
 
 def _vjp_any(params, x, grad_yhat):
-    _check_dtypes(params, x)
-    return _vjp(*params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    _check_inputs(params, x)
+    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
 
 
 # ---- the custom ops
@@ -263,57 +290,57 @@ def _distinct(outs, inputs):
 
 
 def _define_ops():
-    """Register this network's ops (once per process; a second import of the same code reuses them)."""
+    """Register this network's ops (once per process; a second import of the same code reuses them).
+    Every op takes the parameters as one list (Tensor[]), so that no depth runs into the
+    dispatcher's limit of 64 arguments per op."""
 
     @torch.library.custom_op("derive::" + OPS + "_forward", mutates_args=())
-    def forward_op(W1: torch.Tensor, b1: torch.Tensor, W4: torch.Tensor, b4: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        _p = (W1, b1, W4, b4, )
-        return _distinct([_yhat_any(_p, x)], (*_p, x))[0]
+    def forward_op(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(W1: torch.Tensor, b1: torch.Tensor, W4: torch.Tensor, b4: torch.Tensor, x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
-        _p = (W1, b1, W4, b4, )
-        return _distinct(_vjp_any(_p, x, grad_yhat), (*_p, x, grad_yhat))
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+        return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
-    def loss_op(W1: torch.Tensor, b1: torch.Tensor, W4: torch.Tensor, b4: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _p = (W1, b1, W4, b4, )
-        return _distinct([_loss_any(_p, x, y)], (*_p, x, y))[0]
+    def loss_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(W1: torch.Tensor, b1: torch.Tensor, W4: torch.Tensor, b4: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        _p = (W1, b1, W4, b4, )
-        _value, _grads = _value_and_grad_any(_p, x, y)
-        return _distinct([_value, *_grads], (*_p, x, y))
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        _value, _grads = _value_and_grad_any(params, x, y)
+        return _distinct([_value, *_grads], (*params, x, y))
 
     # fakes: shapes and dtypes only, for torch.compile and meta tensors
     @forward_op.register_fake
-    def _(W1, b1, W4, b4, x):
-        _check_dtypes((W1, b1, W4, b4, ), x)
+    def _(params, x):
+        _check_inputs(params, x)
         return x.new_empty((x.shape[0], *OUTPUT_SHAPE))
 
     @backward_op.register_fake
-    def _(W1, b1, W4, b4, x, grad_yhat):
-        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in (W1, b1, W4, b4, )]
+    def _(params, x, grad_yhat):
+        _check_inputs(params, x)
+        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params]
 
     @loss_op.register_fake
-    def _(W1, b1, W4, b4, x, y):
-        _check_dtypes((W1, b1, W4, b4, ), x)
+    def _(params, x, y):
+        _check_inputs(params, x, y)
         return x.new_empty(())
 
     @value_and_grad_op.register_fake
-    def _(W1, b1, W4, b4, x, y):
-        _check_dtypes((W1, b1, W4, b4, ), x)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format)
-                                  for _p in (W1, b1, W4, b4, ))]
+    def _(params, x, y):
+        _check_inputs(params, x, y)
+        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        _params, _x = inputs
+        ctx.save_for_backward(*_params, _x)
 
     def forward_backward(ctx, grad_yhat):
         *_p, _x = ctx.saved_tensors
-        return (*backward_op(*_p, _x, grad_yhat.contiguous()), None)
+        return backward_op(_p, _x, grad_yhat.contiguous()), None
 
     forward_op.register_autograd(forward_backward, setup_context=forward_setup)
 
@@ -323,17 +350,18 @@ def _define_ops():
 
     def value_and_grad_backward(ctx, grads):
         _grad_loss = grads[0]  # the gradients it returned are constants (no second derivative)
-        return (*(_grad_loss * _g for _g in ctx.saved_tensors), None, None)
+        return [_grad_loss * _g for _g in ctx.saved_tensors], None, None
 
     value_and_grad_op.register_autograd(value_and_grad_backward, setup_context=value_and_grad_setup)
 
     def loss_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        _params, _x, _y = inputs
+        ctx.save_for_backward(*_params, _x, _y)
 
     def loss_backward(ctx, grad_loss):
         *_p, _x, _y = ctx.saved_tensors
-        _grads = value_and_grad_op(*_p, _x, _y)[1:]  # the forward pass again, then derive's backward
-        return (*(grad_loss * _g for _g in _grads), None, None)
+        _grads = value_and_grad_op(_p, _x, _y)[1:]  # the forward pass again, then derive's backward
+        return [grad_loss * _g for _g in _grads], None, None
 
     loss_op.register_autograd(loss_backward, setup_context=loss_setup)
 
@@ -356,13 +384,13 @@ class _LossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, *params):
-        _check_dtypes(params, x)
+        _check_inputs(params, x, y)
         if _fused(x):  # the fused kernel computes the gradients with the loss
             _value, _grads = _value_and_grad_any(params, x, y)
             ctx.fused = True
             ctx.save_for_backward(*_grads)
             return _value
-        _quantities = _forward(*params, x)
+        _quantities = _forward(params, x)
         ctx.fused = False
         ctx.save_for_backward(x, y, *params, *_quantities)
         return _loss_from(_quantities, y)
@@ -382,8 +410,8 @@ class _YhatFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, *params):
-        _check_dtypes(params, x)
-        _quantities = _forward(*params, x)
+        _check_inputs(params, x)
+        _quantities = _forward(params, x)
         ctx.save_for_backward(x, *params, *_quantities)
         return _yhat_from(_quantities)
 
@@ -412,8 +440,8 @@ class DigitsConvnet(torch.nn.Module):
         self.b4 = torch.nn.Parameter(torch.as_tensor(_values["b4"], dtype=dtype, device=device))
 
     def params(self):
-        """The parameters in PARAM_SHAPES order (the ops take them so)."""
-        return (self.W1, self.b1, self.W4, self.b4, )
+        """The parameters in PARAM_SHAPES order (the ops take them as one list)."""
+        return [getattr(self, _n) for _n in PARAM_SHAPES]
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which
@@ -423,16 +451,16 @@ class DigitsConvnet(torch.nn.Module):
         _no_input_grad(x)
         _p = self.params()
         if torch.compiler.is_compiling():
-            return forward_op(*_p, x)
+            return forward_op(_p, x)
         return _YhatFunction.apply(x, *_p) if _needs_grad(_p) else _yhat_any(_p, x)
 
     def loss(self, x, y):
         """The batch loss (mean of the cross_entropy loss); its backward adds derive's gradients."""
         _no_input_grad(x)
-        y = y.long()  # class indices index with int64 (no copy when they already are)
+        y = _as_target(y, x)
         _p = self.params()
         if torch.compiler.is_compiling():
-            return value_and_grad_op(*_p, x, y)[0] if _needs_grad(_p) else loss_op(*_p, x, y)
+            return value_and_grad_op(_p, x, y)[0] if _needs_grad(_p) else loss_op(_p, x, y)
         return _LossFunction.apply(x, y, *_p) if _needs_grad(_p) else _loss_any(_p, x, y)
 
     @classmethod
