@@ -145,6 +145,15 @@ def _pieces(ps, tagger: Tagger) -> str:
     return "".join(out).strip()
 
 
+_KATEX_TEXT = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"})
+
+
+def katex_text(s: str) -> str:
+    """Words inside \\text{} for KaTeX: as MathJax's, and its specials escaped (f1_pad, a spec's name, has an _
+    that KaTeX's text mode refuses; a % would end the formula as a comment)."""
+    return md.mathjax_text(s).translate(_KATEX_TEXT)
+
+
 def _aligned(rows: list[str]) -> str:
     return "\\begin{aligned}\n" + lx.join_rows(rows) + "\n\\end{aligned}"
 
@@ -156,7 +165,7 @@ def _symbolic(der, param, expand, tagger) -> tuple[str, list[dict]]:
         blocks = []
         if sec.intro:
             blocks.append({"kind": "prose", "html": _pieces(sec.intro, tagger)})
-        for kind, payload in lx.blocks(sec, md.mathjax_text):
+        for kind, payload in lx.blocks(sec, katex_text):
             if kind == "prose":
                 if len(payload) == 1 and isinstance(payload[0], Tex):
                     blocks.append(_display(_aligned([payload[0].tex]), tagger))
@@ -172,7 +181,7 @@ def _numbered(der, values, full, param, tagger) -> tuple[str, list[dict]]:
     from derive import evaluate as ev
     from derive.explain import at_sample
 
-    sample, secs = at_sample.sections(der, values, full, param, esc=md.mathjax_text)
+    sample, secs = at_sample.sections(der, values, full, param, esc=katex_text)
     header = (html.escape(ev._header(der.network)[0]) + "<br>At the sample "
               + _inline(r",\ ".join(sample), tagger) + " (one sample: the batch mean's 1/B is 1).")
     sections = []
