@@ -44,7 +44,6 @@ class Node:
     paths: tuple = ()  # a sum over paths: its terms (Step names), in the derivation's order
     via: str = ""  # one path's term: the quantity the path goes through (a2 of ∂L/∂f1 via a2)
     formula: str = ""  # one path's term: its chain, δ2·∂a2/∂f1; a sum: what it adds, in words
-    formula_tex: str = ""  # the term's chain in LaTeX
     factor: str = ""  # one path's term: the local partial of its path ("a2/f1")
 
 
@@ -169,9 +168,8 @@ def build(der, values=None) -> Graph:
             via = s.factors[-1].numerator
             chain = _chain(s.factors)
             title += f" via {via}"
-            lab += r"\ 	ext{via}\ " + latex(sp.Symbol(via))
-            extra = dict(via=via, formula=tx.math(chain), formula_tex=lx.math(chain),
-                         factor=f"{via}/{s.factors[-1].denominator}")
+            lab += r"\ \text{via}\ " + latex(sp.Symbol(via))
+            extra = dict(via=via, formula=tx.math(chain), factor=f"{via}/{s.factors[-1].denominator}")
         elif s.terms:
             extra = dict(paths=tuple(s.terms), formula=der.paths_note(s))
         nodes.append(Node(grad_id(s.name), "grad", s.name, title, lab, tuple(s.shape), value(s.name), of=q,
