@@ -21,8 +21,7 @@ from derive.draw import dot, graph
 from derive.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ["lecture", "perceptron", "mlp_softmax", "hinge_classifier", "iris_mlp", "linear_regression",
-            "lecture_convnet", "lecture_convnet_pool", "locally_connected"]
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.toml"))  # every example, a new one included
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,23 +51,26 @@ def test_every_example_is_drawn_with_every_quantity_and_partial(name, tmp_path):
                                            *(d.name for d in der.forward)]}
     want |= {graph.grad_id(s.name) for s in der.backward}
     assert nodes == want
-    # one forward edge per named input of each definition, one backward edge per Step a Step reads, one
-    # dotted pair per gradient: counted from the records independently of graph.py
+    # one forward edge per named input of each definition, one backward edge per Step a Step reads, one edge
+    # per path into a sum over paths (the sum reads its terms), one dotted pair per gradient but a path's term:
+    # counted from the records independently of graph.py
     steps = {s.name for s in der.backward}
     n_fwd = sum(len(_reads(d.rhs, {net.input.name, net.target.name, *(p.name for p in net.params),
                                    *(e.name for e in der.forward)}) - {d.name}) for d in (*der.forward, der.loss))
-    n_bwd = sum(len(_reads(s.rhs, steps) - {s.name}) for s in der.backward)
+    n_bwd = sum(len(_reads(s.rhs, steps) - {s.name}) for s in der.backward if not s.terms)
+    n_terms = sum(len(s.terms) for s in der.backward)
     edges = _ids(svg, "edge")
     assert sum(e.endswith("-forward") for e in edges) == n_fwd
     assert sum(e.endswith("-backward") for e in edges) == n_bwd
-    assert sum(e.endswith("-pair") for e in edges) == len(der.backward)
+    assert sum(e.endswith("-path") for e in edges) == n_terms
+    assert sum(e.endswith("-pair") for e in edges) == len(der.backward) - n_terms
     # every local partial a parameter's gradient uses labels the forward edge into its layer
     for s in der.gradients:
         f = s.factors[-1]
         assert f"factor-{f.numerator}--{f.denominator}" in svg
     # the delta of a layer read by more than one step is marked re-used
     for s in der.deltas:
-        readers = sum(s.name in _reads(t.rhs, steps) for t in der.backward)
+        readers = sum(s.name in (t.terms or _reads(t.rhs, steps)) for t in der.backward)
         assert ("re-used by %d" % readers in _node_text(svg, graph.grad_id(s.name))) == (readers > 1)
     # the HTML page ties every partial and every δ of its formulas to the graph (none left untagged)
     from derive.draw.page import render
@@ -189,26 +191,105 @@ def test_dot_source_has_forward_above_backward():
     assert '{rank=same; "q-a1"; "g-delta1"}' in src
 
 
-def test_a_quantity_with_two_consumers_shows_both_paths_and_the_sum(tmp_path):
-    """The drawing reads the records only: give the lecture a skip connection f1 -> a3 in its records (the shape
-    a graph network's derivation has) and the graph grows the second forward edge, the second backward path into
-    ∂L/∂f1 and says that ∂L/∂f1 sums two paths, with no code that knows about graphs."""
-    import dataclasses
+CONCAT_MLP = """
+name = "concat_mlp"
+input = {name = "x", shape = [3]}
+target = {name = "y", shape = [2]}
+layers = [{type = "linear", out = 3, activation = "tanh"},
+          {type = "linear", out = 2, activation = "sigmoid"},
+          {type = "concat", inputs = ["f1", "f2"]},   # f1 feeds a2 and, through the concat, f3
+          {type = "linear", out = 2}]
+loss = {type = "l2"}
+"""
 
-    import sympy as sp
 
-    der = derive(load_spec(str(ROOT / "examples" / "lecture.toml")))
-    f1, f2, w3, w2 = sp.symbols("f1 f2 w3 w2")
-    delta2, delta3 = sp.symbols("delta2 delta3")
-    forward = tuple(dataclasses.replace(d, rhs=f2 * w3 + f1) if d.name == "a3" else d for d in der.forward)
-    backward = tuple(dataclasses.replace(s, rhs=delta2 * w2 + delta3) if s.name == "dL_df1" else s
-                     for s in der.backward)
-    g = graph.build(dataclasses.replace(der, forward=forward, backward=backward))
-    fwd = {(e.tail, e.head) for e in g.edges if e.kind == "forward"}
-    assert {("q-f1", "q-a2"), ("q-f1", "q-a3")} <= fwd
-    bwd = {(e.tail, e.head) for e in g.edges if e.kind == "backward"}
-    assert {("g-delta2", "g-dL_df1"), ("g-delta3", "g-dL_df1")} <= bwd
-    node = g.node("g-dL_df1")
-    assert node.paths == 2 and "g-dL_df1" in [graph.grad_id(u) for u in g.node("g-delta3").uses]
-    svg = dot.render(dot.source(g), "svg").decode("utf-8").replace("&#45;", "-")
-    assert "sum of 2 paths" in svg and "re-used by 3" in svg  # δ3 now read by ∂L/∂w3, ∂L/∂f2 and ∂L/∂f1
+def _residual_loss(p, x, y, into_a2, into_a3):
+    """residual_mlp by hand, f1 given separately to each of its two consumers (a2 = W2·f1 + b2, a3 = f1 + f2)."""
+    import numpy as np
+
+    f1 = np.tanh(p["W1"] @ x + p["b1"])
+    f2 = np.maximum(p["W2"] @ (f1 + into_a2) + p["b2"], 0.0)
+    f4 = p["W4"] @ (f1 + into_a3 + f2) + p["b4"]
+    return 0.5 * np.sum((y - f4) ** 2)
+
+
+def _concat_loss(p, x, y, into_a2, into_f3):
+    import numpy as np
+
+    f1 = np.tanh(p["W1"] @ x + p["b1"])
+    f2 = 1 / (1 + np.exp(-(p["W2"] @ (f1 + into_a2) + p["b2"])))
+    f4 = p["W4"] @ np.concatenate([f1 + into_f3, f2]) + p["b4"]
+    return 0.5 * np.sum((y - f4) ** 2)
+
+
+def _numbers(svg: str, node_id: str) -> list[float]:
+    return [float(v) for v in re.search(r">= \[([^\]]*)\]<", _node_text(svg, node_id)).group(1).split(", ")]
+
+
+@pytest.mark.parametrize("case", ["residual_mlp", "concat"])
+def test_a_quantity_with_two_consumers_shows_both_paths_and_the_sum(case, tmp_path):
+    """f1 feeds two layers: the picture has one node per path's term, "∂L/∂f1 via a2 = δ2 · ∂a2/∂f1" with its
+    numbers, an arrow from each into ∂L/∂f1 (boxed with them), and no arrow from a δ straight into the sum.  The
+    numbers on each term are central differences of the loss with f1 nudged where that one consumer reads it;
+    the sum's, with f1 nudged everywhere."""
+    import json
+
+    import numpy as np
+
+    if case == "residual_mlp":
+        spec, loss, (via_a, via_b) = ROOT / "examples" / "residual_mlp.toml", _residual_loss, ("a2", "a3")
+        shapes = {"W1": (4, 3), "b1": (4,), "W2": (4, 4), "b2": (4,), "W4": (2, 4), "b4": (2,)}
+        chains = {"a2": "δ2 · ∂a2/∂f1", "a3": "δ3 · ∂a3/∂f1"}
+        feeds = {"a2": "g-delta2", "a3": "g-delta3"}
+    else:
+        spec, loss, (via_a, via_b) = tmp_path / "concat_mlp.toml", _concat_loss, ("a2", "f3")
+        spec.write_text(CONCAT_MLP, encoding="utf-8")
+        shapes = {"W1": (3, 3), "b1": (3,), "W2": (2, 3), "b2": (2,), "W4": (2, 5), "b4": (2,)}
+        chains = {"a2": "δ2 · ∂a2/∂f1", "f3": "∂L/∂f3 · ∂f3/∂f1"}
+        feeds = {"a2": "g-delta2", "f3": "g-dL_df3"}
+    rng = np.random.default_rng(5)
+    params = {k: np.round(rng.normal(size=v), 3) for k, v in shapes.items()}
+    x, y = np.array([0.5, -1.0, 2.0]), np.array([1.0, -0.5])
+    at = [f"x={json.dumps(x.tolist())}", f"y={json.dumps(y.tolist())}"]
+    at += [f"{k}={json.dumps(v.tolist())}" for k, v in params.items()]
+    out = tmp_path / "g.svg"
+    assert main(["draw", str(spec), "-o", str(out), "--at", *at]) == 0
+    svg = _svg(out)
+
+    total, terms = "g-dL_df1", {via: graph.grad_id(f"dL_df1_via{via[1:]}") for via in (via_a, via_b)}
+    for via, node in terms.items():
+        text = _node_text(svg, node)
+        assert f">∂L/∂f1 via {via}<" in text and f">= {chains[via]}<" in text
+    assert f">f1 feeds {via_a} and {via_b}: sum over paths<" in _node_text(svg, total)
+    assert ">∂L/∂f1: sum over 2 paths<" in svg  # the box around the sum and its terms
+    arrows = [(kind, cls, tuple(html.unescape(t).split("->"))) for kind, cls, t in
+              re.findall(r'<g id="e\d+-(backward|path)" class="([^"]*)">\s*<title>([^<]*)</title>', svg)]
+    # each term flows into the sum (an arrow pointing up is written head first, with dir=back) ...
+    assert sorted((set(ends), cls) for kind, cls, ends in arrows if kind == "path") == sorted(
+        ({n, total}, f"edge edge-path paths-{total} path-{n}") for n in terms.values())
+    # ... and each term is the δ (or ∂L/∂f3) of its consumer times a local partial; no δ skips the terms
+    assert {ends for kind, _, ends in arrows if kind == "backward" and ends[1] in (total, *terms.values())} == {
+        (feeds[via], node) for via, node in terms.items()}
+    h, f1_size = 1e-6, shapes["W1"][0]
+    for which, node in [((1, 0), terms[via_a]), ((0, 1), terms[via_b]), ((1, 1), total)]:
+        fd = []
+        for j in range(f1_size):
+            e = np.zeros(f1_size)
+            e[j] = h
+            up = loss(params, x, y, which[0] * e, which[1] * e)
+            down = loss(params, x, y, -which[0] * e, -which[1] * e)
+            fd.append((up - down) / (2 * h))
+        assert _numbers(svg, node) == pytest.approx(fd, rel=2e-3, abs=1e-6), node  # 4 significant digits shown
+    assert abs(np.array(_numbers(svg, terms[via_a]))).max() > 1e-3 < abs(np.array(_numbers(svg, terms[via_b]))).max()
+
+
+def test_resnet_block_sums_the_padded_path_and_the_skip(tmp_path):
+    """A conv reads f1 through its zero-padded copy: that path's term goes via f1_pad, as the derivation has it."""
+    out = tmp_path / "r.svg"
+    assert main(["draw", str(ROOT / "examples" / "resnet_block.toml"), "-o", str(out)]) == 0
+    svg = _svg(out)
+    via_pad = _node_text(svg, graph.grad_id("dL_df1_via2"))
+    assert ">∂L/∂f1 via f1_pad<" in via_pad and ">= ∂L/∂f1_pad · ∂f1_pad/∂f1<" in via_pad and ">2×6×6<" in via_pad
+    assert ">= δ4 · ∂a4/∂f1<" in _node_text(svg, graph.grad_id("dL_df1_via4"))
+    assert ">f1 feeds f1_pad and a4: sum over paths<" in _node_text(svg, "g-dL_df1")
+    assert ">∂L/∂f1: sum over 2 paths<" in svg

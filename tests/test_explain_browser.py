@@ -103,8 +103,54 @@ def test_page_typesets_links_and_shows(browser, tmp_path, capsys):
         ctx.close()
 
 
-EXAMPLES = ["lecture", "perceptron", "mlp_softmax", "hinge_classifier", "iris_mlp", "linear_regression",
-            "lecture_convnet", "lecture_convnet_pool", "locally_connected"]
+def test_a_sum_over_paths_lights_up_both_paths(browser, tmp_path, capsys):
+    """residual_mlp: f1 feeds a2 and a3.  Clicking ∂L/∂f1 lights both paths: their terms, the forward edges
+    f1 -> a2 and f1 -> a3, the backward edges carrying ∂a2/∂f1 and ∂a3/∂f1 into the terms and the terms' arrows
+    into the sum, and both local partials in the formulas; clicking one term lights its own path only."""
+    argv = [str(ROOT / "examples" / "residual_mlp.toml"), "--at", "x=[0.5, -1, 2]", "y=[1, -0.5]", "--seed", "3"]
+    ctx, page, fetched, errors = _open(browser, _page_file(tmp_path, capsys, argv))
+
+    def lit(what):
+        return page.eval_on_selector_all(f"svg g.{what}.hl", "els => els.map(e => e.getAttribute('class')).sort()")
+
+    try:
+        assert page.locator(".katex-error").count() == 0 and not errors and not fetched
+        places = page.locator('[data-q="dL_df1"]')
+        assert places.count() >= 2
+        places.first.click()
+        assert "hl-self" in page.locator("svg g#g-dL_df1").get_attribute("class")
+        nodes = page.eval_on_selector_all("svg g.node.hl", "els => els.map(e => e.id).sort()")
+        assert nodes == ["g-dL_df1_via2", "g-dL_df1_via3", "g-delta1"]  # both terms, and δ1 that reads the sum
+        edges = lit("edge")
+        for f in ("a2--f1", "a3--f1"):  # each path, forward and backward
+            assert sorted(c for c in edges if f"factor-{f}" in c) == [
+                f"edge edge-backward factor-{f} hl", f"edge edge-forward factor-{f} hl"]
+        assert sum("edge-path" in c for c in edges) == 2 and len(edges) == 6
+        for f in ("a2/f1", "a3/f1"):
+            assert page.locator(f'.hl-factor[data-f="{f}"]').count() >= 1
+        data = page.evaluate("JSON.parse(document.getElementById('derive-data').textContent)")["steps"]
+        panel = page.locator("#panel").inner_text()
+        assert "f1 feeds a2 and a3: sum over paths" in panel
+        for term, chain in (("dL_df1_via2", "δ2 · ∂a2/∂f1"), ("dL_df1_via3", "δ3 · ∂a3/∂f1")):
+            assert data[term]["value"].startswith("= [")
+            assert f"∂L/∂f1 via a{term[-1]} = {chain} {data[term]['value']}" in panel
+
+        # one path's term, clicked in the graph: its own path and the sum it flows into, not the other path
+        page.locator("svg g#g-dL_df1_via3").click()
+        assert "hl-self" in page.locator("svg g#g-dL_df1_via3").get_attribute("class")
+        assert page.eval_on_selector_all("svg g.node.hl", "els => els.map(e => e.id)") == ["g-dL_df1"]
+        assert lit("edge") == ["edge edge-backward factor-a3--f1 hl", "edge edge-forward factor-a3--f1 hl",
+                               "edge edge-path paths-g-dL_df1 path-g-dL_df1_via3 hl"]
+
+        # δ3 is read by the path through a3 and by ∂L/∂f2, each once
+        page.locator('[data-q="delta3"]').first.click()
+        nodes = page.eval_on_selector_all("svg g.node.hl", "els => els.map(e => e.id).sort()")
+        assert nodes == sorted(data["delta3"]["useIds"]) == ["g-dL_df1_via3", "g-dL_df2"]
+    finally:
+        ctx.close()
+
+
+EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("*.toml"))  # every example, a new one included
 
 
 def test_every_formula_of_every_example_is_valid_katex(browser):
@@ -122,7 +168,7 @@ def test_every_formula_of_every_example_is_valid_katex(browser):
         for m in re.finditer(r'<span class="math( display)?" data-tex="([^"]*)"', page_html):
             formulas.append((name, bool(m.group(1)), html.unescape(m.group(2))))
     assert any("htmlData{q=delta" in tex for _, _, tex in formulas)
-    assert len(formulas) > 9 * 5
+    assert len(formulas) > len(EXAMPLES) * 5
     ctx = browser.new_context(offline=True)
     try:
         page = ctx.new_page()

@@ -10,6 +10,7 @@ DRAW_EXAMPLES = """examples:
   derive draw examples/lecture.toml -o lecture.svg
   derive draw examples/lecture.toml -o lecture.png --at x=2 y=1.9 --seed 0   every node with its number
   derive draw examples/lecture_convnet.toml -o convnet.pdf
+  derive draw examples/residual_mlp.toml -o residual.svg   a graph: ∂L/∂f1 as the sum of its two paths
 
 Needs Graphviz's dot (scripts/install-graphviz, or apt-get install graphviz)."""
 

@@ -7,8 +7,11 @@ Everything is read off the derivation's records, never off the layer kind:
   input or the target) has no label, since nothing flows back into data;
 - a gradient node per backward Step (∂L/∂f3, δ3, ∂L/∂w3), tied to the quantity its chain ends at;
 - a backward edge from each Step a Step's ``rhs`` reads to that Step, labelled with the local partial that
-  multiplies it.  A Step read by several Steps is marked re-used; a Step that reads several (a quantity with two
-  consumers in a graph network) sums its paths, and its node says so.
+  multiplies it.  A Step read by several Steps is marked re-used.
+- a quantity with several consumers (a graph network) has one Step per path, its ``terms``, and a Step that
+  adds them (the multivariate chain rule).  Each path's term is its own node, "∂L/∂f1 via a2 = δ2·∂a2/∂f1" with
+  its number, in the column of f1 beside their sum; the sum's incoming edges are its terms (``Step.terms``),
+  not the δ's its ``rhs`` happens to be written with, so a δ counts as read once per path.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sympy as sp
 
 from derive.explain import latex as lx
 from derive.explain import text as tx
-from derive.explain.model import Explainer, Partial
+from derive.explain.model import Chain, Explainer, Partial
 from derive.explain.notation import latex, text
 
 LABEL_CHARS = 34  # a local partial's value longer than this is left to the derivation (an argmax window)
@@ -38,14 +41,17 @@ class Node:
     value: str = ""  # "= 0.5218", "‖·‖ = 3.1" with --at
     of: str = ""  # a gradient node: the quantity it is ∂L/∂ of
     uses: tuple = ()  # a gradient node: the Steps that read it
-    paths: int = 0  # a gradient node: how many Steps it sums
+    paths: tuple = ()  # a sum over paths: its terms (Step names), in the derivation's order
+    via: str = ""  # one path's term: the quantity the path goes through (a2 of ∂L/∂f1 via a2)
+    formula: str = ""  # one path's term: its chain, δ2·∂a2/∂f1; a sum: what it adds, in words
+    factor: str = ""  # one path's term: the local partial of its path ("a2/f1")
 
 
 @dataclass(frozen=True)
 class Edge:
     tail: str
     head: str
-    kind: str  # "forward" | "backward" | "pair"
+    kind: str  # "forward" | "backward" | "path" (a term into its sum) | "pair" | "column" (same column, not drawn)
     label: str = ""
     factor: str = ""  # "a3/f2": the local partial ∂a3/∂f2 this edge carries
 
@@ -111,7 +117,6 @@ def build(der, values=None) -> Graph:
     forward = [d.name for d in der.forward]
     known = ports + params + forward + [s.name for s in der.backward]
     shapes = ex.shapes
-    grad_of = {_quantity(s): s.name for s in der.backward}
 
     def value(name):
         return shown(values.get(name)) if values is not None else ""
@@ -149,24 +154,46 @@ def build(der, values=None) -> Graph:
             edges.append(Edge(quantity_id(src), quantity_id(head), "forward", label, key if info else ""))
 
     steps = [s.name for s in der.backward]
-    reads = {s.name: _names_in(s.rhs, steps) for s in der.backward}
+    sum_of = {t: s.name for s in der.backward for t in s.terms}  # a path's term -> the sum it is added to
+    reads = {s.name: list(s.terms) if s.terms else _names_in(s.rhs, steps) for s in der.backward}
     users = {n: tuple(s for s in steps if n in reads[s]) for n in steps}
     for s in der.backward:
         q = _quantity(s)
         lab = lx.math(Partial(None, sp.Symbol(q), delta=s.kind == "delta"))
         title = tx.math(Partial(None, sp.Symbol(q), delta=s.kind == "delta"))
+        extra = {}
         if s.kind == "delta":
             title += f" = ∂L/∂{q}"
+        if s.name in sum_of:
+            via = s.factors[-1].numerator
+            chain = _chain(s.factors)
+            title += f" via {via}"
+            lab += r"\ \text{via}\ " + latex(sp.Symbol(via))
+            extra = dict(via=via, formula=tx.math(chain), factor=f"{via}/{s.factors[-1].denominator}")
+        elif s.terms:
+            extra = dict(paths=tuple(s.terms), formula=der.paths_note(s))
         nodes.append(Node(grad_id(s.name), "grad", s.name, title, lab, tuple(s.shape), value(s.name), of=q,
-                          uses=users[s.name], paths=len(reads[s.name])))
+                          uses=users[s.name], **extra))
+        if s.terms:
+            for t in s.terms:
+                edges.append(Edge(grad_id(t), grad_id(s.name), "path", "+"))
+            continue
         for u in reads[s.name]:
             key = f"{_quantity(der.step(u))}/{q}"
             info = factors.get(key)
             edges.append(Edge(grad_id(u), grad_id(s.name), "backward", f"× {info.tex and _name(info)}" if info else "",
                               key if info else ""))
-    for q, g in grad_of.items():
-        edges.append(Edge(quantity_id(q), grad_id(g), "pair"))
+    for s in der.backward:  # each gradient in its quantity's column; a path's term beside its sum, untied
+        edges.append(Edge(quantity_id(_quantity(s)), grad_id(s.name), "column" if s.name in sum_of else "pair"))
     return Graph(net.name, tuple(nodes), tuple(edges), tuple(factors.values()))
+
+
+def _chain(factors) -> Chain:
+    """A path's chain without indices, δ2·∂a2/∂f1: its factors as the derivation names them."""
+    first = factors[0]
+    parts = [Partial(None, sp.Symbol(first.denominator), delta=first.is_delta)]
+    parts += [Partial(sp.Symbol(f.numerator), sp.Symbol(f.denominator)) for f in factors[1:]]
+    return Chain((), tuple(parts))
 
 
 def _name(info: FactorInfo) -> str:

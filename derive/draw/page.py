@@ -53,7 +53,7 @@ class Tagger:
 
     def __init__(self, g: graph.Graph):
         grads = [n for n in g.nodes if n.kind == "grad"]
-        self.step_of = {n.of: n.name for n in grads}
+        self.step_of = {n.of: n.name for n in grads if not n.via}  # ∂L/∂f1 is the sum, not one path's term
         self.factors = {f.key for f in g.factors}
         names = sorted({n.name for n in g.nodes if n.kind != "grad"} | {"L"}, key=lambda s: (-len(s), s))
         self._name = [(n, self._pattern(n)) for n in names]
@@ -145,6 +145,15 @@ def _pieces(ps, tagger: Tagger) -> str:
     return "".join(out).strip()
 
 
+_KATEX_TEXT = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"})
+
+
+def katex_text(s: str) -> str:
+    """Words inside \\text{} for KaTeX: as MathJax's, and its specials escaped (f1_pad, a spec's name, has an _
+    that KaTeX's text mode refuses; a % would end the formula as a comment)."""
+    return md.mathjax_text(s).translate(_KATEX_TEXT)
+
+
 def _aligned(rows: list[str]) -> str:
     return "\\begin{aligned}\n" + lx.join_rows(rows) + "\n\\end{aligned}"
 
@@ -156,7 +165,7 @@ def _symbolic(der, param, expand, tagger) -> tuple[str, list[dict]]:
         blocks = []
         if sec.intro:
             blocks.append({"kind": "prose", "html": _pieces(sec.intro, tagger)})
-        for kind, payload in lx.blocks(sec, md.mathjax_text):
+        for kind, payload in lx.blocks(sec, katex_text):
             if kind == "prose":
                 if len(payload) == 1 and isinstance(payload[0], Tex):
                     blocks.append(_display(_aligned([payload[0].tex]), tagger))
@@ -172,7 +181,7 @@ def _numbered(der, values, full, param, tagger) -> tuple[str, list[dict]]:
     from derive import evaluate as ev
     from derive.explain import at_sample
 
-    sample, secs = at_sample.sections(der, values, full, param, esc=md.mathjax_text)
+    sample, secs = at_sample.sections(der, values, full, param, esc=katex_text)
     header = (html.escape(ev._header(der.network)[0]) + "<br>At the sample "
               + _inline(r",\ ".join(sample), tagger) + " (one sample: the batch mean's 1/B is 1).")
     sections = []
@@ -195,14 +204,25 @@ def _svg(g: graph.Graph) -> str:
 
 
 def _data(g: graph.Graph) -> dict:
-    """What the script shows on hover and click: each factor's text and value, each gradient's users."""
+    """What the script shows on hover and click: each factor's text and value, each gradient's users, and for a
+    sum over paths its terms (each with the local partial of its path), for one path's term its own chain."""
     title = {n.name: n.title for n in g.nodes}
-    return {
-        "factors": {f.key: {"text": f.text, "value": f.value} for f in g.factors},
-        "steps": {n.name: {"title": n.title, "value": n.value, "node": n.id,
-                           "uses": [title[u] for u in n.uses], "useIds": [graph.grad_id(u) for u in n.uses]}
-                  for n in g.nodes if n.kind == "grad"},
-    }
+    grads = {n.name: n for n in g.nodes if n.kind == "grad"}
+
+    def path(n):
+        return {"title": n.title, "formula": n.formula, "value": n.value, "node": n.id, "factor": n.factor}
+
+    steps = {}
+    for n in grads.values():
+        s = {"title": n.title, "value": n.value, "node": n.id, "uses": [title[u] for u in n.uses],
+             "useIds": [graph.grad_id(u) for u in n.uses]}
+        if n.paths:
+            s["note"] = n.formula
+            s["paths"] = [path(grads[t]) for t in n.paths]
+        if n.via:
+            s["path"] = path(n)
+        steps[n.name] = s
+    return {"factors": {f.key: {"text": f.text, "value": f.value} for f in g.factors}, "steps": steps}
 
 
 def render(der, values=None, full: bool = False, param: str | None = None, expand: bool = False) -> str:
@@ -224,7 +244,7 @@ def render(der, values=None, full: bool = False, param: str | None = None, expan
             {"title": s["title"], "blocks": [
                 {**b, "html": jinja2.utils.markupsafe.Markup(b["html"])} if b["kind"] == "prose" else b
                 for b in s["blocks"]]} for s in sections],
-        numbers=values is not None, svg=jinja2.utils.markupsafe.Markup(_svg(g)),
+        numbers=values is not None, sums=any(n.paths for n in g.nodes), svg=jinja2.utils.markupsafe.Markup(_svg(g)),
         katex_license=jinja2.utils.markupsafe.Markup(
             (KATEX / "LICENSE").read_text(encoding="utf-8").strip().replace("--", "- -")),  # inside <!-- -->
         katex_css=jinja2.utils.markupsafe.Markup(css), katex_js=jinja2.utils.markupsafe.Markup(_script_safe(js)),
