@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_pool_8632897a26":
-  derive::lecture_convnet_pool_8632897a26_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_convnet_pool_8632897a26_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_pool_86fe421637":
+  derive::lecture_convnet_pool_86fe421637_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_convnet_pool_86fe421637_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_pool_8632897a26_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_convnet_pool_8632897a26_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_pool_86fe421637_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_convnet_pool_86fe421637_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture_convnet_pool"
-OPS = "lecture_convnet_pool_8632897a26"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_convnet_pool_86fe421637"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -130,7 +130,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     f1, f3, f4 = quantities
-    loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
+    loss_per_sample = logsumexp(f4) - torch.gather(f4, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -147,7 +147,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W4, b4 = params
     f1, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch

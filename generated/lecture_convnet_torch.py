@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_57869530aa":
-  derive::lecture_convnet_57869530aa_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_convnet_57869530aa_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_2364e6fa4a":
+  derive::lecture_convnet_2364e6fa4a_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_convnet_2364e6fa4a_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_57869530aa_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_convnet_57869530aa_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_2364e6fa4a_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_convnet_2364e6fa4a_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture_convnet"
-OPS = "lecture_convnet_57869530aa"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_convnet_2364e6fa4a"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -106,7 +106,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     f1, f2, f3 = quantities
-    loss_per_sample = -torch.gather(f3, 1, y[:, None])[:, 0] + logsumexp(f3)  # cross_entropy
+    loss_per_sample = logsumexp(f3) - torch.gather(f3, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -123,7 +123,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W3, b3 = params
     f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch

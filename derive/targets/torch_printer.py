@@ -10,6 +10,7 @@ conv2d, with the same index formula as the printed comment.
 from __future__ import annotations
 
 import sympy as sp
+from sympy.printing.precedence import precedence
 
 from derive.ir.nodes import MatVec, OneHot
 from derive.tables.functions import step
@@ -78,7 +79,26 @@ class TorchCodePrinter(NumpyCodePrinter):
             if isinstance(b, sp.Symbol):
                 w, f = mv.args
                 return "torch.addmm(%s, %s, %s.T)" % (self._print(b), self._print(f), self._print(w))
-        return super()._print_Add(e)
+        return self._signed_sum(e)
+
+    def _signed_sum(self, e):
+        """SymPy's sum with a positive term first where there is one: ``softmax(z) - onehot(y, z)``
+        rather than ``-onehot(y, z) + softmax(z)``, whose leading minus is one more pass over a tensor."""
+        terms = list(self._as_ordered_terms(e))
+        first = next((t for t in terms if not t.could_extract_minus_sign()), None)
+        if first is not None:
+            terms.remove(first)
+            terms.insert(0, first)
+        prec = precedence(e)
+        parts = []
+        for term in terms:
+            t = self._print(term)
+            sign = "+"
+            if t.startswith("-") and not term.is_Add:
+                sign, t = "-", t[1:]
+            parts += [sign, "(%s)" % t if precedence(term) < prec or term.is_Add else t]
+        sign = parts.pop(0)
+        return ("" if sign == "+" else sign) + " ".join(parts)
 
     def _print_BatchSum(self, e):
         return "torch.sum(%s, dim=0)" % self._print(e.args[0])
