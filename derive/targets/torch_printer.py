@@ -43,8 +43,8 @@ class TorchCodePrinter(NumpyCodePrinter):
         steps = [f for f in e.args if isinstance(f, step)]
         rest = [f for f in e.args if not isinstance(f, step)]
         if len(steps) == 1 and {s.name for f in rest for s in f.free_symbols} - {"_scale"}:  # g a tensor, not a number
-            return "torch.ops.aten.threshold_backward(%s, %s, 0)" % (self._print(e.func(*rest)),
-                                                                      self._print(steps[0].args[0]))
+            self.helpers.add("_relu_grad")
+            return "_relu_grad(%s, %s, 0)" % (self._print(e.func(*rest)), self._print(steps[0].args[0]))
         return super()._print_Mul(e)
 
     def _print_leaky_relu(self, e):
@@ -155,6 +155,8 @@ class TorchCodePrinter(NumpyCodePrinter):
 
 # Helper sources for the generated torch module, included when the printer used them.
 TORCH_HELPERS = {
+    "_relu_grad": '''# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default''',
     "softplus": '''def softplus(x):
     """log(1 + e^x), without overflow for large x (F.softplus would switch to x above 20)."""
     return torch.logaddexp(x, torch.zeros_like(x))''',
