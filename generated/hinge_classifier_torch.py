@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the hi
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "hinge_classifier_03cf61a105":
-  derive::hinge_classifier_03cf61a105_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::hinge_classifier_03cf61a105_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "hinge_classifier_55533c6514":
+  derive::hinge_classifier_55533c6514_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::hinge_classifier_55533c6514_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::hinge_classifier_03cf61a105_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::hinge_classifier_03cf61a105_value_and_grad(params, x, y) -> (L, gradients)
+  derive::hinge_classifier_55533c6514_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::hinge_classifier_55533c6514_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "hinge_classifier"
-OPS = "hinge_classifier_03cf61a105"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "hinge_classifier_55533c6514"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (8, 2),
     "b1": (8,),
@@ -42,6 +42,10 @@ TARGET_SHAPE = ()  # y per sample
 OUTPUT_SHAPE = ()  # ŷ per sample
 LOSS = "hinge"
 REDUCTION = "mean"
+
+
+# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def init_values(seed=0):
@@ -59,7 +63,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of hinge_classifier_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (f1, f2)."""
     W1, b1, W2, b2 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -102,7 +106,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2 = params
     f1, f2 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = torch.ops.aten.threshold_backward(-_scale*y[:, None], 1 - f2*y[:, None], 0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = _relu_grad(-_scale*y[:, None], 1 - f2*y[:, None], 0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -171,11 +175,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 2), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

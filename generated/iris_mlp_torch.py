@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_3e46c8d108":
-  derive::iris_mlp_3e46c8d108_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::iris_mlp_3e46c8d108_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_ee2835a160":
+  derive::iris_mlp_ee2835a160_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::iris_mlp_ee2835a160_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::iris_mlp_3e46c8d108_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::iris_mlp_3e46c8d108_value_and_grad(params, x, y) -> (L, gradients)
+  derive::iris_mlp_ee2835a160_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::iris_mlp_ee2835a160_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "iris_mlp"
-OPS = "iris_mlp_3e46c8d108"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "iris_mlp_ee2835a160"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -74,7 +74,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of iris_mlp_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (f1, f2)."""
     W1, b1, W2, b2 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -100,7 +100,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     f1, f2 = quantities
-    loss_per_sample = -torch.gather(f2, 1, y[:, None])[:, 0] + logsumexp(f2)  # cross_entropy
+    loss_per_sample = logsumexp(f2) - torch.gather(f2, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -117,7 +117,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2 = params
     f1, f2 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = _scale*(-onehot(y, f2) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = _scale*(softmax(f2) - onehot(y, f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -186,11 +186,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 4), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_57869530aa":
-  derive::lecture_convnet_57869530aa_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_convnet_57869530aa_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_2de7c7029f":
+  derive::lecture_convnet_2de7c7029f_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::lecture_convnet_2de7c7029f_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_57869530aa_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::lecture_convnet_57869530aa_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_2de7c7029f_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_convnet_2de7c7029f_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "lecture_convnet"
-OPS = "lecture_convnet_57869530aa"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_convnet_2de7c7029f"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -42,6 +42,10 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (10,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def logsumexp(z):
@@ -79,7 +83,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of lecture_convnet_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2, f3)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (f1, f2, f3)."""
     W1, b1, W3, b3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -106,7 +110,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     f1, f2, f3 = quantities
-    loss_per_sample = -torch.gather(f3, 1, y[:, None])[:, 0] + logsumexp(f3)  # cross_entropy
+    loss_per_sample = logsumexp(f3) - torch.gather(f3, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -123,13 +127,13 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W3, b3 = params
     f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -151,7 +155,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -194,11 +198,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 3, 32, 32), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

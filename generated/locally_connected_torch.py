@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2, 9, 9); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_a8ace8bbfc":
-  derive::locally_connected_a8ace8bbfc_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::locally_connected_a8ace8bbfc_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_fbbf289713":
+  derive::locally_connected_fbbf289713_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::locally_connected_fbbf289713_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::locally_connected_a8ace8bbfc_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::locally_connected_a8ace8bbfc_value_and_grad(params, x, y) -> (L, gradients)
+  derive::locally_connected_fbbf289713_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::locally_connected_fbbf289713_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "locally_connected"
-OPS = "locally_connected_a8ace8bbfc"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "locally_connected_fbbf289713"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (3, 2, 3, 3),
     "b1": (3,),
@@ -97,7 +97,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of locally_connected_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (x_pad, f1, f1_pad, f2, f3, f4)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2, f3, f4)."""
     W1, b1, W2, b2, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -128,7 +128,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
-    loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
+    loss_per_sample = logsumexp(f4) - torch.gather(f4, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -145,7 +145,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W4, b4 = params
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
@@ -226,11 +226,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 2, 9, 9), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_c7a7f5ccea":
-  derive::mlp_softmax_c7a7f5ccea_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::mlp_softmax_c7a7f5ccea_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_6dd71d5d58":
+  derive::mlp_softmax_6dd71d5d58_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::mlp_softmax_6dd71d5d58_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::mlp_softmax_c7a7f5ccea_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::mlp_softmax_c7a7f5ccea_value_and_grad(params, x, y) -> (L, gradients)
+  derive::mlp_softmax_6dd71d5d58_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::mlp_softmax_6dd71d5d58_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "mlp_softmax"
-OPS = "mlp_softmax_c7a7f5ccea"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "mlp_softmax_6dd71d5d58"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -44,6 +44,10 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (3,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def logsumexp(z):
@@ -78,7 +82,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of mlp_softmax_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2, f3)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (f1, f2, f3)."""
     W1, b1, W2, b2, W3, b3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -106,7 +110,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     f1, f2, f3 = quantities
-    loss_per_sample = -torch.gather(f3, 1, y[:, None])[:, 0] + logsumexp(f3)  # cross_entropy
+    loss_per_sample = logsumexp(f3) - torch.gather(f3, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -123,7 +127,7 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W3, b3 = params
     f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
@@ -132,7 +136,7 @@ def _gradients(params, x, y, quantities, _scale):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
@@ -157,7 +161,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
     dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
@@ -200,11 +204,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 4), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

@@ -53,7 +53,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of perceptron_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (f1)."""
     w, = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -153,11 +153,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch,), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

@@ -10,6 +10,7 @@ conv2d, with the same index formula as the printed comment.
 from __future__ import annotations
 
 import sympy as sp
+from sympy.printing.precedence import precedence
 
 from derive.ir.nodes import MatVec, OneHot
 from derive.tables.functions import step
@@ -43,8 +44,8 @@ class TorchCodePrinter(NumpyCodePrinter):
         steps = [f for f in e.args if isinstance(f, step)]
         rest = [f for f in e.args if not isinstance(f, step)]
         if len(steps) == 1 and {s.name for f in rest for s in f.free_symbols} - {"_scale"}:  # g a tensor, not a number
-            return "torch.ops.aten.threshold_backward(%s, %s, 0)" % (self._print(e.func(*rest)),
-                                                                      self._print(steps[0].args[0]))
+            self.helpers.add("_relu_grad")
+            return "_relu_grad(%s, %s, 0)" % (self._print(e.func(*rest)), self._print(steps[0].args[0]))
         return super()._print_Mul(e)
 
     def _print_leaky_relu(self, e):
@@ -79,7 +80,26 @@ class TorchCodePrinter(NumpyCodePrinter):
             if isinstance(b, sp.Symbol):
                 w, f = mv.args
                 return "torch.addmm(%s, %s, %s.T)" % (self._print(b), self._print(f), self._print(w))
-        return super()._print_Add(e)
+        return self._signed_sum(e)
+
+    def _signed_sum(self, e):
+        """SymPy's sum with a positive term first where there is one: ``softmax(z) - onehot(y, z)``
+        rather than ``-onehot(y, z) + softmax(z)``, whose leading minus is one more pass over a tensor."""
+        terms = list(self._as_ordered_terms(e))
+        first = next((t for t in terms if not t.could_extract_minus_sign()), None)
+        if first is not None:
+            terms.remove(first)
+            terms.insert(0, first)
+        prec = precedence(e)
+        parts = []
+        for term in terms:
+            t = self._print(term)
+            sign = "+"
+            if t.startswith("-") and not term.is_Add:
+                sign, t = "-", t[1:]
+            parts += [sign, "(%s)" % t if precedence(term) < prec or term.is_Add else t]
+        sign = parts.pop(0)
+        return ("" if sign == "+" else sign) + " ".join(parts)
 
     def _print_BatchSum(self, e):
         return "torch.sum(%s, dim=0)" % self._print(e.args[0])
@@ -136,6 +156,8 @@ class TorchCodePrinter(NumpyCodePrinter):
 
 # Helper sources for the generated torch module, included when the printer used them.
 TORCH_HELPERS = {
+    "_relu_grad": '''# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default''',
     "softplus": '''def softplus(x):
     """log(1 + e^x), without overflow for large x (F.softplus would switch to x above 20)."""
     return torch.logaddexp(x, torch.zeros_like(x))''',
