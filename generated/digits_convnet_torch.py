@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 8, 8); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "digits_convnet_0298cd08c8":
-  derive::digits_convnet_0298cd08c8_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::digits_convnet_0298cd08c8_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "digits_convnet_75b6762f92":
+  derive::digits_convnet_75b6762f92_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::digits_convnet_75b6762f92_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::digits_convnet_0298cd08c8_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::digits_convnet_0298cd08c8_value_and_grad(params, x, y) -> (L, gradients)
+  derive::digits_convnet_75b6762f92_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::digits_convnet_75b6762f92_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "digits_convnet"
-OPS = "digits_convnet_0298cd08c8"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "digits_convnet_75b6762f92"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (16, 1, 3, 3),
     "b1": (16,),
@@ -42,6 +42,10 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (10,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def logsumexp(z):
@@ -102,7 +106,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of digits_convnet_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (x_pad, f1, f3, f4)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f3, f4)."""
     W1, b1, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -131,7 +135,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     x_pad, f1, f3, f4 = quantities
-    loss_per_sample = -torch.gather(f4, 1, y[:, None])[:, 0] + logsumexp(f4)  # cross_entropy
+    loss_per_sample = logsumexp(f4) - torch.gather(f4, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -148,14 +152,14 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W4, b4 = params
     x_pad, f1, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
@@ -178,7 +182,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
@@ -221,11 +225,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 1, 8, 8), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

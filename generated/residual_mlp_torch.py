@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the l2
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3); y has shape (batch, 2).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "residual_mlp_1b4d168484":
-  derive::residual_mlp_1b4d168484_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::residual_mlp_1b4d168484_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "residual_mlp_9c9563055b":
+  derive::residual_mlp_9c9563055b_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::residual_mlp_9c9563055b_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::residual_mlp_1b4d168484_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::residual_mlp_1b4d168484_value_and_grad(params, x, y) -> (L, gradients)
+  derive::residual_mlp_9c9563055b_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::residual_mlp_9c9563055b_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "residual_mlp"
-OPS = "residual_mlp_1b4d168484"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "residual_mlp_9c9563055b"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (4, 3),
     "b1": (4,),
@@ -44,6 +44,10 @@ TARGET_SHAPE = (2,)  # y per sample
 OUTPUT_SHAPE = (2,)  # ŷ per sample
 LOSS = "l2"
 REDUCTION = "mean"
+
+
+# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def init_values(seed=0):
@@ -63,7 +67,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of residual_mlp_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (f1, f2, f3, f4)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (f1, f2, f3, f4)."""
     W1, b1, W2, b2, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -93,7 +97,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     f1, f2, f3, f4 = quantities
-    loss_per_sample = torch.sum((1/2)*(-f4 + y)**2, dim=1)  # l2
+    loss_per_sample = torch.sum((1/2)*(y - f4)**2, dim=1)  # l2
     return torch.mean(loss_per_sample)
 
 
@@ -118,7 +122,7 @@ def _gradients(params, x, y, quantities, _scale):
     delta3 = dL_df3  # δ3[j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     dL_df1_via3 = delta3  # ∂L/∂f1 through a3 (one path's term) = δ3 · ∂a3/∂f1
     dL_df2 = delta3  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
-    delta2 = torch.ops.aten.threshold_backward(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
+    delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1_via2 = (delta2 @ W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
@@ -147,7 +151,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     delta3 = dL_df3  # δ3[j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     dL_df1_via3 = delta3  # ∂L/∂f1 through a3 (one path's term) = δ3 · ∂a3/∂f1
     dL_df2 = delta3  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
-    delta2 = torch.ops.aten.threshold_backward(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
+    delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1_via2 = (delta2 @ W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
@@ -195,11 +199,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 3), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):

@@ -7,12 +7,12 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "resnet_block_63a1d45112":
-  derive::resnet_block_63a1d45112_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::resnet_block_63a1d45112_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "resnet_block_f6f667c7ca":
+  derive::resnet_block_f6f667c7ca_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::resnet_block_f6f667c7ca_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::resnet_block_63a1d45112_loss(params, x, y) -> L                 autograd: the _value_and_grad op
-  derive::resnet_block_63a1d45112_value_and_grad(params, x, y) -> (L, gradients)
+  derive::resnet_block_f6f667c7ca_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::resnet_block_f6f667c7ca_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "resnet_block"
-OPS = "resnet_block_63a1d45112"  # the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "resnet_block_f6f667c7ca"  # the ops' names in the derive namespace: the network's name and a digest of its math
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -46,6 +46,10 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (3,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def conv2d_input_grad(delta, W, s, hw):
@@ -125,7 +129,7 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of resnet_block_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns the quantities that ŷ, the loss and the backward passes read: (x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7)."""
     W1, b1, W2, b2, W3, b3, W7, b7 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -162,7 +166,7 @@ def _loss(params, x, y):
 
 def _loss_from(quantities, y):
     x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7 = quantities
-    loss_per_sample = -torch.gather(f7, 1, y[:, None])[:, 0] + logsumexp(f7)  # cross_entropy
+    loss_per_sample = logsumexp(f7) - torch.gather(f7, 1, y[:, None])[:, 0]  # cross_entropy
     return torch.mean(loss_per_sample)
 
 
@@ -179,14 +183,14 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W3, b3, W7, b7 = params
     x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df7 = _scale*(-onehot(y, f7) + softmax(f7))  # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df7 = _scale*(softmax(f7) - onehot(y, f7))  # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta7 = dL_df7  # δ7[j] = ∂L/∂f7 · ∂f7/∂a7
     dL_dW7 = (delta7.T @ f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
     dL_db7 = torch.sum(delta7, dim=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
     dL_df6 = (delta7 @ W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
     dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)  # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta4 = torch.ops.aten.threshold_backward(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
+    delta4 = _relu_grad(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     dL_df1_via4 = delta4  # ∂L/∂f1 through a4 (one path's term) = δ4 · ∂a4/∂f1
     dL_df3 = delta4  # ∂L/∂f3[c, h, w] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[o, i, j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
@@ -194,13 +198,13 @@ def _gradients(params, x, y, quantities, _scale):
     dL_db3 = torch.sum(delta3, dim=(0, 2, 3))  # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))  # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
-    delta2 = torch.ops.aten.threshold_backward(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
+    delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))  # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
     dL_db2 = torch.sum(delta2, dim=(0, 2, 3))  # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))  # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
     dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     dL_df1 = dL_df1_via2 + dL_df1_via4  # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, dL_dW7, dL_db7, )
@@ -223,7 +227,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df6 = (delta7 @ W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
     dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)  # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
-    delta4 = torch.ops.aten.threshold_backward(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
+    delta4 = _relu_grad(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     dL_df1_via4 = delta4  # ∂L/∂f1 through a4 (one path's term) = δ4 · ∂a4/∂f1
     dL_df3 = delta4  # ∂L/∂f3[c, h, w] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[o, i, j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
@@ -231,13 +235,13 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_db3 = torch.sum(delta3, dim=(0, 2, 3))  # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))  # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
-    delta2 = torch.ops.aten.threshold_backward(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
+    delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))  # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
     dL_db2 = torch.sum(delta2, dim=(0, 2, 3))  # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))  # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
     dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     dL_df1 = dL_df1_via2 + dL_df1_via4  # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
-    delta1 = torch.ops.aten.threshold_backward(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, dL_dW7, dL_db7, )
@@ -280,11 +284,11 @@ def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
 
 
 def _check_inputs(params, x, y=None):
-    """derive's one-line errors for calls the lines above would fail on with torch's own message,
-    or compute wrongly without one (under torch.compile these read only static shapes and dtypes)."""
+    """derive's one-line errors for calls the lines above would fail on with torch's own
+    message, or compute wrongly without one (under torch.compile: static shapes and dtypes only)."""
     if len(params) != len(PARAM_SHAPES):
-        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters ({', '.join(PARAM_SHAPES)}), "
-                        f"got {len(params)}")
+        raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
+                        f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
     if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 1, 6, 6), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
