@@ -282,7 +282,7 @@ def show(value, volume: bool = False, full: bool = False) -> str:
 
 
 def _numbers_printer():
-    from derive.explain.display import TextPrinter
+    from derive.display import TextPrinter
 
     class NumbersPrinter(TextPrinter):
         """The text printer with each scalar symbol printed as its value: -(1.9 - 0.731)·0.731·0.269."""
@@ -347,7 +347,7 @@ def _header(net) -> list[str]:
 
 
 def _text(expr) -> str:
-    from derive.explain.display import text
+    from derive.display import text
 
     return text(expr)
 
@@ -358,7 +358,7 @@ def _volume_layers(net) -> set[int]:
 
 def to_text(der, values: Values, full: bool = False, param: str | None = None) -> str:
     """The derivation with every quantity's number beside its symbol (``derive explain --at``)."""
-    from derive.explain.display import factor_name, text_name
+    from derive.display import factor_name, text_name
 
     net = der.network
     vol = _volume_layers(net)

@@ -18,7 +18,7 @@ import re
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from derive.explain import display
+from derive import display
 
 _NAME = re.compile(r"([A-Za-z]+?)(\d*)(?:_(\w+))?\Z")
 _DELTA = re.compile(r"delta(\d+)\Z")

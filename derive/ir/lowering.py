@@ -195,7 +195,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
 
 def _lower_optimizer(net) -> dict:
     from derive.tables import optimizers
-    from derive.explain.display import text
+    from derive.display import text
 
     opt = net.optimizer
     rule = optimizers.rule_for(opt)
@@ -235,13 +235,13 @@ def _lower_step(s: Step, ctx: _Ctx) -> Assign:
 
 
 def _comment_forward(d) -> str:
-    from derive.explain.display import text
+    from derive.display import text
 
     return f"{text(d.lhs)} = {text(d.rhs)}"
 
 
 def _comment_step(s: Step) -> str:
-    from derive.explain.display import factor_name, text
+    from derive.display import factor_name, text
 
     chain = " · ".join(factor_name(f.name) for f in s.factors)
     if s.wrt and s.name != names.grad(s.wrt):  # one path's term of a sum over paths

@@ -1,6 +1,7 @@
 """The plain-text printer of the lecture's notation, as the generated code's comments use it.
 
-`derive explain` prints through derive/explain/notation.py, which builds on this printer.
+`derive explain` prints through derive/explain/notation.py, which builds on this printer; it sits below
+the stages (ir writes the generated comments with it), so that nothing before explain imports explain.
 
 Expressions are printed with ``order="none"`` so that −(y − f3) stays as the lecture
 writes it.  Names map to the lecture's symbols (delta3 -> δ3, dL_df2 -> ∂L/∂f2).
