@@ -164,7 +164,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         if s.kind in ("param", "upstream") and s.rhs != 0:
             node = RULES[layer.kind].lower_step(s, layer, net, lambda e, ctx=ctx: lower_expr(e, ctx, True))
         if node is not None:  # the layer's rule spells it (an outer product, a convolution, a pooling gradient)
-            comment = _comment_step(s) if layer.kind == "linear" else _comment_forward(s)
+            comment = _comment_step(s) if RULES[layer.kind].step_comment == "chain" else _comment_forward(s)
             backward.append(Assign(s.name, node, s.shape, s.kind != "param",
                                    comment + (", summed over the batch" if s.kind == "param" else "")))
             grads += [(s.param, s.name)] if s.kind == "param" else []

@@ -79,6 +79,7 @@ class PoolRule(LayerRule):
     keys = ("type", "kernel", "stride", "padding")
     has_activation = False
     mode = "max"
+    windowed = True
 
     def parse(self, path: str, table: dict) -> Pool2d:
         if "kernel" not in table:
