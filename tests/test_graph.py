@@ -273,3 +273,12 @@ def test_train_and_trace_a_graph(tmp_path, capsys):
     ys = (xs[:, 0, :3].sum((1, 2)) > 0).astype(np.int64) + (xs[:, 0, 3:].sum((1, 2)) > 0)
     result = train(net, "resnet_block.toml", xs, ys, epochs=40, batch=24, progress=False)
     assert result.losses[-1] < 0.8 * result.losses[0]
+
+
+def test_verify_checked_in_modules_of_a_graph(monkeypatch, capsys):
+    """derive verify --modules (the pytest plugin's route): fresh, checked, and why there is no Triton file."""
+    monkeypatch.chdir(ROOT)
+    assert main(["verify", "examples/residual_mlp.toml", "--modules", "generated", "--seeds", "1", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "residual_mlp_numpy.py  derive generate" in out and out.rstrip().endswith("all checks passed")
+    assert f"skipped: Triton checks: {GRAPH_REFUSAL}" in out
