@@ -282,3 +282,25 @@ def test_verify_checked_in_modules_of_a_graph(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "residual_mlp_numpy.py  derive generate" in out and out.rstrip().endswith("all checks passed")
     assert f"skipped: Triton checks: {GRAPH_REFUSAL}" in out
+
+
+def test_derivation_and_kernel_ir_are_checked_when_built():
+    import dataclasses
+
+    import sympy as sp
+
+    from derive.ir.lowering import lower
+
+    der = derive(load_spec(RESNET))
+    steps = list(der.backward)
+    k = [s.name for s in steps].index("delta2")
+    zz = sp.IndexedBase("zz", real=True)[sp.Symbol("o", integer=True)]
+    steps[k] = dataclasses.replace(steps[k], rhs=steps[k].rhs * zz)
+    with pytest.raises(DerivationError, match="resnet_block: step delta2 reads zz, defined nowhere before it"):
+        dataclasses.replace(der, backward=tuple(steps)).check()
+    ir = lower(derive(load_spec(RESIDUAL)))
+    back = list(ir.backward)
+    k = [a.name for a in back].index("dL_df1")
+    back[k - 1], back[k] = back[k], back[k - 1]  # the sum before its last path's term
+    with pytest.raises(DerivationError, match="residual_mlp: dL_df1 reads dL_df1_via2, assigned nowhere before it"):
+        dataclasses.replace(ir, backward=tuple(back)).check()

@@ -190,7 +190,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         reduction=net.loss.reduction,
         layers=_layers(net),
         **_lower_optimizer(net),
-    )
+    ).check()
 
 
 def _lower_optimizer(net) -> dict:

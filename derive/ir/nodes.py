@@ -176,6 +176,23 @@ class KernelIR:
             prev = li.output
         return None
 
+    def check(self) -> "KernelIR":
+        """Every array an assignment reads is assigned before it (or is the input, the target, a parameter,
+        the batch scale), and every parameter has its gradient; a loud error naming the array otherwise.
+        Called when the IR is built."""
+        from derive.errors import DerivationError
+
+        defined = {self.input.name, self.target.name, "_scale"} | {p.name for p in self.params}
+        for a in (*self.forward, self.output, self.loss, *self.backward):
+            unbound = sorted(x.name for x in a.expr.free_symbols if isinstance(x, sp.Symbol) and x.name not in defined)
+            if unbound:
+                raise DerivationError(f"{self.name}: {a.name} reads {', '.join(unbound)}, assigned nowhere before it")
+            defined.add(a.name)
+        missing = [p.name for p in self.params if p.name not in dict(self.grads)]
+        if missing:
+            raise DerivationError(f"{self.name}: no gradient for {', '.join(missing)}")
+        return self
+
     def grads_by_param(self) -> tuple[tuple[str, str], ...]:
         """(param, gradient array) in the order of ``params``."""
         g = dict(self.grads)
