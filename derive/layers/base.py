@@ -124,6 +124,7 @@ class LayerRule:
     multi_input = False  # the spec names its inputs (``inputs``, two or more) instead of one ``input``
     windowed = False  # a kernel slides over windows (explain recalls the lecture's conv neuron)
     step_comment = "formula"  # a rule-lowered step's generated comment: its "formula", or its "chain" of factors
+    helpers: tuple[str, ...] = ()  # the functions its generated NumPy/torch code defines (refused as spec names)
 
     def parse(self, path: str, table: dict):
         raise NotImplementedError

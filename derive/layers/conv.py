@@ -83,6 +83,7 @@ class ConvRule(LayerRule):
     keys = ("type", "filters", "kernel", "stride", "padding", "weight", "bias", "activation", "slope")
     shared = True  # one kernel for every position
     windowed = True
+    helpers = ("windows", "conv2d_input_grad")
     # The einsum subscripts of the window contractions, over windows(x)[b,c,i,j,p,q]: the NumPy and torch
     # printers print them, and explain quotes them, from here.
     forward_subscripts = "bcijpq,ocpq->boij"
@@ -205,6 +206,7 @@ class LocallyConnectedRule(ConvRule):
     kind = "locally_connected"
     spec_type = LocallyConnected
     shared = False
+    helpers = ("windows", "local_input_grad")
     forward_subscripts = "bcijpq,oijcpq->boij"
     weight_subscripts = "boij,bcijpq->oijcpq"
     bias_sum = "np.sum(δ, axis=0)"
