@@ -130,7 +130,7 @@ def test_the_sum_over_paths_is_derived_once_per_quantity():
     assert der.paths_note(total) == "f1 feeds a2 and a3: sum over paths"
 
 
-def test_explain_reads_as_the_lecture(tmp_path):
+def test_explain_reads_as_the_lecture(tmp_path, capsys):
     spec = tmp_path / "res_scalar.toml"
     spec.write_text(textwrap.dedent("""\
         name = "res_scalar"
@@ -155,6 +155,11 @@ def test_explain_reads_as_the_lecture(tmp_path):
     latex = explain(str(spec)).latex()
     assert (r"\delta_{2} \, \frac{\partial a_{2}}{\partial f_{1}} + \delta_{3} \, "
             r"\frac{\partial a_{3}}{\partial f_{1}}") in latex
+    lecture_tex = (r"\frac{\partial L}{\partial f_{1}} &= \delta_{2} \, \frac{\partial a_{2}}{\partial f_{1}} + \delta_{3} \, "
+                   r"\frac{\partial a_{3}}{\partial f_{1}} \enspace \text{(f1 feeds a2 and a3: sum over paths)}")
+    assert lecture_tex in explain(str(spec)).markdown()  # also the notebook's rendering (_repr_markdown_)
+    assert main(["explain", str(spec), "--format", "markdown", "--at", "x=0.5", "y=1", "--seed", "1"]) == 0
+    assert lecture_tex in capsys.readouterr().out
     js = explain(str(spec)).json()
     (total,) = [u for u in js["upstream"] if u["name"] == "dL_df1"]
     assert total["sum_over_paths"]["note"] == "f1 feeds a2 and a3: sum over paths"
