@@ -309,3 +309,12 @@ def test_derivation_and_kernel_ir_are_checked_when_built():
     back[k - 1], back[k] = back[k], back[k - 1]  # the sum before its last path's term
     with pytest.raises(DerivationError, match="residual_mlp: dL_df1 reads dL_df1_via2, assigned nowhere before it"):
         dataclasses.replace(ir, backward=tuple(back)).check()
+
+
+def test_concat_gradient_is_the_block_its_input_filled():
+    der = derive(CONCAT_VECTORS)  # f3 = concat(f2 (3), f1 (2), x (3)): f1 fills f3[3:5]
+    step = der.step("dL_df1")
+    assert str(step.rhs) == "dL_df3[j + 3]"
+    assert str(step.factors[-1].value) == "KroneckerDelta(j, i - 3)"  # ∂f3[i]/∂f1[j] = [j = i − 3]
+    vol = derive(CONCAT_VOLUMES)  # f4 = concat(f1 (2 channels), f2, f3): f2 fills channel 2
+    assert str(vol.step("dL_df2").rhs) == "dL_df4[c + 2, h, w]"
