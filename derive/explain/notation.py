@@ -19,7 +19,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 from derive import display
-from derive.display import _DELTA, _GRAD, _GREEK_TEX, name_latex  # noqa: F401 (name_latex re-exported)
+from derive.display import _DELTA, _GRAD, name_latex  # noqa: F401 (name_latex re-exported)
 
 _MINUS = re.compile(r"(?<![0-9]e)-")  # every minus but a float's exponent (1e-08)
 

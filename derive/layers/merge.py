@@ -1,13 +1,13 @@
 """add and concat: the layers that read several quantities, which make a network a graph.
 
     a[idx] = f_1[idx] + f_2[idx] + …, then f = activation(a)           (add: a residual connection)
-    f[n]   = f_m[n − offset_m] for the input m whose block holds n     (concat, along features or channels)
+    f[i]   = f_m[i − offset_m] for the input m whose block holds i     (concat, along features or channels)
 
 A quantity read by several layers gets its gradient summed over them (the multivariate chain
 rule, derive/derivation/engine.py); these rules only give each input's local partial, sympy.diff
 of the definition at fresh indices, as every rule does.  add's partial is a Kronecker delta per
-index (∂a[j]/∂f_1[p] = [j = p]); concat's is the delta of its block, ∂f[n]/∂f_m[p] = [n = offset_m + p],
-so ∂L/∂f_m is the slice of ∂L/∂f that f_m filled.  A projection on a skip path is an ordinary
+index (∂a[j]/∂f_1[j] = 1, element by element); concat's is the delta of its block, ∂f[i]/∂f_m[j] =
+[i = offset_m + j], so ∂L/∂f_m is the slice of ∂L/∂f that f_m filled.  A projection on a skip path is an ordinary
 layer (a 1×1 conv2d, a linear) placed on that path.
 """
 
