@@ -23,7 +23,6 @@ from derive.errors import DeriveError
 
 ELEMENTWISE_CAP = 256  # factors of wider layers are not evaluated element by element (their δ is shown)
 SHOW_CAP = 128  # wider arrays print as shape and norm unless --full (a 10×4704 weight is not a worked example)
-VOLUME_KINDS = ("conv2d", "locally_connected", "max_pool2d", "avg_pool2d")
 
 
 @dataclass
@@ -295,7 +294,7 @@ def show(value, volume: bool = False, full: bool = False) -> str:
 
 
 def _numbers_printer():
-    from derive.explain.display import TextPrinter
+    from derive.display import TextPrinter
 
     class NumbersPrinter(TextPrinter):
         """The text printer with each scalar symbol printed as its value: -(1.9 - 0.731)·0.731·0.269."""
@@ -360,23 +359,23 @@ def _header(net) -> list[str]:
 
 
 def _text(expr) -> str:
-    from derive.explain.display import text
+    from derive.display import text
 
     return text(expr)
 
 
 def _volume_layers(net) -> set[int]:
-    return {li.index for li in net.info if li.kind in VOLUME_KINDS}
+    return {li.index for li in net.info if len(li.out_shape) == 3}
 
 
 def to_text(der, values: Values, full: bool = False, param: str | None = None) -> str:
     """The derivation with every quantity's number beside its symbol (``derive explain --at``)."""
-    from derive.explain.display import factor_name, text_name
+    from derive.display import factor_name, text_name
 
     net = der.network
     vol = _volume_layers(net)
     scalar = all(np.ndim(v) == 0 for v in values.quantities.values())
-    inp = ", ".join(f"{k} = {show(v, net.info[0].kind in VOLUME_KINDS and k == net.input.name, full)}"
+    inp = ", ".join(f"{k} = {show(v, len(net.input.shape) == 3 and k == net.input.name, full)}"
                     for k, v in values.inputs.items())
     out = _header(net)
     out += [f"At the sample {inp} (one sample: the batch mean's 1/B is 1)", "",

@@ -36,9 +36,9 @@ RESERVED = frozenset(
     }
 )
 
-# The NumPy helpers of conv2d / locally_connected and pooling layers.
-RESERVED = RESERVED | {"windows", "conv2d_input_grad", "local_input_grad", "max_pool2d", "max_pool2d_grad",
-                       "avg_pool2d", "avg_pool2d_grad"}
+# A layer kind's own helpers (conv2d's windows, pooling's max_pool2d) are its rule's ``helpers``: the network
+# check refuses them as spec names with the message below (derive/network.py).
+TAKEN_BY_CODE = "is used by the generated code itself; choose another name"
 
 
 def check_identifier(name: object, variable: bool = True) -> str | None:
@@ -57,7 +57,7 @@ def check_identifier(name: object, variable: bool = True) -> str | None:
     if not variable:
         return None
     if name in RESERVED:
-        return f"{name!r} is used by the generated code itself; choose another name"
+        return f"{name!r} {TAKEN_BY_CODE}"
     if name.endswith("_ptr") or name.startswith("WITH_"):
         return f"{name!r} has a prefix or suffix the generated kernels use (_ptr, WITH_); choose another name"
     # layers count from 1 and CSE temporaries from t1, so a0, f0, delta0 and t0 are never generated

@@ -93,10 +93,21 @@ def _check_shape(path: str, shape: object, volume: bool = False) -> Shape:
     return tuple(shape)
 
 
+# The helper functions the layer kinds' generated code defines: no spec name may take one.
+HELPERS = frozenset(h for rule in RULES.values() for h in rule.helpers)
+
+
+def _name(path: str, value: object) -> str:
+    name = checks.name(path, value)
+    if name in HELPERS:
+        raise SpecError(path, f"{name!r} {names.TAKEN_BY_CODE}")
+    return name
+
+
 def _resolve(net: Network) -> tuple[Layer, ...]:
     checks.name("name", net.name, variable=False)
-    checks.name("input.name", net.input.name)
-    checks.name("target.name", net.target.name)
+    _name("input.name", net.input.name)
+    _name("target.name", net.target.name)
     in_shape = _check_shape("input.shape", net.input.shape, volume=True)
     target_shape = _check_shape("target.shape", net.target.shape)
     if not net.layers:
@@ -112,7 +123,7 @@ def _resolve(net: Network) -> tuple[Layer, ...]:
     taken[net.target.name] = "target.name"
 
     def claim(path: str, value: object) -> str:
-        name = checks.name(path, value)
+        name = _name(path, value)
         if name in taken:
             raise SpecError(path, f"duplicate name {name!r} (also used by {taken[name]})")
         taken[name] = path

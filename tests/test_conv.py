@@ -25,7 +25,7 @@ from derive import verify
 from derive.cli import main as cli_main
 from derive.indices import InRange
 from derive.tables.activations import ACTIVATIONS
-from derive.explain.display import text
+from derive.display import text
 from derive.errors import SpecError
 
 from helpers import assert_close_to_torch, assert_matches_torch, triton_inputs, triton_outputs

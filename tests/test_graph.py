@@ -130,7 +130,7 @@ def test_the_sum_over_paths_is_derived_once_per_quantity():
     assert der.paths_note(total) == "f1 feeds a2 and a3: sum over paths"
 
 
-def test_explain_reads_as_the_lecture(tmp_path):
+def test_explain_reads_as_the_lecture(tmp_path, capsys):
     spec = tmp_path / "res_scalar.toml"
     spec.write_text(textwrap.dedent("""\
         name = "res_scalar"
@@ -155,6 +155,11 @@ def test_explain_reads_as_the_lecture(tmp_path):
     latex = explain(str(spec)).latex()
     assert (r"\delta_{2} \, \frac{\partial a_{2}}{\partial f_{1}} + \delta_{3} \, "
             r"\frac{\partial a_{3}}{\partial f_{1}}") in latex
+    lecture_tex = (r"\frac{\partial L}{\partial f_{1}} &= \delta_{2} \, \frac{\partial a_{2}}{\partial f_{1}} + \delta_{3} \, "
+                   r"\frac{\partial a_{3}}{\partial f_{1}} \enspace \text{(f1 feeds a2 and a3: sum over paths)}")
+    assert lecture_tex in explain(str(spec)).markdown()  # also the notebook's rendering (_repr_markdown_)
+    assert main(["explain", str(spec), "--format", "markdown", "--at", "x=0.5", "y=1", "--seed", "1"]) == 0
+    assert lecture_tex in capsys.readouterr().out
     js = explain(str(spec)).json()
     (total,) = [u for u in js["upstream"] if u["name"] == "dL_df1"]
     assert total["sum_over_paths"]["note"] == "f1 feeds a2 and a3: sum over paths"
@@ -175,7 +180,7 @@ def test_explain_at_sums_the_numbers(tmp_path, capsys):
 def test_verify_against_autograd_and_finite_differences(spec):
     from derive.verify import verify
 
-    report = verify(load_spec(spec), str(spec), seeds=1, seed=7)
+    report = verify(load_spec(spec), str(spec), seeds=1, seed=7, batch_sizes=(1, 5))
     assert report.ok, [c for c in report.checks if not c.ok]
     against = {c.against for c in report.checks}
     assert {"torch.autograd-f64", "finite-differences"} <= against
@@ -206,7 +211,7 @@ CONCAT_VECTORS = Network("concat_vec", [
 def test_concat_verifies(net):
     from derive.verify import verify
 
-    report = verify(net, "<python>", seeds=1, seed=11)
+    report = verify(net, "<python>", seeds=1, seed=11, batch_sizes=(1, 5))
     assert report.ok, [c for c in report.checks if not c.ok]
     assert any(c.against == "finite-differences" for c in report.checks)
 
@@ -271,5 +276,45 @@ def test_train_and_trace_a_graph(tmp_path, capsys):
     net = load_spec(RESNET)
     xs = rng.standard_normal((24, 1, 6, 6))
     ys = (xs[:, 0, :3].sum((1, 2)) > 0).astype(np.int64) + (xs[:, 0, 3:].sum((1, 2)) > 0)
-    result = train(net, "resnet_block.toml", xs, ys, epochs=40, batch=24, progress=False)
+    result = train(net, "resnet_block.toml", xs, ys, epochs=25, batch=24, progress=False)
     assert result.losses[-1] < 0.8 * result.losses[0]
+
+
+def test_verify_checked_in_modules_of_a_graph(monkeypatch, capsys):
+    """derive verify --modules (the pytest plugin's route): fresh, checked, and why there is no Triton file."""
+    monkeypatch.chdir(ROOT)
+    assert main(["verify", "examples/residual_mlp.toml", "--modules", "generated", "--seeds", "1", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "residual_mlp_numpy.py  derive generate" in out and out.rstrip().endswith("all checks passed")
+    assert f"skipped: Triton checks: {GRAPH_REFUSAL}" in out
+
+
+def test_derivation_and_kernel_ir_are_checked_when_built():
+    import dataclasses
+
+    import sympy as sp
+
+    from derive.ir.lowering import lower
+
+    der = derive(load_spec(RESNET))
+    steps = list(der.backward)
+    k = [s.name for s in steps].index("delta2")
+    zz = sp.IndexedBase("zz", real=True)[sp.Symbol("o", integer=True)]
+    steps[k] = dataclasses.replace(steps[k], rhs=steps[k].rhs * zz)
+    with pytest.raises(DerivationError, match="resnet_block: step delta2 reads zz, defined nowhere before it"):
+        dataclasses.replace(der, backward=tuple(steps)).check()
+    ir = lower(derive(load_spec(RESIDUAL)))
+    back = list(ir.backward)
+    k = [a.name for a in back].index("dL_df1")
+    back[k - 1], back[k] = back[k], back[k - 1]  # the sum before its last path's term
+    with pytest.raises(DerivationError, match="residual_mlp: dL_df1 reads dL_df1_via2, assigned nowhere before it"):
+        dataclasses.replace(ir, backward=tuple(back)).check()
+
+
+def test_concat_gradient_is_the_block_its_input_filled():
+    der = derive(CONCAT_VECTORS)  # f3 = concat(f2 (3), f1 (2), x (3)): f1 fills f3[3:5]
+    step = der.step("dL_df1")
+    assert str(step.rhs) == "dL_df3[j + 3]"
+    assert str(step.factors[-1].value) == "KroneckerDelta(j, i - 3)"  # ∂f3[i]/∂f1[j] = [j = i − 3]
+    vol = derive(CONCAT_VOLUMES)  # f4 = concat(f1 (2 channels), f2, f3): f2 fills channel 2
+    assert str(vol.step("dL_df2").rhs) == "dL_df4[c + 2, h, w]"

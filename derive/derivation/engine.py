@@ -63,7 +63,7 @@ def _derive(net) -> Derivation:
     # every consumer of a quantity before the layer that computes it: ∂L/∂f_l is complete when needed.
     for layer, nodes, act in reversed(layers):
         backward += _layer_backward(net, layer, nodes, act, sym, made, graph)
-    return Derivation(net, tuple(forward), loss, tuple(backward), sym)
+    return Derivation(net, tuple(forward), loss, tuple(backward), sym).check()
 
 
 class _Graph:

@@ -17,11 +17,15 @@ from derive.errors import DeriveError
 def expanded(der: Derivation) -> dict[str, sp.Expr]:
     """name -> expression without δ or ∂L/∂f symbols, for every delta and parameter gradient.
 
-    Networks with conv2d / locally_connected / flatten layers keep their δ's named: refused.
+    Only chains of linear layers: other kinds (and graphs, whose ∂L/∂f sums over paths) keep their δ's named.
     """
-    if any(getattr(li, "kind", "linear") != "linear" for li in der.network.info):
-        raise DeriveError(f"{der.network.name}: --expand: not available for networks with conv2d, "
-                          "locally_connected or flatten layers (their gradients are printed with the δ's named)")
+    for li in der.network.info:
+        if getattr(li, "kind", "linear") != "linear":
+            raise DeriveError(f"{der.network.name}: --expand: only for chains of linear layers; layer {li.index} is "
+                              f"{li.kind} (its gradients are printed with the δ's named)")
+        if li.index > 1 and li.source != f"f{li.index - 1}":
+            raise DeriveError(f"{der.network.name}: --expand: only for chains of linear layers; layer {li.index} "
+                              f"reads {li.source} (a graph: its gradients are printed with the δ's named)")
     out: dict[str, sp.Expr] = {}
     by_layer: dict[int, sp.Expr] = {}  # δ_l expanded, free index j
     up_by_layer: dict[int, sp.Expr] = {}

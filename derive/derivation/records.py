@@ -111,6 +111,35 @@ class Derivation:
                 return s
         raise KeyError(param)
 
+    def check(self) -> "Derivation":
+        """Every name an expression reads is defined before it (the input, the target, a parameter, an earlier
+        forward quantity or backward step), and each gradient has its parameter's shape; a loud error naming
+        the quantity otherwise.  Called when the derivation is built."""
+        from derive.errors import DerivationError
+
+        net = self.network
+        defined = {net.input.name} | {p.name for p in net.params}
+        shapes = {p.name: p.shape for p in net.params}
+
+        def read(where: str, expr) -> None:
+            names = {x.name for x in expr.free_symbols if isinstance(x, sp.Symbol) and not x.is_integer}
+            unbound = sorted(n for n in names if n not in defined)
+            if unbound:
+                raise DerivationError(f"{net.name}: {where} reads {', '.join(unbound)}, defined nowhere before it")
+
+        for d in self.forward:
+            read(f"forward {d.name}", d.rhs)
+            defined.add(d.name)
+        defined.add(net.target.name)
+        read("the loss", self.loss.rhs)
+        for s in self.backward:
+            read(f"step {s.name}", s.rhs)
+            if s.kind == "param" and s.shape != shapes[s.param]:
+                raise DerivationError(f"{net.name}: step {s.name} has shape {s.shape}, its parameter {s.param} "
+                                      f"{shapes[s.param]}")
+            defined.add(s.name)
+        return self
+
     @property
     def loss_note(self) -> str:
         from derive.tables.losses import LOSS_RULES

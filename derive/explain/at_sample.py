@@ -91,7 +91,7 @@ def sections(der, values, full: bool = False, param: str | None = None, esc=lx.t
     net = der.network
     vol = ev._volume_layers(net)
     scalar = all(np.ndim(v) == 0 for v in values.quantities.values())
-    first_volume = net.info[0].kind in ev.VOLUME_KINDS
+    first_volume = len(net.input.shape) == 3
 
     def row(lhs: str, expr, v, volume: bool) -> str:
         parts = [latex(expr)]

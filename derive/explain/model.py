@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from derive import names
+from derive import display, names
 from derive.derivation import Derivation, Factor, Step
 from derive.derivation.expand import expanded
-from derive.explain import display, kinds
+from derive.explain import kinds
 from derive.explain.kinds import Tex
 from derive.explain.notation import name_latex
 from derive.tables import optimizers

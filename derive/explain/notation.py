@@ -18,17 +18,11 @@ import re
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from derive.explain import display
+from derive import display
+from derive.display import _DELTA, _GRAD, name_latex  # noqa: F401 (name_latex re-exported)
 
-_NAME = re.compile(r"([A-Za-z]+?)(\d*)(?:_(\w+))?\Z")
-_DELTA = re.compile(r"delta(\d+)\Z")
-_GRAD = re.compile(r"dL_d(\w+)\Z")
 _MINUS = re.compile(r"(?<![0-9]e)-")  # every minus but a float's exponent (1e-08)
 
-_GREEK_TEX = {"lr": r"\eta_0", "eta_t": r"\eta_t", "momentum": r"\mu", "beta1": r"\beta_1", "beta2": r"\beta_2",
-              "rho": r"\rho", "eps": r"\varepsilon", "theta": r"\theta", "yhat": r"\hat{y}"}
-_STATE_TEX = {"Eg2": r"E[g^2]", "Edx2": r"E[\Delta\theta^2]", "dx": r"\Delta\theta", "vel": r"\mathrm{vel}",
-              "m": "m", "v": "v", "G": "G"}
 _CONSTANT_NAMES = frozenset({"lr", "eta_t", "momentum", "beta1", "beta2", "rho", "eps", "t", "bc1", "bc2"})
 
 
@@ -85,39 +79,6 @@ def text(expr) -> str:
 
 
 # ----------------------------------------------------------------------------- LaTeX
-
-
-def name_latex(name: str, indices: str = "") -> str:
-    """A quantity's name in LaTeX, its layer number and ``indices`` in one subscript (W_{1,jk})."""
-    if name in _GREEK_TEX and not indices:
-        return _GREEK_TEX[name]
-    m = _DELTA.match(name)
-    if m:
-        return r"\delta_{%s}" % _sub(m.group(1), indices)
-    m = _GRAD.match(name)
-    if m:
-        return r"\frac{\partial L}{\partial %s}" % name_latex(m.group(1), indices)
-    head, _, tail = name.partition("_")
-    if head in _STATE_TEX and tail:  # an optimizer's state for one parameter: m_{W_1}
-        return r"%s_{%s}" % (_STATE_TEX[head], name_latex(tail, indices))
-    m = _NAME.match(name)
-    if not m:
-        return r"\mathrm{%s}" % name.replace("_", r"\_") + (f"_{{{indices}}}" if indices else "")
-    letters, digits, suffix = m.groups()
-    base = sp.latex(sp.Symbol(letters)) if len(letters) > 1 else letters
-    if len(letters) > 1 and base == letters:
-        base = r"\mathrm{%s}" % letters  # a word, upright (not the product of its letters)
-    if suffix:
-        if digits:
-            base = r"%s^{\mathrm{%s}}" % (base, suffix)  # f1_pad -> f^{pad}_{1}
-        else:
-            digits = r"\mathrm{%s}" % suffix.replace("_", r"\_")  # a_neg -> a_{neg}
-    sub = _sub(digits, indices)
-    return f"{base}_{{{sub}}}" if sub else base
-
-
-def _sub(layer: str, indices: str) -> str:
-    return f"{layer},{indices}" if layer and indices else layer or indices
 
 
 class LaTeXPrinter(LatexPrinter):

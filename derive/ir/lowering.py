@@ -20,7 +20,7 @@ from derive.tables.losses import CLASS, LOSS_RULES
 from derive.tables.functions import logsumexp, name_logsumexp, softmax
 from derive.ir.nodes import (
     Array, Assign, BatchSum, Col, First, FirstColumn, KernelIR, LayerIR, LogSumExp, MatVec, OneHot, RowSum, Softmax,
-    VecMat, VolumeLayer, ZerosLike,
+    VecMat, ZerosLike,
 )
 
 SCALE = sp.Symbol("_scale", real=True)  # 1/B for a mean over the batch, 1 for a sum
@@ -164,7 +164,7 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         if s.kind in ("param", "upstream") and s.rhs != 0:
             node = RULES[layer.kind].lower_step(s, layer, net, lambda e, ctx=ctx: lower_expr(e, ctx, True))
         if node is not None:  # the layer's rule spells it (an outer product, a convolution, a pooling gradient)
-            comment = _comment_step(s) if layer.kind == "linear" else _comment_forward(s)
+            comment = _comment_step(s) if RULES[layer.kind].step_comment == "chain" else _comment_forward(s)
             backward.append(Assign(s.name, node, s.shape, s.kind != "param",
                                    comment + (", summed over the batch" if s.kind == "param" else "")))
             grads += [(s.param, s.name)] if s.kind == "param" else []
@@ -188,15 +188,14 @@ def lower(der: Derivation, source: str = "<python>") -> KernelIR:
         grads=tuple(grads),
         loss_type=net.loss.type,
         reduction=net.loss.reduction,
-        volumes=_volumes(der, net),
         layers=_layers(net),
         **_lower_optimizer(net),
-    )
+    ).check()
 
 
 def _lower_optimizer(net) -> dict:
     from derive.tables import optimizers
-    from derive.explain.display import text
+    from derive.display import text
 
     opt = net.optimizer
     rule = optimizers.rule_for(opt)
@@ -215,24 +214,6 @@ def _layers(net) -> tuple[LayerIR, ...]:
     return tuple(LayerIR(li.index, li.kind, li.in_shape, li.out_shape, li.source, names.activation(li.index),
                          li.weight, li.bias, li.activation, li.slope_value, li.slope_param, li.kernel, li.stride,
                          li.padding, li.inputs) for li in net.info)
-
-
-def _volumes(der, net) -> tuple[VolumeLayer, ...]:
-    """The conv2d / locally_connected layers as the Triton generator needs them."""
-    out = []
-    for pos, li in enumerate(net.info):
-        if li.kind not in ("conv2d", "locally_connected"):
-            continue
-        formulas = [("forward", _comment_forward(next(d for d in der.forward if d.name == names.pre_activation(li.index))))]
-        formulas.append(("weight", _comment_forward(der.gradient(li.weight))))
-        if li.bias:
-            formulas.append(("bias", _comment_forward(der.gradient(li.bias))))
-        if pos > 0:
-            up = [s for s in der.backward if s.kind == "upstream" and s.origin == li.index]
-            formulas.append(("input", "; ".join(_comment_forward(s) for s in up)))
-        out.append(VolumeLayer(li.index, li.kind, li.in_shape, li.out_shape, li.stride[0], li.kernel, li.padding,
-                               li.weight, li.bias, li.source, pos == 0, pos > 0, tuple(formulas)))
-    return tuple(out)
 
 
 def _lower_step(s: Step, ctx: _Ctx) -> Assign:
@@ -254,13 +235,13 @@ def _lower_step(s: Step, ctx: _Ctx) -> Assign:
 
 
 def _comment_forward(d) -> str:
-    from derive.explain.display import text
+    from derive.display import text
 
     return f"{text(d.lhs)} = {text(d.rhs)}"
 
 
 def _comment_step(s: Step) -> str:
-    from derive.explain.display import factor_name, text
+    from derive.display import factor_name, text
 
     chain = " · ".join(factor_name(f.name) for f in s.factors)
     if s.wrt and s.name != names.grad(s.wrt):  # one path's term of a sum over paths

@@ -141,25 +141,6 @@ class LayerIR:
 
 
 @dataclass(frozen=True)
-class VolumeLayer:
-    """A conv2d or locally_connected layer's geometry and derived formulas (for the generated comments)."""
-
-    layer: int
-    kind: str
-    in_shape: Shape  # (c, h, w), unpadded
-    out_shape: Shape  # (filters, out_h, out_w)
-    stride: int
-    kernel: tuple[int, int]
-    padding: int
-    weight: str
-    bias: str | None
-    source: str  # the array its windows read: the network input or f_{l-1}
-    first: bool  # the source is the network input (read from x_ptr) rather than a scratch copy
-    below: bool  # there is a layer below, so ∂L/∂source is computed
-    formulas: tuple[tuple[str, str], ...] = ()  # ("forward" | "weight" | "bias" | "input", text)
-
-
-@dataclass(frozen=True)
 class KernelIR:
     name: str
     source: str  # the spec it came from, for the generated header
@@ -175,7 +156,6 @@ class KernelIR:
     grads: tuple[tuple[str, str], ...]  # (param, gradient array)
     loss_type: str
     reduction: str
-    volumes: tuple[VolumeLayer, ...] = ()  # conv2d / locally_connected layers, for the Triton helpers
     layers: tuple[LayerIR, ...] = ()  # every layer, in forward order
     optimizer: str = "sgd"
     schedule: str = "constant"
@@ -195,6 +175,23 @@ class KernelIR:
                 return f"layer {li.index} reads {li.source}, not the previous layer's output {prev}"
             prev = li.output
         return None
+
+    def check(self) -> "KernelIR":
+        """Every array an assignment reads is assigned before it (or is the input, the target, a parameter,
+        the batch scale), and every parameter has its gradient; a loud error naming the array otherwise.
+        Called when the IR is built."""
+        from derive.errors import DerivationError
+
+        defined = {self.input.name, self.target.name, "_scale"} | {p.name for p in self.params}
+        for a in (*self.forward, self.output, self.loss, *self.backward):
+            unbound = sorted(x.name for x in a.expr.free_symbols if isinstance(x, sp.Symbol) and x.name not in defined)
+            if unbound:
+                raise DerivationError(f"{self.name}: {a.name} reads {', '.join(unbound)}, assigned nowhere before it")
+            defined.add(a.name)
+        missing = [p.name for p in self.params if p.name not in dict(self.grads)]
+        if missing:
+            raise DerivationError(f"{self.name}: no gradient for {', '.join(missing)}")
+        return self
 
     def grads_by_param(self) -> tuple[tuple[str, str], ...]:
         """(param, gradient array) in the order of ``params``."""

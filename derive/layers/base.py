@@ -122,6 +122,9 @@ class LayerRule:
     keys: tuple[str, ...] = ("type",)
     has_activation = True
     multi_input = False  # the spec names its inputs (``inputs``, two or more) instead of one ``input``
+    windowed = False  # a kernel slides over windows (explain recalls the lecture's conv neuron)
+    step_comment = "formula"  # a rule-lowered step's generated comment: its "formula", or its "chain" of factors
+    helpers: tuple[str, ...] = ()  # the functions its generated NumPy/torch code defines (refused as spec names)
 
     def parse(self, path: str, table: dict):
         raise NotImplementedError
@@ -147,3 +150,11 @@ class LayerRule:
 
     def describe(self, layer: Layer) -> str:
         raise NotImplementedError
+
+    def explain_sentence(self, layer: Layer) -> str | None:
+        """The sentence explain prints beside the layer's forward definition (None: nothing to add)."""
+        return self.describe(layer)
+
+    def gradient_notes(self, net, layer: Layer, param: str) -> list[tuple]:
+        """Lines explain prints after a parameter's gradient (pieces: str, display.Tex, display.Code)."""
+        return []

@@ -20,6 +20,7 @@ import sympy as sp
 
 from derive import indices as ix
 from derive import names
+from derive.display import Code
 from derive.errors import SpecError
 from derive.ir import nodes as ir
 from derive.layers import checks
@@ -81,6 +82,13 @@ class ConvRule(LayerRule):
     spec_type = Conv2d
     keys = ("type", "filters", "kernel", "stride", "padding", "weight", "bias", "activation", "slope")
     shared = True  # one kernel for every position
+    windowed = True
+    helpers = ("windows", "conv2d_input_grad")
+    # The einsum subscripts of the window contractions, over windows(x)[b,c,i,j,p,q]: the NumPy and torch
+    # printers print them, and explain quotes them, from here.
+    forward_subscripts = "bcijpq,ocpq->boij"
+    weight_subscripts = "boij,bcijpq->ocpq"
+    bias_sum = "np.sum(δ, axis=(0, 2, 3))"
 
     def parse(self, path: str, table: dict):
         for key in ("filters", "kernel"):
@@ -173,6 +181,17 @@ class ConvRule(LayerRule):
         return node(delta, _s(layer.weight), sp.Integer(layer.stride[0]), sp.Integer(hp), sp.Integer(wp),
                     sp.Integer(layer.index))
 
+    def gradient_notes(self, net, layer: Layer, param: str) -> list[tuple]:
+        """Weight sharing, and how the generated NumPy code computes the window gradient."""
+        if param not in (layer.weight, layer.bias):
+            return []
+        out = [("(weight sharing: the sum runs over every position (i, j) the kernel visits)",)] if self.shared else []
+        if param == layer.bias:
+            return out + [("computed as: ", Code(self.bias_sum))]
+        batch = "summed over the batch b too" if self.shared else "summed over the batch"
+        src = layer.padded or layer.source
+        return out + [("computed as: ", Code(f'np.einsum("{self.weight_subscripts}", δ, windows({src})), {batch}'))]
+
     def describe(self, layer: Layer) -> str:
         o_n, oh, ow = layer.out_shape
         kh, kw = layer.kernel
@@ -187,6 +206,10 @@ class LocallyConnectedRule(ConvRule):
     kind = "locally_connected"
     spec_type = LocallyConnected
     shared = False
+    helpers = ("windows", "local_input_grad")
+    forward_subscripts = "bcijpq,oijcpq->boij"
+    weight_subscripts = "boij,bcijpq->oijcpq"
+    bias_sum = "np.sum(δ, axis=0)"
 
 
 def _s(name: str) -> sp.Symbol:

@@ -15,6 +15,7 @@ import sympy as sp
 
 from derive import indices as ix
 from derive import names
+from derive.display import Tex, name_latex
 from derive.errors import DerivationError, SpecError
 from derive.ir.nodes import Outer
 from derive.layers import checks
@@ -43,6 +44,7 @@ class Linear:
 class LinearRule(LayerRule):
     kind = "linear"
     spec_type = Linear
+    step_comment = "chain"
     keys = ("type", "out", "weight", "bias", "activation", "slope", "slope_init")
 
     def parse(self, path: str, table: dict) -> Linear:
@@ -134,6 +136,21 @@ class LinearRule(LayerRule):
         if not (isinstance(d, sp.Indexed) and isinstance(f, (sp.Indexed, sp.Symbol))):
             raise DerivationError(f"step {step.name}: expected δ[j]·f[k], got {step.rhs}")
         return Outer(lower(d), lower(f))
+
+    def explain_sentence(self, layer: Layer) -> None:
+        return None  # the lecture's chain reads best without a sentence beside a1 = w1·x + b1
+
+    def gradient_notes(self, net, layer: Layer, param: str) -> list[tuple]:
+        """The matrix form of a dense layer's gradients."""
+        if not layer.vector or param not in (layer.weight, layer.bias):
+            return []
+        l, prev = layer.index, layer.source
+        if param == layer.weight:
+            return [("matrix form: ", Tex(f"∂L/∂{param} = δ{l} · {prev}ᵀ", rf"\frac{{\partial L}}{{\partial "
+                     rf"{name_latex(param)}}} = \delta_{{{l}}} \, {name_latex(prev)}^\top"),
+                     "  (an outer product, summed over the batch)")]
+        return [("matrix form: ", Tex(f"∂L/∂{param} = δ{l}", rf"\frac{{\partial L}}{{\partial {name_latex(param)}}}"
+                 rf" = \delta_{{{l}}}"), "  (summed over the batch)")]
 
     def describe(self, layer: Layer) -> str:
         if not layer.vector:

@@ -1,13 +1,13 @@
 """add and concat: the layers that read several quantities, which make a network a graph.
 
     a[idx] = f_1[idx] + f_2[idx] + …, then f = activation(a)           (add: a residual connection)
-    f[n]   = f_m[n − offset_m] for the input m whose block holds n     (concat, along features or channels)
+    f[i]   = f_m[i − offset_m] for the input m whose block holds i     (concat, along features or channels)
 
 A quantity read by several layers gets its gradient summed over them (the multivariate chain
 rule, derive/derivation/engine.py); these rules only give each input's local partial, sympy.diff
 of the definition at fresh indices, as every rule does.  add's partial is a Kronecker delta per
-index (∂a[j]/∂f_1[p] = [j = p]); concat's is the delta of its block, ∂f[n]/∂f_m[p] = [n = offset_m + p],
-so ∂L/∂f_m is the slice of ∂L/∂f that f_m filled.  A projection on a skip path is an ordinary
+index (∂a[j]/∂f_1[j] = 1, element by element); concat's is the delta of its block, ∂f[i]/∂f_m[j] =
+[i = offset_m + j], so ∂L/∂f_m is the slice of ∂L/∂f that f_m filled.  A projection on a skip path is an ordinary
 layer (a 1×1 conv2d, a linear) placed on that path.
 """
 
@@ -23,7 +23,7 @@ from derive.errors import SpecError
 from derive.ir import nodes as ir
 from derive.layers import checks
 from derive.layers.base import Input, Layer, LayerRule, Node
-from derive.indices import UNPRIME, c, c_, h, h_, j, k, n, p, w, w_
+from derive.indices import UNPRIME, c, c_, h, h_, i, j, k, o, p, w, w_
 
 
 def _inputs(value) -> tuple:
@@ -69,12 +69,21 @@ class Stacked(sp.Function):
 
 
 def _element(shape) -> tuple[tuple, tuple, dict]:
-    """(output indices, fresh target indices, their renaming) for a quantity of ``shape``."""
+    """(output indices, fresh target indices, their renaming) for add: element by element, the output
+    and the input share their indices (∂a[j]/∂f[j] = 1)."""
     if len(shape) == 3:
         return (c, h, w), (c_, h_, w_), UNPRIME
     if len(shape) == 1:
         return (j,), (p,), {p: j}
     return (), (), {}
+
+
+def _block(shape) -> tuple[tuple, tuple, dict]:
+    """The same for concat, whose output indices differ from its input's: (o, i, j) over (c, h, w), or i over j,
+    as a dense layer writes ∂a[i]/∂f[j], so that ∂f3[i]/∂f1[j] = [i = j + offset] reads as it should."""
+    if len(shape) == 3:
+        return (o, i, j), (c_, h_, w_), UNPRIME
+    return (j,), (p,), {j: i, p: j}
 
 
 def _limits(out, shape) -> tuple:
@@ -153,13 +162,13 @@ class ConcatRule(LayerRule):
 
     def forward(self, layer: Layer, sym: dict) -> list[Node]:
         f = names.activation(layer.index)
-        out, fresh, rename = _element(layer.out_shape)
+        out, fresh, rename = _block(layer.out_shape)
         volume = len(out) == 3
         inputs = []
         for s, at, size in self.offsets(layer):
             src = sym[s]
-            # f[n] = Σ_k [n = offset + k]·f_m[k] (channels: f[c,h,w] = Σ_k [c = offset + k]·f_m[k,h,w])
-            body = (sp.KroneckerDelta(out[0], at + k) * (src[k, h, w] if volume else src[k]))
+            # f[j] = Σ_k [j = offset + k]·f_m[k] (channels: f[o,i,j] = Σ_k [o = offset + k]·f_m[k,i,j])
+            body = (sp.KroneckerDelta(out[0], at + k) * (src[k, i, j] if volume else src[k]))
             target = src[fresh] if volume else src[fresh[0]]
             local = ix.contract(ix.local(body, target), [(k, 0, size - 1)])
             inputs.append(Input(s, "source", target, local, rename))

@@ -79,6 +79,8 @@ class PoolRule(LayerRule):
     keys = ("type", "kernel", "stride", "padding")
     has_activation = False
     mode = "max"
+    windowed = True
+    helpers = ("max_pool2d", "max_pool2d_grad")
 
     def parse(self, path: str, table: dict) -> Pool2d:
         if "kernel" not in table:
@@ -160,6 +162,7 @@ class PoolRule(LayerRule):
 class AvgPoolRule(PoolRule):
     kind = "avg_pool2d"
     mode = "avg"
+    helpers = ("avg_pool2d", "avg_pool2d_grad")
 
 
 MAX = PoolRule()

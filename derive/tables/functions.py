@@ -86,17 +86,6 @@ class leaky_relu(sp.Function):
         return r"\operatorname{lrelu}_{%s}\left(%s\right)" % (s, x)
 
 
-ACTIVATION_FUNCTIONS = {
-    "identity": lambda a, s: a,
-    "relu": lambda a, s: relu(a),
-    "sigmoid": lambda a, s: sigmoid(a),
-    "tanh": lambda a, s: sp.tanh(a),
-    "softplus": lambda a, s: softplus(a),
-    "leaky_relu": lambda a, s: leaky_relu(a, s),
-    "prelu": lambda a, s: leaky_relu(a, s),
-}
-
-
 class softmax(sp.Function):
     """softmax(z)_p = exp(z_p) / Σ_j exp(z_j), for the logits' IndexedBase z at index p."""
 

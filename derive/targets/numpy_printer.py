@@ -5,6 +5,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
+from derive.layers.conv import CONV, LOCAL
 from derive.targets.printers import _Recording
 
 
@@ -108,18 +109,18 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
         return out if b == 0 else "%s + %s%s" % (out, self._print(b), bias)
 
     def _print_ConvForward(self, e):
-        return self._forward(e, "bcijpq,ocpq->boij", "[:, None, None]")
+        return self._forward(e, CONV.forward_subscripts, "[:, None, None]")
 
     def _print_LocalForward(self, e):
-        return self._forward(e, "bcijpq,oijcpq->boij", "")
+        return self._forward(e, LOCAL.forward_subscripts, "")
 
     def _print_ConvWeightGrad(self, e):
         d, x, s, kh, kw, _ = e.args
-        return 'np.einsum("boij,bcijpq->ocpq", %s, %s)' % (self._print(d), self._windows(x, s, kh, kw))
+        return 'np.einsum("%s", %s, %s)' % (CONV.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
 
     def _print_LocalWeightGrad(self, e):
         d, x, s, kh, kw, _ = e.args
-        return 'np.einsum("boij,bcijpq->oijcpq", %s, %s)' % (self._print(d), self._windows(x, s, kh, kw))
+        return 'np.einsum("%s", %s, %s)' % (LOCAL.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
 
     def _print_ConvBiasGrad(self, e):
         return "np.sum(%s, axis=(0, 2, 3))" % self._print(e.args[0])

@@ -13,6 +13,7 @@ import sympy as sp
 from sympy.printing.precedence import precedence
 
 from derive.ir.nodes import MatVec, OneHot
+from derive.layers.conv import CONV, LOCAL
 from derive.tables.functions import step
 from derive.targets.numpy_printer import NumpyCodePrinter
 
@@ -139,16 +140,16 @@ class TorchCodePrinter(NumpyCodePrinter):
 
     def _print_LocalForward(self, e):
         x, w, b, s, kh, kw, _ = e.args
-        out = 'torch.einsum("bcijpq,oijcpq->boij", %s, %s)' % (self._windows(x, s, kh, kw), self._print(w))
+        out = 'torch.einsum("%s", %s, %s)' % (LOCAL.forward_subscripts, self._windows(x, s, kh, kw), self._print(w))
         return out if b == 0 else "%s + %s" % (out, self._print(b))
 
     def _print_ConvWeightGrad(self, e):
         d, x, s, kh, kw, _ = e.args
-        return 'torch.einsum("boij,bcijpq->ocpq", %s, %s)' % (self._print(d), self._windows(x, s, kh, kw))
+        return 'torch.einsum("%s", %s, %s)' % (CONV.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
 
     def _print_LocalWeightGrad(self, e):
         d, x, s, kh, kw, _ = e.args
-        return 'torch.einsum("boij,bcijpq->oijcpq", %s, %s)' % (self._print(d), self._windows(x, s, kh, kw))
+        return 'torch.einsum("%s", %s, %s)' % (LOCAL.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
 
     def _print_ConvBiasGrad(self, e):
         return "torch.sum(%s, dim=(0, 2, 3))" % self._print(e.args[0])

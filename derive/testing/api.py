@@ -85,11 +85,24 @@ def verify_module(spec, path, seeds: int = 1, seed: int | None = None, checks=CH
     groups = tuple(c for c in checks if c in GROUPS)
     report = verify_modules(net, load_modules(files), seeds, seed, groups=groups, **kw) if groups \
         else Report(net.name, seed or 0)
+    if "triton" not in files and "Triton checks: no Triton module" in report.skipped:
+        reason = _triton_refusal(net)
+        if reason:  # a graph network: say why there is none
+            report.skipped = [f"Triton checks: {reason}" if m == "Triton checks: no Triton module" else m
+                              for m in report.skipped]
     if "fresh" in checks:
         rows, notes = freshness(net, spec, files, root)
         report.checks = rows + report.checks
         report.notes = notes + report.notes
     return report
+
+
+def _triton_refusal(net) -> str | None:
+    from derive.derivation import derive
+    from derive.ir.lowering import lower
+    from derive.targets.triton import refusal
+
+    return refusal(lower(derive(net)))
 
 
 def reproduce_command(spec, path, report: Report, seeds: int = 1, root=None) -> str:

@@ -34,7 +34,7 @@ def record_json(rec: dict, der) -> dict:
 
 def record_text(rec: dict, der) -> str:
     from derive.evaluate import show
-    from derive.explain.display import text_name
+    from derive.display import text_name
 
     inter = rec["intermediates"]
     net = der.network

@@ -1,6 +1,7 @@
 """The plain-text printer of the lecture's notation, as the generated code's comments use it.
 
-`derive explain` prints through derive/explain/notation.py, which builds on this printer.
+`derive explain` prints through derive/explain/notation.py, which builds on this printer; it sits below
+the stages (ir writes the generated comments with it), so that nothing before explain imports explain.
 
 Expressions are printed with ``order="none"`` so that −(y − f3) stays as the lecture
 writes it.  Names map to the lecture's symbols (delta3 -> δ3, dL_df2 -> ∂L/∂f2).
@@ -9,12 +10,14 @@ writes it.  Names map to the lecture's symbols (delta3 -> δ3, dL_df2 -> ∂L/�
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
 _DELTA = re.compile(r"delta(\d+)\Z")
 _GRAD = re.compile(r"dL_d(\w+)\Z")
+_NAME = re.compile(r"([A-Za-z]+?)(\d*)(?:_(\w+))?\Z")
 
 
 _GREEK = {"lr": "η0", "eta_t": "η_t", "momentum": "μ", "beta1": "β1", "beta2": "β2", "rho": "ρ", "eps": "ε",
@@ -122,3 +125,59 @@ class TextPrinter(StrPrinter):
 def text(expr) -> str:
     with sp.core.parameters.distribute(False):
         return TextPrinter().doprint(expr)
+
+
+# What a note is made of (a layer rule's notes, explain's prose): plain strings and these.
+
+
+@dataclass(frozen=True)
+class Tex:
+    """A formula, written for text and for LaTeX (inline math)."""
+
+    text: str
+    tex: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+# A name in LaTeX (explain's notation builds on it; a layer rule's notes use it too).
+_GREEK_TEX = {"lr": r"\eta_0", "eta_t": r"\eta_t", "momentum": r"\mu", "beta1": r"\beta_1", "beta2": r"\beta_2",
+              "rho": r"\rho", "eps": r"\varepsilon", "theta": r"\theta", "yhat": r"\hat{y}"}
+_STATE_TEX = {"Eg2": r"E[g^2]", "Edx2": r"E[\Delta\theta^2]", "dx": r"\Delta\theta", "vel": r"\mathrm{vel}",
+              "m": "m", "v": "v", "G": "G"}
+
+
+def name_latex(name: str, indices: str = "") -> str:
+    """A quantity's name in LaTeX, its layer number and ``indices`` in one subscript (W_{1,jk})."""
+    if name in _GREEK_TEX and not indices:
+        return _GREEK_TEX[name]
+    m = _DELTA.match(name)
+    if m:
+        return r"\delta_{%s}" % _sub(m.group(1), indices)
+    m = _GRAD.match(name)
+    if m:
+        return r"\frac{\partial L}{\partial %s}" % name_latex(m.group(1), indices)
+    head, _, tail = name.partition("_")
+    if head in _STATE_TEX and tail:  # an optimizer's state for one parameter: m_{W_1}
+        return r"%s_{%s}" % (_STATE_TEX[head], name_latex(tail, indices))
+    m = _NAME.match(name)
+    if not m:
+        return r"\mathrm{%s}" % name.replace("_", r"\_") + (f"_{{{indices}}}" if indices else "")
+    letters, digits, suffix = m.groups()
+    base = sp.latex(sp.Symbol(letters)) if len(letters) > 1 else letters
+    if len(letters) > 1 and base == letters:
+        base = r"\mathrm{%s}" % letters  # a word, upright (not the product of its letters)
+    if suffix:
+        if digits:
+            base = r"%s^{\mathrm{%s}}" % (base, suffix)  # f1_pad -> f^{pad}_{1}
+        else:
+            digits = r"\mathrm{%s}" % suffix.replace("_", r"\_")  # a_neg -> a_{neg}
+    sub = _sub(digits, indices)
+    return f"{base}_{{{sub}}}" if sub else base
+
+
+def _sub(layer: str, indices: str) -> str:
+    return f"{layer},{indices}" if layer and indices else layer or indices
