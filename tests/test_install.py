@@ -27,10 +27,11 @@ from pathlib import Path
 import derive
 from derive import load_spec
 from derive.targets.codegen import generate, template_dir
-files = {}
+files, skipped = {}, {}
 for spec in sorted(Path("examples").glob("*.toml")):
-    files.update(generate(load_spec(spec), spec.as_posix()))
-print(json.dumps({"derive": derive.__file__, "template_dir": str(template_dir()), "files": files}))
+    files.update(generate(load_spec(spec), spec.as_posix(), skipped=skipped))
+print(json.dumps({"derive": derive.__file__, "template_dir": str(template_dir()), "files": files,
+                  "skipped": skipped}))
 """
 
 
@@ -88,6 +89,10 @@ def test_installed_wheel_finds_its_templates_and_generates(wheel, tmp_path):
     # the installed package generates exactly the committed files
     committed = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "generated").glob("*.py")}
     assert out["files"] and set(out["files"]) <= set(committed)
+    # what it skipped is exactly the Triton files of the graph examples, each with the refusal
+    assert set(out["skipped"]) == {n.replace("_numpy.py", "_triton.py") for n in committed
+                                   if n.endswith("_numpy.py") and n.replace("_numpy.py", "_triton.py") not in committed}
+    assert all("does not take graph networks" in r for r in out["skipped"].values())
     for name, text in out["files"].items():
         assert text == committed[name], name
 
