@@ -57,11 +57,13 @@ def lecture_fused_kernel(
     w3_ptr,  # parameter w3, ()
     _PART_ptr,  # (programs, 5) float32: each program's partial sums of the gradients (PARAM_SHAPES order, flat) and the loss
     _OUT_ptr,  # ŷ, (batch) float32
+    _INTER_ptr,  # (batch, 13) float32: every named per-sample quantity (WITH_INTER)
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # sum the loss into this program's partial row
     WITH_GRAD: tl.constexpr,  # run the backward pass and sum the gradients into this program's partial row
+    WITH_INTER: tl.constexpr,  # store every named per-sample quantity in _INTER_ptr (intermediates())
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its gradients
@@ -108,12 +110,21 @@ def lecture_fused_kernel(
         f2 = _sigmoid(a2)  # f2 = σ(a2)
         a3 = f2*w3  # a3 = w3·f2
         f3 = _sigmoid(a3)  # f3 = σ(a3)
+        if WITH_INTER:  # intermediates(): every named forward quantity of this tile
+            tl.store(_INTER_ptr + _rows * 13 + 0, a1, mask=_row_mask)
+            tl.store(_INTER_ptr + _rows * 13 + 1, f1, mask=_row_mask)
+            tl.store(_INTER_ptr + _rows * 13 + 2, a2, mask=_row_mask)
+            tl.store(_INTER_ptr + _rows * 13 + 3, f2, mask=_row_mask)
+            tl.store(_INTER_ptr + _rows * 13 + 4, a3, mask=_row_mask)
+            tl.store(_INTER_ptr + _rows * 13 + 5, f3, mask=_row_mask)
         if WITH_OUT:
             tl.store(_OUT_ptr + _rows, f3, mask=_row_mask)
         if WITH_LOSS:
             # ---- loss: this tile's share of the batch loss
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)
             _loss_per_sample = (0.5)*((-f3 + y) * (-f3 + y))
+            if WITH_INTER:  # intermediates(): the per-sample loss
+                tl.store(_INTER_ptr + _rows * 13 + 6, _loss_per_sample, mask=_row_mask)
             tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample, 0.0), axis=0) * _scale)
         if WITH_GRAD:
             # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
@@ -133,6 +144,13 @@ def lecture_fused_kernel(
             tl.store(dL_db1_ptr, tl.load(dL_db1_ptr) + dL_db1)
             tl.store(dL_dw2_ptr, tl.load(dL_dw2_ptr) + dL_dw2)
             tl.store(dL_dw3_ptr, tl.load(dL_dw3_ptr) + dL_dw3)
+            if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
+                tl.store(_INTER_ptr + _rows * 13 + 7, dL_df3, mask=_row_mask)
+                tl.store(_INTER_ptr + _rows * 13 + 8, delta3, mask=_row_mask)
+                tl.store(_INTER_ptr + _rows * 13 + 9, dL_df2, mask=_row_mask)
+                tl.store(_INTER_ptr + _rows * 13 + 10, delta2, mask=_row_mask)
+                tl.store(_INTER_ptr + _rows * 13 + 11, dL_df1, mask=_row_mask)
+                tl.store(_INTER_ptr + _rows * 13 + 12, delta1, mask=_row_mask)
         tl.debug_barrier()  # this tile's stores are seen before the next tile re-uses the rows
 
 
@@ -184,11 +202,13 @@ _FUSED_SIGNATURE = {
     "w3_ptr": "*fp32",
     "_PART_ptr": "*fp32",
     "_OUT_ptr": "*fp32",
+    "_INTER_ptr": "*fp32",
     "_B": "i32",
     "_scale": "fp32",
     "WITH_OUT": "constexpr",
     "WITH_LOSS": "constexpr",
     "WITH_GRAD": "constexpr",
+    "WITH_INTER": "constexpr",
     "BLOCK_B": "constexpr",
 }
 _UPDATE_SIGNATURE = {
@@ -203,10 +223,10 @@ _UPDATE_SIGNATURE = {
     "_BLOCK": "constexpr",
 }
 COMPILE_SPECS = [
-    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
@@ -239,7 +259,8 @@ def _programs(device):
 _SMS = {}
 
 
-def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None):
+def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None,
+         inter=None):
     """The fused kernel once: -> (partial sums, one row per program, or None; number of programs)."""
     _batch = x.shape[0]
     if _batch == 0:
@@ -258,11 +279,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _p["w3"],
         _part,
         out if out is not None else _dummy,
+        inter if inter is not None else _dummy,
         _batch,
         1.0 / _batch,
         WITH_OUT=out is not None,
         WITH_LOSS=with_loss,
         WITH_GRAD=with_grad,
+        WITH_INTER=inter is not None,
         BLOCK_B=_blk,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
@@ -319,6 +342,41 @@ def gradients(params, x, y):
               for _name, _shape in PARAM_SHAPES.items()}
     launch(params, x, y, grads=_grads)
     return _grads
+
+
+# intermediates(): each named per-sample quantity's (first column, width, shape) in the WITH_INTER buffer
+INTER_LAYOUT = {
+    "a1": (0, 1, ()),
+    "f1": (1, 1, ()),
+    "a2": (2, 1, ()),
+    "f2": (3, 1, ()),
+    "a3": (4, 1, ()),
+    "f3": (5, 1, ()),
+    "loss_per_sample": (6, 1, ()),
+    "dL_df3": (7, 1, ()),
+    "delta3": (8, 1, ()),
+    "dL_df2": (9, 1, ()),
+    "delta2": (10, 1, ()),
+    "dL_df1": (11, 1, ()),
+    "delta1": (12, 1, ()),
+}
+GRAD_NAMES = {
+    "w1": "dL_dw1",
+    "b1": "dL_db1",
+    "w2": "dL_dw2",
+    "w3": "dL_dw3",
+}
+
+
+def intermediates(params, x, y):
+    """Every named quantity of the derivation as this module computes it (float32 tensors keyed by the
+    derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused kernel, the
+    parameter gradients from gradients().  For locating the first wrong quantity (derive verify)."""
+    _inter = x.new_empty((x.shape[0], 13), dtype=torch.float32)
+    _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
+    _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name, (_o, _n, _shape) in INTER_LAYOUT.items()}
+    _out.update({GRAD_NAMES[_name]: _g for _name, _g in gradients(params, x, y).items()})
+    return _out
 
 
 def _flat(tensors):

@@ -132,11 +132,13 @@ def mlp_softmax_fused_kernel(
     _PART_ptr,  # (programs, 244) float32: each program's partial sums of the gradients (PARAM_SHAPES order, flat) and the loss
     _OUT_ptr,  # ŷ, (batch, 3) float32
     _SCRATCH_ptr,  # scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, 108) float32, a1 at 0, f1 at 16, a2 at 32, f2 at 40, a3 at 48, f3 at 48, dL_df3 at 51, delta3 at 51, dL_df2 at 54, delta2 at 62, dL_df1 at 70, delta1 at 86
+    _INTER_ptr,  # (batch, 109) float32: every named per-sample quantity (WITH_INTER)
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # sum the loss into this program's partial row
     WITH_GRAD: tl.constexpr,  # run the backward pass and sum the gradients into this program's partial row
+    WITH_INTER: tl.constexpr,  # store every named per-sample quantity in _INTER_ptr (intermediates())
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its gradients
@@ -198,12 +200,21 @@ def mlp_softmax_fused_kernel(
         tl.store(_SCRATCH_ptr + 48 + _srows[:, None] * 108 + _cols_3[None, :], a3, mask=_row_mask[:, None] & _cmask_3[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
         f3 = tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)  # f3[j] = a3[j]
+        if WITH_INTER:  # intermediates(): every named forward quantity of this tile
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 0 + _cols_16[None, :], a1, mask=_row_mask[:, None] & _cmask_16[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 16 + _cols_16[None, :], f1, mask=_row_mask[:, None] & _cmask_16[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 32 + _cols_8[None, :], a2, mask=_row_mask[:, None] & _cmask_8[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 40 + _cols_8[None, :], f2, mask=_row_mask[:, None] & _cmask_8[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 48 + _cols_3[None, :], a3, mask=_row_mask[:, None] & _cmask_3[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 51 + _cols_3[None, :], f3, mask=_row_mask[:, None] & _cmask_3[None, :])
         if WITH_OUT:
             tl.store(_OUT_ptr + _rows[:, None] * 3 + _cols_3[None, :], f3, mask=_row_mask[:, None] & _cmask_3[None, :])
         if WITH_LOSS:
             # ---- loss: this tile's share of the batch loss
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
             _loss_per_sample = _logsumexp(tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), _cmask_3[None, :]) - tl.sum(tl.where(_cmask_3[None, :], tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)*tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
+            if WITH_INTER:  # intermediates(): the per-sample loss
+                tl.store(_INTER_ptr + _rows * 109 + 54, _loss_per_sample, mask=_row_mask)
             tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample, 0.0), axis=0) * _scale)
         if WITH_GRAD:
             # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
@@ -234,6 +245,13 @@ def mlp_softmax_fused_kernel(
             _outer_add((_SCRATCH_ptr + 86), 108, _pid * BLOCK_B, x_ptr, 4, _tile * BLOCK_B, dL_dW1_ptr, _nvalid, J=16, K=4, JC=16, KP=4, BLOCK_B=BLOCK_B)
             _outer_add((_SCRATCH_ptr + 62), 108, _pid * BLOCK_B, (_SCRATCH_ptr + 16), 108, _pid * BLOCK_B, dL_dW2_ptr, _nvalid, J=8, K=16, JC=8, KP=16, BLOCK_B=BLOCK_B)
             _outer_add((_SCRATCH_ptr + 51), 108, _pid * BLOCK_B, (_SCRATCH_ptr + 40), 108, _pid * BLOCK_B, dL_dW3_ptr, _nvalid, J=3, K=8, JC=4, KP=8, BLOCK_B=BLOCK_B)
+            if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 55 + _cols_3[None, :], dL_df3, mask=_row_mask[:, None] & _cmask_3[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 58 + _cols_3[None, :], delta3, mask=_row_mask[:, None] & _cmask_3[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 61 + _cols_8[None, :], dL_df2, mask=_row_mask[:, None] & _cmask_8[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 69 + _cols_8[None, :], delta2, mask=_row_mask[:, None] & _cmask_8[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 77 + _cols_16[None, :], dL_df1, mask=_row_mask[:, None] & _cmask_16[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 93 + _cols_16[None, :], delta1, mask=_row_mask[:, None] & _cmask_16[None, :])
         tl.debug_barrier()  # this tile's stores are seen before the next tile re-uses the rows
 
 
@@ -288,11 +306,13 @@ _FUSED_SIGNATURE = {
     "_PART_ptr": "*fp32",
     "_OUT_ptr": "*fp32",
     "_SCRATCH_ptr": "*fp32",
+    "_INTER_ptr": "*fp32",
     "_B": "i32",
     "_scale": "fp32",
     "WITH_OUT": "constexpr",
     "WITH_LOSS": "constexpr",
     "WITH_GRAD": "constexpr",
+    "WITH_INTER": "constexpr",
     "BLOCK_B": "constexpr",
 }
 _UPDATE_SIGNATURE = {
@@ -307,10 +327,10 @@ _UPDATE_SIGNATURE = {
     "_BLOCK": "constexpr",
 }
 COMPILE_SPECS = [
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
@@ -345,7 +365,8 @@ def _programs(device):
 _SMS = {}
 
 
-def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None):
+def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None,
+         inter=None):
     """The fused kernel once: -> (partial sums, one row per program, or None; number of programs)."""
     _batch = x.shape[0]
     if _batch == 0:
@@ -367,11 +388,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _part,
         out if out is not None else _dummy,
         x.new_empty(_np * _blk * 108, dtype=torch.float32),
+        inter if inter is not None else _dummy,
         _batch,
         1.0 / _batch,
         WITH_OUT=out is not None,
         WITH_LOSS=with_loss,
         WITH_GRAD=with_grad,
+        WITH_INTER=inter is not None,
         BLOCK_B=_blk,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
@@ -428,6 +451,43 @@ def gradients(params, x, y):
               for _name, _shape in PARAM_SHAPES.items()}
     launch(params, x, y, grads=_grads)
     return _grads
+
+
+# intermediates(): each named per-sample quantity's (first column, width, shape) in the WITH_INTER buffer
+INTER_LAYOUT = {
+    "a1": (0, 16, (16,)),
+    "f1": (16, 16, (16,)),
+    "a2": (32, 8, (8,)),
+    "f2": (40, 8, (8,)),
+    "a3": (48, 3, (3,)),
+    "f3": (51, 3, (3,)),
+    "loss_per_sample": (54, 1, ()),
+    "dL_df3": (55, 3, (3,)),
+    "delta3": (58, 3, (3,)),
+    "dL_df2": (61, 8, (8,)),
+    "delta2": (69, 8, (8,)),
+    "dL_df1": (77, 16, (16,)),
+    "delta1": (93, 16, (16,)),
+}
+GRAD_NAMES = {
+    "W1": "dL_dW1",
+    "b1": "dL_db1",
+    "W2": "dL_dW2",
+    "b2": "dL_db2",
+    "W3": "dL_dW3",
+    "b3": "dL_db3",
+}
+
+
+def intermediates(params, x, y):
+    """Every named quantity of the derivation as this module computes it (float32 tensors keyed by the
+    derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused kernel, the
+    parameter gradients from gradients().  For locating the first wrong quantity (derive verify)."""
+    _inter = x.new_empty((x.shape[0], 109), dtype=torch.float32)
+    _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
+    _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name, (_o, _n, _shape) in INTER_LAYOUT.items()}
+    _out.update({GRAD_NAMES[_name]: _g for _name, _g in gradients(params, x, y).items()})
+    return _out
 
 
 def _flat(tensors):

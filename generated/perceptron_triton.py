@@ -44,11 +44,13 @@ def perceptron_fused_kernel(
     w_ptr,  # parameter w, ()
     _PART_ptr,  # (programs, 2) float32: each program's partial sums of the gradients (PARAM_SHAPES order, flat) and the loss
     _OUT_ptr,  # ŷ, (batch) float32
+    _INTER_ptr,  # (batch, 5) float32: every named per-sample quantity (WITH_INTER)
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # sum the loss into this program's partial row
     WITH_GRAD: tl.constexpr,  # run the backward pass and sum the gradients into this program's partial row
+    WITH_INTER: tl.constexpr,  # store every named per-sample quantity in _INTER_ptr (intermediates())
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its gradients
@@ -82,12 +84,17 @@ def perceptron_fused_kernel(
         # ---- forward
         a1 = w*x  # a1 = w·x
         f1 = a1  # f1 = a1
+        if WITH_INTER:  # intermediates(): every named forward quantity of this tile
+            tl.store(_INTER_ptr + _rows * 5 + 0, a1, mask=_row_mask)
+            tl.store(_INTER_ptr + _rows * 5 + 1, f1, mask=_row_mask)
         if WITH_OUT:
             tl.store(_OUT_ptr + _rows, f1, mask=_row_mask)
         if WITH_LOSS:
             # ---- loss: this tile's share of the batch loss
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)
             _loss_per_sample = (0.5)*((-f1 + y) * (-f1 + y))
+            if WITH_INTER:  # intermediates(): the per-sample loss
+                tl.store(_INTER_ptr + _rows * 5 + 2, _loss_per_sample, mask=_row_mask)
             tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample, 0.0), axis=0) * _scale)
         if WITH_GRAD:
             # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
@@ -97,6 +104,9 @@ def perceptron_fused_kernel(
             dL_dw = tl.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
             # ---- this tile's gradients, added to this program's partial sums
             tl.store(dL_dw_ptr, tl.load(dL_dw_ptr) + dL_dw)
+            if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
+                tl.store(_INTER_ptr + _rows * 5 + 3, dL_df1, mask=_row_mask)
+                tl.store(_INTER_ptr + _rows * 5 + 4, delta1, mask=_row_mask)
         tl.debug_barrier()  # this tile's stores are seen before the next tile re-uses the rows
 
 
@@ -145,11 +155,13 @@ _FUSED_SIGNATURE = {
     "w_ptr": "*fp32",
     "_PART_ptr": "*fp32",
     "_OUT_ptr": "*fp32",
+    "_INTER_ptr": "*fp32",
     "_B": "i32",
     "_scale": "fp32",
     "WITH_OUT": "constexpr",
     "WITH_LOSS": "constexpr",
     "WITH_GRAD": "constexpr",
+    "WITH_INTER": "constexpr",
     "BLOCK_B": "constexpr",
 }
 _UPDATE_SIGNATURE = {
@@ -164,10 +176,10 @@ _UPDATE_SIGNATURE = {
     "_BLOCK": "constexpr",
 }
 COMPILE_SPECS = [
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
@@ -197,7 +209,8 @@ def _programs(device):
 _SMS = {}
 
 
-def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None):
+def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None,
+         inter=None):
     """The fused kernel once: -> (partial sums, one row per program, or None; number of programs)."""
     _batch = x.shape[0]
     if _batch == 0:
@@ -213,11 +226,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _p["w"],
         _part,
         out if out is not None else _dummy,
+        inter if inter is not None else _dummy,
         _batch,
         1.0 / _batch,
         WITH_OUT=out is not None,
         WITH_LOSS=with_loss,
         WITH_GRAD=with_grad,
+        WITH_INTER=inter is not None,
         BLOCK_B=_blk,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
@@ -274,6 +289,30 @@ def gradients(params, x, y):
               for _name, _shape in PARAM_SHAPES.items()}
     launch(params, x, y, grads=_grads)
     return _grads
+
+
+# intermediates(): each named per-sample quantity's (first column, width, shape) in the WITH_INTER buffer
+INTER_LAYOUT = {
+    "a1": (0, 1, ()),
+    "f1": (1, 1, ()),
+    "loss_per_sample": (2, 1, ()),
+    "dL_df1": (3, 1, ()),
+    "delta1": (4, 1, ()),
+}
+GRAD_NAMES = {
+    "w": "dL_dw",
+}
+
+
+def intermediates(params, x, y):
+    """Every named quantity of the derivation as this module computes it (float32 tensors keyed by the
+    derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused kernel, the
+    parameter gradients from gradients().  For locating the first wrong quantity (derive verify)."""
+    _inter = x.new_empty((x.shape[0], 5), dtype=torch.float32)
+    _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
+    _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name, (_o, _n, _shape) in INTER_LAYOUT.items()}
+    _out.update({GRAD_NAMES[_name]: _g for _name, _g in gradients(params, x, y).items()})
+    return _out
 
 
 def _flat(tensors):

@@ -106,6 +106,8 @@ TRITON = [
     # a dense network reads its bias where it is used
     ("mlp_softmax", "tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + _matvec(",
      "(tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + 0.01) + _matvec(", "a3"),
+    # a wrong local partial in the backward pass: intermediates() names δ2 itself, not the gradient below it
+    ("lecture", "delta2 = dL_df2*f2*(1 - f2)", "delta2 = dL_df2*f2*(1 + f2)", "delta2"),
 ]
 
 
@@ -159,6 +161,7 @@ def test_triton_mutation_is_localised(example, old, new, edited, tmp_path, trito
     names = [q.name for q in order(net)]
     if hasattr(mods["triton"], "intermediates"):
         allowed = _allowed(net, edited)
+        assert d.agree == names[:names.index(d.quantity)]  # every quantity before it was compared, and agrees
     else:  # only ŷ and the parameter gradients are visible: the first of them at or after the edit
         visible = {f"f{net.info[-1].index}"} | {f"dL_d{p.name}" for p in net.params}
         allowed = [next(n for n in names[names.index(edited):] if n in visible)]
