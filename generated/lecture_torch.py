@@ -9,9 +9,11 @@ x has shape (batch,); y has shape (batch,).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_2798b1a967":
   derive::lecture_2798b1a967_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::lecture_2798b1a967_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::lecture_2798b1a967_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
+  with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_2798b1a967_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::lecture_2798b1a967_loss(params, x, y) -> L                 autograd: the _value_and_grad
+  op
   derive::lecture_2798b1a967_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
@@ -27,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 NAME = "lecture"
-OPS = "lecture_2798b1a967"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "lecture_2798b1a967"
 PARAM_SHAPES = {
     "w1": (),
     "b1": (),
@@ -43,7 +45,8 @@ REDUCTION = "mean"
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of lecture_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    lecture_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
@@ -89,7 +92,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(w1, b1, w2, w3, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _p = (w1, b1, w2, w3, )
     _q = _forward(*_p, x)
     return _loss_from(_q, y), _gradients(_p, x, y, _q, 1.0 / x.shape[0])
@@ -146,11 +150,13 @@ _TRITON = []
 
 
 def _triton():
-    """lecture_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """lecture_triton.py from beside this file, imported once (Triton's @jit reads its source
+    file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -168,9 +174,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -206,7 +214,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -219,25 +228,30 @@ def _distinct(outs, inputs):
 
 
 def _define_ops():
-    """Register this network's ops (once per process; a second import of the same code reuses them)."""
+    """Register this network's ops (once per process; a second import of the same code reuses
+    them)."""
 
     @torch.library.custom_op("derive::" + OPS + "_forward", mutates_args=())
-    def forward_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor,
+        x: torch.Tensor) -> torch.Tensor:
         _p = (w1, b1, w2, w3, )
         return _distinct([_yhat_any(_p, x)], (*_p, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor,
+        x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         _p = (w1, b1, w2, w3, )
         return _distinct(_vjp_any(_p, x, grad_yhat), (*_p, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
-    def loss_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor,
+        x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _p = (w1, b1, w2, w3, )
         return _distinct([_loss_any(_p, x, y)], (*_p, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor,
+        x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         _p = (w1, b1, w2, w3, )
         _value, _grads = _value_and_grad_any(_p, x, y)
         return _distinct([_value, *_grads], (*_p, x, y))
@@ -250,7 +264,8 @@ def _define_ops():
 
     @backward_op.register_fake
     def _(w1, b1, w2, w3, x, grad_yhat):
-        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in (w1, b1, w2, w3, )]
+        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in (w1, b1, w2,
+            w3, )]
 
     @loss_op.register_fake
     def _(w1, b1, w2, w3, x, y):
@@ -263,7 +278,8 @@ def _define_ops():
         return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format)
                                   for _p in (w1, b1, w2, w3, ))]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned
     def forward_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
@@ -288,7 +304,8 @@ def _define_ops():
 
     def loss_backward(ctx, grad_loss):
         *_p, _x, _y = ctx.saved_tensors
-        _grads = value_and_grad_op(*_p, _x, _y)[1:]  # the forward pass again, then derive's backward
+        # the forward pass again, then derive's backward
+        _grads = value_and_grad_op(*_p, _x, _y)[1:]
         return (*(grad_loss * _g for _g in _grads), None, None)
 
     loss_op.register_autograd(loss_backward, setup_context=loss_setup)
@@ -334,7 +351,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -357,7 +375,8 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class Lecture(torch.nn.Module):
-    """`lecture` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`lecture` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
@@ -392,7 +411,8 @@ class Lecture(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A Lecture with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A Lecture with the weights of ``module``, the equivalent torch.nn.Sequential (see
+        to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -405,7 +425,8 @@ class Lecture(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.w1.dtype, device=self.w1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -435,7 +456,8 @@ TORCH_PARAMS = {
 
 
 def torch_sequential():
-    """The equivalent torch.nn.Sequential, freshly initialised by torch (a scalar input becomes a length-1 vector)."""
+    """The equivalent torch.nn.Sequential, freshly initialised by torch (a scalar input becomes a
+    length-1 vector)."""
     return torch.nn.Sequential(
         torch.nn.Unflatten(0, (-1, 1)),
         torch.nn.Linear(1, 1),
@@ -453,7 +475,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

@@ -8,15 +8,19 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch,); y has shape (batch,).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "linear_regression_3659380b34":
-  derive::linear_regression_3659380b34_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::linear_regression_3659380b34_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::linear_regression_3659380b34_forward(params, x) -> ŷ                   autograd: the
+  _backward op
+  derive::linear_regression_3659380b34_backward(params, x, grad_yhat) -> gradients  derive's
+  backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::linear_regression_3659380b34_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::linear_regression_3659380b34_loss(params, x, y) -> L                 autograd: the
+  _value_and_grad op
   derive::linear_regression_3659380b34_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
-linear_regression_triton.py, which must lie beside this file.  Under torch.compile the module calls these
+linear_regression_triton.py, which must lie beside this file.  Under torch.compile the module calls
+these
 ops; in eager mode it runs the same computations as autograd.Functions (no custom-op dispatch).
 derive computes no gradient for the input, so x must not require grad.
 """
@@ -27,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 NAME = "linear_regression"
-OPS = "linear_regression_3659380b34"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "linear_regression_3659380b34"
 PARAM_SHAPES = {
     "theta1": (),
     "theta0": (),
@@ -41,7 +45,8 @@ REDUCTION = "mean"
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of linear_regression_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    linear_regression_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
@@ -81,7 +86,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(theta1, theta0, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _p = (theta1, theta0, )
     _q = _forward(*_p, x)
     return _loss_from(_q, y), _gradients(_p, x, y, _q, 1.0 / x.shape[0])
@@ -126,11 +132,13 @@ _TRITON = []
 
 
 def _triton():
-    """linear_regression_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """linear_regression_triton.py from beside this file, imported once (Triton's @jit reads its
+    source file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -148,9 +156,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -186,7 +196,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -199,7 +210,8 @@ def _distinct(outs, inputs):
 
 
 def _define_ops():
-    """Register this network's ops (once per process; a second import of the same code reuses them)."""
+    """Register this network's ops (once per process; a second import of the same code reuses
+    them)."""
 
     @torch.library.custom_op("derive::" + OPS + "_forward", mutates_args=())
     def forward_op(theta1: torch.Tensor, theta0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -207,17 +219,20 @@ def _define_ops():
         return _distinct([_yhat_any(_p, x)], (*_p, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(theta1: torch.Tensor, theta0: torch.Tensor, x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(theta1: torch.Tensor, theta0: torch.Tensor, x: torch.Tensor,
+        grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         _p = (theta1, theta0, )
         return _distinct(_vjp_any(_p, x, grad_yhat), (*_p, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
-    def loss_op(theta1: torch.Tensor, theta0: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_op(theta1: torch.Tensor, theta0: torch.Tensor, x: torch.Tensor,
+        y: torch.Tensor) -> torch.Tensor:
         _p = (theta1, theta0, )
         return _distinct([_loss_any(_p, x, y)], (*_p, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(theta1: torch.Tensor, theta0: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(theta1: torch.Tensor, theta0: torch.Tensor, x: torch.Tensor,
+        y: torch.Tensor) -> list[torch.Tensor]:
         _p = (theta1, theta0, )
         _value, _grads = _value_and_grad_any(_p, x, y)
         return _distinct([_value, *_grads], (*_p, x, y))
@@ -230,7 +245,8 @@ def _define_ops():
 
     @backward_op.register_fake
     def _(theta1, theta0, x, grad_yhat):
-        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in (theta1, theta0, )]
+        return [torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in (theta1,
+            theta0, )]
 
     @loss_op.register_fake
     def _(theta1, theta0, x, y):
@@ -243,7 +259,8 @@ def _define_ops():
         return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format)
                                   for _p in (theta1, theta0, ))]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned
     def forward_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
@@ -268,7 +285,8 @@ def _define_ops():
 
     def loss_backward(ctx, grad_loss):
         *_p, _x, _y = ctx.saved_tensors
-        _grads = value_and_grad_op(*_p, _x, _y)[1:]  # the forward pass again, then derive's backward
+        # the forward pass again, then derive's backward
+        _grads = value_and_grad_op(*_p, _x, _y)[1:]
         return (*(grad_loss * _g for _g in _grads), None, None)
 
     loss_op.register_autograd(loss_backward, setup_context=loss_setup)
@@ -314,7 +332,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -337,13 +356,16 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class LinearRegression(torch.nn.Module):
-    """`linear_regression` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`linear_regression` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
         _values = init_values(seed)
-        self.theta1 = torch.nn.Parameter(torch.as_tensor(_values["theta1"], dtype=dtype, device=device))
-        self.theta0 = torch.nn.Parameter(torch.as_tensor(_values["theta0"], dtype=dtype, device=device))
+        self.theta1 = torch.nn.Parameter(
+            torch.as_tensor(_values["theta1"], dtype=dtype, device=device))
+        self.theta0 = torch.nn.Parameter(
+            torch.as_tensor(_values["theta0"], dtype=dtype, device=device))
 
     def params(self):
         """The parameters in PARAM_SHAPES order (the ops take them so)."""
@@ -370,7 +392,8 @@ class LinearRegression(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A LinearRegression with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A LinearRegression with the weights of ``module``, the equivalent torch.nn.Sequential
+        (see to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -383,7 +406,8 @@ class LinearRegression(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.theta1.dtype, device=self.theta1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -411,7 +435,8 @@ TORCH_PARAMS = {
 
 
 def torch_sequential():
-    """The equivalent torch.nn.Sequential, freshly initialised by torch (a scalar input becomes a length-1 vector)."""
+    """The equivalent torch.nn.Sequential, freshly initialised by torch (a scalar input becomes a
+    length-1 vector)."""
     return torch.nn.Sequential(
         torch.nn.Unflatten(0, (-1, 1)),
         torch.nn.Linear(1, 1),
@@ -424,7 +449,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

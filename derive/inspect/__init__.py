@@ -102,6 +102,10 @@ def format_text(r: dict) -> str:
     lines.append(row("PyTorch eager (modeled)", m["eager_total"]) + f"  {where}")
     lines.append(f"{'ideal (x, y, θ, ∂L/∂θ, state once)':<34} {'':>8} {_mb(m['ideal']['dram_bytes']):>11} {'':>11} "
                  f"{'':>9} {m['ideal']['seconds'] * 1e6:>9.2f}")
+    for c in m["fused"]:
+        if c.get("l2_sources"):
+            parts = ", ".join(f"{s['what']} {_mb(s['bytes'])} MB" for s in c["l2_sources"] if s["bytes"])
+            lines.append(f"L2 traffic of the {c['name']}: {parts}")
     lines.append(f"{step}: DRAM / ideal {m['fused_traffic_over_ideal']:.2f}x, L2 / DRAM {m['fused_l2_over_dram']:.1f}x")
     lines.append(f"modeled eager time / {step} time: {m['eager_over_fused_time_l2']:.2f}x with L2 counted, "
                  f"{m['eager_over_fused_time_l2_launch']:.2f}x with launches too "

@@ -65,6 +65,7 @@ class Cost:
     flops: float  # all of them: the CUDA cores' and the tensor cores'
     dot_flops: float = 0.0  # the share run as tl.dot
     dot_precision: str | None = None
+    l2_sources: tuple = ()  # (what, bytes): where the L2 traffic comes from, for the report
 
     def compute_seconds(self, card: dict) -> float:
         passes = TF32_PASSES.get(self.dot_precision)
@@ -106,11 +107,15 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     reread = batch * per["reread"]["read"]
     footprint = programs * plan.block_b * plan.scratch_width * 4
     resident = footprint + partials + theta <= card["l2_bytes"]
+    per_tile = tiles * (per["tile"]["read"] + per["tile"]["write"])
+    sources = (("x, y, ŷ streamed (and y read again)", streamed + reread), ("scratch rows", scratch),
+               ("per tile: weights at each use, partial sums read-modify-written", per_tile),
+               ("partial rows zeroed", partials))
     fused = Cost("fused kernel (loss + gradients)", 1,
                  dram_bytes=streamed + (footprint if resident else scratch) + theta + partials,
-                 l2_bytes=streamed + reread + scratch + tiles * (per["tile"]["read"] + per["tile"]["write"]) + partials,
+                 l2_bytes=sum(b for _, b in sources),
                  flops=batch * (per["row"]["flop"] + per["row"]["dot"]) + tiles * per["tile"]["flop"],
-                 dot_flops=batch * per["row"]["dot"], dot_precision=plan.dot_precision)
+                 dot_flops=batch * per["row"]["dot"], dot_precision=plan.dot_precision, l2_sources=sources)
     state = len(ir.state)
     io = theta * (2 + 2 * state)  # θ and each state read and written once
     # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
@@ -247,4 +252,5 @@ def _total(costs: list[Cost], card: dict, launch_seconds: float) -> dict:
 def _row(c: Cost, card: dict) -> dict:
     return {"name": c.name, "launches": c.launches, "dram_bytes": c.dram_bytes, "l2_bytes": c.l2_bytes,
             "flops": c.flops, "dot_flops": c.dot_flops, "seconds": c.seconds(card),
-            "seconds_l2": c.seconds_l2(card), "bound": c.bound(card)}
+            "seconds_l2": c.seconds_l2(card), "bound": c.bound(card),
+            "l2_sources": [{"what": w, "bytes": b} for w, b in c.l2_sources]}

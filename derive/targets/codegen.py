@@ -16,6 +16,7 @@ from derive.targets.common import template_dir  # noqa: F401 (re-exported: tests
 from derive.targets.numpy import render_numpy
 from derive.targets.torch import render_torch
 from derive.targets.triton import render_triton
+from derive.targets.wrap import wrap
 
 TARGETS = ("numpy", "triton", "torch")
 
@@ -25,7 +26,8 @@ RENDERERS = {"numpy": render_numpy, "triton": render_triton, "torch": render_tor
 def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generated") -> dict[str, str]:
     """file name -> source text, for each target."""
     ir = lower(derive(net), source)
-    return {f"{net.name}_{t}.py": RENDERERS[t](ir, out_dir) for t in targets}
+    # every target's text folded to 100 columns by one pass (derive.targets.wrap), not by each printer
+    return {f"{net.name}_{t}.py": wrap(RENDERERS[t](ir, out_dir)) for t in targets}
 
 
 def write_atomic(directory: Path, files: dict[str, str]) -> list[Path]:

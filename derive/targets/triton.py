@@ -4,6 +4,7 @@ with a volume gets per-layer kernels (triton_layers.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -17,6 +18,7 @@ from derive.targets.printers import HostPrinter
 from derive.targets.triton_layers import plan_layers
 from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
+from derive.targets.wrap import wrap
 
 TRITON_BLOCK_B = 64
 NUM_WARPS = 4
@@ -50,8 +52,12 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
 
 
 def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
-    if any(len(layer.in_shape) == 3 for layer in ir.layers):  # a volume: per-layer kernels
-        return plan_layers(ir, out_dir)
+    """The module's text (folded to 100 columns, as every target's) and what the cost model reads."""
+    plan = plan_layers(ir, out_dir) if any(len(layer.in_shape) == 3 for layer in ir.layers) else _plan_fused(ir, out_dir)
+    return dataclasses.replace(plan, text=wrap(plan.text))
+
+
+def _plan_fused(ir: KernelIR, out_dir: str) -> TritonPlan:
     arrays = ir.arrays()
     scratch = _scratch_layout(ir)
     widths: dict[str, object] = {}
@@ -182,6 +188,8 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx["kernel_scalars"] = _kernel_scalars(ir)
     ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["uses_nvalid"] = any("_nvalid" in g for g in ctx["grad_stores"])  # the rank-1 and tl.dot ∂W helpers
+    _drop_dead_lines(ctx, inter, inter_width)
     ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     template = _env().get_template("triton_module.py.jinja")
     text = template.render(**ctx)
@@ -227,6 +235,21 @@ def _scratch_layout(ir: KernelIR) -> dict[str, tuple[int, int]]:
             out[a.name] = (off, a.shape[0])
             off += a.shape[0]
     return out
+
+
+def _drop_dead_lines(ctx: dict, inter: dict, width: int) -> None:
+    """Mark the kernel lines whose value no other line reads (δ3 = ∂L/∂f3 read back from scratch where
+    the gradients read the scratch rows themselves): not printed, and intermediates() stores their
+    right-hand side instead."""
+    lines = [*ctx["forward"], *ctx["backward"]]
+    for ln in lines:
+        others = [ctx["store_out"], ctx["loss_rhs"], *ctx["grad_stores"]]
+        others += [t for o in lines if o is not ln for t in (o["rhs"], o["store"] or "")]
+        ln["dead"] = not ln["store"] and not any(re.search(rf"\b{ln['lhs']}\b", t) for t in others if t)
+        if ln["dead"] and ln["inter"]:
+            ln["inter"] = _store_inter(ln["lhs"], inter, width, ln["rhs"])
+    ctx["forward_inter"] = [ln["inter"] for ln in ctx["forward"] if ln["inter"]]
+    ctx["backward_inter"] = [ln["inter"] for ln in ctx["backward"] if ln["inter"]]
 
 
 def _inter_layout(ir: KernelIR) -> tuple[dict[str, tuple[int, int, tuple]], int]:
