@@ -20,9 +20,8 @@ Custom ops (torch.library.custom_op, each with register_fake), OPS = "linear_reg
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
 linear_regression_triton.py, which must lie beside this file.  Under torch.compile the module calls
-these
-ops; in eager mode it runs the same computations as autograd.Functions (no custom-op dispatch).
-derive computes no gradient for the input, so x must not require grad.
+these ops; in eager mode it runs the same computations as autograd.Functions (no custom-op
+dispatch). derive computes no gradient for the input, so x must not require grad.
 """
 
 import importlib.util

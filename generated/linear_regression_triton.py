@@ -2,16 +2,13 @@
 # Regenerate with: derive generate examples/linear_regression.toml -o generated
 """Fused Triton kernels for `linear_regression`: forward, loss and backward in one launch
 (linear_regression_fused_kernel, a persistent grid whose programs each sum their tiles' gradients in
-a row
-of their own), then one launch that reduces those rows in a fixed order and updates
+a row of their own), then one launch that reduces those rows in a fixed order and updates
 (linear_regression_update_kernel).
 
-Same contract as linear_regression_numpy, on torch tensors: init_params, forward, loss,
-gradients, train_step, init_state, step (one fused launch, then one
-sgd update launch for all parameters), FlatState.  No atomics: the same inputs on the
-same device give bitwise the same gradients.  Runs on CUDA, and on CPU tensors under
-TRITON_INTERPRET=1
-(set before this module is imported).
+Same contract as linear_regression_numpy, on torch tensors: init_params, forward, loss, gradients,
+train_step, init_state, step (one fused launch, then one sgd update launch for all parameters),
+FlatState.  No atomics: the same inputs on the same device give bitwise the same gradients.  Runs on
+CUDA, and on CPU tensors under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
 import numpy as np
@@ -238,8 +235,7 @@ def init_params(seed=0, device="cpu"):
 
 def _programs(device):
     """Programs of the persistent grid: one per SM on CUDA (each loops over batch tiles), a few
-    under
-    the interpreter, where they run one after another."""
+    under the interpreter, where they run one after another."""
     if device.type != "cuda":
         return INTERPRETER_PROGRAMS
     if device not in _SMS:
@@ -289,9 +285,8 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
     """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an
-    SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars``
-    eta_t); the loss goes to ``loss``."""
+    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
+    goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1
@@ -303,10 +298,8 @@ def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
 
 def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, programs=None):
     """Run the fused kernel once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict
-    of
-    float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given;
-    ``programs``
-    caps the persistent grid (default: one program per SM)."""
+    of float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given;
+    ``programs`` caps the persistent grid (default: one program per SM)."""
     _part, _np = _run(params, x, y, out=out, with_loss=loss is not None,
         with_grad=grads is not None,
                       block_b=block_b, programs=programs)
@@ -358,10 +351,9 @@ GRAD_NAMES = {
 
 def intermediates(params, x, y):
     """Every named quantity of the derivation as this module computes it (float32 tensors keyed by
-    the
-    derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused kernel,
-    the
-    parameter gradients from gradients().  For locating the first wrong quantity (derive verify)."""
+    the derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused
+    kernel, the parameter gradients from gradients().  For locating the first wrong quantity (derive
+    verify)."""
     _inter = x.new_empty((x.shape[0], 5), dtype=torch.float32)
     _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
     _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name,

@@ -804,6 +804,8 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
                  for s in SECTIONS},
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
+        top=ir.forward[-1].name,
+        grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
     )
     host = HostPrinter()
     ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}

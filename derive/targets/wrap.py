@@ -8,10 +8,12 @@ code means:
 - code is broken between two tokens inside brackets (implicit line joining), preferring the places
   after a comma, then before an operator, at the shallowest bracket depth; a statement with no
   brackets to break in (``a = b + c*d + ...``, ``return ...``) gets its right-hand side parenthesised.
-- a docstring's long line is split at its last space that fits (the continuation at the line's indent,
-  or the docstring's own for its first line): that changes only what help() shows.
-Other strings are never split: a line that only a split inside one could shorten is left as it is
-(tests/test_generated_lint.py reports it).
+- a docstring paragraph with a long line is re-filled (prose only: list items, tables and aligned
+  columns keep their lines, and a long one of those is split at its last space that fits): that
+  changes only what help() shows;
+- a long one-line string inside brackets becomes adjacent literals cut after a space (outside an
+  f-string's braces), which Python joins back into the same string.
+Anything else it cannot shorten it leaves as it is (tests/test_generated_lint.py reports it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ BREAK_BEFORE = {"+": 1, "-": 1, "&": 1, "|": 1, "and": 1, "or": 1, "if": 1, "els
 
 def wrap(text: str, width: int = WIDTH) -> str:
     """``text`` (a whole module) with every line folded to ``width`` where the tokenizer allows."""
+    text = _reflow_docstrings(text, width)
     for _ in range(8):  # each pass folds every long line once; the pieces may need another pass
         lines = text.splitlines(keepends=True)
         if all(len(ln.rstrip("\n")) <= width for ln in lines):
@@ -75,6 +78,73 @@ def _depth_at_line_starts(text: str) -> tuple[dict[int, int | None], dict[int, s
         if tok.type == tokenize.OP:
             depth += (tok.string in OPENERS) - (tok.string in CLOSERS)
     return {row: (None if row in inside else d) for row, d in out.items()}, docs
+
+
+def _reflow_docstrings(text: str, width: int) -> str:
+    """Each docstring paragraph with a line over ``width`` re-filled to ``width`` (a paragraph: lines of
+    one indent between blank lines, none of them a list item or a table row, which keep their lines)."""
+    try:
+        toks = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return text
+    lines = text.splitlines(keepends=True)
+    edits = []
+    for k, tok in enumerate(toks):
+        if not (tok.type == tokenize.STRING and tok.string.startswith('"""') and tok.end[0] > tok.start[0]
+                and (k == 0 or toks[k - 1].type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.NL,
+                                                     tokenize.COMMENT))):
+            continue
+        rows = range(tok.start[0] - 1, tok.end[0])
+        if all(len(lines[r].rstrip("\n")) <= width for r in rows):
+            continue
+        first_indent = " " * tok.start[1]
+        body = [lines[r].rstrip("\n") for r in rows]
+        out, para = [], []
+
+        def flush():
+            if para and any(len(p) > width for p in para) and _plain(para):
+                head = _indent(para[0])
+                cont = _indent(para[1]) if len(para) > 1 else (first_indent if para[0].lstrip().startswith('"""')
+                                                                else head)
+                words = " ".join(p.strip() for p in para)
+                first = textwrap.wrap(words, width - len(head), **WORDS)[0]
+                rest = words[len(first):].strip()
+                out.append(head + first)
+                out.extend(cont + r for r in (textwrap.wrap(rest, width - len(cont), **WORDS) if rest else []))
+            else:
+                out.extend(para)
+            para.clear()
+
+        for ln in body:
+            if not ln.strip() or ln.strip() == '"""':
+                flush()
+                out.append(ln)
+            else:
+                if para and _indent(ln) != _indent(para[-1]) and not para[0].lstrip().startswith('"""'):
+                    flush()
+                para.append(ln)
+        flush()
+        edits.append((rows, out))
+    for rows, out in reversed(edits):
+        end = lines[rows.stop - 1][len(lines[rows.stop - 1].rstrip("\n")):]  # the last line's own newline
+        lines[rows.start:rows.stop] = [ln + "\n" for ln in out[:-1]] + [out[-1] + end]
+    return "".join(lines)
+
+
+WORDS = {"break_long_words": False, "break_on_hyphens": False}
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _plain(para: list[str]) -> bool:
+    """Prose: no list items, table rows or aligned columns (two spaces inside a line's text)."""
+    for p in para:
+        t = p.strip().lstrip('"')
+        if re.match(r"([-*|•]|\d+[.)]) ", t) or re.search(r"\S {3,}\S", t):
+            return False
+    return True
 
 
 def _split_words(line: str, indent: str, width: int) -> list[str]:
