@@ -4,9 +4,10 @@ load), and the reported first divergence must be the edited quantity or the one 
 for every layer kind in examples/ (linear scalar and vector, conv2d, locally_connected, flatten),
 and max and average pooling (in a spec written here: no example has them).
 
-The Triton module has no intermediates(), so its first divergence is found among what it does
-expose (ŷ and the parameter gradients): there the report must name the first of those that the
-edited line feeds.
+The Triton module's intermediates() expose every named per-sample quantity (the fused dense module)
+or the buffers its kernels keep (a per-layer module), so there too the report must name the edited
+quantity or the one right after it; a module generated without intermediates() is held to the first
+of ŷ and the parameter gradients that the edited line feeds.
 """
 
 from __future__ import annotations
