@@ -19,6 +19,10 @@ its contractions are tl.dot in "tf32x3" (three TF32 products per product), else 
 The torch baselines run with TF32 off (PyTorch's default for float32 matmuls): float32 accuracy,
 as tf32x3 keeps.
 
+The last columns are derive inspect's static model of the same step (derive/inspect/model.py, the card
+the benchmark runs on where it is an sm_90 or sm_80, else sm_90): the modeled fused time with the L2
+counted and the modeled eager/fused ratio with L2, and without it, to set beside the measured ones.
+
   python bench/gpu_train.py                       # the full table on a GPU (scripts/gpu-bench)
   python bench/gpu_train.py --tiny --interpret    # a smoke test on the CPU under the Triton interpreter
 """
@@ -74,7 +78,8 @@ def main(argv=None) -> int:
     ceilings = _ceilings(torch, device) if cuda else {"bandwidth_Bps": None, "flops": None, "tf32_flops": None}
     print(f"ceilings: {ceilings}")
     rows = []
-    header = ["width", "depth", "batch", "fused ms", *[f"{b}/fused" for b in args.baselines], "roofline"]
+    header = ["width", "depth", "batch", "fused ms", *[f"{b}/fused" for b in args.baselines], "roofline",
+              "model fused us (L2)", "model eager/fused (L2)", "model eager/fused (no L2)"]
     print(" | ".join(header))
     for width in args.widths:
         for depth in args.depths:
@@ -95,8 +100,28 @@ def main(argv=None) -> int:
                     cells = [str(width), str(depth), f"2^{lb}", f"{row['fused_ms']:.4f}"]
                     cells += [_ratio(row.get(f"{b}_ms"), row["fused_ms"]) for b in args.baselines]
                     cells.append(f"{row['roofline']:.0%}" if row.get("roofline") else "n/a")
+                    row.update(_model(net, batch, torch, cuda))
+                    cells += [f"{row['model_fused_ms_l2'] * 1e3:.2f}", f"{row['model_eager_over_fused_l2']:.2f}x",
+                              f"{row['model_eager_over_fused']:.2f}x"]
                     print(" | ".join(cells), flush=True)
     return _finish(args, env, ceilings, rows)
+
+
+def _model(net, batch, torch, cuda) -> dict:
+    """derive inspect's cost model of this step (no compile): modeled times with L2 counted and without."""
+    from derive.derivation import derive
+    from derive.inspect.model import summary
+    from derive.ir.lowering import lower
+    from derive.targets.triton import plan_triton
+
+    arch = "sm_90"
+    if cuda and torch.cuda.get_device_capability() == (8, 0):
+        arch = "sm_80"
+    ir = lower(derive(net), "<bench>")
+    m = summary(ir, plan_triton(ir), batch, arch)
+    return {"model_arch": arch, "model_fused_ms_l2": m["fused_total"]["seconds_l2"] * 1e3,
+            "model_eager_over_fused_l2": m["eager_over_fused_time_l2"],
+            "model_eager_over_fused": m["eager_over_fused_time"]}
 
 
 def _ratio(base, fused):

@@ -8,17 +8,20 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch, 1, 8, 8); y has shape (batch,) and holds class indices (int64).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "digits_convnet_75b6762f92":
-  derive::digits_convnet_75b6762f92_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::digits_convnet_75b6762f92_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::digits_convnet_75b6762f92_forward(params, x) -> ŷ                   autograd: the
+  _backward op
+  derive::digits_convnet_75b6762f92_backward(params, x, grad_yhat) -> gradients  derive's backward
+  seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::digits_convnet_75b6762f92_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::digits_convnet_75b6762f92_loss(params, x, y) -> L                 autograd: the
+  _value_and_grad op
   derive::digits_convnet_75b6762f92_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
-digits_convnet_triton.py, which must lie beside this file.  Under torch.compile the module calls these
-ops; in eager mode it runs the same computations as autograd.Functions (no custom-op dispatch).
-derive computes no gradient for the input, so x must not require grad.
+digits_convnet_triton.py, which must lie beside this file.  Under torch.compile the module calls
+these ops; in eager mode it runs the same computations as autograd.Functions (no custom-op
+dispatch). derive computes no gradient for the input, so x must not require grad.
 """
 
 import importlib.util
@@ -30,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 NAME = "digits_convnet"
-OPS = "digits_convnet_75b6762f92"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "digits_convnet_75b6762f92"
 PARAM_SHAPES = {
     "W1": (16, 1, 3, 3),
     "b1": (16,),
@@ -54,15 +58,18 @@ def logsumexp(z):
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is −∞."""
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
+    −∞."""
     xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
     return xp.unfold(2, kh, sh).unfold(3, kw, sw).amax(dim=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of window (i, j)].
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
+    window (i, j)].
 
-    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes ties.
+    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes
+    ties.
     """
     xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
     B, C, oh, ow = g.shape
@@ -72,7 +79,8 @@ def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
     j = torch.arange(ow, device=g.device)[None, :]
     flat = (i * sh + p) * xp.shape[3] + (j * sw + q)  # the maximum's position in the padded input
     gp = g.new_zeros((B, C, xp.shape[2] * xp.shape[3]))
-    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))  # windows overlap when the stride is below the kernel
+    # windows overlap when the stride is below the kernel
+    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))
     return gp.reshape(xp.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
 
 
@@ -87,17 +95,21 @@ def softmax(z):
 
 
 def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
+    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
+    stride s (a view)."""
     return x.unfold(2, kh, s).unfold(3, kw, s)
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of digits_convnet_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    digits_convnet_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
-        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16, 1, 3, 3)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16,)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16, 1, 3, 3)),
+            dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(16,)),
+            dtype=dtype),
         "W4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10, 256)), dtype=dtype),
         "b4": np.asarray(rng.uniform(-0.0625, 0.0625, size=(10,)), dtype=dtype),
     }
@@ -111,7 +123,8 @@ def _forward(params, x):
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     x_pad = F.pad(x, (1, 1, 1, 1))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = F.conv2d(x_pad, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = F.conv2d(x_pad, W1, b1, stride=1)
     f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f2 = max_pool2d(f1, 2, 2, 2, 2, 0)  # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     f3 = f2.reshape(f2.shape[0], -1)  # f3[16·c + 4·h + w] = f2[c, h, w]
@@ -140,7 +153,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(params, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _q = _forward(params, x)
     return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
@@ -152,16 +166,21 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W4, b4 = params
     x_pad, f1, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
-    dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
+    # 1]·[0 ≤ w - 2·j ≤ 1]
+    dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
 
 
@@ -181,10 +200,14 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
-    dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)  # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
+    # 1]·[0 ≤ w - 2·j ≤ 1]
+    dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
 
 
@@ -195,11 +218,13 @@ _TRITON = []
 
 
 def _triton():
-    """digits_convnet_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """digits_convnet_triton.py from beside this file, imported once (Triton's @jit reads its source
+    file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -217,9 +242,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -234,7 +261,8 @@ def _check_inputs(params, x, y=None):
         raise ValueError(f"{NAME}: x must have shape (batch, 1, 8, 8), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
         if _p.dtype != x.dtype:
-            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
         if tuple(_p.shape) != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
@@ -281,7 +309,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -303,7 +332,8 @@ def _define_ops():
         return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor,
+        grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
@@ -311,7 +341,8 @@ def _define_ops():
         return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor,
+        y: torch.Tensor) -> list[torch.Tensor]:
         _value, _grads = _value_and_grad_any(params, x, y)
         return _distinct([_value, *_grads], (*params, x, y))
 
@@ -334,9 +365,11 @@ def _define_ops():
     @value_and_grad_op.register_fake
     def _(params, x, y):
         _check_inputs(params, x, y)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
+        return [x.new_empty(()), *(torch.empty_like(_p,
+            memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned.
     # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
         _params, _x = inputs
@@ -410,7 +443,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -433,7 +467,8 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class DigitsConvnet(torch.nn.Module):
-    """`digits_convnet` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`digits_convnet` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
@@ -469,7 +504,8 @@ class DigitsConvnet(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A DigitsConvnet with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A DigitsConvnet with the weights of ``module``, the equivalent torch.nn.Sequential (see
+        to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -482,7 +518,8 @@ class DigitsConvnet(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.W1.dtype, device=self.W1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -527,7 +564,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

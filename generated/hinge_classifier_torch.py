@@ -8,17 +8,20 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch, 2); y has shape (batch,).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "hinge_classifier_55533c6514":
-  derive::hinge_classifier_55533c6514_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::hinge_classifier_55533c6514_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::hinge_classifier_55533c6514_forward(params, x) -> ŷ                   autograd: the
+  _backward op
+  derive::hinge_classifier_55533c6514_backward(params, x, grad_yhat) -> gradients  derive's backward
+  seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::hinge_classifier_55533c6514_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::hinge_classifier_55533c6514_loss(params, x, y) -> L                 autograd: the
+  _value_and_grad op
   derive::hinge_classifier_55533c6514_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
-hinge_classifier_triton.py, which must lie beside this file.  Under torch.compile the module calls these
-ops; in eager mode it runs the same computations as autograd.Functions (no custom-op dispatch).
-derive computes no gradient for the input, so x must not require grad.
+hinge_classifier_triton.py, which must lie beside this file.  Under torch.compile the module calls
+these ops; in eager mode it runs the same computations as autograd.Functions (no custom-op
+dispatch). derive computes no gradient for the input, so x must not require grad.
 """
 
 import importlib.util
@@ -27,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 NAME = "hinge_classifier"
-OPS = "hinge_classifier_55533c6514"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "hinge_classifier_55533c6514"
 PARAM_SHAPES = {
     "W1": (8, 2),
     "b1": (8,),
@@ -49,14 +52,19 @@ _relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of hinge_classifier_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    hinge_classifier_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
-        "W1": np.asarray(rng.uniform(-0.7071067811865475, 0.7071067811865475, size=(8, 2)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.7071067811865475, 0.7071067811865475, size=(8,)), dtype=dtype),
-        "W2": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(1, 8)), dtype=dtype),
-        "b2": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(1,)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.7071067811865475, 0.7071067811865475, size=(8, 2)),
+            dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.7071067811865475, 0.7071067811865475, size=(8,)),
+            dtype=dtype),
+        "W2": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(1, 8)),
+            dtype=dtype),
+        "b2": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(1,)),
+            dtype=dtype),
     }
 
 
@@ -94,7 +102,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(params, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _q = _forward(params, x)
     return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
@@ -106,7 +115,8 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2 = params
     f1, f2 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = _relu_grad(-_scale*y[:, None], 1 - f2*y[:, None], 0)  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = _relu_grad(-_scale*y[:, None], 1 - f2*y[:, None], 0)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -145,11 +155,13 @@ _TRITON = []
 
 
 def _triton():
-    """hinge_classifier_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """hinge_classifier_triton.py from beside this file, imported once (Triton's @jit reads its
+    source file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -167,9 +179,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -184,7 +198,8 @@ def _check_inputs(params, x, y=None):
         raise ValueError(f"{NAME}: x must have shape (batch, 2), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
         if _p.dtype != x.dtype:
-            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
         if tuple(_p.shape) != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
@@ -227,7 +242,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -249,7 +265,8 @@ def _define_ops():
         return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor,
+        grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
@@ -257,7 +274,8 @@ def _define_ops():
         return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor,
+        y: torch.Tensor) -> list[torch.Tensor]:
         _value, _grads = _value_and_grad_any(params, x, y)
         return _distinct([_value, *_grads], (*params, x, y))
 
@@ -280,9 +298,11 @@ def _define_ops():
     @value_and_grad_op.register_fake
     def _(params, x, y):
         _check_inputs(params, x, y)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
+        return [x.new_empty(()), *(torch.empty_like(_p,
+            memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned.
     # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
         _params, _x = inputs
@@ -356,7 +376,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -379,7 +400,8 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class HingeClassifier(torch.nn.Module):
-    """`hinge_classifier` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`hinge_classifier` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
@@ -415,7 +437,8 @@ class HingeClassifier(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A HingeClassifier with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A HingeClassifier with the weights of ``module``, the equivalent torch.nn.Sequential (see
+        to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -428,7 +451,8 @@ class HingeClassifier(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.W1.dtype, device=self.W1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -472,7 +496,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

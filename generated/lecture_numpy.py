@@ -85,9 +85,8 @@ def loss(params, x, y):
 
 def intermediates(params, x, y):
     """Every named quantity of the derivation, in its order: the forward pass, the per-sample loss,
-    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's names."""
-    w1 = params["w1"]
-    b1 = params["b1"]
+    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's
+    names."""
     w2 = params["w2"]
     w3 = params["w3"]
     # ---- forward pass
@@ -148,7 +147,8 @@ def train_step(params, x, y, lr):
 
 
 def init_state(params):
-    return {_kind: {_name: np.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+    return {_kind: {_name: np.zeros_like(_value) for _name,
+        _value in params.items()} for _kind in STATE}
 
 
 def apply_update(params, state, grads, t, hyper=None):

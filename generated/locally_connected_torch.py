@@ -8,17 +8,20 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch, 2, 9, 9); y has shape (batch,) and holds class indices (int64).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_fbbf289713":
-  derive::locally_connected_fbbf289713_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::locally_connected_fbbf289713_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::locally_connected_fbbf289713_forward(params, x) -> ŷ                   autograd: the
+  _backward op
+  derive::locally_connected_fbbf289713_backward(params, x, grad_yhat) -> gradients  derive's
+  backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::locally_connected_fbbf289713_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::locally_connected_fbbf289713_loss(params, x, y) -> L                 autograd: the
+  _value_and_grad op
   derive::locally_connected_fbbf289713_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
-locally_connected_triton.py, which must lie beside this file.  Under torch.compile the module calls these
-ops; in eager mode it runs the same computations as autograd.Functions (no custom-op dispatch).
-derive computes no gradient for the input, so x must not require grad.
+locally_connected_triton.py, which must lie beside this file.  Under torch.compile the module calls
+these ops; in eager mode it runs the same computations as autograd.Functions (no custom-op
+dispatch). derive computes no gradient for the input, so x must not require grad.
 """
 
 import importlib.util
@@ -30,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 NAME = "locally_connected"
-OPS = "locally_connected_fbbf289713"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "locally_connected_fbbf289713"
 PARAM_SHAPES = {
     "W1": (3, 2, 3, 3),
     "b1": (3,),
@@ -47,16 +51,19 @@ REDUCTION = "mean"
 
 
 def local_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w
+    − j·s < kw].
 
-    A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i, j).
+    A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i,
+    j).
     """
     B, _, oh, ow = delta.shape
     kh, kw = W.shape[4:]
     g = delta.new_zeros((B, W.shape[3], *hw))
     for p in range(kh):
         for q in range(kw):
-            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oijc->bcij", delta, W[:, :, :, :, p, q])
+            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oijc->bcij", delta,
+                W[:, :, :, :, p, q])
     return g
 
 
@@ -76,19 +83,25 @@ def softmax(z):
 
 
 def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
+    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
+    stride s (a view)."""
     return x.unfold(2, kh, s).unfold(3, kw, s)
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of locally_connected_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    locally_connected_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
-        "W1": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3, 2, 3, 3)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3,)), dtype=dtype),
-        "W2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(4, 5, 5, 3, 3, 2)), dtype=dtype),
-        "b2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(4, 5, 5)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3, 2, 3, 3)),
+            dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3,)),
+            dtype=dtype),
+        "W2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(4, 5, 5, 3, 3,
+            2)), dtype=dtype),
+        "b2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(4, 5, 5)),
+            dtype=dtype),
         "W4": np.asarray(rng.uniform(-0.1, 0.1, size=(3, 100)), dtype=dtype),
         "b4": np.asarray(rng.uniform(-0.1, 0.1, size=(3,)), dtype=dtype),
     }
@@ -97,15 +110,18 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of locally_connected_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2, f3, f4)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2, f3,
+    f4)."""
     W1, b1, W2, b2, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     x_pad = F.pad(x, (1, 1, 1, 1))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = F.conv2d(x_pad, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = F.conv2d(x_pad, W1, b1, stride=1)
     f1 = torch.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
     f1_pad = F.pad(f1, (1, 1, 1, 1))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
-    a2 = torch.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2  # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
+    a2 = torch.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2
     f2 = torch.sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
@@ -133,7 +149,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(params, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _q = _forward(params, x)
     return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
@@ -145,20 +162,27 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W4, b4 = params
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 4, 5, 5)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[25·c + 5·h + w]
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))  # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the batch
+    # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the
+    # batch
+    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))  # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
+    # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
+    dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW4, dL_db4, )
 
 
@@ -179,13 +203,19 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 4, 5, 5)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[25·c + 5·h + w]
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))  # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the batch
+    # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the
+    # batch
+    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))  # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
+    # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
+    dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW4, dL_db4, )
 
 
@@ -196,11 +226,13 @@ _TRITON = []
 
 
 def _triton():
-    """locally_connected_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """locally_connected_triton.py from beside this file, imported once (Triton's @jit reads its
+    source file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -218,9 +250,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -235,7 +269,8 @@ def _check_inputs(params, x, y=None):
         raise ValueError(f"{NAME}: x must have shape (batch, 2, 9, 9), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
         if _p.dtype != x.dtype:
-            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
         if tuple(_p.shape) != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
@@ -282,7 +317,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -304,7 +340,8 @@ def _define_ops():
         return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor,
+        grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
@@ -312,7 +349,8 @@ def _define_ops():
         return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor,
+        y: torch.Tensor) -> list[torch.Tensor]:
         _value, _grads = _value_and_grad_any(params, x, y)
         return _distinct([_value, *_grads], (*params, x, y))
 
@@ -335,9 +373,11 @@ def _define_ops():
     @value_and_grad_op.register_fake
     def _(params, x, y):
         _check_inputs(params, x, y)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
+        return [x.new_empty(()), *(torch.empty_like(_p,
+            memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned.
     # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
         _params, _x = inputs
@@ -411,7 +451,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -434,7 +475,8 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class LocallyConnected(torch.nn.Module):
-    """`locally_connected` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`locally_connected` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
@@ -472,7 +514,8 @@ class LocallyConnected(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A LocallyConnected with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A LocallyConnected with the weights of ``module``, the equivalent torch.nn.Sequential
+        (see to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -485,7 +528,8 @@ class LocallyConnected(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.W1.dtype, device=self.W1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -512,7 +556,9 @@ TORCH_PARAMS = {
 
 def torch_sequential():
     """The equivalent torch.nn.Sequential, freshly initialised by torch."""
-    raise ValueError(f"{NAME}: layer 2 is locally_connected, which has no torch.nn equivalent (weights are not shared across positions); to_torch and from_torch are not available "
+    raise ValueError(f"{NAME}: layer 2 is locally_connected, which has no "
+        "torch.nn equivalent (weights are not shared across "
+        "positions); to_torch and from_torch are not available "
                      f"(the module itself trains as usual)")
 
 
@@ -521,7 +567,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

@@ -8,10 +8,13 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_6dd71d5d58":
-  derive::mlp_softmax_6dd71d5d58_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::mlp_softmax_6dd71d5d58_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::mlp_softmax_6dd71d5d58_forward(params, x) -> ŷ                   autograd: the _backward
+  op
+  derive::mlp_softmax_6dd71d5d58_backward(params, x, grad_yhat) -> gradients  derive's backward
+  seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::mlp_softmax_6dd71d5d58_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::mlp_softmax_6dd71d5d58_loss(params, x, y) -> L                 autograd: the
+  _value_and_grad op
   derive::mlp_softmax_6dd71d5d58_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
@@ -27,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 NAME = "mlp_softmax"
-OPS = "mlp_softmax_6dd71d5d58"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "mlp_softmax_6dd71d5d58"
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -66,7 +69,8 @@ def softmax(z):
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of mlp_softmax_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    mlp_softmax_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
@@ -74,8 +78,10 @@ def init_values(seed=0):
         "b1": np.asarray(rng.uniform(-0.5, 0.5, size=(16,)), dtype=dtype),
         "W2": np.asarray(rng.uniform(-0.25, 0.25, size=(8, 16)), dtype=dtype),
         "b2": np.asarray(rng.uniform(-0.25, 0.25, size=(8,)), dtype=dtype),
-        "W3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3, 8)), dtype=dtype),
-        "b3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3,)), dtype=dtype),
+        "W3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3, 8)),
+            dtype=dtype),
+        "b3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3,)),
+            dtype=dtype),
     }
 
 
@@ -115,7 +121,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(params, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _q = _forward(params, x)
     return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
@@ -127,7 +134,8 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W3, b3 = params
     f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
@@ -174,11 +182,13 @@ _TRITON = []
 
 
 def _triton():
-    """mlp_softmax_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """mlp_softmax_triton.py from beside this file, imported once (Triton's @jit reads its source
+    file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -196,9 +206,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -213,7 +225,8 @@ def _check_inputs(params, x, y=None):
         raise ValueError(f"{NAME}: x must have shape (batch, 4), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
         if _p.dtype != x.dtype:
-            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
         if tuple(_p.shape) != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
@@ -260,7 +273,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -282,7 +296,8 @@ def _define_ops():
         return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor,
+        grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
@@ -290,7 +305,8 @@ def _define_ops():
         return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor,
+        y: torch.Tensor) -> list[torch.Tensor]:
         _value, _grads = _value_and_grad_any(params, x, y)
         return _distinct([_value, *_grads], (*params, x, y))
 
@@ -313,9 +329,11 @@ def _define_ops():
     @value_and_grad_op.register_fake
     def _(params, x, y):
         _check_inputs(params, x, y)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
+        return [x.new_empty(()), *(torch.empty_like(_p,
+            memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned.
     # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
         _params, _x = inputs
@@ -389,7 +407,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -412,7 +431,8 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class MlpSoftmax(torch.nn.Module):
-    """`mlp_softmax` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`mlp_softmax` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
@@ -450,7 +470,8 @@ class MlpSoftmax(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A MlpSoftmax with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A MlpSoftmax with the weights of ``module``, the equivalent torch.nn.Sequential (see
+        to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -463,7 +484,8 @@ class MlpSoftmax(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.W1.dtype, device=self.W1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -510,7 +532,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

@@ -2,13 +2,13 @@
 # Regenerate with: derive generate examples/mlp_softmax.toml -o generated
 """Fused Triton kernels for `mlp_softmax`: forward, loss and backward in one launch
 (mlp_softmax_fused_kernel, a persistent grid whose programs each sum their tiles' gradients in a row
-of their own), then one launch that reduces those rows in a fixed order and updates (mlp_softmax_update_kernel).
+of their own), then one launch that reduces those rows in a fixed order and updates
+(mlp_softmax_update_kernel).
 
-Same contract as mlp_softmax_numpy, on torch tensors: init_params, forward, loss,
-gradients, train_step, init_state, step (one fused launch, then one
-sgd update launch for all parameters), FlatState.  No atomics: the same inputs on the
-same device give bitwise the same gradients.  Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1
-(set before this module is imported).
+Same contract as mlp_softmax_numpy, on torch tensors: init_params, forward, loss, gradients,
+train_step, init_state, step (one fused launch, then one sgd update launch for all parameters),
+FlatState.  No atomics: the same inputs on the same device give bitwise the same gradients.  Runs on
+CUDA, and on CPU tensors under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
 import numpy as np
@@ -36,7 +36,8 @@ STATE = ()  # per-parameter optimizer state, zero at the start
 BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
 NUM_WARPS = 4
 NUM_STAGES = 1
-MAXNREG = 255  # registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
+# registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
+MAXNREG = 255
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
 N_PARAMS = 243  # all parameters, flattened in PARAM_SHAPES order
 INTERPRETER_PROGRAMS = 4  # the persistent grid off CUDA (under TRITON_INTERPRET=1)
@@ -57,7 +58,8 @@ def _logsumexp(z, mask):
 
 
 @triton.jit
-def _matvec(F_ptr, F_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, K: tl.constexpr, N: tl.constexpr,
+def _matvec(F_ptr, F_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, K: tl.constexpr,
+    N: tl.constexpr,
             NP: tl.constexpr, BLOCK_B: tl.constexpr):
     # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows, one rank-1 update per k: f is read a column
     # and W a column at a time (from L1/L2), so only the (BLOCK_B, NP) sum lives in registers
@@ -71,9 +73,12 @@ def _matvec(F_ptr, F_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, K: tl.conste
 
 
 @triton.jit
-def _outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.constexpr, F_ROW0, G_ptr, NVALID,
-               J: tl.constexpr, K: tl.constexpr, JC: tl.constexpr, KP: tl.constexpr, BLOCK_B: tl.constexpr):
-    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's first NVALID rows (d's rows from D_ROW0, f's from
+def _outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.constexpr, F_ROW0, G_ptr,
+    NVALID,
+               J: tl.constexpr, K: tl.constexpr, JC: tl.constexpr, KP: tl.constexpr,
+                   BLOCK_B: tl.constexpr):
+    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's first NVALID rows (d's rows from D_ROW0,
+    # f's from
     # F_ROW0; G is (J, K), row-major, this program's own partial sum): JC rows of G at a time, one
     # rank-1 update per batch row, so one (JC, KP) block lives in registers
     k = tl.arange(0, KP)
@@ -84,7 +89,8 @@ def _outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.conste
         for b in range(BLOCK_B):
             ok = j * 0 + b < NVALID
             d = tl.load(D_ptr + (D_ROW0 + b) * D_STRIDE + j, mask=(j < J) & ok, other=0.0)
-            f = tl.load(F_ptr + (F_ROW0 + b) * F_STRIDE + k, mask=(k < K) & (k * 0 + b < NVALID), other=0.0)
+            f = tl.load(F_ptr + (F_ROW0 + b) * F_STRIDE + k, mask=(k < K) & (k * 0 + b < NVALID),
+                other=0.0)
             g += d[:, None] * f[None, :]
         _g = G_ptr + j[:, None] * K + k[None, :]
         _m = (j < J)[:, None] & (k < K)[None, :]
@@ -107,9 +113,11 @@ def _tanh(x):
 
 
 @triton.jit
-def _vecmat(D_ptr, D_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, I: tl.constexpr, J: tl.constexpr,
+def _vecmat(D_ptr, D_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, I: tl.constexpr,
+    J: tl.constexpr,
             JP: tl.constexpr, BLOCK_B: tl.constexpr):
-    # g[b, j] = Σ_i d[b, i]·W[i, j] for the tile's rows, one rank-1 update per i (d's column, W's row)
+    # g[b, j] = Σ_i d[b, i]·W[i, j] for the tile's rows, one rank-1 update per i (d's column,
+    # W's row)
     j = tl.arange(0, JP)
     acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
     for i in range(I):
@@ -129,17 +137,27 @@ def mlp_softmax_fused_kernel(
     b2_ptr,  # parameter b2, (8,)
     W3_ptr,  # parameter W3, (3, 8)
     b3_ptr,  # parameter b3, (3,)
-    _PART_ptr,  # (programs, 244) float32: each program's partial sums of the gradients (PARAM_SHAPES order, flat) and the loss
+    # (programs, 244) float32: each program's partial sums of the gradients (PARAM_SHAPES
+    # order, flat) and the loss
+    _PART_ptr,
     _OUT_ptr,  # ŷ, (batch, 3) float32
-    _SCRATCH_ptr,  # scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, 108) float32, a1 at 0, f1 at 16, a2 at 32, f2 at 40, a3 at 48, f3 at 48, dL_df3 at 51, delta3 at 51, dL_df2 at 54, delta2 at 62, dL_df1 at 70, delta1 at 86
+    # scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, 108)
+    # float32, a1 at 0, f1 at 16, a2 at 32, f2 at 40, a3 at 48, f3 at 48, dL_df3 at 51, delta3
+    # at 51, dL_df2 at 54, delta2 at 62, dL_df1 at 70, delta1 at 86
+    _SCRATCH_ptr,
+    _INTER_ptr,  # (batch, 109) float32: every named per-sample quantity (WITH_INTER)
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # sum the loss into this program's partial row
-    WITH_GRAD: tl.constexpr,  # run the backward pass and sum the gradients into this program's partial row
+    # run the backward pass and sum the gradients into this program's partial row
+    WITH_GRAD: tl.constexpr,
+    # store every named per-sample quantity in _INTER_ptr (intermediates())
+    WITH_INTER: tl.constexpr,
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
-    # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its gradients
+    # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its
+    # gradients
     # in its own row of _PART_ptr, so no two programs write one address (no atomics) and the
     # same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
@@ -160,12 +178,16 @@ def mlp_softmax_fused_kernel(
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
         _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
-        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each of its tiles; computed
-        # from the tile so that the compiler does not hoist every scratch address tile out of the loop
+        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each
+        # of its tiles; computed
+        # from the tile so that the compiler does not hoist every scratch address tile out
+        # of the loop
         # and hold them all in registers (it did, and spilled)
         _srows = _rows % (_nprog * BLOCK_B)
-        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that their
-        # loads stay where they are used rather than being hoisted out of the loop and held in registers
+        # the parameters' addresses re-made from the tile (plus an offset that is always
+        # 0), so that their
+        # loads stay where they are used rather than being hoisted out of the loop and
+        # held in registers
         _at = _tile // (_tile + 1)
         W1_ptr = W1_ptr + _at
         b1_ptr = b1_ptr + _at
@@ -182,64 +204,153 @@ def mlp_softmax_fused_kernel(
         _LOSS_ptr = _part + (243 + _at)  # the loss, this program's partial sum
 
         # ---- forward
-        a1 = tl.load(b1_ptr + _cols_16, mask=_cmask_16, other=0.0) + _matvec(x_ptr, 4, W1_ptr, _rows, _row_mask, K=4, N=16, NP=16, BLOCK_B=BLOCK_B)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-        tl.store(_SCRATCH_ptr + 0 + _srows[:, None] * 108 + _cols_16[None, :], a1, mask=_row_mask[:, None] & _cmask_16[None, :])
+        # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+        a1 = tl.load(b1_ptr + _cols_16, mask=_cmask_16, other=0.0) + _matvec(x_ptr, 4, W1_ptr,
+            _rows, _row_mask, K=4, N=16, NP=16, BLOCK_B=BLOCK_B)
+        tl.store(_SCRATCH_ptr + 0 + _srows[:, None] * 108 + _cols_16[None, :], a1,
+            mask=_row_mask[:, None] & _cmask_16[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
-        f1 = tl.maximum(tl.load((_SCRATCH_ptr + 0) + _srows[:, None] * 108 + _cols_16[None, :], mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0), 0.0)  # f1[j] = max(0, a1[j])
-        tl.store(_SCRATCH_ptr + 16 + _srows[:, None] * 108 + _cols_16[None, :], f1, mask=_row_mask[:, None] & _cmask_16[None, :])
+        # f1[j] = max(0, a1[j])
+        f1 = tl.maximum(tl.load((_SCRATCH_ptr + 0) + _srows[:, None] * 108 + _cols_16[None, :],
+            mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0), 0.0)
+        tl.store(_SCRATCH_ptr + 16 + _srows[:, None] * 108 + _cols_16[None, :], f1,
+            mask=_row_mask[:, None] & _cmask_16[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
-        a2 = tl.load(b2_ptr + _cols_8, mask=_cmask_8, other=0.0) + _matvec((_SCRATCH_ptr + 16), 108, W2_ptr, _srows, _row_mask, K=16, N=8, NP=8, BLOCK_B=BLOCK_B)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
-        tl.store(_SCRATCH_ptr + 32 + _srows[:, None] * 108 + _cols_8[None, :], a2, mask=_row_mask[:, None] & _cmask_8[None, :])
+        # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+        a2 = tl.load(b2_ptr + _cols_8, mask=_cmask_8, other=0.0) + _matvec((_SCRATCH_ptr + 16), 108,
+            W2_ptr, _srows, _row_mask, K=16, N=8, NP=8, BLOCK_B=BLOCK_B)
+        tl.store(_SCRATCH_ptr + 32 + _srows[:, None] * 108 + _cols_8[None, :], a2,
+            mask=_row_mask[:, None] & _cmask_8[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
-        f2 = _tanh(tl.load((_SCRATCH_ptr + 32) + _srows[:, None] * 108 + _cols_8[None, :], mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0))  # f2[j] = tanh(a2[j])
-        tl.store(_SCRATCH_ptr + 40 + _srows[:, None] * 108 + _cols_8[None, :], f2, mask=_row_mask[:, None] & _cmask_8[None, :])
+        # f2[j] = tanh(a2[j])
+        f2 = _tanh(tl.load((_SCRATCH_ptr + 32) + _srows[:, None] * 108 + _cols_8[None, :],
+            mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0))
+        tl.store(_SCRATCH_ptr + 40 + _srows[:, None] * 108 + _cols_8[None, :], f2,
+            mask=_row_mask[:, None] & _cmask_8[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
-        a3 = tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + _matvec((_SCRATCH_ptr + 40), 108, W3_ptr, _srows, _row_mask, K=8, N=3, NP=4, BLOCK_B=BLOCK_B)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
-        tl.store(_SCRATCH_ptr + 48 + _srows[:, None] * 108 + _cols_3[None, :], a3, mask=_row_mask[:, None] & _cmask_3[None, :])
+        # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+        a3 = tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + _matvec((_SCRATCH_ptr + 40), 108,
+            W3_ptr, _srows, _row_mask, K=8, N=3, NP=4, BLOCK_B=BLOCK_B)
+        tl.store(_SCRATCH_ptr + 48 + _srows[:, None] * 108 + _cols_3[None, :], a3,
+            mask=_row_mask[:, None] & _cmask_3[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
-        f3 = tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)  # f3[j] = a3[j]
+        # f3[j] = a3[j]
+        f3 = tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :],
+            mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
+        if WITH_INTER:  # intermediates(): every named forward quantity of this tile
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 0 + _cols_16[None, :], a1,
+                mask=_row_mask[:, None] & _cmask_16[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 16 + _cols_16[None, :], f1,
+                mask=_row_mask[:, None] & _cmask_16[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 32 + _cols_8[None, :], a2,
+                mask=_row_mask[:, None] & _cmask_8[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 40 + _cols_8[None, :], f2,
+                mask=_row_mask[:, None] & _cmask_8[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 48 + _cols_3[None, :], a3,
+                mask=_row_mask[:, None] & _cmask_3[None, :])
+            tl.store(_INTER_ptr + _rows[:, None] * 109 + 51 + _cols_3[None, :], f3,
+                mask=_row_mask[:, None] & _cmask_3[None, :])
         if WITH_OUT:
-            tl.store(_OUT_ptr + _rows[:, None] * 3 + _cols_3[None, :], f3, mask=_row_mask[:, None] & _cmask_3[None, :])
+            tl.store(_OUT_ptr + _rows[:, None] * 3 + _cols_3[None, :], f3,
+                mask=_row_mask[:, None] & _cmask_3[None, :])
         if WITH_LOSS:
             # ---- loss: this tile's share of the batch loss
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
-            _loss_per_sample = _logsumexp(tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), _cmask_3[None, :]) - tl.sum(tl.where(_cmask_3[None, :], tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)*tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
-            tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample, 0.0), axis=0) * _scale)
+            _loss_per_sample = _logsumexp(
+                tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :],
+                mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0),
+                _cmask_3[None, :]) - tl.sum(
+                tl.where(_cmask_3[None, :],
+                tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :],
+                mask=_row_mask[:, None] & _cmask_3[None, :],
+                other=0.0)*tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
+            if WITH_INTER:  # intermediates(): the per-sample loss
+                tl.store(_INTER_ptr + _rows * 109 + 54, _loss_per_sample, mask=_row_mask)
+            tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample,
+                0.0), axis=0) * _scale)
         if WITH_GRAD:
             # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-            y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)  # read again, not held live through the loss (ptxas spilled it)
-            dL_df3 = tl.where(_row_mask[:, None] & _cmask_3[None, :], _scale*(-tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0) + _softmax(tl.load((_SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), _cmask_3[None, :])), 0.0)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
-            tl.store(_SCRATCH_ptr + 51 + _srows[:, None] * 108 + _cols_3[None, :], dL_df3, mask=_row_mask[:, None] & _cmask_3[None, :])
+            # read again, not held live through the loss (ptxas spilled it)
+            y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+            # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+            dL_df3 = tl.where(_row_mask[:, None] & _cmask_3[None, :],
+                _scale*(-tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0) + _softmax(tl.load((
+                _SCRATCH_ptr + 48) + _srows[:, None] * 108 + _cols_3[None, :],
+                mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), _cmask_3[None, :])), 0.0)
+            tl.store(_SCRATCH_ptr + 51 + _srows[:, None] * 108 + _cols_3[None, :], dL_df3,
+                mask=_row_mask[:, None] & _cmask_3[None, :])
             tl.debug_barrier()
-            delta3 = tl.load((_SCRATCH_ptr + 51) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
-            dL_db3 = tl.sum(tl.load((_SCRATCH_ptr + 51) + _srows[:, None] * 108 + _cols_3[None, :], mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), axis=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
+            # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
+            dL_db3 = tl.sum(tl.load((_SCRATCH_ptr + 51) + _srows[:, None] * 108 + _cols_3[None, :],
+                mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), axis=0)
             _accumulate(dL_db3_ptr + _cols_3, dL_db3, _cmask_3)
-            dL_df2 = _vecmat((_SCRATCH_ptr + 51), 108, W3_ptr, _srows, _row_mask, I=3, J=8, JP=8, BLOCK_B=BLOCK_B)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
-            tl.store(_SCRATCH_ptr + 54 + _srows[:, None] * 108 + _cols_8[None, :], dL_df2, mask=_row_mask[:, None] & _cmask_8[None, :])
+            # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+            dL_df2 = _vecmat((_SCRATCH_ptr + 51), 108, W3_ptr, _srows, _row_mask, I=3, J=8, JP=8,
+                BLOCK_B=BLOCK_B)
+            tl.store(_SCRATCH_ptr + 54 + _srows[:, None] * 108 + _cols_8[None, :], dL_df2,
+                mask=_row_mask[:, None] & _cmask_8[None, :])
             tl.debug_barrier()
-            delta2 = tl.load((_SCRATCH_ptr + 54) + _srows[:, None] * 108 + _cols_8[None, :], mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0)*(1 - (tl.load((_SCRATCH_ptr + 40) + _srows[:, None] * 108 + _cols_8[None, :], mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0) * tl.load((_SCRATCH_ptr + 40) + _srows[:, None] * 108 + _cols_8[None, :], mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0)))  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-            tl.store(_SCRATCH_ptr + 62 + _srows[:, None] * 108 + _cols_8[None, :], delta2, mask=_row_mask[:, None] & _cmask_8[None, :])
+            # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
+            delta2 = tl.load((_SCRATCH_ptr + 54) + _srows[:, None] * 108 + _cols_8[None, :],
+                mask=_row_mask[:, None] & _cmask_8[None, :],
+                other=0.0)*(1 - (tl.load((_SCRATCH_ptr + 40) + _srows[:, None] * 108 + _cols_8[None,
+                :], mask=_row_mask[:, None] & _cmask_8[None, :],
+                other=0.0) * tl.load((_SCRATCH_ptr + 40) + _srows[:, None] * 108 + _cols_8[None, :],
+                mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0)))
+            tl.store(_SCRATCH_ptr + 62 + _srows[:, None] * 108 + _cols_8[None, :], delta2,
+                mask=_row_mask[:, None] & _cmask_8[None, :])
             tl.debug_barrier()
-            dL_db2 = tl.sum(tl.load((_SCRATCH_ptr + 62) + _srows[:, None] * 108 + _cols_8[None, :], mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0), axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
+            # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
+            dL_db2 = tl.sum(tl.load((_SCRATCH_ptr + 62) + _srows[:, None] * 108 + _cols_8[None, :],
+                mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0), axis=0)
             _accumulate(dL_db2_ptr + _cols_8, dL_db2, _cmask_8)
-            dL_df1 = _vecmat((_SCRATCH_ptr + 62), 108, W2_ptr, _srows, _row_mask, I=8, J=16, JP=16, BLOCK_B=BLOCK_B)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-            tl.store(_SCRATCH_ptr + 70 + _srows[:, None] * 108 + _cols_16[None, :], dL_df1, mask=_row_mask[:, None] & _cmask_16[None, :])
+            # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
+            dL_df1 = _vecmat((_SCRATCH_ptr + 62), 108, W2_ptr, _srows, _row_mask, I=8, J=16, JP=16,
+                BLOCK_B=BLOCK_B)
+            tl.store(_SCRATCH_ptr + 70 + _srows[:, None] * 108 + _cols_16[None, :], dL_df1,
+                mask=_row_mask[:, None] & _cmask_16[None, :])
             tl.debug_barrier()
-            delta1 = tl.load((_SCRATCH_ptr + 70) + _srows[:, None] * 108 + _cols_16[None, :], mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0)*tl.where(tl.load((_SCRATCH_ptr + 0) + _srows[:, None] * 108 + _cols_16[None, :], mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0) > 0, 1.0, 0.0)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
-            tl.store(_SCRATCH_ptr + 86 + _srows[:, None] * 108 + _cols_16[None, :], delta1, mask=_row_mask[:, None] & _cmask_16[None, :])
+            # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+            delta1 = tl.load((_SCRATCH_ptr + 70) + _srows[:, None] * 108 + _cols_16[None, :],
+                mask=_row_mask[:, None] & _cmask_16[None, :],
+                other=0.0)*tl.where(tl.load((_SCRATCH_ptr + 0) + _srows[:, None] * 108 + _cols_16[
+                None, :], mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0) > 0, 1.0, 0.0)
+            tl.store(_SCRATCH_ptr + 86 + _srows[:, None] * 108 + _cols_16[None, :], delta1,
+                mask=_row_mask[:, None] & _cmask_16[None, :])
             tl.debug_barrier()
-            dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 86) + _srows[:, None] * 108 + _cols_16[None, :], mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0), axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
+            # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
+            dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 86) + _srows[:, None] * 108 + _cols_16[None, :],
+                mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0), axis=0)
             _accumulate(dL_db1_ptr + _cols_16, dL_db1, _cmask_16)
             # ---- this tile's gradients, added to this program's partial sums
-            _outer_add((_SCRATCH_ptr + 86), 108, _pid * BLOCK_B, x_ptr, 4, _tile * BLOCK_B, dL_dW1_ptr, _nvalid, J=16, K=4, JC=16, KP=4, BLOCK_B=BLOCK_B)
-            _outer_add((_SCRATCH_ptr + 62), 108, _pid * BLOCK_B, (_SCRATCH_ptr + 16), 108, _pid * BLOCK_B, dL_dW2_ptr, _nvalid, J=8, K=16, JC=8, KP=16, BLOCK_B=BLOCK_B)
-            _outer_add((_SCRATCH_ptr + 51), 108, _pid * BLOCK_B, (_SCRATCH_ptr + 40), 108, _pid * BLOCK_B, dL_dW3_ptr, _nvalid, J=3, K=8, JC=4, KP=8, BLOCK_B=BLOCK_B)
+            _outer_add((_SCRATCH_ptr + 86), 108, _pid * BLOCK_B, x_ptr, 4, _tile * BLOCK_B,
+                dL_dW1_ptr, _nvalid, J=16, K=4, JC=16, KP=4, BLOCK_B=BLOCK_B)
+            _outer_add((_SCRATCH_ptr + 62), 108, _pid * BLOCK_B, (_SCRATCH_ptr + 16), 108,
+                _pid * BLOCK_B, dL_dW2_ptr, _nvalid, J=8, K=16, JC=8, KP=16, BLOCK_B=BLOCK_B)
+            _outer_add((_SCRATCH_ptr + 51), 108, _pid * BLOCK_B, (_SCRATCH_ptr + 40), 108,
+                _pid * BLOCK_B, dL_dW3_ptr, _nvalid, J=3, K=8, JC=4, KP=8, BLOCK_B=BLOCK_B)
+            if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 55 + _cols_3[None, :], dL_df3,
+                    mask=_row_mask[:, None] & _cmask_3[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 58 + _cols_3[None, :],
+                    tl.load((_SCRATCH_ptr + 51) + _srows[:, None] * 108 + _cols_3[None, :],
+                    mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0),
+                    mask=_row_mask[:, None] & _cmask_3[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 61 + _cols_8[None, :], dL_df2,
+                    mask=_row_mask[:, None] & _cmask_8[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 69 + _cols_8[None, :], delta2,
+                    mask=_row_mask[:, None] & _cmask_8[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 77 + _cols_16[None, :], dL_df1,
+                    mask=_row_mask[:, None] & _cmask_16[None, :])
+                tl.store(_INTER_ptr + _rows[:, None] * 109 + 93 + _cols_16[None, :], delta1,
+                    mask=_row_mask[:, None] & _cmask_16[None, :])
         tl.debug_barrier()  # this tile's stores are seen before the next tile re-uses the rows
 
 
 @triton.jit
 def mlp_softmax_update_kernel(
-    _PARAMS_ptr,  # all parameters, flattened into one float32 buffer (MODE 0: where the gradient goes)
+    # all parameters, flattened into one float32 buffer (MODE 0: where the gradient goes)
+    _PARAMS_ptr,
     _PART_ptr,  # (programs, 244): each program's partial gradient sums, its loss last
     _PROGRAMS,  # rows of _PART_ptr
     _LOSS_ptr,  # the batch loss, 1 float32 (written by program 0)
@@ -249,7 +360,8 @@ def mlp_softmax_update_kernel(
     MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
     _BLOCK: tl.constexpr,
 ):
-    """The deterministic reduction of the partial sums (program 0, 1, … in order), fused into the update."""
+    """The deterministic reduction of the partial sums (program 0, 1, … in order), fused into the
+    update."""
     _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
     _mask = _offs < _N
     g = tl.zeros((_BLOCK,), dtype=tl.float32)
@@ -272,9 +384,10 @@ def mlp_softmax_update_kernel(
 
 
 # Every kernel and launch configuration this module uses, as triton.compile takes them:
-#   triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"], constexprs=s["constexprs"]),
+# triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"],
+# constexprs=s["constexprs"]),
 #                  target=GPUTarget("cuda", 90, 32),
-#                  options={"num_warps": s["num_warps"], "num_stages": s["num_stages"], "maxnreg": s["maxnreg"]})
+# options={"num_warps": s["num_warps"], "num_stages": s["num_stages"], "maxnreg": s["maxnreg"]})
 # `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
 _FUSED_SIGNATURE = {
     "x_ptr": "*fp32",
@@ -288,11 +401,13 @@ _FUSED_SIGNATURE = {
     "_PART_ptr": "*fp32",
     "_OUT_ptr": "*fp32",
     "_SCRATCH_ptr": "*fp32",
+    "_INTER_ptr": "*fp32",
     "_B": "i32",
     "_scale": "fp32",
     "WITH_OUT": "constexpr",
     "WITH_LOSS": "constexpr",
     "WITH_GRAD": "constexpr",
+    "WITH_INTER": "constexpr",
     "BLOCK_B": "constexpr",
 }
 _UPDATE_SIGNATURE = {
@@ -307,13 +422,30 @@ _UPDATE_SIGNATURE = {
     "_BLOCK": "constexpr",
 }
 COMPILE_SPECS = [
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False,
+        "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False,
+        "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True,
+        "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "WITH_INTER": False,
+        "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE,
+        "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE,
+        "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "mlp_softmax_update_kernel", "signature": _UPDATE_SIGNATURE,
+        "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
 ]
 
 
@@ -326,15 +458,17 @@ def init_params(seed=0, device="cpu"):
         "b1": np.asarray(rng.uniform(-0.5, 0.5, size=(16,)), dtype=dtype),
         "W2": np.asarray(rng.uniform(-0.25, 0.25, size=(8, 16)), dtype=dtype),
         "b2": np.asarray(rng.uniform(-0.25, 0.25, size=(8,)), dtype=dtype),
-        "W3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3, 8)), dtype=dtype),
-        "b3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3,)), dtype=dtype),
+        "W3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3, 8)),
+            dtype=dtype),
+        "b3": np.asarray(rng.uniform(-0.35355339059327373, 0.35355339059327373, size=(3,)),
+            dtype=dtype),
     }
     return {_k: torch.tensor(_v, dtype=torch.float32, device=device) for _k, _v in _arrays.items()}
 
 
 def _programs(device):
-    """Programs of the persistent grid: one per SM on CUDA (each loops over batch tiles), a few under
-    the interpreter, where they run one after another."""
+    """Programs of the persistent grid: one per SM on CUDA (each loops over batch tiles), a few
+    under the interpreter, where they run one after another."""
     if device.type != "cuda":
         return INTERPRETER_PROGRAMS
     if device not in _SMS:
@@ -345,16 +479,21 @@ def _programs(device):
 _SMS = {}
 
 
-def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None):
-    """The fused kernel once: -> (partial sums, one row per program, or None; number of programs)."""
+def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None,
+    programs=None,
+         inter=None):
+    """The fused kernel once: -> (partial sums, one row per program, or None; number of
+    programs)."""
     _batch = x.shape[0]
     if _batch == 0:
-        raise ValueError("empty batch")  # a mean over no rows has no value; a grid of 0 programs is no launch
+        # a mean over no rows has no value; a grid of 0 programs is no launch
+        raise ValueError("empty batch")
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _dummy = x.new_empty(1, dtype=torch.float32)
     _blk = BLOCK_B if block_b is None else block_b  # COMPILE_SPECS lists BLOCK_B only
     _np = min(triton.cdiv(_batch, _blk), programs or _programs(x.device))
-    _part = x.new_empty((_np, N_PARAMS + 1), dtype=torch.float32) if with_loss or with_grad else _dummy
+    _part = x.new_empty((_np, N_PARAMS + 1),
+        dtype=torch.float32) if with_loss or with_grad else _dummy
     mlp_softmax_fused_kernel[(_np,)](
         x.contiguous(),
         y.contiguous() if y is not None else x.new_empty(1, dtype=torch.int64),
@@ -367,11 +506,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _part,
         out if out is not None else _dummy,
         x.new_empty(_np * _blk * 108, dtype=torch.float32),
+        inter if inter is not None else _dummy,
         _batch,
         1.0 / _batch,
         WITH_OUT=out is not None,
         WITH_LOSS=with_loss,
         WITH_GRAD=with_grad,
+        WITH_INTER=inter is not None,
         BLOCK_B=_blk,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
@@ -381,9 +522,9 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes an
-    SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars``
-    eta_t); the loss goes to ``loss``."""
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
+    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
+    goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1
@@ -394,10 +535,11 @@ def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
 
 
 def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, programs=None):
-    """Run the fused kernel once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict of
-    float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given; ``programs``
-    caps the persistent grid (default: one program per SM)."""
-    _part, _np = _run(params, x, y, out=out, with_loss=loss is not None, with_grad=grads is not None,
+    """Run the fused kernel once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict
+    of float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given;
+    ``programs`` caps the persistent grid (default: one program per SM)."""
+    _part, _np = _run(params, x, y, out=out, with_loss=loss is not None,
+        with_grad=grads is not None,
                       block_b=block_b, programs=programs)
     if grads is None and loss is None:
         return
@@ -430,6 +572,46 @@ def gradients(params, x, y):
     return _grads
 
 
+# intermediates(): each named per-sample quantity's (first column, width, shape) in the WITH_INTER
+# buffer
+INTER_LAYOUT = {
+    "a1": (0, 16, (16,)),
+    "f1": (16, 16, (16,)),
+    "a2": (32, 8, (8,)),
+    "f2": (40, 8, (8,)),
+    "a3": (48, 3, (3,)),
+    "f3": (51, 3, (3,)),
+    "loss_per_sample": (54, 1, ()),
+    "dL_df3": (55, 3, (3,)),
+    "delta3": (58, 3, (3,)),
+    "dL_df2": (61, 8, (8,)),
+    "delta2": (69, 8, (8,)),
+    "dL_df1": (77, 16, (16,)),
+    "delta1": (93, 16, (16,)),
+}
+GRAD_NAMES = {
+    "W1": "dL_dW1",
+    "b1": "dL_db1",
+    "W2": "dL_dW2",
+    "b2": "dL_db2",
+    "W3": "dL_dW3",
+    "b3": "dL_db3",
+}
+
+
+def intermediates(params, x, y):
+    """Every named quantity of the derivation as this module computes it (float32 tensors keyed by
+    the derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused
+    kernel, the parameter gradients from gradients().  For locating the first wrong quantity (derive
+    verify)."""
+    _inter = x.new_empty((x.shape[0], 109), dtype=torch.float32)
+    _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
+    _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name,
+        (_o, _n, _shape) in INTER_LAYOUT.items()}
+    _out.update({GRAD_NAMES[_name]: _g for _name, _g in gradients(params, x, y).items()})
+    return _out
+
+
 def _flat(tensors):
     return torch.cat([tensors[_name].reshape(-1).to(torch.float32) for _name in PARAM_SHAPES])
 
@@ -453,7 +635,8 @@ def train_step(params, x, y, lr):
 
 
 def init_state(params):
-    return {_kind: {_name: torch.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+    return {_kind: {_name: torch.zeros_like(_value) for _name,
+        _value in params.items()} for _kind in STATE}
 
 
 def step(params, state, x, y, t, hyper=None):
@@ -468,7 +651,8 @@ def step(params, state, x, y, t, hyper=None):
     _part, _np = _run(_flat_views(_params), x, y, with_loss=True, with_grad=True)
     _update(_params, _part, _np, _total, 2, state=[_state[_kind] for _kind in STATE],
             scalars=(eta_t, ))
-    return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(_total[0])
+    return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(
+        _total[0])
 
 
 class FlatState:
@@ -480,7 +664,8 @@ class FlatState:
 
     def __init__(self, params, state=None, hyper=None):
         self.flat = _flat(params)
-        self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(self.flat))
+        self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(
+            self.flat))
                       for _kind in STATE}
         self.loss = torch.zeros(1, dtype=torch.float32, device=self.flat.device)
         self.hyper = {**HYPER, **(hyper or {})}

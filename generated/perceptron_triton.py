@@ -2,13 +2,13 @@
 # Regenerate with: derive generate examples/perceptron.toml -o generated
 """Fused Triton kernels for `perceptron`: forward, loss and backward in one launch
 (perceptron_fused_kernel, a persistent grid whose programs each sum their tiles' gradients in a row
-of their own), then one launch that reduces those rows in a fixed order and updates (perceptron_update_kernel).
+of their own), then one launch that reduces those rows in a fixed order and updates
+(perceptron_update_kernel).
 
-Same contract as perceptron_numpy, on torch tensors: init_params, forward, loss,
-gradients, train_step, init_state, step (one fused launch, then one
-sgd update launch for all parameters), FlatState.  No atomics: the same inputs on the
-same device give bitwise the same gradients.  Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1
-(set before this module is imported).
+Same contract as perceptron_numpy, on torch tensors: init_params, forward, loss, gradients,
+train_step, init_state, step (one fused launch, then one sgd update launch for all parameters),
+FlatState.  No atomics: the same inputs on the same device give bitwise the same gradients.  Runs on
+CUDA, and on CPU tensors under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
 import numpy as np
@@ -31,7 +31,8 @@ STATE = ()  # per-parameter optimizer state, zero at the start
 BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
 NUM_WARPS = 4
 NUM_STAGES = 1
-MAXNREG = 255  # registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
+# registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
+MAXNREG = 255
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
 N_PARAMS = 1  # all parameters, flattened in PARAM_SHAPES order
 INTERPRETER_PROGRAMS = 4  # the persistent grid off CUDA (under TRITON_INTERPRET=1)
@@ -42,16 +43,23 @@ def perceptron_fused_kernel(
     x_ptr,  # input x, (batch) float32
     y_ptr,  # target y, (batch) float32
     w_ptr,  # parameter w, ()
-    _PART_ptr,  # (programs, 2) float32: each program's partial sums of the gradients (PARAM_SHAPES order, flat) and the loss
+    # (programs, 2) float32: each program's partial sums of the gradients (PARAM_SHAPES order,
+    # flat) and the loss
+    _PART_ptr,
     _OUT_ptr,  # ŷ, (batch) float32
+    _INTER_ptr,  # (batch, 5) float32: every named per-sample quantity (WITH_INTER)
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     WITH_OUT: tl.constexpr,  # store ŷ
     WITH_LOSS: tl.constexpr,  # sum the loss into this program's partial row
-    WITH_GRAD: tl.constexpr,  # run the backward pass and sum the gradients into this program's partial row
+    # run the backward pass and sum the gradients into this program's partial row
+    WITH_GRAD: tl.constexpr,
+    # store every named per-sample quantity in _INTER_ptr (intermediates())
+    WITH_INTER: tl.constexpr,
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
-    # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its gradients
+    # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its
+    # gradients
     # in its own row of _PART_ptr, so no two programs write one address (no atomics) and the
     # same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
@@ -66,13 +74,10 @@ def perceptron_fused_kernel(
     for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
-        _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
-        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each of its tiles; computed
-        # from the tile so that the compiler does not hoist every scratch address tile out of the loop
-        # and hold them all in registers (it did, and spilled)
-        _srows = _rows % (_nprog * BLOCK_B)
-        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that their
-        # loads stay where they are used rather than being hoisted out of the loop and held in registers
+        # the parameters' addresses re-made from the tile (plus an offset that is always
+        # 0), so that their
+        # loads stay where they are used rather than being hoisted out of the loop and
+        # held in registers
         _at = _tile // (_tile + 1)
         w_ptr = w_ptr + _at
         dL_dw_ptr = _part + (0 + _at)  # ∂L/∂w, this program's partial sum
@@ -82,27 +87,39 @@ def perceptron_fused_kernel(
         # ---- forward
         a1 = w*x  # a1 = w·x
         f1 = a1  # f1 = a1
+        if WITH_INTER:  # intermediates(): every named forward quantity of this tile
+            tl.store(_INTER_ptr + _rows * 5 + 0, a1, mask=_row_mask)
+            tl.store(_INTER_ptr + _rows * 5 + 1, f1, mask=_row_mask)
         if WITH_OUT:
             tl.store(_OUT_ptr + _rows, f1, mask=_row_mask)
         if WITH_LOSS:
             # ---- loss: this tile's share of the batch loss
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)
             _loss_per_sample = (0.5)*((-f1 + y) * (-f1 + y))
-            tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample, 0.0), axis=0) * _scale)
+            if WITH_INTER:  # intermediates(): the per-sample loss
+                tl.store(_INTER_ptr + _rows * 5 + 2, _loss_per_sample, mask=_row_mask)
+            tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample,
+                0.0), axis=0) * _scale)
         if WITH_GRAD:
             # ---- backward: padded rows and columns get ∂L/∂ŷ = 0, so they add nothing below
-            y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again, not held live through the loss (ptxas spilled it)
-            dL_df1 = tl.where(_row_mask, -_scale*(-f1 + y), 0.0)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+            # read again, not held live through the loss (ptxas spilled it)
+            y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)
+            # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+            dL_df1 = tl.where(_row_mask, -_scale*(-f1 + y), 0.0)
             delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
             dL_dw = tl.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
             # ---- this tile's gradients, added to this program's partial sums
             tl.store(dL_dw_ptr, tl.load(dL_dw_ptr) + dL_dw)
+            if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
+                tl.store(_INTER_ptr + _rows * 5 + 3, dL_df1, mask=_row_mask)
+                tl.store(_INTER_ptr + _rows * 5 + 4, delta1, mask=_row_mask)
         tl.debug_barrier()  # this tile's stores are seen before the next tile re-uses the rows
 
 
 @triton.jit
 def perceptron_update_kernel(
-    _PARAMS_ptr,  # all parameters, flattened into one float32 buffer (MODE 0: where the gradient goes)
+    # all parameters, flattened into one float32 buffer (MODE 0: where the gradient goes)
+    _PARAMS_ptr,
     _PART_ptr,  # (programs, 2): each program's partial gradient sums, its loss last
     _PROGRAMS,  # rows of _PART_ptr
     _LOSS_ptr,  # the batch loss, 1 float32 (written by program 0)
@@ -112,7 +129,8 @@ def perceptron_update_kernel(
     MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
     _BLOCK: tl.constexpr,
 ):
-    """The deterministic reduction of the partial sums (program 0, 1, … in order), fused into the update."""
+    """The deterministic reduction of the partial sums (program 0, 1, … in order), fused into the
+    update."""
     _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
     _mask = _offs < _N
     g = tl.zeros((_BLOCK,), dtype=tl.float32)
@@ -135,9 +153,10 @@ def perceptron_update_kernel(
 
 
 # Every kernel and launch configuration this module uses, as triton.compile takes them:
-#   triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"], constexprs=s["constexprs"]),
+# triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"],
+# constexprs=s["constexprs"]),
 #                  target=GPUTarget("cuda", 90, 32),
-#                  options={"num_warps": s["num_warps"], "num_stages": s["num_stages"], "maxnreg": s["maxnreg"]})
+# options={"num_warps": s["num_warps"], "num_stages": s["num_stages"], "maxnreg": s["maxnreg"]})
 # `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
 _FUSED_SIGNATURE = {
     "x_ptr": "*fp32",
@@ -145,11 +164,13 @@ _FUSED_SIGNATURE = {
     "w_ptr": "*fp32",
     "_PART_ptr": "*fp32",
     "_OUT_ptr": "*fp32",
+    "_INTER_ptr": "*fp32",
     "_B": "i32",
     "_scale": "fp32",
     "WITH_OUT": "constexpr",
     "WITH_LOSS": "constexpr",
     "WITH_GRAD": "constexpr",
+    "WITH_INTER": "constexpr",
     "BLOCK_B": "constexpr",
 }
 _UPDATE_SIGNATURE = {
@@ -164,13 +185,30 @@ _UPDATE_SIGNATURE = {
     "_BLOCK": "constexpr",
 }
 COMPILE_SPECS = [
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE, "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE, "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False,
+        "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False,
+        "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True,
+        "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
+    {"kernel": "perceptron_fused_kernel", "signature": _FUSED_SIGNATURE,
+        "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "WITH_INTER": False,
+        "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE,
+        "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE,
+        "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "perceptron_update_kernel", "signature": _UPDATE_SIGNATURE,
+        "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
 ]
 
 
@@ -185,8 +223,8 @@ def init_params(seed=0, device="cpu"):
 
 
 def _programs(device):
-    """Programs of the persistent grid: one per SM on CUDA (each loops over batch tiles), a few under
-    the interpreter, where they run one after another."""
+    """Programs of the persistent grid: one per SM on CUDA (each loops over batch tiles), a few
+    under the interpreter, where they run one after another."""
     if device.type != "cuda":
         return INTERPRETER_PROGRAMS
     if device not in _SMS:
@@ -197,27 +235,34 @@ def _programs(device):
 _SMS = {}
 
 
-def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None, programs=None):
-    """The fused kernel once: -> (partial sums, one row per program, or None; number of programs)."""
+def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None,
+    programs=None,
+         inter=None):
+    """The fused kernel once: -> (partial sums, one row per program, or None; number of
+    programs)."""
     _batch = x.shape[0]
     if _batch == 0:
-        raise ValueError("empty batch")  # a mean over no rows has no value; a grid of 0 programs is no launch
+        # a mean over no rows has no value; a grid of 0 programs is no launch
+        raise ValueError("empty batch")
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _dummy = x.new_empty(1, dtype=torch.float32)
     _blk = BLOCK_B if block_b is None else block_b  # COMPILE_SPECS lists BLOCK_B only
     _np = min(triton.cdiv(_batch, _blk), programs or _programs(x.device))
-    _part = x.new_empty((_np, N_PARAMS + 1), dtype=torch.float32) if with_loss or with_grad else _dummy
+    _part = x.new_empty((_np, N_PARAMS + 1),
+        dtype=torch.float32) if with_loss or with_grad else _dummy
     perceptron_fused_kernel[(_np,)](
         x.contiguous(),
         y.contiguous() if y is not None else _dummy,
         _p["w"],
         _part,
         out if out is not None else _dummy,
+        inter if inter is not None else _dummy,
         _batch,
         1.0 / _batch,
         WITH_OUT=out is not None,
         WITH_LOSS=with_loss,
         WITH_GRAD=with_grad,
+        WITH_INTER=inter is not None,
         BLOCK_B=_blk,
         num_warps=NUM_WARPS,
         num_stages=NUM_STAGES,
@@ -227,9 +272,9 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes an
-    SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars``
-    eta_t); the loss goes to ``loss``."""
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
+    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
+    goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1
@@ -240,10 +285,11 @@ def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
 
 
 def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, programs=None):
-    """Run the fused kernel once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict of
-    float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given; ``programs``
-    caps the persistent grid (default: one program per SM)."""
-    _part, _np = _run(params, x, y, out=out, with_loss=loss is not None, with_grad=grads is not None,
+    """Run the fused kernel once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict
+    of float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given;
+    ``programs`` caps the persistent grid (default: one program per SM)."""
+    _part, _np = _run(params, x, y, out=out, with_loss=loss is not None,
+        with_grad=grads is not None,
                       block_b=block_b, programs=programs)
     if grads is None and loss is None:
         return
@@ -276,6 +322,33 @@ def gradients(params, x, y):
     return _grads
 
 
+# intermediates(): each named per-sample quantity's (first column, width, shape) in the WITH_INTER
+# buffer
+INTER_LAYOUT = {
+    "a1": (0, 1, ()),
+    "f1": (1, 1, ()),
+    "loss_per_sample": (2, 1, ()),
+    "dL_df1": (3, 1, ()),
+    "delta1": (4, 1, ()),
+}
+GRAD_NAMES = {
+    "w": "dL_dw",
+}
+
+
+def intermediates(params, x, y):
+    """Every named quantity of the derivation as this module computes it (float32 tensors keyed by
+    the derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused
+    kernel, the parameter gradients from gradients().  For locating the first wrong quantity (derive
+    verify)."""
+    _inter = x.new_empty((x.shape[0], 5), dtype=torch.float32)
+    _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
+    _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name,
+        (_o, _n, _shape) in INTER_LAYOUT.items()}
+    _out.update({GRAD_NAMES[_name]: _g for _name, _g in gradients(params, x, y).items()})
+    return _out
+
+
 def _flat(tensors):
     return torch.cat([tensors[_name].reshape(-1).to(torch.float32) for _name in PARAM_SHAPES])
 
@@ -299,7 +372,8 @@ def train_step(params, x, y, lr):
 
 
 def init_state(params):
-    return {_kind: {_name: torch.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+    return {_kind: {_name: torch.zeros_like(_value) for _name,
+        _value in params.items()} for _kind in STATE}
 
 
 def step(params, state, x, y, t, hyper=None):
@@ -314,7 +388,8 @@ def step(params, state, x, y, t, hyper=None):
     _part, _np = _run(_flat_views(_params), x, y, with_loss=True, with_grad=True)
     _update(_params, _part, _np, _total, 2, state=[_state[_kind] for _kind in STATE],
             scalars=(eta_t, ))
-    return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(_total[0])
+    return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(
+        _total[0])
 
 
 class FlatState:
@@ -326,7 +401,8 @@ class FlatState:
 
     def __init__(self, params, state=None, hyper=None):
         self.flat = _flat(params)
-        self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(self.flat))
+        self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(
+            self.flat))
                       for _kind in STATE}
         self.loss = torch.zeros(1, dtype=torch.float32, device=self.flat.device)
         self.hyper = {**HYPER, **(hyper or {})}

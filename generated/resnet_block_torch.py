@@ -8,10 +8,13 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int64).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "resnet_block_f6f667c7ca":
-  derive::resnet_block_f6f667c7ca_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::resnet_block_f6f667c7ca_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::resnet_block_f6f667c7ca_forward(params, x) -> ŷ                   autograd: the _backward
+  op
+  derive::resnet_block_f6f667c7ca_backward(params, x, grad_yhat) -> gradients  derive's backward
+  seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::resnet_block_f6f667c7ca_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::resnet_block_f6f667c7ca_loss(params, x, y) -> L                 autograd: the
+  _value_and_grad op
   derive::resnet_block_f6f667c7ca_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
@@ -30,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 NAME = "resnet_block"
-OPS = "resnet_block_f6f667c7ca"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "resnet_block_f6f667c7ca"
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -53,7 +57,8 @@ _relu_grad = torch.ops.aten.threshold_backward.default
 
 
 def conv2d_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s
+    < kw].
 
     Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the brackets
     allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
@@ -63,7 +68,8 @@ def conv2d_input_grad(delta, W, s, hw):
     g = delta.new_zeros((B, C, *hw))
     for p in range(kh):
         for q in range(kw):
-            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oc->bcij", delta, W[:, :, p, q])
+            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oc->bcij", delta,
+                W[:, :, p, q])
     return g
 
 
@@ -73,15 +79,18 @@ def logsumexp(z):
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is −∞."""
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
+    −∞."""
     xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
     return xp.unfold(2, kh, sh).unfold(3, kw, sw).amax(dim=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of window (i, j)].
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
+    window (i, j)].
 
-    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes ties.
+    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes
+    ties.
     """
     xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
     B, C, oh, ow = g.shape
@@ -91,7 +100,8 @@ def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
     j = torch.arange(ow, device=g.device)[None, :]
     flat = (i * sh + p) * xp.shape[3] + (j * sw + q)  # the maximum's position in the padded input
     gp = g.new_zeros((B, C, xp.shape[2] * xp.shape[3]))
-    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))  # windows overlap when the stride is below the kernel
+    # windows overlap when the stride is below the kernel
+    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))
     return gp.reshape(xp.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
 
 
@@ -106,41 +116,55 @@ def softmax(z):
 
 
 def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
+    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
+    stride s (a view)."""
     return x.unfold(2, kh, s).unfold(3, kw, s)
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of resnet_block_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    resnet_block_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
-        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2, 1, 3, 3)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2,)), dtype=dtype),
-        "W2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2, 2, 3, 3)), dtype=dtype),
-        "b2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2,)), dtype=dtype),
-        "W3": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2, 2, 3, 3)), dtype=dtype),
-        "b3": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2,)), dtype=dtype),
-        "W7": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3, 18)), dtype=dtype),
-        "b7": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3,)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2, 1, 3, 3)),
+            dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2,)),
+            dtype=dtype),
+        "W2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2, 2, 3, 3)),
+            dtype=dtype),
+        "b2": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2,)),
+            dtype=dtype),
+        "W3": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2, 2, 3, 3)),
+            dtype=dtype),
+        "b3": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(2,)),
+            dtype=dtype),
+        "W7": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3, 18)),
+            dtype=dtype),
+        "b7": np.asarray(rng.uniform(-0.23570226039551587, 0.23570226039551587, size=(3,)),
+            dtype=dtype),
     }
 
 
 # ---- derive's forward and backward passes, on tensors (the lines of resnet_block_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2,
+    f2_pad, f4, f6, f7)."""
     W1, b1, W2, b2, W3, b3, W7, b7 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     x_pad = F.pad(x, (1, 1, 1, 1))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
-    a1 = F.conv2d(x_pad, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
+    a1 = F.conv2d(x_pad, W1, b1, stride=1)
     f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f1_pad = F.pad(f1, (1, 1, 1, 1))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
-    a2 = F.conv2d(f1_pad, W2, b2, stride=1)  # a2[o, i, j] = Σ_{c,p,q} W2[o, c, p, q]·f1_pad[c, i + p, j + q] + b2[o]
+    # a2[o, i, j] = Σ_{c,p,q} W2[o, c, p, q]·f1_pad[c, i + p, j + q] + b2[o]
+    a2 = F.conv2d(f1_pad, W2, b2, stride=1)
     f2 = torch.relu_(a2)  # f2[o, i, j] = max(0, a2[o, i, j]) (in place: nothing below reads a2)
     f2_pad = F.pad(f2, (1, 1, 1, 1))  # f2_pad[c, h, w] = f2[c, h - 1, w - 1]
-    a3 = F.conv2d(f2_pad, W3, b3, stride=1)  # a3[o, i, j] = Σ_{c,p,q} W3[o, c, p, q]·f2_pad[c, i + p, j + q] + b3[o]
+    # a3[o, i, j] = Σ_{c,p,q} W3[o, c, p, q]·f2_pad[c, i + p, j + q] + b3[o]
+    a3 = F.conv2d(f2_pad, W3, b3, stride=1)
     f3 = a3  # f3[o, i, j] = a3[o, i, j]
     a4 = f1 + f3  # a4[c, h, w] = f1[c, h, w] + f3[c, h, w]
     f4 = torch.relu_(a4)  # f4[c, h, w] = max(0, a4[c, h, w]) (in place: nothing below reads a4)
@@ -171,7 +195,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(params, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _q = _forward(params, x)
     return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
@@ -183,30 +208,44 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W2, b2, W3, b3, W7, b7 = params
     x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df7 = _scale*(softmax(f7) - onehot(y, f7))  # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df7 = _scale*(softmax(f7) - onehot(y, f7))
     delta7 = dL_df7  # δ7[j] = ∂L/∂f7 · ∂f7/∂a7
     dL_dW7 = (delta7.T @ f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
     dL_db7 = torch.sum(delta7, dim=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
     dL_df6 = (delta7 @ W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
-    dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)  # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
+    # 1]·[0 ≤ w - 2·j ≤ 1]
+    dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)
     delta4 = _relu_grad(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     dL_df1_via4 = delta4  # ∂L/∂f1 through a4 (one path's term) = δ4 · ∂a4/∂f1
     dL_df3 = delta4  # ∂L/∂f3[c, h, w] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[o, i, j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
-    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1))  # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
-    dL_db3 = torch.sum(delta3, dim=(0, 2, 3))  # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
-    dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))  # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
+    # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
+    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1))
+    # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
+    dL_db3 = torch.sum(delta3, dim=(0, 2, 3))
+    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
+    # w - j ≤ 2]
+    dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))  # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
-    dL_db2 = torch.sum(delta2, dim=(0, 2, 3))  # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
-    dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))  # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
+    # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
+    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))
+    # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
+    dL_db2 = torch.sum(delta2, dim=(0, 2, 3))
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
+    # w - j ≤ 2]
+    dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))
     dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
-    dL_df1 = dL_df1_via2 + dL_df1_via4  # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
+    # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
+    dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, dL_dW7, dL_db7, )
 
 
@@ -226,24 +265,37 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_db7 = torch.sum(delta7, dim=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
     dL_df6 = (delta7 @ W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
-    dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)  # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
+    # 1]·[0 ≤ w - 2·j ≤ 1]
+    dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)
     delta4 = _relu_grad(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     dL_df1_via4 = delta4  # ∂L/∂f1 through a4 (one path's term) = δ4 · ∂a4/∂f1
     dL_df3 = delta4  # ∂L/∂f3[c, h, w] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[o, i, j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
-    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1))  # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
-    dL_db3 = torch.sum(delta3, dim=(0, 2, 3))  # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
-    dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))  # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
+    # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
+    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1))
+    # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
+    dL_db3 = torch.sum(delta3, dim=(0, 2, 3))
+    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
+    # w - j ≤ 2]
+    dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))  # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
-    dL_db2 = torch.sum(delta2, dim=(0, 2, 3))  # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
-    dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))  # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤ w - j ≤ 2]
+    # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
+    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))
+    # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
+    dL_db2 = torch.sum(delta2, dim=(0, 2, 3))
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
+    # w - j ≤ 2]
+    dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))
     dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
-    dL_df1 = dL_df1_via2 + dL_df1_via4  # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
+    # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
+    dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, dL_dW7, dL_db7, )
 
 
@@ -254,11 +306,13 @@ _TRITON = []
 
 
 def _triton():
-    """resnet_block_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """resnet_block_triton.py from beside this file, imported once (Triton's @jit reads its source
+    file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -276,9 +330,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -293,7 +349,8 @@ def _check_inputs(params, x, y=None):
         raise ValueError(f"{NAME}: x must have shape (batch, 1, 6, 6), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
         if _p.dtype != x.dtype:
-            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
         if tuple(_p.shape) != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
@@ -340,7 +397,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -362,7 +420,8 @@ def _define_ops():
         return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor,
+        grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
@@ -370,7 +429,8 @@ def _define_ops():
         return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor,
+        y: torch.Tensor) -> list[torch.Tensor]:
         _value, _grads = _value_and_grad_any(params, x, y)
         return _distinct([_value, *_grads], (*params, x, y))
 
@@ -393,9 +453,11 @@ def _define_ops():
     @value_and_grad_op.register_fake
     def _(params, x, y):
         _check_inputs(params, x, y)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
+        return [x.new_empty(()), *(torch.empty_like(_p,
+            memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned.
     # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
         _params, _x = inputs
@@ -469,7 +531,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -492,7 +555,8 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class ResnetBlock(torch.nn.Module):
-    """`resnet_block` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`resnet_block` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
@@ -532,7 +596,8 @@ class ResnetBlock(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A ResnetBlock with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A ResnetBlock with the weights of ``module``, the equivalent torch.nn.Sequential (see
+        to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -545,7 +610,8 @@ class ResnetBlock(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.W1.dtype, device=self.W1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -579,12 +645,16 @@ TORCH_PARAMS = {
 
 
 def torch_sequential():
-    """The equivalent torch.nn model (a _TorchGraph: the layers wired as the spec names their inputs), freshly initialised by torch."""
+    """The equivalent torch.nn model (a _TorchGraph: the layers wired as the spec names their
+    inputs), freshly initialised by torch."""
     return _TorchGraph(
         [
-            torch.nn.Sequential(torch.nn.Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=1), torch.nn.ReLU()),
-            torch.nn.Sequential(torch.nn.Conv2d(2, 2, kernel_size=(3, 3), stride=(1, 1), padding=1), torch.nn.ReLU()),
-            torch.nn.Sequential(torch.nn.Conv2d(2, 2, kernel_size=(3, 3), stride=(1, 1), padding=1)),
+            torch.nn.Sequential(torch.nn.Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=1),
+                torch.nn.ReLU()),
+            torch.nn.Sequential(torch.nn.Conv2d(2, 2, kernel_size=(3, 3), stride=(1, 1), padding=1),
+                torch.nn.ReLU()),
+            torch.nn.Sequential(torch.nn.Conv2d(2, 2, kernel_size=(3, 3), stride=(1, 1),
+                padding=1)),
             torch.nn.Sequential(torch.nn.ReLU()),
             torch.nn.Sequential(torch.nn.MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=0)),
             torch.nn.Sequential(torch.nn.Flatten()),
@@ -598,8 +668,9 @@ def torch_sequential():
 
 
 class _TorchGraph(torch.nn.Module):
-    """The network as a graph of torch.nn modules: layer k's Sequential reads the quantities in reads[k]
-    (the input, or earlier layers' outputs f1, f2, …), joined first by merges[k] ("add" or "concat")."""
+    """The network as a graph of torch.nn modules: layer k's Sequential reads the quantities in
+    reads[k] (the input, or earlier layers' outputs f1, f2, …), joined first by merges[k] ("add" or
+    "concat")."""
 
     def __init__(self, layers, reads, merges, pre, post):
         super().__init__()
@@ -625,7 +696,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

@@ -92,6 +92,22 @@ def test_generation_does_not_depend_on_hash_seed():
     assert len(digests) == 1
 
 
+def _statements(lines: list[str]) -> list[tuple[str, bool]]:
+    """(first line of each statement, whether a comment line stands right above it): a statement the fold
+    broke over several lines (derive.targets.wrap) carries its comment above instead of after it."""
+    lines = [ln for ln in lines if ln.strip()]
+    base = min(len(ln) - len(ln.lstrip()) for ln in lines)
+    out, above = [], False
+    for ln in lines:
+        indent = len(ln) - len(ln.lstrip())
+        if ln.strip().startswith("#"):
+            above = above or indent == base
+        elif indent == base:
+            out.append((ln, above))
+            above = False
+    return out
+
+
 @pytest.mark.parametrize("spec", EXAMPLES, ids=EXAMPLE_IDS)
 def test_generated_header_and_comments(spec):
     net = load_spec(spec)
@@ -106,10 +122,11 @@ def test_generated_header_and_comments(spec):
     np_lines = files[f"{net.name}_numpy.py"].splitlines()
     start = next(i for i, ln in enumerate(np_lines) if "# ---- backward pass" in ln)
     end = next(i for i in range(start, len(np_lines)) if np_lines[i].lstrip().startswith("return"))
-    backward = [ln for ln in np_lines[start + 1:end] if ln.strip()]
+    backward = _statements(np_lines[start + 1:end])
     assert backward, "no backward pass in the NumPy module"
-    for ln in backward:
-        assert re.match(r"^    \w+ = .+  # \S", ln), f"backward line without a comment: {ln!r}"
+    for ln, above in backward:
+        assert re.match(r"^    \w+ = ", ln) and (above or re.match(r"^    \w+ = .+  # \S", ln)), \
+            f"backward line without a comment: {ln!r}"
     if refused:  # a graph network: triton_refuses asserted the refusal
         return
     tr_text = files[f"{net.name}_triton.py"]
@@ -119,19 +136,19 @@ def test_generated_header_and_comments(spec):
         for k in kernels:
             body = k.split("):\n", 1)[1].splitlines()
             assert body[0].startswith("    # "), f"kernel {k.split('(')[0]} does not say what it computes"
-            for ln in body:
+            for ln, above in _statements([b for b in body if b.startswith("    ")]):
                 if re.match(r"^    [a-zA-Z]\w* = ", ln) and not re.match(r"^ +\w+ = tl\.(load|zeros|full)\(", ln):
-                    assert re.match(r"^ +\w+ = .+  # \S", ln), f"step line without a comment: {ln!r}"
+                    assert above or re.match(r"^ +\w+ = .+  # \S", ln), f"step line without a comment: {ln!r}"
         return
     tr_lines = tr_text.splitlines()
     start = next(i for i, ln in enumerate(tr_lines) if "# ---- backward" in ln)
     end = next(i for i in range(start, len(tr_lines)) if "# ---- this tile's gradients" in tr_lines[i])
-    backward = [ln for ln in tr_lines[start + 1:end] if ln.strip()]
+    backward = _statements(tr_lines[start + 1:end])
     assert backward, "no backward pass in the Triton kernel"
-    for ln in backward:
+    for ln, above in backward:
         if re.match(r"^ +(tl\.store|_accumulate|tl\.debug_barrier|_outer_add)\(", ln):
             continue  # moving a step's result to scratch or to its gradient, not a step of its own
-        assert re.match(r"^ +\w+ = .+  # \S", ln), f"backward line without a comment: {ln!r}"
+        assert above or re.match(r"^ +\w+ = .+  # \S", ln), f"backward line without a comment: {ln!r}"
 
 
 def test_names_follow_the_derivation():
@@ -450,9 +467,23 @@ def _triton_text(net: Network) -> str:
     return codegen.generate(net, "<python>", ("triton",))[f"{net.name}_triton.py"]
 
 
+def _joined(lines: list[str]) -> list[str]:
+    """Each statement on one line: the fold (derive.targets.wrap) breaks long ones inside brackets."""
+    out, depth = [], 0
+    for ln in lines:
+        code = ln.split("  # ", 1)[0]
+        if depth > 0:
+            out[-1] += " " + code.strip()
+        else:
+            out.append(ln)
+        # at least 0: the text may start inside the kernel's signature, whose ")" closes nothing here
+        depth = max(0, depth + sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}"))
+    return out
+
+
 def _kernel_lines(text: str) -> list[str]:
     kernel = text.split("_fused_kernel(", 1)[1].split("\n@triton.jit", 1)[0]
-    return [ln for ln in kernel.splitlines() if " = " in ln]
+    return [ln for ln in _joined(kernel.splitlines()) if " = " in ln]
 
 
 def test_dense_contractions_read_their_operands_from_memory():
@@ -469,7 +500,8 @@ def test_dense_contractions_read_their_operands_from_memory():
             line = next(ln for ln in lines if ln.strip().startswith(f"{name} = "))
             assert f"{prefix}{helper}" in line and (prefix or "_dot_" not in line), line
         kernel = text.split("_fused_kernel(", 1)[1].split("\n@triton.jit", 1)[0]
-        assert sum(ln.strip().startswith(f"{prefix}_outer_add(") and "dL_dW" in ln for ln in kernel.splitlines()) == 2
+        assert sum(ln.strip().startswith(f"{prefix}_outer_add(") and "dL_dW" in ln
+                   for ln in _joined(kernel.splitlines())) == 2
         assert not any(ln.strip().startswith(("W1 = ", "W2 = ")) for ln in lines)  # never a whole weight tile
         assert ("DOT_PRECISION = " in text) == bool(prefix)
 

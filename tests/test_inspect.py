@@ -157,3 +157,63 @@ def test_layered_model_counts_each_kernel_by_hand():
 def test_bad_arch_is_refused_with_exit_2():
     proc = _cli("examples/mlp_softmax.toml", "--arch", "sm_70")
     assert proc.returncode == 2 and "--arch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_launch_whose_l2_bytes_dominate_is_timed_by_l2():
+    from derive.inspect.model import Cost
+
+    card = CARDS["sm_90"]
+    c = Cost("k", 1, dram_bytes=1e6, l2_bytes=1e9, flops=1e6)
+    assert c.seconds(card) == pytest.approx(1e6 / card["bandwidth"])  # the older figure ignores L2
+    assert c.seconds_l2(card) == pytest.approx(1e9 / 7.0e12) and c.bound(card) == "L2"
+    d = Cost("k", 1, dram_bytes=1e9, l2_bytes=1e9, flops=1e6)  # every byte through both: DRAM is slower
+    assert d.seconds_l2(card) == pytest.approx(1e9 / card["bandwidth"]) and d.bound(card) == "DRAM"
+
+
+def test_l2_bandwidth_moves_the_l2_bound_figure_proportionally():
+    from derive.spec import load_spec
+
+    ir = lower(derive(load_spec(ROOT / "bench" / "mlp64x4_l2.toml")), "<test>")
+    plan = plan_triton(ir)
+    fast, slow = (summary(ir, plan, 2**18, "sm_90", l2_bandwidth=bw) for bw in (7e12, 3.5e12))
+    assert fast["l2_bandwidth_Bps"] == 7e12 and fast == summary(ir, plan, 2**18, "sm_90")  # 7 TB/s is the default
+    kernel_fast, kernel_slow = fast["fused"][0], slow["fused"][0]
+    assert kernel_fast["bound"] == "L2"
+    assert kernel_slow["seconds_l2"] == pytest.approx(2 * kernel_fast["seconds_l2"])
+    assert kernel_fast["seconds_l2"] == pytest.approx(kernel_fast["l2_bytes"] / 7e12)
+    assert kernel_slow["seconds"] == kernel_fast["seconds"]  # the older figure does not see L2
+    # eager at this batch streams through DRAM (its footprint is far over 50 MB): L2 does not bound it
+    assert not fast["eager_in_l2"] and slow["eager_total"]["seconds_l2"] == fast["eager_total"]["seconds_l2"]
+    assert fast["eager_over_fused_time_l2"] == pytest.approx(
+        fast["eager_total"]["seconds_l2"] / fast["fused_total"]["seconds_l2"])
+
+
+def test_eager_keeps_its_tensors_in_l2_only_where_the_step_fits():
+    ir = lower(derive(NET), "<test>")
+    card = CARDS["sm_90"]
+    small, large = eager_step(ir, 64, card), eager_step(ir, 2**18, card)
+    # small: only x and y (and the parameter-sized operands) come from DRAM; every byte still passes L2
+    params = 32 * 64 + 64 + 64 * 64 + 64
+    x_and_y = 4 * 64 * (32 + 64)
+    # parameter-sized operands: forward reads θ, ∂L/∂θ written, δ2·W2 reads W2, the loss's sum, SGD reads θ and
+    # ∂L/∂θ and writes θ
+    fixed = 4 * (params + params + 64 * 64 + 1 + 3 * params)
+    assert sum(c.dram_bytes for c in small) == x_and_y + fixed
+    per_sample = sum(c.l2_bytes for c in small) - fixed
+    assert per_sample > 10 * x_and_y  # activations, deltas and the loss's rows: all in L2
+    assert all(c.dram_bytes == c.l2_bytes for c in large)  # 2^18 rows of 64-wide activations do not fit
+    assert [c.l2_bytes for c in eager_step(ir, 64)] == [c.l2_bytes for c in small]
+
+
+def test_l2_bandwidth_option_reaches_the_json_and_bad_values_exit_2():
+    proc = _cli("bench/mlp64x4_l2.toml", "--model-only", "--format", "json", "--batch", "262144",
+                "--l2-bandwidth", "10")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)["model"]
+    assert m["l2_bandwidth_Bps"] == pytest.approx(10e12)
+    assert m["fused"][0]["seconds_l2"] == pytest.approx(m["fused"][0]["l2_bytes"] / 10e12)
+    for key in ("seconds_l2", "seconds_l2_launch", "l2_bytes"):
+        assert key in m["fused_total"] and key in m["eager_total"]
+    assert m["fused_total"]["seconds_l2_launch"] == pytest.approx(m["fused_total"]["seconds_l2"] + 2 * 5e-6)
+    bad = _cli("bench/mlp64x4_l2.toml", "--model-only", "--l2-bandwidth", "0")
+    assert bad.returncode == 2 and "--l2-bandwidth" in bad.stderr and "Traceback" not in bad.stderr

@@ -4,9 +4,10 @@ load), and the reported first divergence must be the edited quantity or the one 
 for every layer kind in examples/ (linear scalar and vector, conv2d, locally_connected, flatten),
 and max and average pooling (in a spec written here: no example has them).
 
-The Triton module has no intermediates(), so its first divergence is found among what it does
-expose (ŷ and the parameter gradients): there the report must name the first of those that the
-edited line feeds.
+The Triton module's intermediates() expose every named per-sample quantity (the fused dense module)
+or the buffers its kernels keep (a per-layer module), so there too the report must name the edited
+quantity or the one right after it; a module generated without intermediates() is held to the first
+of ŷ and the parameter gradients that the edited line feeds.
 """
 
 from __future__ import annotations
@@ -101,11 +102,15 @@ TRITON = [
     # (example, line, replacement, the quantity the edited load feeds)
     ("lecture", "w2 = tl.load(w2_ptr)", "w2 = 1.5*tl.load(w2_ptr)", "a2"),
     # the backward section reads the target again (the loss section has its own read)
-    ("lecture", "y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again",
-     "y = 0.5*tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)  # read again", "dL_df3"),
+    ("lecture", "(ptxas spilled it)\n            y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)",
+     "(ptxas spilled it)\n            y = 0.5*tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)", "dL_df3"),
     # a dense network reads its bias where it is used
     ("mlp_softmax", "tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + _matvec(",
      "(tl.load(b3_ptr + _cols_3, mask=_cmask_3, other=0.0) + 0.01) + _matvec(", "a3"),
+    # a wrong local partial in the backward pass: intermediates() names δ2 itself, not the gradient below it
+    ("lecture", "delta2 = dL_df2*f2*(1 - f2)", "delta2 = dL_df2*f2*(1 + f2)", "delta2"),
+    # a per-layer (volume) module (POOL_SPEC above): f1 is kept between its kernels, so intermediates() names it
+    ("pool_net", "f1 = tl.maximum(a1, 0.0)  #", "f1 = 1.01*tl.maximum(a1, 0.0)  #", "f1"),
 ]
 
 
@@ -159,6 +164,11 @@ def test_triton_mutation_is_localised(example, old, new, edited, tmp_path, trito
     names = [q.name for q in order(net)]
     if hasattr(mods["triton"], "intermediates"):
         allowed = _allowed(net, edited)
+        before = names[:names.index(d.quantity)]
+        if hasattr(mods["triton"], "INTER_LAYOUT"):  # the fused module keeps every per-sample quantity
+            assert d.agree == before  # every quantity before it was compared, and agrees
+        else:  # a per-layer module keeps what its kernels store: those before it agree, in order
+            assert d.agree and d.agree == [n for n in before if n in d.agree]
     else:  # only ŷ and the parameter gradients are visible: the first of them at or after the edit
         visible = {f"f{net.info[-1].index}"} | {f"dL_d{p.name}" for p in net.params}
         allowed = [next(n for n in names[names.index(edited):] if n in visible)]

@@ -13,7 +13,8 @@ from derive.inspect.model import TF32_PASSES, summary
 
 
 def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: float = 120.0,
-            compile_kernels: bool = True) -> dict:
+            compile_kernels: bool = True, l2_bandwidth: float | None = None) -> dict:
+    """l2_bandwidth: bytes per second (None: the card's measured default, derive.inspect.model.CARDS)."""
     from derive.derivation import derive
     from derive.ir.lowering import lower
     from derive.targets.triton import plan_triton
@@ -22,6 +23,8 @@ def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: 
         raise DeriveError(f"--arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
     if batch < 1:
         raise DeriveError(f"--batch: expected a positive number of rows, got {batch}")
+    if l2_bandwidth is not None and not (l2_bandwidth > 0 and math.isfinite(l2_bandwidth)):
+        raise DeriveError(f"--l2-bandwidth: expected a positive number of TB/s, got {l2_bandwidth / 1e12}")
     try:
         import triton
     except ImportError:
@@ -34,7 +37,7 @@ def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: 
         "block_b": plan.block_b, "num_warps": plan.num_warps,
         "kernels": kernels,
         "ok": all(k["ok"] and k["spill_bytes"] == 0 for k in kernels),
-        "model": summary(ir, plan, batch, arch),
+        "model": summary(ir, plan, batch, arch, l2_bandwidth),
     }
     return report
 
@@ -78,21 +81,35 @@ def format_text(r: dict) -> str:
         lines.append(f"{dots / 1e9:.3f} GFLOP of the contractions as tl.dot, input precision {m['dot_precision']} "
                      f"({_products(TF32_PASSES[m['dot_precision']])} per product); PyTorch eager "
                      f"at the fp32 rate (its default: no TF32 for float32 matmuls)")
-    lines.append(f"{'':<34} {'launches':>8} {'DRAM MB':>11} {'L2 MB':>11} {'GFLOP':>9} {'time us':>10}")
+    lines.append(f"L2 at {m['l2_bandwidth_Bps'] / 1e12:.2f} TB/s (measured, docs/gpu.md), "
+                 f"{m['launch_seconds'] * 1e6:g} us a launch in the last column")
+    head = f"{'launches':>8} {'DRAM MB':>11} {'L2 MB':>11} {'GFLOP':>9} {'us no L2':>9} {'us L2':>9} {'+launch':>9} {'bound':>5}"
+    lines.append(f"{'':<34} {head}")
+
+    def row(label, c, bound=""):
+        return (f"{label:<34} {c['launches']:>8} {_mb(c['dram_bytes']):>11} {_mb(c['l2_bytes']):>11} "
+                f"{c['flops'] / 1e9:>9.3f} {c['seconds'] * 1e6:>9.2f} {c['seconds_l2'] * 1e6:>9.2f} "
+                f"{launch(c) * 1e6:>9.2f} {bound:>5}")
+
+    def launch(c):
+        return c.get("seconds_l2_launch", c["seconds_l2"] + c["launches"] * m["launch_seconds"])
+
     for c in m["fused"]:
-        lines.append(f"  {c['name']:<32} {c['launches']:>8} {_mb(c['dram_bytes']):>11} {_mb(c['l2_bytes']):>11} "
-                     f"{c['flops'] / 1e9:>9.3f} {c['seconds'] * 1e6:>10.2f}")
+        lines.append(row("  " + c["name"][:32], c, c["bound"]))
     step = "per-layer step" if m.get("layered") else "fused step"
-    for label, t in ((step, m["fused_total"]), ("PyTorch eager (modeled)", m["eager_total"])):
-        lines.append(f"{label:<34} {t['launches']:>8} {_mb(t['dram_bytes']):>11} {'':>11} "
-                     f"{t['flops'] / 1e9:>9.3f} {t['seconds'] * 1e6:>10.2f}")
+    lines.append(row(step, m["fused_total"]))
+    where = "in L2 between ops" if m["eager_in_l2"] else "through DRAM (its footprint exceeds L2)"
+    lines.append(row("PyTorch eager (modeled)", m["eager_total"]) + f"  {where}")
     lines.append(f"{'ideal (x, y, θ, ∂L/∂θ, state once)':<34} {'':>8} {_mb(m['ideal']['dram_bytes']):>11} {'':>11} "
-                 f"{'':>9} {m['ideal']['seconds'] * 1e6:>10.2f}")
-    l2 = sum(c["l2_bytes"] for c in m["fused"])
-    lines.append(f"L2 traffic of the {step} (not timed: NVIDIA publishes no L2 bandwidth): {_mb(l2)} MB, "
-                 f"{l2 / m['fused_total']['dram_bytes']:.1f}x its DRAM traffic")
-    lines.append(f"fused traffic / ideal: {m['fused_traffic_over_ideal']:.2f}x; "
-                 f"modeled eager time / fused time: {m['eager_over_fused_time']:.2f}x")
+                 f"{'':>9} {m['ideal']['seconds'] * 1e6:>9.2f}")
+    for c in m["fused"]:
+        if c.get("l2_sources"):
+            parts = ", ".join(f"{s['what']} {_mb(s['bytes'])} MB" for s in c["l2_sources"] if s["bytes"])
+            lines.append(f"L2 traffic of the {c['name']}: {parts}")
+    lines.append(f"{step}: DRAM / ideal {m['fused_traffic_over_ideal']:.2f}x, L2 / DRAM {m['fused_l2_over_dram']:.1f}x")
+    lines.append(f"modeled eager time / {step} time: {m['eager_over_fused_time_l2']:.2f}x with L2 counted, "
+                 f"{m['eager_over_fused_time_l2_launch']:.2f}x with launches too "
+                 f"({m['eager_over_fused_time']:.2f}x without L2: DRAM and FLOPs only)")
     return "\n".join(lines) + "\n"
 
 

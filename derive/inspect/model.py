@@ -9,14 +9,21 @@ use, each program's scratch rows (re-used by each of its tiles) and its row of p
 (read-modify-written per tile), as long as together they fit in L2; where they do not, the scratch rows
 are counted in full at DRAM.  The update kernel reads the partial rows (from L2, where the fused kernel
 left them, when they fit) and reads and writes θ and the state once.
-Elementwise FLOPs are not counted; the time of a kernel is max(DRAM bytes / bandwidth, FLOPs / FLOP rate),
-where the contractions the kernel runs as tl.dot go at the tf32 tensor-core rate divided by the products
-its input precision takes per product (3 for "tf32x3"), and the rest at the fp32 rate
-(the L2 traffic is reported beside it, not timed: NVIDIA publishes no L2 bandwidth).
+Elementwise FLOPs are not counted.  A launch is timed two ways:
+- without L2 (the older figure, kept for comparison): max(DRAM bytes / bandwidth, FLOPs / FLOP rate);
+- with L2: max(DRAM bytes / bandwidth, FLOPs / FLOP rate, L2 bytes / L2 bandwidth); and that plus a fixed
+  overhead per launch (5 µs by default) for small batches, where launches decide.
+The contractions a kernel runs as tl.dot go at the tf32 tensor-core rate divided by the products its input
+precision takes per product (3 for "tf32x3"), the rest at the fp32 rate.  The L2 bandwidth is a measured
+one (te42kyfo/gpu-benches, gpu-l2-cache: H100 PCIe about 7.0 TB/s for 10-33 MB working sets, A100 80GB
+about 5.4 TB/s; docs/gpu.md); NVIDIA publishes none.
 
-Eager PyTorch: each op reads its inputs from and writes its output to global memory (addmm, the
-activation, the loss, and in backward the activation's derivative, δᵀ·f, Σ δ, δ·W), then one
-foreach optimizer update.  Time per op is max(bytes / bandwidth, FLOPs / FLOP rate), summed over ops.
+Eager PyTorch: each op reads its inputs and writes its output through L2 (addmm, the activation, the loss,
+and in backward the activation's derivative, δᵀ·f, Σ δ, δ·W), then one foreach optimizer update.  Where
+the step's whole footprint (x, y, every activation autograd keeps, θ, ∂L/∂θ and the state) fits in L2,
+the per-sample tensors stay there between ops: only x and y come from DRAM, the rest is L2 traffic.
+Where it does not fit, every op's tensors go to and from DRAM (each op's operands are MBs that the next
+op's and the rest of the step's traffic evict).  Time per op as above, summed over ops.
 
 A per-layer module (a network with a volume, derive.targets.triton_layers) is modeled kernel by kernel
 from what each launch takes: every per-sample operand read or written once per row, every parameter and
@@ -32,12 +39,16 @@ from dataclasses import dataclass
 
 from derive.ir.nodes import KernelIR
 
-# H100 SXM: HBM3 bandwidth, dense fp32 (CUDA cores) and dense tf32 (tensor cores)
+# peak HBM bandwidth, dense fp32 (CUDA cores) and dense tf32 (tensor cores); l2_bandwidth measured
+# (te42kyfo/gpu-benches gpu-l2-cache/h100_pcie.txt: 6,999 GB/s at 10 MB, 6,925 GB/s at 33 MB;
+# a100_80.txt: 5,350-5,406 GB/s at 3.5-25 MB; see docs/gpu.md)
 CARDS = {
-    "sm_90": {"name": "H100 SXM", "bandwidth": 3.35e12, "fp32": 67e12, "tf32": 495e12, "l2_bytes": 50e6, "sms": 132},
+    "sm_90": {"name": "H100 SXM", "bandwidth": 3.35e12, "fp32": 67e12, "tf32": 495e12, "l2_bytes": 50e6, "sms": 132,
+              "l2_bandwidth": 7.0e12},
     "sm_80": {"name": "A100 SXM 80GB", "bandwidth": 2.039e12, "fp32": 19.5e12, "tf32": 156e12, "l2_bytes": 40e6,
-              "sms": 108},
+              "sms": 108, "l2_bandwidth": 5.4e12},
 }
+LAUNCH_SECONDS = 5e-6  # the overhead counted per launch in the L2-counted total, for every contender
 TRAINING_SECTIONS = ("forward", "loss", "backward")
 
 
@@ -54,14 +65,27 @@ class Cost:
     flops: float  # all of them: the CUDA cores' and the tensor cores'
     dot_flops: float = 0.0  # the share run as tl.dot
     dot_precision: str | None = None
+    l2_sources: tuple = ()  # (what, bytes): where the L2 traffic comes from, for the report
 
-    def seconds(self, card: dict) -> float:
+    def compute_seconds(self, card: dict) -> float:
         passes = TF32_PASSES.get(self.dot_precision)
         if passes is None:  # no tensor cores: every FLOP at the fp32 rate
-            compute = self.flops / card["fp32"]
-        else:
-            compute = (self.flops - self.dot_flops) / card["fp32"] + passes * self.dot_flops / card["tf32"]
-        return max(self.dram_bytes / card["bandwidth"], compute)
+            return self.flops / card["fp32"]
+        return (self.flops - self.dot_flops) / card["fp32"] + passes * self.dot_flops / card["tf32"]
+
+    def seconds(self, card: dict) -> float:
+        """The older figure: DRAM and FLOPs only."""
+        return max(self.dram_bytes / card["bandwidth"], self.compute_seconds(card))
+
+    def seconds_l2(self, card: dict) -> float:
+        """DRAM, FLOPs and L2, whichever takes longest (no launch overhead)."""
+        return max(self.seconds(card), self.l2_bytes / card["l2_bandwidth"])
+
+    def bound(self, card: dict) -> str:
+        """What bounds the launch with L2 counted: "DRAM", "FLOP" or "L2"."""
+        times = {"DRAM": self.dram_bytes / card["bandwidth"], "FLOP": self.compute_seconds(card),
+                 "L2": self.l2_bytes / card["l2_bandwidth"]}
+        return max(times, key=times.get)
 
 
 def _params_bytes(ir: KernelIR) -> int:
@@ -83,11 +107,15 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     reread = batch * per["reread"]["read"]
     footprint = programs * plan.block_b * plan.scratch_width * 4
     resident = footprint + partials + theta <= card["l2_bytes"]
+    per_tile = tiles * (per["tile"]["read"] + per["tile"]["write"])
+    sources = (("x, y, ŷ streamed (and y read again)", streamed + reread), ("scratch rows", scratch),
+               ("per tile: weights at each use, partial sums read-modify-written", per_tile),
+               ("partial rows zeroed", partials))
     fused = Cost("fused kernel (loss + gradients)", 1,
                  dram_bytes=streamed + (footprint if resident else scratch) + theta + partials,
-                 l2_bytes=streamed + reread + scratch + tiles * (per["tile"]["read"] + per["tile"]["write"]) + partials,
+                 l2_bytes=sum(b for _, b in sources),
                  flops=batch * (per["row"]["flop"] + per["row"]["dot"]) + tiles * per["tile"]["flop"],
-                 dot_flops=batch * per["row"]["dot"], dot_precision=plan.dot_precision)
+                 dot_flops=batch * per["row"]["dot"], dot_precision=plan.dot_precision, l2_sources=sources)
     state = len(ir.state)
     io = theta * (2 + 2 * state)  # θ and each state read and written once
     # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
@@ -113,13 +141,30 @@ def ideal_bytes(ir: KernelIR, batch: int) -> int:
     return batch * (x + y) + _params_bytes(ir) * (2 + len(ir.state))
 
 
-def eager_step(ir: KernelIR, batch: int) -> list[Cost]:
-    """One Cost per PyTorch eager op of a training step (forward, backward, optimizer)."""
+def eager_footprint(ir: KernelIR, batch: int) -> int:
+    """Bytes eager keeps alive over a step: x, y, every layer's output (and pre-activation where the
+    activation's backward needs it), ŷ, θ, ∂L/∂θ and the optimizer state."""
+    per_row = sum(math.prod(layer.out_shape) * (1 if layer.activation in (None, "identity") else 2)
+                  for layer in ir.layers if layer.kind != "flatten")
+    return ideal_bytes(ir, batch) + 4 * batch * per_row + _params_bytes(ir)
+
+
+def eager_step(ir: KernelIR, batch: int, card: dict | None = None) -> list[Cost]:
+    """One Cost per PyTorch eager op of a training step (forward, backward, optimizer).
+
+    Every byte goes through L2.  With a card whose L2 holds the step's whole footprint, the per-sample
+    tensors stay there between ops and only x's and y's first reads reach DRAM; otherwise (or without a
+    card) every op's operands go to and from DRAM."""
     n = batch
+    resident = card is not None and eager_footprint(ir, batch) <= card["l2_bytes"]
     ops: list[Cost] = []
 
-    def op(name, read, write, flops=0):
-        ops.append(Cost(name, 1, 4 * (read + write), 4 * (read + write), flops))
+    def op(name, rows_read, rows_write, fixed=0, flops=0, first_read=0):
+        # rows_*: per-sample elements (batch-scaled); fixed: parameter-sized elements; first_read: the part of
+        # rows_read that no earlier op wrote (x, y), which comes from DRAM even where the step fits in L2
+        l2 = 4 * (rows_read + rows_write + fixed)
+        dram = 4 * (first_read + fixed) if resident else l2
+        ops.append(Cost(name, 1, dram, l2, flops))
 
     for i, layer in enumerate(ir.layers):
         fin, fout = math.prod(layer.in_shape), math.prod(layer.out_shape)
@@ -134,53 +179,78 @@ def eager_step(ir: KernelIR, batch: int) -> list[Cost]:
             macs = n * fout * c * kh * kw
             w = (layer.out_shape[0] if layer.kind == "conv2d" else fout) * c * kh * kw
         else:  # pooling and later kinds: one read and one write each way
-            op(f"{layer.kind}{l}", n * fin, n * fout)
+            op(f"{layer.kind}{l}", n * fin, n * fout, first_read=n * fin if i == 0 else 0)
             op(f"{layer.kind}{l} backward", n * fout, n * fin)
             continue
         b = fout if layer.kind == "locally_connected" else (layer.out_shape[0] if layer.kind == "conv2d" else fout)
-        op(f"{layer.kind}{l} forward", n * fin + w + (b if layer.bias else 0), n * fout, 2 * macs)
+        op(f"{layer.kind}{l} forward", n * fin, n * fout, w + (b if layer.bias else 0), 2 * macs,
+           first_read=n * fin if i == 0 else 0)
         if layer.activation not in (None, "identity"):
             op(f"{layer.activation}{l}", n * fout, n * fout)
             op(f"{layer.activation}{l} backward", 2 * n * fout, n * fout)
-        op(f"∂L/∂{layer.weight}", n * fout + n * fin, w, 2 * macs)
+        op(f"∂L/∂{layer.weight}", n * fout + n * fin, 0, w, 2 * macs)
         if layer.bias:
-            op(f"∂L/∂{layer.bias}", n * fout, b)
+            op(f"∂L/∂{layer.bias}", n * fout, 0, b)
         if i > 0:
-            op(f"∂L/∂{layer.source}", n * fout + w, n * fin, 2 * macs)
+            op(f"∂L/∂{layer.source}", n * fout, n * fin, w, 2 * macs)
     out = math.prod(ir.output.shape) or 1
     y = 2 if ir.target.dtype == "int" else math.prod(ir.target.shape) or 1
-    op("loss", n * out + n * y, n * out)
-    op("loss reduction", n * out, 1)
+    op("loss", n * out + n * y, n * out, first_read=n * y)
+    op("loss reduction", n * out, 0, 1)
     op("loss backward", n * out + n * y, n * out)
     p = _params_bytes(ir) // 4
-    op(f"{ir.optimizer} update (foreach)", p * (2 + len(ir.state)), p * (1 + len(ir.state)))
+    op(f"{ir.optimizer} update (foreach)", 0, 0, p * (3 + 2 * len(ir.state)))
     return ops
 
 
-def summary(ir: KernelIR, plan, batch: int, arch: str) -> dict:
-    card = CARDS[arch]
+def summary(ir: KernelIR, plan, batch: int, arch: str, l2_bandwidth: float | None = None,
+            launch_seconds: float = LAUNCH_SECONDS) -> dict:
+    card = dict(CARDS[arch])
+    if l2_bandwidth is not None:
+        card["l2_bandwidth"] = l2_bandwidth
     fused = layered_step(ir, plan, batch) if plan.kernels else fused_step(ir, plan, batch, card)
-    eager = eager_step(ir, batch)
-    t_fused = sum(c.seconds(card) for c in fused)
-    t_eager = sum(c.seconds(card) for c in eager)
+    eager = eager_step(ir, batch, card)
     ideal = ideal_bytes(ir, batch)
-    fused_bytes = sum(c.dram_bytes for c in fused)
+    fused_total, eager_total = _total(fused, card, launch_seconds), _total(eager, card, launch_seconds)
+    # the older figure (no L2) modeled every eager op through DRAM: kept as it was, for comparison
+    eager_total["seconds"] = sum(c.seconds(card) for c in eager_step(ir, batch))
     tiles = -(-batch // plan.block_b)
     return {
         "layered": bool(plan.kernels), "card": card["name"], "bandwidth_Bps": card["bandwidth"],
-        "fp32_flops": card["fp32"], "tf32_flops": card["tf32"], "dot_precision": plan.dot_precision, "batch": batch, "block_b": plan.block_b, "tiles": tiles,
+        "l2_bandwidth_Bps": card["l2_bandwidth"], "l2_capacity_bytes": card["l2_bytes"],
+        "launch_seconds": launch_seconds,
+        "fp32_flops": card["fp32"], "tf32_flops": card["tf32"], "dot_precision": plan.dot_precision,
+        "batch": batch, "block_b": plan.block_b, "tiles": tiles,
         "programs": tiles if plan.kernels else min(tiles, card["sms"]),
         "fused": [_row(c, card) for c in fused],
-        "fused_total": {"launches": len(fused), "dram_bytes": fused_bytes, "flops": sum(c.flops for c in fused),
-                        "dot_flops": sum(c.dot_flops for c in fused), "seconds": t_fused},
-        "eager_total": {"launches": len(eager), "dram_bytes": sum(c.dram_bytes for c in eager),
-                        "flops": sum(c.flops for c in eager), "seconds": t_eager},
+        "fused_total": fused_total,
+        "eager": [_row(c, card) for c in eager],
+        "eager_total": eager_total,
+        "eager_in_l2": eager_footprint(ir, batch) <= card["l2_bytes"],
         "ideal": {"dram_bytes": ideal, "seconds": ideal / card["bandwidth"]},
-        "fused_traffic_over_ideal": fused_bytes / ideal,
-        "eager_over_fused_time": t_eager / t_fused if t_fused else float("inf"),
+        "fused_traffic_over_ideal": fused_total["dram_bytes"] / ideal,
+        "fused_l2_over_dram": fused_total["l2_bytes"] / fused_total["dram_bytes"],
+        "eager_over_fused_time": _ratio(eager_total["seconds"], fused_total["seconds"]),
+        "eager_over_fused_time_l2": _ratio(eager_total["seconds_l2"], fused_total["seconds_l2"]),
+        "eager_over_fused_time_l2_launch": _ratio(eager_total["seconds_l2_launch"], fused_total["seconds_l2_launch"]),
     }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
+def _total(costs: list[Cost], card: dict, launch_seconds: float) -> dict:
+    launches = sum(c.launches for c in costs)
+    return {"launches": launches, "dram_bytes": sum(c.dram_bytes for c in costs),
+            "l2_bytes": sum(c.l2_bytes for c in costs), "flops": sum(c.flops for c in costs),
+            "dot_flops": sum(c.dot_flops for c in costs), "seconds": sum(c.seconds(card) for c in costs),
+            "seconds_l2": sum(c.seconds_l2(card) for c in costs),  # with L2 counted
+            "seconds_l2_launch": sum(c.seconds_l2(card) for c in costs) + launches * launch_seconds}
 
 
 def _row(c: Cost, card: dict) -> dict:
     return {"name": c.name, "launches": c.launches, "dram_bytes": c.dram_bytes, "l2_bytes": c.l2_bytes,
-            "flops": c.flops, "dot_flops": c.dot_flops, "seconds": c.seconds(card)}
+            "flops": c.flops, "dot_flops": c.dot_flops, "seconds": c.seconds(card),
+            "seconds_l2": c.seconds_l2(card), "bound": c.bound(card),
+            "l2_sources": [{"what": w, "bytes": b} for w, b in c.l2_sources]}

@@ -17,6 +17,7 @@ from derive.targets.numpy import render_numpy
 from derive.targets.torch import render_torch
 from derive.targets import triton
 from derive.targets.triton import render_triton
+from derive.targets.wrap import wrap
 
 TARGETS = ("numpy", "triton", "torch")
 
@@ -41,7 +42,8 @@ def generate(net: Network, source: str, targets=TARGETS, out_dir: str = "generat
             if reason:
                 skipped[f"{net.name}_{t}.py"] = reason
         targets = [t for t in targets if f"{net.name}_{t}.py" not in skipped]
-    return {f"{net.name}_{t}.py": RENDERERS[t](ir, out_dir) for t in targets}
+    # every target's text folded to 100 columns by one pass (derive.targets.wrap), not by each printer
+    return {f"{net.name}_{t}.py": wrap(RENDERERS[t](ir, out_dir)) for t in targets}
 
 
 def write_atomic(directory: Path, files: dict[str, str]) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from derive.ir.nodes import KernelIR
 from derive.targets.common import _common, _env
 from derive.targets.numpy_printer import NUMPY_HELPERS, NumpyCodePrinter
@@ -24,6 +26,10 @@ def render_numpy(ir: KernelIR, out_dir: str = "generated") -> str:
         named=[a.name for a in ir.forward] + ["loss_per_sample"]
         + [a.name for a in ir.backward if a.comment != "shared subexpression"],
     )
+    # intermediates() binds only the parameters its backward lines and its loss read (the forward pass
+    # reads them from params itself)
+    read = " ".join([ctx["loss_rhs"], *(b["rhs"] for b in ctx["backward"])])
+    ctx["inter_params"] = [p for p in ir.params if re.search(rf"\b{re.escape(p.name)}\b", read)]
     ctx["scalars"] = [line(a) for a in ir.update_scalars]
     ctx["updates"] = [line(a) for a in ir.updates]
     ctx["helpers"] = [NUMPY_HELPERS[h] for h in sorted(pr.helpers)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import replace
 
 import sympy as sp
@@ -85,7 +86,10 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
     body = repr((OPS_SCHEMA, ctx["forward"], ctx["loss_rhs"], ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
                  [(p.name, p.shape) for p in ir.params], ir.input, ir.target, ir.reduction))
     ctx["ops"] = f"{ir.name}_{hashlib.sha256(body.encode()).hexdigest()[:10]}"
-    return _env().get_template("torch_module.py.jinja").render(**ctx)
+    text = _env().get_template("torch_module.py.jinja").render(**ctx)
+    if not re.search(r"\bF\.", text):  # no conv or pad: the functional module is not imported
+        text = text.replace("import torch.nn.functional as F\n", "", 1)
+    return text
 
 
 def _relu_from_output(ir: KernelIR, backward: list[Assign], vjp: list[Assign]):

@@ -4,6 +4,7 @@ with a volume gets per-layer kernels (triton_layers.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -18,6 +19,7 @@ from derive.targets.printers import HostPrinter
 from derive.targets.triton_layers import plan_layers
 from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
+from derive.targets.wrap import wrap
 
 TRITON_BLOCK_B = 64
 NUM_WARPS = 4
@@ -36,11 +38,13 @@ DOT_PRECISION = "tf32x3"
 
 # The flag sets the module's own entry points launch the fused kernel with (forward, loss,
 # gradients and train_step, step and FlatState): COMPILE_SPECS lists exactly these.
+# (WITH_INTER, intermediates()'s debug launch that stores every named per-sample quantity, is not listed:
+# it is for the interpreter and for locating a wrong quantity, not for training.)
 FUSED_FLAGS = (
-    {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False},
-    {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False},
-    {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True},
-    {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True},
+    {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False, "WITH_INTER": False},
+    {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False, "WITH_INTER": False},
+    {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True, "WITH_INTER": False},
+    {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "WITH_INTER": False},
 )
 
 
@@ -65,9 +69,14 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
 
 
 def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
+    """The module's text (folded to 100 columns, as every target's) and what the cost model reads."""
     refuse_graph(ir)
-    if any(len(layer.in_shape) == 3 for layer in ir.layers):  # a volume: per-layer kernels
-        return plan_layers(ir, out_dir)
+    volume = any(len(layer.in_shape) == 3 for layer in ir.layers)  # a volume: per-layer kernels
+    plan = plan_layers(ir, out_dir) if volume else _plan_fused(ir, out_dir)
+    return dataclasses.replace(plan, text=wrap(plan.text))
+
+
+def _plan_fused(ir: KernelIR, out_dir: str) -> TritonPlan:
     arrays = ir.arrays()
     scratch = _scratch_layout(ir)
     widths: dict[str, object] = {}
@@ -92,6 +101,7 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     if pr.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
         pr.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
     outer = {}  # gradient name -> the helper call that adds this tile's outer product into it
+    inter, inter_width = _inter_layout(ir)
 
     def line(a):
         if isinstance(a.expr, Outer) and pr._chunked(*a.expr.args):
@@ -113,7 +123,8 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
             outer[a.name] = (f"{helper}({dp}, {ds}, {_row0(dr)}, {fp}, {fs}, {_row0(fr)}, "
                              f"dL_d{_param_of(ir, a.name)}_ptr, _nvalid, J={j}, K={k}, JC={jc}, KP={kp}, BLOCK_B=BLOCK_B)")
             return None
-        ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None, "barrier": False}
+        ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None, "barrier": False,
+              "inter": _store_inter(a.name, inter, inter_width)}
         if a.name in scratch and not (isinstance(a.expr, sp.Symbol) and a.expr.name in scratch):
             off, n = scratch[a.name]
             pr._note("scratch", "write", 4 * n)
@@ -155,6 +166,8 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
                             "comment": f"scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, "
                                        f"{width}) float32, " + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
+    kernel_args.append({"name": "_INTER_ptr", "type": "*fp32",
+                        "comment": f"(batch, {inter_width}) float32: every named per-sample quantity (WITH_INTER)"})
     ctx.update(
         block_b=block_b,
         dot_precision=DOT_PRECISION if dots else None,
@@ -174,6 +187,12 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
         loss_rhs=loss_rhs,
+        loss_inter=_store_inter("loss_per_sample", inter, inter_width, "_loss_per_sample"),
+        forward_inter=[ln["inter"] for ln in forward if ln and ln["inter"]],
+        backward_inter=[ln["inter"] for ln in backward if ln["inter"]],
+        inter_layout=[{"name": k, "offset": o, "n": n, "shape": repr(tuple(shape))} for k, (o, n, shape) in inter.items()],
+        inter_width=inter_width,
+        grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
         loss_scale="_scale",
         backward=backward,
         grad_stores=[outer.get(g) or _store_grad(p, g, pr.helpers)
@@ -188,6 +207,8 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx["kernel_scalars"] = _kernel_scalars(ir)
     ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["uses_nvalid"] = any("_nvalid" in g for g in ctx["grad_stores"])  # the rank-1 and tl.dot ∂W helpers
+    _drop_dead_lines(ctx, inter, inter_width)
     ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     template = _env().get_template("triton_module.py.jinja")
     text = template.render(**ctx)
@@ -235,6 +256,49 @@ def _scratch_layout(ir: KernelIR) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _drop_dead_lines(ctx: dict, inter: dict, width: int) -> None:
+    """Mark the kernel lines whose value no other line reads (δ3 = ∂L/∂f3 read back from scratch where
+    the gradients read the scratch rows themselves): not printed, and intermediates() stores their
+    right-hand side instead."""
+    lines = [*ctx["forward"], *ctx["backward"]]
+    for ln in lines:
+        others = [ctx["store_out"], ctx["loss_rhs"], *ctx["grad_stores"]]
+        others += [t for o in lines if o is not ln for t in (o["rhs"], o["store"] or "")]
+        ln["dead"] = not ln["store"] and not any(re.search(rf"\b{ln['lhs']}\b", t) for t in others if t)
+        if ln["dead"] and ln["inter"]:
+            ln["inter"] = _store_inter(ln["lhs"], inter, width, ln["rhs"])
+    ctx["forward_inter"] = [ln["inter"] for ln in ctx["forward"] if ln["inter"]]
+    ctx["backward_inter"] = [ln["inter"] for ln in ctx["backward"] if ln["inter"]]
+
+
+def _inter_layout(ir: KernelIR) -> tuple[dict[str, tuple[int, int, tuple]], int]:
+    """name -> (column offset, width, shape) in intermediates()'s (batch, width) buffer: every named
+    per-sample quantity of the derivation, forward, the per-sample loss, backward (the parameter
+    gradients, batch sums, come from the reduction instead)."""
+    grads = {g for _, g in ir.grads}
+    out, off = {}, 0
+    named = [*ir.forward, ir.loss, *ir.backward]
+    for a in named:
+        if a.name in grads or not a.batched or len(a.shape) > 1 or a.name in out:
+            continue
+        n = a.shape[0] if a.shape else 1
+        out[a.name] = (off, n, tuple(a.shape))
+        off += n
+    return out, max(off, 1)
+
+
+def _store_inter(name: str, inter: dict, width: int, value: str | None = None) -> str | None:
+    """The WITH_INTER store of one named quantity into its columns of this tile's rows."""
+    if name not in inter:
+        return None
+    off, n, shape = inter[name]
+    value = value or name
+    if not shape:
+        return f"tl.store(_INTER_ptr + _rows * {width} + {off}, {value}, mask=_row_mask)"
+    return (f"tl.store(_INTER_ptr + _rows[:, None] * {width} + {off} + _cols_{n}[None, :], {value}, "
+            f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
+
+
 def _param_of(ir: KernelIR, grad: str) -> str:
     return next(p for p, g in ir.grads if g == grad)
 
@@ -248,7 +312,7 @@ def _compile_specs(ir: KernelIR, kernel_args: list[dict], kernel_scalars: list[s
     triton.compile(ASTSource(fn, signature, constexprs)) takes, so anyone can compile the kernels."""
     fused = {a["name"]: a["type"] for a in kernel_args}
     fused.update({"_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
-                  "WITH_GRAD": "constexpr", "BLOCK_B": "constexpr"})
+                  "WITH_GRAD": "constexpr", "WITH_INTER": "constexpr", "BLOCK_B": "constexpr"})
     update = {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32", "_LOSS_ptr": "*fp32",
               **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state}, "_N": "i32", "_lr": "fp32",
               **{a: "fp32" for a in kernel_scalars}, "MODE": "constexpr", "_BLOCK": "constexpr"}

@@ -441,6 +441,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
          "w_index": (f"_o * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q" if shared
                      else f"_cols_{n} * {g['ckk']} + _c * {g['kk']} + _p * {g['kw']} + _q"),
          "b_index": "_o" if shared else f"_cols_{n}"}
+    k["uses_o"] = shared  # the output channel indexes W and b only where the kernel is shared (conv2d)
     head = plan.env.window_forward(k)
     rest = _rest(plan, after, n)
     args = [_named(plan, g["src"], "X_ptr", section), _named(plan, wt.name, "W_ptr", section)]
@@ -803,6 +804,8 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
                  for s in SECTIONS},
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
+        top=ir.forward[-1].name,
+        grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
     )
     host = HostPrinter()
     ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}

@@ -9,9 +9,11 @@ x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int6
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "tiny_conv_a03dfb8ebf":
   derive::tiny_conv_a03dfb8ebf_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::tiny_conv_a03dfb8ebf_backward(params, x, grad_yhat) -> gradients  derive's backward seeded with ∂L/∂ŷ
+  derive::tiny_conv_a03dfb8ebf_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
+  with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::tiny_conv_a03dfb8ebf_loss(params, x, y) -> L                 autograd: the _value_and_grad op
+  derive::tiny_conv_a03dfb8ebf_loss(params, x, y) -> L                 autograd: the _value_and_grad
+  op
   derive::tiny_conv_a03dfb8ebf_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
@@ -30,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 NAME = "tiny_conv"
-OPS = "tiny_conv_a03dfb8ebf"  # the ops' names in the derive namespace: the network's name and a digest of its math
+# the ops' names in the derive namespace: the network's name and a digest of its math
+OPS = "tiny_conv_a03dfb8ebf"
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -64,19 +67,25 @@ def softmax(z):
 
 
 def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
+    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
+    stride s (a view)."""
     return x.unfold(2, kh, s).unfold(3, kw, s)
 
 
 def init_values(seed=0):
-    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of tiny_conv_numpy.init_params(seed)."""
+    """Uniform(−1/√fan_in, 1/√fan_in) weights and biases: the values of
+    tiny_conv_numpy.init_params(seed)."""
     rng = np.random.default_rng(seed)
     dtype = np.float64
     return {
-        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2, 1, 3, 3)), dtype=dtype),
-        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2,)), dtype=dtype),
-        "W3": np.asarray(rng.uniform(-0.17677669529663687, 0.17677669529663687, size=(2, 32)), dtype=dtype),
-        "b3": np.asarray(rng.uniform(-0.17677669529663687, 0.17677669529663687, size=(2,)), dtype=dtype),
+        "W1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2, 1, 3, 3)),
+            dtype=dtype),
+        "b1": np.asarray(rng.uniform(-0.3333333333333333, 0.3333333333333333, size=(2,)),
+            dtype=dtype),
+        "W3": np.asarray(rng.uniform(-0.17677669529663687, 0.17677669529663687, size=(2, 32)),
+            dtype=dtype),
+        "b3": np.asarray(rng.uniform(-0.17677669529663687, 0.17677669529663687, size=(2,)),
+            dtype=dtype),
     }
 
 
@@ -87,7 +96,8 @@ def _forward(params, x):
     W1, b1, W3, b3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
-    a1 = F.conv2d(x, W1, b1, stride=1)  # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    a1 = F.conv2d(x, W1, b1, stride=1)
     f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f2 = f1.reshape(f1.shape[0], -1)  # f2[16·c + 4·h + w] = f1[c, h, w]
     a3 = torch.addmm(b3, f2, W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
@@ -115,7 +125,8 @@ def _loss_from(quantities, y):
 
 
 def _value_and_grad(params, x, y):
-    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one backward."""
+    """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
+    backward."""
     _q = _forward(params, x)
     return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
 
@@ -127,15 +138,18 @@ def _gradients(params, x, y, quantities, _scale):
     W1, b1, W3, b3 = params
     f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 2, 4, 4)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[16·c + 4·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
 
 
@@ -156,8 +170,10 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 2, 4, 4)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[16·c + 4·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))  # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))  # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
+    dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
 
 
@@ -168,11 +184,13 @@ _TRITON = []
 
 
 def _triton():
-    """tiny_conv_triton.py from beside this file, imported once (Triton's @jit reads its source file)."""
+    """tiny_conv_triton.py from beside this file, imported once (Triton's @jit reads its source
+    file)."""
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside {Path(__file__).name} "
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
+                f"it beside {Path(__file__).name} "
                                f"(derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
@@ -190,9 +208,11 @@ def _fused(x):
 
 def _triton_run(params, x, y=None, *, out=False, loss=False, grad=False):
     _dev = x.device
-    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32, device=_dev) if out else None
+    _out = torch.empty((x.shape[0], *OUTPUT_SHAPE), dtype=torch.float32,
+        device=_dev) if out else None
     _total = torch.zeros(1, dtype=torch.float32, device=_dev) if loss else None
-    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n, _s in PARAM_SHAPES.items()} if grad else None
+    _grads = {_n: torch.zeros(_s, dtype=torch.float32, device=_dev) for _n,
+        _s in PARAM_SHAPES.items()} if grad else None
     _triton().launch(dict(zip(PARAM_SHAPES, params)), x, y, grads=_grads, loss=_total, out=_out)
     return _out, (_total.reshape(()) if loss else None), (tuple(_grads.values()) if grad else None)
 
@@ -207,7 +227,8 @@ def _check_inputs(params, x, y=None):
         raise ValueError(f"{NAME}: x must have shape (batch, 1, 6, 6), got {tuple(x.shape)}")
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
         if _p.dtype != x.dtype:
-            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got {_n} {_p.dtype} "
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
+                f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
         if tuple(_p.shape) != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
@@ -254,7 +275,8 @@ def _vjp_any(params, x, grad_yhat):
 # ---- the custom ops
 
 def _distinct(outs, inputs):
-    """A custom op may return neither an input nor one tensor twice: copy any that would (contiguous, as the fakes)."""
+    """A custom op may return neither an input nor one tensor twice: copy any that would
+    (contiguous, as the fakes)."""
     seen = {_t.untyped_storage().data_ptr() for _t in inputs}
     res = []
     for _t in outs:
@@ -276,7 +298,8 @@ def _define_ops():
         return _distinct([_yhat_any(params, x)], (*params, x))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_backward", mutates_args=())
-    def backward_op(params: list[torch.Tensor], x: torch.Tensor, grad_yhat: torch.Tensor) -> list[torch.Tensor]:
+    def backward_op(params: list[torch.Tensor], x: torch.Tensor,
+        grad_yhat: torch.Tensor) -> list[torch.Tensor]:
         return _distinct(_vjp_any(params, x, grad_yhat), (*params, x, grad_yhat))
 
     @torch.library.custom_op("derive::" + OPS + "_loss", mutates_args=())
@@ -284,7 +307,8 @@ def _define_ops():
         return _distinct([_loss_any(params, x, y)], (*params, x, y))[0]
 
     @torch.library.custom_op("derive::" + OPS + "_value_and_grad", mutates_args=())
-    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    def value_and_grad_op(params: list[torch.Tensor], x: torch.Tensor,
+        y: torch.Tensor) -> list[torch.Tensor]:
         _value, _grads = _value_and_grad_any(params, x, y)
         return _distinct([_value, *_grads], (*params, x, y))
 
@@ -307,9 +331,11 @@ def _define_ops():
     @value_and_grad_op.register_fake
     def _(params, x, y):
         _check_inputs(params, x, y)
-        return [x.new_empty(()), *(torch.empty_like(_p, memory_format=torch.contiguous_format) for _p in params)]
+        return [x.new_empty(()), *(torch.empty_like(_p,
+            memory_format=torch.contiguous_format) for _p in params)]
 
-    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it returned.
+    # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
+    # returned.
     # The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
         _params, _x = inputs
@@ -383,7 +409,8 @@ class _LossFunction(torch.autograd.Function):
 
 
 class _YhatFunction(torch.autograd.Function):
-    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep them)."""
+    """ŷ, keeping the forward pass's quantities for derive's backward (as autograd would keep
+    them)."""
 
     @staticmethod
     def forward(ctx, x, *params):
@@ -406,7 +433,8 @@ def _needs_grad(params):
 # ---- the nn.Module
 
 class TinyConv(torch.nn.Module):
-    """`tiny_conv` as an nn.Module; loss.backward() runs derive's backward (see the module docstring)."""
+    """`tiny_conv` as an nn.Module; loss.backward() runs derive's backward (see the module
+    docstring)."""
 
     def __init__(self, seed=0, dtype=torch.float32, device=None):
         super().__init__()
@@ -442,7 +470,8 @@ class TinyConv(torch.nn.Module):
 
     @classmethod
     def from_torch(cls, module):
-        """A TinyConv with the weights of ``module``, the equivalent torch.nn.Sequential (see to_torch)."""
+        """A TinyConv with the weights of ``module``, the equivalent torch.nn.Sequential (see
+        to_torch)."""
         want, got = _signature(torch_sequential()), _signature(module)
         if want != got:
             raise ValueError(f"{NAME}.from_torch: expected the layers {want}, got {got}")
@@ -455,7 +484,8 @@ class TinyConv(torch.nn.Module):
         return out
 
     def to_torch(self):
-        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these parameters."""
+        """The equivalent torch.nn.Sequential (same input, same ŷ) holding a copy of these
+        parameters."""
         seq = torch_sequential().to(dtype=self.W1.dtype, device=self.W1.device)
         held = _with_params(seq)
         with torch.no_grad():
@@ -499,7 +529,8 @@ def _with_params(module):
 
 
 def _signature(module):
-    """The layers that define the function, ignoring the shape adapters for a scalar input or output."""
+    """The layers that define the function, ignoring the shape adapters for a scalar input or
+    output."""
     def adapter(m):
         return isinstance(m, (torch.nn.Unflatten, torch.nn.Identity)) or (
             isinstance(m, torch.nn.Flatten) and m.start_dim == 0)

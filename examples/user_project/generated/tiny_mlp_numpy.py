@@ -53,8 +53,10 @@ def init_params(seed=0, dtype=np.float64):
     return {
         "W1": np.asarray(rng.uniform(-0.5, 0.5, size=(5, 4)), dtype=dtype),
         "b1": np.asarray(rng.uniform(-0.5, 0.5, size=(5,)), dtype=dtype),
-        "W2": np.asarray(rng.uniform(-0.4472135954999579, 0.4472135954999579, size=(3, 5)), dtype=dtype),
-        "b2": np.asarray(rng.uniform(-0.4472135954999579, 0.4472135954999579, size=(3,)), dtype=dtype),
+        "W2": np.asarray(rng.uniform(-0.4472135954999579, 0.4472135954999579, size=(3, 5)),
+            dtype=dtype),
+        "b2": np.asarray(rng.uniform(-0.4472135954999579, 0.4472135954999579, size=(3,)),
+            dtype=dtype),
     }
 
 
@@ -95,17 +97,16 @@ def loss(params, x, y):
 
 def intermediates(params, x, y):
     """Every named quantity of the derivation, in its order: the forward pass, the per-sample loss,
-    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's names."""
-    W1 = params["W1"]
-    b1 = params["b1"]
+    then the backward pass (each ∂L/∂f, δ and parameter gradient), keyed by the derivation's
+    names."""
     W2 = params["W2"]
-    b2 = params["b2"]
     # ---- forward pass
     a1, f1, a2, f2 = _forward(params, x)
     loss_per_sample = -np.sum(f2*onehot(y, 3, f2.dtype), axis=1) + logsumexp(f2)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df2 = _scale*(-onehot(y, 3, f2.dtype) + softmax(f2))  # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df2 = _scale*(-onehot(y, 3, f2.dtype) + softmax(f2))
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = np.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -152,7 +153,8 @@ def train_step(params, x, y, lr):
 
 
 def init_state(params):
-    return {_kind: {_name: np.zeros_like(_value) for _name, _value in params.items()} for _kind in STATE}
+    return {_kind: {_name: np.zeros_like(_value) for _name,
+        _value in params.items()} for _kind in STATE}
 
 
 def apply_update(params, state, grads, t, hyper=None):
