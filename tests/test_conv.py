@@ -274,7 +274,7 @@ def test_expand_is_refused_for_conv_networks(capsys):
     for fmt in ("text", "json"):
         assert cli_main(["explain", str(ROOT / "examples" / "lecture_convnet.toml"), "--expand", "--format", fmt]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "--expand: not available" in err
+        assert err.count("\n") == 1 and "--expand: only for chains of linear layers; layer 1 is conv2d" in err
 
 
 def test_toml_equals_python_api():
