@@ -82,8 +82,13 @@ def onehot(y, z):
 
 
 def softmax(z):
-    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
-    return torch.softmax(z, dim=1)
+    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum.  torch.softmax's CPU kernel
+    runs a row shorter than one 16-float vector element by element (256 × 10: 57 µs, against
+    19 µs for these four vectorised passes); from 16 classes on it is the faster one."""
+    if z.shape[1] >= 16 or z.is_cuda:
+        return torch.softmax(z, dim=1)
+    e = torch.exp(z - torch.amax(z, dim=1, keepdim=True))
+    return e / torch.sum(e, dim=1, keepdim=True)
 
 
 def windows(x, kh, kw, s):
