@@ -207,6 +207,27 @@ def test_relu_kink_and_int32_labels(modules):
     torch.testing.assert_close(model.W3.grad, seq[4].weight.grad, rtol=1e-12, atol=1e-15)
 
 
+
+@pytest.mark.parametrize("classes", [1, 3, 10, 15, 16, 40])
+def test_softmax_and_logsumexp_helpers(modules, classes):
+    """The module's softmax (composed below 16 classes, torch.softmax from 16) and logsumexp against
+    float64 NumPy, with logits far from 0, and ±inf rows as torch.logsumexp treats them."""
+    _, mod = modules["mlp_softmax"]
+    rng = np.random.default_rng(classes)
+    z = rng.normal(size=(7, classes)) * 30 + rng.choice([-1e4, 0, 1e4], size=(7, 1))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        zt = torch.tensor(z, dtype=dtype)
+        zr = zt.double().numpy()  # the reference from the same (rounded) logits
+        shifted = np.exp(zr - zr.max(axis=1, keepdims=True))
+        want_softmax = shifted / shifted.sum(axis=1, keepdims=True)
+        want_lse = np.log(shifted.sum(axis=1)) + zr.max(axis=1)
+        np.testing.assert_allclose(mod.softmax(zt).double().numpy(), want_softmax, rtol=tol, atol=tol)
+        np.testing.assert_allclose(mod.logsumexp(zt).double().numpy(), want_lse, rtol=tol)
+    inf = float("inf")
+    edge = torch.tensor([[inf, 1.0], [-inf, -inf], [-inf, 3.0], [float("nan"), 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(mod.logsumexp(edge), torch.logsumexp(edge, dim=1), equal_nan=True)
+    torch.testing.assert_close(mod.softmax(edge[2:3]), torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+
 def _opcheck(op, args):
     result = torch.library.opcheck(op, args)
     assert all(v == "SUCCESS" for v in result.values()), result
