@@ -86,7 +86,7 @@ def _product(p: Product) -> str:
     for k, v in enumerate(p.values):
         if isinstance(v, Product):
             s = _product(v)
-            out.append(r"\Bigl(%s\Bigr)" % s if v.over and k < last else s)
+            out.append(r"\left(%s\right)" % s if v.over and k < last else s)
             continue
         s = latex(v)
         if isinstance(v, sp.Add) and len(p.values) > 1:
@@ -128,7 +128,7 @@ def _note(ps, esc=tex_text) -> str:
             out.append(r"\texttt{%s}" % tex_text(p.text))
         else:
             out.append(math(p))
-    return r" \enspace " + " ".join(out)
+    return r" \quad " + " ".join(out)
 
 
 GAP = "\x00"  # a row that starts a new derivation: a little space above it
