@@ -8,7 +8,9 @@
   and one SGD train_step on each target.
 
 Errors are norm-wise, ‖got − want‖ / ‖want‖ (absolute where ‖want‖ = 0), the maximum over
-every seed and batch size.  Triton's output buffers are padded with sentinels, and an
+every seed and batch size; a float32 gradient's against its batch sum's terms, ‖Σ_b |g_b|‖
+(batch_terms), and only at float32 points away from every kink (draw, margin.py): see
+docs/verification.md, "The float32 bound, and kinks".  Triton's output buffers are padded with sentinels, and an
 out-of-bounds write (the interpreter does not catch a missing mask) fails the check.
 """
 
