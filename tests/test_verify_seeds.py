@@ -99,3 +99,30 @@ def test_the_float32_row_still_fails_a_gradient_off_by_1e_3(monkeypatch):
         report = dv.verify_modules(net, {"numpy": npm}, seeds=1, seed=seed, batch_sizes=BATCHES, groups=("float32",))
         (row,) = [c for c in report.checks if c.quantity == "gradients"]
         assert not row.ok and row.max_rel_err > 3 * dv.TOL_F32, row
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_the_kink_margin_bounds_the_float32_error_it_claims_to(spec):
+    """margin.bounds: every a_l and f_l of the generated NumPy in float32 is within the bound of its float64
+    value (the bound is rebuilt in torch, so this checks the analysis, not the code against itself), and a
+    relu pre-activation moved inside its bound is flagged."""
+    from derive.verify import margin
+
+    net, mods = _modules(spec)
+    npm = mods["numpy"]
+    for seed in (0, 1):
+        params, x, y, _ = dv.draw(net, npm, seed, 0, 3)
+        q64 = npm.intermediates(params, x, y)
+        q32 = npm.intermediates({k: v.astype(np.float32) for k, v in params.items()}, x.astype(np.float32),
+                                y if y.dtype.kind == "i" else y.astype(np.float32))
+        for name, (value, bound) in margin.bounds(net, params, x).items():
+            np.testing.assert_allclose(value, q64[name], rtol=1e-12, atol=1e-12)
+            assert np.all(np.abs(q32[name].astype(np.float64) - q64[name]) <= bound), (net.name, name)
+        assert not margin.ambiguous(net, params, x, y).any()
+    first = net.info[0]
+    if first.activation == "relu" and first.bias and first.kind == "linear" and first.vector:
+        a1, e1 = margin.bounds(net, params, x)[f"a{first.index}"]
+        near = dict(params)
+        near[first.bias] = params[first.bias].copy()
+        near[first.bias][0] -= a1[0, 0] - e1[0, 0] / 2  # sample 0's first pre-activation at half its bound
+        assert margin.ambiguous(net, near, x, y)[0]
