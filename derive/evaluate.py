@@ -368,6 +368,14 @@ def _volume_layers(net) -> set[int]:
     return {li.index for li in net.info if len(li.out_shape) == 3}
 
 
+_MINUS = re.compile(r"(?<![0-9]e)-")  # every minus but a float's exponent (1e-08), as explain's text has it
+
+
+def minus(s: str) -> str:
+    """The typographic minus of the symbolic lines (notation.text) in numbers too: −0.4604, (1.9 − 0.4086)."""
+    return _MINUS.sub("−", s)
+
+
 def to_text(der, values: Values, full: bool = False, param: str | None = None) -> str:
     """The derivation with every quantity's number beside its symbol (``derive explain --at``)."""
     from derive.display import factor_name, text_name
@@ -375,14 +383,14 @@ def to_text(der, values: Values, full: bool = False, param: str | None = None) -
     net = der.network
     vol = _volume_layers(net)
     scalar = all(np.ndim(v) == 0 for v in values.quantities.values())
-    inp = ", ".join(f"{k} = {show(v, len(net.input.shape) == 3 and k == net.input.name, full)}"
+    inp = ", ".join(f"{k} = {minus(show(v, len(net.input.shape) == 3 and k == net.input.name, full))}"
                     for k, v in values.inputs.items())
     out = _header(net)
     out += [f"At the sample {inp} (one sample: the batch mean's 1/B is 1)", "",
             f"Parameters ({values.params_from})" if values.params_from else "Parameters"]
     layer_of = {p: li.index for li in net.info for p in (li.weight, li.bias, li.slope_param) if p}
     for name, v in values.params.items():
-        out.append(f"  {name} = {show(v, layer_of.get(name) in vol, full)}")
+        out.append(f"  {name} = {minus(show(v, layer_of.get(name) in vol, full))}")
     out += ["", "Forward pass"]
 
     def line(lhs: str, expr, value, volume: bool, indent: str = "  ") -> str:
@@ -393,7 +401,7 @@ def to_text(der, values: Values, full: bool = False, param: str | None = None) -
         val = show(value, volume, full)
         if not scalar or val != parts[-1]:
             parts.append(val)
-        return indent + " = ".join(parts)
+        return indent + " = ".join(minus(p) for p in parts)
 
     for d in der.forward:
         out.append(line(_text(d.lhs), d.rhs, values.get(d.name), d.layer in vol))
@@ -421,7 +429,7 @@ def to_text(der, values: Values, full: bool = False, param: str | None = None) -
             label = factor_name(f.name)
             if f.reused:
                 note = "computed above" if f.numerator == "L" else "re-used from above"
-                out.append(f"      {label} = {show(fv, volume, full)}  ({note})" if fv is not None
+                out.append(f"      {label} = {minus(show(fv, volume, full))}  ({note})" if fv is not None
                            else f"      {label}  ({note})")
             elif fv is not None:
                 out.append(line(f"    {label}", f.value, fv, volume))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -108,10 +110,23 @@ def test_text_line_for_delta3_carries_torchs_numbers():
     values.params_from = "drawn with seed 0"
     text = ev.to_text(der, values)
     f3 = ev.fmt(named["f3"].detach()[0])
-    d3 = ev.fmt(named["a3"].grad[0])
-    assert f"δ3 = -(y - f3)·f3·(1 - f3) = -(1.9 - {f3})·{f3}·(1 - {f3}) = {d3}" in text
-    gw1 = ev.fmt(named["w1"].grad)
-    assert f"∂L/∂w1 = δ1·x = ({ev.fmt(named['a1'].grad[0])})·2 = {gw1}" in text
+    d3 = ev.minus(ev.fmt(named["a3"].grad[0]))
+    assert d3.startswith("−")
+    assert f"δ3 = −(y − f3)·f3·(1 − f3) = −(1.9 − {f3})·{f3}·(1 − {f3}) = {d3}" in text
+    gw1 = ev.minus(ev.fmt(named["w1"].grad))
+    assert f"∂L/∂w1 = δ1·x = ({ev.minus(ev.fmt(named['a1'].grad[0]))})·2 = {gw1}" in text
+
+
+def test_at_prints_the_minus_of_the_symbolic_lines(capsys):
+    """--at's text writes −0.4604 and (1.9 − 0.4086) as the symbolic lines write −(y − f3): the only ASCII
+    hyphens left are words' (re-used) and exponents' (1e-05); Markdown keeps every number inside math."""
+    code, out, _ = run(["explain", "examples/lecture.toml", "--at", "x=2", "y=-1.9", "w1=-2e-5"], capsys)
+    assert code == 0
+    assert "b1 = −0.4604" in out and "w1 = −2e-05" in out and "(y − f3)" in out and "−((−1.9) − 0.4017)" in out
+    assert re.findall(r"(?<![0-9]e)-(?!used)", out) == [], [ln for ln in out.splitlines() if "-" in ln]
+    code, md, _ = run(["explain", "examples/lecture.toml", "--at", "x=2", "y=-1.9", "--format", "markdown"], capsys)
+    prose = re.sub(r"\$\$.*?\$\$|\$[^$]*\$", "", md, flags=re.S)
+    assert "−" not in md and not re.search(r"-[0-9]", prose), prose
 
 
 def test_vector_mlp_numbers_match_torch_and_elementwise_factors():

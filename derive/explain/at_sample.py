@@ -104,7 +104,7 @@ def sections(der, values, full: bool = False, param: str | None = None, esc=lx.t
         return f"{lhs} &= " + " = ".join(parts)
 
     def note(s: str) -> str:
-        return r" \enspace \text{%s}" % esc(s)
+        return r" \quad \text{%s}" % esc(s)
 
     sample = [f"{latex(sp.Symbol(k))} = {value(v, first_volume and k == net.input.name, full)}"
               for k, v in values.inputs.items()]

@@ -8,6 +8,9 @@ with the Markdown and Jupyter renderings (``aligned`` blocks).
 
 from __future__ import annotations
 
+import re
+import textwrap
+
 import sympy as sp
 
 from derive.explain.kinds import Code, Tex
@@ -21,6 +24,7 @@ PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage{amssymb}
 \allowdisplaybreaks
 \setlength{\parindent}{0pt}
+\setlength{\emergencystretch}{3em}
 """
 
 # Unicode in notes and titles, for pdflatex (\ensuremath works in text and in math).
@@ -89,7 +93,7 @@ def _product(p: Product) -> str:
     for k, v in enumerate(p.values):
         if isinstance(v, Product):
             s = _product(v)
-            out.append(r"\Bigl(%s\Bigr)" % s if v.over and k < last else s)
+            out.append(r"\left(%s\right)" % s if v.over and k < last else s)
             continue
         s = latex(v)
         if isinstance(v, sp.Add) and len(p.values) > 1:
@@ -115,6 +119,22 @@ def pieces_text(ps) -> str:
     return "".join(out)
 
 
+NOTE_INLINE = 40  # a note of more characters goes below its formula, in lines of at most NOTE_LINE
+NOTE_LINE = 60
+
+
+def _long(ps) -> bool:
+    return sum(len(p) for p in ps if isinstance(p, str)) > NOTE_INLINE
+
+
+def _note_rows(ps, esc=tex_text) -> list[str]:
+    """A long note as rows of its own under the formula (a conv2d's note beside its sum ran 103 pt past
+    the margin); one of words alone is wrapped at NOTE_LINE characters."""
+    if len(ps) == 1 and isinstance(ps[0], str):
+        return [r"&\qquad \text{%s}" % esc(line) for line in textwrap.wrap(ps[0].strip(), NOTE_LINE)]
+    return [r"&\qquad" + _note(ps, esc)[len(r" \quad"):]]
+
+
 def _note(ps, esc=tex_text) -> str:
     """A note inside a formula row (``esc``: how its words are escaped inside \\text{})."""
     if not ps:
@@ -131,7 +151,7 @@ def _note(ps, esc=tex_text) -> str:
             out.append(r"\texttt{%s}" % tex_text(p.text))
         else:
             out.append(math(p))
-    return r" \enspace " + " ".join(out)
+    return r" \quad " + " ".join(out)
 
 
 GAP = "\x00"  # a row that starts a new derivation: a little space above it
@@ -158,19 +178,43 @@ def rows(items, esc=tex_text) -> list[str]:
             factors.append(f"{math(item.label)}{value}{_note(item.note, esc)}")
             continue
         if factors:
-            out.append(r"&\qquad \text{with } " + r", \quad ".join(factors))
+            out += _with_rows(factors)
             factors = []
         if isinstance(item, Eq):
             rel = r"\leftarrow" if item.rel == "←" else "="
             rhs = " = ".join(math(r) for r in item.rhs)
             gap = GAP if out and not out[-1].startswith(GAP) and not _is_eq_row(out[-1]) else ""
-            out.append(f"{gap}{math(item.lhs)} &{rel} {rhs}{_note(item.note, esc)}")
+            note = item.note
+            out.append(f"{gap}{math(item.lhs)} &{rel} {rhs}{'' if _long(note) else _note(note, esc)}")
+            out += _note_rows(note, esc) if _long(note) else []
         elif isinstance(item, (Cont, Result)):
             rhs = item.rhs if isinstance(item, Cont) else item.value
-            out.append(f"&= {math(rhs)}{_note(getattr(item, 'note', ()), esc)}")
+            note = getattr(item, "note", ())
+            out.append(f"&= {math(rhs)}{'' if _long(note) else _note(note, esc)}")
+            out += _note_rows(note, esc) if _long(note) else []
     if factors:
-        out.append(r"&\qquad \text{with } " + r", \quad ".join(factors))
+        out += _with_rows(factors)
     return out
+
+
+WITH_WIDTH = 70  # about the characters a row of 11 pt math sets between 2 cm margins
+
+
+def _width(tex: str) -> int:
+    """The characters a row shows, roughly: TeX commands, braces and scripts markers not counted (a fraction
+    counts numerator and denominator both, which errs on the wide side)."""
+    return len(re.sub(r"\\[a-zA-Z]+|[{}_^&\\ ]", "", tex))
+
+
+def _with_rows(factors: list[str]) -> list[str]:
+    """The factors of one chain: one row "with A = …, B = …", or one factor a row where that would be too wide
+    (a max-pool's ∂f2/∂f1 beside the re-used ∂L/∂f2 ran 102 pt past the margin)."""
+    row = r"&\qquad \text{with } " + r", \quad ".join(factors)
+    if len(factors) == 1 or _width(row) <= WITH_WIDTH:
+        return [row]
+    lead = r"&\qquad \text{with } "
+    pad = r"&\qquad \phantom{\text{with }} "
+    return [(lead if k == 0 else pad) + f + ("," if k < len(factors) - 1 else "") for k, f in enumerate(factors)]
 
 
 def blocks(sec: Section, esc=tex_text):

@@ -96,7 +96,7 @@ def update_lines(rec: dict, net) -> list[str]:
     ``w ← w − η_t·∂L/∂w = 0.2739 − 0.01·(−8.544) = 0.3594``.  The values are the generated module's
     (rec["after"], rec["state_after"]); a temporary of the rule (Adadelta's Δθ) is evaluated from it."""
     from derive.evaluate import fmt, show
-    from derive.explain.display import text
+    from derive.display import text
     from derive.tables import optimizers as rules
 
     opt = net.optimizer

@@ -12,10 +12,11 @@ The bound, for the point (params, x) exactly representable in float32 (checks.dr
   a = Σ_k W_k·h_k + b over n terms, with ĥ = h + Δh, |Δh| ≤ e:
     |â − a| ≤ |W|·e + (U_MUL + γ_{n+1})·(|W|·(|h| + e) + |b|),   γ_m = m·u / (1 − m·u), u = 2⁻²⁴
   (U_MUL covers the products of Triton's tf32x3 dots, each within 2·2⁻²² of the float32 product);
-  an activation φ with Lipschitz constant λ: e_f = λ·e_a + 4·u·|f| (exp, log and a division, a few ulps);
+  an activation φ with Lipschitz constant λ: e_f = λ·e_a + 4·u·|f| (exp, log and a division, a few ulps),
+  and relu, which rounds nothing: e_f = e_a where a > 0, else 0 (an exact 0 in every precision);
   max pooling: e_out = the window's largest e; average pooling: the mean of e plus γ_{k²+1} of the mean of |h|.
-Kinks: |a| ≤ e_a for relu, leaky_relu and prelu; a window's two largest values within e₁ + e₂ for max
-pooling; the hinge's, l1's and zero-one's corner within the bound of ŷ (and of y·ŷ's own rounding).
+Kinks: |a| ≤ e_a for relu, leaky_relu and prelu; a window's two largest values closer than e₁ + e₂ for max
+pooling (two relu zeros tie exactly everywhere, and route a zero gradient either way); the hinge's, l1's and zero-one's corner within the bound of ŷ (and of y·ŷ's own rounding).
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def bounds(net: Network, params: dict, x: np.ndarray) -> dict:
     return _walk(net, params, x, None)[1]
 
 
+def _merged(li, p, reads):
+    """(value, bound) of an add or concat: concat is exact; an add's errors add up, and its sum of k
+    terms rounds by at most γ_{k-1}·Σ|terms|."""
+    from derive.verify import reference
+
+    merge = reference.MERGES[li.kind]
+    h, e = merge(li, p, [r[0] for r in reads]), merge(li, p, [r[1] for r in reads])
+    if li.kind == "add":
+        e = e + gamma(len(reads) - 1) * sum(r[0].abs() for r in reads)
+    return h, e
+
+
 def _walk(net, params, x, y):
     import torch
     import torch.nn.functional as F
@@ -63,9 +76,16 @@ def _walk(net, params, x, y):
             nonlocal bad
             bad = bad | mask.reshape(mask.shape[0], -1).any(dim=1)
 
+        q = {net.input.name: (h, e)}  # every quantity a layer may read, with its bound (graphs read any)
         for li in net.info:
-            layer = reference.LAYERS[li.kind]
-            if li.kind in WEIGHTED:
+            layer = reference.LAYERS.get(li.kind)
+            if li.kind in reference.MERGES:
+                h, e = _merged(li, p, [q[s] for s in li.sources])
+            else:
+                h, e = q[li.source]
+            if li.kind in reference.MERGES:
+                pass  # bounded above
+            elif li.kind in WEIGHTED:
                 ones = {li.weight: torch.ones_like(p[li.weight])}
                 n = layer(li, ones, torch.ones_like(h))  # terms per output (padding counted: an upper bound)
                 absb = 0.0
@@ -88,7 +108,8 @@ def _walk(net, params, x, y):
                     ecols = ecols.reshape(b, h.shape[1], kh * kw, L)
                     top, idx = cols.topk(2, dim=2)
                     etop = ecols.gather(2, idx)
-                    flag((top[:, :, 0] - top[:, :, 1]) <= etop.sum(dim=2))
+                    # strict: two relu zeros tie exactly in every precision (their bound is 0, see below)
+                    flag((top[:, :, 0] - top[:, :, 1]) < etop.sum(dim=2))
                 h, e = layer(li, p, h), F.max_pool2d(e, li.kernel, li.stride, li.padding)
             elif li.kind == "avg_pool2d":
                 k2 = li.kernel[0] * li.kernel[1]
@@ -98,6 +119,7 @@ def _walk(net, params, x, y):
                 h, e = layer(li, p, h), layer(li, p, e)
             if li.activation is None:
                 out[f"f{li.index}"] = (h.numpy(), e.numpy())
+                q[f"f{li.index}"] = (h, e)
                 continue
             out[f"a{li.index}"] = (h.numpy(), e.numpy())
             slope = p[li.slope_param] if li.slope_param else li.slope_value
@@ -106,9 +128,13 @@ def _walk(net, params, x, y):
                 lip = 1.0 if slope is None else torch.clamp(torch.as_tensor(slope).abs(), min=1.0)
             else:
                 lip = LIPSCHITZ[li.activation]
+            if li.activation == "relu":  # exact: 0 wherever a < 0 (unambiguously, or the sample is flagged)
+                e = e * (h > 0)
+            else:
+                e = lip * e + 4 * U * reference.ACTIVATIONS[li.activation](h, slope).abs()
             h = reference.ACTIVATIONS[li.activation](h, slope)
-            e = lip * e + 4 * U * h.abs()
             out[f"f{li.index}"] = (h.numpy(), e.numpy())
+            q[f"f{li.index}"] = (h, e)
         if net.output_shape == (1,) and net.target.shape == ():
             h, e = h[:, 0], e[:, 0]
         kind = net.loss.type
