@@ -74,3 +74,13 @@ def test_the_fold_keeps_the_code_and_is_idempotent():
     assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(src))
     assert wrap(out) == out
     assert re.search(r"^    # word word", out, re.M)  # the long trailing comment moved above its line
+
+
+def test_a_long_unpacking_folds_into_the_same_code():
+    """A deep chain's `a1, f1, ..., f100 = _forward(params, x)`: no bracket in reach of column 100 on the
+    left, so the targets are parenthesised (the fold once produced `= (_forward()` here, a SyntaxError)."""
+    names = ", ".join(f"a{i}, f{i}" for i in range(1, 101))
+    src = f"def forward(params, x):\n    {names} = _forward(params, x)\n    return f100\n"
+    out = wrap(src)
+    assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(src))
+    assert max(len(ln) for ln in out.splitlines()) <= 100

@@ -202,6 +202,10 @@ def _fold(line: str, depth0: int, width: int) -> list[str]:
         split = _split_strings(code, toks, shift, depth0)
         if split != code:
             code, toks = split, _tokens("(" * shift + split)
+    target = re.match(r"([\w.]+(?:, [\w.]+)+) = (.*)$", code) if depth0 == 0 else None
+    if target and len(indent) + len(target.group(1)) + 3 > width:  # a long unpacking: (a1, ..., f100) = ...
+        code = f"({target.group(1)}) = {target.group(2)}"
+        toks = _tokens(code)
     lines = _break(indent, code, toks, shift, depth0, width)
     return above + lines
 
@@ -240,6 +244,11 @@ def _split_strings(code: str, toks, shift: int, depth0: int, piece: int = 60) ->
     return "".join(out) + code[last:]
 
 
+def _balanced(code: str) -> bool:
+    toks = _tokens(code) or []
+    return sum((t.string in OPENERS) - (t.string in CLOSERS) for t in toks if t.type == tokenize.OP) == 0
+
+
 def _break(indent: str, code: str, toks, shift: int, depth0: int, width: int) -> list[str]:
     if len(indent) + len(code) <= width:
         return [indent + code]
@@ -266,7 +275,7 @@ def _break(indent: str, code: str, toks, shift: int, depth0: int, width: int) ->
                 depth -= 1
     if not places and depth0 == 0:
         m = re.match(r"((?:return|[\w.\[\], ]+ [-+*/]?=) )(.*\S)$", code)
-        if m and not m.group(2).startswith("("):
+        if m and not m.group(2).startswith("(") and _balanced(m.group(2)):  # never around an open bracket
             new = f"{m.group(1)}({m.group(2)})"
             return _break(indent, new, _tokens(new), 0, 0, width)
         return [indent + code]
