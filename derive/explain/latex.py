@@ -67,7 +67,7 @@ def math(m) -> str:
         return _product(m)
     if isinstance(m, Paths):  # a Σ that is not the last term is bracketed: it does not run over the terms after it
         last = len(m.items) - 1
-        return " + ".join(r"\Bigl(%s\Bigr)" % math(t) if t.over and k < last else math(t) for k, t in enumerate(m.items))
+        return " + ".join(r"\left(%s\right)" % math(t) if t.over and k < last else math(t) for k, t in enumerate(m.items))
     return latex(m)
 
 
