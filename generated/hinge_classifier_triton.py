@@ -179,8 +179,8 @@ def hinge_classifier_fused_kernel(
 
         # ---- forward
         # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-        a1 = tl.load(b1_ptr + _cols_8, mask=_cmask_8, other=0.0) + _matvec(x_ptr, 2, W1_ptr, _rows,
-            _row_mask, K=2, N=8, NP=8, BLOCK_B=BLOCK_B)
+        a1 = tl.load(b1_ptr + _cols_8) + _matvec(x_ptr, 2, W1_ptr, _rows, _row_mask, K=2, N=8, NP=8,
+            BLOCK_B=BLOCK_B)
         tl.store(_SCRATCH_ptr + 0 + _srows[:, None] * 36 + _cols_8[None, :], a1,
             mask=_row_mask[:, None] & _cmask_8[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
@@ -191,8 +191,8 @@ def hinge_classifier_fused_kernel(
             mask=_row_mask[:, None] & _cmask_8[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
         # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
-        a2 = tl.load(b2_ptr + _cols_1, mask=_cmask_1, other=0.0) + _matvec((_SCRATCH_ptr + 8), 36,
-            W2_ptr, _srows, _row_mask, K=8, N=1, NP=1, BLOCK_B=BLOCK_B)
+        a2 = tl.load(b2_ptr + _cols_1) + _matvec((_SCRATCH_ptr + 8), 36, W2_ptr, _srows, _row_mask,
+            K=8, N=1, NP=1, BLOCK_B=BLOCK_B)
         tl.store(_SCRATCH_ptr + 16 + _srows[:, None] * 36 + _cols_1[None, :], a2,
             mask=_row_mask[:, None] & _cmask_1[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
@@ -226,7 +226,7 @@ def hinge_classifier_fused_kernel(
             # read again, not held live through the loss (ptxas spilled it)
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0.0)
             # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
-            dL_df2 = tl.where(_row_mask[:, None] & _cmask_1[None, :],
+            dL_df2 = tl.where(_row_mask[:, None],
                 -_scale*y[:, None]*tl.where(-tl.load((_SCRATCH_ptr + 16) + _srows[:, None] * 36
                 + _cols_1[None, :], mask=_row_mask[:, None] & _cmask_1[None, :], other=0.0)*y[:,
                 None] + 1 > 0, 1.0, 0.0), 0.0)
@@ -257,7 +257,7 @@ def hinge_classifier_fused_kernel(
             dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 26) + _srows[:, None] * 36 + _cols_8[None, :],
                 mask=_row_mask[:, None] & _cmask_8[None, :], other=0.0), axis=0)
             _accumulate(dL_db1_ptr + _cols_8, dL_db1, _cmask_8)
-            # ---- this tile's gradients, added to this program's partial sums
+            # ---- this tile's gradients, added to this program's sums
             _outer_add((_SCRATCH_ptr + 26), 36, _pid * BLOCK_B, x_ptr, 2, _tile * BLOCK_B,
                 dL_dW1_ptr, _nvalid, J=8, K=2, JC=8, KP=2, BLOCK_B=BLOCK_B)
             _outer_add((_SCRATCH_ptr + 17), 36, _pid * BLOCK_B, (_SCRATCH_ptr + 8), 36,

@@ -198,8 +198,8 @@ def iris_mlp_fused_kernel(
 
         # ---- forward
         # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-        a1 = tl.load(b1_ptr + _cols_16, mask=_cmask_16, other=0.0) + _matvec(x_ptr, 4, W1_ptr,
-            _rows, _row_mask, K=4, N=16, NP=16, BLOCK_B=BLOCK_B)
+        a1 = tl.load(b1_ptr + _cols_16) + _matvec(x_ptr, 4, W1_ptr, _rows, _row_mask, K=4, N=16,
+            NP=16, BLOCK_B=BLOCK_B)
         tl.store(_SCRATCH_ptr + 0 + _srows[:, None] * 76 + _cols_16[None, :], a1,
             mask=_row_mask[:, None] & _cmask_16[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
@@ -281,7 +281,7 @@ def iris_mlp_fused_kernel(
             dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 54) + _srows[:, None] * 76 + _cols_16[None, :],
                 mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0), axis=0)
             _accumulate(dL_db1_ptr + _cols_16, dL_db1, _cmask_16)
-            # ---- this tile's gradients, added to this program's partial sums
+            # ---- this tile's gradients, added to this program's sums
             _outer_add((_SCRATCH_ptr + 54), 76, _pid * BLOCK_B, x_ptr, 4, _tile * BLOCK_B,
                 dL_dW1_ptr, _nvalid, J=16, K=4, JC=16, KP=4, BLOCK_B=BLOCK_B)
             _outer_add((_SCRATCH_ptr + 35), 76, _pid * BLOCK_B, (_SCRATCH_ptr + 16), 76,

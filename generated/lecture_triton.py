@@ -95,10 +95,6 @@ def lecture_fused_kernel(
         # loads stay where they are used rather than being hoisted out of the loop and
         # held in registers
         _at = _tile // (_tile + 1)
-        w1_ptr = w1_ptr + _at
-        b1_ptr = b1_ptr + _at
-        w2_ptr = w2_ptr + _at
-        w3_ptr = w3_ptr + _at
         dL_dw1_ptr = _part + (0 + _at)  # ∂L/∂w1, this program's partial sum
         dL_db1_ptr = _part + (1 + _at)  # ∂L/∂b1, this program's partial sum
         dL_dw2_ptr = _part + (2 + _at)  # ∂L/∂w2, this program's partial sum
@@ -138,18 +134,18 @@ def lecture_fused_kernel(
             dL_df3 = tl.where(_row_mask, -_scale*(-f3 + y), 0.0)
             delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
             dL_dw3 = tl.sum(delta3*f2, axis=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
+            tl.store(dL_dw3_ptr, tl.load(dL_dw3_ptr) + dL_dw3)
             dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2
             delta2 = dL_df2*f2*(1 - f2)  # δ2 = δ3 · ∂a3/∂f2 · ∂f2/∂a2
             dL_dw2 = tl.sum(delta2*f1, axis=0)  # ∂L/∂w2 = δ2 · ∂a2/∂w2, summed over the batch
+            tl.store(dL_dw2_ptr, tl.load(dL_dw2_ptr) + dL_dw2)
             dL_df1 = delta2*w2  # ∂L/∂f1 = δ2 · ∂a2/∂f1
             delta1 = dL_df1*f1*(1 - f1)  # δ1 = δ2 · ∂a2/∂f1 · ∂f1/∂a1
             dL_dw1 = tl.sum(delta1*x, axis=0)  # ∂L/∂w1 = δ1 · ∂a1/∂w1, summed over the batch
-            dL_db1 = tl.sum(delta1, axis=0)  # ∂L/∂b1 = δ1 · ∂a1/∂b1, summed over the batch
-            # ---- this tile's gradients, added to this program's partial sums
             tl.store(dL_dw1_ptr, tl.load(dL_dw1_ptr) + dL_dw1)
+            dL_db1 = tl.sum(delta1, axis=0)  # ∂L/∂b1 = δ1 · ∂a1/∂b1, summed over the batch
             tl.store(dL_db1_ptr, tl.load(dL_db1_ptr) + dL_db1)
-            tl.store(dL_dw2_ptr, tl.load(dL_dw2_ptr) + dL_dw2)
-            tl.store(dL_dw3_ptr, tl.load(dL_dw3_ptr) + dL_dw3)
+            # ---- this tile's gradients, added to this program's sums
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
                 tl.store(_INTER_ptr + _rows * 13 + 7, dL_df3, mask=_row_mask)
                 tl.store(_INTER_ptr + _rows * 13 + 8, delta3, mask=_row_mask)

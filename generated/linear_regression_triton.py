@@ -82,8 +82,6 @@ def linear_regression_fused_kernel(
         # loads stay where they are used rather than being hoisted out of the loop and
         # held in registers
         _at = _tile // (_tile + 1)
-        theta1_ptr = theta1_ptr + _at
-        theta0_ptr = theta0_ptr + _at
         dL_dtheta1_ptr = _part + (0 + _at)  # ∂L/∂theta1, this program's partial sum
         dL_dtheta0_ptr = _part + (1 + _at)  # ∂L/∂theta0, this program's partial sum
         _LOSS_ptr = _part + (2 + _at)  # the loss, this program's partial sum
@@ -114,11 +112,11 @@ def linear_regression_fused_kernel(
             delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
             # ∂L/∂theta1 = δ1 · ∂a1/∂theta1, summed over the batch
             dL_dtheta1 = tl.sum(delta1*x, axis=0)
+            tl.store(dL_dtheta1_ptr, tl.load(dL_dtheta1_ptr) + dL_dtheta1)
             # ∂L/∂theta0 = δ1 · ∂a1/∂theta0, summed over the batch
             dL_dtheta0 = tl.sum(delta1, axis=0)
-            # ---- this tile's gradients, added to this program's partial sums
-            tl.store(dL_dtheta1_ptr, tl.load(dL_dtheta1_ptr) + dL_dtheta1)
             tl.store(dL_dtheta0_ptr, tl.load(dL_dtheta0_ptr) + dL_dtheta0)
+            # ---- this tile's gradients, added to this program's sums
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
                 tl.store(_INTER_ptr + _rows * 5 + 3, dL_df1, mask=_row_mask)
                 tl.store(_INTER_ptr + _rows * 5 + 4, delta1, mask=_row_mask)

@@ -205,8 +205,8 @@ def mlp_softmax_fused_kernel(
 
         # ---- forward
         # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-        a1 = tl.load(b1_ptr + _cols_16, mask=_cmask_16, other=0.0) + _matvec(x_ptr, 4, W1_ptr,
-            _rows, _row_mask, K=4, N=16, NP=16, BLOCK_B=BLOCK_B)
+        a1 = tl.load(b1_ptr + _cols_16) + _matvec(x_ptr, 4, W1_ptr, _rows, _row_mask, K=4, N=16,
+            NP=16, BLOCK_B=BLOCK_B)
         tl.store(_SCRATCH_ptr + 0 + _srows[:, None] * 108 + _cols_16[None, :], a1,
             mask=_row_mask[:, None] & _cmask_16[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
@@ -217,8 +217,8 @@ def mlp_softmax_fused_kernel(
             mask=_row_mask[:, None] & _cmask_16[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
         # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
-        a2 = tl.load(b2_ptr + _cols_8, mask=_cmask_8, other=0.0) + _matvec((_SCRATCH_ptr + 16), 108,
-            W2_ptr, _srows, _row_mask, K=16, N=8, NP=8, BLOCK_B=BLOCK_B)
+        a2 = tl.load(b2_ptr + _cols_8) + _matvec((_SCRATCH_ptr + 16), 108, W2_ptr, _srows,
+            _row_mask, K=16, N=8, NP=8, BLOCK_B=BLOCK_B)
         tl.store(_SCRATCH_ptr + 32 + _srows[:, None] * 108 + _cols_8[None, :], a2,
             mask=_row_mask[:, None] & _cmask_8[None, :])
         tl.debug_barrier()  # stored before any thread reads it back
@@ -322,7 +322,7 @@ def mlp_softmax_fused_kernel(
             dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 86) + _srows[:, None] * 108 + _cols_16[None, :],
                 mask=_row_mask[:, None] & _cmask_16[None, :], other=0.0), axis=0)
             _accumulate(dL_db1_ptr + _cols_16, dL_db1, _cmask_16)
-            # ---- this tile's gradients, added to this program's partial sums
+            # ---- this tile's gradients, added to this program's sums
             _outer_add((_SCRATCH_ptr + 86), 108, _pid * BLOCK_B, x_ptr, 4, _tile * BLOCK_B,
                 dL_dW1_ptr, _nvalid, J=16, K=4, JC=16, KP=4, BLOCK_B=BLOCK_B)
             _outer_add((_SCRATCH_ptr + 62), 108, _pid * BLOCK_B, (_SCRATCH_ptr + 16), 108,

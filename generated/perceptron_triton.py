@@ -79,7 +79,6 @@ def perceptron_fused_kernel(
         # loads stay where they are used rather than being hoisted out of the loop and
         # held in registers
         _at = _tile // (_tile + 1)
-        w_ptr = w_ptr + _at
         dL_dw_ptr = _part + (0 + _at)  # ∂L/∂w, this program's partial sum
         _LOSS_ptr = _part + (1 + _at)  # the loss, this program's partial sum
         x = tl.load(x_ptr + _rows, mask=_row_mask, other=0.0)
@@ -108,8 +107,8 @@ def perceptron_fused_kernel(
             dL_df1 = tl.where(_row_mask, -_scale*(-f1 + y), 0.0)
             delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
             dL_dw = tl.sum(delta1*x, axis=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
-            # ---- this tile's gradients, added to this program's partial sums
             tl.store(dL_dw_ptr, tl.load(dL_dw_ptr) + dL_dw)
+            # ---- this tile's gradients, added to this program's sums
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
                 tl.store(_INTER_ptr + _rows * 5 + 3, dL_df1, mask=_row_mask)
                 tl.store(_INTER_ptr + _rows * 5 + 4, delta1, mask=_row_mask)

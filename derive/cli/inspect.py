@@ -18,7 +18,7 @@ def cmd_inspect(args) -> int:
     net = load_spec(args.spec)
     l2 = None if args.l2_bandwidth is None else args.l2_bandwidth * 1e12
     report = inspect(net, args.spec, args.arch, args.batch, timeout=args.timeout,
-                     compile_kernels=not args.model_only, l2_bandwidth=l2)
+                     compile_kernels=not args.model_only, l2_bandwidth=l2, strategies=args.strategies)
     if args.format == "json":
         sys.stdout.write(json.dumps(report, indent=1) + "\n")
     else:
@@ -31,6 +31,7 @@ INSPECT_EXAMPLES = """examples:
   derive inspect bench/mlp64x4_l2.toml --batch 262144 --model-only   # the traffic model only
   derive inspect examples/lecture.toml --arch sm_80 --format json
   derive inspect bench/mlp64x4_l2.toml --batch 262144 --model-only --l2-bandwidth 10   # an H200's L2
+  derive inspect bench/mlp64x4_l2.toml --batch 262144 --strategies   # every candidate plan, compiled and modeled
 """
 
 
@@ -47,6 +48,8 @@ def add_commands(sub) -> None:
                    help="seconds one kernel may take to compile (default 120.0)")
     p.add_argument("--l2-bandwidth", type=float, default=None, metavar="TB/S",
                    help="L2 bandwidth in TB/s for the model (default: measured, 7.0 for sm_90, 5.4 for sm_80)")
+    p.add_argument("--strategies", action="store_true",
+                   help="also model (and compile) every candidate plan of the fused kernel beside the pick")
     p.add_argument("--model-only", action="store_true", help="skip compiling; print only the cost model (default: compile)")
     add_limit_options(p)
     p.set_defaults(func=cmd_inspect)

@@ -13,7 +13,7 @@ from derive.inspect.model import TF32_PASSES, summary
 
 
 def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: float = 120.0,
-            compile_kernels: bool = True, l2_bandwidth: float | None = None) -> dict:
+            compile_kernels: bool = True, l2_bandwidth: float | None = None, strategies: bool = False) -> dict:
     """l2_bandwidth: bytes per second (None: the card's measured default, derive.inspect.model.CARDS)."""
     from derive.derivation import derive
     from derive.ir.lowering import lower
@@ -38,8 +38,52 @@ def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: 
         "kernels": kernels,
         "ok": all(k["ok"] and k["spill_bytes"] == 0 for k in kernels),
         "model": summary(ir, plan, batch, arch, l2_bandwidth),
+        "strategy": _strategy_row(plan.strategy),
     }
+    if strategies:
+        report["strategies"] = _strategies(ir, plan.strategy, arch, batch, timeout, l2_bandwidth, compile_kernels)
     return report
+
+
+def _strategy_row(st) -> dict | None:
+    if st is None:
+        return None
+    return {"name": st.name, "weights": st.weights, "sums": st.sums, "block_b": st.block_b, "why": st.why}
+
+
+def _strategies(ir, picked, arch, batch, timeout, l2_bandwidth, compile_kernels) -> list[dict]:
+    """Every candidate plan of the fused dense kernel: its model at this batch and, compiled, the registers
+    and spills of its training launch (loss + gradients), so the pick can be checked against the others."""
+    from derive.targets.triton import CANDIDATES, plan_triton
+
+    if picked is None:  # a per-layer module: one plan
+        return []
+    rows = []
+    for st in dict.fromkeys([picked, *CANDIDATES]):
+        plan = plan_triton(ir, strategy=st)
+        m = summary(ir, plan, batch, arch, l2_bandwidth)
+        row = {**_strategy_row(st), "block_b": plan.block_b, "picked": st == picked,
+               "eager_over_fused_time_l2": m["eager_over_fused_time_l2"],
+               "fused_l2_over_dram": m["fused_l2_over_dram"], "registers": None, "spill_bytes": None}
+        if compile_kernels:
+            k = compile_module(plan.text, arch, timeout=timeout, indices=[_training_index(plan.text)])[0]
+            row.update(registers=k["registers"], spill_bytes=k["spill_bytes"], error=k["error"])
+        rows.append(row)
+    return rows
+
+
+def _training_index(text: str) -> int:
+    """The COMPILE_SPECS entry of the fused kernel's training launch (loss and gradients, no ŷ)."""
+    import ast
+
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILE_SPECS":
+            for i, e in enumerate(node.value.elts):
+                cx = next(v for k, v in zip(e.keys, e.values) if k.value == "constexprs")
+                flags = {k.value: getattr(v, "value", None) for k, v in zip(cx.keys, cx.values)}
+                if flags.get("WITH_LOSS") is True and flags.get("WITH_GRAD") is True and flags.get("WITH_OUT") is False:
+                    return i
+    raise DeriveError("the module's COMPILE_SPECS has no training launch")
 
 
 def _flags(constexprs: dict) -> str:
@@ -70,6 +114,20 @@ def format_text(r: dict) -> str:
                              f"FAILED: {k['error']}")
         bad = [k for k in r["kernels"] if not (k["ok"] and k["spill_bytes"] == 0)]
         lines.append(f"{len(r['kernels']) - len(bad)} of {len(r['kernels'])} configurations compile without spills")
+        lines.append("")
+    st = r.get("strategy")
+    if st:
+        lines.append(f"plan: {st['name']} (weights loaded per {st['weights']}, gradient sums per {st['sums']}): "
+                     f"{st['why']}")
+        lines.append("")
+    if r.get("strategies"):
+        lines.append(f"{'candidate plan':<42} {'rows':>5} {'regs':>5} {'spill B':>8} {'x eager, L2':>12} {'L2/DRAM':>8}")
+        for c in r["strategies"]:
+            label = f"{c['name']}, weights/{c['weights']}, sums/{c['sums']}" + (" (picked)" if c["picked"] else "")
+            regs = "-" if c["registers"] is None else c["registers"]
+            spill = "-" if c["spill_bytes"] is None else c["spill_bytes"]
+            lines.append(f"{label:<42} {c['block_b']:>5} {regs:>5} {spill:>8} "
+                         f"{c['eager_over_fused_time_l2']:>11.2f}x {c['fused_l2_over_dram']:>7.1f}x")
         lines.append("")
     m = r["model"]
     lines.append(f"model of one training step at batch {m['batch']:,} on {m['card']} "

@@ -96,7 +96,8 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     """The fused kernel (training launch) and the update kernel that reduces the partial sums."""
     tiles = -(-batch // plan.block_b)
     programs = min(tiles, card["sms"])
-    per = {scale: {"read": 0, "write": 0, "flop": 0, "dot": 0} for scale in ("row", "reread", "scratch", "tile")}
+    per = {scale: {"read": 0, "write": 0, "flop": 0, "dot": 0}
+           for scale in ("row", "reread", "scratch", "tile", "program")}
     for section, scale, kind, amount in plan.events:
         if section in TRAINING_SECTIONS:
             per[scale][kind] += amount
@@ -108,9 +109,10 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     footprint = programs * plan.block_b * plan.scratch_width * 4
     resident = footprint + partials + theta <= card["l2_bytes"]
     per_tile = tiles * (per["tile"]["read"] + per["tile"]["write"])
+    per_program = programs * (per["program"]["read"] + per["program"]["write"])
     sources = (("x, y, ŷ streamed (and y read again)", streamed + reread), ("scratch rows", scratch),
                ("per tile: weights at each use, partial sums read-modify-written", per_tile),
-               ("partial rows zeroed", partials))
+               ("per program: weights loaded once, partial row zeroed or written once", per_program))
     fused = Cost("fused kernel (loss + gradients)", 1,
                  dram_bytes=streamed + (footprint if resident else scratch) + theta + partials,
                  l2_bytes=sum(b for _, b in sources),

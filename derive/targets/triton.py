@@ -48,6 +48,45 @@ FUSED_FLAGS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """How the fused dense kernel keeps its bytes: ``name`` "on-chip" (every per-sample vector a register
+    tile) or "scratch" (per-sample vectors in per-program scratch rows, read back at each use);
+    ``weights`` "program" (loaded once before the program's loop) or "tile" (at each use); ``sums``
+    "program" (gradients summed on chip across the program's tiles, written once) or "tile" (added to
+    the program's partial row after each tile); ``block_b`` batch rows per tile (0: the default rule)."""
+
+    name: str
+    weights: str
+    sums: str
+    block_b: int = 0
+    why: str = ""
+
+
+SCRATCH = Strategy("scratch", "tile", "tile", why="compiles without spills across the MLP grid (width 16-128, "
+                   "depth 2-8, L2/CE); its scratch rows and per-tile weights cost L2 traffic")
+# the on-chip plan at 16 rows and 8 warps compiled without spills for every 64-wide net of the grid (depth 2-8,
+# L2 and CE: 123-234 registers) but spilled for 32-wide deep nets (56-2216 bytes) and 128-wide ones (372):
+# bench/compile_grid.py --strategy on-chip, docs/gpu.md
+ON_CHIP = Strategy("on-chip", "tile", "tile", 16, why="every hidden layer 64 wide: the measured envelope where "
+                   "per-sample tiles stay in registers without spills; no scratch traffic")
+# the plans derive inspect --strategies compiles and models beside the pick (the bigger tiles and on-chip sums
+# the model favours spill on sm_90 today: docs/gpu.md)
+CANDIDATES = (SCRATCH, ON_CHIP, Strategy("on-chip", "tile", "program", 16), Strategy("on-chip", "tile", "tile", 32),
+              Strategy("on-chip", "tile", "program", 32), Strategy("on-chip", "program", "program", 16),
+              Strategy("on-chip", "tile", "program", 64), Strategy("on-chip", "program", "program", 64))
+
+
+def choose_strategy(ir: KernelIR) -> Strategy:
+    """The plan for a dense network: on chip where it was measured spill-free, else scratch rows."""
+    if not _scratch_layout(ir):
+        return Strategy("on-chip", "tile", "tile", why="scalars only: every quantity is a register")
+    hidden = [pow2(p.shape[1]) for p in ir.params if len(p.shape) == 2]
+    if hidden and set(hidden) == {64} and len(hidden) <= 8:
+        return ON_CHIP
+    return SCRATCH
+
+
 def refusal(ir: KernelIR) -> str | None:
     """Why the triton target refuses this network, or None.  Graph networks (add, concat, skip paths)
     wait for the one Triton planner (issue 21): today's two generators assume a chain, so a graph is
@@ -68,17 +107,18 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
     return plan_triton(ir, out_dir).text
 
 
-def plan_triton(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
+def plan_triton(ir: KernelIR, out_dir: str = "generated", strategy: Strategy | None = None) -> TritonPlan:
     """The module's text (folded to 100 columns, as every target's) and what the cost model reads."""
     refuse_graph(ir)
     volume = any(len(layer.in_shape) == 3 for layer in ir.layers)  # a volume: per-layer kernels
-    plan = plan_layers(ir, out_dir) if volume else _plan_fused(ir, out_dir)
+    plan = plan_layers(ir, out_dir) if volume else _plan_fused(ir, out_dir, strategy or choose_strategy(ir))
     return dataclasses.replace(plan, text=wrap(plan.text))
 
 
-def _plan_fused(ir: KernelIR, out_dir: str) -> TritonPlan:
+def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
     arrays = ir.arrays()
-    scratch = _scratch_layout(ir)
+    onchip = strategy.name != "scratch"
+    scratch = {} if onchip else _scratch_layout(ir)
     widths: dict[str, object] = {}
     real: dict[str, int] = {}
     for a in arrays.values():
@@ -89,17 +129,20 @@ def _plan_fused(ir: KernelIR, out_dir: str) -> TritonPlan:
             widths[a.name] = (pow2(a.shape[0]), pow2(a.shape[1]))
         else:
             widths[a.name] = 0
-    block_b = _block_b(widths, ir.params) if scratch else TRITON_BLOCK_B
+    block_b = strategy.block_b or (_block_b(widths, ir.params) if scratch else TRITON_BLOCK_B)
     pr = TritonCodePrinter(widths, real, block_b, DOT_PRECISION)
-    # matrices are loaded at each use: held as register tiles through forward and backward they spill
+    # matrices are loaded at each use unless the strategy holds them through the program's loop
     pr.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
-                       if len(p.shape) == 2 or (scratch and p.shape)}
+                       if (len(p.shape) == 2 and strategy.weights == "tile") or (scratch and p.shape)}
     sizes = sorted({n for a in arrays.values() for n in a.shape} | {1})
     width = sum(n for _, n in scratch.values())
     pr.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n, "_srows") for name, (off, n) in scratch.items()}
     pr.param_shapes = {p.name: p.shape for p in ir.params}
     if pr.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
         pr.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
+    if onchip:
+        pr.step_alias = {a.expr.args[0].name: a.name for a in ir.forward
+                         if type(a.expr).__name__ == "relu" and isinstance(a.expr.args[0], sp.Symbol)}
     outer = {}  # gradient name -> the helper call that adds this tile's outer product into it
     inter, inter_width = _inter_layout(ir)
 
@@ -150,17 +193,42 @@ def _plan_fused(ir: KernelIR, out_dir: str) -> TritonPlan:
         if a.name == ir.backward[0].name:  # ∂L/∂ŷ: zero on padded rows and columns
             ln["rhs"] = f"tl.where({_mask(a.shape)}, {ln['rhs']}, 0.0)"
         backward.append(ln)
-        if scratch and a.name in grad_of:  # stored at once, so no gradient stays live to the end
-            p = params[grad_of[a.name]]
+        if a.name not in grad_of:
+            continue
+        p = params[grad_of[a.name]]
+        stored.add(a.name)  # summed where it is made, so no gradient stays live to the end of the tile
+        if strategy.sums == "program":  # into its on-chip sum (tl.dot's accumulator where it is a tl.dot)
+            acc = f"_sum_{a.name}"
+            rhs = ln["rhs"]
+            if rhs.startswith("tl.dot(") and rhs.count("tl.dot(") == 1 and rhs.endswith(f'input_precision="{DOT_PRECISION}")'):
+                ln["rhs"] = rhs.replace(", input_precision=", f", {acc}, input_precision=")
+            else:
+                ln["rhs"] = f"{acc} + {rhs}"
+            ln["lhs"] = acc
+        else:
             ln["store"] = _store_grad(p, a.name, pr.helpers)  # no barrier: only this program reads its sums
-            stored.add(a.name)
             pr._note("tile", "read", 4 * math.prod(p.shape))
             pr._note("tile", "write", 4 * math.prod(p.shape))
 
+    if ir.input.name not in pr.in_memory:  # the input tile, read once per tile from DRAM
+        pr.events.append(("forward", "row", "read", 4 * max(1, math.prod(ir.input.shape))))
     ctx = _common(ir, out_dir)
-    dots = any(h.startswith("_dot_") for h in pr.helpers)
     offsets = [0, *itertools.accumulate(math.prod(p.shape) for p in ir.params)]  # PARAM_SHAPES order, flat
     n_params = offsets[-1]
+    pr.section = "forward"
+    for p in ir.params:
+        if p.name not in pr.inline_loads:  # loaded once, before the program's loop
+            pr._note("program", "read", 4 * math.prod(p.shape))
+    carried = []
+    if strategy.sums == "program":  # summed on chip across the program's tiles, written once after its loop
+        carried = [_carried(p, g, o) for p, (_, g), o in zip(ir.params, ir.grads_by_param(), offsets)]
+        grad_stores = [f"{c['acc']} += {c['grad']}" for c in carried if c["grad"] not in stored]
+        pr._note("program", "write", 4 * (n_params + 1))
+    else:
+        grad_stores = [outer.get(g) or _store_grad(p, g, pr.helpers)
+                       for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored]
+        pr._note("program", "write", 4 * (n_params + 1))  # the partial row zeroed
+    dots = any(h.startswith("_dot_") for h in pr.helpers) or any("tl.dot(" in ln["rhs"] for ln in backward)
     kernel_args = _kernel_args(ir, n_params)
     if scratch:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
@@ -195,8 +263,9 @@ def _plan_fused(ir: KernelIR, out_dir: str) -> TritonPlan:
         grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
         loss_scale="_scale",
         backward=backward,
-        grad_stores=[outer.get(g) or _store_grad(p, g, pr.helpers)
-                     for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored],
+        grad_stores=grad_stores,
+        carried=carried,
+        tile_ptrs=[p.name for p in ir.params if p.name in pr.inline_loads],
         scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
         output_shape=repr(tuple(ir.output.shape)),
     )
@@ -224,7 +293,7 @@ def _plan_fused(ir: KernelIR, out_dir: str) -> TritonPlan:
              ("out", "row", "write", 4 * math.prod(ir.output.shape)),
              ("loss", "tile", "read", 4), ("loss", "tile", "write", 4)]
     return TritonPlan(text, tuple(pr.events) + tuple(fixed), ctx["block_b"], ctx["num_warps"], scratch_width=width,
-                      dot_precision=ctx["dot_precision"])
+                      dot_precision=ctx["dot_precision"], strategy=strategy)
 
 
 def _block_b(widths: dict, params) -> int:
@@ -262,7 +331,7 @@ def _drop_dead_lines(ctx: dict, inter: dict, width: int) -> None:
     right-hand side instead."""
     lines = [*ctx["forward"], *ctx["backward"]]
     for ln in lines:
-        others = [ctx["store_out"], ctx["loss_rhs"], *ctx["grad_stores"]]
+        others = [ctx["store_out"], ctx["loss_rhs"], *ctx["grad_stores"], *(c["store"] for c in ctx["carried"])]
         others += [t for o in lines if o is not ln for t in (o["rhs"], o["store"] or "")]
         ln["dead"] = not ln["store"] and not any(re.search(rf"\b{ln['lhs']}\b", t) for t in others if t)
         if ln["dead"] and ln["inter"]:
@@ -342,9 +411,28 @@ def _row0(rows: str) -> str:
 
 
 def _mask(shape: tuple) -> str:
+    """The mask of a (BLOCK_B, n) tile: the batch's rows, and the columns where n is padded."""
     if not shape:
         return "_row_mask"
-    return f"_row_mask[:, None] & _cmask_{shape[0]}[None, :]"
+    cols = _cols_mask(shape[0])
+    return f"_row_mask[:, None] & {cols}[None, :]" if cols else "_row_mask[:, None]"
+
+
+def _cols_mask(*sides: int) -> str | None:
+    """The mask of a parameter-shaped tile, or None where every side is a power of two (no padding, so a
+    mask would only cost registers: ptxas does not see that an arange below its length is always in range)."""
+    if all(n == pow2(n) for n in sides):
+        return None
+    if len(sides) == 1:
+        return f"_cmask_{sides[0]}"
+    m, n = sides
+    return f"_cmask_{m}[:, None] & _cmask_{n}[None, :]"
+
+
+def _masked(mask: str | None, other: str | None = None) -> str:
+    if mask is None:
+        return ""
+    return f", mask={mask}" + (f", other={other}" if other else "")
 
 
 def _kernel_args(ir: KernelIR, n_params: int) -> list[dict]:
@@ -372,10 +460,10 @@ def _load_param(p) -> str:
         return f"{p.name} = tl.load({p.name}_ptr)"
     if len(p.shape) == 1:
         n = p.shape[0]
-        return f"{p.name} = tl.load({p.name}_ptr + _cols_{n}, mask=_cmask_{n}, other=0.0)"
+        return f"{p.name} = tl.load({p.name}_ptr + _cols_{n}{_masked(_cols_mask(n), '0.0')})"
     m, n = p.shape
-    return (f"{p.name} = tl.load({p.name}_ptr + _cols_{m}[:, None] * {n} + _cols_{n}[None, :], "
-            f"mask=_cmask_{m}[:, None] & _cmask_{n}[None, :], other=0.0)")
+    return (f"{p.name} = tl.load({p.name}_ptr + _cols_{m}[:, None] * {n} + _cols_{n}[None, :]"
+            f"{_masked(_cols_mask(m, n), '0.0')})")
 
 
 def _load_sample(a, ptr: str) -> str:
@@ -383,18 +471,33 @@ def _load_sample(a, ptr: str) -> str:
     if not a.shape:
         return f"{a.name} = tl.load({ptr} + _rows, mask=_row_mask, other={other})"
     n = a.shape[0] if len(a.shape) == 1 else math.prod(a.shape)  # a volume as a flat (c·h·w) tile
-    return (f"{a.name} = tl.load({ptr} + _rows[:, None] * {n} + _cols_{n}[None, :], "
-            f"mask=_row_mask[:, None] & _cmask_{n}[None, :], other={other})")
+    return f"{a.name} = tl.load({ptr} + _rows[:, None] * {n} + _cols_{n}[None, :], mask={_mask((n,))}, other={other})"
 
 
 def _store_out(ir: KernelIR) -> str:
     pr_value = ir.forward[-1].name if ir.output.shape or not ir.forward[-1].shape else None
     if ir.output.shape:
         n = ir.output.shape[0]
-        return (f"tl.store(_OUT_ptr + _rows[:, None] * {n} + _cols_{n}[None, :], {pr_value}, "
-                f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
+        return f"tl.store(_OUT_ptr + _rows[:, None] * {n} + _cols_{n}[None, :], {pr_value}, mask={_mask((n,))})"
     value = ir.forward[-1].name if not ir.forward[-1].shape else f"tl.sum({ir.forward[-1].name}, axis=1)"
     return f"tl.store(_OUT_ptr + _rows, {value}, mask=_row_mask)"
+
+
+def _carried(p, g: str, offset: int) -> dict:
+    """A gradient summed in registers across the program's tiles: its zero tile, and its one store into
+    the program's partial row after the loop."""
+    acc, ptr = f"_sum_{g}", f"_part + {offset}"
+    if not p.shape:
+        return {"acc": acc, "grad": g, "init": "tl.zeros((1,), dtype=tl.float32)",
+                "store": f"tl.store({ptr} + tl.arange(0, 1), {acc})"}
+    if len(p.shape) == 1:
+        n = p.shape[0]
+        return {"acc": acc, "grad": g, "init": f"tl.zeros(({pow2(n)},), dtype=tl.float32)",
+                "store": f"tl.store({ptr} + _cols_{n}, {acc}{_masked(_cols_mask(n))})"}
+    m, n = p.shape
+    return {"acc": acc, "grad": g, "init": f"tl.zeros(({pow2(m)}, {pow2(n)}), dtype=tl.float32)",
+            "store": (f"tl.store({ptr} + _cols_{m}[:, None] * {n} + _cols_{n}[None, :], {acc}"
+                      f"{_masked(_cols_mask(m, n))})")}
 
 
 def _store_grad(p, g: str, helpers: set) -> str:

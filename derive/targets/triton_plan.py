@@ -23,6 +23,7 @@ class TritonPlan:
     dot_precision: str | None = None  # tl.dot's input_precision where the fused kernel uses tensor cores
     # per-layer modules (triton_layers.py): (name, section, bytes per row, bytes per launch, FLOPs per row) per kernel
     kernels: tuple = ()
+    strategy: object = None  # the fused kernel's derive.targets.triton.Strategy: what it keeps on chip, and why
 
 
 def kernel_scalars(ir: KernelIR) -> list[str]:

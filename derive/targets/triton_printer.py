@@ -136,8 +136,15 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def _print_relu(self, e):
         return "tl.maximum(%s, 0.0)" % self._print(e.args[0])
 
+    # a -> f where f = relu(a) is a register tile: step(a) is read from f (f > 0 exactly where a > 0), so
+    # that a need not stay live from the forward pass to the backward pass beside f
+    step_alias: dict = {}
+
     def _print_step(self, e):
-        return "tl.where(%s > 0, 1.0, 0.0)" % self._print(e.args[0])
+        (a,) = e.args
+        if isinstance(a, sp.Symbol) and a.name in self.step_alias:
+            return "tl.where(%s > 0, 1.0, 0.0)" % self.step_alias[a.name]
+        return "tl.where(%s > 0, 1.0, 0.0)" % self._print(a)
 
     def _print_leaky_relu(self, e):
         x, s = (self._print(a) for a in e.args)
@@ -190,7 +197,9 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         n_out, n_in = self.widths[w.name]
         fs, ws = self._print(f), self._print(w)
         if self._dot(self.block_b, n_out, n_in):
+            self._note("row", "dot", 2 * n_out * n_in)
             return self._dot_call(fs, f"tl.trans({ws})")
+        self._note("row", "flop", 2 * n_out * n_in)
         return f"tl.sum(({fs})[:, None, :] * {ws}[None, :, :], axis=2)"
 
     def _print_VecMat(self, e):
@@ -206,7 +215,9 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         n_out, n_in = self.widths[w.name]
         ds, ws = self._print(d), self._print(w)
         if self._dot(self.block_b, n_out, n_in):
+            self._note("row", "dot", 2 * n_out * n_in)
             return self._dot_call(ds, ws)
+        self._note("row", "flop", 2 * n_out * n_in)
         return f"tl.sum(({ds})[:, :, None] * {ws}[None, :, :], axis=1)"
 
     def _print_Outer(self, e):
@@ -214,7 +225,9 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         m, k = self._width(d), self._width(f)
         ds, fs = self._print(d), self._print(f)
         if self._dot(m, k, self.block_b):
+            self._note("row", "dot", 2 * m * k)
             return self._dot_call(f"tl.trans({ds})", fs)
+        self._note("row", "flop", 2 * m * k)
         return f"tl.sum(({ds})[:, :, None] * ({fs})[:, None, :], axis=0)"
 
     def _print_BatchSum(self, e):

@@ -1,0 +1,73 @@
+"""Every plan the fused dense kernel can take (derive.targets.triton.CANDIDATES: scratch rows, or per-sample
+tiles on chip with weights and gradient sums per tile or per program, at 16-64 rows a tile) computes the
+same numbers: each is run under the interpreter on a batch that leaves a partial tile and gives every
+program several tiles, and compared with torch.autograd in float64.  derive inspect --strategies models and
+compiles these same plans, so a plan it reports is one that is right."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, assert_close_to_torch, triton_inputs, triton_outputs
+
+from derive import Linear, Loss, Network, Port
+from derive.derivation import derive
+from derive.ir.lowering import lower
+from derive.targets.triton import CANDIDATES, choose_strategy, plan_triton
+
+# 16 wide (tl.dot's smallest side): cross-entropy with a padded class column, and L2 with a sigmoid layer
+NETS = {
+    "ce": Network("strat_ce", layers=[Linear(out=16, activation="relu"), Linear(out=10)], input=Port("x", (16,)),
+                  target=Port("y", ()), loss=Loss("cross_entropy")),
+    "l2": Network("strat_l2", layers=[Linear(out=16, activation="sigmoid"), Linear(out=16, activation="relu"),
+                                      Linear(out=16)], input=Port("x", (16,)), target=Port("y", (16,)),
+                  loss=Loss("l2")),
+}
+
+
+def _load(text: str, name: str):
+    path = ROOT / f".pytest-{name}.py"
+    path.write_text(text)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("net_key", sorted(NETS))
+@pytest.mark.parametrize("strategy", CANDIDATES, ids=lambda s: f"{s.name}-{s.weights}-{s.sums}-{s.block_b}")
+def test_every_plan_matches_torch(net_key, strategy, triton_device_name):
+    net = NETS[net_key]
+    ir = lower(derive(net), "<test>")
+    plan = plan_triton(ir, strategy=strategy)
+    assert plan.strategy == strategy
+    name = f"_strat_{net_key}_{CANDIDATES.index(strategy)}"
+    mod = _load(plan.text, name)
+    try:
+        rng = np.random.default_rng(7)
+        params = {k: 0.5 * rng.standard_normal(shape) for k, shape in mod.PARAM_SHAPES.items()}
+        batch = 4 * plan.block_b * 2 + 5  # 4 interpreter programs, two tiles each, and a partial tile
+        x = rng.standard_normal((batch, 16))
+        y = rng.integers(0, 10, batch) if net.loss.type == "cross_entropy" else rng.standard_normal((batch, 16))
+        tp, tx, ty = triton_inputs(net, params, x, y, device=triton_device_name)
+        got = triton_outputs(mod, tp, tx, ty, net=net)
+        assert_close_to_torch(net, got, params, x, y, 1e-4, f"{net.name} {strategy.name}", float32=True)
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_the_pick_is_on_chip_only_inside_the_measured_envelope():
+    wide = Network("w", layers=[Linear(out=64, activation="relu"), Linear(out=64)], input=Port("x", (64,)),
+                   target=Port("y", (64,)), loss=Loss("l2"))
+    narrow = Network("n", layers=[Linear(out=32, activation="relu"), Linear(out=32)], input=Port("x", (32,)),
+                     target=Port("y", (32,)), loss=Loss("l2"))
+    assert choose_strategy(lower(derive(wide), "<t>")).name == "on-chip"
+    assert choose_strategy(lower(derive(narrow), "<t>")).name == "scratch"
