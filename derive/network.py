@@ -21,6 +21,7 @@ from derive.layers.linear import Linear
 from derive.layers.merge import Add, Concat
 from derive.layers.pool import AvgPool2d, MaxPool2d, Pool2d
 from derive.tables.losses import CLASS, LOSS_RULES
+from derive.tables.losses import DEFAULT as DEFAULT_LOSS
 from derive.tables.optimizers import Optimizer
 
 REDUCTIONS = ("mean", "sum")
@@ -43,7 +44,7 @@ class Port:
 
 @dataclass(frozen=True)
 class Loss:
-    type: str = "l2"
+    type: str = DEFAULT_LOSS
     reduction: str = "mean"
 
 
