@@ -154,3 +154,18 @@ def test_a_switch_on_a_kind_name_is_found(tmp_path, monkeypatch):
     prose.write_text('"""A "max_pool2d" layer."""\n# if layer.kind == "max_pool2d"\n', encoding="utf-8")
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     assert files_naming("max_pool2d") == {"derive/planted.py"}
+
+
+def test_every_helper_of_the_generated_code_is_refused_as_a_spec_name():
+    """A helper's name is declared where its kind is (a rule's, a SymPy function's or a loss's ``helpers``), not
+    in a list in names.py: each helper the NumPy, torch and Triton code can define must be one of them."""
+    from derive.network import HELPERS
+    from derive.names import RESERVED
+    from derive.targets.numpy_printer import NUMPY_HELPERS
+    from derive.targets.torch_printer import TORCH_HELPERS
+    from derive.targets.triton_layers import HELPERS as TRITON_LAYER_HELPERS
+    from derive.targets.triton_printer import TRITON_HELPERS
+
+    defined = set(NUMPY_HELPERS) | set(TORCH_HELPERS) | set(TRITON_HELPERS) | set(TRITON_LAYER_HELPERS)
+    free = sorted(h for h in defined if not h.startswith("_") and h not in HELPERS | RESERVED)
+    assert not free, f"helpers a spec name may take: {free} (give them to their rule's, function's or loss's helpers)"

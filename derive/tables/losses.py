@@ -32,6 +32,7 @@ class LossRule:
     # The loss's kink as a function of (ŷ, y) that is 0 there (hinge: 1 − y·ŷ), for verify/margin.py: a
     # float32 ŷ within rounding of it may take the other branch.  None: no kink.
     kink: Callable | None = None
+    helpers: tuple[str, ...] = ()  # what its generated code defines beyond its functions' (refused as spec names)
 
 
 DEFAULT = "l2"  # a network's loss when its spec names none
@@ -82,6 +83,7 @@ LOSS_RULES: dict[str, LossRule] = {
         None,
         "Computed with log-sum-exp, so large logits stay finite.",
         CLASS,
+        helpers=("onehot",),  # its gradient's one-hot targets
         tex=r"L = -\log \operatorname{softmax}(\hat{y})_y = -\hat{y}_y + \log \sum_j e^{\hat{y}_j}",
     ),
 }
