@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
+from derive.checkpoint import load_checkpoint
 from derive.errors import DeriveError
+from derive.tables.losses import CLASS, LOSS_RULES
 
 ELEMENTWISE_CAP = 256  # factors of wider layers are not evaluated element by element (their δ is shown)
 SHOW_CAP = 128  # wider arrays print as shape and norm unless --full (a 10×4704 weight is not a worked example)
@@ -106,8 +108,6 @@ def load_params(path: str, net) -> dict:
     if not p.is_file():
         raise DeriveError(f"{path}: --params: no such file")
     if p.suffix == ".npz":
-        from derive.train.loop import load_checkpoint
-
         params = load_checkpoint(p, net)[0]
     else:
         try:
@@ -165,8 +165,6 @@ def sample_and_params(net, tokens: list[str], where: str, params_file: str | Non
 
 
 def _check_target(net, y: np.ndarray, where: str) -> None:
-    from derive.tables.losses import CLASS, LOSS_RULES
-
     if LOSS_RULES[net.loss.type].target == CLASS:
         classes = net.output_shape[0] if net.output_shape else 1
         v = float(y)
@@ -187,7 +185,7 @@ def evaluate(der, sample: dict, params: dict, npm=None, source: str = "<spec>") 
             return evaluate(der, sample, params, mods["numpy"], source)
     x = np.asarray(sample[net.input.name], dtype=np.float64)[None]
     yv = np.asarray(sample[net.target.name], dtype=np.float64)
-    y = (yv.astype(np.int64) if net.loss.type == "cross_entropy" else yv)[None]
+    y = (yv.astype(np.int64) if LOSS_RULES[net.loss.type].target == CLASS else yv)[None]
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     inter = npm.intermediates(p, x, y)
     batched = {d.name for d in der.forward} | {"loss_per_sample"} | {s.name for s in der.backward if s.kind != "param"}

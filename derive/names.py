@@ -25,7 +25,7 @@ RESERVED = frozenset(
         "OPTIMIZER", "HYPER", "STATE",
         # functions of the generated modules and their helpers
         "init_params", "forward", "loss", "gradients", "value_and_gradients", "train_step", "launch",
-        "init_state", "apply_update", "step", "intermediates", "sigmoid", "softplus", "logsumexp", "softmax", "onehot",
+        "init_state", "apply_update", "step", "intermediates",
         # arguments of the generated functions (launch() and the update kernels included), a NumPy local,
         # and the loss's own name; the kernels' locals start with "_" (B, rows, pid, offs … are the user's)
         "params", "grads", "state", "hyper", "lr", "t", "seed", "dtype", "device", "out", "block_b",
@@ -36,8 +36,9 @@ RESERVED = frozenset(
     }
 )
 
-# A layer kind's own helpers (conv2d's windows, pooling's max_pool2d) are its rule's ``helpers``: the network
-# check refuses them as spec names with the message below (derive/network.py).
+# The helpers of a layer kind (conv2d's windows, pooling's max_pool2d), of a SymPy function (sigmoid, softmax)
+# and of a loss (cross-entropy's onehot) are its rule's, function's or loss's ``helpers``: the network check
+# refuses them as spec names with the message below (derive/network.py).
 TAKEN_BY_CODE = "is used by the generated code itself; choose another name"
 
 

@@ -20,7 +20,9 @@ from derive.layers.flatten import Flatten
 from derive.layers.linear import Linear
 from derive.layers.merge import Add, Concat
 from derive.layers.pool import AvgPool2d, MaxPool2d, Pool2d
+from derive.tables.functions import FUNCTIONS
 from derive.tables.losses import CLASS, LOSS_RULES
+from derive.tables.losses import DEFAULT as DEFAULT_LOSS
 from derive.tables.optimizers import Optimizer
 
 REDUCTIONS = ("mean", "sum")
@@ -43,7 +45,7 @@ class Port:
 
 @dataclass(frozen=True)
 class Loss:
-    type: str = "l2"
+    type: str = DEFAULT_LOSS
     reduction: str = "mean"
 
 
@@ -93,8 +95,11 @@ def _check_shape(path: str, shape: object, volume: bool = False) -> Shape:
     return tuple(shape)
 
 
-# The helper functions the layer kinds' generated code defines: no spec name may take one.
-HELPERS = frozenset(h for rule in RULES.values() for h in rule.helpers)
+# The helper functions the generated code defines for the layer kinds, the SymPy functions and the losses: no
+# spec name may take one.
+HELPERS = frozenset([h for rule in RULES.values() for h in rule.helpers]
+                    + [h for f in FUNCTIONS for h in getattr(f, "helpers", ())]
+                    + [h for loss in LOSS_RULES.values() for h in loss.helpers])
 
 
 def _name(path: str, value: object) -> str:

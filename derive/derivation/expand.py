@@ -12,6 +12,7 @@ import sympy as sp
 
 from derive.derivation.records import Derivation
 from derive.errors import DeriveError
+from derive.layers import rule_for
 
 
 def expanded(der: Derivation) -> dict[str, sp.Expr]:
@@ -20,7 +21,7 @@ def expanded(der: Derivation) -> dict[str, sp.Expr]:
     Only chains of linear layers: other kinds (and graphs, whose ∂L/∂f sums over paths) keep their δ's named.
     """
     for li in der.network.info:
-        if getattr(li, "kind", "linear") != "linear":
+        if not rule_for(li).expandable:
             raise DeriveError(f"{der.network.name}: --expand: only for chains of linear layers; layer {li.index} is "
                               f"{li.kind} (its gradients are printed with the δ's named)")
         if li.index > 1 and li.source != f"f{li.index - 1}":

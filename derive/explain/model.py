@@ -531,26 +531,11 @@ def _greek(name: str) -> str:
     return display.text_name(name)
 
 
-# The loss as the lecture writes it, where the target is one number (½(y − ŷ)², not ½‖y − ŷ‖²).
-_SCALAR_TITLES = {
-    "l2": Tex("L = ½(y − ŷ)²", r"L = \tfrac{1}{2}(y - \hat{y})^2"),
-    "l1": Tex("L = |y − ŷ|", r"L = |y - \hat{y}|"),
-}
-_TITLES_TEX = {
-    "l2": r"L = \tfrac{1}{2}\lVert y - \hat{y}\rVert^2",
-    "l1": r"L = \lVert y - \hat{y}\rVert_1",
-    "hinge": r"L = \max(0, 1 - y \hat{y})",
-    "zero_one": r"L = \mathbf{1}[y \hat{y} \le 0]",
-    "binary_cross_entropy": r"L = \log(1 + e^{\hat{y}}) - y \hat{y} \quad \text{(BCE from the logit } \hat{y}\text{)}",
-    "cross_entropy": r"L = -\log \operatorname{softmax}(\hat{y})_y = -\hat{y}_y + \log \sum_j e^{\hat{y}_j}",
-}
-
-
 def _loss_title(net, rule):
-    if net.target.shape == () and net.info[-1].out_shape in ((), None) and net.loss.type in _SCALAR_TITLES:
-        return _SCALAR_TITLES[net.loss.type]
-    tex = _TITLES_TEX.get(net.loss.type)
-    return Tex(rule.title, tex) if tex else rule.title
+    """The loss as the lecture writes it; where the target is one number, ½(y − ŷ)², not ½‖y − ŷ‖²."""
+    if net.target.shape == () and net.info[-1].out_shape in ((), None) and rule.scalar_title:
+        return Tex(*rule.scalar_title)
+    return Tex(rule.title, rule.tex) if rule.tex else rule.title
 
 
 def build(der: Derivation, param: str | None = None, expand: bool = False) -> Document:

@@ -38,6 +38,8 @@ import math
 from dataclasses import dataclass
 
 from derive.ir.nodes import KernelIR
+from derive.layers import rule_for
+from derive.tables.activations import IDENTITY
 
 # peak HBM bandwidth, dense fp32 (CUDA cores) and dense tf32 (tensor cores); l2_bandwidth measured
 # (te42kyfo/gpu-benches gpu-l2-cache/h100_pcie.txt: 6,999 GB/s at 10 MB, 6,925 GB/s at 33 MB;
@@ -146,8 +148,8 @@ def ideal_bytes(ir: KernelIR, batch: int) -> int:
 def eager_footprint(ir: KernelIR, batch: int) -> int:
     """Bytes eager keeps alive over a step: x, y, every layer's output (and pre-activation where the
     activation's backward needs it), ŷ, θ, ∂L/∂θ and the optimizer state."""
-    per_row = sum(math.prod(layer.out_shape) * (1 if layer.activation in (None, "identity") else 2)
-                  for layer in ir.layers if layer.kind != "flatten")
+    per_row = sum(math.prod(layer.out_shape) * (1 if layer.activation in (None, IDENTITY) else 2)
+                  for layer in ir.layers if not rule_for(layer).view)
     return ideal_bytes(ir, batch) + 4 * batch * per_row + _params_bytes(ir)
 
 
@@ -171,23 +173,17 @@ def eager_step(ir: KernelIR, batch: int, card: dict | None = None) -> list[Cost]
     for i, layer in enumerate(ir.layers):
         fin, fout = math.prod(layer.in_shape), math.prod(layer.out_shape)
         l = layer.index
-        if layer.kind == "flatten":
+        if rule_for(layer).view:
             continue  # a view
-        if layer.kind == "linear":
-            w = fin * fout
-            macs = n * w
-        elif layer.kind in ("conv2d", "locally_connected"):
-            c, (kh, kw) = layer.in_shape[0], layer.kernel
-            macs = n * fout * c * kh * kw
-            w = (layer.out_shape[0] if layer.kind == "conv2d" else fout) * c * kh * kw
-        else:  # pooling and later kinds: one read and one write each way
+        dense = rule_for(layer).dense_cost(layer)  # per sample: multiply-adds, weight and bias elements
+        if dense is None:  # pooling, add, concat: one read and one write each way
             op(f"{layer.kind}{l}", n * fin, n * fout, first_read=n * fin if i == 0 else 0)
             op(f"{layer.kind}{l} backward", n * fout, n * fin)
             continue
-        b = fout if layer.kind == "locally_connected" else (layer.out_shape[0] if layer.kind == "conv2d" else fout)
+        macs, w, b = n * dense[0], dense[1], dense[2]
         op(f"{layer.kind}{l} forward", n * fin, n * fout, w + (b if layer.bias else 0), 2 * macs,
            first_read=n * fin if i == 0 else 0)
-        if layer.activation not in (None, "identity"):
+        if layer.activation not in (None, IDENTITY):
             op(f"{layer.activation}{l}", n * fout, n * fout)
             op(f"{layer.activation}{l} backward", 2 * n * fout, n * fout)
         op(f"∂L/∂{layer.weight}", n * fout + n * fin, 0, w, 2 * macs)

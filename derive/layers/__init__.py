@@ -1,9 +1,10 @@
 """The layer-rule registry: one rule per layer kind, each in its own module.
 
 A rule owns its spec keys and parsing, its ``Layer`` record, its forward definitions and local
-partials, its lowering to the kernel IR and its description (see base.py).  Every stage looks the
-rule up here by ``layer.kind``; adding a kind is one module plus one line below (and the targets'
-per-layer tables: docs/architecture.md lists the places).
+partials, its lowering to the kernel IR, its description, its torch.nn equivalent, its eager cost
+and its float32 rounding (see base.py).  Every stage looks the rule up here by ``layer.kind``;
+adding a kind is one module plus one line below (and the few other places docs/architecture.md
+lists, which tests/test_ownership.py holds to).
 """
 
 from __future__ import annotations

@@ -3,9 +3,12 @@
 A rule (one module per layer kind: linear.py, conv.py, flatten.py, pool.py) owns, in one place:
 its spec keys and parsing (``parse``), its validated ``Layer`` record (``resolve``), its
 forward definitions (``forward``, returning ``Node``s whose ``Input``s carry the local
-partials), its lowering to the kernel IR (``lower_forward``, ``lower_step``) and how explain
-describes it (``describe``).  The engine (derive/derivation/engine.py) walks the layers and
-never asks which kind a layer is; the targets keep a per-layer table beside them.
+partials), its lowering to the kernel IR (``lower_forward``, ``lower_step``), how explain
+describes it (``describe``), its torch.nn equivalent (``torch_module``, ``torch_params``,
+``torch_merge``), its cost in derive inspect's eager model (``dense_cost``, ``view``) and how
+float32 rounds it (``rounding``, for verify's kink margin).  The engine (derive/derivation/engine.py)
+walks the layers and never asks which kind a layer is; no module outside derive/layers does either
+(the independent reference, derive/verify/reference.py, and the Triton emitters aside).
 """
 
 from __future__ import annotations
@@ -114,6 +117,10 @@ class Node:
     inputs: tuple[Input, ...] = ()
 
 
+class NoTorchEquivalent(Exception):
+    """torch.nn has no module for the layer (the message says why): to_torch is refused."""
+
+
 class LayerRule:
     """The interface every layer kind implements (see the module docstring)."""
 
@@ -125,6 +132,13 @@ class LayerRule:
     windowed = False  # a kernel slides over windows (explain recalls the lecture's conv neuron)
     step_comment = "formula"  # a rule-lowered step's generated comment: its "formula", or its "chain" of factors
     helpers: tuple[str, ...] = ()  # the functions its generated NumPy/torch code defines (refused as spec names)
+    expandable = False  # explain --expand substitutes its δ's away: a chain of these is the lecture's long product
+    view = False  # its output is its input reshaped: no arithmetic and no copy (derive inspect's eager model)
+    # How a float32 evaluation of it rounds, for verify's bound on the kinks (verify/margin.py): "dot", a
+    # sum of weight × input terms plus its bias; "max" or "mean" over windows; "sum" of its inputs; "exact",
+    # values only moved.  None (the default) makes verify refuse the kind until its rule says.
+    rounding: str | None = None
+    torch_merge: str | None = None  # how the torch.nn model joins a multi_input layer's inputs ("add", "concat")
 
     def parse(self, path: str, table: dict):
         raise NotImplementedError
@@ -158,3 +172,21 @@ class LayerRule:
     def gradient_notes(self, net, layer: Layer, param: str) -> list[tuple]:
         """Lines explain prints after a parameter's gradient (pieces: str, display.Tex, display.Code)."""
         return []
+
+    # ``layer`` below is a Layer or the targets' LayerIR: both have the kind, shapes, names and geometry.
+
+    def torch_module(self, layer) -> str:
+        """The torch.nn module computing the layer up to its activation, as constructor text (the torch
+        target's ``to_torch``); "" where the layer only joins its inputs (``torch_merge``).
+
+        Raises NoTorchEquivalent where torch.nn has none."""
+        raise NoTorchEquivalent(f"layer {layer.index} ({layer.kind}) has no torch.nn equivalent in this target yet")
+
+    def torch_params(self, layer) -> tuple[tuple[str, str, tuple], ...]:
+        """(derive's parameter, the torch module's attribute, torch's shape of it) for each of its parameters."""
+        return ()
+
+    def dense_cost(self, layer) -> tuple[int, int, int] | None:
+        """Per sample, its multiply-adds, and its weight's and bias's elements (derive inspect's eager model);
+        None for a layer without weights (one read and one write each way)."""
+        return None

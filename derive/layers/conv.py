@@ -14,6 +14,7 @@ delta [h' = i·s + p] over the window keeps its range as an Iverson bracket (der
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy as sp
@@ -24,9 +25,10 @@ from derive.display import Code
 from derive.errors import SpecError
 from derive.ir import nodes as ir
 from derive.layers import checks
-from derive.layers.base import Input, Layer, LayerRule, Node, Param
+from derive.layers.base import Input, Layer, LayerRule, Node, NoTorchEquivalent, Param
 
 from derive.indices import UNPRIME, c, c_, h, h_, i, i_, j, j_, o, o_, p, p_, q, q_, w, w_
+from derive.tables.activations import IDENTITY
 # The padded copy's own output indices (its definition sums over the input's c, h, w).
 cc, hh, ww = sp.symbols("c'' h'' w''", integer=True)
 
@@ -45,7 +47,7 @@ class Conv2d:
     padding: int = 0
     weight: str | None = None
     bias: str | None | bool = None
-    activation: str = "identity"
+    activation: str = IDENTITY
     slope: float | None = None  # leaky_relu's negative slope (default 0.01)
     input: str | None = None  # the quantity it reads (default: the previous layer's output)
 
@@ -83,6 +85,7 @@ class ConvRule(LayerRule):
     keys = ("type", "filters", "kernel", "stride", "padding", "weight", "bias", "activation", "slope")
     shared = True  # one kernel for every position
     windowed = True
+    rounding = "dot"
     helpers = ("windows", "conv2d_input_grad")
     # The einsum subscripts of the window contractions, over windows(x)[b,c,i,j,p,q]: the NumPy and torch
     # printers print them, and explain quotes them, from here.
@@ -201,6 +204,23 @@ class ConvRule(LayerRule):
                 "positions, no sharing")
         return f"{what}; stride {layer.stride[0]}, padding {layer.padding}"
 
+    def torch_module(self, layer) -> str:
+        (kh, kw), (sh, sw) = layer.kernel, layer.stride
+        bias = "" if layer.bias else ", bias=False"
+        return (f"torch.nn.Conv2d({layer.in_shape[0]}, {layer.out_shape[0]}, kernel_size=({kh}, {kw}), "
+                f"stride=({sh}, {sw}), padding={layer.padding}{bias})")
+
+    def torch_params(self, layer) -> tuple:
+        o, c = layer.out_shape[0], layer.in_shape[0]
+        return tuple((name, attr, shape) for name, attr, shape in
+                     ((layer.weight, "weight", (o, c, *layer.kernel)), (layer.bias, "bias", (o,))) if name)
+
+    def dense_cost(self, layer) -> tuple[int, int, int]:
+        (kh, kw), fout = layer.kernel, math.prod(layer.out_shape)
+        window = layer.in_shape[0] * kh * kw
+        kernels = layer.out_shape[0] if self.shared else fout  # one kernel per filter, or per output element
+        return fout * window, kernels * window, kernels
+
 
 class LocallyConnectedRule(ConvRule):
     kind = "locally_connected"
@@ -210,6 +230,10 @@ class LocallyConnectedRule(ConvRule):
     forward_subscripts = "bcijpq,oijcpq->boij"
     weight_subscripts = "boij,bcijpq->oijcpq"
     bias_sum = "np.sum(δ, axis=0)"
+
+    def torch_module(self, layer) -> str:
+        raise NoTorchEquivalent(f"layer {layer.index} is {self.kind}, which has no torch.nn equivalent "
+                                f"(weights are not shared across positions)")
 
 
 def _s(name: str) -> sp.Symbol:

@@ -31,6 +31,8 @@ class FlattenRule(LayerRule):
     spec_type = Flatten
     keys = ("type",)
     has_activation = False
+    view = True
+    rounding = "exact"
 
     def parse(self, path: str, table: dict) -> Flatten:
         return Flatten()
@@ -56,6 +58,9 @@ class FlattenRule(LayerRule):
 
     def describe(self, layer: Layer) -> str:
         return "flatten, C order (as torch flattens (c, h, w))"
+
+    def torch_module(self, layer) -> str:
+        return "torch.nn.Flatten()"
 
 
 RULE = FlattenRule()

@@ -20,6 +20,7 @@ from derive.errors import DerivationError, SpecError
 from derive.ir.nodes import Outer
 from derive.layers import checks
 from derive.layers.base import Input, Layer, LayerRule, Node, Param
+from derive.tables.activations import ACTIVATIONS, IDENTITY
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Linear:
     out: int | None = None
     weight: str | None = None
     bias: str | None | bool = None
-    activation: str = "identity"
+    activation: str = IDENTITY
     slope: float | str | None = None  # leaky_relu: a float (default 0.01); prelu: the parameter's name
     slope_init: float | None = None  # prelu's initial slope (default 0.25, as torch.nn.PReLU)
     input: str | None = None  # the quantity it reads (default: the previous layer's output)
@@ -45,6 +46,8 @@ class LinearRule(LayerRule):
     kind = "linear"
     spec_type = Linear
     step_comment = "chain"
+    expandable = True
+    rounding = "dot"
     keys = ("type", "out", "weight", "bias", "activation", "slope", "slope_init")
 
     def parse(self, path: str, table: dict) -> Linear:
@@ -70,14 +73,17 @@ class LinearRule(LayerRule):
             raise SpecError(f"{path}.out", f"expected 'out' (this layer's input is a vector of {shape[0]}); "
                                            "leave 'out' out only for a scalar-to-scalar layer")
         vector = out is not None
-        if spec.activation == "prelu" and spec.slope is not None and not isinstance(spec.slope, str):
-            raise SpecError(f"{path}.slope", f"expected a name (string) for prelu's learnable slope, got {spec.slope!r}")
-        if spec.activation == "leaky_relu" and isinstance(spec.slope, str):
-            raise SpecError(f"{path}.slope", f"expected a number (leaky_relu's negative slope), got {spec.slope!r}")
+        slope = getattr(ACTIVATIONS.get(spec.activation), "slope", None)
+        if slope == "parameter" and spec.slope is not None and not isinstance(spec.slope, str):
+            raise SpecError(f"{path}.slope", f"expected a name (string) for {spec.activation}'s learnable slope, "
+                                             f"got {spec.slope!r}")
+        if slope == "constant" and isinstance(spec.slope, str):
+            raise SpecError(f"{path}.slope", f"expected a number ({spec.activation}'s negative slope), "
+                                             f"got {spec.slope!r}")
         act, slope_value = checks.activation(path, spec)
         weight, bias = checks.weight_and_bias(path, index, spec, vector, claim)
         slope_param = slope_init = None
-        if act == "prelu":
+        if ACTIVATIONS[act].slope == "parameter":
             slope_param = claim(f"{path}.slope", spec.slope if spec.slope is not None else names.default_slope(index))
             init = 0.25 if spec.slope_init is None else spec.slope_init
             if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
@@ -156,6 +162,19 @@ class LinearRule(LayerRule):
         if not layer.vector:
             return "linear: a scalar weight" + (" and bias" if layer.bias else "")
         return f"linear: {layer.out_shape[0]}×{layer.in_shape[0]} weights" + (" and a bias" if layer.bias else "")
+
+    def torch_module(self, layer) -> str:
+        bias = "" if layer.bias else ", bias=False"
+        return f"torch.nn.Linear({math.prod(layer.in_shape)}, {math.prod(layer.out_shape)}{bias})"
+
+    def torch_params(self, layer) -> tuple:
+        fan_out, fan_in = math.prod(layer.out_shape), math.prod(layer.in_shape)
+        return tuple((name, attr, shape) for name, attr, shape in
+                     ((layer.weight, "weight", (fan_out, fan_in)), (layer.bias, "bias", (fan_out,))) if name)
+
+    def dense_cost(self, layer) -> tuple[int, int, int]:
+        w = math.prod(layer.in_shape) * math.prod(layer.out_shape)
+        return w, w, math.prod(layer.out_shape)
 
 
 RULE = LinearRule()

@@ -24,6 +24,7 @@ from derive.ir import nodes as ir
 from derive.layers import checks
 from derive.layers.base import Input, Layer, LayerRule, Node
 from derive.indices import UNPRIME, c, c_, h, h_, i, j, k, o, p, w, w_
+from derive.tables.activations import IDENTITY
 
 
 def _inputs(value) -> tuple:
@@ -35,7 +36,7 @@ class Add:
     """a = f_1 + f_2 + … (two or more quantities of one shape), then f = activation(a)."""
 
     inputs: tuple[str, ...]
-    activation: str = "identity"
+    activation: str = IDENTITY
     slope: float | None = None  # leaky_relu's negative slope (default 0.01)
 
     kind = "add"
@@ -95,6 +96,8 @@ class AddRule(LayerRule):
     spec_type = Add
     keys = ("type", "inputs", "activation", "slope")
     multi_input = True
+    rounding = "sum"
+    torch_merge = "add"
 
     def parse(self, path: str, table: dict) -> Add:
         kwargs: dict = {"inputs": table["inputs"]}
@@ -129,6 +132,9 @@ class AddRule(LayerRule):
     def describe(self, layer: Layer) -> str:
         return f"add: {' + '.join(layer.sources)}, element by element (a residual connection)"
 
+    def torch_module(self, layer) -> str:
+        return ""  # the torch model's graph adds the inputs (torch_merge); its activation follows
+
 
 class ConcatRule(LayerRule):
     kind = "concat"
@@ -136,6 +142,8 @@ class ConcatRule(LayerRule):
     keys = ("type", "inputs")
     has_activation = False
     multi_input = True
+    rounding = "exact"
+    torch_merge = "concat"
 
     def parse(self, path: str, table: dict) -> Concat:
         return Concat(table["inputs"])
@@ -188,6 +196,9 @@ class ConcatRule(LayerRule):
     def describe(self, layer: Layer) -> str:
         axis = "channels" if len(layer.out_shape) == 3 else "features"
         return f"concat: {', '.join(layer.sources)} joined along {axis}"
+
+    def torch_module(self, layer) -> str:
+        return ""  # the torch model's graph concatenates the inputs (torch_merge)
 
 
 ADD = AddRule()

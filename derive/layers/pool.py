@@ -81,6 +81,7 @@ class PoolRule(LayerRule):
     mode = "max"
     windowed = True
     helpers = ("max_pool2d", "max_pool2d_grad")
+    rounding = "max"
 
     def parse(self, path: str, table: dict) -> Pool2d:
         if "kernel" not in table:
@@ -158,11 +159,19 @@ class PoolRule(LayerRule):
             return f"∂L/∂{at} = ∂L/∂f{layer.index}[c,i,j]·1[(p, q) = argmax] (the first maximum, row-major, on ties)"
         return f"∂L/∂{at} = ∂L/∂f{layer.index}[c,i,j]/({kh}·{kw}) for every (p, q) of the window"
 
+    def torch_module(self, layer) -> str:
+        (kh, kw), (sh, sw) = layer.kernel, layer.stride
+        geometry = f"kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding={layer.padding}"
+        if self.mode == "max":
+            return f"torch.nn.MaxPool2d({geometry})"
+        return f"torch.nn.AvgPool2d({geometry}, count_include_pad=True)"  # as derive's avg_pool2d
+
 
 class AvgPoolRule(PoolRule):
     kind = "avg_pool2d"
     mode = "avg"
     helpers = ("avg_pool2d", "avg_pool2d_grad")
+    rounding = "mean"
 
 
 MAX = PoolRule()

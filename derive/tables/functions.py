@@ -34,6 +34,7 @@ class sigmoid(sp.Function):
     """σ(x) = 1 / (1 + e^−x); σ' = σ(1 − σ)."""
 
     is_real = True
+    helpers = ("sigmoid",)  # the function the generated NumPy code defines for it (refused as a spec name)
 
     def fdiff(self, argindex=1):
         return self * (1 - self)
@@ -58,6 +59,7 @@ class softplus(sp.Function):
     """log(1 + e^x); softplus' = σ(x)."""
 
     is_real = True
+    helpers = ("softplus",)
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
@@ -91,6 +93,7 @@ class softmax(sp.Function):
 
     nargs = 2
     is_real = True
+    helpers = ("softmax",)
 
     def _sympystr(self, printer):
         return "softmax(%s)[%s]" % (printer._print(self.args[0]), printer._print(self.args[1]))
@@ -104,9 +107,14 @@ class logsumexp(sp.Function):
 
     nargs = 1
     is_real = True
+    helpers = ("logsumexp",)
 
     def _latex(self, printer):
         return r"\log \sum_j e^{%s_j}" % printer._print(self.args[0])
+
+
+# Every function here, for what reads them all (the spec names their generated helpers take).
+FUNCTIONS = (step, sigmoid, relu, softplus, leaky_relu, softmax, logsumexp)
 
 
 def _is_exp_sum(e, z) -> bool:

@@ -18,15 +18,12 @@ import sympy as sp
 from derive.errors import DerivationError
 from derive.ir.nodes import (Assign, AvgPool2d, ConvForward, First, KernelIR, LayerIR, LocalForward, MatVec,
                              MaxPool2d, VecMat)
+from derive.layers import rule_for
+from derive.layers.base import NoTorchEquivalent
+from derive.tables.activations import ACTIVATIONS
 from derive.tables.functions import relu, step
 from derive.targets.common import _common, _env
 from derive.targets.torch_printer import TORCH_HELPERS, TorchCodePrinter
-
-# torch.nn modules for the activations (identity: none).  Softplus: torch's switches to x above
-# 20, derive's is exact (they differ by less than e^-20 there).
-_ACTIVATIONS = {"relu": "torch.nn.ReLU()", "sigmoid": "torch.nn.Sigmoid()", "tanh": "torch.nn.Tanh()",
-                "softplus": "torch.nn.Softplus()"}
-
 
 # The ops' calling convention, part of their digest: a file generated before a change of it gets
 # other op names than one generated after, so both can be imported into one process.
@@ -143,35 +140,27 @@ def _vjp_backward(ir: KernelIR) -> tuple[dict, list[Assign]]:
 def _torch_equivalent(ir: KernelIR) -> tuple[list[str], list[dict], str | None, dict | None]:
     """The equivalent torch.nn model as constructor strings; each derive parameter's place in it
     (the k-th module with parameters, and its attribute); why there is none; and for a graph
-    network, its wiring (one torch.nn.Sequential per layer, the quantities each reads)."""
+    network, its wiring (one torch.nn.Sequential per layer, the quantities each reads).  Each layer's
+    module is its rule's (``torch_module``), each activation's its table entry's."""
     params: list[dict] = []
     held = 0  # modules with parameters so far
     shapes = {p.name: p.shape for p in ir.params}
     pre = ["torch.nn.Unflatten(0, (-1, 1))"] if ir.input.shape == () else []  # a scalar as a length-1 vector
     per_layer: list[list[str]] = []
     for li in ir.layers:
-        mods: list[str] = []
+        rule = rule_for(li)
+        try:
+            module = rule.torch_module(li)
+        except NoTorchEquivalent as why:
+            return [], [], str(why), None
+        mods = [module] if module else []
         per_layer.append(mods)
-        if li.kind == "locally_connected":
-            return [], [], (f"layer {li.index} is locally_connected, which has no torch.nn equivalent "
-                            f"(weights are not shared across positions)"), None
-        if li.kind == "flatten":
-            mods.append("torch.nn.Flatten()")
-            continue
-        if li.kind in ("max_pool2d", "avg_pool2d"):
-            mods.append(_pool(li))
-            continue
-        if li.kind in ("linear", "conv2d"):
-            mods.append(_parametric(li))
-            for name, attr, shape in ((li.weight, "weight", _torch_weight(li)), (li.bias, "bias", _torch_bias(li))):
-                if name is None:
-                    continue
-                if math.prod(shapes[name]) != math.prod(shape):
-                    raise DerivationError(f"torch target: {name} {shapes[name]} does not fit torch's {attr} {shape}")
-                params.append({"name": name, "index": held, "attr": attr})
-            held += 1
-        elif li.kind not in MERGES:
-            return [], [], f"layer {li.index} ({li.kind}) has no torch.nn equivalent in this target yet", None
+        own = rule.torch_params(li)
+        for name, attr, shape in own:
+            if math.prod(shapes[name]) != math.prod(shape):
+                raise DerivationError(f"torch target: {name} {shapes[name]} does not fit torch's {attr} {shape}")
+            params.append({"name": name, "index": held, "attr": attr})
+        held += bool(own)
         act = _activation(li)
         if act:
             mods.append(act)
@@ -184,55 +173,15 @@ def _torch_equivalent(ir: KernelIR) -> tuple[list[str], list[dict], str | None, 
     if ir.graph_reason() is None:
         return pre + [m for mods in per_layer for m in mods] + post, params, None, None
     graph = {"layers": per_layer, "reads": [list(li.sources) for li in ir.layers],
-             "merges": [MERGES.get(li.kind) for li in ir.layers], "outputs": [li.output for li in ir.layers],
+             "merges": [rule_for(li).torch_merge for li in ir.layers], "outputs": [li.output for li in ir.layers],
              "input": ir.input.name, "pre": pre, "post": post}
     return [], params, None, graph
 
 
-# The kinds that read several quantities: how the equivalent torch model joins them before the layer's modules.
-MERGES = {"add": "add", "concat": "concat"}
-
-
-def _features(shape) -> int:
-    return math.prod(shape) if shape else 1
-
-
-def _parametric(li: LayerIR) -> str:
-    bias = "" if li.bias else ", bias=False"
-    if li.kind == "linear":
-        return f"torch.nn.Linear({_features(li.in_shape)}, {_features(li.out_shape)}{bias})"
-    (kh, kw), (sh, sw) = li.kernel, li.stride
-    return (f"torch.nn.Conv2d({li.in_shape[0]}, {li.out_shape[0]}, kernel_size=({kh}, {kw}), "
-            f"stride=({sh}, {sw}), padding={li.padding}{bias})")
-
-
-def _pool(li: LayerIR) -> str:
-    (kh, kw), (sh, sw) = li.kernel, li.stride
-    geometry = f"kernel_size=({kh}, {kw}), stride=({sh}, {sw}), padding={li.padding}"
-    if li.kind == "max_pool2d":
-        return f"torch.nn.MaxPool2d({geometry})"
-    return f"torch.nn.AvgPool2d({geometry}, count_include_pad=True)"  # as derive's avg_pool2d
-
-
-def _torch_weight(li: LayerIR) -> tuple:
-    if li.kind == "linear":
-        return (_features(li.out_shape), _features(li.in_shape))
-    return (li.out_shape[0], li.in_shape[0], *li.kernel)
-
-
-def _torch_bias(li: LayerIR) -> tuple:
-    return (_features(li.out_shape),) if li.kind == "linear" else (li.out_shape[0],)
-
-
 def _activation(li: LayerIR) -> str | None:
-    a = li.activation
-    if a in (None, "identity"):
+    if li.activation is None:
         return None
-    if a == "leaky_relu":
-        return f"torch.nn.LeakyReLU({li.slope!r})"
-    if a == "prelu":
-        return "torch.nn.PReLU()"  # one learnable slope, as derive's prelu
-    if a in _ACTIVATIONS:
-        return _ACTIVATIONS[a]
-    raise DerivationError(f"torch target: no torch.nn module for the activation {a}")
-
+    module = ACTIVATIONS[li.activation].torch_module
+    if module is None:
+        raise DerivationError(f"torch target: no torch.nn module for the activation {li.activation}")
+    return module.format(slope=li.slope) or None

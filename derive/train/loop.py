@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from derive import fsutil
+from derive.checkpoint import as_numpy, load_checkpoint, save_checkpoint
 from derive.errors import DeriveError
 from derive.targets.modules import generated_modules, triton_device
 from derive.network import Network
@@ -79,48 +79,8 @@ def evaluate(net: Network, npm, params, x, y, chunk: int) -> tuple[float, float 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _fingerprint(net: Network) -> str:
-    return f"{net.name}|{net.optimizer.type}|" + ",".join(f"{p.name}{list(p.shape)}" for p in net.params)
-
-
-def save_checkpoint(path: Path, net: Network, params, state, epoch: int, t: int, losses) -> None:
-    arrays = {"fingerprint": np.array(_fingerprint(net)), "epoch": np.array(epoch), "t": np.array(t),
-              "losses": np.asarray(losses, dtype=np.float64)}
-    arrays.update({f"param/{k}": _np(v) for k, v in params.items()})
-    for kind, per in (state or {}).items():
-        arrays.update({f"state/{kind}/{k}": _np(v) for k, v in per.items()})
-    # atomic: an interrupted save leaves the previous checkpoint intact
-    fsutil.write_atomic(path, lambda fh: np.savez(fh, **arrays))
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says which epoch the checkpoint holds."""
-
-
-CHECKPOINT_KEYS = ("fingerprint", "epoch", "t", "losses")
-
-
-def load_checkpoint(path: Path, net: Network):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-        if not all(k in data for k in CHECKPOINT_KEYS):
-            raise ValueError("keys missing")
-        int(data["epoch"]), int(data["t"])
-    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, AttributeError):
-        # numpy's own text (about allow_pickle, or zip internals) would be advice for the wrong problem
-        raise DeriveError(f"{path}: --checkpoint: not a derive checkpoint, or a damaged one (expected the .npz "
-                          "file an earlier derive train --checkpoint wrote); delete it or pass a new file") from None
-    if str(data.get("fingerprint")) != _fingerprint(net):
-        raise DeriveError(f"{path}: --checkpoint: it belongs to another network or optimizer "
-                          f"({data.get('fingerprint')}); use a new file")
-    params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
-    state: dict = {}
-    for k, v in data.items():
-        if k.startswith("state/"):
-            _, kind, name = k.split("/", 2)
-            state.setdefault(kind, {})[name] = v
-    return params, state, int(data["epoch"]), int(data["t"]), data["losses"].tolist()
 
 
 def _check_resume(ckpt, start: int, epochs: int) -> None:
@@ -152,10 +112,6 @@ def _interrupt_message(ckpt, saved: list):
         if held == 0:
             raise Interrupted(f"no epoch finished; {ckpt} not written") from None
         raise Interrupted(f"{ckpt} holds epoch {held}; run the same command again to resume") from None
-
-
-def _np(v):
-    return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -212,7 +168,7 @@ def train(net: Network, source: str, x: np.ndarray, y: np.ndarray, *, epochs: in
                 if ckpt is not None:
                     save_checkpoint(ckpt, net, params, state, epoch + 1, t, losses)
                     saved[0] = epoch + 1
-        final = {k: _np(v).astype(np.float64) for k, v in params.items()}
+        final = {k: as_numpy(v).astype(np.float64) for k, v in params.items()}
         return _result(net, npm, final, x, y, batch, epochs, losses, test)
 
 

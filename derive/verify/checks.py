@@ -25,15 +25,9 @@ import numpy as np
 from derive.targets.modules import generated_modules, triton_device
 from derive.network import Network
 from derive.tables.losses import BINARY, CLASS, LOSS_RULES, SIGNED
+from derive.verify.divergence import first_divergence
+from derive.verify.tolerance import GRAD_FLOOR, TOL_F32, TOL_F64, TOL_FD, rel_err
 
-TOL_F64 = 1e-10  # two float64 evaluations of the same math: only rounding differs
-# Central differences in extended precision (np.longdouble, ε ≈ 1e-19 on x86-64), at three steps
-# h = (1e-7, 1e-8, 1e-9)·max(1, |θ|), and the median of the three estimates: truncation O(h²) and
-# rounding O(ε·|L|/h) ≤ 1e-10·|L| stay far below the tolerance, and a relu or hinge kink that
-# falls inside one stencil (a conv bias moves thousands of pre-activations at once) spoils only
-# the estimates with the larger steps, so the median is clean unless a kink lies within 1e-8.
-TOL_FD = 1e-6
-TOL_F32 = 1e-4  # float32 arithmetic (ε ≈ 6e-8) accumulated over a few layers and a batch sum
 FD_STEPS = (1e-7, 1e-8, 1e-9)
 FD_ELEMENTS = 6  # finite differences on this many random elements of each parameter
 SENTINEL = 12345.0
@@ -89,25 +83,6 @@ class _Collector:
         for (t, a, q), (err, tol) in self.rows.items():
             out.append(Check(t, a, q, err, tol, bool(np.isfinite(err) and err <= tol)))
         return out
-
-
-def rel_err(got, want, floor: float = 0.0) -> float:
-    """‖got − want‖ / max(‖want‖, floor); absolute where both are 0.
-
-    ``floor`` is for one parameter's gradient: measured against 1e-3 of the whole gradient's
-    norm, a gradient that is exactly 0 by symmetry is not failed by its reference's rounding
-    noise, while a 1% error in a gradient 1000× smaller than the rest still fails.
-    """
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return float("inf")
-    diff = np.linalg.norm((got - want).ravel())
-    scale = max(float(np.linalg.norm(want.ravel())), floor)
-    return float(diff / scale) if scale > 0 else float(diff)
-
-
-GRAD_FLOOR = 1e-3  # see rel_err
 
 
 def _norm_all(arrays) -> float:
@@ -236,10 +211,20 @@ def verify_modules(net: Network, mods: dict, seeds: int = 3, seed: int | None = 
         report.notes += [f"unmasked memory op: {op}" for op in unmasked]
     report.checks = col.checks()
     if not report.ok and report.checks and torch is not None:
-        from derive.verify.divergence import locate
-
         report.divergence = locate(net, mods if use_triton else {"numpy": npm}, base, runs)
     return report
+
+
+def locate(net: Network, mods: dict, base: int, runs):
+    """The first divergence (divergence.Divergence) over the verify runs (draw, batch size) of seed ``base``."""
+    device = triton_device() if "triton" in mods else None
+    for s, batch in runs:
+        params, x, y, _ = draw(net, mods["numpy"], base, s, batch)
+        found = first_divergence(net, mods, params, x, y, device)
+        if found:
+            found.seed, found.run = base, (s, batch)
+            return found
+    return None
 
 
 REDRAWS = 200  # rounds of drawing the samples near a kink again (a sample is clean with p ≳ 0.2 in the examples)

@@ -16,7 +16,8 @@ import numpy as np
 from derive import names
 from derive.derivation import derive
 from derive.network import Network
-from derive.verify.checks import TOL_F32, TOL_F64, draw, rel_err
+from derive.tables.losses import CLASS, LOSS_RULES
+from derive.verify.tolerance import TOL_F32, TOL_F64, rel_err
 
 MAX_RULE = 110  # a conv rule written out in full runs to hundreds of characters
 
@@ -113,7 +114,7 @@ def _reference(net, torch, params, x, y):
     from derive.verify.named import named_quantities
 
     tp = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
-    ty = torch.tensor(y, dtype=torch.long if net.loss.type == "cross_entropy" else torch.float64)
+    ty = torch.tensor(y, dtype=torch.long if LOSS_RULES[net.loss.type].target == CLASS else torch.float64)
     return named_quantities(net, tp, torch.tensor(x, dtype=torch.float64), ty)
 
 
@@ -147,17 +148,3 @@ def first_divergence(net: Network, mods: dict, params, x, y, device=None) -> Div
     want32 = _reference(net, torch, p32, x32, y)  # the same math on the inputs Triton sees
     got, note = _triton_values(mods["triton"], net.info[-1].index, params, x, y, torch, device or "cpu")
     return compare([q for q in quantities if q.name in got], got, want32, TOL_F32, "triton", note)
-
-
-def locate(net: Network, mods: dict, base: int, runs) -> Divergence | None:
-    """The first divergence over the verify runs (draw, batch size) of seed ``base``."""
-    from derive.targets.modules import triton_device
-
-    device = triton_device() if "triton" in mods else None
-    for s, batch in runs:
-        params, x, y, _ = draw(net, mods["numpy"], base, s, batch)
-        found = first_divergence(net, mods, params, x, y, device)
-        if found:
-            found.seed, found.run = base, (s, batch)
-            return found
-    return None

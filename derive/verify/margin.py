@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from derive.errors import DerivationError
+from derive.layers import rule_for
 from derive.network import Network
+from derive.tables.activations import ACTIVATIONS
+from derive.tables.losses import LOSS_RULES
 
 U = 2.0 ** -24
 U_MUL = 2.0 ** -21
-KINKED = ("relu", "leaky_relu", "prelu")
-LIPSCHITZ = {"identity": 1.0, "relu": 1.0, "sigmoid": 0.25, "tanh": 1.0, "softplus": 1.0}
-WEIGHTED = ("linear", "conv2d", "locally_connected")
 
 
 def gamma(m):
@@ -53,9 +54,16 @@ def _merged(li, p, reads):
 
     merge = reference.MERGES[li.kind]
     h, e = merge(li, p, [r[0] for r in reads]), merge(li, p, [r[1] for r in reads])
-    if li.kind == "add":
+    if rule_for(li).rounding == "sum":
         e = e + gamma(len(reads) - 1) * sum(r[0].abs() for r in reads)
+    elif rule_for(li).rounding != "exact":
+        raise _no_rounding(li)
     return h, e
+
+
+def _no_rounding(li) -> DerivationError:
+    return DerivationError(f"layer {li.index} ({li.kind}): its rule gives no float32 rounding for verify's kink "
+                           f"margin (LayerRule.rounding: dot, max, mean, sum or exact)")
 
 
 def _walk(net, params, x, y):
@@ -79,24 +87,24 @@ def _walk(net, params, x, y):
         q = {net.input.name: (h, e)}  # every quantity a layer may read, with its bound (graphs read any)
         for li in net.info:
             layer = reference.LAYERS.get(li.kind)
-            if li.kind in reference.MERGES:
+            rule = rule_for(li)
+            rounding = rule.rounding
+            if rule.multi_input:
                 h, e = _merged(li, p, [q[s] for s in li.sources])
             else:
                 h, e = q[li.source]
-            if li.kind in reference.MERGES:
+            if rule.multi_input:
                 pass  # bounded above
-            elif li.kind in WEIGHTED:
+            elif rounding == "dot":
                 ones = {li.weight: torch.ones_like(p[li.weight])}
                 n = layer(li, ones, torch.ones_like(h))  # terms per output (padding counted: an upper bound)
-                absb = 0.0
-                if li.bias:
-                    absb = ap[li.bias][:, None, None] if li.kind == "conv2d" else ap[li.bias]
                 a = layer(li, p, h)
+                absb = reference.bias(ap[li.bias], a) if li.bias else 0.0
                 if li.bias:
-                    a = a + (p[li.bias][:, None, None] if li.kind == "conv2d" else p[li.bias])
+                    a = a + reference.bias(p[li.bias], a)
                 e = layer(li, ap, e) + (U_MUL + gamma(n + 1)) * (layer(li, ap, h.abs() + e) + absb)
                 h = a
-            elif li.kind == "max_pool2d":
+            elif rounding == "max":
                 kh, kw = li.kernel
                 if kh * kw > 1:
                     hp = F.pad(h, (li.padding,) * 4, value=-float("inf"))
@@ -111,35 +119,36 @@ def _walk(net, params, x, y):
                     # strict: two relu zeros tie exactly in every precision (their bound is 0, see below)
                     flag((top[:, :, 0] - top[:, :, 1]) < etop.sum(dim=2))
                 h, e = layer(li, p, h), F.max_pool2d(e, li.kernel, li.stride, li.padding)
-            elif li.kind == "avg_pool2d":
+            elif rounding == "mean":
                 k2 = li.kernel[0] * li.kernel[1]
                 e = layer(li, p, e) + gamma(k2 + 1) * layer(li, p, h.abs() + e)
                 h = layer(li, p, h)
-            else:  # flatten: exact
+            elif rounding == "exact":  # flatten: values moved only
                 h, e = layer(li, p, h), layer(li, p, e)
+            else:
+                raise _no_rounding(li)
             if li.activation is None:
                 out[f"f{li.index}"] = (h.numpy(), e.numpy())
                 q[f"f{li.index}"] = (h, e)
                 continue
             out[f"a{li.index}"] = (h.numpy(), e.numpy())
             slope = p[li.slope_param] if li.slope_param else li.slope_value
-            if li.activation in KINKED:
+            act = ACTIVATIONS[li.activation]
+            if act.kink:
                 flag(h.abs() <= e)
-                lip = 1.0 if slope is None else torch.clamp(torch.as_tensor(slope).abs(), min=1.0)
-            else:
-                lip = LIPSCHITZ[li.activation]
-            if li.activation == "relu":  # exact: 0 wherever a < 0 (unambiguously, or the sample is flagged)
+            if act.exact:  # relu: 0 wherever a < 0 (unambiguously, or the sample is flagged)
                 e = e * (h > 0)
             else:
+                lip = act.lipschitz if act.lipschitz is not None else torch.clamp(torch.as_tensor(slope).abs(), min=1.0)
                 e = lip * e + 4 * U * reference.ACTIVATIONS[li.activation](h, slope).abs()
             h = reference.ACTIVATIONS[li.activation](h, slope)
             out[f"f{li.index}"] = (h.numpy(), e.numpy())
             q[f"f{li.index}"] = (h, e)
         if net.output_shape == (1,) and net.target.shape == ():
             h, e = h[:, 0], e[:, 0]
-        kind = net.loss.type
-        if y is not None and kind in ("hinge", "l1", "zero_one"):
+        kink = LOSS_RULES[net.loss.type].kink
+        if y is not None and kink is not None:
             t = torch.as_tensor(np.asarray(y, dtype=np.float64))
-            corner = {"hinge": 1 - t * h, "l1": t - h, "zero_one": t * h}[kind]
+            corner = kink(h, t)
             flag(corner.abs() <= t.abs() * e + e + 4 * U * (t.abs() * h.abs() + 1))
     return bad.numpy(), out

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from derive import names
 from derive.network import Network
-from derive.verify.reference import ACTIVATIONS, LAYERS, MERGES, per_sample_loss
+from derive.verify.reference import ACTIVATIONS, LAYERS, MERGES, bias, per_sample_loss
 
 
 def named_quantities(net: Network, params: dict, x, y) -> dict:
@@ -57,8 +57,7 @@ def named_quantities(net: Network, params: dict, x, y) -> dict:
         else:
             a = LAYERS[li.kind](li, p, h)  # verify's own rebuild of the layer's linear part
         if li.bias:
-            b = p[li.bias]
-            a = a + (b[:, None, None] if li.kind == "conv2d" else b)
+            a = a + bias(p[li.bias], a)
         if li.activation is None:  # flatten, pooling: f_l is the layer's only quantity
             h = a
         else:

@@ -67,6 +67,12 @@ MERGES = {
 }
 
 
+def bias(b, a):
+    """The bias b shaped to add to a (batch first): one per channel of a volume (conv2d's (o,) over
+    (B, o, h, w)), or one per element where it has a's shape (linear, locally connected)."""
+    return b.reshape(b.shape + (1,) * (a.dim() - 1 - b.dim()))
+
+
 def forward(net: Network, params: dict, x):
     q = {net.input.name: x}  # every layer's output by name, for the layers that read it
     for li in net.info:
@@ -75,8 +81,7 @@ def forward(net: Network, params: dict, x):
         else:
             h = LAYERS[li.kind](li, params, q[li.source])
         if li.bias:
-            b = params[li.bias]
-            h = h + (b[:, None, None] if li.kind == "conv2d" else b)
+            h = h + bias(params[li.bias], h)
         if li.activation is not None:
             slope = params[li.slope_param] if li.slope_param else li.slope_value
             h = ACTIVATIONS[li.activation](h, slope)
