@@ -46,6 +46,10 @@ class sigmoid(sp.Function):
 class relu(sp.Function):
     """max(0, x); relu' = step(x), 0 at 0 as in PyTorch."""
 
+    # relu(x) > 0 exactly where x > 0, so step(a) can be read from f = relu(a): the fused Triton kernel
+    # then need not keep a live beside f from the forward pass to the backward pass
+    positive_where_positive = True
+
     is_real = True
 
     def fdiff(self, argindex=1):

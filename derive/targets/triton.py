@@ -142,7 +142,8 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         pr.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
     if onchip:
         pr.step_alias = {a.expr.args[0].name: a.name for a in ir.forward
-                         if type(a.expr).__name__ == "relu" and isinstance(a.expr.args[0], sp.Symbol)}
+                         if getattr(type(a.expr), "positive_where_positive", False)
+                         and isinstance(a.expr.args[0], sp.Symbol)}
     outer = {}  # gradient name -> the helper call that adds this tile's outer product into it
     inter, inter_width = _inter_layout(ir)
 
