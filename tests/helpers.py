@@ -188,10 +188,10 @@ def triton_inputs(net, params, x, y, device="cpu"):
     return tp, tx, ty
 
 
-# Graph networks (add, concat, a layer reading other than the previous output): the Triton target refuses them
-# until the one Triton planner (issue 21) takes them.  Tests that iterate over the examples call this and, for a
+# Graph networks with concat: the Triton target refuses them until it has a concat emitter (add and skip paths,
+# residual_mlp and resnet_block, are planned like chains).  Tests that iterate over the examples call this and, for a
 # graph, check the refusal instead of the Triton module: never a silent skip.
-TRITON_GRAPH_REFUSAL = "the triton target does not take graph networks yet"
+TRITON_GRAPH_REFUSAL = "the triton target does not take concat yet"
 
 
 def triton_refuses(net) -> bool:

@@ -11,21 +11,29 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import ROOT, assert_close_to_torch, triton_inputs, triton_outputs
 
-from derive import Linear, Loss, Network, Port
+from derive import Add, Linear, Loss, Network, Port
 from derive.derivation import derive
 from derive.ir.lowering import lower
 from derive.targets.triton import CANDIDATES, choose_strategy, plan_triton
+from derive.verify import rel_err
+from derive.verify.named import named_quantities
 
-# 16 wide (tl.dot's smallest side): cross-entropy with a padded class column, and L2 with a sigmoid layer
+# 16 wide (tl.dot's smallest side): cross-entropy with a padded class column, L2 with a sigmoid layer, and
+# a residual graph
 NETS = {
     "ce": Network("strat_ce", layers=[Linear(out=16, activation="relu"), Linear(out=10)], input=Port("x", (16,)),
                   target=Port("y", ()), loss=Loss("cross_entropy")),
     "l2": Network("strat_l2", layers=[Linear(out=16, activation="sigmoid"), Linear(out=16, activation="relu"),
                                       Linear(out=16)], input=Port("x", (16,)), target=Port("y", (16,)),
                   loss=Loss("l2")),
+    # a residual block: f1 feeds a2 and the sum f3, so ∂L/∂f1 is a sum over paths on every plan too
+    "res": Network("strat_res", layers=[Linear(out=16, activation="tanh"), Linear(out=16, activation="relu"),
+                                        Add(["f1", "f2"]), Linear(out=16)], input=Port("x", (16,)),
+                   target=Port("y", (16,)), loss=Loss("l2")),
 }
 
 
@@ -60,6 +68,17 @@ def test_every_plan_matches_torch(net_key, strategy, triton_device_name):
         tp, tx, ty = triton_inputs(net, params, x, y, device=triton_device_name)
         got = triton_outputs(mod, tp, tx, ty, net=net)
         assert_close_to_torch(net, got, params, x, y, 1e-4, f"{net.name} {strategy.name}", float32=True)
+        # intermediates() (the first-divergence report's input) on this plan: every named per-sample quantity
+        # against the torch rebuild of the derivation's quantities, in float64
+        inter = mod.intermediates(tp, tx, ty)
+        t64 = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+        ty64 = torch.tensor(y, dtype=torch.long if net.loss.type == "cross_entropy" else torch.float64)
+        want = named_quantities(net, t64, torch.tensor(x, dtype=torch.float64), ty64)
+        assert set(inter) <= set(want) and len(inter) >= 8
+        for k, v in inter.items():
+            w = want[k].numpy()
+            err = rel_err(v.double().numpy().reshape(w.shape), w)
+            assert err < 1e-4, (strategy, k, err)
     finally:
         sys.modules.pop(name, None)
 
@@ -69,5 +88,8 @@ def test_the_pick_is_on_chip_only_inside_the_measured_envelope():
                    target=Port("y", (64,)), loss=Loss("l2"))
     narrow = Network("n", layers=[Linear(out=32, activation="relu"), Linear(out=32)], input=Port("x", (32,)),
                      target=Port("y", (32,)), loss=Loss("l2"))
+    classes = Network("c", layers=[Linear(out=64, activation="relu"), Linear(out=10)], input=Port("x", (64,)),
+                      target=Port("y", ()), loss=Loss("cross_entropy"))  # its forward launches spilled on chip
     assert choose_strategy(lower(derive(wide), "<t>")).name == "on-chip"
+    assert choose_strategy(lower(derive(classes), "<t>")).name == "scratch"
     assert choose_strategy(lower(derive(narrow), "<t>")).name == "scratch"

@@ -12,7 +12,7 @@ import re
 import sympy as sp
 
 from derive.errors import DerivationError
-from derive.ir.nodes import KernelIR, Outer
+from derive.ir.nodes import Concat, KernelIR, Outer
 from derive.limits import pow2
 from derive.targets.common import _common, _env
 from derive.targets.printers import HostPrinter
@@ -65,10 +65,11 @@ class Strategy:
 
 SCRATCH = Strategy("scratch", "tile", "tile", why="compiles without spills across the MLP grid (width 16-128, "
                    "depth 2-8, L2/CE); its scratch rows and per-tile weights cost L2 traffic")
-# the on-chip plan at 16 rows and 8 warps compiled without spills for every 64-wide net of the grid (depth 2-8,
-# L2 and CE: 123-234 registers) but spilled for 32-wide deep nets (56-2216 bytes) and 128-wide ones (372):
-# bench/compile_grid.py --strategy on-chip, docs/gpu.md
-ON_CHIP = Strategy("on-chip", "tile", "tile", 16, why="every hidden layer 64 wide: the measured envelope where "
+# the on-chip plan at 16 rows and 8 warps compiled without spills in every configuration of the grid's 64-wide
+# L2 nets (depth 2-8, 115-229 registers); its forward-only launches spilled for the 64-wide cross-entropy nets
+# (48-796 bytes, a 10-class layer), and its training launch for 32-wide deep nets (56-2,216) and 128-wide ones
+# (372): bench/compile_grid.py, docs/gpu.md
+ON_CHIP = Strategy("on-chip", "tile", "tile", 16, why="every weight 64 x 64: the measured envelope where "
                    "per-sample tiles stay in registers without spills; no scratch traffic")
 # the plans derive inspect --strategies compiles and models beside the pick (the bigger tiles and on-chip sums
 # the model favours spill on sm_90 today: docs/gpu.md)
@@ -81,19 +82,21 @@ def choose_strategy(ir: KernelIR) -> Strategy:
     """The plan for a dense network: on chip where it was measured spill-free, else scratch rows."""
     if not _scratch_layout(ir):
         return Strategy("on-chip", "tile", "tile", why="scalars only: every quantity is a register")
-    hidden = [pow2(p.shape[1]) for p in ir.params if len(p.shape) == 2]
-    if hidden and set(hidden) == {64} and len(hidden) <= 8:
+    sides = [pow2(n) for p in ir.params if len(p.shape) == 2 for n in p.shape]
+    if sides and set(sides) == {64} and len(sides) <= 16:
         return ON_CHIP
     return SCRATCH
 
 
 def refusal(ir: KernelIR) -> str | None:
-    """Why the triton target refuses this network, or None.  Graph networks (add, concat, skip paths)
-    wait for the one Triton planner (issue 21): today's two generators assume a chain, so a graph is
-    refused rather than planned by either."""
-    reason = ir.graph_reason()
-    if reason:
-        return f"the triton target does not take graph networks yet ({reason}); the numpy and torch targets do"
+    """Why the triton target refuses this network, or None.  A graph with add and skip paths is planned
+    like a chain (the fused kernel, or the per-layer kernels for volumes, print each assignment of the IR,
+    the sum over paths included); concat has no Triton emitter yet (a register tile has no concatenation)."""
+    joined = next((a for a in ir.forward if a.expr.has(Concat)), None)
+    if joined is not None:
+        parts = ", ".join(str(s) for s in sorted(joined.expr.atoms(Concat), key=str)[0].args)
+        return (f"the triton target does not take concat yet ({joined.name} joins {parts}); "
+                "the numpy and torch targets do")
     return None
 
 
