@@ -7,14 +7,14 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_ee2835a160":
-  derive::iris_mlp_ee2835a160_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::iris_mlp_ee2835a160_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_8b0e5c0538":
+  derive::iris_mlp_8b0e5c0538_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::iris_mlp_8b0e5c0538_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
   with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::iris_mlp_ee2835a160_loss(params, x, y) -> L                 autograd: the _value_and_grad
+  derive::iris_mlp_8b0e5c0538_loss(params, x, y) -> L                 autograd: the _value_and_grad
   op
-  derive::iris_mlp_ee2835a160_value_and_grad(params, x, y) -> (L, gradients)
+  derive::iris_mlp_8b0e5c0538_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 NAME = "iris_mlp"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "iris_mlp_ee2835a160"
+OPS = "iris_mlp_8b0e5c0538"
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -46,26 +47,11 @@ LOSS = "cross_entropy"
 REDUCTION = "mean"
 
 
-def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an
-    infinite maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
-    m = torch.amax(z, dim=1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
-    return torch.log(torch.sum(torch.exp(z - m), dim=1)) + m[:, 0]
-
-
-def onehot(y, z):
-    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
-    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)
-
-
-def softmax(z):
-    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum.  torch.softmax's CPU kernel
-    runs a row shorter than one 16-float vector element by element (256 × 10: 57 µs, against
-    19 µs for these four vectorised passes); from 16 classes on it is the faster one."""
-    if z.shape[1] >= 16 or z.is_cuda:
-        return torch.softmax(z, dim=1)
-    e = torch.exp(z - torch.amax(z, dim=1, keepdim=True))
-    return e / torch.sum(e, dim=1, keepdim=True)
+def _softmax_minus_onehot(log_p, y, s):
+    """s·(softmax(z) − onehot(y, z)) from log_p = log softmax(z): softmax as exp(log_p), the
+    one-hot's 1 subtracted only where y points (no one-hot matrix), the scale applied in place (one
+    fresh tensor)."""
+    return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)
 
 
 def init_values(seed=0):
@@ -105,31 +91,37 @@ def _yhat_from(quantities):
 
 
 def _loss(params, x, y):
-    return _loss_from(_forward(params, x), y)
+    return _loss_from(_forward(params, x), y)[0]
 
 
 def _loss_from(quantities, y):
+    """The batch loss, and what the backward reads of the loss's own lines (_log_softmax_f2)."""
     f1, f2 = quantities
-    loss_per_sample = logsumexp(f2) - torch.gather(f2, 1, y[:, None])[:, 0]  # cross_entropy
-    return torch.mean(loss_per_sample)
+    # log softmax(f2)[j] = f2[j] − logsumexp(f2), once: ℓ reads it, ∂L/∂f2 its exp
+    _log_softmax_f2 = torch.log_softmax(f2, dim=1)
+    # mean of the cross_entropy loss
+    return F.nll_loss(_log_softmax_f2, y, reduction="mean"), (_log_softmax_f2, )
 
 
 def _value_and_grad(params, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
     backward."""
     _q = _forward(params, x)
-    return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
+    _value, _kept = _loss_from(_q, y)
+    return _value, _gradients(params, x, y, _q, _kept, 1.0 / x.shape[0])
 
 
-def _gradients(params, x, y, quantities, _scale):
-    """derive's backward pass over the forward pass's named quantities.  _scale is the batch
-    mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
-    _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
+def _gradients(params, x, y, quantities, kept, _scale):
+    """derive's backward pass over the forward pass's named quantities and what the loss's lines
+    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
+    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
+    gradients."""
     W1, b1, W2, b2 = params
     f1, f2 = quantities
+    _log_softmax_f2, = kept
     # ---- backward pass: each delta once, re-used below
     # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df2 = _scale*(softmax(f2) - onehot(y, f2))
+    dL_df2 = _softmax_minus_onehot(_log_softmax_f2, y, _scale)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
     dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
@@ -207,20 +199,22 @@ def _check_inputs(params, x, y=None):
     if len(params) != len(PARAM_SHAPES):
         raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
                         f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
-    if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
+    if x.dim() != 1 + len(INPUT_SHAPE) or x.shape[1:] != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 4), got {tuple(x.shape)}")
+    # below, torch.Size compares with a tuple as it is (every call pays these checks)
+    _dtype = x.dtype
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
-        if _p.dtype != x.dtype:
+        if _p.dtype != _dtype:
             raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
                 f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
-        if tuple(_p.shape) != _s:
+        if _p.shape != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
     if y is None:
         return
     if y.dtype != torch.int64:
         raise TypeError(f"{NAME}: y holds class indices and must be int64, got {y.dtype}")
-    if tuple(y.shape) != (x.shape[0], *TARGET_SHAPE):
+    if y.shape != (x.shape[0], *TARGET_SHAPE):
         raise ValueError(f"{NAME}: y must have shape {((x.shape[0], *TARGET_SHAPE))} "
                          f"(x's batch of {x.shape[0]}), got {tuple(y.shape)}")
 
@@ -228,6 +222,8 @@ def _check_inputs(params, x, y=None):
 def _as_target(y, x):
     """The target as the ops take it: class indices as int64 (no copy when they already are);
     floats are refused rather than truncated."""
+    if y.dtype == torch.int64:
+        return y
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"{NAME}: y holds class indices and must be an integer tensor (int64), "
                         f"got {y.dtype}")
@@ -378,18 +374,19 @@ class _LossFunction(torch.autograd.Function):
             ctx.save_for_backward(*_grads)
             return _value
         _quantities = _forward(params, x)
+        _value, _kept = _loss_from(_quantities, y)
         ctx.fused = False
-        ctx.save_for_backward(x, y, *params, *_quantities)
-        return _loss_from(_quantities, y)
+        ctx.save_for_backward(x, y, *params, *_quantities, *_kept)
+        return _value
 
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.fused:
             return (None, None, *(grad_loss * _g for _g in ctx.saved_tensors))
         _x, _y, *_rest = ctx.saved_tensors
-        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        _n, _k = len(PARAM_SHAPES), len(PARAM_SHAPES) + 2
         _scale = grad_loss * (1.0 / _x.shape[0])
-        return (None, None, *_gradients(_p, _x, _y, _q, _scale))
+        return (None, None, *_gradients(_rest[:_n], _x, _y, _rest[_n:_k], _rest[_k:], _scale))
 
 
 class _YhatFunction(torch.autograd.Function):
@@ -430,7 +427,8 @@ class IrisMlp(torch.nn.Module):
 
     def params(self):
         """The parameters in PARAM_SHAPES order (the ops take them as one list)."""
-        return [getattr(self, _n) for _n in PARAM_SHAPES]
+        _own = self._parameters  # nn.Module.__getattr__ costs about 1 µs a parameter, each step
+        return [_own[_n] if _n in _own else getattr(self, _n) for _n in PARAM_SHAPES]
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which

@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the l2
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch,); y has shape (batch,).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "linear_regression_28bfa79a63":
-  derive::linear_regression_28bfa79a63_forward(params, x) -> ŷ                   autograd: the
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "linear_regression_7cd70efc71":
+  derive::linear_regression_7cd70efc71_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::linear_regression_28bfa79a63_backward(params, x, grad_yhat) -> gradients  derive's
+  derive::linear_regression_7cd70efc71_backward(params, x, grad_yhat) -> gradients  derive's
   backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::linear_regression_28bfa79a63_loss(params, x, y) -> L                 autograd: the
+  derive::linear_regression_7cd70efc71_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::linear_regression_28bfa79a63_value_and_grad(params, x, y) -> (L, gradients)
+  derive::linear_regression_7cd70efc71_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -33,7 +33,7 @@ import torch
 
 NAME = "linear_regression"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "linear_regression_28bfa79a63"
+OPS = "linear_regression_7cd70efc71"
 PARAM_SHAPES = {
     "theta1": (),
     "theta0": (),
@@ -78,26 +78,29 @@ def _yhat_from(quantities):
 
 
 def _loss(params, x, y):
-    return _loss_from(_forward(params, x), y)
+    return _loss_from(_forward(params, x), y)[0]
 
 
 def _loss_from(quantities, y):
+    """The batch loss, and what the backward reads of the loss's own lines (nothing)."""
     f1, = quantities
     loss_per_sample = (1/2)*(y - f1)**2  # l2
-    return torch.mean(loss_per_sample)
+    return torch.mean(loss_per_sample), ()  # mean of the l2 loss
 
 
 def _value_and_grad(params, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
     backward."""
     _q = _forward(params, x)
-    return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
+    _value, _kept = _loss_from(_q, y)
+    return _value, _gradients(params, x, y, _q, _kept, 1.0 / x.shape[0])
 
 
-def _gradients(params, x, y, quantities, _scale):
-    """derive's backward pass over the forward pass's named quantities.  _scale is the batch
-    mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
-    _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
+def _gradients(params, x, y, quantities, kept, _scale):
+    """derive's backward pass over the forward pass's named quantities and what the loss's lines
+    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
+    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
+    gradients."""
     theta1, theta0 = params
     f1, = quantities
     # ---- backward pass: each delta once, re-used below
@@ -171,20 +174,22 @@ def _check_inputs(params, x, y=None):
     if len(params) != len(PARAM_SHAPES):
         raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
                         f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
-    if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
+    if x.dim() != 1 + len(INPUT_SHAPE) or x.shape[1:] != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch,), got {tuple(x.shape)}")
+    # below, torch.Size compares with a tuple as it is (every call pays these checks)
+    _dtype = x.dtype
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
-        if _p.dtype != x.dtype:
+        if _p.dtype != _dtype:
             raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
                 f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
-        if tuple(_p.shape) != _s:
+        if _p.shape != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
     if y is None:
         return
     if y.dtype != x.dtype:
         raise TypeError(f"{NAME}: y must have x's dtype {x.dtype}, got {y.dtype}")
-    if tuple(y.shape) != (x.shape[0], *TARGET_SHAPE):
+    if y.shape != (x.shape[0], *TARGET_SHAPE):
         raise ValueError(f"{NAME}: y must have shape {((x.shape[0], *TARGET_SHAPE))} "
                          f"(x's batch of {x.shape[0]}), got {tuple(y.shape)}")
 
@@ -338,18 +343,19 @@ class _LossFunction(torch.autograd.Function):
             ctx.save_for_backward(*_grads)
             return _value
         _quantities = _forward(params, x)
+        _value, _kept = _loss_from(_quantities, y)
         ctx.fused = False
-        ctx.save_for_backward(x, y, *params, *_quantities)
-        return _loss_from(_quantities, y)
+        ctx.save_for_backward(x, y, *params, *_quantities, *_kept)
+        return _value
 
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.fused:
             return (None, None, *(grad_loss * _g for _g in ctx.saved_tensors))
         _x, _y, *_rest = ctx.saved_tensors
-        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        _n, _k = len(PARAM_SHAPES), len(PARAM_SHAPES) + 1
         _scale = grad_loss * (1.0 / _x.shape[0])
-        return (None, None, *_gradients(_p, _x, _y, _q, _scale))
+        return (None, None, *_gradients(_rest[:_n], _x, _y, _rest[_n:_k], _rest[_k:], _scale))
 
 
 class _YhatFunction(torch.autograd.Function):
@@ -390,7 +396,8 @@ class LinearRegression(torch.nn.Module):
 
     def params(self):
         """The parameters in PARAM_SHAPES order (the ops take them as one list)."""
-        return [getattr(self, _n) for _n in PARAM_SHAPES]
+        _own = self._parameters  # nn.Module.__getattr__ costs about 1 µs a parameter, each step
+        return [_own[_n] if _n in _own else getattr(self, _n) for _n in PARAM_SHAPES]
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which

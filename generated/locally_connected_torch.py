@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2, 9, 9); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_fbbf289713":
-  derive::locally_connected_fbbf289713_forward(params, x) -> ŷ                   autograd: the
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_39cc9c0d16":
+  derive::locally_connected_39cc9c0d16_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::locally_connected_fbbf289713_backward(params, x, grad_yhat) -> gradients  derive's
+  derive::locally_connected_39cc9c0d16_backward(params, x, grad_yhat) -> gradients  derive's
   backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::locally_connected_fbbf289713_loss(params, x, y) -> L                 autograd: the
+  derive::locally_connected_39cc9c0d16_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::locally_connected_fbbf289713_value_and_grad(params, x, y) -> (L, gradients)
+  derive::locally_connected_39cc9c0d16_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "locally_connected"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "locally_connected_fbbf289713"
+OPS = "locally_connected_39cc9c0d16"
 PARAM_SHAPES = {
     "W1": (3, 2, 3, 3),
     "b1": (3,),
@@ -48,6 +48,13 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (3,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+def _softmax_minus_onehot(log_p, y, s):
+    """s·(softmax(z) − onehot(y, z)) from log_p = log softmax(z): softmax as exp(log_p), the
+    one-hot's 1 subtracted only where y points (no one-hot matrix), the scale applied in place (one
+    fresh tensor)."""
+    return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)
 
 
 def local_input_grad(delta, W, s, hw):
@@ -65,28 +72,6 @@ def local_input_grad(delta, W, s, hw):
             g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oijc->bcij", delta,
                 W[:, :, :, :, p, q])
     return g
-
-
-def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an
-    infinite maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
-    m = torch.amax(z, dim=1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
-    return torch.log(torch.sum(torch.exp(z - m), dim=1)) + m[:, 0]
-
-
-def onehot(y, z):
-    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
-    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)
-
-
-def softmax(z):
-    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum.  torch.softmax's CPU kernel
-    runs a row shorter than one 16-float vector element by element (256 × 10: 57 µs, against
-    19 µs for these four vectorised passes); from 16 classes on it is the faster one."""
-    if z.shape[1] >= 16 or z.is_cuda:
-        return torch.softmax(z, dim=1)
-    e = torch.exp(z - torch.amax(z, dim=1, keepdim=True))
-    return e / torch.sum(e, dim=1, keepdim=True)
 
 
 def windows(x, kh, kw, s):
@@ -146,31 +131,37 @@ def _yhat_from(quantities):
 
 
 def _loss(params, x, y):
-    return _loss_from(_forward(params, x), y)
+    return _loss_from(_forward(params, x), y)[0]
 
 
 def _loss_from(quantities, y):
+    """The batch loss, and what the backward reads of the loss's own lines (_log_softmax_f4)."""
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
-    loss_per_sample = logsumexp(f4) - torch.gather(f4, 1, y[:, None])[:, 0]  # cross_entropy
-    return torch.mean(loss_per_sample)
+    # log softmax(f4)[j] = f4[j] − logsumexp(f4), once: ℓ reads it, ∂L/∂f4 its exp
+    _log_softmax_f4 = torch.log_softmax(f4, dim=1)
+    # mean of the cross_entropy loss
+    return F.nll_loss(_log_softmax_f4, y, reduction="mean"), (_log_softmax_f4, )
 
 
 def _value_and_grad(params, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
     backward."""
     _q = _forward(params, x)
-    return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
+    _value, _kept = _loss_from(_q, y)
+    return _value, _gradients(params, x, y, _q, _kept, 1.0 / x.shape[0])
 
 
-def _gradients(params, x, y, quantities, _scale):
-    """derive's backward pass over the forward pass's named quantities.  _scale is the batch
-    mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
-    _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
+def _gradients(params, x, y, quantities, kept, _scale):
+    """derive's backward pass over the forward pass's named quantities and what the loss's lines
+    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
+    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
+    gradients."""
     W1, b1, W2, b2, W4, b4 = params
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
+    _log_softmax_f4, = kept
     # ---- backward pass: each delta once, re-used below
     # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df4 = _scale*(softmax(f4) - onehot(y, f4))
+    dL_df4 = _softmax_minus_onehot(_log_softmax_f4, y, _scale)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
@@ -272,20 +263,22 @@ def _check_inputs(params, x, y=None):
     if len(params) != len(PARAM_SHAPES):
         raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
                         f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
-    if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
+    if x.dim() != 1 + len(INPUT_SHAPE) or x.shape[1:] != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 2, 9, 9), got {tuple(x.shape)}")
+    # below, torch.Size compares with a tuple as it is (every call pays these checks)
+    _dtype = x.dtype
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
-        if _p.dtype != x.dtype:
+        if _p.dtype != _dtype:
             raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
                 f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
-        if tuple(_p.shape) != _s:
+        if _p.shape != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
     if y is None:
         return
     if y.dtype != torch.int64:
         raise TypeError(f"{NAME}: y holds class indices and must be int64, got {y.dtype}")
-    if tuple(y.shape) != (x.shape[0], *TARGET_SHAPE):
+    if y.shape != (x.shape[0], *TARGET_SHAPE):
         raise ValueError(f"{NAME}: y must have shape {((x.shape[0], *TARGET_SHAPE))} "
                          f"(x's batch of {x.shape[0]}), got {tuple(y.shape)}")
 
@@ -293,6 +286,8 @@ def _check_inputs(params, x, y=None):
 def _as_target(y, x):
     """The target as the ops take it: class indices as int64 (no copy when they already are);
     floats are refused rather than truncated."""
+    if y.dtype == torch.int64:
+        return y
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"{NAME}: y holds class indices and must be an integer tensor (int64), "
                         f"got {y.dtype}")
@@ -443,18 +438,19 @@ class _LossFunction(torch.autograd.Function):
             ctx.save_for_backward(*_grads)
             return _value
         _quantities = _forward(params, x)
+        _value, _kept = _loss_from(_quantities, y)
         ctx.fused = False
-        ctx.save_for_backward(x, y, *params, *_quantities)
-        return _loss_from(_quantities, y)
+        ctx.save_for_backward(x, y, *params, *_quantities, *_kept)
+        return _value
 
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.fused:
             return (None, None, *(grad_loss * _g for _g in ctx.saved_tensors))
         _x, _y, *_rest = ctx.saved_tensors
-        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        _n, _k = len(PARAM_SHAPES), len(PARAM_SHAPES) + 6
         _scale = grad_loss * (1.0 / _x.shape[0])
-        return (None, None, *_gradients(_p, _x, _y, _q, _scale))
+        return (None, None, *_gradients(_rest[:_n], _x, _y, _rest[_n:_k], _rest[_k:], _scale))
 
 
 class _YhatFunction(torch.autograd.Function):
@@ -497,7 +493,8 @@ class LocallyConnected(torch.nn.Module):
 
     def params(self):
         """The parameters in PARAM_SHAPES order (the ops take them as one list)."""
-        return [getattr(self, _n) for _n in PARAM_SHAPES]
+        _own = self._parameters  # nn.Module.__getattr__ costs about 1 µs a parameter, each step
+        return [_own[_n] if _n in _own else getattr(self, _n) for _n in PARAM_SHAPES]
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which

@@ -27,6 +27,7 @@ import torch
 from derive import load_spec
 from derive.targets import codegen
 from derive.targets.modules import generated_modules, import_file
+from derive.targets.torch_printer import TORCH_HELPERS
 from derive.verify import reference, sample
 
 from helpers import EXAMPLES, ROOT, assert_close_to_torch, to_numpy
@@ -208,25 +209,86 @@ def test_relu_kink_and_int32_labels(modules):
 
 
 
-@pytest.mark.parametrize("classes", [1, 3, 10, 15, 16, 40])
-def test_softmax_and_logsumexp_helpers(modules, classes):
-    """The module's softmax (composed below 16 classes, torch.softmax from 16) and logsumexp against
-    float64 NumPy, with logits far from 0, and ±inf rows as torch.logsumexp treats them."""
-    _, mod = modules["mlp_softmax"]
+def _logits(classes):
+    """Logits far from 0 (spread 30, rows shifted by ±1e4) and class indices, float64 NumPy."""
     rng = np.random.default_rng(classes)
     z = rng.normal(size=(7, classes)) * 30 + rng.choice([-1e4, 0, 1e4], size=(7, 1))
+    return z, rng.integers(0, classes, size=7)
+
+
+def _softmax64(z):
+    shifted = np.exp(z - z.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("classes", [1, 3, 10, 15, 16, 40])
+def test_cross_entropy_lines_against_float64(modules, classes):
+    """The cross-entropy as the module prints it: the loss from the log-softmax it keeps, and derive's
+    s·(softmax(z) − onehot(y)) from that log-softmax (a scatter, scaled in place), against float64
+    NumPy, s a number and a 0-d tensor (the upstream gradient); the kept log-softmax is not overwritten."""
+    _, mod = modules["mlp_softmax"]
+    z, y = _logits(classes)
+    yt = torch.as_tensor(y)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         zt = torch.tensor(z, dtype=dtype)
         zr = zt.double().numpy()  # the reference from the same (rounded) logits
-        shifted = np.exp(zr - zr.max(axis=1, keepdims=True))
-        want_softmax = shifted / shifted.sum(axis=1, keepdims=True)
-        want_lse = np.log(shifted.sum(axis=1)) + zr.max(axis=1)
-        np.testing.assert_allclose(mod.softmax(zt).double().numpy(), want_softmax, rtol=tol, atol=tol)
-        np.testing.assert_allclose(mod.logsumexp(zt).double().numpy(), want_lse, rtol=tol)
+        want_loss = np.mean(np.log(np.exp(zr - zr.max(axis=1, keepdims=True)).sum(axis=1)) + zr.max(axis=1)
+                            - zr[np.arange(7), y])
+        onehot = np.eye(classes)[y]
+        value, (log_p,) = mod._loss_from((None, None, zt), yt)  # mlp_softmax keeps f1, f2, f3; ℓ reads f3
+        np.testing.assert_allclose(value.item(), want_loss, rtol=tol)
+        kept = log_p.clone()
+        for s in (0.25, torch.tensor(0.25, dtype=dtype)):
+            got = mod._softmax_minus_onehot(log_p, yt, s)
+            np.testing.assert_allclose(got.double().numpy(), 0.25 * (_softmax64(zr) - onehot), rtol=tol, atol=tol)
+        assert torch.equal(log_p, kept)
+
+
+@pytest.mark.parametrize("classes", [1, 3, 10, 15, 16, 40])
+def test_softmax_and_logsumexp_helpers(classes):
+    """The printer's softmax (composed below 16 classes, torch.softmax from 16) and logsumexp helpers,
+    for a Softmax or LogSumExp node outside the cross-entropy's pattern, against float64 NumPy, with
+    logits far from 0, and ±inf rows as torch.logsumexp treats them."""
+    helpers = {"torch": torch}
+    exec(TORCH_HELPERS["softmax"] + "\n\n" + TORCH_HELPERS["logsumexp"], helpers)
+    z, _ = _logits(classes)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        zt = torch.tensor(z, dtype=dtype)
+        zr = zt.double().numpy()
+        want_lse = np.log(np.exp(zr - zr.max(axis=1, keepdims=True)).sum(axis=1)) + zr.max(axis=1)
+        np.testing.assert_allclose(helpers["softmax"](zt).double().numpy(), _softmax64(zr), rtol=tol, atol=tol)
+        np.testing.assert_allclose(helpers["logsumexp"](zt).double().numpy(), want_lse, rtol=tol)
     inf = float("inf")
     edge = torch.tensor([[inf, 1.0], [-inf, -inf], [-inf, 3.0], [float("nan"), 0.0]], dtype=torch.float64)
-    torch.testing.assert_close(mod.logsumexp(edge), torch.logsumexp(edge, dim=1), equal_nan=True)
-    torch.testing.assert_close(mod.softmax(edge[2:3]), torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(helpers["logsumexp"](edge), torch.logsumexp(edge, dim=1), equal_nan=True)
+    torch.testing.assert_close(helpers["softmax"](edge[2:3]), torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+
+
+def test_relu_backward_in_place_only_over_its_own_tensor(tmp_path):
+    """relu's backward writes over ∂L/∂f only where nothing else reads it: with relu on the top layer,
+    ∂L/∂f_top is the caller's ∂L/∂ŷ (the _backward op's input), which must stay as it was, and the
+    gradients equal torch.autograd's on the equivalent Sequential (float64)."""
+    from derive import Linear, Loss, Network, Port
+
+    net = Network("relu_top", layers=[Linear(out=5, activation="relu"), Linear(out=3, activation="relu")],
+                  input=Port("x", (4,)), target=Port("y", (3,)), loss=Loss("l2", "mean"))
+    with generated_modules(net, "<test>", targets=("torch",)) as mods:
+        mod = mods["torch"]
+        source = Path(mod.__file__).read_text(encoding="utf-8")
+        vjp = source[source.index("def _backward_from"):source.index("def _triton")]
+        assert "_relu_grad(dL_df2, f2, 0)" in vjp and "_relu_grad_(dL_df1, f1)" in vjp, vjp
+        model = mod.MODEL(seed=3, dtype=torch.float64)
+        x = torch.randn(6, 4, dtype=torch.float64)
+        g = torch.randn(6, 3, dtype=torch.float64)
+        g_before = g.clone()
+        got = mod.backward_op([t.detach() for t in model.params()], x, g)
+        assert torch.equal(g, g_before)
+        seq = model.to_torch()
+        seq(x).backward(g)
+        held = [m for m in seq.modules() if next(m.parameters(recurse=False), None) is not None]
+        for (n, (k, a)), t in zip(mod.TORCH_PARAMS.items(), got):
+            torch.testing.assert_close(t, getattr(held[k], a).grad.reshape(t.shape), rtol=1e-12, atol=1e-14, msg=n)
+
 
 def _opcheck(op, args):
     result = torch.library.opcheck(op, args)

@@ -23,7 +23,8 @@ from derive.layers.base import NoTorchEquivalent
 from derive.tables.activations import ACTIVATIONS
 from derive.tables.functions import relu, step
 from derive.targets.common import _common, _env
-from derive.targets.torch_printer import TORCH_HELPERS, TorchCodePrinter
+from derive.targets.torch_loss import loss_lines
+from derive.targets.torch_printer import TORCH_HELPERS, ReluGradInPlace, TorchCodePrinter
 
 # The ops' calling convention, part of their digest: a file generated before a change of it gets
 # other op names than one generated after, so both can be imported into one process.
@@ -43,6 +44,10 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
     pr = TorchCodePrinter()
     seed, vjp = _vjp_backward(ir)
     backward, vjp, kept, in_place = _relu_from_output(ir, list(ir.backward), vjp)
+    reduce = "torch.mean" if ir.reduction == "mean" else "torch.sum"
+    loss, backward = loss_lines(ir, backward, pr, reduce)
+    returned = {g for _, g in ir.grads_by_param()}
+    backward, vjp = _relu_grad_in_place(ir, backward, returned), _relu_grad_in_place(ir, vjp, returned)
     line = lambda a: {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment}
 
     def forward_line(a: Assign) -> dict:
@@ -60,12 +65,13 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
         forward_names=kept,
         output=pr.doprint(ir.output.expr),
         output_shape=repr(tuple(ir.output.shape)),
-        loss_rhs=pr.doprint(ir.loss.expr),
+        loss_lines=loss.lines,
+        loss_value=loss.value,
+        loss_kept=loss.kept,
         backward=[line(a) for a in backward],
         seed=seed,
         vjp=[line(a) for a in vjp],
         grads=[{"param": p, "value": g} for p, g in ir.grads_by_param()],
-        reduce="torch.mean" if ir.reduction == "mean" else "torch.sum",
         scale=f"1.0 / {ir.input.name}.shape[0]" if ir.reduction == "mean" else "1.0",
         torch_layers=torch_layers,
         torch_params=torch_params,
@@ -80,7 +86,7 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
                       "import numpy as np", "import torch", "import torch.nn.functional as F"]
     # The ops' names carry a digest of the math they run: a module imported twice reuses its ops,
     # and a changed network of the same name gets new ones instead of the old implementation.
-    body = repr((OPS_SCHEMA, ctx["forward"], ctx["loss_rhs"], ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
+    body = repr((OPS_SCHEMA, ctx["forward"], loss, ctx["backward"], ctx["vjp"], ctx["seed"], ctx["output"],
                  [(p.name, p.shape) for p in ir.params], ir.input, ir.target, ir.reduction))
     ctx["ops"] = f"{ir.name}_{hashlib.sha256(body.encode()).hexdigest()[:10]}"
     text = _env().get_template("torch_module.py.jinja").render(**ctx)
@@ -112,6 +118,37 @@ def _relu_from_output(ir: KernelIR, backward: list[Assign], vjp: list[Assign]):
                 and a.expr.args[0].name in fresh and a.expr.args[0].name not in read
                 and forward_reads.get(a.expr.args[0].name) == 1}
     return backward, vjp, kept, in_place
+
+
+def _relu_grad_in_place(ir: KernelIR, lines: list[Assign], returned: set[str]) -> list[Assign]:
+    """relu's backward g·step(f) written over g where g is a name for a fresh tensor of f's shape that
+    nothing else reads (not a later line, not a returned gradient, not the caller's ∂L/∂ŷ): one
+    tensor fewer to allocate and to write per relu layer, where autograd's ReluBackward writes one."""
+    shapes = {a.name: a.shape for a in (*ir.forward, *lines)}
+    fresh = {a.name for a in lines if isinstance(a.expr, (sp.Add, sp.Mul, MatVec, VecMat))}
+    reads: dict[str, int] = {}
+    for a in lines:
+        for s in a.expr.free_symbols:
+            reads[s.name] = reads.get(s.name, 0) + 1
+    out = []
+    for a in lines:
+        g = _step_product(a.expr)
+        if (g is not None and g[0].name in fresh and reads[g[0].name] == 1 and g[0].name not in returned
+                and shapes.get(g[0].name) == shapes.get(g[1].name) == a.shape):
+            a = replace(a, expr=ReluGradInPlace(*g))
+        out.append(a)
+    return out
+
+
+def _step_product(e: sp.Expr):
+    """(g, f) for e = g·step(f) with g and f names; else None."""
+    if not isinstance(e, sp.Mul) or len(e.args) != 2:
+        return None
+    steps = [f for f in e.args if isinstance(f, step)]
+    names = [f for f in e.args if isinstance(f, sp.Symbol)]
+    if len(steps) != 1 or len(names) != 1 or not isinstance(steps[0].args[0], sp.Symbol):
+        return None
+    return names[0], steps[0].args[0]
 
 
 def _vjp_backward(ir: KernelIR) -> tuple[dict, list[Assign]]:

@@ -12,10 +12,16 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.precedence import precedence
 
-from derive.ir.nodes import MatVec, OneHot
+from derive.ir.nodes import IRNode, MatVec, OneHot
 from derive.layers.conv import CONV, LOCAL
 from derive.tables.functions import step
 from derive.targets.numpy_printer import NumpyCodePrinter
+
+
+class ReluGradInPlace(IRNode):
+    """ReluGradInPlace(g, f) = g·step(f), written over g (the caller checked that nothing else reads g)."""
+
+    nargs = 2
 
 
 class TorchCodePrinter(NumpyCodePrinter):
@@ -48,6 +54,10 @@ class TorchCodePrinter(NumpyCodePrinter):
             self.helpers.add("_relu_grad")
             return "_relu_grad(%s, %s, 0)" % (self._print(e.func(*rest)), self._print(steps[0].args[0]))
         return super()._print_Mul(e)
+
+    def _print_ReluGradInPlace(self, e):
+        self.helpers.add("_relu_grad_")
+        return "_relu_grad_(%s, %s)" % (self._print(e.args[0]), self._print(e.args[1]))
 
     def _print_leaky_relu(self, e):
         x, s = (self._print(a) for a in e.args)
@@ -120,6 +130,11 @@ class TorchCodePrinter(NumpyCodePrinter):
         self.helpers.add("onehot")
         return "onehot(%s, %s)" % (self._print(y), self._print(z))
 
+    def _print_SoftmaxMinusOneHot(self, e):
+        log_p, y, s = e.args
+        self.helpers.add("_softmax_minus_onehot")
+        return "_softmax_minus_onehot(%s, %s, %s)" % (self._print(log_p), self._print(y), self._print(s))
+
     def _print_ZerosLike(self, e):
         return "torch.zeros_like(%s)" % self._print(e.args[0])
 
@@ -159,6 +174,10 @@ class TorchCodePrinter(NumpyCodePrinter):
 TORCH_HELPERS = {
     "_relu_grad": '''# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
 _relu_grad = torch.ops.aten.threshold_backward.default''',
+    "_relu_grad_": '''def _relu_grad_(g, x):
+    """g·1[x > 0] written over g, which nothing else reads: PyTorch's relu backward with g as its output
+    (an elementwise op may write over its own input), one tensor fewer per relu layer."""
+    return torch.ops.aten.threshold_backward.grad_input(g, x, 0, grad_input=g)''',
     "softplus": '''def softplus(x):
     """log(1 + e^x), without overflow for large x (F.softplus would switch to x above 20)."""
     return torch.logaddexp(x, torch.zeros_like(x))''',
@@ -234,6 +253,10 @@ _relu_grad = torch.ops.aten.threshold_backward.default''',
         for q in range(kw):
             gp[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += g / (kh * kw)
     return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
+    "_softmax_minus_onehot": '''def _softmax_minus_onehot(log_p, y, s):
+    """s·(softmax(z) − onehot(y, z)) from log_p = log softmax(z): softmax as exp(log_p), the one-hot's
+    1 subtracted only where y points (no one-hot matrix), the scale applied in place (one fresh tensor)."""
+    return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)''',
     "onehot": '''def onehot(y, z):
     """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
     return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)''',

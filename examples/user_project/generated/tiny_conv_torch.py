@@ -7,14 +7,14 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "tiny_conv_a03dfb8ebf":
-  derive::tiny_conv_a03dfb8ebf_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::tiny_conv_a03dfb8ebf_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "tiny_conv_d6ef48deec":
+  derive::tiny_conv_d6ef48deec_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::tiny_conv_d6ef48deec_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
   with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::tiny_conv_a03dfb8ebf_loss(params, x, y) -> L                 autograd: the _value_and_grad
+  derive::tiny_conv_d6ef48deec_loss(params, x, y) -> L                 autograd: the _value_and_grad
   op
-  derive::tiny_conv_a03dfb8ebf_value_and_grad(params, x, y) -> (L, gradients)
+  derive::tiny_conv_d6ef48deec_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 NAME = "tiny_conv"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "tiny_conv_a03dfb8ebf"
+OPS = "tiny_conv_d6ef48deec"
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -51,26 +51,11 @@ REDUCTION = "mean"
 _relu_grad = torch.ops.aten.threshold_backward.default
 
 
-def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an
-    infinite maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
-    m = torch.amax(z, dim=1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
-    return torch.log(torch.sum(torch.exp(z - m), dim=1)) + m[:, 0]
-
-
-def onehot(y, z):
-    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
-    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)
-
-
-def softmax(z):
-    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum.  torch.softmax's CPU kernel
-    runs a row shorter than one 16-float vector element by element (256 × 10: 57 µs, against
-    19 µs for these four vectorised passes); from 16 classes on it is the faster one."""
-    if z.shape[1] >= 16 or z.is_cuda:
-        return torch.softmax(z, dim=1)
-    e = torch.exp(z - torch.amax(z, dim=1, keepdim=True))
-    return e / torch.sum(e, dim=1, keepdim=True)
+def _softmax_minus_onehot(log_p, y, s):
+    """s·(softmax(z) − onehot(y, z)) from log_p = log softmax(z): softmax as exp(log_p), the
+    one-hot's 1 subtracted only where y points (no one-hot matrix), the scale applied in place (one
+    fresh tensor)."""
+    return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)
 
 
 def windows(x, kh, kw, s):
@@ -122,31 +107,37 @@ def _yhat_from(quantities):
 
 
 def _loss(params, x, y):
-    return _loss_from(_forward(params, x), y)
+    return _loss_from(_forward(params, x), y)[0]
 
 
 def _loss_from(quantities, y):
+    """The batch loss, and what the backward reads of the loss's own lines (_log_softmax_f3)."""
     f1, f2, f3 = quantities
-    loss_per_sample = logsumexp(f3) - torch.gather(f3, 1, y[:, None])[:, 0]  # cross_entropy
-    return torch.mean(loss_per_sample)
+    # log softmax(f3)[j] = f3[j] − logsumexp(f3), once: ℓ reads it, ∂L/∂f3 its exp
+    _log_softmax_f3 = torch.log_softmax(f3, dim=1)
+    # mean of the cross_entropy loss
+    return F.nll_loss(_log_softmax_f3, y, reduction="mean"), (_log_softmax_f3, )
 
 
 def _value_and_grad(params, x, y):
     """(the batch loss, the gradient of each parameter in PARAM_SHAPES order): one forward, one
     backward."""
     _q = _forward(params, x)
-    return _loss_from(_q, y), _gradients(params, x, y, _q, 1.0 / x.shape[0])
+    _value, _kept = _loss_from(_q, y)
+    return _value, _gradients(params, x, y, _q, _kept, 1.0 / x.shape[0])
 
 
-def _gradients(params, x, y, quantities, _scale):
-    """derive's backward pass over the forward pass's named quantities.  _scale is the batch
-    mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every gradient is linear in it, so
-    _scale times an upstream ∂(outer)/∂L gives that outer function's gradients."""
+def _gradients(params, x, y, quantities, kept, _scale):
+    """derive's backward pass over the forward pass's named quantities and what the loss's lines
+    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
+    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
+    gradients."""
     W1, b1, W3, b3 = params
     f1, f2, f3 = quantities
+    _log_softmax_f3, = kept
     # ---- backward pass: each delta once, re-used below
     # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df3 = _scale*(softmax(f3) - onehot(y, f3))
+    dL_df3 = _softmax_minus_onehot(_log_softmax_f3, y, _scale)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
@@ -230,20 +221,22 @@ def _check_inputs(params, x, y=None):
     if len(params) != len(PARAM_SHAPES):
         raise TypeError(f"{NAME}: expected {len(PARAM_SHAPES)} parameters "
                         f"({', '.join(PARAM_SHAPES)}), got {len(params)}")
-    if x.dim() != 1 + len(INPUT_SHAPE) or tuple(x.shape[1:]) != INPUT_SHAPE:
+    if x.dim() != 1 + len(INPUT_SHAPE) or x.shape[1:] != INPUT_SHAPE:
         raise ValueError(f"{NAME}: x must have shape (batch, 1, 6, 6), got {tuple(x.shape)}")
+    # below, torch.Size compares with a tuple as it is (every call pays these checks)
+    _dtype = x.dtype
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
-        if _p.dtype != x.dtype:
+        if _p.dtype != _dtype:
             raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
                 f"{_n} {_p.dtype} "
                             f"and x {x.dtype}")
-        if tuple(_p.shape) != _s:
+        if _p.shape != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
     if y is None:
         return
     if y.dtype != torch.int64:
         raise TypeError(f"{NAME}: y holds class indices and must be int64, got {y.dtype}")
-    if tuple(y.shape) != (x.shape[0], *TARGET_SHAPE):
+    if y.shape != (x.shape[0], *TARGET_SHAPE):
         raise ValueError(f"{NAME}: y must have shape {((x.shape[0], *TARGET_SHAPE))} "
                          f"(x's batch of {x.shape[0]}), got {tuple(y.shape)}")
 
@@ -251,6 +244,8 @@ def _check_inputs(params, x, y=None):
 def _as_target(y, x):
     """The target as the ops take it: class indices as int64 (no copy when they already are);
     floats are refused rather than truncated."""
+    if y.dtype == torch.int64:
+        return y
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"{NAME}: y holds class indices and must be an integer tensor (int64), "
                         f"got {y.dtype}")
@@ -401,18 +396,19 @@ class _LossFunction(torch.autograd.Function):
             ctx.save_for_backward(*_grads)
             return _value
         _quantities = _forward(params, x)
+        _value, _kept = _loss_from(_quantities, y)
         ctx.fused = False
-        ctx.save_for_backward(x, y, *params, *_quantities)
-        return _loss_from(_quantities, y)
+        ctx.save_for_backward(x, y, *params, *_quantities, *_kept)
+        return _value
 
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.fused:
             return (None, None, *(grad_loss * _g for _g in ctx.saved_tensors))
         _x, _y, *_rest = ctx.saved_tensors
-        _p, _q = _rest[:len(PARAM_SHAPES)], _rest[len(PARAM_SHAPES):]
+        _n, _k = len(PARAM_SHAPES), len(PARAM_SHAPES) + 3
         _scale = grad_loss * (1.0 / _x.shape[0])
-        return (None, None, *_gradients(_p, _x, _y, _q, _scale))
+        return (None, None, *_gradients(_rest[:_n], _x, _y, _rest[_n:_k], _rest[_k:], _scale))
 
 
 class _YhatFunction(torch.autograd.Function):
@@ -453,7 +449,8 @@ class TinyConv(torch.nn.Module):
 
     def params(self):
         """The parameters in PARAM_SHAPES order (the ops take them as one list)."""
-        return [getattr(self, _n) for _n in PARAM_SHAPES]
+        _own = self._parameters  # nn.Module.__getattr__ costs about 1 µs a parameter, each step
+        return [_own[_n] if _n in _own else getattr(self, _n) for _n in PARAM_SHAPES]
 
     def forward(self, x, y=None):
         """ŷ; given the target y, the batch loss instead (so that DistributedDataParallel, which
