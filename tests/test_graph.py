@@ -3,7 +3,8 @@
 The spec errors are one line naming the key path (exit 2 from the CLI); the derivation sums ∂L/∂f over
 the layers f feeds, one term per path, each δ still made once; every number is checked by
 `derive verify` (torch.autograd on the network rebuilt from the Network alone, and central finite
-differences), on every target; the Triton target refuses concat, with its reason, until it has an emitter for it.
+differences), on every target (Triton: the fused kernel for a dense graph with add, the per-layer kernels
+with volumes or concat).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from derive.spec import load_spec, parse_spec
 ROOT = Path(__file__).resolve().parents[1]
 RESIDUAL = ROOT / "examples" / "residual_mlp.toml"
 RESNET = ROOT / "examples" / "resnet_block.toml"
-GRAPH_REFUSAL = "the triton target does not take concat yet"
 
 
 def _spec(layers: list[dict], shape=(3,), target=(2,), loss="l2") -> dict:
@@ -217,15 +217,12 @@ def test_concat_verifies(net):
     report = verify(net, "<python>", seeds=1, seed=11, batch_sizes=(1, 5))
     assert report.ok, [c for c in report.checks if not c.ok]
     assert any(c.against == "finite-differences" for c in report.checks)
+    assert any(c.target == "triton-f32" for c in report.checks) and not report.skipped
 
 
-def test_triton_refuses_concat_and_generate_all_skips_it(tmp_path, capsys):
-    from derive.targets import codegen
-
-    with pytest.raises(DerivationError, match=GRAPH_REFUSAL + r" \(f3 joins f2, f1, x\)"):
-        codegen.generate(CONCAT_VECTORS, "<concat>", ("triton",))
-    with pytest.raises(DerivationError, match=GRAPH_REFUSAL + r" \(f4 joins f1, f2, f3\)"):
-        codegen.generate(CONCAT_VOLUMES, "<concat>", ("triton",))
+def test_concat_generates_triton_from_the_cli(tmp_path, capsys):
+    """A concat of vectors: `derive generate` writes all three targets, the Triton one on the per-layer
+    kernels (each output column read from one input's block)."""
     spec = tmp_path / "cat.toml"
     spec.write_text(textwrap.dedent("""\
         name = "cat"
@@ -248,12 +245,12 @@ def test_triton_refuses_concat_and_generate_all_skips_it(tmp_path, capsys):
         [loss]
         type = "l2"
         """))
-    assert main(["generate", str(spec), "-o", str(tmp_path / "t"), "--target", "triton"]) == 2
-    assert not (tmp_path / "t").exists() or not any((tmp_path / "t").iterdir())  # nothing half-written
-    capsys.readouterr()
     assert main(["generate", str(spec), "-o", str(tmp_path / "all")]) == 0
-    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["cat_numpy.py", "cat_torch.py"]
-    assert f"skipped: {tmp_path / 'all' / 'cat_triton.py'}: {GRAPH_REFUSAL}" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["cat_numpy.py", "cat_torch.py", "cat_triton.py"]
+    assert "skipped" not in capsys.readouterr().err
+    assert main(["verify", str(spec), "--seeds", "1", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "triton-f32" in out and out.rstrip().endswith("all checks passed")
 
 
 def test_the_residual_mlp_runs_on_triton_with_the_sum_over_paths():

@@ -17,7 +17,7 @@ from derive.targets import codegen
 from derive.targets import numpy_printer as printers
 from derive.cli import main as cli_main
 
-from helpers import EXAMPLES, ROOT, TRITON_GRAPH_REFUSAL, triton_refuses
+from helpers import EXAMPLES, ROOT, TRITON_REFUSAL, triton_refuses
 
 EXAMPLE_IDS = [p.stem for p in EXAMPLES]
 ROW_KEYS = {"target", "against", "quantity", "max_rel_err", "tolerance", "ok"}
@@ -49,7 +49,7 @@ def test_verify_passes_on_every_example(spec, triton_device_name):
     rows = _rows(report)
     params = [p.name for p in net.params]
     if triton_refuses(net):  # a graph network: no Triton module, and the report says why
-        assert len(report.skipped) == 1 and report.skipped[0].startswith(f"Triton checks: {TRITON_GRAPH_REFUSAL}")
+        assert len(report.skipped) == 1 and report.skipped[0].startswith(f"Triton checks: {TRITON_REFUSAL}")
         assert not any(r[0] == "triton-f32" for r in rows)
         for p in params:
             assert ("numpy-f64", "torch.autograd-f64", f"grad {p}") in rows

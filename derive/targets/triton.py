@@ -89,14 +89,9 @@ def choose_strategy(ir: KernelIR) -> Strategy:
 
 
 def refusal(ir: KernelIR) -> str | None:
-    """Why the triton target refuses this network, or None.  A graph with add and skip paths is planned
-    like a chain (the fused kernel, or the per-layer kernels for volumes, print each assignment of the IR,
-    the sum over paths included); concat has no Triton emitter yet (a register tile has no concatenation)."""
-    joined = next((a for a in ir.forward if a.expr.has(Concat)), None)
-    if joined is not None:
-        parts = ", ".join(str(s) for s in sorted(joined.expr.atoms(Concat), key=str)[0].args)
-        return (f"the triton target does not take concat yet ({joined.name} joins {parts}); "
-                "the numpy and torch targets do")
+    """Why the triton target refuses this network, or None (every network today).  A graph is planned
+    like a chain: the fused kernel, or the per-layer kernels, print each assignment of the IR, the sum
+    over paths included; a concat takes the per-layer kernels (a register tile has no concatenation)."""
     return None
 
 
@@ -113,7 +108,8 @@ def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
 def plan_triton(ir: KernelIR, out_dir: str = "generated", strategy: Strategy | None = None) -> TritonPlan:
     """The module's text (folded to 100 columns, as every target's) and what the cost model reads."""
     refuse_graph(ir)
-    volume = any(len(layer.in_shape) == 3 for layer in ir.layers)  # a volume: per-layer kernels
+    # a volume, or a concat (each column of its output read from one input's block): per-layer kernels
+    volume = any(len(layer.in_shape) == 3 for layer in ir.layers) or any(a.expr.has(Concat) for a in ir.forward)
     plan = plan_layers(ir, out_dir) if volume else _plan_fused(ir, out_dir, strategy or choose_strategy(ir))
     return dataclasses.replace(plan, text=wrap(plan.text))
 

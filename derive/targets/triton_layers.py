@@ -45,7 +45,8 @@ WIDE_R = 2048  # the same on CPU tensors (the interpreter)
 OUTER_J, OUTER_K = 16, 128
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
-_CONTRACTING = (N.MatVec, N.VecMat)  # read their operand from memory, a column or row at a time
+# read their operands from memory (a column or row at a time; a concat's or slice's shifted columns)
+_CONTRACTING = (N.MatVec, N.VecMat, N.Concat, N.Slice)
 
 
 def _width(shape) -> int:
@@ -121,6 +122,25 @@ class _RowPrinter(TritonCodePrinter):
         (w,) = e.args
         n = self.plan.arrays[w.name].shape[0]  # W is (n, 1): its first column is its flat storage
         return f"tl.load({self._ptr(w.name)} + _cols_{n}, mask=_cmask_{n}, other=0.0)"
+
+    def _print_Concat(self, e):
+        # each output column reads the one input whose block it is in (the others' loads are masked off)
+        n, off, parts = self.width, 0, []
+        for f in e.args:
+            k = self._operand(f, "concat")
+            inside = f"((_cols_{n} >= {off}) & (_cols_{n} < {off + k}))"
+            parts.append(f"tl.load({self._ptr(f.name)} + _rows[:, None] * {k} + (_cols_{n} - {off})[None, :], "
+                         f"mask=_row_mask[:, None] & {inside}[None, :], other=0.0)")
+            off += k
+        return "(" + " + ".join(parts) + ")"
+
+    def _print_Slice(self, e):
+        g, at, _ = e.args
+        k, n = self._operand(g, "a concat's gradient"), self.width
+        # ``at`` counts along axis 1 (features, or channels of h·w elements each, flattened in C order)
+        off = int(at) * (_width(self.plan.arrays[g.name].shape[1:]) or 1)
+        return (f"tl.load({self._ptr(g.name)} + _rows[:, None] * {k} + ({off} + _cols_{n})[None, :], "
+                f"mask=_row_mask[:, None] & _cmask_{n}[None, :], other=0.0)")
 
     def _operand(self, f, what: str) -> int:
         if not isinstance(f, sp.Symbol) or f.name not in self.plan.arrays or not self.plan.arrays[f.name].batched:
@@ -731,7 +751,7 @@ def _emit_all(plan: _Plan) -> None:
 
 
 # IR nodes the strict printer spells inside an elementwise line (the rest need an emitter)
-_PRINTABLE = {"MatVec", "VecMat", "RowSum", "Col", "First", "FirstColumn", "ZerosLike", "OneHot", "Softmax", "LogSumExp"}
+_PRINTABLE = {"MatVec", "VecMat", "Concat", "Slice", "RowSum", "Col", "First", "FirstColumn", "ZerosLike", "OneHot", "Softmax", "LogSumExp"}
 
 
 def _bn(tiles: tuple) -> str:
