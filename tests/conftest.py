@@ -13,6 +13,12 @@ from derive.targets.modules import triton_device
 
 DEVICE = triton_device()  # sets TRITON_INTERPRET=1 when there is no GPU
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    # one worker per core (scripts/test): torch's own threads, one per core each, would only contend
+    torch.set_num_threads(1)
+
 settings.register_profile(
     "ci", max_examples=15, deadline=None, derandomize=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

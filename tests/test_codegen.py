@@ -82,13 +82,15 @@ print(h.hexdigest())
 
 def test_generation_does_not_depend_on_hash_seed():
     """Byte-identical across processes: no set or dict order of str hashes leaks into the text."""
+    # the three processes run at once: each is one core's work (importing, then deriving every example)
+    procs = [subprocess.Popen([sys.executable, "-c", _digest_source()], cwd=ROOT,
+                              env={**os.environ, "PYTHONHASHSEED": seed}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for seed in ("0", "1", "12345")]
     digests = set()
-    for seed in ("0", "1", "12345"):
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        proc = subprocess.run([sys.executable, "-c", _digest_source()], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        digests.add(proc.stdout.strip())
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        digests.add(out.strip())
     assert len(digests) == 1
 
 
@@ -277,10 +279,19 @@ def test_generate_check_passes_on_the_repository(monkeypatch, capsys):
     assert "up to date" in capsys.readouterr().out
 
 
+# --check's bookkeeping (stale, missing, extra files) is the same for any number of specs, and each --check
+# generates every spec again: the copies hold two (test_generate_check_passes_on_the_repository takes all).
+CHECK_SPECS = ("mlp_softmax", "perceptron")
+
+
 def _copy_repo_parts(tmp_path: Path) -> tuple[Path, Path]:
     ex, gen = tmp_path / "examples", tmp_path / "generated"
-    shutil.copytree(ROOT / "examples", ex)
-    shutil.copytree(ROOT / "generated", gen)
+    ex.mkdir(parents=True)
+    gen.mkdir()
+    for name in CHECK_SPECS:
+        shutil.copy(ROOT / "examples" / f"{name}.toml", ex)
+        for t in codegen.TARGETS:
+            shutil.copy(ROOT / "generated" / f"{name}_{t}.py", gen)
     return ex, gen
 
 
@@ -430,8 +441,8 @@ def test_triton_matches_torch_with_sentinels(example, triton_device_name, batch,
     # 1e-4: float32 arithmetic (ε ≈ 6e-8) over a few layers and a batch sum, against float64
     assert_close_to_torch(net, got, tp, tx, ty, 1e-4, f"{net.name} triton batch {batch} BLOCK_B {block_b}",
                           float32=True)
-    # the convenience wrappers agree with the launch
-    assert_matches_torch(net, trm, tp, tx, ty, 1e-4, f"{net.name} triton wrappers batch {batch}")
+    if block_b is None:  # the convenience wrappers launch at BLOCK_B: they agree with the launch at the same tiles
+        assert_matches_torch(net, trm, tp, tx, ty, 1e-4, f"{net.name} triton wrappers batch {batch}")
 
 
 def test_triton_train_step_matches_numpy(example, triton_device_name):

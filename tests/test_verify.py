@@ -115,7 +115,8 @@ def _patch_gradient_line(monkeypatch, param: str, factor: str = "1.01"):
 
 def test_verify_catches_a_wrong_gradient_line(monkeypatch, capsys, triton_device_name):
     _patch_gradient_line(monkeypatch, "W1")
-    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)
+    # one batch size here (a row's verdict aggregates its batches): the CLI runs below take every size
+    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0, batch_sizes=(5,))
     assert not report.ok
     # exactly the rows that see ∂L/∂W1 of the NumPy module: torch, finite differences, the SGD
     # step built on it, and Triton (which is checked against NumPy f64); the float32 NumPy run
@@ -170,7 +171,8 @@ def test_verify_catches_a_missing_store_mask(monkeypatch, triton_device_name):
         return store.sub(r"\1)", text)
 
     monkeypatch.setitem(codegen.RENDERERS, "triton", unmasked)
-    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)
+    # the static check reads the text, whatever the batch: one size of Triton runs shows that nothing else fails
+    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0, batch_sizes=(5,))
     assert [(c.against, c.quantity) for c in report.checks if not c.ok] == [("static check",
                                                                              "every tile load/store masked")]
 
@@ -232,6 +234,7 @@ def test_verify_catches_a_wrong_torch_target(monkeypatch):
         return text.replace("dL_dW1 = ", "dL_dW1 = 1.01 * ", 1)
 
     monkeypatch.setitem(codegen.RENDERERS, "torch", wrong)
-    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0)
+    # one batch size: every row's code path runs at it (test_verify_passes_on_every_example takes them all)
+    report = dv.verify(load_spec(ROOT / "examples" / "mlp_softmax.toml"), "x", seeds=1, seed=0, batch_sizes=(5,))
     failed = {(c.target, c.quantity) for c in report.checks if not c.ok}
     assert failed == {("torch-f64", "grad W1")}
