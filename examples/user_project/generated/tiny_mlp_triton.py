@@ -278,7 +278,7 @@ def tiny_mlp_fused_kernel(
             dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 21) + _srows[:, None] * 32 + _cols_5[None, :],
                 mask=_row_mask[:, None] & _cmask_5[None, :], other=0.0), axis=0)
             _accumulate(dL_db1_ptr + _cols_5, dL_db1, _cmask_5)
-            # ---- this tile's gradients, added to this program's partial sums
+            # ---- this tile's gradients, added to this program's sums
             _outer_add((_SCRATCH_ptr + 21), 32, _pid * BLOCK_B, x_ptr, 4, _tile * BLOCK_B,
                 dL_dW1_ptr, _nvalid, J=5, K=4, JC=8, KP=4, BLOCK_B=BLOCK_B)
             _outer_add((_SCRATCH_ptr + 13), 32, _pid * BLOCK_B, (_SCRATCH_ptr + 5), 32,
