@@ -49,7 +49,7 @@ def add_commands(sub) -> None:
     p.add_argument("--l2-bandwidth", type=float, default=None, metavar="TB/S",
                    help="L2 bandwidth in TB/s for the model (default: measured, 7.0 for sm_90, 5.4 for sm_80)")
     p.add_argument("--strategies", action="store_true",
-                   help="also model (and compile) every candidate plan of the fused kernel beside the pick")
+                   help="also model (and compile) every candidate plan of the fused kernel beside the pick (default: off)")
     p.add_argument("--model-only", action="store_true", help="skip compiling; print only the cost model (default: compile)")
     add_limit_options(p)
     p.set_defaults(func=cmd_inspect)

@@ -82,7 +82,7 @@ def choose_strategy(ir: KernelIR) -> Strategy:
     """The plan for a dense network: on chip where it was measured spill-free, else scratch rows."""
     if not _scratch_layout(ir):
         return Strategy("on-chip", "tile", "tile", why="scalars only: every quantity is a register")
-    sides = [pow2(n) for p in ir.params if len(p.shape) == 2 for n in p.shape]
+    sides = [n for p in ir.params if len(p.shape) == 2 for n in p.shape]  # as declared: padded sides were not measured
     if sides and set(sides) == {64} and len(sides) <= 16:
         return ON_CHIP
     return SCRATCH
@@ -200,7 +200,7 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         if strategy.sums == "program":  # into its on-chip sum (tl.dot's accumulator where it is a tl.dot)
             acc = f"_sum_{a.name}"
             rhs = ln["rhs"]
-            if rhs.startswith("tl.dot(") and rhs.count("tl.dot(") == 1 and rhs.endswith(f'input_precision="{DOT_PRECISION}")'):
+            if rhs.startswith("tl.dot(") and rhs.count("tl.dot(") == 1 and rhs.endswith("input_precision=DOT_PRECISION)"):
                 ln["rhs"] = rhs.replace(", input_precision=", f", {acc}, input_precision=")
             else:
                 ln["rhs"] = f"{acc} + {rhs}"
@@ -228,7 +228,8 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         grad_stores = [outer.get(g) or _store_grad(p, g, pr.helpers)
                        for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored]
         pr._note("program", "write", 4 * (n_params + 1))  # the partial row zeroed
-    dots = any(h.startswith("_dot_") for h in pr.helpers) or any("tl.dot(" in ln["rhs"] for ln in backward)
+    dots = any(h.startswith("_dot_") for h in pr.helpers) or any("tl.dot(" in ln["rhs"]
+                                                                 for ln in (*forward, *backward) if ln)
     kernel_args = _kernel_args(ir, n_params)
     if scratch:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",

@@ -182,7 +182,7 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         return f"{helper}({args}, BLOCK_B=BLOCK_B)"
 
     def _dot_call(self, a: str, b: str) -> str:
-        return f'tl.dot({a}, {b}, input_precision="{self.dot_precision}")'
+        return f"tl.dot({a}, {b}, input_precision=DOT_PRECISION)"  # the module's constant, as in its helpers
 
     def _print_MatVec(self, e):
         w, f = e.args
