@@ -526,7 +526,6 @@ def torch_sequential():
             torch.nn.Sequential(torch.nn.Linear(4, 2)),
         ],
         reads=[['x'], ['f1'], ['f1', 'f2'], ['f3']],
-        merges=[None, None, 'add', None],
         pre=torch.nn.Sequential(),
         post=torch.nn.Sequential(),
     )
@@ -534,26 +533,27 @@ def torch_sequential():
 
 class _TorchGraph(torch.nn.Module):
     """The network as a graph of torch.nn modules: layer k's Sequential reads the quantities in
-    reads[k] (the input, or earlier layers' outputs f1, f2, …), joined first by merges[k] ("add" or
-    "concat")."""
+    reads[k] (the input, or earlier layers' outputs f1, f2, …), joined first as its rule joins them
+    (_join)."""
 
-    def __init__(self, layers, reads, merges, pre, post):
+    def __init__(self, layers, reads, pre, post):
         super().__init__()
         self.pre, self.layers, self.post = pre, torch.nn.ModuleList(layers), post
-        self.reads, self.merges = reads, merges
+        self.reads = reads
 
     def forward(self, _x):
         _q = {"x": self.pre(_x)}
-        for _k, (_layer, _reads, _merge) in enumerate(zip(self.layers, self.reads, self.merges)):
-            _hs = [_q[_r] for _r in _reads]
-            if _merge == "add":
-                _h = sum(_hs[1:], _hs[0])
-            elif _merge == "concat":
-                _h = torch.cat(_hs, dim=1)  # features of (B, n), channels of (B, c, h, w)
-            else:
-                _h = _hs[0]
-            _q[f"f{_k + 1}"] = _layer(_h)
+        for _k, (_layer, _reads) in enumerate(zip(self.layers, self.reads)):
+            _q[f"f{_k + 1}"] = _layer(_join(_k, [_q[_r] for _r in _reads]))
         return self.post(_q[f"f{len(self.layers)}"])
+
+
+def _join(_k, _hs):
+    """Layer _k's inputs joined into one tensor (a layer that reads one quantity takes it as it
+    is)."""
+    if _k == 2:
+        return sum(_hs[1:], _hs[0])
+    return _hs[0]
 
 
 def _with_params(module):

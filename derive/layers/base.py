@@ -138,7 +138,9 @@ class LayerRule:
     # sum of weight × input terms plus its bias; "max" or "mean" over windows; "sum" of its inputs; "exact",
     # values only moved.  None (the default) makes verify refuse the kind until its rule says.
     rounding: str | None = None
-    torch_merge: str | None = None  # how the torch.nn model joins a multi_input layer's inputs ("add", "concat")
+    # how the torch.nn model joins a multi_input layer's inputs: a torch expression of the list _hs of their
+    # tensors (the rule's own code, never text from a spec), printed into the generated model
+    torch_merge: str | None = None
 
     def parse(self, path: str, table: dict):
         raise NotImplementedError

@@ -97,7 +97,7 @@ class AddRule(LayerRule):
     keys = ("type", "inputs", "activation", "slope")
     multi_input = True
     rounding = "sum"
-    torch_merge = "add"
+    torch_merge = "sum(_hs[1:], _hs[0])"
 
     def parse(self, path: str, table: dict) -> Add:
         kwargs: dict = {"inputs": table["inputs"]}
@@ -143,7 +143,7 @@ class ConcatRule(LayerRule):
     has_activation = False
     multi_input = True
     rounding = "exact"
-    torch_merge = "concat"
+    torch_merge = "torch.cat(_hs, dim=1)"  # features of (B, n), channels of (B, c, h, w)
 
     def parse(self, path: str, table: dict) -> Concat:
         return Concat(table["inputs"])

@@ -210,7 +210,8 @@ def _torch_equivalent(ir: KernelIR) -> tuple[list[str], list[dict], str | None, 
     if ir.graph_reason() is None:
         return pre + [m for mods in per_layer for m in mods] + post, params, None, None
     graph = {"layers": per_layer, "reads": [list(li.sources) for li in ir.layers],
-             "merges": [rule_for(li).torch_merge for li in ir.layers], "outputs": [li.output for li in ir.layers],
+             "joins": [(k, rule_for(li).torch_merge) for k, li in enumerate(ir.layers) if rule_for(li).torch_merge],
+             "outputs": [li.output for li in ir.layers],
              "input": ir.input.name, "pre": pre, "post": post}
     return [], params, None, graph
 

@@ -127,7 +127,7 @@ class _RowPrinter(TritonCodePrinter):
         # each output column reads the one input whose block it is in (the others' loads are masked off)
         n, off, parts = self.width, 0, []
         for f in e.args:
-            k = self._operand(f, "concat")
+            k = self._operand(f, "a joined input")
             inside = f"((_cols_{n} >= {off}) & (_cols_{n} < {off + k}))"
             parts.append(f"tl.load({self._ptr(f.name)} + _rows[:, None] * {k} + (_cols_{n} - {off})[None, :], "
                          f"mask=_row_mask[:, None] & {inside}[None, :], other=0.0)")
