@@ -1,6 +1,7 @@
 """KernelIR -> the fused Triton module for dense networks: one persistent kernel per network, and one kernel
-that reduces the programs' partial gradient sums in a fixed order and updates the parameters.  A network
-with a volume gets per-layer kernels (triton_layers.py)."""
+that reduces the programs' partial gradient sums in a fixed order and updates the parameters; what the fused
+kernel keeps on chip is its Strategy, picked per network.  A network with a volume or a concat gets
+per-layer kernels (triton_layers.py)."""
 
 from __future__ import annotations
 
