@@ -20,10 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from derive import Linear, Loss, Network, Port  # noqa: E402
-from derive.inspect.compile import compile_module  # noqa: E402
+from derive.inspect.compile import compile_module, training_indices  # noqa: E402
 from derive.targets import codegen  # noqa: E402
-
-TRAINING = {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True}
 
 
 def mlp(width: int, depth: int, loss: str, classes: int = 10) -> Network:
@@ -36,23 +34,6 @@ def mlp(width: int, depth: int, loss: str, classes: int = 10) -> Network:
         target = Port("y", ())
     return Network(f"mlp_w{width}_d{depth}_{loss}", layers=layers, input=Port("x", (width,)), target=target,
                    loss=Loss(loss))
-
-
-def training_indices(source: str) -> list[int]:
-    """The COMPILE_SPECS entries of the fused kernel's training launch (step, FlatState)."""
-    import ast
-
-    tree = ast.parse(source)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILE_SPECS":
-            out = []
-            for i, e in enumerate(node.value.elts):
-                cx = next(v for k, v in zip(e.keys, e.values) if k.value == "constexprs")
-                flags = {k.value: getattr(v, "value", None) for k, v in zip(cx.keys, cx.values)}
-                if all(flags.get(k) == v for k, v in TRAINING.items()):
-                    out.append(i)
-            return out
-    raise ValueError("no COMPILE_SPECS")
 
 
 def main(argv=None) -> int:

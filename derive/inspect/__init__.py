@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from derive.errors import DeriveError
-from derive.inspect.compile import ARCHS, compile_module
+from derive.inspect.compile import ARCHS, compile_module, training_indices
 from derive.inspect.model import TF32_PASSES, summary
 
 
@@ -66,24 +66,13 @@ def _strategies(ir, picked, arch, batch, timeout, l2_bandwidth, compile_kernels)
                "eager_over_fused_time_l2": m["eager_over_fused_time_l2"],
                "fused_l2_over_dram": m["fused_l2_over_dram"], "registers": None, "spill_bytes": None}
         if compile_kernels:
-            k = compile_module(plan.text, arch, timeout=timeout, indices=[_training_index(plan.text)])[0]
+            training = training_indices(plan.text)
+            if not training:
+                raise DeriveError("the module's COMPILE_SPECS has no training launch")
+            k = compile_module(plan.text, arch, timeout=timeout, indices=training[:1])[0]
             row.update(registers=k["registers"], spill_bytes=k["spill_bytes"], error=k["error"])
         rows.append(row)
     return rows
-
-
-def _training_index(text: str) -> int:
-    """The COMPILE_SPECS entry of the fused kernel's training launch (loss and gradients, no ŷ)."""
-    import ast
-
-    for node in ast.parse(text).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILE_SPECS":
-            for i, e in enumerate(node.value.elts):
-                cx = next(v for k, v in zip(e.keys, e.values) if k.value == "constexprs")
-                flags = {k.value: getattr(v, "value", None) for k, v in zip(cx.keys, cx.values)}
-                if flags.get("WITH_LOSS") is True and flags.get("WITH_GRAD") is True and flags.get("WITH_OUT") is False:
-                    return i
-    raise DeriveError("the module's COMPILE_SPECS has no training launch")
 
 
 def _flags(constexprs: dict) -> str:

@@ -69,15 +69,34 @@ def compile_module(source: str, arch: str = "sm_90", timeout: float = 120.0, cac
         return [results[i] for i in sorted(results)]
 
 
-def _count(source: str) -> int:
-    """len(COMPILE_SPECS), read from the module text without importing it (it imports torch)."""
+# the fused kernel's training launch (step, FlatState): loss and gradients, no ŷ
+TRAINING = {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True}
+
+
+def _entries(source: str) -> list:
+    """COMPILE_SPECS's entries as AST dicts, read from the module text without importing it (it imports torch)."""
     import ast
 
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMPILE_SPECS" for t in node.targets):
             if isinstance(node.value, ast.List):
-                return len(node.value.elts)
+                return node.value.elts
     raise ValueError("the module has no COMPILE_SPECS list")
+
+
+def _count(source: str) -> int:
+    return len(_entries(source))
+
+
+def training_indices(source: str) -> list[int]:
+    """The COMPILE_SPECS entries of the fused kernel's training launch (TRAINING's flags)."""
+    out = []
+    for i, e in enumerate(_entries(source)):
+        cx = next(v for k, v in zip(e.keys, e.values) if k.value == "constexprs")
+        flags = {k.value: getattr(v, "value", None) for k, v in zip(cx.keys, cx.values)}
+        if all(flags.get(k) == v for k, v in TRAINING.items()):
+            out.append(i)
+    return out
 
 
 def _run_child(path: Path, arch: str, todo: list[int], timeout: float) -> list[dict]:
