@@ -33,7 +33,7 @@ HYPER = {
     "lr": 0.01,
 }
 STATE = ()  # per-parameter optimizer state, zero at the start
-BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
+BLOCK_B = 16  # batch rows per program (a power of two, >= 16 for tl.dot)
 NUM_WARPS = 4
 NUM_STAGES = 1
 # registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
@@ -50,66 +50,11 @@ def _accumulate(ptr, value, mask):
 
 
 @triton.jit
-def _matvec(F_ptr, F_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, K: tl.constexpr,
-    N: tl.constexpr,
-            NP: tl.constexpr, BLOCK_B: tl.constexpr):
-    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows, one rank-1 update per k: f is read a column
-    # and W a column at a time (from L1/L2), so only the (BLOCK_B, NP) sum lives in registers
-    n = tl.arange(0, NP)
-    acc = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
-    for k in range(K):
-        f = tl.load(F_ptr + _rows * F_STRIDE + k, mask=_row_mask, other=0.0)
-        w = tl.load(W_ptr + n * K + k, mask=n < N, other=0.0)
-        acc += f[:, None] * w[None, :]
-    return acc
-
-
-@triton.jit
-def _outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.constexpr, F_ROW0, G_ptr,
-    NVALID,
-               J: tl.constexpr, K: tl.constexpr, JC: tl.constexpr, KP: tl.constexpr,
-                   BLOCK_B: tl.constexpr):
-    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's first NVALID rows (d's rows from D_ROW0,
-    # f's from
-    # F_ROW0; G is (J, K), row-major, this program's own partial sum): JC rows of G at a time, one
-    # rank-1 update per batch row, so one (JC, KP) block lives in registers
-    k = tl.arange(0, KP)
-    jc = tl.arange(0, JC)
-    for j0 in range(0, J, JC):
-        j = j0 + jc
-        g = tl.zeros((JC, KP), dtype=tl.float32)
-        for b in range(BLOCK_B):
-            ok = j * 0 + b < NVALID
-            d = tl.load(D_ptr + (D_ROW0 + b) * D_STRIDE + j, mask=(j < J) & ok, other=0.0)
-            f = tl.load(F_ptr + (F_ROW0 + b) * F_STRIDE + k, mask=(k < K) & (k * 0 + b < NVALID),
-                other=0.0)
-            g += d[:, None] * f[None, :]
-        _g = G_ptr + j[:, None] * K + k[None, :]
-        _m = (j < J)[:, None] & (k < K)[None, :]
-        tl.store(_g, tl.load(_g, mask=_m, other=0.0) + g, mask=_m)
-
-
-@triton.jit
 def _tanh(x):
     # no libdevice tanh under the interpreter; from e^−2|x| ≤ 1, which never overflows
     z = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - z) / (1.0 + z)
     return tl.where(x >= 0, t, -t)
-
-
-@triton.jit
-def _vecmat(D_ptr, D_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, I: tl.constexpr,
-    J: tl.constexpr,
-            JP: tl.constexpr, BLOCK_B: tl.constexpr):
-    # g[b, j] = Σ_i d[b, i]·W[i, j] for the tile's rows, one rank-1 update per i (d's column,
-    # W's row)
-    j = tl.arange(0, JP)
-    acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
-    for i in range(I):
-        d = tl.load(D_ptr + _rows * D_STRIDE + i, mask=_row_mask, other=0.0)
-        w = tl.load(W_ptr + i * J + j, mask=j < J, other=0.0)
-        acc += d[:, None] * w[None, :]
-    return acc
 
 
 @triton.jit
@@ -126,11 +71,6 @@ def residual_mlp_fused_kernel(
     # order, flat) and the loss
     _PART_ptr,
     _OUT_ptr,  # ŷ, (batch, 2) float32
-    # scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, 64)
-    # float32, a1 at 0, f1 at 4, a2 at 8, f2 at 12, a3 at 16, f3 at 16, a4 at 20, f4 at 20,
-    # dL_df4 at 22, delta4 at 22, dL_df3 at 24, delta3 at 24, dL_df1_via3 at 24, dL_df2 at 24,
-    # delta2 at 28, dL_df1_via2 at 32, dL_df1 at 36, delta1 at 40
-    _SCRATCH_ptr,
     _INTER_ptr,  # (batch, 65) float32: every named per-sample quantity (WITH_INTER)
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -151,6 +91,8 @@ def residual_mlp_fused_kernel(
     _part = _PART_ptr + _pid * 47
     _cols_2 = tl.arange(0, 2)
     _cmask_2 = _cols_2 < 2
+    _cols_3 = tl.arange(0, 4)
+    _cmask_3 = _cols_3 < 3
     _cols_4 = tl.arange(0, 4)
     _cmask_4 = _cols_4 < 4
     if WITH_LOSS or WITH_GRAD:
@@ -158,27 +100,20 @@ def residual_mlp_fused_kernel(
             _zo = _z + tl.arange(0, 1024)
             tl.store(_part + _zo, tl.zeros((1024,), dtype=tl.float32), mask=_zo < 47)
         tl.debug_barrier()
+    b1 = tl.load(b1_ptr + _cols_4)
+    b2 = tl.load(b2_ptr + _cols_4)
+    b4 = tl.load(b4_ptr + _cols_2)
     for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
-        _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
-        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each
-        # of its tiles; computed
-        # from the tile so that the compiler does not hoist every scratch address tile out
-        # of the loop
-        # and hold them all in registers (it did, and spilled)
-        _srows = _rows % (_nprog * BLOCK_B)
         # the parameters' addresses re-made from the tile (plus an offset that is always
         # 0), so that their
         # loads stay where they are used rather than being hoisted out of the loop and
         # held in registers
         _at = _tile // (_tile + 1)
         W1_ptr = W1_ptr + _at
-        b1_ptr = b1_ptr + _at
         W2_ptr = W2_ptr + _at
-        b2_ptr = b2_ptr + _at
         W4_ptr = W4_ptr + _at
-        b4_ptr = b4_ptr + _at
         dL_dW1_ptr = _part + (0 + _at)  # ∂L/∂W1, this program's partial sum
         dL_db1_ptr = _part + (12 + _at)  # ∂L/∂b1, this program's partial sum
         dL_dW2_ptr = _part + (16 + _at)  # ∂L/∂W2, this program's partial sum
@@ -186,49 +121,24 @@ def residual_mlp_fused_kernel(
         dL_dW4_ptr = _part + (36 + _at)  # ∂L/∂W4, this program's partial sum
         dL_db4_ptr = _part + (44 + _at)  # ∂L/∂b4, this program's partial sum
         _LOSS_ptr = _part + (46 + _at)  # the loss, this program's partial sum
+        x = tl.load(x_ptr + _rows[:, None] * 3 + _cols_3[None, :],
+            mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
 
         # ---- forward
         # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-        a1 = tl.load(b1_ptr + _cols_4) + _matvec(x_ptr, 3, W1_ptr, _rows, _row_mask, K=3, N=4, NP=4,
-            BLOCK_B=BLOCK_B)
-        tl.store(_SCRATCH_ptr + 0 + _srows[:, None] * 64 + _cols_4[None, :], a1,
-            mask=_row_mask[:, None] & _cmask_4[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
-        # f1[j] = tanh(a1[j])
-        f1 = _tanh(tl.load((_SCRATCH_ptr + 0) + _srows[:, None] * 64 + _cols_4[None, :],
-            mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0))
-        tl.store(_SCRATCH_ptr + 4 + _srows[:, None] * 64 + _cols_4[None, :], f1,
-            mask=_row_mask[:, None] & _cmask_4[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
+        a1 = b1 + tl.sum((x)[:, None, :] * tl.load(W1_ptr + _cols_4[:, None] * 3 + _cols_3[None, :],
+            mask=_cmask_4[:, None] & _cmask_3[None, :], other=0.0)[None, :, :], axis=2)
+        f1 = _tanh(a1)  # f1[j] = tanh(a1[j])
         # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
-        a2 = tl.load(b2_ptr + _cols_4) + _matvec((_SCRATCH_ptr + 4), 64, W2_ptr, _srows, _row_mask,
-            K=4, N=4, NP=4, BLOCK_B=BLOCK_B)
-        tl.store(_SCRATCH_ptr + 8 + _srows[:, None] * 64 + _cols_4[None, :], a2,
-            mask=_row_mask[:, None] & _cmask_4[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
-        # f2[j] = max(0, a2[j])
-        f2 = tl.maximum(tl.load((_SCRATCH_ptr + 8) + _srows[:, None] * 64 + _cols_4[None, :],
-            mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0), 0.0)
-        tl.store(_SCRATCH_ptr + 12 + _srows[:, None] * 64 + _cols_4[None, :], f2,
-            mask=_row_mask[:, None] & _cmask_4[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
-        # a3[j] = f1[j] + f2[j]
-        a3 = tl.load((_SCRATCH_ptr + 4) + _srows[:, None] * 64 + _cols_4[None, :],
-            mask=_row_mask[:, None] & _cmask_4[None, :],
-            other=0.0) + tl.load((_SCRATCH_ptr + 12) + _srows[:, None] * 64 + _cols_4[None, :],
-            mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0)
-        tl.store(_SCRATCH_ptr + 16 + _srows[:, None] * 64 + _cols_4[None, :], a3,
-            mask=_row_mask[:, None] & _cmask_4[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
+        a2 = b2 + tl.sum((f1)[:, None, :] * tl.load(W2_ptr + _cols_4[:, None] * 4 + _cols_4[None,
+            :])[None, :, :], axis=2)
+        f2 = tl.maximum(a2, 0.0)  # f2[j] = max(0, a2[j])
+        a3 = f1 + f2  # a3[j] = f1[j] + f2[j]
+        f3 = a3  # f3[j] = a3[j]
         # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
-        a4 = tl.load(b4_ptr + _cols_2) + _matvec((_SCRATCH_ptr + 16), 64, W4_ptr, _srows, _row_mask,
-            K=4, N=2, NP=2, BLOCK_B=BLOCK_B)
-        tl.store(_SCRATCH_ptr + 20 + _srows[:, None] * 64 + _cols_2[None, :], a4,
-            mask=_row_mask[:, None] & _cmask_2[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
-        # f4[j] = a4[j]
-        f4 = tl.load((_SCRATCH_ptr + 20) + _srows[:, None] * 64 + _cols_2[None, :],
-            mask=_row_mask[:, None] & _cmask_2[None, :], other=0.0)
+        a4 = b4 + tl.sum((f3)[:, None, :] * tl.load(W4_ptr + _cols_2[:, None] * 4 + _cols_4[None,
+            :])[None, :, :], axis=2)
+        f4 = a4  # f4[j] = a4[j]
         if WITH_INTER:  # intermediates(): every named forward quantity of this tile
             tl.store(_INTER_ptr + _rows[:, None] * 65 + 0 + _cols_4[None, :], a1,
                 mask=_row_mask[:, None] & _cmask_4[None, :])
@@ -240,9 +150,7 @@ def residual_mlp_fused_kernel(
                 mask=_row_mask[:, None] & _cmask_4[None, :])
             tl.store(_INTER_ptr + _rows[:, None] * 65 + 16 + _cols_4[None, :], a3,
                 mask=_row_mask[:, None] & _cmask_4[None, :])
-            tl.store(_INTER_ptr + _rows[:, None] * 65 + 20 + _cols_4[None, :],
-                tl.load((_SCRATCH_ptr + 16) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0),
+            tl.store(_INTER_ptr + _rows[:, None] * 65 + 20 + _cols_4[None, :], f3,
                 mask=_row_mask[:, None] & _cmask_4[None, :])
             tl.store(_INTER_ptr + _rows[:, None] * 65 + 24 + _cols_2[None, :], a4,
                 mask=_row_mask[:, None] & _cmask_2[None, :])
@@ -254,11 +162,8 @@ def residual_mlp_fused_kernel(
             # ---- loss: this tile's share of the batch loss
             y = tl.load(y_ptr + _rows[:, None] * 2 + _cols_2[None, :], mask=_row_mask[:, None],
                 other=0.0)
-            _loss_per_sample = tl.sum(tl.where(_cmask_2[None, :], (0.5)*((-tl.load((_SCRATCH_ptr
-                + 20) + _srows[:, None] * 64 + _cols_2[None, :],
-                mask=_row_mask[:, None] & _cmask_2[None, :], other=0.0) + y) * (
-                -tl.load((_SCRATCH_ptr + 20) + _srows[:, None] * 64 + _cols_2[None, :],
-                mask=_row_mask[:, None] & _cmask_2[None, :], other=0.0) + y)), 0.0), axis=1)
+            _loss_per_sample = tl.sum(tl.where(_cmask_2[None, :], (0.5)*((-f4 + y) * (-f4 + y)),
+                0.0), axis=1)
             if WITH_INTER:  # intermediates(): the per-sample loss
                 tl.store(_INTER_ptr + _rows * 65 + 28, _loss_per_sample, mask=_row_mask)
             tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample,
@@ -269,89 +174,52 @@ def residual_mlp_fused_kernel(
             y = tl.load(y_ptr + _rows[:, None] * 2 + _cols_2[None, :], mask=_row_mask[:, None],
                 other=0.0)
             # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
-            dL_df4 = tl.where(_row_mask[:, None],
-                _scale*(tl.load((_SCRATCH_ptr + 20) + _srows[:, None] * 64 + _cols_2[None, :],
-                mask=_row_mask[:, None] & _cmask_2[None, :], other=0.0) - y), 0.0)
-            tl.store(_SCRATCH_ptr + 22 + _srows[:, None] * 64 + _cols_2[None, :], dL_df4,
-                mask=_row_mask[:, None] & _cmask_2[None, :])
-            tl.debug_barrier()
-            # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-            dL_db4 = tl.sum(tl.load((_SCRATCH_ptr + 22) + _srows[:, None] * 64 + _cols_2[None, :],
-                mask=_row_mask[:, None] & _cmask_2[None, :], other=0.0), axis=0)
+            dL_df4 = tl.where(_row_mask[:, None], _scale*(f4 - y), 0.0)
+            delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
+            # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+            dL_dW4 = tl.sum((delta4)[:, :, None] * (f3)[:, None, :], axis=0)
+            _accumulate(dL_dW4_ptr + _cols_2[:, None] * 4 + _cols_4[None, :], dL_dW4,
+                _cmask_2[:, None] & _cmask_4[None, :])
+            dL_db4 = tl.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
             _accumulate(dL_db4_ptr + _cols_2, dL_db4, _cmask_2)
             # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
-            dL_df3 = _vecmat((_SCRATCH_ptr + 22), 64, W4_ptr, _srows, _row_mask, I=2, J=4, JP=4,
-                BLOCK_B=BLOCK_B)
-            tl.store(_SCRATCH_ptr + 24 + _srows[:, None] * 64 + _cols_4[None, :], dL_df3,
-                mask=_row_mask[:, None] & _cmask_4[None, :])
-            tl.debug_barrier()
-            # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-            delta2 = tl.load((_SCRATCH_ptr + 24) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :],
-                other=0.0)*tl.where(tl.load((_SCRATCH_ptr + 8) + _srows[:, None] * 64 + _cols_4[
-                None, :], mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0) > 0, 1.0, 0.0)
-            tl.store(_SCRATCH_ptr + 28 + _srows[:, None] * 64 + _cols_4[None, :], delta2,
-                mask=_row_mask[:, None] & _cmask_4[None, :])
-            tl.debug_barrier()
-            # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-            dL_db2 = tl.sum(tl.load((_SCRATCH_ptr + 28) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0), axis=0)
+            dL_df3 = tl.sum((delta4)[:, :, None] * tl.load(W4_ptr + _cols_2[:, None] * 4 + _cols_4[
+                None, :])[None, :, :], axis=1)
+            delta3 = dL_df3  # δ3[j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
+            dL_df1_via3 = delta3  # ∂L/∂f1 through a3 (one path's term) = δ3 · ∂a3/∂f1
+            dL_df2 = delta3  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+            delta2 = dL_df2*tl.where(f2 > 0, 1.0, 0.0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
+            # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+            dL_dW2 = tl.sum((delta2)[:, :, None] * (f1)[:, None, :], axis=0)
+            _accumulate(dL_dW2_ptr + _cols_4[:, None] * 4 + _cols_4[None, :], dL_dW2,
+                _cmask_4[:, None] & _cmask_4[None, :])
+            dL_db2 = tl.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
             _accumulate(dL_db2_ptr + _cols_4, dL_db2, _cmask_4)
             # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
-            dL_df1_via2 = _vecmat((_SCRATCH_ptr + 28), 64, W2_ptr, _srows, _row_mask, I=4, J=4,
-                JP=4, BLOCK_B=BLOCK_B)
-            tl.store(_SCRATCH_ptr + 32 + _srows[:, None] * 64 + _cols_4[None, :], dL_df1_via2,
-                mask=_row_mask[:, None] & _cmask_4[None, :])
-            tl.debug_barrier()
+            dL_df1_via2 = tl.sum((delta2)[:, :, None] * tl.load(W2_ptr + _cols_4[:, None] * 4
+                + _cols_4[None, :])[None, :, :], axis=1)
             # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
-            dL_df1 = tl.load((_SCRATCH_ptr + 32) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :],
-                other=0.0) + tl.load((_SCRATCH_ptr + 24) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0)
-            tl.store(_SCRATCH_ptr + 36 + _srows[:, None] * 64 + _cols_4[None, :], dL_df1,
-                mask=_row_mask[:, None] & _cmask_4[None, :])
-            tl.debug_barrier()
-            # δ1[j] = ∂L/∂f1 · ∂f1/∂a1
-            delta1 = tl.load((_SCRATCH_ptr + 36) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :],
-                other=0.0)*(1 - (tl.load((_SCRATCH_ptr + 4) + _srows[:, None] * 64 + _cols_4[None,
-                :], mask=_row_mask[:, None] & _cmask_4[None, :],
-                other=0.0) * tl.load((_SCRATCH_ptr + 4) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0)))
-            tl.store(_SCRATCH_ptr + 40 + _srows[:, None] * 64 + _cols_4[None, :], delta1,
-                mask=_row_mask[:, None] & _cmask_4[None, :])
-            tl.debug_barrier()
-            # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
-            dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 40) + _srows[:, None] * 64 + _cols_4[None, :],
-                mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0), axis=0)
+            dL_df1 = dL_df1_via2 + dL_df1_via3
+            delta1 = dL_df1*(1 - (f1 * f1))  # δ1[j] = ∂L/∂f1 · ∂f1/∂a1
+            # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+            dL_dW1 = tl.sum((delta1)[:, :, None] * (x)[:, None, :], axis=0)
+            _accumulate(dL_dW1_ptr + _cols_4[:, None] * 3 + _cols_3[None, :], dL_dW1,
+                _cmask_4[:, None] & _cmask_3[None, :])
+            dL_db1 = tl.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
             _accumulate(dL_db1_ptr + _cols_4, dL_db1, _cmask_4)
             # ---- this tile's gradients, added to this program's sums
-            _outer_add((_SCRATCH_ptr + 40), 64, _pid * BLOCK_B, x_ptr, 3, _tile * BLOCK_B,
-                dL_dW1_ptr, _nvalid, J=4, K=3, JC=4, KP=4, BLOCK_B=BLOCK_B)
-            _outer_add((_SCRATCH_ptr + 28), 64, _pid * BLOCK_B, (_SCRATCH_ptr + 4), 64,
-                _pid * BLOCK_B, dL_dW2_ptr, _nvalid, J=4, K=4, JC=4, KP=4, BLOCK_B=BLOCK_B)
-            _outer_add((_SCRATCH_ptr + 22), 64, _pid * BLOCK_B, (_SCRATCH_ptr + 16), 64,
-                _pid * BLOCK_B, dL_dW4_ptr, _nvalid, J=2, K=4, JC=2, KP=4, BLOCK_B=BLOCK_B)
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
                 tl.store(_INTER_ptr + _rows[:, None] * 65 + 29 + _cols_2[None, :], dL_df4,
                     mask=_row_mask[:, None] & _cmask_2[None, :])
-                tl.store(_INTER_ptr + _rows[:, None] * 65 + 31 + _cols_2[None, :],
-                    tl.load((_SCRATCH_ptr + 22) + _srows[:, None] * 64 + _cols_2[None, :],
-                    mask=_row_mask[:, None] & _cmask_2[None, :], other=0.0),
+                tl.store(_INTER_ptr + _rows[:, None] * 65 + 31 + _cols_2[None, :], delta4,
                     mask=_row_mask[:, None] & _cmask_2[None, :])
                 tl.store(_INTER_ptr + _rows[:, None] * 65 + 33 + _cols_4[None, :], dL_df3,
                     mask=_row_mask[:, None] & _cmask_4[None, :])
-                tl.store(_INTER_ptr + _rows[:, None] * 65 + 37 + _cols_4[None, :],
-                    tl.load((_SCRATCH_ptr + 24) + _srows[:, None] * 64 + _cols_4[None, :],
-                    mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0),
+                tl.store(_INTER_ptr + _rows[:, None] * 65 + 37 + _cols_4[None, :], delta3,
                     mask=_row_mask[:, None] & _cmask_4[None, :])
-                tl.store(_INTER_ptr + _rows[:, None] * 65 + 41 + _cols_4[None, :],
-                    tl.load((_SCRATCH_ptr + 24) + _srows[:, None] * 64 + _cols_4[None, :],
-                    mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0),
+                tl.store(_INTER_ptr + _rows[:, None] * 65 + 41 + _cols_4[None, :], dL_df1_via3,
                     mask=_row_mask[:, None] & _cmask_4[None, :])
-                tl.store(_INTER_ptr + _rows[:, None] * 65 + 45 + _cols_4[None, :],
-                    tl.load((_SCRATCH_ptr + 24) + _srows[:, None] * 64 + _cols_4[None, :],
-                    mask=_row_mask[:, None] & _cmask_4[None, :], other=0.0),
+                tl.store(_INTER_ptr + _rows[:, None] * 65 + 45 + _cols_4[None, :], dL_df2,
                     mask=_row_mask[:, None] & _cmask_4[None, :])
                 tl.store(_INTER_ptr + _rows[:, None] * 65 + 49 + _cols_4[None, :], delta2,
                     mask=_row_mask[:, None] & _cmask_4[None, :])
@@ -417,7 +285,6 @@ _FUSED_SIGNATURE = {
     "b4_ptr": "*fp32",
     "_PART_ptr": "*fp32",
     "_OUT_ptr": "*fp32",
-    "_SCRATCH_ptr": "*fp32",
     "_INTER_ptr": "*fp32",
     "_B": "i32",
     "_scale": "fp32",
@@ -522,7 +389,6 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _p["b4"],
         _part,
         out if out is not None else _dummy,
-        x.new_empty(_np * _blk * 64, dtype=torch.float32),
         inter if inter is not None else _dummy,
         _batch,
         1.0 / _batch,

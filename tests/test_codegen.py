@@ -17,7 +17,11 @@ import torch
 
 from derive import Linear, Loss, Network, Port, load_spec
 
+from derive.derivation import derive
+from derive.ir.lowering import lower
 from derive.targets import codegen
+from derive.targets.triton import SCRATCH, plan_triton
+from derive.targets.wrap import wrap
 from derive.cli import main as cli_main
 from derive.targets.modules import generated_modules
 from derive.verify import sample
@@ -477,8 +481,11 @@ def test_triton_train_step_matches_numpy(example, triton_device_name):
 # =========================================================================== tl.dot or broadcast-multiply-sum
 
 
-def _triton_text(net: Network) -> str:
-    return codegen.generate(net, "<python>", ("triton",))[f"{net.name}_triton.py"]
+def _triton_text(net: Network, strategy=None) -> str:
+    """The Triton module as generated, or (given a Strategy) as that plan renders it."""
+    if strategy is None:
+        return codegen.generate(net, "<python>", ("triton",))[f"{net.name}_triton.py"]
+    return wrap(plan_triton(lower(derive(net), "<python>"), strategy=strategy).text)
 
 
 def _joined(lines: list[str]) -> list[str]:
@@ -502,13 +509,14 @@ def _kernel_lines(text: str) -> list[str]:
 
 def test_dense_contractions_read_their_operands_from_memory():
     # issue 10: a weight or activation tile held in registers through forward and backward spills on the
-    # GPU, so every dense contraction is a helper reading W and the scratch rows per use: on tensor cores
+    # GPU outside the on-chip plan's measured envelope, so the scratch plan makes every dense contraction a
+    # helper reading W and the scratch rows per use: on tensor cores
     # (tl.dot, KC columns at a time) where every side pads to >= 16, else as rank-1 updates
     for net, prefix in ((Network("wide", [Linear(out=16, activation="relu"), Linear(out=32)],
                                  input=Port("x", (16,)), target=Port("y", (32,))), "_dot"),
                         (Network("narrow", [Linear(out=8, activation="tanh"), Linear(out=4)],
                                  input=Port("x", (3,)), target=Port("y", (4,))), "")):
-        text = _triton_text(net)
+        text = _triton_text(net, SCRATCH)
         lines = _kernel_lines(text)
         for name, helper in (("a1", "_matvec("), ("a2", "_matvec("), ("dL_df1", "_vecmat(")):
             line = next(ln for ln in lines if ln.strip().startswith(f"{name} = "))
@@ -522,9 +530,11 @@ def test_dense_contractions_read_their_operands_from_memory():
 
 def test_tile_rows_and_warps_follow_tl_dot():
     # tl.dot takes at least 16 rows: a 128-wide module with a tl.dot gets 16 rows at 8 warps; one whose
-    # contractions are all too narrow for tl.dot keeps 1,024 / 128 = 8 rows at 4 warps (16 spilled)
+    # contractions are all too narrow for tl.dot keeps 1,024 / 128 = 8 rows at 4 warps (16 spilled): the
+    # scratch plan's rule (the on-chip plan has its own rows, Strategy.block_b)
     def constants(layers, width):
-        text = _triton_text(Network("t", layers, input=Port("x", (width,)), target=Port("y", (layers[-1].out,))))
+        net = Network("t", layers, input=Port("x", (width,)), target=Port("y", (layers[-1].out,)))
+        text = _triton_text(net, SCRATCH)
         return [int(re.search(rf"^{k} = (\d+)", text, re.M).group(1)) for k in ("BLOCK_B", "NUM_WARPS")]
 
     assert constants([Linear(out=128, activation="relu"), Linear(out=128)], 128) == [16, 8]

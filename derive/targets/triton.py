@@ -72,6 +72,10 @@ SCRATCH = Strategy("scratch", "tile", "tile", why="compiles without spills acros
 # (372): bench/compile_grid.py, docs/gpu.md
 ON_CHIP = Strategy("on-chip", "tile", "tile", 16, why="every weight 64 x 64: the measured envelope where "
                    "per-sample tiles stay in registers without spills; no scratch traffic")
+# narrow nets on chip, (widest side, most weight layers): every COMPILE_SPECS entry of the grid's 16-wide nets up
+# to 4 layers and 32-wide nets of 2 compiled without spills (L2 and cross-entropy, 126-209 registers); 16-wide at
+# 8 layers spilled 96-232 bytes, 32-wide at 4 layers 72-124 (also at 4 warps): docs/gpu.md
+NARROW_ENVELOPE = ((16, 4), (32, 2))
 # the plans derive inspect --strategies compiles and models beside the pick (the bigger tiles and on-chip sums
 # the model favours spill on sm_90 today: docs/gpu.md)
 CANDIDATES = (SCRATCH, ON_CHIP, Strategy("on-chip", "tile", "program", 16), Strategy("on-chip", "tile", "tile", 32),
@@ -83,9 +87,13 @@ def choose_strategy(ir: KernelIR) -> Strategy:
     """The plan for a dense network: on chip where it was measured spill-free, else scratch rows."""
     if not _scratch_layout(ir):
         return Strategy("on-chip", "tile", "tile", why="scalars only: every quantity is a register")
-    sides = [n for p in ir.params if len(p.shape) == 2 for n in p.shape]  # as declared: padded sides were not measured
-    if sides and set(sides) == {64} and len(sides) <= 16:
+    weights = [p.shape for p in ir.params if len(p.shape) == 2]
+    sides = [n for shape in weights for n in shape]  # as declared: padded sides were not measured
+    if sides and set(sides) == {64} and len(weights) <= 8:
         return ON_CHIP
+    if sides and any(max(sides) <= side and len(weights) <= depth for side, depth in NARROW_ENVELOPE):
+        return dataclasses.replace(ON_CHIP, why=f"every side <= {max(sides)} with {len(weights)} weight layers: "
+                                   "inside the measured envelope of narrow nets; no scratch traffic")
     return SCRATCH
 
 
