@@ -9,11 +9,14 @@ from derive.derivation import Derivation, Factor, Step, derive
 from derive.errors import DeriveError, SpecError
 from derive.explain.api import Explanation, explain
 from derive.limits import Limits
-from derive.network import Add, AvgPool2d, Concat, Conv2d, Flatten, Linear, LocallyConnected, Loss, MaxPool2d, Network, Port
+from derive.network import LAYER_TYPES, Loss, Network, Port
 from derive.spec import load_spec, parse_spec
 
-__all__ = [
-    "Add", "AvgPool2d", "Concat", "Conv2d", "Derivation", "DeriveError", "Factor", "Flatten", "Linear", "Limits", "LocallyConnected", "Loss", "MaxPool2d", "Network", "Port", "SpecError", "Step",
+# the layer types (Linear, Conv2d, MaxPool2d, …), each defined with its rule (derive.network.LAYER_TYPES)
+globals().update(LAYER_TYPES)
+
+__all__ = sorted(LAYER_TYPES) + [
+    "Derivation", "DeriveError", "Factor", "Limits", "Loss", "Network", "Port", "SpecError", "Step",
     "derive", "explain", "Explanation", "lecture_network", "load_spec", "parse_spec",
 ]
 from derive.version import __version__  # noqa: E402  (re-exported)

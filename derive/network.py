@@ -15,11 +15,7 @@ from derive import names
 from derive.errors import SpecError
 from derive.layers import RULES, checks
 from derive.layers.base import Layer, Param, Shape
-from derive.layers.conv import Conv2d, LocallyConnected
-from derive.layers.flatten import Flatten
-from derive.layers.linear import Linear
-from derive.layers.merge import Add, Concat
-from derive.layers.pool import AvgPool2d, MaxPool2d, Pool2d
+from derive.tables.arrays import PRIMITIVES
 from derive.tables.functions import FUNCTIONS
 from derive.tables.losses import CLASS, LOSS_RULES
 from derive.tables.losses import DEFAULT as DEFAULT_LOSS
@@ -27,8 +23,12 @@ from derive.tables.optimizers import Optimizer
 
 REDUCTIONS = ("mean", "sum")
 
-__all__ = ["Add", "AvgPool2d", "Concat", "Conv2d", "Flatten", "Layer", "Linear", "LocallyConnected", "Loss", "MaxPool2d",
-           "Network", "Param", "Pool2d", "Port"]
+# The Python API's layer types (Linear, Conv2d, MaxPool2d, …), each defined with its rule in derive/layers/:
+# importable from here (and from derive) as if written here.
+LAYER_TYPES = {t.__name__: t for rule in RULES.values() for t in rule.api}
+globals().update(LAYER_TYPES)
+
+__all__ = sorted([*LAYER_TYPES, "Layer", "Loss", "Network", "Param", "Port"])
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Loss:
 @dataclass(frozen=True)
 class Network:
     name: str
-    layers: tuple[Linear, ...]
+    layers: tuple  # the layer types' instances (LAYER_TYPES), in forward order
     input: Port = Port("x")
     target: Port = Port("y")
     loss: Loss = Loss()
@@ -95,11 +95,10 @@ def _check_shape(path: str, shape: object, volume: bool = False) -> Shape:
     return tuple(shape)
 
 
-# The helper functions the generated code defines for the layer kinds, the SymPy functions and the losses: no
-# spec name may take one.
-HELPERS = frozenset([h for rule in RULES.values() for h in rule.helpers]
-                    + [h for f in FUNCTIONS for h in getattr(f, "helpers", ())]
-                    + [h for loss in LOSS_RULES.values() for h in loss.helpers])
+# The helper functions the generated code defines for the layer kinds, the SymPy functions and the losses, and
+# the array primitives they call: no spec name may take one.
+HELPERS = frozenset([h.name for owner in (*RULES.values(), *FUNCTIONS, *LOSS_RULES.values())
+                     for h in getattr(owner, "helpers", ())] + list(PRIMITIVES))
 
 
 def _name(path: str, value: object) -> str:

@@ -34,52 +34,77 @@ HYPER = {
 STATE = ("m", "v", )  # per-parameter optimizer state, zero at the start
 
 
+def arange(n, like):
+    """0, 1, …, n − 1 (like: where a torch module keeps its tensors; NumPy has one place)."""
+    return np.arange(n)
+
+
+def pad2d(x, pad, value=0.0):
+    """x with pad rows and columns of value on both sides of its last two axes."""
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)
+
+
+def scatter_add(target, index, values):
+    """target[b, c, index[b, c, k]] += values[b, c, k], repeated indices adding up (np.add.at)."""
+    b, c, _ = np.indices(index.shape, sparse=True)
+    np.add.at(target, (b, c, index), values)
+
+
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def zeros(like, shape):
+    """Zeros of the given shape in like's dtype."""
+    return np.zeros(shape, dtype=like.dtype)
+
+
 def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows."""
-    m = np.max(z, axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.sum(np.exp(z - m), axis=1))
+    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an infinite
+    maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
+    m = np.nan_to_num(np.amax(z, axis=1, keepdims=True), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.log(np.sum(np.exp(z - m), axis=1)) + m[:, 0]
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
     """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
     −∞."""
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
-    return np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh,
-        ::sw].max(axis=(4, 5))
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
+    return np.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
     """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
     window (i, j)].
 
-    The argmax is the window's first maximum in row-major order (np.argmax), as PyTorch routes ties.
+    The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
     B, C, oh, ow = g.shape
-    p, q = np.divmod(win.reshape(B, C, oh, ow, kh * kw).argmax(axis=4), kw)
-    b, c, i, j = np.indices(g.shape, sparse=True)
-    gp = np.zeros(xp.shape, dtype=g.dtype)
+    first = np.argmax(windows(xpad, kh, kw, sh, sw).reshape(B, C, oh, ow, kh * kw), axis=4)
+    p, q = first // kw, first % kw
+    i = arange(oh, g)[:, None]
+    j = arange(ow, g)[None, :]
+    flat = (i * sh + p) * xpad.shape[3] + (j * sw + q)  # the maximum's position in the padded input
+    gp = zeros(g, (B, C, xpad.shape[2] * xpad.shape[3]))
     # windows overlap when the stride is below the kernel
-    np.add.at(gp, (b, c, i * sh + p, j * sw + q), g)
-    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
+    scatter_add(gp, flat.reshape(B, C, -1), g.reshape(B, C, -1))
+    return gp.reshape(xpad.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == np.arange(n)).astype(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y and the columns j of the logits z, in z's dtype."""
+    hot = np.zeros_like(z)
+    hot[range(len(y)), y] = 1
+    return hot
 
 
 def softmax(z):
     """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
-    e = np.exp(z - np.max(z, axis=1, keepdims=True))
+    e = np.exp(z - np.amax(z, axis=1, keepdims=True))
     return e / np.sum(e, axis=1, keepdims=True)
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]
 
 
 def init_params(seed=0, dtype=np.float64):
@@ -105,7 +130,7 @@ def _forward(params, x):
     b4 = params["b4"]
     x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
     # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1, 1), W1) + b1[:, None, None]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = max_pool2d(f1, 2, 2, 2, 2, 0)  # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     f3 = f2.reshape(f2.shape[0], -1)  # f3[16·c + 4·h + w] = f2[c, h, w]
@@ -122,7 +147,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     x_pad, a1, f1, f2, f3, a4, f4 = _forward(params, x)
-    return -np.sum(f4*onehot(y, 10, f4.dtype), axis=1) + logsumexp(f4)
+    return -np.sum(f4*onehot(y, f4), axis=1) + logsumexp(f4)
 
 
 def _loss_value(params, x, y):
@@ -141,11 +166,11 @@ def intermediates(params, x, y):
     W4 = params["W4"]
     # ---- forward pass
     x_pad, a1, f1, f2, f3, a4, f4 = _forward(params, x)
-    loss_per_sample = -np.sum(f4*onehot(y, 10, f4.dtype), axis=1) + logsumexp(f4)
+    loss_per_sample = -np.sum(f4*onehot(y, f4), axis=1) + logsumexp(f4)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df4 = _scale*(-onehot(y, 10, f4.dtype) + softmax(f4))
+    dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = np.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
@@ -156,7 +181,7 @@ def intermediates(params, x, y):
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = np.sum(delta1, axis=(0, 2, 3))
     return {

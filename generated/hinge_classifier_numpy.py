@@ -32,8 +32,8 @@ STATE = ()  # per-parameter optimizer state, zero at the start
 
 
 def sigmoid(x):
-    """σ(x) = 1 / (1 + e^−x), without overflow for large |x|."""
-    return np.exp(-np.logaddexp(0, -x))
+    """σ(x) = 1 / (1 + e^−x) = exp(−log(1 + e^−x)), without overflow for large |x|."""
+    return np.exp(-np.logaddexp(np.zeros_like(x), -x))
 
 
 def init_params(seed=0, dtype=np.float64):

@@ -31,27 +31,30 @@ HYPER = {
 STATE = ()  # per-parameter optimizer state, zero at the start
 
 
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
 def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows."""
-    m = np.max(z, axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.sum(np.exp(z - m), axis=1))
+    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an infinite
+    maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
+    m = np.nan_to_num(np.amax(z, axis=1, keepdims=True), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.log(np.sum(np.exp(z - m), axis=1)) + m[:, 0]
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == np.arange(n)).astype(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y and the columns j of the logits z, in z's dtype."""
+    hot = np.zeros_like(z)
+    hot[range(len(y)), y] = 1
+    return hot
 
 
 def softmax(z):
     """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
-    e = np.exp(z - np.max(z, axis=1, keepdims=True))
+    e = np.exp(z - np.amax(z, axis=1, keepdims=True))
     return e / np.sum(e, axis=1, keepdims=True)
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]
 
 
 def init_params(seed=0, dtype=np.float64):
@@ -78,7 +81,7 @@ def _forward(params, x):
     W3 = params["W3"]
     b3 = params["b3"]
     # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1), W1) + b1[:, None, None]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x, 5, 5, 1, 1), W1) + b1[:, None, None]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
     a3 = (f2 @ W3.T) + b3  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
@@ -94,7 +97,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     a1, f1, f2, a3, f3 = _forward(params, x)
-    return -np.sum(f3*onehot(y, 10, f3.dtype), axis=1) + logsumexp(f3)
+    return -np.sum(f3*onehot(y, f3), axis=1) + logsumexp(f3)
 
 
 def _loss_value(params, x, y):
@@ -113,11 +116,11 @@ def intermediates(params, x, y):
     W3 = params["W3"]
     # ---- forward pass
     a1, f1, f2, a3, f3 = _forward(params, x)
-    loss_per_sample = -np.sum(f3*onehot(y, 10, f3.dtype), axis=1) + logsumexp(f3)
+    loss_per_sample = -np.sum(f3*onehot(y, f3), axis=1) + logsumexp(f3)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df3 = _scale*(-onehot(y, 10, f3.dtype) + softmax(f3))
+    dL_df3 = _scale*(-onehot(y, f3) + softmax(f3))
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
     dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = np.sum(delta3, axis=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
@@ -125,7 +128,7 @@ def intermediates(params, x, y):
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
     delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))
+    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = np.sum(delta1, axis=(0, 2, 3))
     return {

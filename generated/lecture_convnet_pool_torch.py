@@ -8,15 +8,15 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS =
-"lecture_convnet_pool_69dfd890a2":
-  derive::lecture_convnet_pool_69dfd890a2_forward(params, x) -> ŷ                   autograd: the
+"lecture_convnet_pool_b4216f90f1":
+  derive::lecture_convnet_pool_b4216f90f1_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::lecture_convnet_pool_69dfd890a2_backward(params, x, grad_yhat) -> gradients  derive's
+  derive::lecture_convnet_pool_b4216f90f1_backward(params, x, grad_yhat) -> gradients  derive's
   backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_pool_69dfd890a2_loss(params, x, y) -> L                 autograd: the
+  derive::lecture_convnet_pool_b4216f90f1_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::lecture_convnet_pool_69dfd890a2_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_pool_b4216f90f1_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 NAME = "lecture_convnet_pool"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "lecture_convnet_pool_69dfd890a2"
+OPS = "lecture_convnet_pool_b4216f90f1"
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -47,6 +47,32 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (10,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+def arange(n, like):
+    """0, 1, …, n − 1 on like's device."""
+    return torch.arange(n, device=like.device)
+
+
+def pad2d(x, pad, value=0.0):
+    """x with pad rows and columns of value on both sides of its last two axes."""
+    return F.pad(x, (pad, pad, pad, pad), value=value)
+
+
+def scatter_add(target, index, values):
+    """target[b, c, index[b, c, k]] += values[b, c, k], repeated indices adding up."""
+    target.scatter_add_(2, index, values)
+
+
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)
+
+
+def zeros(like, shape):
+    """Zeros of the given shape in like's dtype, on its device."""
+    return like.new_zeros(shape)
 
 
 # g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
@@ -63,34 +89,27 @@ def _softmax_minus_onehot(log_p, y, s):
 def max_pool2d(x, kh, kw, sh, sw, pad):
     """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
     −∞."""
-    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
-    return xp.unfold(2, kh, sh).unfold(3, kw, sw).amax(dim=(4, 5))
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
+    return torch.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
     """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
     window (i, j)].
 
-    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes
-    ties.
+    The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
-    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
     B, C, oh, ow = g.shape
-    first = xp.unfold(2, kh, sh).unfold(3, kw, sw).reshape(B, C, oh, ow, kh * kw).argmax(dim=4)
+    first = torch.argmax(windows(xpad, kh, kw, sh, sw).reshape(B, C, oh, ow, kh * kw), axis=4)
     p, q = first // kw, first % kw
-    i = torch.arange(oh, device=g.device)[:, None]
-    j = torch.arange(ow, device=g.device)[None, :]
-    flat = (i * sh + p) * xp.shape[3] + (j * sw + q)  # the maximum's position in the padded input
-    gp = g.new_zeros((B, C, xp.shape[2] * xp.shape[3]))
+    i = arange(oh, g)[:, None]
+    j = arange(ow, g)[None, :]
+    flat = (i * sh + p) * xpad.shape[3] + (j * sw + q)  # the maximum's position in the padded input
+    gp = zeros(g, (B, C, xpad.shape[2] * xpad.shape[3]))
     # windows overlap when the stride is below the kernel
-    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))
-    return gp.reshape(xp.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return x.unfold(2, kh, s).unfold(3, kw, s)
+    scatter_add(gp, flat.reshape(B, C, -1), g.reshape(B, C, -1))
+    return gp.reshape(xpad.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
 
 
 def init_values(seed=0):
@@ -178,7 +197,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )
@@ -205,7 +224,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW4, dL_db4, )

@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_dcfe376423":
-  derive::lecture_convnet_dcfe376423_forward(params, x) -> ŷ                   autograd: the
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_b4a05ca0ec":
+  derive::lecture_convnet_b4a05ca0ec_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::lecture_convnet_dcfe376423_backward(params, x, grad_yhat) -> gradients  derive's backward
+  derive::lecture_convnet_b4a05ca0ec_backward(params, x, grad_yhat) -> gradients  derive's backward
   seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_dcfe376423_loss(params, x, y) -> L                 autograd: the
+  derive::lecture_convnet_b4a05ca0ec_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::lecture_convnet_dcfe376423_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_b4a05ca0ec_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "lecture_convnet"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "lecture_convnet_dcfe376423"
+OPS = "lecture_convnet_b4a05ca0ec"
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -48,6 +48,12 @@ LOSS = "cross_entropy"
 REDUCTION = "mean"
 
 
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)
+
+
 # g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
 _relu_grad = torch.ops.aten.threshold_backward.default
 
@@ -57,12 +63,6 @@ def _softmax_minus_onehot(log_p, y, s):
     one-hot's 1 subtracted only where y points (no one-hot matrix), the scale applied in place (one
     fresh tensor)."""
     return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return x.unfold(2, kh, s).unfold(3, kw, s)
 
 
 def init_values(seed=0):
@@ -146,7 +146,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -170,7 +170,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 5, 5, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )

@@ -33,6 +33,17 @@ HYPER = {
 STATE = ()  # per-parameter optimizer state, zero at the start
 
 
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def zeros(like, shape):
+    """Zeros of the given shape in like's dtype."""
+    return np.zeros(shape, dtype=like.dtype)
+
+
 def local_input_grad(delta, W, s, hw):
     """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w
     − j·s < kw].
@@ -42,7 +53,7 @@ def local_input_grad(delta, W, s, hw):
     """
     B, _, oh, ow = delta.shape
     kh, kw = W.shape[4:]
-    g = np.zeros((B, W.shape[3], *hw), dtype=delta.dtype)
+    g = zeros(delta, (B, W.shape[3], *hw))
     for p in range(kh):
         for q in range(kw):
             g[:, :, p:p + s * oh:s, q:q + s * ow:s] += np.einsum("boij,oijc->bcij", delta,
@@ -51,31 +62,28 @@ def local_input_grad(delta, W, s, hw):
 
 
 def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows."""
-    m = np.max(z, axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.sum(np.exp(z - m), axis=1))
+    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an infinite
+    maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
+    m = np.nan_to_num(np.amax(z, axis=1, keepdims=True), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.log(np.sum(np.exp(z - m), axis=1)) + m[:, 0]
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == np.arange(n)).astype(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y and the columns j of the logits z, in z's dtype."""
+    hot = np.zeros_like(z)
+    hot[range(len(y)), y] = 1
+    return hot
 
 
 def sigmoid(x):
-    """σ(x) = 1 / (1 + e^−x), without overflow for large |x|."""
-    return np.exp(-np.logaddexp(0, -x))
+    """σ(x) = 1 / (1 + e^−x) = exp(−log(1 + e^−x)), without overflow for large |x|."""
+    return np.exp(-np.logaddexp(np.zeros_like(x), -x))
 
 
 def softmax(z):
     """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
-    e = np.exp(z - np.max(z, axis=1, keepdims=True))
+    e = np.exp(z - np.amax(z, axis=1, keepdims=True))
     return e / np.sum(e, axis=1, keepdims=True)
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]
 
 
 def init_params(seed=0, dtype=np.float64):
@@ -108,11 +116,11 @@ def _forward(params, x):
     b4 = params["b4"]
     x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
     # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1, 1), W1) + b1[:, None, None]
     f1 = np.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
     f1_pad = np.pad(f1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
     # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
-    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2
+    a2 = np.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2, 2), W2) + b2
     f2 = sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = (f3 @ W4.T) + b4  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
@@ -128,7 +136,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = _forward(params, x)
-    return -np.sum(f4*onehot(y, 3, f4.dtype), axis=1) + logsumexp(f4)
+    return -np.sum(f4*onehot(y, f4), axis=1) + logsumexp(f4)
 
 
 def _loss_value(params, x, y):
@@ -148,11 +156,11 @@ def intermediates(params, x, y):
     W4 = params["W4"]
     # ---- forward pass
     x_pad, a1, f1, f1_pad, a2, f2, f3, a4, f4 = _forward(params, x)
-    loss_per_sample = -np.sum(f4*onehot(y, 3, f4.dtype), axis=1) + logsumexp(f4)
+    loss_per_sample = -np.sum(f4*onehot(y, f4), axis=1) + logsumexp(f4)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df4 = _scale*(-onehot(y, 3, f4.dtype) + softmax(f4))
+    dL_df4 = _scale*(-onehot(y, f4) + softmax(f4))
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = np.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
@@ -161,7 +169,7 @@ def intermediates(params, x, y):
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the
     # batch
-    dL_dW2 = np.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))
+    dL_dW2 = np.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2, 2))
     dL_db2 = np.sum(delta2, axis=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
     # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
     # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
@@ -169,7 +177,7 @@ def intermediates(params, x, y):
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = np.sum(delta1, axis=(0, 2, 3))
     return {

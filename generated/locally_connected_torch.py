@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2, 9, 9); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_39cc9c0d16":
-  derive::locally_connected_39cc9c0d16_forward(params, x) -> ŷ                   autograd: the
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_a1e4b7369f":
+  derive::locally_connected_a1e4b7369f_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::locally_connected_39cc9c0d16_backward(params, x, grad_yhat) -> gradients  derive's
+  derive::locally_connected_a1e4b7369f_backward(params, x, grad_yhat) -> gradients  derive's
   backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::locally_connected_39cc9c0d16_loss(params, x, y) -> L                 autograd: the
+  derive::locally_connected_a1e4b7369f_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::locally_connected_39cc9c0d16_value_and_grad(params, x, y) -> (L, gradients)
+  derive::locally_connected_a1e4b7369f_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "locally_connected"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "locally_connected_39cc9c0d16"
+OPS = "locally_connected_a1e4b7369f"
 PARAM_SHAPES = {
     "W1": (3, 2, 3, 3),
     "b1": (3,),
@@ -48,6 +48,17 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (3,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)
+
+
+def zeros(like, shape):
+    """Zeros of the given shape in like's dtype, on its device."""
+    return like.new_zeros(shape)
 
 
 def _softmax_minus_onehot(log_p, y, s):
@@ -66,18 +77,12 @@ def local_input_grad(delta, W, s, hw):
     """
     B, _, oh, ow = delta.shape
     kh, kw = W.shape[4:]
-    g = delta.new_zeros((B, W.shape[3], *hw))
+    g = zeros(delta, (B, W.shape[3], *hw))
     for p in range(kh):
         for q in range(kw):
             g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oijc->bcij", delta,
                 W[:, :, :, :, p, q])
     return g
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return x.unfold(2, kh, s).unfold(3, kw, s)
 
 
 def init_values(seed=0):
@@ -113,7 +118,7 @@ def _forward(params, x):
     f1 = torch.tanh(a1)  # f1[o, i, j] = tanh(a1[o, i, j])
     f1_pad = F.pad(f1, (1, 1, 1, 1))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
     # a2[o, i, j] = Σ_{c,p,q} W2[o, i, j, c, p, q]·f1_pad[c, 2·i + p, 2·j + q] + b2[o, i, j]
-    a2 = torch.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2), W2) + b2
+    a2 = torch.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2, 2), W2) + b2
     f2 = torch.sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
     a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
@@ -170,7 +175,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the
     # batch
-    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))
+    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2, 2))
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
     # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
     # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
@@ -178,7 +183,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW4, dL_db4, )
@@ -203,7 +208,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the
     # batch
-    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2))
+    dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2, 2))
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
     # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
     # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
@@ -211,7 +216,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW4, dL_db4, )

@@ -35,6 +35,33 @@ HYPER = {
 STATE = ()  # per-parameter optimizer state, zero at the start
 
 
+def arange(n, like):
+    """0, 1, …, n − 1 (like: where a torch module keeps its tensors; NumPy has one place)."""
+    return np.arange(n)
+
+
+def pad2d(x, pad, value=0.0):
+    """x with pad rows and columns of value on both sides of its last two axes."""
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)
+
+
+def scatter_add(target, index, values):
+    """target[b, c, index[b, c, k]] += values[b, c, k], repeated indices adding up (np.add.at)."""
+    b, c, _ = np.indices(index.shape, sparse=True)
+    np.add.at(target, (b, c, index), values)
+
+
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def zeros(like, shape):
+    """Zeros of the given shape in like's dtype."""
+    return np.zeros(shape, dtype=like.dtype)
+
+
 def conv2d_input_grad(delta, W, s, hw):
     """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s
     < kw].
@@ -44,7 +71,7 @@ def conv2d_input_grad(delta, W, s, hw):
     """
     B, _, oh, ow = delta.shape
     _, C, kh, kw = W.shape
-    g = np.zeros((B, C, *hw), dtype=delta.dtype)
+    g = zeros(delta, (B, C, *hw))
     for p in range(kh):
         for q in range(kw):
             g[:, :, p:p + s * oh:s, q:q + s * ow:s] += np.einsum("boij,oc->bcij", delta,
@@ -53,51 +80,49 @@ def conv2d_input_grad(delta, W, s, hw):
 
 
 def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows."""
-    m = np.max(z, axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.sum(np.exp(z - m), axis=1))
+    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an infinite
+    maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
+    m = np.nan_to_num(np.amax(z, axis=1, keepdims=True), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.log(np.sum(np.exp(z - m), axis=1)) + m[:, 0]
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
     """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
     −∞."""
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
-    return np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh,
-        ::sw].max(axis=(4, 5))
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
+    return np.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
     """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
     window (i, j)].
 
-    The argmax is the window's first maximum in row-major order (np.argmax), as PyTorch routes ties.
+    The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
     B, C, oh, ow = g.shape
-    p, q = np.divmod(win.reshape(B, C, oh, ow, kh * kw).argmax(axis=4), kw)
-    b, c, i, j = np.indices(g.shape, sparse=True)
-    gp = np.zeros(xp.shape, dtype=g.dtype)
+    first = np.argmax(windows(xpad, kh, kw, sh, sw).reshape(B, C, oh, ow, kh * kw), axis=4)
+    p, q = first // kw, first % kw
+    i = arange(oh, g)[:, None]
+    j = arange(ow, g)[None, :]
+    flat = (i * sh + p) * xpad.shape[3] + (j * sw + q)  # the maximum's position in the padded input
+    gp = zeros(g, (B, C, xpad.shape[2] * xpad.shape[3]))
     # windows overlap when the stride is below the kernel
-    np.add.at(gp, (b, c, i * sh + p, j * sw + q), g)
-    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
+    scatter_add(gp, flat.reshape(B, C, -1), g.reshape(B, C, -1))
+    return gp.reshape(xpad.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
 
 
-def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == np.arange(n)).astype(dtype)
+def onehot(y, z):
+    """[y = j] for class indices y and the columns j of the logits z, in z's dtype."""
+    hot = np.zeros_like(z)
+    hot[range(len(y)), y] = 1
+    return hot
 
 
 def softmax(z):
     """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
-    e = np.exp(z - np.max(z, axis=1, keepdims=True))
+    e = np.exp(z - np.amax(z, axis=1, keepdims=True))
     return e / np.sum(e, axis=1, keepdims=True)
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]
 
 
 def init_params(seed=0, dtype=np.float64):
@@ -138,15 +163,15 @@ def _forward(params, x):
     b7 = params["b7"]
     x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # x_pad[c, h, w] = x[c, h - 1, w - 1]
     # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x_pad[c, i + p, j + q] + b1[o]
-    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1), W1) + b1[:, None, None]
+    a1 = np.einsum("bcijpq,ocpq->boij", windows(x_pad, 3, 3, 1, 1), W1) + b1[:, None, None]
     f1 = np.maximum(a1, 0)  # f1[o, i, j] = max(0, a1[o, i, j])
     f1_pad = np.pad(f1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f1_pad[c, h, w] = f1[c, h - 1, w - 1]
     # a2[o, i, j] = Σ_{c,p,q} W2[o, c, p, q]·f1_pad[c, i + p, j + q] + b2[o]
-    a2 = np.einsum("bcijpq,ocpq->boij", windows(f1_pad, 3, 3, 1), W2) + b2[:, None, None]
+    a2 = np.einsum("bcijpq,ocpq->boij", windows(f1_pad, 3, 3, 1, 1), W2) + b2[:, None, None]
     f2 = np.maximum(a2, 0)  # f2[o, i, j] = max(0, a2[o, i, j])
     f2_pad = np.pad(f2, ((0, 0), (0, 0), (1, 1), (1, 1)))  # f2_pad[c, h, w] = f2[c, h - 1, w - 1]
     # a3[o, i, j] = Σ_{c,p,q} W3[o, c, p, q]·f2_pad[c, i + p, j + q] + b3[o]
-    a3 = np.einsum("bcijpq,ocpq->boij", windows(f2_pad, 3, 3, 1), W3) + b3[:, None, None]
+    a3 = np.einsum("bcijpq,ocpq->boij", windows(f2_pad, 3, 3, 1, 1), W3) + b3[:, None, None]
     f3 = a3  # f3[o, i, j] = a3[o, i, j]
     a4 = f1 + f3  # a4[c, h, w] = f1[c, h, w] + f3[c, h, w]
     f4 = np.maximum(a4, 0)  # f4[c, h, w] = max(0, a4[c, h, w])
@@ -165,7 +190,7 @@ def forward(params, x):
 
 def _loss_per_sample(params, x, y):
     x_pad, a1, f1, f1_pad, a2, f2, f2_pad, a3, f3, a4, f4, f5, f6, a7, f7 = _forward(params, x)
-    return -np.sum(f7*onehot(y, 3, f7.dtype), axis=1) + logsumexp(f7)
+    return -np.sum(f7*onehot(y, f7), axis=1) + logsumexp(f7)
 
 
 def _loss_value(params, x, y):
@@ -186,11 +211,11 @@ def intermediates(params, x, y):
     W7 = params["W7"]
     # ---- forward pass
     x_pad, a1, f1, f1_pad, a2, f2, f2_pad, a3, f3, a4, f4, f5, f6, a7, f7 = _forward(params, x)
-    loss_per_sample = -np.sum(f7*onehot(y, 3, f7.dtype), axis=1) + logsumexp(f7)
+    loss_per_sample = -np.sum(f7*onehot(y, f7), axis=1) + logsumexp(f7)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
     # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df7 = _scale*(-onehot(y, 3, f7.dtype) + softmax(f7))
+    dL_df7 = _scale*(-onehot(y, f7) + softmax(f7))
     delta7 = dL_df7  # δ7[j] = ∂L/∂f7 · ∂f7/∂a7
     dL_dW7 = (delta7.T @ f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
     dL_db7 = np.sum(delta7, axis=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
@@ -204,7 +229,7 @@ def intermediates(params, x, y):
     dL_df3 = delta4  # ∂L/∂f3[c, h, w] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[o, i, j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
-    dL_dW3 = np.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1))
+    dL_dW3 = np.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1, 1))
     # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_db3 = np.sum(delta3, axis=(0, 2, 3))
     # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
@@ -213,7 +238,7 @@ def intermediates(params, x, y):
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = dL_df2*(a2 > 0).astype(a2.dtype)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
-    dL_dW2 = np.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))
+    dL_dW2 = np.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1, 1))
     # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_db2 = np.sum(delta2, axis=(0, 2, 3))
     # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
@@ -224,7 +249,7 @@ def intermediates(params, x, y):
     dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    dL_dW1 = np.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = np.sum(delta1, axis=(0, 2, 3))
     return {

@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "resnet_block_e0ef49982b":
-  derive::resnet_block_e0ef49982b_forward(params, x) -> ŷ                   autograd: the _backward
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "resnet_block_b338d897c7":
+  derive::resnet_block_b338d897c7_forward(params, x) -> ŷ                   autograd: the _backward
   op
-  derive::resnet_block_e0ef49982b_backward(params, x, grad_yhat) -> gradients  derive's backward
+  derive::resnet_block_b338d897c7_backward(params, x, grad_yhat) -> gradients  derive's backward
   seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::resnet_block_e0ef49982b_loss(params, x, y) -> L                 autograd: the
+  derive::resnet_block_b338d897c7_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::resnet_block_e0ef49982b_value_and_grad(params, x, y) -> (L, gradients)
+  derive::resnet_block_b338d897c7_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "resnet_block"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "resnet_block_e0ef49982b"
+OPS = "resnet_block_b338d897c7"
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -50,6 +50,32 @@ TARGET_SHAPE = ()  # y per sample: class indices (int64)
 OUTPUT_SHAPE = (3,)  # ŷ per sample
 LOSS = "cross_entropy"
 REDUCTION = "mean"
+
+
+def arange(n, like):
+    """0, 1, …, n − 1 on like's device."""
+    return torch.arange(n, device=like.device)
+
+
+def pad2d(x, pad, value=0.0):
+    """x with pad rows and columns of value on both sides of its last two axes."""
+    return F.pad(x, (pad, pad, pad, pad), value=value)
+
+
+def scatter_add(target, index, values):
+    """target[b, c, index[b, c, k]] += values[b, c, k], repeated indices adding up."""
+    target.scatter_add_(2, index, values)
+
+
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)
+
+
+def zeros(like, shape):
+    """Zeros of the given shape in like's dtype, on its device."""
+    return like.new_zeros(shape)
 
 
 # g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
@@ -78,7 +104,7 @@ def conv2d_input_grad(delta, W, s, hw):
     """
     B, _, oh, ow = delta.shape
     _, C, kh, kw = W.shape
-    g = delta.new_zeros((B, C, *hw))
+    g = zeros(delta, (B, C, *hw))
     for p in range(kh):
         for q in range(kw):
             g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oc->bcij", delta,
@@ -89,34 +115,27 @@ def conv2d_input_grad(delta, W, s, hw):
 def max_pool2d(x, kh, kw, sh, sw, pad):
     """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
     −∞."""
-    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
-    return xp.unfold(2, kh, sh).unfold(3, kw, sw).amax(dim=(4, 5))
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
+    return torch.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
     """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
     window (i, j)].
 
-    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes
-    ties.
+    The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
-    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
     B, C, oh, ow = g.shape
-    first = xp.unfold(2, kh, sh).unfold(3, kw, sw).reshape(B, C, oh, ow, kh * kw).argmax(dim=4)
+    first = torch.argmax(windows(xpad, kh, kw, sh, sw).reshape(B, C, oh, ow, kh * kw), axis=4)
     p, q = first // kw, first % kw
-    i = torch.arange(oh, device=g.device)[:, None]
-    j = torch.arange(ow, device=g.device)[None, :]
-    flat = (i * sh + p) * xp.shape[3] + (j * sw + q)  # the maximum's position in the padded input
-    gp = g.new_zeros((B, C, xp.shape[2] * xp.shape[3]))
+    i = arange(oh, g)[:, None]
+    j = arange(ow, g)[None, :]
+    flat = (i * sh + p) * xpad.shape[3] + (j * sw + q)  # the maximum's position in the padded input
+    gp = zeros(g, (B, C, xpad.shape[2] * xpad.shape[3]))
     # windows overlap when the stride is below the kernel
-    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))
-    return gp.reshape(xp.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return x.unfold(2, kh, s).unfold(3, kw, s)
+    scatter_add(gp, flat.reshape(B, C, -1), g.reshape(B, C, -1))
+    return gp.reshape(xpad.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
 
 
 def init_values(seed=0):
@@ -227,7 +246,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_df3 = delta4  # ∂L/∂f3[c, h, w] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[o, i, j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
-    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1))
+    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1, 1))
     # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_db3 = torch.sum(delta3, dim=(0, 2, 3))
     # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
@@ -236,7 +255,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
-    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))
+    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1, 1))
     # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_db2 = torch.sum(delta2, dim=(0, 2, 3))
     # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
@@ -247,7 +266,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, dL_dW7, dL_db7, )
@@ -277,7 +296,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df3 = delta4  # ∂L/∂f3[c, h, w] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[o, i, j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
-    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1))
+    dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1, 1))
     # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_db3 = torch.sum(delta3, dim=(0, 2, 3))
     # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
@@ -286,7 +305,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
-    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1))
+    dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1, 1))
     # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_db2 = torch.sum(delta2, dim=(0, 2, 3))
     # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
@@ -297,7 +316,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x_pad, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, dL_dW7, dL_db7, )

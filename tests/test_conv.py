@@ -143,7 +143,7 @@ def test_printed_formulas_match_generated_numpy(layer):
         src = rng.standard_normal((1, li.in_shape[0], li.in_shape[1] + 2 * li.padding, li.in_shape[2] + 2 * li.padding))
         arrays = {"delta2": delta[0], "W2": W, "f1_pad": src[0]}
         (s, _), (kh, kw) = li.stride, li.kernel
-        wins = m.windows(src, kh, kw, s)
+        wins = m.windows(src, kh, kw, s, s)
         code = {
             "dL_dW2": np.einsum("boij,bcijpq->ocpq" if layer is STRIDED else "boij,bcijpq->oijcpq", delta, wins),
             "dL_df1_pad": (m.conv2d_input_grad if layer is STRIDED else m.local_input_grad)(delta, W, s, src.shape[2:])[0],

@@ -121,6 +121,43 @@ def test_a_layer_kind_is_written_only_where_the_list_says(kind):
                        "or add them to docs/architecture.md's list for a layer kind")
 
 
+def _cost_table() -> list[tuple[str, int]]:
+    """(kind, files after) for every kind docs/architecture.md's cost-of-change table measures."""
+    text = DOC.read_text(encoding="utf-8")
+    head = text.index("| change | measured with |")
+    rows = []
+    for line in text[head:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        kinds, after = re.findall(r"`(\w+)`", cells[1]), [int(n) for n in re.findall(r"\d+", cells[4])]
+        assert len(kinds) == len(after), f"docs/architecture.md, cost-of-change row {cells[0]!r}: one count per kind"
+        rows += zip(kinds, after)
+    return rows
+
+
+def test_the_cost_of_change_table_holds():
+    """The table's "files after" is what files_naming counts today, for every kind it names."""
+    rows = _cost_table()
+    assert {"add", "concat", "conv2d", "max_pool2d", "sigmoid", "cross_entropy"} <= {k for k, _ in rows}
+    wrong = []
+    for kind, after in rows:
+        module = type(RULES[kind]).__module__ if kind in RULES else None
+        found = files_naming(kind, module)
+        if len(found) != after:
+            wrong.append(f"{kind}: the table says {after}, the grep finds {len(found)} ({sorted(found)})")
+    assert not wrong, "docs/architecture.md's cost-of-change table is out of date: " + "; ".join(wrong)
+
+
+def test_a_layer_kind_is_its_rule_file_and_its_reference():
+    """Issue 23's goal for a layer kind, held for every existing one: its name is written in its rule's module
+    and the independent torch reference only (the Triton emitters find its IR nodes by class)."""
+    for kind, rule in RULES.items():
+        own = _rel(Path(inspect.getsourcefile(type(rule))))
+        extra = _unlisted(kind, {own, "derive/verify/reference.py"}, type(rule).__module__)
+        assert not extra, f"{kind!r} is also written in {sorted(extra)}"
+
+
 def _own_function(name: str) -> bool:
     f = getattr(functions, name, None)
     return isinstance(f, type) and issubclass(f, sp.Function)
@@ -161,11 +198,30 @@ def test_every_helper_of_the_generated_code_is_refused_as_a_spec_name():
     in a list in names.py: each helper the NumPy, torch and Triton code can define must be one of them."""
     from derive.network import HELPERS
     from derive.names import RESERVED
-    from derive.targets.numpy_printer import NUMPY_HELPERS
-    from derive.targets.torch_printer import TORCH_HELPERS
+    from derive.targets.numpy_printer import NumpyCodePrinter
+    from derive.targets.torch_printer import TorchCodePrinter
     from derive.targets.triton_layers import HELPERS as TRITON_LAYER_HELPERS
     from derive.targets.triton_printer import TRITON_HELPERS
 
-    defined = set(NUMPY_HELPERS) | set(TORCH_HELPERS) | set(TRITON_HELPERS) | set(TRITON_LAYER_HELPERS)
+    defined = NumpyCodePrinter().known() | TorchCodePrinter().known() | set(TRITON_HELPERS) | set(TRITON_LAYER_HELPERS)
     free = sorted(h for h in defined if not h.startswith("_") and h not in HELPERS | RESERVED)
     assert not free, f"helpers a spec name may take: {free} (give them to their rule's, function's or loss's helpers)"
+
+
+def test_a_helper_of_the_numpy_and_torch_code_is_written_once():
+    """Each helper's source is one text with the rule or table entry that owns it, over xp. and the array
+    primitives (tables/arrays.py): each target writes only the primitives, and torch its few helpers for
+    speed.  A torch helper that shadows a shared one must be the one documented exception, softmax."""
+    from derive.tables.arrays import PRIMITIVES
+    from derive.targets.numpy_printer import OWNED, NumpyCodePrinter
+    from derive.targets.torch_printer import TorchCodePrinter
+
+    numpy, torch = NumpyCodePrinter(), TorchCodePrinter()
+    assert set(numpy.primitives) == set(torch.primitives) == set(PRIMITIVES)
+    assert not numpy.own
+    assert set(torch.own) & set(OWNED) == {"softmax"}, "a torch helper written twice: say why, or write it once"
+    assert not set(PRIMITIVES) & set(OWNED)
+    for name in OWNED:  # the same text in both libraries, up to the library's name
+        assert numpy.source(name).replace("np.", "xp.") == OWNED[name].replace("np.", "xp.")
+        if name not in torch.own:
+            assert torch.source(name).replace("torch.", "xp.") == OWNED[name].replace("torch.", "xp.")

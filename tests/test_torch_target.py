@@ -27,7 +27,7 @@ import torch
 from derive import load_spec
 from derive.targets import codegen
 from derive.targets.modules import generated_modules, import_file
-from derive.targets.torch_printer import TORCH_HELPERS
+from derive.targets.torch_printer import TorchCodePrinter
 from derive.verify import reference, sample
 
 from helpers import EXAMPLES, ROOT, assert_close_to_torch, to_numpy
@@ -250,7 +250,7 @@ def test_softmax_and_logsumexp_helpers(classes):
     for a Softmax or LogSumExp node outside the cross-entropy's pattern, against float64 NumPy, with
     logits far from 0, and ±inf rows as torch.logsumexp treats them."""
     helpers = {"torch": torch}
-    exec(TORCH_HELPERS["softmax"] + "\n\n" + TORCH_HELPERS["logsumexp"], helpers)
+    exec(TorchCodePrinter().source("softmax") + "\n\n" + TorchCodePrinter().source("logsumexp"), helpers)
     z, _ = _logits(classes)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         zt = torch.tensor(z, dtype=dtype)

@@ -145,9 +145,9 @@ def test_verify_catches_a_wrong_gradient_line(monkeypatch, capsys, triton_device
 
 def test_verify_catches_a_wrong_helper(monkeypatch):
     """A slightly wrong σ in the NumPy helpers: the forward pass itself is off."""
-    monkeypatch.setitem(printers.NUMPY_HELPERS, "sigmoid", printers.NUMPY_HELPERS["sigmoid"].replace(
-        "return np.exp(-np.logaddexp(0, -x))", "return 1.0001 * np.exp(-np.logaddexp(0, -x))"))
-    assert "1.0001" in printers.NUMPY_HELPERS["sigmoid"]
+    monkeypatch.setitem(printers.OWNED, "sigmoid", printers.OWNED["sigmoid"].replace(
+        "return xp.exp(", "return 1.0001 * xp.exp("))
+    assert "1.0001 * np.exp(" in printers.NumpyCodePrinter().source("sigmoid")
     report = dv.verify(load_spec(ROOT / "examples" / "lecture.toml"), "x", seeds=1, seed=0)
     failing = _failing(report)
     assert ("numpy-f64", "torch.autograd-f64", "forward") in failing

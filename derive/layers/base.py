@@ -3,7 +3,8 @@
 A rule (one module per layer kind: linear.py, conv.py, flatten.py, pool.py) owns, in one place:
 its spec keys and parsing (``parse``), its validated ``Layer`` record (``resolve``), its
 forward definitions (``forward``, returning ``Node``s whose ``Input``s carry the local
-partials), its lowering to the kernel IR (``lower_forward``, ``lower_step``), how explain
+partials), its lowering to the kernel IR (``lower_forward``, ``lower_step``) and the NumPy/torch code of its
+IR nodes with the helpers it calls (``array_code``, ``helpers``), how explain
 describes it (``describe``), its torch.nn equivalent (``torch_module``, ``torch_params``,
 ``torch_merge``), its cost in derive inspect's eager model (``dense_cost``, ``view``) and how
 float32 rounds it (``rounding``, for verify's kink margin).  The engine (derive/derivation/engine.py)
@@ -16,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sympy as sp
+
+from derive.tables.arrays import Helper
 
 Shape = tuple[int, ...]
 
@@ -131,7 +134,10 @@ class LayerRule:
     multi_input = False  # the spec names its inputs (``inputs``, two or more) instead of one ``input``
     windowed = False  # a kernel slides over windows (explain recalls the lecture's conv neuron)
     step_comment = "formula"  # a rule-lowered step's generated comment: its "formula", or its "chain" of factors
-    helpers: tuple[str, ...] = ()  # the functions its generated NumPy/torch code defines (refused as spec names)
+    # the functions its generated NumPy/torch code defines, each written once for both (tables/arrays.py); their
+    # names are refused as spec names
+    helpers: tuple[Helper, ...] = ()
+    ir_nodes: tuple[type, ...] = ()  # the IR nodes it lowers to whose NumPy/torch code it gives (array_code)
     expandable = False  # explain --expand substitutes its δ's away: a chain of these is the lecture's long product
     view = False  # its output is its input reshaped: no arithmetic and no copy (derive inspect's eager model)
     # How a float32 evaluation of it rounds, for verify's bound on the kinks (verify/margin.py): "dot", a
@@ -141,6 +147,12 @@ class LayerRule:
     # how the torch.nn model joins a multi_input layer's inputs: a torch expression of the list _hs of their
     # tensors (the rule's own code, never text from a spec), printed into the generated model
     torch_merge: str | None = None
+
+    @property
+    def api(self) -> tuple:
+        """What the Python API exports for this kind (derive.network, derive): its spec type, or the
+        functions that build one."""
+        return (self.spec_type,)
 
     def parse(self, path: str, table: dict):
         raise NotImplementedError
@@ -163,6 +175,12 @@ class LayerRule:
 
         ``lower`` turns an element expression into an array expression (for rules that build on it)."""
         return None
+
+    def array_code(self, node, args: list[str]) -> str:
+        """The NumPy and torch code of ``node``, one of its ``ir_nodes``, written once over ``xp.``, the
+        primitives and its helpers (tables/arrays.py); ``args`` are the node's arguments as printed, its
+        last (the layer number) left off."""
+        raise NotImplementedError
 
     def describe(self, layer: Layer) -> str:
         raise NotImplementedError

@@ -26,6 +26,7 @@ from derive.errors import SpecError
 from derive.ir import nodes as ir
 from derive.layers import checks
 from derive.layers.base import Input, Layer, LayerRule, Node, NoTorchEquivalent, Param
+from derive.tables.arrays import Helper
 
 from derive.indices import UNPRIME, c, c_, h, h_, i, i_, j, j_, o, o_, p, p_, q, q_, w, w_
 from derive.tables.activations import IDENTITY
@@ -79,6 +80,34 @@ def padded_source(layer: Layer, sym: dict) -> tuple[list[Node], sp.Basic]:
     return [node], xp
 
 
+INPUT_GRAD = Helper("conv2d_input_grad", '''def conv2d_input_grad(delta, W, s, hw):
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
+
+    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the brackets
+    allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
+    """
+    B, _, oh, ow = delta.shape
+    _, C, kh, kw = W.shape
+    g = zeros(delta, (B, C, *hw))
+    for p in range(kh):
+        for q in range(kw):
+            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += xp.einsum("boij,oc->bcij", delta, W[:, :, p, q])
+    return g''')
+
+LOCAL_INPUT_GRAD = Helper("local_input_grad", '''def local_input_grad(delta, W, s, hw):
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
+
+    A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i, j).
+    """
+    B, _, oh, ow = delta.shape
+    kh, kw = W.shape[4:]
+    g = zeros(delta, (B, W.shape[3], *hw))
+    for p in range(kh):
+        for q in range(kw):
+            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += xp.einsum("boij,oijc->bcij", delta, W[:, :, :, :, p, q])
+    return g''')
+
+
 class ConvRule(LayerRule):
     kind = "conv2d"
     spec_type = Conv2d
@@ -86,11 +115,13 @@ class ConvRule(LayerRule):
     shared = True  # one kernel for every position
     windowed = True
     rounding = "dot"
-    helpers = ("windows", "conv2d_input_grad")
-    # The einsum subscripts of the window contractions, over windows(x)[b,c,i,j,p,q]: the NumPy and torch
-    # printers print them, and explain quotes them, from here.
+    helpers = (INPUT_GRAD,)
+    ir_nodes = (ir.ConvForward, ir.ConvWeightGrad, ir.ConvInputGrad)
+    # The einsum subscripts of the window contractions, over windows(x)[b,c,i,j,p,q]: its NumPy and torch
+    # code (array_code) and explain's notes spell them from here.
     forward_subscripts = "bcijpq,ocpq->boij"
     weight_subscripts = "boij,bcijpq->ocpq"
+    bias_broadcast = "[:, None, None]"  # b[o] over the output's (o, i, j)
     bias_sum = "np.sum(δ, axis=(0, 2, 3))"
 
     def parse(self, path: str, table: dict):
@@ -184,6 +215,17 @@ class ConvRule(LayerRule):
         return node(delta, _s(layer.weight), sp.Integer(layer.stride[0]), sp.Integer(hp), sp.Integer(wp),
                     sp.Integer(layer.index))
 
+    def array_code(self, node, args: list[str]) -> str:
+        if isinstance(node, self.ir_nodes[0]):  # the forward window sum, plus the bias
+            x, w, b, s, kh, kw = args
+            out = f'xp.einsum("{self.forward_subscripts}", windows({x}, {kh}, {kw}, {s}, {s}), {w})'
+            return out if b == "0" else f"{out} + {b}{self.bias_broadcast}"
+        if isinstance(node, self.ir_nodes[1]):  # ∂L/∂W: δ against the windows
+            d, x, s, kh, kw = args
+            return f'xp.einsum("{self.weight_subscripts}", {d}, windows({x}, {kh}, {kw}, {s}, {s}))'
+        d, w, s, hh, ww = args  # ∂L/∂x: δ scattered back over the windows
+        return f"{self.helpers[0].name}({d}, {w}, {s}, ({hh}, {ww}))"
+
     def gradient_notes(self, net, layer: Layer, param: str) -> list[tuple]:
         """Weight sharing, and how the generated NumPy code computes the window gradient."""
         if param not in (layer.weight, layer.bias):
@@ -226,9 +268,11 @@ class LocallyConnectedRule(ConvRule):
     kind = "locally_connected"
     spec_type = LocallyConnected
     shared = False
-    helpers = ("windows", "local_input_grad")
+    helpers = (LOCAL_INPUT_GRAD,)
+    ir_nodes = (ir.LocalForward, ir.LocalWeightGrad, ir.LocalInputGrad)
     forward_subscripts = "bcijpq,oijcpq->boij"
     weight_subscripts = "boij,bcijpq->oijcpq"
+    bias_broadcast = ""  # b[o, i, j] has the output's shape
     bias_sum = "np.sum(δ, axis=0)"
 
     def torch_module(self, layer) -> str:

@@ -22,6 +22,7 @@ from derive.ir import nodes as ir
 from derive.layers import checks
 from derive.layers.base import Input, Layer, LayerRule, Node
 from derive.indices import UNPRIME, c, c_, h_, i, j, p, q, w_
+from derive.tables.arrays import Helper
 
 
 class WindowMax(sp.Function):
@@ -73,6 +74,43 @@ def AvgPool2d(kernel, stride=None, padding=0, input=None) -> Pool2d:  # noqa: N8
     return Pool2d("avg_pool2d", kernel, stride, padding, input)
 
 
+# The generated code's pooling, over windows of the (padded) input; the gradients scatter back over them.
+MAX_POOL = Helper("max_pool2d", '''def max_pool2d(x, kh, kw, sh, sw, pad):
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is −∞."""
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
+    return xp.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))''')
+
+MAX_POOL_GRAD = Helper("max_pool2d_grad", '''def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of window (i, j)].
+
+    The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
+    """
+    xpad = pad2d(x, pad, float("-inf")) if pad else x
+    B, C, oh, ow = g.shape
+    first = xp.argmax(windows(xpad, kh, kw, sh, sw).reshape(B, C, oh, ow, kh * kw), axis=4)
+    p, q = first // kw, first % kw
+    i = arange(oh, g)[:, None]
+    j = arange(ow, g)[None, :]
+    flat = (i * sh + p) * xpad.shape[3] + (j * sw + q)  # the maximum's position in the padded input
+    gp = zeros(g, (B, C, xpad.shape[2] * xpad.shape[3]))
+    scatter_add(gp, flat.reshape(B, C, -1), g.reshape(B, C, -1))  # windows overlap when the stride is below the kernel
+    return gp.reshape(xpad.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''')
+
+AVG_POOL = Helper("avg_pool2d", '''def avg_pool2d(x, kh, kw, sh, sw, pad):
+    """f[b, c, i, j] = the mean over the kh × kw window at (i·sh − pad, j·sw − pad), padded zeros counted."""
+    xpad = pad2d(x, pad) if pad else x
+    return xp.mean(windows(xpad, kh, kw, sh, sw), axis=(4, 5))''')
+
+AVG_POOL_GRAD = Helper("avg_pool2d_grad", '''def avg_pool2d_grad(g, x, kh, kw, sh, sw, pad):
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]/(kh·kw)·[(h, w) in window (i, j)]: a scatter over the offsets (p, q)."""
+    B, C, oh, ow = g.shape
+    gp = zeros(g, (B, C, x.shape[2] + 2 * pad, x.shape[3] + 2 * pad))
+    for p in range(kh):
+        for q in range(kw):
+            gp[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += g / (kh * kw)
+    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''')
+
+
 class PoolRule(LayerRule):
     kind = "max_pool2d"
     spec_type = Pool2d
@@ -80,7 +118,9 @@ class PoolRule(LayerRule):
     has_activation = False
     mode = "max"
     windowed = True
-    helpers = ("max_pool2d", "max_pool2d_grad")
+    api = (MaxPool2d, Pool2d)  # MaxPool2d(2) builds a Pool2d
+    helpers = (MAX_POOL, MAX_POOL_GRAD)  # the forward's and the gradient's, in that order
+    ir_nodes = (ir.MaxPool2d, ir.MaxPool2dGrad)
     rounding = "max"
 
     def parse(self, path: str, table: dict) -> Pool2d:
@@ -144,6 +184,10 @@ class PoolRule(LayerRule):
         return node(sp.Symbol(names.upstream(layer.index), real=True), sp.Symbol(layer.source, real=True),
                     *self._geometry(layer))
 
+    def array_code(self, node, args: list[str]) -> str:
+        helper = self.helpers[0] if isinstance(node, self.ir_nodes[0]) else self.helpers[1]
+        return f"{helper.name}({', '.join(args)})"
+
     def describe(self, layer: Layer) -> str:
         (kh, kw), (sh, sw) = layer.kernel, layer.stride
         what = "max pooling" if self.mode == "max" else "average pooling"
@@ -170,7 +214,9 @@ class PoolRule(LayerRule):
 class AvgPoolRule(PoolRule):
     kind = "avg_pool2d"
     mode = "avg"
-    helpers = ("avg_pool2d", "avg_pool2d_grad")
+    api = (AvgPool2d,)
+    helpers = (AVG_POOL, AVG_POOL_GRAD)
+    ir_nodes = (ir.AvgPool2d, ir.AvgPool2dGrad)
     rounding = "mean"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sympy as sp
 
+from derive.tables.arrays import Helper
+
 
 class step(sp.Function):
     """1[x > 0]: Heaviside with step(0) = 0, PyTorch's convention for relu'(0)."""
@@ -34,7 +36,10 @@ class sigmoid(sp.Function):
     """σ(x) = 1 / (1 + e^−x); σ' = σ(1 − σ)."""
 
     is_real = True
-    helpers = ("sigmoid",)  # the function the generated NumPy code defines for it (refused as a spec name)
+    # the function the generated code defines for it (refused as a spec name); torch prints torch.sigmoid
+    helpers = (Helper("sigmoid", '''def sigmoid(x):
+    """σ(x) = 1 / (1 + e^−x) = exp(−log(1 + e^−x)), without overflow for large |x|."""
+    return xp.exp(-xp.logaddexp(xp.zeros_like(x), -x))'''),)
 
     def fdiff(self, argindex=1):
         return self * (1 - self)
@@ -63,7 +68,9 @@ class softplus(sp.Function):
     """log(1 + e^x); softplus' = σ(x)."""
 
     is_real = True
-    helpers = ("softplus",)
+    helpers = (Helper("softplus", '''def softplus(x):
+    """log(1 + e^x), without overflow for large x (torch's F.softplus would switch to x above 20)."""
+    return xp.logaddexp(x, xp.zeros_like(x))'''),)
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
@@ -97,7 +104,10 @@ class softmax(sp.Function):
 
     nargs = 2
     is_real = True
-    helpers = ("softmax",)
+    helpers = (Helper("softmax", '''def softmax(z):
+    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
+    e = xp.exp(z - xp.amax(z, axis=1, keepdims=True))
+    return e / xp.sum(e, axis=1, keepdims=True)'''),)
 
     def _sympystr(self, printer):
         return "softmax(%s)[%s]" % (printer._print(self.args[0]), printer._print(self.args[1]))
@@ -111,7 +121,11 @@ class logsumexp(sp.Function):
 
     nargs = 1
     is_real = True
-    helpers = ("logsumexp",)
+    helpers = (Helper("logsumexp", '''def logsumexp(z):
+    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an infinite
+    maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
+    m = xp.nan_to_num(xp.amax(z, axis=1, keepdims=True), nan=0.0, posinf=0.0, neginf=0.0)
+    return xp.log(xp.sum(xp.exp(z - m), axis=1)) + m[:, 0]'''),)
 
     def _latex(self, printer):
         return r"\log \sum_j e^{%s_j}" % printer._print(self.args[0])

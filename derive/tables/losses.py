@@ -13,6 +13,7 @@ from typing import Callable
 
 import sympy as sp
 
+from derive.tables.arrays import Helper
 from derive.tables.functions import relu, softplus, step
 
 
@@ -32,7 +33,7 @@ class LossRule:
     # The loss's kink as a function of (ŷ, y) that is 0 there (hinge: 1 − y·ŷ), for verify/margin.py: a
     # float32 ŷ within rounding of it may take the other branch.  None: no kink.
     kink: Callable | None = None
-    helpers: tuple[str, ...] = ()  # what its generated code defines beyond its functions' (refused as spec names)
+    helpers: tuple[Helper, ...] = ()  # what its generated code defines beyond its functions' (refused as spec names)
 
 
 DEFAULT = "l2"  # a network's loss when its spec names none
@@ -83,7 +84,11 @@ LOSS_RULES: dict[str, LossRule] = {
         None,
         "Computed with log-sum-exp, so large logits stay finite.",
         CLASS,
-        helpers=("onehot",),  # its gradient's one-hot targets
+        helpers=(Helper("onehot", '''def onehot(y, z):
+    """[y = j] for class indices y and the columns j of the logits z, in z's dtype."""
+    hot = xp.zeros_like(z)
+    hot[range(len(y)), y] = 1
+    return hot'''),),  # its gradient's one-hot targets
         tex=r"L = -\log \operatorname{softmax}(\hat{y})_y = -\hat{y}_y + \log \sum_j e^{\hat{y}_j}",
     ),
 }

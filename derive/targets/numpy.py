@@ -6,7 +6,7 @@ import re
 
 from derive.ir.nodes import KernelIR
 from derive.targets.common import _common, _env
-from derive.targets.numpy_printer import NUMPY_HELPERS, NumpyCodePrinter
+from derive.targets.numpy_printer import NumpyCodePrinter
 
 
 def render_numpy(ir: KernelIR, out_dir: str = "generated") -> str:
@@ -32,6 +32,6 @@ def render_numpy(ir: KernelIR, out_dir: str = "generated") -> str:
     ctx["inter_params"] = [p for p in ir.params if re.search(rf"\b{re.escape(p.name)}\b", read)]
     ctx["scalars"] = [line(a) for a in ir.update_scalars]
     ctx["updates"] = [line(a) for a in ir.updates]
-    ctx["helpers"] = [NUMPY_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["helpers"] = pr.helper_sources()
     ctx["imports"] = ["import numpy as np"]
     return _env().get_template("numpy_module.py.jinja").render(**ctx)

@@ -1,18 +1,55 @@
-"""The NumPy target's printer: readable whole-array NumPy, and the helper functions it may call."""
+"""The NumPy target's printer: readable whole-array NumPy, and the helper functions it may call.
+
+The helpers' sources are written once for NumPy and torch, each with the rule or table entry that owns
+it (tables/arrays.py); this module gathers them and defines the array primitives they call in NumPy.
+"""
 
 from __future__ import annotations
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from derive.layers.conv import CONV, LOCAL
+from derive.layers import RULES
+from derive.tables.arrays import PRIMITIVES, calls, in_library
+from derive.tables.functions import FUNCTIONS
+from derive.tables.losses import LOSS_RULES
 from derive.targets.printers import _Recording
+
+# Every helper the NumPy and torch modules may define, by name, from the rules and table entries that own them.
+OWNED = {h.name: h.source for owner in (*RULES.values(), *FUNCTIONS, *LOSS_RULES.values())
+         for h in getattr(owner, "helpers", ())}
+# Which rule gives the code of each of its IR nodes (conv2d's einsum, pooling's helper calls).
+NODE_RULES = {node: rule for rule in RULES.values() for node in rule.ir_nodes}
+
+# The primitives of tables/arrays.py in NumPy.
+NUMPY_PRIMITIVES = {
+    "zeros": '''def zeros(like, shape):
+    """Zeros of the given shape in like's dtype."""
+    return np.zeros(shape, dtype=like.dtype)''',
+    "pad2d": '''def pad2d(x, pad, value=0.0):
+    """x with pad rows and columns of value on both sides of its last two axes."""
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)''',
+    "windows": '''def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a view)."""
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]''',
+    "arange": '''def arange(n, like):
+    """0, 1, …, n − 1 (like: where a torch module keeps its tensors; NumPy has one place)."""
+    return np.arange(n)''',
+    "scatter_add": '''def scatter_add(target, index, values):
+    """target[b, c, index[b, c, k]] += values[b, c, k], repeated indices adding up (np.add.at)."""
+    b, c, _ = np.indices(index.shape, sparse=True)
+    np.add.at(target, (b, c, index), values)''',
+}
+assert set(NUMPY_PRIMITIVES) == set(PRIMITIVES)
 
 
 class NumpyCodePrinter(_Recording, NumPyPrinter):
     """Readable NumPy: matmuls as @, numerically safe helpers for σ, softplus, log-sum-exp."""
 
     target = "numpy"
+    module = "np"  # what the helpers' xp. is here
+    primitives = NUMPY_PRIMITIVES
+    own: dict[str, str] = {}  # helpers written for this target alone (the torch printer's)
 
     def __init__(self):
         super().__init__({"strict": True, "fully_qualified_modules": True, "order": "none"})
@@ -21,12 +58,44 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
     def _module_format(self, fqn, register=True):
         return "np." + fqn.split(".", 1)[1] if fqn.startswith("numpy.") else fqn
 
-    # elementwise functions
-    def _print_sigmoid(self, e):
-        return self._helper("sigmoid", *e.args)
+    # the helpers: written once over xp. (tables/arrays.py), printed in this target's library
+    def _library(self, code: str) -> str:
+        """``code`` in this target's library, the helpers and primitives it calls recorded."""
+        self.helpers |= calls(code, self.known())
+        return in_library(code, self.module)
 
-    def _print_softplus(self, e):
-        return self._helper("softplus", *e.args)
+    def known(self) -> set[str]:
+        return set(self.primitives) | set(OWNED) | set(self.own)
+
+    def source(self, name: str) -> str:
+        """The source of a helper or primitive as this target's module defines it."""
+        text = self.own.get(name) or self.primitives.get(name) or OWNED[name]
+        return in_library(text, self.module)
+
+    def helper_sources(self) -> list[str]:
+        """The sources of the helpers the printed code called, and of what those call in turn: the
+        primitives first, then the helpers, each in name order."""
+        used, todo = set(), sorted(self.helpers)
+        while todo:
+            name = todo.pop()
+            if name not in used:
+                used.add(name)
+                todo += sorted(calls(self.source(name), self.known()) - used)
+        order = sorted(used, key=lambda h: (h not in self.primitives, h))
+        return [self.source(h) for h in order]
+
+    # elementwise functions
+    def _print_Function(self, e):
+        # (SymPy looks for _print_<its class> and then this, skipping the classes between: IRNode's too)
+        # a layer kind's own IR node (a window sum, pooling): its rule gives the code
+        rule = NODE_RULES.get(type(e))
+        if rule is not None:
+            return self._library(rule.array_code(e, [self._print(a) for a in e.args[:-1]]))
+        # a SymPy function whose table entry brings its helper (sigmoid, softplus): a call of it
+        own = getattr(type(e), "helpers", ())
+        if len(own) == 1:
+            return self._helper(own[0].name, *e.args)
+        return super()._print_Function(e)
 
     def _print_relu(self, e):
         return "np.maximum(%s, 0)" % self._print(e.args[0])
@@ -74,9 +143,8 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
         return "%s[:, 0]" % self._print(e.args[0])
 
     def _print_OneHot(self, e):
-        y, n, z = e.args
-        self.helpers.add("onehot")
-        return "onehot(%s, %s, %s.dtype)" % (self._print(y), n, self._print(z))
+        y, _, z = e.args  # z: the logits, whose shape and dtype the rows take
+        return self._helper("onehot", y, z)
 
     def _print_ZerosLike(self, e):
         return "np.zeros_like(%s)" % self._print(e.args[0])
@@ -90,11 +158,7 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
     def _print_LogSumExp(self, e):
         return self._helper("logsumexp", *e.args)
 
-    # volumes: sliding windows and einsum, the subscripts spelling the printed index formula
-    def _windows(self, x, s, kh, kw) -> str:
-        self.helpers.add("windows")
-        return "windows(%s, %s, %s, %s)" % (self._print(x), kh, kw, s)
-
+    # volumes
     def _print_Pad(self, e):
         x, pad = e.args
         return "np.pad(%s, ((0, 0), (0, 0), (%s, %s), (%s, %s)))" % (self._print(x), pad, pad, pad, pad)
@@ -103,58 +167,8 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
         g, pad = e.args
         return "%s[:, :, %s:-%s, %s:-%s]" % (self._print(g), pad, pad, pad, pad)
 
-    def _forward(self, e, subscripts, bias):
-        x, w, b, s, kh, kw, _ = e.args
-        out = 'np.einsum("%s", %s, %s)' % (subscripts, self._windows(x, s, kh, kw), self._print(w))
-        return out if b == 0 else "%s + %s%s" % (out, self._print(b), bias)
-
-    def _print_ConvForward(self, e):
-        return self._forward(e, CONV.forward_subscripts, "[:, None, None]")
-
-    def _print_LocalForward(self, e):
-        return self._forward(e, LOCAL.forward_subscripts, "")
-
-    def _print_ConvWeightGrad(self, e):
-        d, x, s, kh, kw, _ = e.args
-        return 'np.einsum("%s", %s, %s)' % (CONV.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
-
-    def _print_LocalWeightGrad(self, e):
-        d, x, s, kh, kw, _ = e.args
-        return 'np.einsum("%s", %s, %s)' % (LOCAL.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
-
     def _print_ConvBiasGrad(self, e):
         return "np.sum(%s, axis=(0, 2, 3))" % self._print(e.args[0])
-
-    def _print_ConvInputGrad(self, e):
-        d, w, s, hh, ww, _ = e.args
-        self.helpers.add("conv2d_input_grad")
-        return "conv2d_input_grad(%s, %s, %s, (%s, %s))" % (self._print(d), self._print(w), s, hh, ww)
-
-    def _print_LocalInputGrad(self, e):
-        d, w, s, hh, ww, _ = e.args
-        self.helpers.add("local_input_grad")
-        return "local_input_grad(%s, %s, %s, (%s, %s))" % (self._print(d), self._print(w), s, hh, ww)
-
-    # pooling: windows of the (padded) input, reduced; gradients scattered back over the windows
-    def _pool(self, name, e, *lead):
-        args = [self._print(a) for a in lead] + [str(a) for a in e.args[len(lead):-1]]
-        return self._helper_call(name, args)
-
-    def _helper_call(self, name, args):
-        self.helpers.add(name)
-        return "%s(%s)" % (name, ", ".join(args))
-
-    def _print_MaxPool2d(self, e):
-        return self._pool("max_pool2d", e, e.args[0])
-
-    def _print_AvgPool2d(self, e):
-        return self._pool("avg_pool2d", e, e.args[0])
-
-    def _print_MaxPool2dGrad(self, e):
-        return self._pool("max_pool2d_grad", e, *e.args[:2])
-
-    def _print_AvgPool2dGrad(self, e):
-        return self._pool("avg_pool2d_grad", e, *e.args[:2])
 
     def _print_Flatten(self, e):
         f = self._print(e.args[0])
@@ -172,82 +186,3 @@ class NumpyCodePrinter(_Recording, NumPyPrinter):
     def _print_Unflatten(self, e):
         g, cc, hh, ww = e.args
         return "%s.reshape(-1, %s, %s, %s)" % (self._print(g), cc, hh, ww)
-
-
-# Helper sources for the generated NumPy module, included when the printer used them.
-NUMPY_HELPERS = {
-    "sigmoid": '''def sigmoid(x):
-    """σ(x) = 1 / (1 + e^−x), without overflow for large |x|."""
-    return np.exp(-np.logaddexp(0, -x))''',
-    "softplus": '''def softplus(x):
-    """log(1 + e^x), without overflow for large x."""
-    return np.logaddexp(0, x)''',
-    "logsumexp": '''def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows."""
-    m = np.max(z, axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.sum(np.exp(z - m), axis=1))''',
-    "softmax": '''def softmax(z):
-    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum."""
-    e = np.exp(z - np.max(z, axis=1, keepdims=True))
-    return e / np.sum(e, axis=1, keepdims=True)''',
-    "windows": '''def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
-    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]''',
-    "conv2d_input_grad": '''def conv2d_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
-
-    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the brackets
-    allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
-    """
-    B, _, oh, ow = delta.shape
-    _, C, kh, kw = W.shape
-    g = np.zeros((B, C, *hw), dtype=delta.dtype)
-    for p in range(kh):
-        for q in range(kw):
-            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += np.einsum("boij,oc->bcij", delta, W[:, :, p, q])
-    return g''',
-    "local_input_grad": '''def local_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
-
-    A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i, j).
-    """
-    B, _, oh, ow = delta.shape
-    kh, kw = W.shape[4:]
-    g = np.zeros((B, W.shape[3], *hw), dtype=delta.dtype)
-    for p in range(kh):
-        for q in range(kw):
-            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += np.einsum("boij,oijc->bcij", delta, W[:, :, :, :, p, q])
-    return g''',
-    "max_pool2d": '''def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is −∞."""
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
-    return np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].max(axis=(4, 5))''',
-    "max_pool2d_grad": '''def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of window (i, j)].
-
-    The argmax is the window's first maximum in row-major order (np.argmax), as PyTorch routes ties.
-    """
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf) if pad else x
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    B, C, oh, ow = g.shape
-    p, q = np.divmod(win.reshape(B, C, oh, ow, kh * kw).argmax(axis=4), kw)
-    b, c, i, j = np.indices(g.shape, sparse=True)
-    gp = np.zeros(xp.shape, dtype=g.dtype)
-    np.add.at(gp, (b, c, i * sh + p, j * sw + q), g)  # windows overlap when the stride is below the kernel
-    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
-    "avg_pool2d": '''def avg_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = the mean over the kh × kw window at (i·sh − pad, j·sw − pad), padded zeros counted."""
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
-    return np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw].mean(axis=(4, 5))''',
-    "avg_pool2d_grad": '''def avg_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]/(kh·kw)·[(h, w) in window (i, j)]: a scatter over the offsets (p, q)."""
-    B, C, oh, ow = g.shape
-    gp = np.zeros((B, C, x.shape[2] + 2 * pad, x.shape[3] + 2 * pad), dtype=g.dtype)
-    for p in range(kh):
-        for q in range(kw):
-            gp[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += g / (kh * kw)
-    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
-    "onehot": '''def onehot(y, n, dtype):
-    """[y = j] for class indices y and columns j < n."""
-    return (y[:, None] == np.arange(n)).astype(dtype)''',
-}

@@ -24,7 +24,7 @@ from derive.tables.activations import ACTIVATIONS
 from derive.tables.functions import relu, step
 from derive.targets.common import _common, _env
 from derive.targets.torch_loss import loss_lines
-from derive.targets.torch_printer import TORCH_HELPERS, ReluGradInPlace, TorchCodePrinter
+from derive.targets.torch_printer import ReluGradInPlace, TorchCodePrinter
 
 # The ops' calling convention, part of their digest: a file generated before a change of it gets
 # other op names than one generated after, so both can be imported into one process.
@@ -81,7 +81,7 @@ def render_torch(ir: KernelIR, out_dir: str = "generated") -> str:
         input_shape_tuple=repr(tuple(ir.input.shape)),
         target_shape_tuple=repr(tuple(ir.target.shape)),
     )
-    ctx["helpers"] = [TORCH_HELPERS[h] for h in sorted(pr.helpers)]
+    ctx["helpers"] = pr.helper_sources()
     ctx["imports"] = ["import importlib.util", "import sys", "from pathlib import Path", "",
                       "import numpy as np", "import torch", "import torch.nn.functional as F"]
     # The ops' names carry a digest of the math they run: a module imported twice reuses its ops,

@@ -1,6 +1,7 @@
 """The torch target's printer: the NumPy spelling of the kernel IR where torch spells it the same
 (``f @ W.T``, ``d.T @ f``, ``x[:, None]``, reshapes), torch's own where it differs (``dim=``,
-``.to(dtype)``, ``F.pad``, ``unfold``), and the helper functions it may call.
+``F.pad``, ``F.conv2d``), the array primitives of tables/arrays.py in torch, and the helpers written for
+torch alone.
 
 Every gradient node is printed as derive derived it (a contraction, a scatter over kernel
 offsets), never as a call into torch.autograd; only the forward convolution uses torch's
@@ -13,9 +14,53 @@ import sympy as sp
 from sympy.printing.precedence import precedence
 
 from derive.ir.nodes import IRNode, MatVec, OneHot
-from derive.layers.conv import CONV, LOCAL
+from derive.tables.arrays import PRIMITIVES
 from derive.tables.functions import step
 from derive.targets.numpy_printer import NumpyCodePrinter
+
+
+# The primitives of tables/arrays.py in torch: each keeps its result on its input's device.
+TORCH_PRIMITIVES = {
+    "zeros": '''def zeros(like, shape):
+    """Zeros of the given shape in like's dtype, on its device."""
+    return like.new_zeros(shape)''',
+    "pad2d": '''def pad2d(x, pad, value=0.0):
+    """x with pad rows and columns of value on both sides of its last two axes."""
+    return F.pad(x, (pad, pad, pad, pad), value=value)''',
+    "windows": '''def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a view)."""
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)''',
+    "arange": '''def arange(n, like):
+    """0, 1, …, n − 1 on like's device."""
+    return torch.arange(n, device=like.device)''',
+    "scatter_add": '''def scatter_add(target, index, values):
+    """target[b, c, index[b, c, k]] += values[b, c, k], repeated indices adding up."""
+    target.scatter_add_(2, index, values)''',
+}
+assert set(TORCH_PRIMITIVES) == set(PRIMITIVES)
+
+# Helpers the torch module alone defines, for speed on the CPU (the MLP's step, bench/torch_cpu.py); each
+# says why.  softmax replaces the one written for both libraries (tables/functions.py) by name.
+TORCH_OWN = {
+    "_relu_grad": '''# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
+_relu_grad = torch.ops.aten.threshold_backward.default''',
+    "_relu_grad_": '''def _relu_grad_(g, x):
+    """g·1[x > 0] written over g, which nothing else reads: PyTorch's relu backward with g as its output
+    (an elementwise op may write over its own input), one tensor fewer per relu layer."""
+    return torch.ops.aten.threshold_backward.grad_input(g, x, 0, grad_input=g)''',
+    "softmax": '''def softmax(z):
+    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum.  torch.softmax's CPU kernel
+    runs a row shorter than one 16-float vector element by element (256 × 10: 57 µs, against
+    19 µs for these four vectorised passes); from 16 classes on it is the faster one."""
+    if z.shape[1] >= 16 or z.is_cuda:
+        return torch.softmax(z, dim=1)
+    e = torch.exp(z - torch.amax(z, dim=1, keepdim=True))
+    return e / torch.sum(e, dim=1, keepdim=True)''',
+    "_softmax_minus_onehot": '''def _softmax_minus_onehot(log_p, y, s):
+    """s·(softmax(z) − onehot(y, z)) from log_p = log softmax(z): softmax as exp(log_p), the one-hot's
+    1 subtracted only where y points (no one-hot matrix), the scale applied in place (one fresh tensor)."""
+    return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)''',
+}
 
 
 class ReluGradInPlace(IRNode):
@@ -28,6 +73,9 @@ class TorchCodePrinter(NumpyCodePrinter):
     """Whole-batch torch: same names and layout as the NumPy module, on tensors."""
 
     target = "torch"
+    module = "torch"
+    primitives = TORCH_PRIMITIVES
+    own = TORCH_OWN
     _concat = "torch.cat"
 
     def _module_format(self, fqn, register=True):
@@ -125,11 +173,6 @@ class TorchCodePrinter(NumpyCodePrinter):
                 return "torch.gather(%s, 1, %s[:, None])[:, 0]" % (self._print(z[0]), self._print(hot[0].args[0]))
         return "torch.sum(%s, dim=1)" % self._print(body)
 
-    def _print_OneHot(self, e):
-        y, _, z = e.args  # z: the logits, whose shape and dtype the row takes
-        self.helpers.add("onehot")
-        return "onehot(%s, %s)" % (self._print(y), self._print(z))
-
     def _print_SoftmaxMinusOneHot(self, e):
         log_p, y, s = e.args
         self.helpers.add("_softmax_minus_onehot")
@@ -138,126 +181,17 @@ class TorchCodePrinter(NumpyCodePrinter):
     def _print_ZerosLike(self, e):
         return "torch.zeros_like(%s)" % self._print(e.args[0])
 
-    # volumes: unfold windows and einsum, the subscripts spelling the printed index formula
-    def _windows(self, x, s, kh, kw) -> str:
-        self.helpers.add("windows")
-        return "windows(%s, %s, %s, %s)" % (self._print(x), kh, kw, s)
-
+    # volumes
     def _print_Pad(self, e):
         x, pad = e.args
         return "F.pad(%s, (%s, %s, %s, %s))" % (self._print(x), pad, pad, pad, pad)
 
     def _print_ConvForward(self, e):
-        # the same sum as the comment above it, as torch's conv2d (the input is already padded)
+        # the same sum as the comment above it, as torch's conv2d kernel (the input is already padded), in
+        # place of the einsum over windows the conv2d rule gives
         x, w, b, s, _, _, _ = e.args
         bias = "None" if b == 0 else self._print(b)
         return "F.conv2d(%s, %s, %s, stride=%s)" % (self._print(x), self._print(w), bias, s)
 
-    def _print_LocalForward(self, e):
-        x, w, b, s, kh, kw, _ = e.args
-        out = 'torch.einsum("%s", %s, %s)' % (LOCAL.forward_subscripts, self._windows(x, s, kh, kw), self._print(w))
-        return out if b == 0 else "%s + %s" % (out, self._print(b))
-
-    def _print_ConvWeightGrad(self, e):
-        d, x, s, kh, kw, _ = e.args
-        return 'torch.einsum("%s", %s, %s)' % (CONV.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
-
-    def _print_LocalWeightGrad(self, e):
-        d, x, s, kh, kw, _ = e.args
-        return 'torch.einsum("%s", %s, %s)' % (LOCAL.weight_subscripts, self._print(d), self._windows(x, s, kh, kw))
-
     def _print_ConvBiasGrad(self, e):
         return "torch.sum(%s, dim=(0, 2, 3))" % self._print(e.args[0])
-
-
-# Helper sources for the generated torch module, included when the printer used them.
-TORCH_HELPERS = {
-    "_relu_grad": '''# g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
-_relu_grad = torch.ops.aten.threshold_backward.default''',
-    "_relu_grad_": '''def _relu_grad_(g, x):
-    """g·1[x > 0] written over g, which nothing else reads: PyTorch's relu backward with g as its output
-    (an elementwise op may write over its own input), one tensor fewer per relu layer."""
-    return torch.ops.aten.threshold_backward.grad_input(g, x, 0, grad_input=g)''',
-    "softplus": '''def softplus(x):
-    """log(1 + e^x), without overflow for large x (F.softplus would switch to x above 20)."""
-    return torch.logaddexp(x, torch.zeros_like(x))''',
-    "logsumexp": '''def logsumexp(z):
-    """log Σ_j exp(z_j) per row, shifted by the row maximum so that nothing overflows (an
-    infinite maximum shifts by 0, as torch.logsumexp does, whose nine passes this does in seven)."""
-    m = torch.amax(z, dim=1, keepdim=True).nan_to_num(0.0, 0.0, 0.0)
-    return torch.log(torch.sum(torch.exp(z - m), dim=1)) + m[:, 0]''',
-    "softmax": '''def softmax(z):
-    """exp(z_j) / Σ_k exp(z_k) per row, shifted by the row maximum.  torch.softmax's CPU kernel
-    runs a row shorter than one 16-float vector element by element (256 × 10: 57 µs, against
-    19 µs for these four vectorised passes); from 16 classes on it is the faster one."""
-    if z.shape[1] >= 16 or z.is_cuda:
-        return torch.softmax(z, dim=1)
-    e = torch.exp(z - torch.amax(z, dim=1, keepdim=True))
-    return e / torch.sum(e, dim=1, keepdim=True)''',
-    "windows": '''def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at stride s (a view)."""
-    return x.unfold(2, kh, s).unfold(3, kw, s)''',
-    "conv2d_input_grad": '''def conv2d_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
-
-    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the brackets
-    allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
-    """
-    B, _, oh, ow = delta.shape
-    _, C, kh, kw = W.shape
-    g = delta.new_zeros((B, C, *hw))
-    for p in range(kh):
-        for q in range(kw):
-            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oc->bcij", delta, W[:, :, p, q])
-    return g''',
-    "local_input_grad": '''def local_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s < kw].
-
-    A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i, j).
-    """
-    B, _, oh, ow = delta.shape
-    kh, kw = W.shape[4:]
-    g = delta.new_zeros((B, W.shape[3], *hw))
-    for p in range(kh):
-        for q in range(kw):
-            g[:, :, p:p + s * oh:s, q:q + s * ow:s] += torch.einsum("boij,oijc->bcij", delta, W[:, :, :, :, p, q])
-    return g''',
-    "max_pool2d": '''def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is −∞."""
-    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
-    return xp.unfold(2, kh, sh).unfold(3, kw, sw).amax(dim=(4, 5))''',
-    "max_pool2d_grad": '''def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of window (i, j)].
-
-    The argmax is the window's first maximum in row-major order (torch.argmax), as PyTorch routes ties.
-    """
-    xp = F.pad(x, (pad, pad, pad, pad), value=float("-inf")) if pad else x
-    B, C, oh, ow = g.shape
-    first = xp.unfold(2, kh, sh).unfold(3, kw, sw).reshape(B, C, oh, ow, kh * kw).argmax(dim=4)
-    p, q = first // kw, first % kw
-    i = torch.arange(oh, device=g.device)[:, None]
-    j = torch.arange(ow, device=g.device)[None, :]
-    flat = (i * sh + p) * xp.shape[3] + (j * sw + q)  # the maximum's position in the padded input
-    gp = g.new_zeros((B, C, xp.shape[2] * xp.shape[3]))
-    gp.scatter_add_(2, flat.reshape(B, C, -1), g.reshape(B, C, -1))  # windows overlap when the stride is below the kernel
-    return gp.reshape(xp.shape)[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
-    "avg_pool2d": '''def avg_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = the mean over the kh × kw window at (i·sh − pad, j·sw − pad), padded zeros counted."""
-    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
-    return xp.unfold(2, kh, sh).unfold(3, kw, sw).mean(dim=(4, 5))''',
-    "avg_pool2d_grad": '''def avg_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]/(kh·kw)·[(h, w) in window (i, j)]: a scatter over the offsets (p, q)."""
-    B, C, oh, ow = g.shape
-    gp = g.new_zeros((B, C, x.shape[2] + 2 * pad, x.shape[3] + 2 * pad))
-    for p in range(kh):
-        for q in range(kw):
-            gp[:, :, p:p + sh * oh:sh, q:q + sw * ow:sw] += g / (kh * kw)
-    return gp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]''',
-    "_softmax_minus_onehot": '''def _softmax_minus_onehot(log_p, y, s):
-    """s·(softmax(z) − onehot(y, z)) from log_p = log softmax(z): softmax as exp(log_p), the one-hot's
-    1 subtracted only where y points (no one-hot matrix), the scale applied in place (one fresh tensor)."""
-    return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)''',
-    "onehot": '''def onehot(y, z):
-    """[y = j] for class indices y (int64) and the columns j of the logits z, in z's dtype."""
-    return torch.zeros_like(z).scatter_(1, y[:, None], 1.0)''',
-}

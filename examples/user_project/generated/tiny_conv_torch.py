@@ -7,14 +7,14 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "tiny_conv_d6ef48deec":
-  derive::tiny_conv_d6ef48deec_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::tiny_conv_d6ef48deec_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "tiny_conv_9fc7be2ce9":
+  derive::tiny_conv_9fc7be2ce9_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::tiny_conv_9fc7be2ce9_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
   with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::tiny_conv_d6ef48deec_loss(params, x, y) -> L                 autograd: the _value_and_grad
+  derive::tiny_conv_9fc7be2ce9_loss(params, x, y) -> L                 autograd: the _value_and_grad
   op
-  derive::tiny_conv_d6ef48deec_value_and_grad(params, x, y) -> (L, gradients)
+  derive::tiny_conv_9fc7be2ce9_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 NAME = "tiny_conv"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "tiny_conv_d6ef48deec"
+OPS = "tiny_conv_9fc7be2ce9"
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -47,6 +47,12 @@ LOSS = "cross_entropy"
 REDUCTION = "mean"
 
 
+def windows(x, kh, kw, sh, sw):
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
+    view)."""
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)
+
+
 # g·1[x > 0] in one pass, PyTorch's own relu backward: _relu_grad(g, x, 0) (0 at x = 0)
 _relu_grad = torch.ops.aten.threshold_backward.default
 
@@ -56,12 +62,6 @@ def _softmax_minus_onehot(log_p, y, s):
     one-hot's 1 subtracted only where y points (no one-hot matrix), the scale applied in place (one
     fresh tensor)."""
     return torch.exp(log_p).scatter_(1, y[:, None], -1.0, reduce="add").mul_(s)
-
-
-def windows(x, kh, kw, s):
-    """x[b, c, i·s + p, j·s + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window at
-    stride s (a view)."""
-    return x.unfold(2, kh, s).unfold(3, kw, s)
 
 
 def init_values(seed=0):
@@ -145,7 +145,7 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_df1 = dL_df2.reshape(-1, 2, 4, 4)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[16·c + 4·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
@@ -169,7 +169,7 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_df1 = dL_df2.reshape(-1, 2, 4, 4)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[16·c + 4·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
-    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1))
+    dL_dW1 = torch.einsum("boij,bcijpq->ocpq", delta1, windows(x, 3, 3, 1, 1))
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     dL_db1 = torch.sum(delta1, dim=(0, 2, 3))
     return (dL_dW1, dL_db1, dL_dW3, dL_db3, )
