@@ -31,7 +31,7 @@ HYPER = {
     "lr": 0.01,
 }
 STATE = ()  # per-parameter optimizer state, zero at the start
-BLOCK_B = 64  # batch rows per program (a power of two, >= 16 for tl.dot)
+BLOCK_B = 16  # batch rows per program (a power of two, >= 16 for tl.dot)
 NUM_WARPS = 4
 NUM_STAGES = 1
 # registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
@@ -56,46 +56,6 @@ def _logsumexp(z, mask):
 
 
 @triton.jit
-def _matvec(F_ptr, F_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, K: tl.constexpr,
-    N: tl.constexpr,
-            NP: tl.constexpr, BLOCK_B: tl.constexpr):
-    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows, one rank-1 update per k: f is read a column
-    # and W a column at a time (from L1/L2), so only the (BLOCK_B, NP) sum lives in registers
-    n = tl.arange(0, NP)
-    acc = tl.zeros((BLOCK_B, NP), dtype=tl.float32)
-    for k in range(K):
-        f = tl.load(F_ptr + _rows * F_STRIDE + k, mask=_row_mask, other=0.0)
-        w = tl.load(W_ptr + n * K + k, mask=n < N, other=0.0)
-        acc += f[:, None] * w[None, :]
-    return acc
-
-
-@triton.jit
-def _outer_add(D_ptr, D_STRIDE: tl.constexpr, D_ROW0, F_ptr, F_STRIDE: tl.constexpr, F_ROW0, G_ptr,
-    NVALID,
-               J: tl.constexpr, K: tl.constexpr, JC: tl.constexpr, KP: tl.constexpr,
-                   BLOCK_B: tl.constexpr):
-    # G[j, k] += Σ_b d[b, j]·f[b, k] over the tile's first NVALID rows (d's rows from D_ROW0,
-    # f's from
-    # F_ROW0; G is (J, K), row-major, this program's own partial sum): JC rows of G at a time, one
-    # rank-1 update per batch row, so one (JC, KP) block lives in registers
-    k = tl.arange(0, KP)
-    jc = tl.arange(0, JC)
-    for j0 in range(0, J, JC):
-        j = j0 + jc
-        g = tl.zeros((JC, KP), dtype=tl.float32)
-        for b in range(BLOCK_B):
-            ok = j * 0 + b < NVALID
-            d = tl.load(D_ptr + (D_ROW0 + b) * D_STRIDE + j, mask=(j < J) & ok, other=0.0)
-            f = tl.load(F_ptr + (F_ROW0 + b) * F_STRIDE + k, mask=(k < K) & (k * 0 + b < NVALID),
-                other=0.0)
-            g += d[:, None] * f[None, :]
-        _g = G_ptr + j[:, None] * K + k[None, :]
-        _m = (j < J)[:, None] & (k < K)[None, :]
-        tl.store(_g, tl.load(_g, mask=_m, other=0.0) + g, mask=_m)
-
-
-@triton.jit
 def _softmax(z, mask):
     m = tl.max(tl.where(mask, z, -float("inf")), axis=1)
     e = tl.where(mask, tl.exp(z - m[:, None]), 0.0)
@@ -111,21 +71,6 @@ def _tanh(x):
 
 
 @triton.jit
-def _vecmat(D_ptr, D_STRIDE: tl.constexpr, W_ptr, _rows, _row_mask, I: tl.constexpr,
-    J: tl.constexpr,
-            JP: tl.constexpr, BLOCK_B: tl.constexpr):
-    # g[b, j] = Σ_i d[b, i]·W[i, j] for the tile's rows, one rank-1 update per i (d's column,
-    # W's row)
-    j = tl.arange(0, JP)
-    acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
-    for i in range(I):
-        d = tl.load(D_ptr + _rows * D_STRIDE + i, mask=_row_mask, other=0.0)
-        w = tl.load(W_ptr + i * J + j, mask=j < J, other=0.0)
-        acc += d[:, None] * w[None, :]
-    return acc
-
-
-@triton.jit
 def tiny_mlp_fused_kernel(
     x_ptr,  # input x, (batch, 4) float32
     y_ptr,  # target y, (batch) int class indices
@@ -137,10 +82,6 @@ def tiny_mlp_fused_kernel(
     # order, flat) and the loss
     _PART_ptr,
     _OUT_ptr,  # ŷ, (batch, 3) float32
-    # scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, 32)
-    # float32, a1 at 0, f1 at 5, a2 at 10, f2 at 10, dL_df2 at 13, delta2 at 13, dL_df1 at 16,
-    # delta1 at 21
-    _SCRATCH_ptr,
     _INTER_ptr,  # (batch, 33) float32: every named per-sample quantity (WITH_INTER)
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -161,6 +102,8 @@ def tiny_mlp_fused_kernel(
     _part = _PART_ptr + _pid * 44
     _cols_3 = tl.arange(0, 4)
     _cmask_3 = _cols_3 < 3
+    _cols_4 = tl.arange(0, 4)
+    _cmask_4 = _cols_4 < 4
     _cols_5 = tl.arange(0, 8)
     _cmask_5 = _cols_5 < 5
     if WITH_LOSS or WITH_GRAD:
@@ -168,53 +111,35 @@ def tiny_mlp_fused_kernel(
             _zo = _z + tl.arange(0, 1024)
             tl.store(_part + _zo, tl.zeros((1024,), dtype=tl.float32), mask=_zo < 44)
         tl.debug_barrier()
+    b1 = tl.load(b1_ptr + _cols_5, mask=_cmask_5, other=0.0)
+    b2 = tl.load(b2_ptr + _cols_3, mask=_cmask_3, other=0.0)
     for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
-        _nvalid = _B - _tile * BLOCK_B  # rows of this tile inside the batch (at most BLOCK_B)
-        # this program's scratch rows, _pid·BLOCK_B + (0 … BLOCK_B − 1), re-used by each
-        # of its tiles; computed
-        # from the tile so that the compiler does not hoist every scratch address tile out
-        # of the loop
-        # and hold them all in registers (it did, and spilled)
-        _srows = _rows % (_nprog * BLOCK_B)
         # the parameters' addresses re-made from the tile (plus an offset that is always
         # 0), so that their
         # loads stay where they are used rather than being hoisted out of the loop and
         # held in registers
         _at = _tile // (_tile + 1)
         W1_ptr = W1_ptr + _at
-        b1_ptr = b1_ptr + _at
         W2_ptr = W2_ptr + _at
-        b2_ptr = b2_ptr + _at
         dL_dW1_ptr = _part + (0 + _at)  # ∂L/∂W1, this program's partial sum
         dL_db1_ptr = _part + (20 + _at)  # ∂L/∂b1, this program's partial sum
         dL_dW2_ptr = _part + (25 + _at)  # ∂L/∂W2, this program's partial sum
         dL_db2_ptr = _part + (40 + _at)  # ∂L/∂b2, this program's partial sum
         _LOSS_ptr = _part + (43 + _at)  # the loss, this program's partial sum
+        x = tl.load(x_ptr + _rows[:, None] * 4 + _cols_4[None, :], mask=_row_mask[:, None],
+            other=0.0)
 
         # ---- forward
         # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
-        a1 = tl.load(b1_ptr + _cols_5, mask=_cmask_5, other=0.0) + _matvec(x_ptr, 4, W1_ptr, _rows,
-            _row_mask, K=4, N=5, NP=8, BLOCK_B=BLOCK_B)
-        tl.store(_SCRATCH_ptr + 0 + _srows[:, None] * 32 + _cols_5[None, :], a1,
-            mask=_row_mask[:, None] & _cmask_5[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
-        # f1[j] = tanh(a1[j])
-        f1 = _tanh(tl.load((_SCRATCH_ptr + 0) + _srows[:, None] * 32 + _cols_5[None, :],
-            mask=_row_mask[:, None] & _cmask_5[None, :], other=0.0))
-        tl.store(_SCRATCH_ptr + 5 + _srows[:, None] * 32 + _cols_5[None, :], f1,
-            mask=_row_mask[:, None] & _cmask_5[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
+        a1 = b1 + tl.sum((x)[:, None, :] * tl.load(W1_ptr + _cols_5[:, None] * 4 + _cols_4[None, :],
+            mask=_cmask_5[:, None] & _cmask_4[None, :], other=0.0)[None, :, :], axis=2)
+        f1 = _tanh(a1)  # f1[j] = tanh(a1[j])
         # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
-        a2 = tl.load(b2_ptr + _cols_3, mask=_cmask_3, other=0.0) + _matvec((_SCRATCH_ptr + 5), 32,
-            W2_ptr, _srows, _row_mask, K=5, N=3, NP=4, BLOCK_B=BLOCK_B)
-        tl.store(_SCRATCH_ptr + 10 + _srows[:, None] * 32 + _cols_3[None, :], a2,
-            mask=_row_mask[:, None] & _cmask_3[None, :])
-        tl.debug_barrier()  # stored before any thread reads it back
-        # f2[j] = a2[j]
-        f2 = tl.load((_SCRATCH_ptr + 10) + _srows[:, None] * 32 + _cols_3[None, :],
-            mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
+        a2 = b2 + tl.sum((f1)[:, None, :] * tl.load(W2_ptr + _cols_3[:, None] * 5 + _cols_5[None,
+            :], mask=_cmask_3[:, None] & _cmask_5[None, :], other=0.0)[None, :, :], axis=2)
+        f2 = a2  # f2[j] = a2[j]
         if WITH_INTER:  # intermediates(): every named forward quantity of this tile
             tl.store(_INTER_ptr + _rows[:, None] * 33 + 0 + _cols_5[None, :], a1,
                 mask=_row_mask[:, None] & _cmask_5[None, :])
@@ -230,14 +155,10 @@ def tiny_mlp_fused_kernel(
         if WITH_LOSS:
             # ---- loss: this tile's share of the batch loss
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
-            _loss_per_sample = _logsumexp(
-                tl.load((_SCRATCH_ptr + 10) + _srows[:, None] * 32 + _cols_3[None, :],
-                mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0),
+            _loss_per_sample = _logsumexp(f2,
                 _cmask_3[None, :]) - tl.sum(
-                tl.where(_cmask_3[None, :],
-                tl.load((_SCRATCH_ptr + 10) + _srows[:, None] * 32 + _cols_3[None, :],
-                mask=_row_mask[:, None] & _cmask_3[None, :],
-                other=0.0)*tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
+                tl.where(_cmask_3[None, :], f2*tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0),
+                0.0), axis=1)
             if WITH_INTER:  # intermediates(): the per-sample loss
                 tl.store(_INTER_ptr + _rows * 33 + 16, _loss_per_sample, mask=_row_mask)
             tl.store(_LOSS_ptr, tl.load(_LOSS_ptr) + tl.sum(tl.where(_row_mask, _loss_per_sample,
@@ -248,47 +169,31 @@ def tiny_mlp_fused_kernel(
             y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
             # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
             dL_df2 = tl.where(_row_mask[:, None] & _cmask_3[None, :],
-                _scale*(-tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0) + _softmax(tl.load((
-                _SCRATCH_ptr + 10) + _srows[:, None] * 32 + _cols_3[None, :],
-                mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), _cmask_3[None, :])), 0.0)
-            tl.store(_SCRATCH_ptr + 13 + _srows[:, None] * 32 + _cols_3[None, :], dL_df2,
-                mask=_row_mask[:, None] & _cmask_3[None, :])
-            tl.debug_barrier()
-            # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-            dL_db2 = tl.sum(tl.load((_SCRATCH_ptr + 13) + _srows[:, None] * 32 + _cols_3[None, :],
-                mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0), axis=0)
+                _scale*(-tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0) + _softmax(f2, _cmask_3[
+                None, :])), 0.0)
+            delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
+            # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+            dL_dW2 = tl.sum((delta2)[:, :, None] * (f1)[:, None, :], axis=0)
+            _accumulate(dL_dW2_ptr + _cols_3[:, None] * 5 + _cols_5[None, :], dL_dW2,
+                _cmask_3[:, None] & _cmask_5[None, :])
+            dL_db2 = tl.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
             _accumulate(dL_db2_ptr + _cols_3, dL_db2, _cmask_3)
             # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
-            dL_df1 = _vecmat((_SCRATCH_ptr + 13), 32, W2_ptr, _srows, _row_mask, I=3, J=5, JP=8,
-                BLOCK_B=BLOCK_B)
-            tl.store(_SCRATCH_ptr + 16 + _srows[:, None] * 32 + _cols_5[None, :], dL_df1,
-                mask=_row_mask[:, None] & _cmask_5[None, :])
-            tl.debug_barrier()
-            # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
-            delta1 = tl.load((_SCRATCH_ptr + 16) + _srows[:, None] * 32 + _cols_5[None, :],
-                mask=_row_mask[:, None] & _cmask_5[None, :],
-                other=0.0)*(1 - (tl.load((_SCRATCH_ptr + 5) + _srows[:, None] * 32 + _cols_5[None,
-                :], mask=_row_mask[:, None] & _cmask_5[None, :],
-                other=0.0) * tl.load((_SCRATCH_ptr + 5) + _srows[:, None] * 32 + _cols_5[None, :],
-                mask=_row_mask[:, None] & _cmask_5[None, :], other=0.0)))
-            tl.store(_SCRATCH_ptr + 21 + _srows[:, None] * 32 + _cols_5[None, :], delta1,
-                mask=_row_mask[:, None] & _cmask_5[None, :])
-            tl.debug_barrier()
-            # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
-            dL_db1 = tl.sum(tl.load((_SCRATCH_ptr + 21) + _srows[:, None] * 32 + _cols_5[None, :],
-                mask=_row_mask[:, None] & _cmask_5[None, :], other=0.0), axis=0)
+            dL_df1 = tl.sum((delta2)[:, :, None] * tl.load(W2_ptr + _cols_3[:, None] * 5 + _cols_5[
+                None, :], mask=_cmask_3[:, None] & _cmask_5[None, :], other=0.0)[None, :, :],
+                axis=1)
+            delta1 = dL_df1*(1 - (f1 * f1))  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
+            # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+            dL_dW1 = tl.sum((delta1)[:, :, None] * (x)[:, None, :], axis=0)
+            _accumulate(dL_dW1_ptr + _cols_5[:, None] * 4 + _cols_4[None, :], dL_dW1,
+                _cmask_5[:, None] & _cmask_4[None, :])
+            dL_db1 = tl.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
             _accumulate(dL_db1_ptr + _cols_5, dL_db1, _cmask_5)
             # ---- this tile's gradients, added to this program's sums
-            _outer_add((_SCRATCH_ptr + 21), 32, _pid * BLOCK_B, x_ptr, 4, _tile * BLOCK_B,
-                dL_dW1_ptr, _nvalid, J=5, K=4, JC=8, KP=4, BLOCK_B=BLOCK_B)
-            _outer_add((_SCRATCH_ptr + 13), 32, _pid * BLOCK_B, (_SCRATCH_ptr + 5), 32,
-                _pid * BLOCK_B, dL_dW2_ptr, _nvalid, J=3, K=5, JC=4, KP=8, BLOCK_B=BLOCK_B)
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
                 tl.store(_INTER_ptr + _rows[:, None] * 33 + 17 + _cols_3[None, :], dL_df2,
                     mask=_row_mask[:, None] & _cmask_3[None, :])
-                tl.store(_INTER_ptr + _rows[:, None] * 33 + 20 + _cols_3[None, :],
-                    tl.load((_SCRATCH_ptr + 13) + _srows[:, None] * 32 + _cols_3[None, :],
-                    mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0),
+                tl.store(_INTER_ptr + _rows[:, None] * 33 + 20 + _cols_3[None, :], delta2,
                     mask=_row_mask[:, None] & _cmask_3[None, :])
                 tl.store(_INTER_ptr + _rows[:, None] * 33 + 23 + _cols_5[None, :], dL_df1,
                     mask=_row_mask[:, None] & _cmask_5[None, :])
@@ -348,7 +253,6 @@ _FUSED_SIGNATURE = {
     "b2_ptr": "*fp32",
     "_PART_ptr": "*fp32",
     "_OUT_ptr": "*fp32",
-    "_SCRATCH_ptr": "*fp32",
     "_INTER_ptr": "*fp32",
     "_B": "i32",
     "_scale": "fp32",
@@ -449,7 +353,6 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _p["b2"],
         _part,
         out if out is not None else _dummy,
-        x.new_empty(_np * _blk * 32, dtype=torch.float32),
         inter if inter is not None else _dummy,
         _batch,
         1.0 / _batch,
