@@ -82,11 +82,9 @@ def text(expr) -> str:
 
 
 class LaTeXPrinter(LatexPrinter):
-    # The functions written here win over their own ``_latex`` (the tables' step and pooling's
-    # argmax write 𝟙 as \mathbb{1}, which has no digits: it renders as ⊮); any other function
-    # (a layer rule's) prints itself.
-    OWN = frozenset({"step", "sigmoid", "relu", "softplus", "leaky_relu", "softmax", "logsumexp", "InRange",
-                     "IsArgmax"})
+    # The functions written here win over their own ``_latex`` (pooling's argmax writes 𝟙 as \mathbb{1},
+    # which has no digits: it renders as ⊮); any other function (a table's, a layer rule's) prints itself.
+    OWN = frozenset({"InRange", "IsArgmax"})
 
     def _print(self, expr, **kwargs):
         name = type(expr).__name__
@@ -147,28 +145,6 @@ class LaTeXPrinter(LatexPrinter):
 
     def _print_IsArgmax(self, expr):
         return r"\mathbf{1}[(%s, %s) = \operatorname{argmax}]" % tuple(self._print(a) for a in expr.args)
-
-    def _print_step(self, expr):
-        return r"\mathbf{1}[%s > 0]" % self._print(expr.args[0])
-
-    def _print_sigmoid(self, expr):
-        return r"\sigma(%s)" % self._print(expr.args[0])
-
-    def _print_relu(self, expr):
-        return r"\max(0, %s)" % self._print(expr.args[0])
-
-    def _print_softplus(self, expr):
-        return r"\log(1 + e^{%s})" % self._print(expr.args[0])
-
-    def _print_leaky_relu(self, expr):
-        x, s = (self._print(a) for a in expr.args)
-        return r"\operatorname{lrelu}_{%s}(%s)" % (s, x)
-
-    def _print_softmax(self, expr):
-        return r"\operatorname{softmax}(%s)_{%s}" % (self._print(expr.args[0]), self._print(expr.args[1]))
-
-    def _print_logsumexp(self, expr):
-        return r"\log \sum_j e^{%s}" % self._print(expr.args[0])
 
     def _print_Rational(self, expr):
         if expr == sp.Rational(1, 2):

@@ -5,6 +5,9 @@ it that way (sigmoid: f(1 − f), tanh: 1 − f²), so the derivation can name i
 Non-smooth points follow PyTorch: relu'(0) = 0, leaky/prelu'(0) = slope, |x|'(0) = 0
 (SymPy's sign(0) = 0 already), the step function is 0 at 0 and its own derivative is
 taken as 0 (it is zero almost everywhere; the zero-one loss relies on this).
+
+Each function writes its own notation: ``_latex`` for derive explain's LaTeX (and SymPy's), ``_text``
+for its text (derive.display), so that no printer names a function.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ class step(sp.Function):
     def fdiff(self, argindex=1):
         return sp.S.Zero  # zero almost everywhere; no gradient signal through a step
 
-    def _latex(self, printer):
-        return r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0])
+    def _latex(self, printer):  # \mathbf: \mathbb{1} has no glyph in amsfonts (it renders as ⊮)
+        return r"\mathbf{1}[%s > 0]" % printer._print(self.args[0])
+
+    def _text(self, printer):
+        return f"1[{printer._print(self.args[0])} > 0]"
 
 
 class sigmoid(sp.Function):
@@ -45,7 +51,10 @@ class sigmoid(sp.Function):
         return self * (1 - self)
 
     def _latex(self, printer):
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+        return r"\sigma(%s)" % printer._print(self.args[0])
+
+    def _text(self, printer):
+        return f"σ({printer._print(self.args[0])})"
 
 
 class relu(sp.Function):
@@ -61,7 +70,10 @@ class relu(sp.Function):
         return step(self.args[0])
 
     def _latex(self, printer):
-        return r"\max\left(0, %s\right)" % printer._print(self.args[0])
+        return r"\max(0, %s)" % printer._print(self.args[0])
+
+    def _text(self, printer):
+        return f"max(0, {printer._print(self.args[0])})"
 
 
 class softplus(sp.Function):
@@ -76,7 +88,7 @@ class softplus(sp.Function):
         return sigmoid(self.args[0])
 
     def _latex(self, printer):
-        return r"\log\left(1 + e^{%s}\right)" % printer._print(self.args[0])
+        return r"\log(1 + e^{%s})" % printer._print(self.args[0])
 
 
 class leaky_relu(sp.Function):
@@ -96,7 +108,7 @@ class leaky_relu(sp.Function):
 
     def _latex(self, printer):
         x, s = (printer._print(a) for a in self.args)
-        return r"\operatorname{lrelu}_{%s}\left(%s\right)" % (s, x)
+        return r"\operatorname{lrelu}_{%s}(%s)" % (s, x)
 
 
 class softmax(sp.Function):
@@ -111,6 +123,8 @@ class softmax(sp.Function):
 
     def _sympystr(self, printer):
         return "softmax(%s)[%s]" % (printer._print(self.args[0]), printer._print(self.args[1]))
+
+    _text = _sympystr
 
     def _latex(self, printer):
         return r"\operatorname{softmax}(%s)_{%s}" % (printer._print(self.args[0]), printer._print(self.args[1]))
@@ -128,7 +142,7 @@ class logsumexp(sp.Function):
     return xp.log(xp.sum(xp.exp(z - m), axis=1)) + m[:, 0]'''),)
 
     def _latex(self, printer):
-        return r"\log \sum_j e^{%s_j}" % printer._print(self.args[0])
+        return r"\log \sum_j e^{%s}" % printer._print(self.args[0])
 
 
 # Every function here, for what reads them all (the spec names their generated helpers take).
