@@ -43,11 +43,28 @@ def _read(tex: str):
     return [[float(c) for c in r.split("&")] for r in m.group(1).split(r"\\")]
 
 
+_NOTE = re.compile(r" \\quad \\text\{\((entries|columns) \d+ to \d+\)\}$")
+
+
 def _final(rows: list[str], lhs: str):
-    """The value of the last row for ``lhs`` (a δ row appears twice: its chain, then its result)."""
-    hits = [r for r in rows if r.startswith(lhs + " &= ")]
+    """The value of the last row for ``lhs`` (a δ row appears twice: its chain, then its result); a wide value
+    sits on the lines below it, in blocks of entries or columns (at_sample.blocks), joined back here."""
+    hits = [k for k, r in enumerate(rows) if r.startswith(lhs + " &= ")]
     assert hits, lhs
-    return _read(hits[-1].rsplit(" = ", 1)[1])
+    k = hits[-1]
+    below = []
+    for r in rows[k + 1:]:
+        if not r.startswith(("&= ", r"&\phantom{=} ")):
+            break
+        below.append(r)
+    if not below:
+        return _read(rows[k].rsplit(" = ", 1)[1])
+    parts = [_read(_NOTE.sub("", r.split(" ", 1)[1])) for r in below]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts[0]) == 1 and all(len(p) == 1 for p in parts) and "entries" in below[0]:
+        return [sum((p[0] for p in parts), [])]  # a vector's blocks of entries
+    return [sum(cols, []) for cols in zip(*parts)]  # a matrix's blocks of columns, side by side
 
 
 def _close_shown(got, want):
@@ -91,9 +108,8 @@ def test_lecture_latex_compiles_and_shows_torchs_numbers(tmp_path):
 def test_mlp_softmax_latex_and_fragment_compile_and_show_torchs_numbers(tmp_path):
     der, values, named = _rendered(MLP)
     doc = at_sample.to_latex(der, values)
-    # --at prints each parameter matrix whole: mlp_softmax's 3x8 W3 runs ~150 pt past the margin (an open
-    # defect: the symbolic documents are held to the margin, these not yet)
-    compile_tex(doc, tmp_path, "mlp_at", margins=False)
+    # held to the margin: a wide vector or matrix is set in blocks of 8 entries or columns below its formula
+    compile_tex(doc, tmp_path, "mlp_at")
     _check_numbers(doc, der, named)
     body = at_sample.to_latex(der, values, fragment=True)
     assert r"\documentclass" not in body and r"\begin{align*}" in body
@@ -136,7 +152,7 @@ def test_conv_latex_compiles_with_and_without_full_and_shows_torchs_norms(tmp_pa
     x = np.random.default_rng(1).uniform(-1, 1, size=(3, 32, 32))
     der, values, named = _rendered(("examples/lecture_convnet.toml", {"x": x, "y": np.array(4.0)}, 0))
     doc = at_sample.to_latex(der, values)
-    compile_tex(doc, tmp_path, "conv_at", margins=False)  # wide parameter rows, as mlp_at above
+    compile_tex(doc, tmp_path, "conv_at")
     norm = at_sample.number(np.linalg.norm(named["a1"].grad[0].numpy()))
     last = [r for r in doc.splitlines() if r.startswith(latex(der.step("delta1").lhs) + " &= ")][-1]
     big = at_sample.number(named["a1"].grad[0].abs().max())

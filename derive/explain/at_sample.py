@@ -32,6 +32,10 @@ def number(v) -> str:
 
 
 ROW = 16  # a vector wraps after 16 entries, as the text's list wraps at its line width
+# entries a line of a displayed array holds: 8 of 4 significant digits fit the text width with the row's
+# indent and its note; a wider vector or matrix is set in blocks of 8 entries or columns, each on its own line
+COLS = 8
+WIDE = 4  # an array with more entries a line than this goes on the line below its formula
 TYPESET_CAP = (64, 32)  # rows, columns: beyond this even --full prints shape and norm (TeX cannot set a 10×4704)
 
 
@@ -46,8 +50,31 @@ def value(v, volume: bool = False, full: bool = False) -> str:
         shape = r" \times ".join(map(str, arr.shape))
         return (r"\text{shape } %s,\ \lVert\cdot\rVert = %s,\ \max\lvert\cdot\rvert = %s"
                 % (shape, number(np.linalg.norm(arr)), number(np.max(np.abs(arr)))))
+    return _matrix(rows)
+
+
+def _matrix(rows) -> str:
     return (r"\left[\begin{smallmatrix}%s\end{smallmatrix}\right]"
             % r" \\ ".join(" & ".join(map(number, row)) for row in rows))
+
+
+def blocks(v, volume: bool = False, full: bool = False) -> tuple[list[str], int]:
+    """value() for a display row, cut into blocks of at most COLS entries (a vector) or columns (a matrix), each
+    block with its range: ([block, ...], entries a line); one block where it fits, or where value() gives a number
+    or the shape and norm."""
+    arr = np.asarray(v, dtype=np.float64)
+    one = value(v, volume, full)
+    if arr.ndim == 0 or not one.startswith(r"\left["):
+        return [one], 0
+    width = arr.shape[-1]
+    if width <= COLS:
+        return [one], width if arr.ndim == 2 else min(width, ROW)
+    word = "entries" if arr.ndim == 1 else "columns"
+    out = []
+    for a in range(0, width, COLS):
+        part = arr[a:a + COLS] if arr.ndim == 1 else arr[:, a:a + COLS]
+        out.append((_matrix([part] if arr.ndim == 1 else part), f"({word} {a + 1} to {min(a + COLS, width)})"))
+    return out, COLS
 
 
 class _NumbersLaTeX(LaTeXPrinter):
@@ -93,23 +120,35 @@ def sections(der, values, full: bool = False, param: str | None = None, esc=lx.t
     scalar = all(np.ndim(v) == 0 for v in values.quantities.values())
     first_volume = len(net.input.shape) == 3
 
-    def row(lhs: str, expr, v, volume: bool) -> str:
+    def note(s: str) -> str:
+        return r" \quad \text{%s}" % esc(s)
+
+    def shown(lhs: str, parts: list[str], v, volume: bool, indent: str = "") -> str:
+        """``lhs = parts… = v`` as align rows; a wide v on the lines below, in blocks (blocks()), so that no line
+        runs past the margin.  ``indent`` (a factor's row under its δ) aligns nothing: its lines are indented."""
+        eq, cont = (" = ", indent + r"\qquad ") if indent else (" &= ", "&")
+        out, per_line = blocks(v, volume, full)
+        if len(out) == 1 and (per_line <= WIDE or not parts):
+            return f"{indent}{lhs}{eq}" + " = ".join([*parts, out[0]])
+        first = out[0] if len(out) == 1 else out[0][0] + note(out[0][1])
+        lines = [f"{indent}{lhs}{eq}{first}"] if not parts else \
+            [f"{indent}{lhs}{eq}" + " = ".join(parts), f"{cont}= {first}"]
+        lines += [f"{cont}\\phantom{{=}} {b}" + note(n) for b, n in out[1:]]
+        return " \\\\\n".join(lines)
+
+    def row(lhs: str, expr, v, volume: bool, indent: str = "") -> str:
         parts = [latex(expr)]
         sub = substituted(expr, der, values) if scalar else None
         if sub is not None and sub != parts[-1] and sub != number(v):
             parts.append(sub)
-        val = value(v, volume, full)
-        if not scalar or val != parts[-1]:
-            parts.append(val)
-        return f"{lhs} &= " + " = ".join(parts)
-
-    def note(s: str) -> str:
-        return r" \quad \text{%s}" % esc(s)
+        if scalar and value(v, volume, full) == parts[-1]:
+            return f"{indent}{lhs}{' = ' if indent else ' &= '}" + " = ".join(parts)
+        return shown(lhs, parts, v, volume, indent)
 
     sample = [f"{latex(sp.Symbol(k))} = {value(v, first_volume and k == net.input.name, full)}"
               for k, v in values.inputs.items()]
     layer_of = {p: li.index for li in net.info for p in (li.weight, li.bias, li.slope_param) if p}
-    params = [f"{latex(sp.Symbol(k))} &= {value(v, layer_of.get(k) in vol, full)}" for k, v in values.params.items()]
+    params = [shown(latex(sp.Symbol(k)), [], v, layer_of.get(k) in vol) for k, v in values.params.items()]
     out = [("Parameters", [f"Parameters ({values.params_from})." if values.params_from else "Parameters."],
             params)]
     forward = [row(latex(d.lhs), d.rhs, values.get(d.name), d.layer in vol) for d in der.forward]
@@ -134,10 +173,12 @@ def sections(der, values, full: bool = False, param: str | None = None, esc=lx.t
             fv = values.factors.get((s.name, i))
             if f.reused:
                 said = "computed above" if f.numerator == "L" else "re-used from above"
-                back.append(r"&\qquad %s%s%s" % (_label(f), "" if fv is None else f" = {value(fv, volume, full)}",
-                                                 note(f"({said})")))
+                if fv is None:
+                    back.append(r"&\qquad %s%s" % (_label(f), note(f"({said})")))
+                else:
+                    back.append(shown(_label(f), [], fv, volume, r"&\qquad ") + note(f"({said})"))
             elif fv is not None:
-                back.append(r"&\qquad " + row(_label(f), f.value, fv, volume).replace(" &= ", " = ", 1))
+                back.append(row(_label(f), f.value, fv, volume, r"&\qquad "))
             else:
                 back.append(r"&\qquad %s = %s" % (_label(f), latex(f.value)))
         back.append(row(latex(s.lhs), ev.shown(der, s), values.get(s.name), volume))
