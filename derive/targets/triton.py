@@ -15,10 +15,9 @@ import sympy as sp
 from derive.errors import DerivationError
 from derive.ir.nodes import Concat, KernelIR, Outer
 from derive.limits import pow2
-from derive.targets.common import _common, _env
-from derive.targets.printers import HostPrinter
+from derive.targets.common import _env
 from derive.targets.triton_layers import plan_layers
-from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
+from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 from derive.targets.wrap import wrap
 
@@ -213,7 +212,6 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
 
     if ir.input.name not in pr.in_memory:  # the input tile, read once per tile from DRAM
         pr.events.append(("forward", "row", "read", 4 * max(1, math.prod(ir.input.shape))))
-    ctx = _common(ir, out_dir)
     offsets = [0, *itertools.accumulate(math.prod(p.shape) for p in ir.params)]  # PARAM_SHAPES order, flat
     n_params = offsets[-1]
     pr.section = "forward"
@@ -238,7 +236,9 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
                                        f"{width}) float32, " + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
     kernel_args.append({"name": "_INTER_ptr", "type": "*fp32",
                         "comment": f"(batch, {inter_width}) float32: every named per-sample quantity (WITH_INTER)"})
+    ctx = module_context(ir, out_dir, pr)
     ctx.update(
+        fused=True,
         block_b=block_b,
         dot_precision=DOT_PRECISION if dots else None,
         num_warps=DOT_NUM_WARPS if dots else NUM_WARPS,
@@ -250,8 +250,6 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         loads=[_load_param(p) for p in ir.params if p.name not in pr.inline_loads],
         row_loads=[_load_sample(ir.input, f"{ir.input.name}_ptr")]
         if ir.input.name not in pr.in_memory else [],
-        n_params=n_params,
-        n_total=n_params + 1,
         grad_ptrs=[{"name": f"dL_d{p.name}_ptr", "param": p.name, "offset": o} for p, o in zip(ir.params, offsets)],
         forward=forward,
         store_out=_store_out(ir),
@@ -262,31 +260,22 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         backward_inter=[ln["inter"] for ln in backward if ln["inter"]],
         inter_layout=[{"name": k, "offset": o, "n": n, "shape": repr(tuple(shape))} for k, (o, n, shape) in inter.items()],
         inter_width=inter_width,
-        grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
         loss_scale="_scale",
         backward=backward,
         grad_stores=grad_stores,
         carried=carried,
         tile_ptrs=[p.name for p in ir.params if p.name in pr.inline_loads],
-        scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
-        output_shape=repr(tuple(ir.output.shape)),
     )
-    host = HostPrinter()
-    ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}
-                           for a in ir.update_scalars]
-    ctx["updates"] = [line(a) for a in ir.updates]
-    ctx["kernel_scalars"] = _kernel_scalars(ir)
-    ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
+    ctx.update(compile_specs(ir, [(f"{ir.name}_fused_kernel", _fused_signature(kernel_args),
+                                   [{**{k: repr(v) for k, v in flags.items()}, "BLOCK_B": "BLOCK_B"}
+                                    for flags in FUSED_FLAGS])]))
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["uses_nvalid"] = any("_nvalid" in g for g in ctx["grad_stores"])  # the rank-1 and tl.dot ∂W helpers
     _drop_dead_lines(ctx, inter, inter_width)
-    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     template = _env().get_template("triton_module.py.jinja")
     text = template.render(**ctx)
     # only the column ranges some line uses (a width-1 vector's pair is dead where nothing reads it)
     ctx["columns"] = [c for c in ctx["columns"] if re.search(rf"_(cols|cmask)_{c['n']}\b", _without_columns(text))]
-    if re.search(r"\bmath\.", text):
-        ctx["imports"].insert(0, "import math")
     text = template.render(**ctx)
     y = ir.target
     y_bytes = 8 if y.dtype == "int" else 4 * math.prod(y.shape)
@@ -374,33 +363,11 @@ def _param_of(ir: KernelIR, grad: str) -> str:
     return next(p for p, g in ir.grads if g == grad)
 
 
-def _signature(args: dict[str, str]) -> str:
-    return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in args.items()).replace("'", '"') + "}"
-
-
-def _compile_specs(ir: KernelIR, kernel_args: list[dict], kernel_scalars: list[str]) -> dict:
-    """COMPILE_SPECS: one entry per kernel and launch configuration the module may use, in the form
-    triton.compile(ASTSource(fn, signature, constexprs)) takes, so anyone can compile the kernels."""
-    fused = {a["name"]: a["type"] for a in kernel_args}
-    fused.update({"_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
-                  "WITH_GRAD": "constexpr", "WITH_INTER": "constexpr", "BLOCK_B": "constexpr"})
-    update = {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32", "_LOSS_ptr": "*fp32",
-              **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state}, "_N": "i32", "_lr": "fp32",
-              **{a: "fp32" for a in kernel_scalars}, "MODE": "constexpr", "_BLOCK": "constexpr"}
-    specs = [(f"{ir.name}_fused_kernel", "_FUSED_SIGNATURE", {**flags, "BLOCK_B": "BLOCK_B"}) for flags in FUSED_FLAGS]
-    specs += [(f"{ir.name}_update_kernel", "_UPDATE_SIGNATURE", {"MODE": m, "_BLOCK": "UPDATE_BLOCK"})
-              for m in ((0, 1, 2) if ir.updates else (0, 1))]
-
-    def entry(kernel, sig, constexprs):
-        cx = ", ".join(f'"{k}": {v}' for k, v in constexprs.items())
-        return (f'{{"kernel": "{kernel}", "signature": {sig}, "constexprs": {{{cx}}}, '
-                f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG}}')
-
-    return {
-        "fused_signature": _signature(fused),
-        "update_signature": _signature(update),
-        "compile_specs": [entry(*s) for s in specs],
-    }
+def _fused_signature(kernel_args: list[dict]) -> dict:
+    sig = {a["name"]: a["type"] for a in kernel_args}
+    sig.update({"_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
+                "WITH_GRAD": "constexpr", "WITH_INTER": "constexpr", "BLOCK_B": "constexpr"})
+    return sig
 
 
 def _without_columns(text: str) -> str:

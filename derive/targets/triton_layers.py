@@ -23,9 +23,8 @@ from derive.errors import DerivationError
 from derive.ir import nodes as N
 from derive.ir.nodes import Assign, KernelIR
 from derive.limits import pow2
-from derive.targets.common import _common, _env
-from derive.targets.printers import HostPrinter
-from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
+from derive.targets.common import _env
+from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 BLOCK_B = 32  # batch rows per program of a row-tiled kernel
@@ -768,7 +767,8 @@ def _launch(k: Kernel) -> dict:
             "loss": k.section == "loss", "block_b": k.block_b}
 
 
-def _spec(k: Kernel) -> dict:
+def _spec(k: Kernel) -> tuple[str, dict, list[dict]]:
+    """The kernel's COMPILE_SPECS input: (name, signature, its one launch configuration's constexprs)."""
     sig = {a[0]: a[1] for a in k.args}
     if k.block_b:
         sig.update({"_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"})
@@ -779,14 +779,7 @@ def _spec(k: Kernel) -> dict:
     sig.update({n: "constexpr" for n in k.constexprs})
     cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | ({"BLOCK_N": str(k.block_n[0])} if k.block_n else {})
     cx |= {n: repr(v[0] if isinstance(v, tuple) else v) for n, v in k.constexprs.items()}
-    return {"kernel": k.name, "signature": sig, "constexprs": cx}
-
-
-def _spec_text(s: dict) -> str:
-    sig = ", ".join(f'"{n}": "{t}"' for n, t in s["signature"].items())
-    cx = ", ".join(f'"{n}": {v}' for n, v in s["constexprs"].items())
-    return (f'{{"kernel": "{s["kernel"]}", "signature": {{{sig}}}, "constexprs": {{{cx}}}, '
-            f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}')
+    return (k.name, sig, [cx])
 
 
 def _traffic(plan: _Plan, k: Kernel) -> tuple:
@@ -813,39 +806,23 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     """The per-layer module for a network with a volume (derive.targets.triton.plan_triton dispatches here)."""
     plan = _Plan(ir)
     _emit_all(plan)
-    ctx = _common(ir, out_dir)
+    pr = TritonCodePrinter({}, {}, 16, "ieee")  # the update's per-element lines
+    ctx = module_context(ir, out_dir, pr)
     widths = {a.name: _width(a.shape) for a in plan.arrays.values()}
     ctx.update(
+        fused=False,
         block_b=BLOCK_B, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         kernels=[k.source.rstrip("\n") for k in plan.kernels],
-        helpers=[(HELPERS.get(h) or TRITON_HELPERS[h]) for h in sorted(plan.helpers)],
+        helpers=[(HELPERS.get(h) or TRITON_HELPERS[h]) for h in sorted(plan.helpers | pr.helpers)],
         launches={s: [_launch(k) for k in plan.kernels if k.section == s] for s in SECTIONS},
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
-        scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
-        output_shape=repr(tuple(ir.output.shape)),
         top=ir.forward[-1].name,
-        grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
     )
-    host = HostPrinter()
-    ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}
-                           for a in ir.update_scalars]
-    pr = TritonCodePrinter({}, {}, 16, "ieee")
-    ctx["updates"] = [{"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment} for a in ir.updates]
-    ctx["kernel_scalars"] = _kernel_scalars(ir)
-    specs = [_spec_text(_spec(k)) for k in plan.kernels]
-    specs.append(_spec_text({"kernel": f"{ir.name}_loss_sum_kernel",
-                             "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"},
-                             "constexprs": {"_BLOCK": "1024"}}))
-    update = {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state},
-              "_N": "i32", "_lr": "fp32", **{a: "fp32" for a in ctx["kernel_scalars"]}, "SGD": "constexpr",
-              "_BLOCK": "constexpr"}
-    for sgd in ((True, False) if ir.updates else (True,)):
-        specs.append(_spec_text({"kernel": f"{ir.name}_update_kernel", "signature": update,
-                                 "constexprs": {"SGD": repr(sgd), "_BLOCK": "UPDATE_BLOCK"}}))
-    ctx["compile_specs"] = specs
-    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
-    text = _env().get_template("triton_layers.py.jinja").render(**ctx)
+    loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"},
+                [{"_BLOCK": "1024"}])
+    ctx.update(compile_specs(ir, [*(_spec(k) for k in plan.kernels), loss_sum]))
+    text = _env().get_template("triton_module.py.jinja").render(**ctx)
     return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels))
 
 
