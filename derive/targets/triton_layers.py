@@ -1,4 +1,4 @@
-"""KernelIR -> a Triton module of per-layer phase kernels, for any network with a volume.
+"""KernelIR -> the per-layer phase kernels of a Triton module (the planner's phases that were not fused).
 
 Every per-sample array lives in global memory as a (batch, n) float32 buffer (a volume flattened in C
 order), and each IR assignment becomes one small kernel, found by its node class in EMITTERS: a tile of
@@ -70,6 +70,7 @@ class Kernel:
     constexprs: dict = field(default_factory=dict)  # further constexprs: a value, or (on CUDA, on CPU)
     flops: int = 0  # per batch row: the contraction's multiply-adds, times 2 (derive inspect's model)
     block_n: tuple | None = None  # (on CUDA, on CPU) columns per program of a column-tiled kernel
+    computes: tuple = ()  # the assignments its epilogue computes after its head (derive inspect's phase list)
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -160,6 +161,7 @@ class _Plan:
         self.kernels: list[Kernel] = []
         self.stored: dict[str, str] = {}  # per-sample buffer -> the section that first writes it
         self.helpers: set[str] = set()
+        self.imports: set[str] = set()  # the modules the kernels' printers named
         self.block_n_of: dict[int, int] = {}
         self.env = _env().get_template("triton_layer_kernels.jinja").module
         self.order: list[Assign] = [*ir.forward, ir.output, ir.loss, *ir.backward]
@@ -287,6 +289,7 @@ class _Plan:
             if t[0] not in {x[0] for x in args}:
                 args.append(t)
         self.helpers |= pr.helpers
+        self.imports |= pr.imports
         cols = []
         if chunked:
             if width:
@@ -308,7 +311,8 @@ class _Plan:
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
                       "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
-                      constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {})
+                      constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {},
+                      computes=tuple(a.name for a in outs if a is not head))
 
     def kernel_name(self, what: str) -> str:
         return f"{self.ir.name}_{what}_kernel"
@@ -616,6 +620,7 @@ def _emit_batch_sum(plan: _Plan, a: Assign, after, section) -> int:
             [ln for w in sorted(widths) for ln in (f"_cols_{w} = tl.arange(0, {pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}")])
     cap = BLOCK_B if chunked else 1 << (max(1, TILE // max([pow2(w) for w in widths] + [1])).bit_length() - 1)
     plan.helpers |= pr.helpers
+    plan.imports |= pr.imports
     _, typ, host, comment = plan.arg(a.name, section)
     args = [plan.arg(n, section) for n in pr.ptrs]
     args.append(("G_ptr", typ, host, comment))
@@ -803,11 +808,11 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
 
 
 def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
-    """The per-layer module for a network with a volume (derive.targets.triton.plan_triton dispatches here)."""
+    """The module of per-layer kernels (derive.targets.triton_planner.plan_triton, where the phases do not fuse)."""
     plan = _Plan(ir)
     _emit_all(plan)
     pr = TritonCodePrinter({}, {}, 16, "ieee")  # the update's per-element lines
-    ctx = module_context(ir, out_dir, pr)
+    ctx = module_context(ir, out_dir, pr, plan.imports)
     widths = {a.name: _width(a.shape) for a in plan.arrays.values()}
     ctx.update(
         fused=False,
@@ -823,7 +828,9 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
                 [{"_BLOCK": "1024"}])
     ctx.update(compile_specs(ir, [*(_spec(k) for k in plan.kernels), loss_sum]))
     text = _env().get_template("triton_module.py.jinja").render(**ctx)
-    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels))
+    fusion = tuple(f"{k.name}: " + ", ".join([k.name.removeprefix(f"{ir.name}_").removesuffix("_kernel"), *k.computes])
+                   for k in plan.kernels)
+    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels), fusion=fusion)
 
 
 __all__ = ["EMITTERS", "plan_layers"]

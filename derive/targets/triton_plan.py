@@ -40,10 +40,11 @@ def kernel_scalars(ir: KernelIR) -> list[str]:
     return sorted(names)
 
 
-def module_context(ir: KernelIR, out_dir: str, printer) -> dict:
+def module_context(ir: KernelIR, out_dir: str, printer, kernel_imports: set[str] = frozenset()) -> dict:
     """What the module template reads besides the kernels: the spec's constants, the flat parameter
     layout (one row of gradient sums per program, the loss last), the optimizer's host scalars and its
-    per-element update printed by ``printer`` (a TritonCodePrinter: its helpers and imports are recorded)."""
+    per-element update printed by ``printer`` (a TritonCodePrinter); ``kernel_imports``: the modules the kernels'
+    printers recorded besides ``printer``'s."""
     ctx = _common(ir, out_dir)
     n_params = sum(math.prod(p.shape) for p in ir.params)
     host = HostPrinter()
@@ -58,8 +59,9 @@ def module_context(ir: KernelIR, out_dir: str, printer) -> dict:
         output_shape=repr(tuple(ir.output.shape)),
     )
     imports = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
-    if any(m == "math" for m in host.module_imports):  # the host scalars' math.sqrt and the like
-        imports.insert(0, "import math")
+    # the modules the printed lines name (the host scalars' math.sqrt and the like), as the printers recorded
+    used = set(host.module_imports) | set(printer.imports) | set(kernel_imports)
+    imports[:0] = [f"import {m}" for m in sorted(used - {"numpy", "torch", "triton"})]
     ctx["imports"] = imports
     return ctx
 
