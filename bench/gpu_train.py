@@ -112,7 +112,7 @@ def _model(net, batch, torch, cuda) -> dict:
     from derive.derivation import derive
     from derive.inspect.model import summary
     from derive.ir.lowering import lower
-    from derive.targets.triton import plan_triton
+    from derive.targets.triton_planner import plan_triton
 
     arch = "sm_90"
     if cuda and torch.cuda.get_device_capability() == (8, 0):

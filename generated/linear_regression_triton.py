@@ -6,9 +6,10 @@ a row of their own), then one launch that reduces those rows in a fixed order an
 (linear_regression_update_kernel).
 
 Same contract as linear_regression_numpy, on torch tensors: init_params, forward, loss, gradients,
-train_step, init_state, step (one fused launch, then one sgd update launch for all parameters),
-FlatState.  No atomics: the same inputs on the same device give bitwise the same gradients.  Runs on
-CUDA, and on CPU tensors under TRITON_INTERPRET=1 (set before this module is imported).
+intermediates, train_step, init_state, step (the kernels, then one sgd update launch for all
+parameters), FlatState.  No atomics: the same inputs on the same device give bitwise the same
+gradients.  Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1 (set before this module is
+imported).
 """
 
 import numpy as np
@@ -125,8 +126,7 @@ def linear_regression_fused_kernel(
 
 @triton.jit
 def linear_regression_update_kernel(
-    # all parameters, flattened into one float32 buffer (MODE 0: where the gradient goes)
-    _PARAMS_ptr,
+    _PARAMS_ptr,  # all parameters, flat float32 (MODE 0: where the gradient goes)
     _PART_ptr,  # (programs, 3): each program's partial gradient sums, its loss last
     _PROGRAMS,  # rows of _PART_ptr
     _LOSS_ptr,  # the batch loss, 1 float32 (written by program 0)
@@ -136,8 +136,7 @@ def linear_regression_update_kernel(
     MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
     _BLOCK: tl.constexpr,
 ):
-    """The deterministic reduction of the partial sums (program 0, 1, … in order), fused into the
-    update."""
+    # the partial sums reduced in a fixed order (program 0, 1, …), then the update
     _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
     _mask = _offs < _N
     g = tl.zeros((_BLOCK,), dtype=tl.float32)
@@ -159,62 +158,49 @@ def linear_regression_update_kernel(
         tl.store(_LOSS_ptr, _loss)
 
 
-# Every kernel and launch configuration this module uses, as triton.compile takes them:
-# triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"],
-# constexprs=s["constexprs"]),
-#                  target=GPUTarget("cuda", 90, 32),
-# options={"num_warps": s["num_warps"], "num_stages": s["num_stages"], "maxnreg": s["maxnreg"]})
-# `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
-_FUSED_SIGNATURE = {
-    "x_ptr": "*fp32",
-    "y_ptr": "*fp32",
-    "theta1_ptr": "*fp32",
-    "theta0_ptr": "*fp32",
-    "_PART_ptr": "*fp32",
-    "_OUT_ptr": "*fp32",
-    "_INTER_ptr": "*fp32",
-    "_B": "i32",
-    "_scale": "fp32",
-    "WITH_OUT": "constexpr",
-    "WITH_LOSS": "constexpr",
-    "WITH_GRAD": "constexpr",
-    "WITH_INTER": "constexpr",
-    "BLOCK_B": "constexpr",
-}
-_UPDATE_SIGNATURE = {
-    "_PARAMS_ptr": "*fp32",
-    "_PART_ptr": "*fp32",
-    "_PROGRAMS": "i32",
-    "_LOSS_ptr": "*fp32",
-    "_N": "i32",
-    "_lr": "fp32",
-    "eta_t": "fp32",
-    "MODE": "constexpr",
-    "_BLOCK": "constexpr",
+# Every kernel and launch configuration this module uses, in the form triton.compile takes:
+# ASTSource(fn=globals()[s["kernel"]], signature=s["signature"], constexprs=s["constexprs"]) and the
+# options num_warps, num_stages and maxnreg (None: left out).  `derive inspect` compiles them and
+# reports registers, spills, shared memory and compile time.
+_SIGNATURES = {
+    "linear_regression_fused_kernel": {"x_ptr": "*fp32", "y_ptr": "*fp32", "theta1_ptr": "*fp32",
+        "theta0_ptr": "*fp32", "_PART_ptr": "*fp32", "_OUT_ptr": "*fp32", "_INTER_ptr": "*fp32",
+        "_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
+        "WITH_GRAD": "constexpr", "WITH_INTER": "constexpr", "BLOCK_B": "constexpr"},
+    "linear_regression_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
+        "_PROGRAMS": "i32", "_LOSS_ptr": "*fp32", "_N": "i32", "_lr": "fp32", "eta_t": "fp32",
+        "MODE": "constexpr", "_BLOCK": "constexpr"},
 }
 COMPILE_SPECS = [
-    {"kernel": "linear_regression_fused_kernel", "signature": _FUSED_SIGNATURE,
+    {"kernel": "linear_regression_fused_kernel",
+        "signature": _SIGNATURES["linear_regression_fused_kernel"],
         "constexprs": {"WITH_OUT": True, "WITH_LOSS": False, "WITH_GRAD": False,
         "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
         "maxnreg": MAXNREG},
-    {"kernel": "linear_regression_fused_kernel", "signature": _FUSED_SIGNATURE,
+    {"kernel": "linear_regression_fused_kernel",
+        "signature": _SIGNATURES["linear_regression_fused_kernel"],
         "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": False,
         "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
         "maxnreg": MAXNREG},
-    {"kernel": "linear_regression_fused_kernel", "signature": _FUSED_SIGNATURE,
+    {"kernel": "linear_regression_fused_kernel",
+        "signature": _SIGNATURES["linear_regression_fused_kernel"],
         "constexprs": {"WITH_OUT": False, "WITH_LOSS": False, "WITH_GRAD": True,
         "WITH_INTER": False, "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
         "maxnreg": MAXNREG},
-    {"kernel": "linear_regression_fused_kernel", "signature": _FUSED_SIGNATURE,
+    {"kernel": "linear_regression_fused_kernel",
+        "signature": _SIGNATURES["linear_regression_fused_kernel"],
         "constexprs": {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True, "WITH_INTER": False,
         "BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "linear_regression_update_kernel", "signature": _UPDATE_SIGNATURE,
+    {"kernel": "linear_regression_update_kernel",
+        "signature": _SIGNATURES["linear_regression_update_kernel"],
         "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "linear_regression_update_kernel", "signature": _UPDATE_SIGNATURE,
+    {"kernel": "linear_regression_update_kernel",
+        "signature": _SIGNATURES["linear_regression_update_kernel"],
         "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "linear_regression_update_kernel", "signature": _UPDATE_SIGNATURE,
+    {"kernel": "linear_regression_update_kernel",
+        "signature": _SIGNATURES["linear_regression_update_kernel"],
         "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
 ]
@@ -245,8 +231,7 @@ _SMS = {}
 
 
 def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None,
-    programs=None,
-         inter=None):
+         programs=None, inter=None):
     """The fused kernel once: -> (partial sums, one row per program, or None; number of
     programs)."""
     _batch = x.shape[0]
@@ -281,6 +266,27 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     return _part, _np
 
 
+# intermediates(): each named per-sample quantity's (first column, width, shape) in the WITH_INTER
+# buffer
+INTER_LAYOUT = {
+    "a1": (0, 1, ()),
+    "f1": (1, 1, ()),
+    "loss_per_sample": (2, 1, ()),
+    "dL_df1": (3, 1, ()),
+    "delta1": (4, 1, ()),
+}
+
+
+def _per_sample(params, x, y):
+    """One training launch that also stores every named per-sample quantity (WITH_INTER): -> (those
+    quantities by the derivation's names, the partial sums, the number of programs)."""
+    _inter = x.new_empty((x.shape[0], 5), dtype=torch.float32)
+    _part, _np = _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
+    _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name,
+        (_o, _n, _shape) in INTER_LAYOUT.items()}
+    return _out, _part, _np
+
+
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
     """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
     an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
@@ -295,12 +301,12 @@ def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
 
 
 def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, programs=None):
-    """Run the fused kernel once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict
-    of float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given;
-    ``programs`` caps the persistent grid (default: one program per SM)."""
+    """Run the kernels once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict of
+    float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given; nothing
+    else the caller owns is written.  ``programs`` caps the persistent grid (default: one program
+    per SM)."""
     _part, _np = _run(params, x, y, out=out, with_loss=loss is not None,
-        with_grad=grads is not None,
-                      block_b=block_b, programs=programs)
+                      with_grad=grads is not None, block_b=block_b, programs=programs)
     if grads is None and loss is None:
         return
     _g = x.new_empty(N_PARAMS, dtype=torch.float32)
@@ -332,15 +338,6 @@ def gradients(params, x, y):
     return _grads
 
 
-# intermediates(): each named per-sample quantity's (first column, width, shape) in the WITH_INTER
-# buffer
-INTER_LAYOUT = {
-    "a1": (0, 1, ()),
-    "f1": (1, 1, ()),
-    "loss_per_sample": (2, 1, ()),
-    "dL_df1": (3, 1, ()),
-    "delta1": (4, 1, ()),
-}
 GRAD_NAMES = {
     "theta1": "dL_dtheta1",
     "theta0": "dL_dtheta0",
@@ -349,14 +346,12 @@ GRAD_NAMES = {
 
 def intermediates(params, x, y):
     """Every named quantity of the derivation as this module computes it (float32 tensors keyed by
-    the derivation's names): the per-sample ones stored by one WITH_INTER launch of the fused
-    kernel, the parameter gradients from gradients().  For locating the first wrong quantity (derive
-    verify)."""
-    _inter = x.new_empty((x.shape[0], 5), dtype=torch.float32)
-    _run(params, x, y, with_loss=True, with_grad=True, inter=_inter)
-    _out = {_name: _inter[:, _o:_o + _n].reshape(-1, *_shape) for _name,
-        (_o, _n, _shape) in INTER_LAYOUT.items()}
-    _out.update({GRAD_NAMES[_name]: _g for _name, _g in gradients(params, x, y).items()})
+    the derivation's names): the per-sample ones and the parameter gradients, from one training run.
+    For locating the first wrong quantity (derive verify)."""
+    _out, _part, _np = _per_sample(params, x, y)
+    _g = x.new_empty(N_PARAMS, dtype=torch.float32)
+    _update(_g, _part, _np, x.new_empty(1, dtype=torch.float32), 0)
+    _out.update({GRAD_NAMES[_name]: _view for _name, _view in _flat_views(_g).items()})
     return _out
 
 
@@ -374,8 +369,8 @@ def _flat_views(flat):
 
 
 def train_step(params, x, y, lr):
-    """One SGD step in two launches: the fused kernel sums the gradients per program, the update
-    kernel reduces them and steps."""
+    """One SGD step: the kernels sum the gradients, then the update kernel reduces them and
+    steps."""
     _params = _flat(params)
     _part, _np = _run(_flat_views(_params), x, y, with_grad=True)
     _update(_params, _part, _np, _params.new_empty(1), 1, lr)
@@ -388,7 +383,7 @@ def init_state(params):
 
 
 def step(params, state, x, y, t, hyper=None):
-    """The fused kernel (loss and gradients), then one update kernel that reduces them and takes a
+    """The kernels (loss and gradients), then one update kernel that reduces them and takes a
     sgd step for all parameters: -> (params, state, loss)."""
     _h = {**HYPER, **(hyper or {})}
     lr = _h["lr"]
@@ -406,8 +401,8 @@ def step(params, state, x, y, t, hyper=None):
 class FlatState:
     """Parameters and optimizer state in persistent flat float32 buffers.
 
-    For a training loop without host synchronisation: each step() is two launches (the fused kernel,
-    then the reduction and the sgd update) and returns the batch loss as a 1-element tensor.
+    For a training loop without host synchronisation: each step() runs the kernels, then the
+    reduction and the sgd update, and returns the batch loss as a 1-element tensor.
     """
 
     def __init__(self, params, state=None, hyper=None):

@@ -3,11 +3,13 @@
 """Triton kernels for `locally_connected`, one small kernel per layer phase: every per-sample array
 lives in a (batch, n) float32 buffer between launches, each kernel holds one tile of at most BLOCK_B
 rows, and every parameter gradient is summed over the batch in a fixed order by the kernel that owns
-its elements (no atomics: the same inputs give the same bits).
+its elements, into one row of gradient sums that locally_connected_update_kernel reads.
 
 Same contract as locally_connected_numpy, on torch tensors: init_params, forward, loss, gradients,
-train_step, init_state, step (the kernels, then one sgd update launch for all parameters).  Runs on
-CUDA, and on CPU tensors under TRITON_INTERPRET=1 (set before this module is imported).
+intermediates, train_step, init_state, step (the kernels, then one sgd update launch for all
+parameters), FlatState.  No atomics: the same inputs on the same device give bitwise the same
+gradients.  Runs on CUDA, and on CPU tensors under TRITON_INTERPRET=1 (set before this module is
+imported).
 """
 
 import numpy as np
@@ -35,11 +37,12 @@ STATE = ()  # per-parameter optimizer state, zero at the start
 BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
+MAXNREG = None  # ptxas's own register target (these kernels compiled without spills at it)
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
+N_PARAMS = 2260  # all parameters, flattened in PARAM_SHAPES order
 # On CPU tensors (TRITON_INTERPRET=1) the column-tiled kernels take wider tiles: the interpreter
-# pays per
-# program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on the CPU
-# too.
+# pays per program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on
+# the CPU too.
 CPU_WIDE_TILES = True
 
 
@@ -536,112 +539,155 @@ def locally_connected_loss_sum_kernel(
 
 @triton.jit
 def locally_connected_update_kernel(
-    _PARAMS_ptr,  # all parameters, flattened into one float32 buffer
-    _GRADS_ptr,  # their gradients, same layout
-    _N,  # number of elements
-    _lr,  # learning rate η of train_step (unused unless SGD)
-    eta_t,  # host scalar of the sgd update (unused when SGD)
-    SGD: tl.constexpr,  # True: θ ← θ − η·∂L/∂θ (train_step); False: the spec's sgd update (step)
+    _PARAMS_ptr,  # all parameters, flat float32 (MODE 0: where the gradient goes)
+    _PART_ptr,  # (programs, 2261): each program's partial gradient sums, its loss last
+    _PROGRAMS,  # rows of _PART_ptr
+    _LOSS_ptr,  # the batch loss, 1 float32 (written by program 0)
+    _N,  # number of parameters
+    _lr,  # learning rate η of plain SGD (MODE 1)
+    eta_t,  # host scalar (MODE 2)
+    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
     _BLOCK: tl.constexpr,
 ):
-    # one update of every parameter element in one launch: SGD (train_step) or sgd (step, FlatState)
+    # the partial sums reduced in a fixed order (program 0, 1, …), then the update
     _offs = tl.program_id(0) * _BLOCK + tl.arange(0, _BLOCK)
     _mask = _offs < _N
-    theta = tl.load(_PARAMS_ptr + _offs, mask=_mask)
-    g = tl.load(_GRADS_ptr + _offs, mask=_mask)
-    if SGD:
-        theta = theta - _lr * g  # θ ← θ − η·∂L/∂θ
-    else:
+    g = tl.zeros((_BLOCK,), dtype=tl.float32)
+    for _p in range(_PROGRAMS):
+        g += tl.load(_PART_ptr + _p * 2261 + _offs, mask=_mask, other=0.0)
+    if MODE == 0:
+        tl.store(_PARAMS_ptr + _offs, g, mask=_mask)
+    if MODE == 1:
+        theta = tl.load(_PARAMS_ptr + _offs, mask=_mask)
+        tl.store(_PARAMS_ptr + _offs, theta - _lr * g, mask=_mask)  # θ ← θ − η·∂L/∂θ
+    if MODE == 2:
+        theta = tl.load(_PARAMS_ptr + _offs, mask=_mask)
         theta = -eta_t*g + theta  # θ ← θ - g·η_t
-    tl.store(_PARAMS_ptr + _offs, theta, mask=_mask)
+        tl.store(_PARAMS_ptr + _offs, theta, mask=_mask)
+    if tl.program_id(0) == 0:
+        _loss = tl.load(_PART_ptr + 2260)
+        for _p in range(1, _PROGRAMS):
+            _loss += tl.load(_PART_ptr + _p * 2261 + 2260)
+        tl.store(_LOSS_ptr, _loss)
 
 
-# Every kernel and launch configuration this module uses, as triton.compile takes them:
-# triton.compile(ASTSource(fn=globals()[s["kernel"]], signature=s["signature"],
-# constexprs=s["constexprs"]),
-# target=GPUTarget("cuda", 90, 32), options={"num_warps": s["num_warps"], "num_stages":
-# s["num_stages"]})
-# `derive inspect` compiles them all and reports registers, spills, shared memory and compile time.
+# Every kernel and launch configuration this module uses, in the form triton.compile takes:
+# ASTSource(fn=globals()[s["kernel"]], signature=s["signature"], constexprs=s["constexprs"]) and the
+# options num_warps, num_stages and maxnreg (None: left out).  `derive inspect` compiles them and
+# reports registers, spills, shared memory and compile time.
+_SIGNATURES = {
+    "locally_connected_a1_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
+        "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr"},
+    "locally_connected_a2_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
+        "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr"},
+    "locally_connected_a4_kernel": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32",
+        "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr", "KC": "constexpr"},
+    "locally_connected_yhat_kernel": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32",
+        "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
+    "locally_connected_loss_per_sample_kernel": {"_PART_ptr": "*fp32", "a4_ptr": "*fp32",
+        "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"},
+    "locally_connected_dL_df4_kernel": {"y_ptr": "*i64", "a4_ptr": "*fp32", "dL_df4_ptr": "*fp32",
+        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"},
+    "locally_connected_dL_dW4_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
+        "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
+    "locally_connected_dL_db4_kernel": {"dL_df4_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
+        "_scale": "fp32", "BLOCK_B": "constexpr"},
+    "locally_connected_dL_df3_kernel": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "f2_ptr": "*fp32",
+        "delta2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr"},
+    "locally_connected_dL_dW2_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
+        "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+    "locally_connected_dL_db2_kernel": {"delta2_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
+        "_scale": "fp32", "BLOCK_B": "constexpr"},
+    "locally_connected_dL_df1_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "f1_ptr": "*fp32",
+        "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr"},
+    "locally_connected_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
+        "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+    "locally_connected_dL_db1_kernel": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
+        "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+    "locally_connected_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
+        "_BLOCK": "constexpr"},
+    "locally_connected_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
+        "_PROGRAMS": "i32", "_LOSS_ptr": "*fp32", "_N": "i32", "_lr": "fp32", "eta_t": "fp32",
+        "MODE": "constexpr", "_BLOCK": "constexpr"},
+}
 COMPILE_SPECS = [
     {"kernel": "locally_connected_a1_kernel",
-        "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f1_ptr": "*fp32",
-        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
+        "signature": _SIGNATURES["locally_connected_a1_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_a2_kernel",
-        "signature": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32", "f2_ptr": "*fp32",
-        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
+        "signature": _SIGNATURES["locally_connected_a2_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_a4_kernel",
-        "signature": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32", "a4_ptr": "*fp32",
-        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr",
-        "KC": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4, "KC": 1},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_a4_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4, "KC": 1}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_yhat_kernel",
-        "signature": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
+        "signature": _SIGNATURES["locally_connected_yhat_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_loss_per_sample_kernel",
-        "signature": {"_PART_ptr": "*fp32", "a4_ptr": "*fp32", "y_ptr": "*i64", "_B": "i32",
-        "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_loss_per_sample_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_df4_kernel",
-        "signature": {"y_ptr": "*i64", "a4_ptr": "*fp32", "dL_df4_ptr": "*fp32", "_B": "i32",
-        "_scale": "fp32", "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_dL_df4_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_dW4_kernel",
-        "signature": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
+        "signature": _SIGNATURES["locally_connected_dL_dW4_kernel"],
         "constexprs": {"BLOCK_J": 4, "BLOCK_K": 128}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_db4_kernel",
-        "signature": {"dL_df4_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_dL_db4_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_df3_kernel",
-        "signature": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "f2_ptr": "*fp32",
-        "delta2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_dL_df3_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_dW2_kernel",
-        "signature": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "signature": _SIGNATURES["locally_connected_dL_dW2_kernel"],
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_db2_kernel",
-        "signature": {"delta2_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "BLOCK_B": "constexpr"}, "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_dL_db2_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_df1_kernel",
-        "signature": {"D_ptr": "*fp32", "W_ptr": "*fp32", "f1_ptr": "*fp32", "delta1_ptr": "*fp32",
-        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
+        "signature": _SIGNATURES["locally_connected_dL_df1_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_dW1_kernel",
-        "signature": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "signature": _SIGNATURES["locally_connected_dL_dW1_kernel"],
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_db1_kernel",
-        "signature": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr",
-        "BLOCK_R": "constexpr"}, "constexprs": {"BLOCK_G": 4, "BLOCK_R": 64},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_dL_db1_kernel"],
+        "constexprs": {"BLOCK_G": 4, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_loss_sum_kernel",
-        "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
-        "_BLOCK": "constexpr"}, "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_loss_sum_kernel"],
+        "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
+        "maxnreg": MAXNREG},
     {"kernel": "locally_connected_update_kernel",
-        "signature": {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", "_N": "i32", "_lr": "fp32",
-        "eta_t": "fp32", "SGD": "constexpr", "_BLOCK": "constexpr"},
-        "constexprs": {"SGD": True, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_update_kernel"],
+        "constexprs": {"MODE": 0, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_update_kernel",
-        "signature": {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", "_N": "i32", "_lr": "fp32",
-        "eta_t": "fp32", "SGD": "constexpr", "_BLOCK": "constexpr"},
-        "constexprs": {"SGD": False, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES},
+        "signature": _SIGNATURES["locally_connected_update_kernel"],
+        "constexprs": {"MODE": 1, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "locally_connected_update_kernel",
+        "signature": _SIGNATURES["locally_connected_update_kernel"],
+        "constexprs": {"MODE": 2, "_BLOCK": UPDATE_BLOCK}, "num_warps": NUM_WARPS,
+        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
 ]
 
 
@@ -664,11 +710,12 @@ def init_params(seed=0, device="cpu"):
     return {_k: torch.tensor(_v, dtype=torch.float32, device=device) for _k, _v in _arrays.items()}
 
 
-def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, inter=None):
-    """Run the forward kernels, then fill what is given: ``out`` (ŷ), ``loss`` (1 float32, the
-    batch loss) and ``grads`` (a float32 tensor per parameter, each written once).  Nothing else
-    the caller owns is written; the per-sample arrays live in buffers allocated here (a dict
-    ``inter`` receives them, by the derivation's names)."""
+def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block_b=None,
+         programs=None, inter=None):
+    """The forward kernels, then those ``out`` (ŷ), the loss and the gradients need: -> (one row of
+    the gradient sums and the loss, 1).  Every gradient element is written once, by the kernel that
+    owns it (``programs``, the fused kernel's grid cap, has no use here).  The per-sample arrays
+    live in buffers allocated here (a dict ``inter`` receives them, by the derivation's names)."""
     _batch = x.shape[0]
     if _batch == 0:
         # a mean over no rows has no value; a grid of 0 programs is no launch
@@ -678,6 +725,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, 
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
+    _sums = _x.new_empty((1, N_PARAMS + 1), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 243), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 100), dtype=torch.float32)
     _b_a4 = _x.new_empty((_batch, 3), dtype=torch.float32)
@@ -700,19 +748,19 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, 
         locally_connected_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(3, 4))](
             out, _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=4,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    if loss is None and grads is None:
-        return
+    if not (with_loss or with_grad):
+        return _sums, 1
     _y = y.contiguous()
-    if loss is not None:
+    if with_loss:
         _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32)
         locally_connected_loss_per_sample_kernel[(triton.cdiv(_batch, _blk),)](
             _part, _b_a4, _y, _batch, _scale, BLOCK_B=_blk,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        locally_connected_loss_sum_kernel[(1,)](_part, loss, _part.numel(), _BLOCK=1024,
-            num_warps=NUM_WARPS,
-                                             num_stages=NUM_STAGES)
-    if grads is not None:
-        _g = grads
+        locally_connected_loss_sum_kernel[(1,)](
+            _part, _sums[0, N_PARAMS:], _part.numel(), _BLOCK=1024,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    if with_grad:
+        _g = _flat_views(_sums[0, :N_PARAMS])
         _b_dL_df4 = _x.new_empty((_batch, 3), dtype=torch.float32)
         _b_delta2 = _x.new_empty((_batch, 100), dtype=torch.float32)
         _b_delta1 = _x.new_empty((_batch, 243), dtype=torch.float32)
@@ -747,31 +795,49 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, 
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"dL_df4": _b_dL_df4, "delta2": _b_delta2, "delta1": _b_delta1})
+    return _sums, 1
 
 
-GRAD_NAMES = {
-    "W1": "dL_dW1",
-    "b1": "dL_db1",
-    "W2": "dL_dW2",
-    "b2": "dL_db2",
-    "W4": "dL_dW4",
-    "b4": "dL_db4",
-}
-
-
-def intermediates(params, x, y):
-    """The named quantities this module keeps, float32 tensors keyed by the derivation's names:
-    every per-sample array stored between kernels (the lines a kernel's epilogue computes and uses
-    at once are not kept), ŷ and the parameter gradients.  For locating a wrong quantity (derive
-    verify)."""
+def _per_sample(params, x, y):
+    """One training run that keeps its buffers: -> (every per-sample array stored between kernels
+    and ŷ, by the derivation's names (the lines a kernel's epilogue computes and uses at once are
+    not kept); the row of gradient sums; 1)."""
     _inter = {}
     _out = torch.empty((x.shape[0], *(3,)), dtype=torch.float32, device=x.device)
-    _grads = {_name: torch.zeros(_shape, dtype=torch.float32, device=x.device)
-              for _name, _shape in PARAM_SHAPES.items()}
-    launch(params, x, y, grads=_grads, out=_out, inter=_inter)
+    _sums, _np = _run(params, x, y, out=_out, with_loss=True, with_grad=True, inter=_inter)
     _inter["f4"] = _out
-    _inter.update({GRAD_NAMES[_name]: _g for _name, _g in _grads.items()})
-    return _inter
+    return _inter, _sums, _np
+
+
+def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
+    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
+    goes to ``loss``."""
+    _n = flat.numel()
+    _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
+    _scalars = tuple(scalars) or (0.0,) * 1
+    locally_connected_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+        flat, part, programs, loss, *_state, _n, float(lr), *map(float, _scalars), MODE=mode,
+        _BLOCK=UPDATE_BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
+    )
+
+
+def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, programs=None):
+    """Run the kernels once, then (for ``grads`` or ``loss``) the reduction.  ``grads`` (dict of
+    float32 tensors), ``loss`` (a 1-element tensor) and ``out`` (ŷ) are filled when given; nothing
+    else the caller owns is written."""
+    _part, _np = _run(params, x, y, out=out, with_loss=loss is not None,
+                      with_grad=grads is not None, block_b=block_b, programs=programs)
+    if grads is None and loss is None:
+        return
+    _g = x.new_empty(N_PARAMS, dtype=torch.float32)
+    _total = x.new_empty(1, dtype=torch.float32)
+    _update(_g, _part, _np, _total, 0)
+    if grads is not None:
+        for _name, _view in _flat_views(_g).items():
+            grads[_name].copy_(_view)
+    if loss is not None:
+        loss.copy_(_total)
 
 
 def forward(params, x):
@@ -793,6 +859,27 @@ def gradients(params, x, y):
     return _grads
 
 
+GRAD_NAMES = {
+    "W1": "dL_dW1",
+    "b1": "dL_db1",
+    "W2": "dL_dW2",
+    "b2": "dL_db2",
+    "W4": "dL_dW4",
+    "b4": "dL_db4",
+}
+
+
+def intermediates(params, x, y):
+    """Every named quantity of the derivation as this module computes it (float32 tensors keyed by
+    the derivation's names): the per-sample ones and the parameter gradients, from one training run.
+    For locating the first wrong quantity (derive verify)."""
+    _out, _part, _np = _per_sample(params, x, y)
+    _g = x.new_empty(N_PARAMS, dtype=torch.float32)
+    _update(_g, _part, _np, x.new_empty(1, dtype=torch.float32), 0)
+    _out.update({GRAD_NAMES[_name]: _view for _name, _view in _flat_views(_g).items()})
+    return _out
+
+
 def _flat(tensors):
     return torch.cat([tensors[_name].reshape(-1).to(torch.float32) for _name in PARAM_SHAPES])
 
@@ -806,21 +893,12 @@ def _flat_views(flat):
     return _views
 
 
-def _update(flat, grads, state, scalars, lr, sgd):
-    _n = flat.numel()
-    locally_connected_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
-        flat, grads, *[state[_kind] if state else flat for _kind in STATE], _n, float(lr),
-            *map(float, scalars),
-        SGD=sgd, _BLOCK=UPDATE_BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-
-
 def train_step(params, x, y, lr):
-    """One SGD step: the kernels fill the gradients, then one update launch (SGD=True) for all
-    parameters."""
+    """One SGD step: the kernels sum the gradients, then the update kernel reduces them and
+    steps."""
     _params = _flat(params)
-    _grads = torch.zeros_like(_params)
-    launch(_flat_views(_params), x, y, grads=_flat_views(_grads))
-    _update(_params, _grads, None, [0.0] * 1, lr, True)
+    _part, _np = _run(_flat_views(_params), x, y, with_grad=True)
+    _update(_params, _part, _np, _params.new_empty(1), 1, lr)
     return _flat_views(_params)
 
 
@@ -830,38 +908,36 @@ def init_state(params):
 
 
 def step(params, state, x, y, t, hyper=None):
-    """The kernels (loss and gradients), then one sgd update launch for all parameters:
-    -> (params, state, loss)."""
+    """The kernels (loss and gradients), then one update kernel that reduces them and takes a
+    sgd step for all parameters: -> (params, state, loss)."""
     _h = {**HYPER, **(hyper or {})}
     lr = _h["lr"]
     eta_t = lr  # η_t = η0 (constant schedule)
     _params = _flat(params)
-    _grads = torch.zeros_like(_params)
     _state = {_kind: _flat(state[_kind]) for _kind in STATE}
-    _total = torch.zeros(1, dtype=torch.float32, device=x.device)
-    launch(_flat_views(_params), x, y, grads=_flat_views(_grads), loss=_total)
-    _update(_params, _grads, _state, [eta_t], 0.0, False)
+    _total = _params.new_empty(1)
+    _part, _np = _run(_flat_views(_params), x, y, with_loss=True, with_grad=True)
+    _update(_params, _part, _np, _total, 2, state=[_state[_kind] for _kind in STATE],
+            scalars=(eta_t, ))
     return _flat_views(_params), {_kind: _flat_views(_state[_kind]) for _kind in STATE}, float(
         _total[0])
 
 
 class FlatState:
-    """Parameters, gradients and optimizer state in persistent flat float32 buffers.
+    """Parameters and optimizer state in persistent flat float32 buffers.
 
-    For a training loop without per-step allocation of the parameters or host synchronisation: each
-    step() launches the kernels (every gradient is written, none accumulated) and the sgd update,
-    and returns the batch loss as a 1-element tensor.
+    For a training loop without host synchronisation: each step() runs the kernels, then the
+    reduction and the sgd update, and returns the batch loss as a 1-element tensor.
     """
 
     def __init__(self, params, state=None, hyper=None):
         self.flat = _flat(params)
-        self.grads = torch.zeros_like(self.flat)
         self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(
             self.flat))
                       for _kind in STATE}
         self.loss = torch.zeros(1, dtype=torch.float32, device=self.flat.device)
         self.hyper = {**HYPER, **(hyper or {})}
-        self._params, self._grads = _flat_views(self.flat), _flat_views(self.grads)
+        self._params = _flat_views(self.flat)
 
     def params(self):
         return self._params
@@ -870,6 +946,7 @@ class FlatState:
         _h = self.hyper
         lr = _h["lr"]
         eta_t = lr  # η_t = η0 (constant schedule)
-        launch(self._params, x, y, grads=self._grads, loss=self.loss)
-        _update(self.flat, self.grads, self.state, [eta_t], 0.0, False)
+        _part, _np = _run(self._params, x, y, with_loss=True, with_grad=True)
+        _update(self.flat, _part, _np, self.loss, 2, state=[self.state[_kind] for _kind in STATE],
+                scalars=(eta_t, ))
         return self.loss

@@ -52,7 +52,7 @@ def compiled(cache_dir):
     from derive.derivation import derive
     from derive.inspect.compile import compile_module
     from derive.ir.lowering import lower
-    from derive.targets.triton import plan_triton
+    from derive.targets.triton_planner import plan_triton
 
     plans = {spec: plan_triton(lower(derive(load_spec(spec)), spec.name))
              for spec in SPECS if not triton_refuses(load_spec(spec))}

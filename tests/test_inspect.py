@@ -15,7 +15,7 @@ from derive import Linear, Loss, Network, Port
 from derive.derivation import derive
 from derive.inspect.model import CARDS, eager_step, fused_step, ideal_bytes, layered_step, summary
 from derive.ir.lowering import lower
-from derive.targets.triton import plan_triton
+from derive.targets.triton_planner import plan_triton
 
 
 def _cli(*args):

@@ -18,7 +18,8 @@ from helpers import ROOT, assert_close_to_torch, triton_inputs, triton_outputs
 from derive import Add, Linear, Loss, Network, Port
 from derive.derivation import derive
 from derive.ir.lowering import lower
-from derive.targets.triton import CANDIDATES, choose_strategy, plan_triton
+from derive.targets.triton import CANDIDATES, choose_strategy
+from derive.targets.triton_planner import plan_triton
 from derive.verify import rel_err
 from derive.verify.named import named_quantities
 

@@ -17,7 +17,7 @@ def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: 
     """l2_bandwidth: bytes per second (None: the card's measured default, derive.inspect.model.CARDS)."""
     from derive.derivation import derive
     from derive.ir.lowering import lower
-    from derive.targets.triton import plan_triton
+    from derive.targets.triton_planner import plan_triton
 
     if arch not in ARCHS:
         raise DeriveError(f"--arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
@@ -39,6 +39,7 @@ def inspect(net, source: str, arch: str = "sm_90", batch: int = 65536, timeout: 
         "ok": all(k["ok"] and k["spill_bytes"] == 0 for k in kernels),
         "model": summary(ir, plan, batch, arch, l2_bandwidth),
         "strategy": _strategy_row(plan.strategy),
+        "fusion": list(plan.fusion),
     }
     if strategies:
         report["strategies"] = _strategies(ir, plan.strategy, arch, batch, timeout, l2_bandwidth, compile_kernels)
@@ -54,7 +55,8 @@ def _strategy_row(st) -> dict | None:
 def _strategies(ir, picked, arch, batch, timeout, l2_bandwidth, compile_kernels) -> list[dict]:
     """Every candidate plan of the fused dense kernel: its model at this batch and, compiled, the registers
     and spills of its training launch (loss + gradients), so the pick can be checked against the others."""
-    from derive.targets.triton import CANDIDATES, plan_triton
+    from derive.targets.triton import CANDIDATES
+    from derive.targets.triton_planner import plan_triton
 
     if picked is None:  # a per-layer module: one plan
         return []
@@ -103,6 +105,10 @@ def format_text(r: dict) -> str:
                              f"FAILED: {k['error']}")
         bad = [k for k in r["kernels"] if not (k["ok"] and k["spill_bytes"] == 0)]
         lines.append(f"{len(r['kernels']) - len(bad)} of {len(r['kernels'])} configurations compile without spills")
+        lines.append("")
+    if r.get("fusion"):
+        lines.append("kernels of the plan (the phases each computes; fused or not, and why):")
+        lines += [f"  {f}" for f in r["fusion"]]
         lines.append("")
     st = r.get("strategy")
     if st:

@@ -16,7 +16,7 @@ from derive.targets.common import template_dir  # noqa: F401 (re-exported: tests
 from derive.targets.numpy import render_numpy
 from derive.targets.torch import render_torch
 from derive.targets import triton
-from derive.targets.triton import render_triton
+from derive.targets.triton_planner import render_triton
 from derive.targets.wrap import wrap
 
 TARGETS = ("numpy", "triton", "torch")

@@ -1,7 +1,6 @@
-"""KernelIR -> the fused Triton module for dense networks: one persistent kernel per network, and one kernel
-that reduces the programs' partial gradient sums in a fixed order and updates the parameters; what the fused
-kernel keeps on chip is its Strategy, picked per network.  A network with a volume or a concat gets
-per-layer kernels (triton_layers.py)."""
+"""The fused Triton kernel: every phase of a row-local network (triton_planner.py decides) in one persistent
+kernel whose programs sum their tiles' gradients in rows of their own, which the module's one update kernel
+reduces in a fixed order; what the fused kernel keeps on chip is its Strategy, picked per network."""
 
 from __future__ import annotations
 
@@ -13,14 +12,11 @@ import re
 import sympy as sp
 
 from derive.errors import DerivationError
-from derive.ir.nodes import Concat, KernelIR, Outer
+from derive.ir.nodes import KernelIR, Outer
 from derive.limits import pow2
-from derive.targets.common import _common, _env
-from derive.targets.printers import HostPrinter
-from derive.targets.triton_layers import plan_layers
-from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
-from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
-from derive.targets.wrap import wrap
+from derive.targets.common import _env
+from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
+from derive.targets.triton_printer import TRITON_HELPERS, TileContext, TritonCodePrinter
 
 TRITON_BLOCK_B = 64
 NUM_WARPS = 4
@@ -110,20 +106,8 @@ def refuse_graph(ir: KernelIR) -> None:
         raise DerivationError(f"{ir.source}: {reason}")
 
 
-def render_triton(ir: KernelIR, out_dir: str = "generated") -> str:
-    return plan_triton(ir, out_dir).text
-
-
-def plan_triton(ir: KernelIR, out_dir: str = "generated", strategy: Strategy | None = None) -> TritonPlan:
-    """The module's text (folded to 100 columns, as every target's) and what the cost model reads."""
-    refuse_graph(ir)
-    # a volume, or a concat (each column of its output read from one input's block): per-layer kernels
-    volume = any(len(layer.in_shape) == 3 for layer in ir.layers) or any(a.expr.has(Concat) for a in ir.forward)
-    plan = plan_layers(ir, out_dir) if volume else _plan_fused(ir, out_dir, strategy or choose_strategy(ir))
-    return dataclasses.replace(plan, text=wrap(plan.text))
-
-
-def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
+def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
+    """The fused persistent kernel for a network whose phases are all row-local (triton_planner.py)."""
     arrays = ir.arrays()
     onchip = strategy.name != "scratch"
     scratch = {} if onchip else _scratch_layout(ir)
@@ -138,27 +122,27 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         else:
             widths[a.name] = 0
     block_b = strategy.block_b or (_block_b(widths, ir.params) if scratch else TRITON_BLOCK_B)
-    pr = TritonCodePrinter(widths, real, block_b, DOT_PRECISION)
+    tile = TileContext(param_shapes={p.name: p.shape for p in ir.params})
     # matrices are loaded at each use unless the strategy holds them through the program's loop
-    pr.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
-                       if (len(p.shape) == 2 and strategy.weights == "tile") or (scratch and p.shape)}
+    tile.inline_loads = {p.name: _load_param(p).split(" = ", 1)[1] for p in ir.params
+                         if (len(p.shape) == 2 and strategy.weights == "tile") or (scratch and p.shape)}
     sizes = sorted({n for a in arrays.values() for n in a.shape} | {1})
     width = sum(n for _, n in scratch.values())
-    pr.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n, "_srows") for name, (off, n) in scratch.items()}
-    pr.param_shapes = {p.name: p.shape for p in ir.params}
-    if pr.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
-        pr.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
+    tile.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n, "_srows") for name, (off, n) in scratch.items()}
+    if tile.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
+        tile.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
     if onchip:
-        pr.step_alias = {a.expr.args[0].name: a.name for a in ir.forward
-                         if getattr(type(a.expr), "positive_where_positive", False)
-                         and isinstance(a.expr.args[0], sp.Symbol)}
+        tile.step_alias = {a.expr.args[0].name: a.name for a in ir.forward
+                           if getattr(type(a.expr), "positive_where_positive", False)
+                           and isinstance(a.expr.args[0], sp.Symbol)}
+    pr = TritonCodePrinter(widths, real, block_b, DOT_PRECISION, tile)
     outer = {}  # gradient name -> the helper call that adds this tile's outer product into it
     inter, inter_width = _inter_layout(ir)
 
     def line(a):
         if isinstance(a.expr, Outer) and pr._chunked(*a.expr.args):
-            (d, f), (_, k) = a.expr.args, pr.param_shapes[_param_of(ir, a.name)]
-            (dp, ds, j, dr), (fp, fs, _, fr) = pr.in_memory[d.name], pr.in_memory[f.name]
+            (d, f), (_, k) = a.expr.args, tile.param_shapes[_param_of(ir, a.name)]
+            (dp, ds, j, dr), (fp, fs, _, fr) = tile.in_memory[d.name], tile.in_memory[f.name]
             kp, jc = pow2(k), max(1, min(pow2(j), 4096 // pow2(k)))
             helper = "_outer_add"
             pr._read_rows(d.name, dr, 4 * j)
@@ -185,7 +169,6 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
             ln["barrier"] = True
         return ln
 
-    pr.events, pr.streamed = [], set()
     pr.section = "forward"
     forward = [line(a) for a in ir.forward]
     pr.section = "loss"
@@ -219,14 +202,13 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
             pr._note("tile", "read", 4 * math.prod(p.shape))
             pr._note("tile", "write", 4 * math.prod(p.shape))
 
-    if ir.input.name not in pr.in_memory:  # the input tile, read once per tile from DRAM
+    if ir.input.name not in tile.in_memory:  # the input tile, read once per tile from DRAM
         pr.events.append(("forward", "row", "read", 4 * max(1, math.prod(ir.input.shape))))
-    ctx = _common(ir, out_dir)
     offsets = [0, *itertools.accumulate(math.prod(p.shape) for p in ir.params)]  # PARAM_SHAPES order, flat
     n_params = offsets[-1]
     pr.section = "forward"
     for p in ir.params:
-        if p.name not in pr.inline_loads:  # loaded once, before the program's loop
+        if p.name not in tile.inline_loads:  # loaded once, before the program's loop
             pr._note("program", "read", 4 * math.prod(p.shape))
     carried = []
     if strategy.sums == "program":  # summed on chip across the program's tiles, written once after its loop
@@ -246,7 +228,9 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
                                        f"{width}) float32, " + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
     kernel_args.append({"name": "_INTER_ptr", "type": "*fp32",
                         "comment": f"(batch, {inter_width}) float32: every named per-sample quantity (WITH_INTER)"})
+    ctx = module_context(ir, out_dir, pr)
     ctx.update(
+        fused=True,
         block_b=block_b,
         dot_precision=DOT_PRECISION if dots else None,
         num_warps=DOT_NUM_WARPS if dots else NUM_WARPS,
@@ -255,11 +239,9 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         kernel_args=kernel_args,
         scratch=[{"alloc": f"{ir.input.name}.new_empty(_np * _blk * {width}, dtype=torch.float32)"}] if scratch else [],
         columns=[{"n": n, "padded": pow2(n)} for n in sizes],
-        loads=[_load_param(p) for p in ir.params if p.name not in pr.inline_loads],
+        loads=[_load_param(p) for p in ir.params if p.name not in tile.inline_loads],
         row_loads=[_load_sample(ir.input, f"{ir.input.name}_ptr")]
-        if ir.input.name not in pr.in_memory else [],
-        n_params=n_params,
-        n_total=n_params + 1,
+        if ir.input.name not in tile.in_memory else [],
         grad_ptrs=[{"name": f"dL_d{p.name}_ptr", "param": p.name, "offset": o} for p, o in zip(ir.params, offsets)],
         forward=forward,
         store_out=_store_out(ir),
@@ -270,31 +252,22 @@ def _plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         backward_inter=[ln["inter"] for ln in backward if ln["inter"]],
         inter_layout=[{"name": k, "offset": o, "n": n, "shape": repr(tuple(shape))} for k, (o, n, shape) in inter.items()],
         inter_width=inter_width,
-        grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
         loss_scale="_scale",
         backward=backward,
         grad_stores=grad_stores,
         carried=carried,
-        tile_ptrs=[p.name for p in ir.params if p.name in pr.inline_loads],
-        scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
-        output_shape=repr(tuple(ir.output.shape)),
+        tile_ptrs=[p.name for p in ir.params if p.name in tile.inline_loads],
     )
-    host = HostPrinter()
-    ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}
-                           for a in ir.update_scalars]
-    ctx["updates"] = [line(a) for a in ir.updates]
-    ctx["kernel_scalars"] = _kernel_scalars(ir)
-    ctx.update(_compile_specs(ir, kernel_args, ctx["kernel_scalars"]))
+    ctx.update(compile_specs(ir, [(f"{ir.name}_fused_kernel", _fused_signature(kernel_args),
+                                   [{**{k: repr(v) for k, v in flags.items()}, "BLOCK_B": "BLOCK_B"}
+                                    for flags in FUSED_FLAGS])]))
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["uses_nvalid"] = any("_nvalid" in g for g in ctx["grad_stores"])  # the rank-1 and tl.dot ∂W helpers
     _drop_dead_lines(ctx, inter, inter_width)
-    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
     template = _env().get_template("triton_module.py.jinja")
     text = template.render(**ctx)
     # only the column ranges some line uses (a width-1 vector's pair is dead where nothing reads it)
     ctx["columns"] = [c for c in ctx["columns"] if re.search(rf"_(cols|cmask)_{c['n']}\b", _without_columns(text))]
-    if re.search(r"\bmath\.", text):
-        ctx["imports"].insert(0, "import math")
     text = template.render(**ctx)
     y = ir.target
     y_bytes = 8 if y.dtype == "int" else 4 * math.prod(y.shape)
@@ -382,33 +355,11 @@ def _param_of(ir: KernelIR, grad: str) -> str:
     return next(p for p, g in ir.grads if g == grad)
 
 
-def _signature(args: dict[str, str]) -> str:
-    return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in args.items()).replace("'", '"') + "}"
-
-
-def _compile_specs(ir: KernelIR, kernel_args: list[dict], kernel_scalars: list[str]) -> dict:
-    """COMPILE_SPECS: one entry per kernel and launch configuration the module may use, in the form
-    triton.compile(ASTSource(fn, signature, constexprs)) takes, so anyone can compile the kernels."""
-    fused = {a["name"]: a["type"] for a in kernel_args}
-    fused.update({"_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
-                  "WITH_GRAD": "constexpr", "WITH_INTER": "constexpr", "BLOCK_B": "constexpr"})
-    update = {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32", "_LOSS_ptr": "*fp32",
-              **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state}, "_N": "i32", "_lr": "fp32",
-              **{a: "fp32" for a in kernel_scalars}, "MODE": "constexpr", "_BLOCK": "constexpr"}
-    specs = [(f"{ir.name}_fused_kernel", "_FUSED_SIGNATURE", {**flags, "BLOCK_B": "BLOCK_B"}) for flags in FUSED_FLAGS]
-    specs += [(f"{ir.name}_update_kernel", "_UPDATE_SIGNATURE", {"MODE": m, "_BLOCK": "UPDATE_BLOCK"})
-              for m in ((0, 1, 2) if ir.updates else (0, 1))]
-
-    def entry(kernel, sig, constexprs):
-        cx = ", ".join(f'"{k}": {v}' for k, v in constexprs.items())
-        return (f'{{"kernel": "{kernel}", "signature": {sig}, "constexprs": {{{cx}}}, '
-                f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG}}')
-
-    return {
-        "fused_signature": _signature(fused),
-        "update_signature": _signature(update),
-        "compile_specs": [entry(*s) for s in specs],
-    }
+def _fused_signature(kernel_args: list[dict]) -> dict:
+    sig = {a["name"]: a["type"] for a in kernel_args}
+    sig.update({"_B": "i32", "_scale": "fp32", "WITH_OUT": "constexpr", "WITH_LOSS": "constexpr",
+                "WITH_GRAD": "constexpr", "WITH_INTER": "constexpr", "BLOCK_B": "constexpr"})
+    return sig
 
 
 def _without_columns(text: str) -> str:

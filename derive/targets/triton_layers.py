@@ -1,4 +1,4 @@
-"""KernelIR -> a Triton module of per-layer phase kernels, for any network with a volume.
+"""KernelIR -> the per-layer phase kernels of a Triton module (the planner's phases that were not fused).
 
 Every per-sample array lives in global memory as a (batch, n) float32 buffer (a volume flattened in C
 order), and each IR assignment becomes one small kernel, found by its node class in EMITTERS: a tile of
@@ -23,9 +23,8 @@ from derive.errors import DerivationError
 from derive.ir import nodes as N
 from derive.ir.nodes import Assign, KernelIR
 from derive.limits import pow2
-from derive.targets.common import _common, _env
-from derive.targets.printers import HostPrinter
-from derive.targets.triton_plan import TritonPlan, kernel_scalars as _kernel_scalars
+from derive.targets.common import _env
+from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 BLOCK_B = 32  # batch rows per program of a row-tiled kernel
@@ -71,6 +70,7 @@ class Kernel:
     constexprs: dict = field(default_factory=dict)  # further constexprs: a value, or (on CUDA, on CPU)
     flops: int = 0  # per batch row: the contraction's multiply-adds, times 2 (derive inspect's model)
     block_n: tuple | None = None  # (on CUDA, on CPU) columns per program of a column-tiled kernel
+    computes: tuple = ()  # the assignments its epilogue computes after its head (derive inspect's phase list)
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -161,6 +161,7 @@ class _Plan:
         self.kernels: list[Kernel] = []
         self.stored: dict[str, str] = {}  # per-sample buffer -> the section that first writes it
         self.helpers: set[str] = set()
+        self.imports: set[str] = set()  # the modules the kernels' printers named
         self.block_n_of: dict[int, int] = {}
         self.env = _env().get_template("triton_layer_kernels.jinja").module
         self.order: list[Assign] = [*ir.forward, ir.output, ir.loss, *ir.backward]
@@ -288,6 +289,7 @@ class _Plan:
             if t[0] not in {x[0] for x in args}:
                 args.append(t)
         self.helpers |= pr.helpers
+        self.imports |= pr.imports
         cols = []
         if chunked:
             if width:
@@ -309,7 +311,8 @@ class _Plan:
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
                       "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
-                      constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {})
+                      constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {},
+                      computes=tuple(a.name for a in outs if a is not head))
 
     def kernel_name(self, what: str) -> str:
         return f"{self.ir.name}_{what}_kernel"
@@ -617,6 +620,7 @@ def _emit_batch_sum(plan: _Plan, a: Assign, after, section) -> int:
             [ln for w in sorted(widths) for ln in (f"_cols_{w} = tl.arange(0, {pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}")])
     cap = BLOCK_B if chunked else 1 << (max(1, TILE // max([pow2(w) for w in widths] + [1])).bit_length() - 1)
     plan.helpers |= pr.helpers
+    plan.imports |= pr.imports
     _, typ, host, comment = plan.arg(a.name, section)
     args = [plan.arg(n, section) for n in pr.ptrs]
     args.append(("G_ptr", typ, host, comment))
@@ -768,7 +772,8 @@ def _launch(k: Kernel) -> dict:
             "loss": k.section == "loss", "block_b": k.block_b}
 
 
-def _spec(k: Kernel) -> dict:
+def _spec(k: Kernel) -> tuple[str, dict, list[dict]]:
+    """The kernel's COMPILE_SPECS input: (name, signature, its one launch configuration's constexprs)."""
     sig = {a[0]: a[1] for a in k.args}
     if k.block_b:
         sig.update({"_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"})
@@ -779,14 +784,7 @@ def _spec(k: Kernel) -> dict:
     sig.update({n: "constexpr" for n in k.constexprs})
     cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | ({"BLOCK_N": str(k.block_n[0])} if k.block_n else {})
     cx |= {n: repr(v[0] if isinstance(v, tuple) else v) for n, v in k.constexprs.items()}
-    return {"kernel": k.name, "signature": sig, "constexprs": cx}
-
-
-def _spec_text(s: dict) -> str:
-    sig = ", ".join(f'"{n}": "{t}"' for n, t in s["signature"].items())
-    cx = ", ".join(f'"{n}": {v}' for n, v in s["constexprs"].items())
-    return (f'{{"kernel": "{s["kernel"]}", "signature": {{{sig}}}, "constexprs": {{{cx}}}, '
-            f'"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}')
+    return (k.name, sig, [cx])
 
 
 def _traffic(plan: _Plan, k: Kernel) -> tuple:
@@ -810,43 +808,29 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
 
 
 def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
-    """The per-layer module for a network with a volume (derive.targets.triton.plan_triton dispatches here)."""
+    """The module of per-layer kernels (derive.targets.triton_planner.plan_triton, where the phases do not fuse)."""
     plan = _Plan(ir)
     _emit_all(plan)
-    ctx = _common(ir, out_dir)
+    pr = TritonCodePrinter({}, {}, 16, "ieee")  # the update's per-element lines
+    ctx = module_context(ir, out_dir, pr, plan.imports)
     widths = {a.name: _width(a.shape) for a in plan.arrays.values()}
     ctx.update(
+        fused=False,
         block_b=BLOCK_B, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         kernels=[k.source.rstrip("\n") for k in plan.kernels],
-        helpers=[(HELPERS.get(h) or TRITON_HELPERS[h]) for h in sorted(plan.helpers)],
+        helpers=[(HELPERS.get(h) or TRITON_HELPERS[h]) for h in sorted(plan.helpers | pr.helpers)],
         launches={s: [_launch(k) for k in plan.kernels if k.section == s] for s in SECTIONS},
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
-        scale="1.0 / _batch" if ir.reduction == "mean" else "1.0",
-        output_shape=repr(tuple(ir.output.shape)),
         top=ir.forward[-1].name,
-        grad_names=[{"param": p, "grad": g} for p, g in ir.grads_by_param()],
     )
-    host = HostPrinter()
-    ctx["host_scalars"] = [{"lhs": a.name, "rhs": host.doprint(a.expr), "comment": a.comment}
-                           for a in ir.update_scalars]
-    pr = TritonCodePrinter({}, {}, 16, "ieee")
-    ctx["updates"] = [{"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment} for a in ir.updates]
-    ctx["kernel_scalars"] = _kernel_scalars(ir)
-    specs = [_spec_text(_spec(k)) for k in plan.kernels]
-    specs.append(_spec_text({"kernel": f"{ir.name}_loss_sum_kernel",
-                             "signature": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"},
-                             "constexprs": {"_BLOCK": "1024"}}))
-    update = {"_PARAMS_ptr": "*fp32", "_GRADS_ptr": "*fp32", **{f"_STATE_{s}_ptr": "*fp32" for s in ir.state},
-              "_N": "i32", "_lr": "fp32", **{a: "fp32" for a in ctx["kernel_scalars"]}, "SGD": "constexpr",
-              "_BLOCK": "constexpr"}
-    for sgd in ((True, False) if ir.updates else (True,)):
-        specs.append(_spec_text({"kernel": f"{ir.name}_update_kernel", "signature": update,
-                                 "constexprs": {"SGD": repr(sgd), "_BLOCK": "UPDATE_BLOCK"}}))
-    ctx["compile_specs"] = specs
-    ctx["imports"] = ["import numpy as np", "import torch", "import triton", "import triton.language as tl"]
-    text = _env().get_template("triton_layers.py.jinja").render(**ctx)
-    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels))
+    loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"},
+                [{"_BLOCK": "1024"}])
+    ctx.update(compile_specs(ir, [*(_spec(k) for k in plan.kernels), loss_sum]))
+    text = _env().get_template("triton_module.py.jinja").render(**ctx)
+    fusion = tuple(f"{k.name}: " + ", ".join([k.name.removeprefix(f"{ir.name}_").removesuffix("_kernel"), *k.computes])
+                   for k in plan.kernels)
+    return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels), fusion=fusion)
 
 
 __all__ = ["EMITTERS", "plan_layers"]

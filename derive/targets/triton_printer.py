@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -22,6 +24,23 @@ def _size(shape) -> int:
     return out
 
 
+@dataclass
+class TileContext:
+    """What one rendering of the fused kernel tells its printer about where values live (the printer's
+    per-render context: nothing is shared between renderings)."""
+
+    # parameters read where they are used (a name -> its tl.load expression), not held as tiles
+    inline_loads: dict = field(default_factory=dict)
+    param_shapes: dict = field(default_factory=dict)
+    # per-sample vectors kept in memory: name -> (pointer expression, row stride, width, rows): the
+    # program's scratch rows (_srows) or the input's batch rows (_rows); every use reads them back, so
+    # no tile stays live in registers across layers
+    in_memory: dict = field(default_factory=dict)
+    # a -> f where f = relu(a) is a register tile: step(a) is read from f (f > 0 exactly where a > 0), so
+    # that a need not stay live from the forward pass to the backward pass beside f
+    step_alias: dict = field(default_factory=dict)
+
+
 class TritonCodePrinter(_Recording, PythonCodePrinter):
     """Triton tiles: a batch tile of BLOCK_B rows; vectors padded to powers of two.
 
@@ -33,30 +52,28 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     target = "triton"
     _kf = {"exp": "tl.exp", "log": "tl.log", "Abs": "tl.abs"}
 
-    def __init__(self, widths: dict, real_widths: dict[str, int], block_b: int, dot_precision: str):
+    def __init__(self, widths: dict, real_widths: dict[str, int], block_b: int, dot_precision: str,
+                 tile: TileContext | None = None):
         super().__init__({"strict": True, "fully_qualified_modules": True})
-        self.helpers = set()
         self.widths = widths
         self.real_widths = real_widths
         self.block_b = block_b
         self.dot_precision = dot_precision
+        self.tile = tile or TileContext()
+        # what the printed code used: its @triton.jit helpers (TRITON_HELPERS) and the modules it names
+        self.helpers: set[str] = set()
+        self.imports: set[str] = set()
+        # what the printed code moves and computes, for derive inspect's cost model: (section, scale, kind,
+        # amount) with scale "row" (per streamed batch row), "reread" (per batch row, read again from L2),
+        # "scratch" (per scratch row), "tile" (per batch tile) and kind "read" / "write" bytes or "flop"
+        self.events: list[tuple] = []
+        self.section = "forward"  # the kernel section being printed, which the events are filed under
+        self.streamed: set[str] = set()  # the streamed arrays read once already in this tile
 
     def _module_format(self, fqn, register=True):
+        if register and "." in fqn:
+            self.imports.add(fqn.split(".", 1)[0])
         return fqn
-
-    # parameters read where they are used (a name -> its tl.load expression), not held as tiles
-    inline_loads: dict = {}
-    param_shapes: dict = {}
-    # per-sample vectors kept in memory: name -> (pointer expression, row stride, width, rows): the
-    # program's scratch rows (_srows) or the input's batch rows (_rows); every use reads them back, so
-    # no tile stays live in registers across layers
-    in_memory: dict = {}
-
-    # what the printed code moves and computes, for derive inspect's cost model: (section, scale, kind, amount)
-    # with scale "row" (per streamed batch row), "reread" (per batch row, read again from L2), "scratch" (per
-    # scratch row), "tile" (per batch tile) and kind "read" / "write" bytes or "flop"
-    events: list = []
-    section: str = "forward"
 
     def _note(self, scale: str, kind: str, amount: int):
         self.events.append((self.section, scale, kind, int(amount)))
@@ -70,24 +87,22 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
             self._note("reread" if name in self.streamed else "row", "read", amount)
             self.streamed.add(name)
 
-    streamed: set = set()
-
     def _print_Symbol(self, e):
-        if e.name in self.inline_loads:
-            self._note("tile", "read", 4 * _size(self.param_shapes.get(e.name, ())))
-            return self.inline_loads[e.name]
-        if e.name in self.in_memory:
-            ptr, stride, n, rows = self.in_memory[e.name]
+        if e.name in self.tile.inline_loads:
+            self._note("tile", "read", 4 * _size(self.tile.param_shapes.get(e.name, ())))
+            return self.tile.inline_loads[e.name]
+        if e.name in self.tile.in_memory:
+            ptr, stride, n, rows = self.tile.in_memory[e.name]
             self._read_rows(e.name, rows, 4 * n)
             return (f"tl.load({ptr} + {rows}[:, None] * {stride} + _cols_{n}[None, :], "
                     f"mask=_row_mask[:, None] & _cmask_{n}[None, :], other=0.0)")
         return super()._print_Symbol(e)
 
     def _chunked(self, *names) -> bool:
-        return bool(self.in_memory) and all(isinstance(a, sp.Symbol) and a.name in self.in_memory for a in names)
+        return bool(self.tile.in_memory) and all(isinstance(a, sp.Symbol) and a.name in self.tile.in_memory for a in names)
 
     def _mem(self, name: str) -> tuple[str, int, int, str]:
-        return self.in_memory[name]
+        return self.tile.in_memory[name]
 
     def _print_Function(self, e):
         name = type(e).__name__
@@ -136,14 +151,10 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def _print_relu(self, e):
         return "tl.maximum(%s, 0.0)" % self._print(e.args[0])
 
-    # a -> f where f = relu(a) is a register tile: step(a) is read from f (f > 0 exactly where a > 0), so
-    # that a need not stay live from the forward pass to the backward pass beside f
-    step_alias: dict = {}
-
     def _print_step(self, e):
         (a,) = e.args
-        if isinstance(a, sp.Symbol) and a.name in self.step_alias:
-            return "tl.where(%s > 0, 1.0, 0.0)" % self.step_alias[a.name]
+        if isinstance(a, sp.Symbol) and a.name in self.tile.step_alias:
+            return "tl.where(%s > 0, 1.0, 0.0)" % self.tile.step_alias[a.name]
         return "tl.where(%s > 0, 1.0, 0.0)" % self._print(a)
 
     def _print_leaky_relu(self, e):
@@ -188,7 +199,7 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         w, f = e.args
         if self._chunked(f):
             ptr, stride, k, rows = self._mem(f.name)
-            n_out, n_in = self.param_shapes[w.name]
+            n_out, n_in = self.tile.param_shapes[w.name]
             self._read_rows(f.name, rows, 4 * n_in)
             self._note("tile", "read", 4 * n_in * n_out)
             args = (f"{ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, K={n_in}, N={n_out}, "
@@ -206,7 +217,7 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         d, w = e.args
         if self._chunked(d):
             ptr, stride, _, rows = self._mem(d.name)
-            n_out, n_in = self.param_shapes[w.name]
+            n_out, n_in = self.tile.param_shapes[w.name]
             self._read_rows(d.name, rows, 4 * n_out)
             self._note("tile", "read", 4 * n_in * n_out)
             args = (f"{ptr}, {stride}, {w.name}_ptr, {rows}, _row_mask, I={n_out}, J={n_in}, "
