@@ -20,7 +20,8 @@ from derive import Linear, Loss, Network, Port, load_spec
 from derive.derivation import derive
 from derive.ir.lowering import lower
 from derive.targets import codegen
-from derive.targets.triton import SCRATCH, plan_triton
+from derive.targets.triton import SCRATCH
+from derive.targets.triton_planner import plan_triton
 from derive.targets.wrap import wrap
 from derive.cli import main as cli_main
 from derive.targets.modules import generated_modules
