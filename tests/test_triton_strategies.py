@@ -6,6 +6,7 @@ compiles these same plans, so a plan it reports is one that is right."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 
@@ -97,3 +98,71 @@ def test_the_pick_is_on_chip_only_inside_the_measured_envelope():
     # outside: where the grid's compiles spilled (docs/gpu.md)
     assert mlp(64, 2, "cross_entropy", 10) == "scratch"  # its forward launches spilled on chip
     assert mlp(16, 8) == mlp(32, 4) == mlp(128, 3) == "scratch"
+
+
+SPLIT = [s for s in CANDIDATES if s.sums == "split"]
+
+
+@pytest.mark.parametrize("strategy", SPLIT[:1], ids=lambda s: f"split-{s.block_b}")
+def test_split_plan_steps_like_torch(strategy, triton_device_name):
+    """The split plan's ∂W kernel runs inside every training entry point: train_step's SGD step is θ − η·∂L/∂θ
+    with torch.autograd's float64 gradient, and FlatState.step returns torch's loss at the θ it started from."""
+    from derive.tables.optimizers import Optimizer
+    from helpers import torch_reference
+
+    net = dataclasses.replace(NETS["res"], optimizer=Optimizer("adam"))
+    ir = lower(derive(net), "<test>")
+    mod = _load(plan_triton(ir, strategy=strategy).text, "_strat_split_step")
+    try:
+        rng = np.random.default_rng(11)
+        params = {k: 0.5 * rng.standard_normal(shape) for k, shape in mod.PARAM_SHAPES.items()}
+        batch = 4 * strategy.block_b + 3
+        x, y = rng.standard_normal((batch, 16)), rng.standard_normal((batch, 16))
+        want = torch_reference(net, params, x, y)
+        tp, tx, ty = triton_inputs(net, params, x, y, device=triton_device_name)
+        lr = 0.1
+        stepped = mod.train_step(tp, tx, ty, lr)
+        for k, v in params.items():
+            expect = v - lr * want[f"grad {k}"]
+            err = rel_err(stepped[k].double().cpu().numpy() - v, expect - v)  # the step itself, not θ
+            assert err < 1e-4, (k, err)
+        state = mod.FlatState(triton_inputs(net, params, x, y, device=triton_device_name)[0])
+        loss = float(state.step(tx, ty, 1)[0])
+        assert abs(loss - want["loss"]) <= 1e-5 * abs(want["loss"]), (loss, want["loss"])
+    finally:
+        sys.modules.pop("_strat_split_step", None)
+
+
+def test_the_split_plans_traffic_and_flops_are_counted_by_hand():
+    """The cost model's ∂W kernel and the fused kernel's extra stores, against a count from the net's shapes:
+    the 16-wide 3-layer L2 net (three 16 × 16 weights)."""
+    from derive.inspect.model import CARDS, fused_step
+    from derive.targets.triton import Strategy
+
+    ir = lower(derive(NETS["l2"]), "<t>")
+    st, batch, card = SPLIT[0], 1 << 16, CARDS["sm_90"]
+    split = fused_step(ir, plan_triton(ir, strategy=st), batch, card)
+    assert [c.launches for c in split] == [1, 1, 1] and split[1].name.startswith("∂W kernel")
+    programs = min(-(-batch // st.block_b), card["sms"])
+    dw = split[1]
+    # δ1, δ2, δ3 and f1, f2, x (16 floats each) read once a row; W1-W3 (16 × 16) and b1-b3 written once a program
+    assert dw.dram_bytes == batch * 4 * 6 * 16 + programs * 4 * 3 * (16 * 16 + 16)
+    assert dw.flops == dw.dot_flops == batch * 3 * 2 * 16 * 16
+    # the fused kernel streams what the same tiles on chip do, plus δ1-δ3, f1 and f2 stored once a row
+    on_chip = fused_step(ir, plan_triton(ir, strategy=Strategy("on-chip", "tile", "tile", st.block_b)), batch, card)
+    assert split[0].dram_bytes - on_chip[0].dram_bytes == batch * 4 * 5 * 16
+
+
+@pytest.mark.parametrize("net_key", sorted(NETS))
+def test_the_split_plans_text_is_linted_like_generated_code(net_key, tmp_path):
+    """No split plan is checked in (none is picked), so its text gets test_generated_lint's checks here."""
+    from test_generated_lint import test_no_dead_kernel_lines, test_no_line_over_100_characters, test_pyflakes_clean
+
+    ir = lower(derive(NETS[net_key]), "<t>")
+    for st in SPLIT:
+        path = tmp_path / f"{net_key}_{st.block_b}_triton.py"
+        path.write_text(plan_triton(ir, strategy=st).text, encoding="utf-8")
+        assert "_dw_kernel[(_np,)](" in path.read_text(encoding="utf-8")
+        test_no_line_over_100_characters(path)
+        test_pyflakes_clean(path)
+        test_no_dead_kernel_lines(path)

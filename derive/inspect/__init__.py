@@ -71,8 +71,12 @@ def _strategies(ir, picked, arch, batch, timeout, l2_bandwidth, compile_kernels)
             training = training_indices(plan.text)
             if not training:
                 raise DeriveError("the module's COMPILE_SPECS has no training launch")
-            k = compile_module(plan.text, arch, timeout=timeout, indices=training[:1])[0]
-            row.update(registers=k["registers"], spill_bytes=k["spill_bytes"], error=k["error"])
+            # the fused kernel's training launch, and the split plan's ∂W kernel: the most registers and spills
+            ks = compile_module(plan.text, arch, timeout=timeout, indices=training)
+            ok = [k for k in ks if k["ok"]]
+            row.update(registers=max((k["registers"] for k in ok), default=None),
+                       spill_bytes=max((k["spill_bytes"] for k in ok), default=None),
+                       error="; ".join(k["error"] for k in ks if k["error"]) or None)
         rows.append(row)
     return rows
 

@@ -89,9 +89,14 @@ def _count(source: str) -> int:
 
 
 def training_indices(source: str) -> list[int]:
-    """The COMPILE_SPECS entries of the fused kernel's training launch (TRAINING's flags)."""
+    """The COMPILE_SPECS entries of the fused kernel's training launch (TRAINING's flags), and of the split
+    plan's ∂W kernel, the training step's other launch before the update."""
     out = []
     for i, e in enumerate(_entries(source)):
+        kernel = next(v for k, v in zip(e.keys, e.values) if k.value == "kernel")
+        if getattr(kernel, "value", "").endswith("_dw_kernel"):
+            out.append(i)
+            continue
         cx = next(v for k, v in zip(e.keys, e.values) if k.value == "constexprs")
         flags = {k.value: getattr(v, "value", None) for k, v in zip(cx.keys, cx.values)}
         if all(flags.get(k) == v for k, v in TRAINING.items()):

@@ -125,7 +125,29 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
     update = Cost("update kernel (reduction + step)", 1, dram_bytes=io + (0 if resident else partials),
                   l2_bytes=io + partials, flops=0)
-    return [fused, update]
+    dw = _dw_kernel(plan, batch, programs)
+    return [fused, *dw, update]
+
+
+def _dw_kernel(plan, batch: int, programs: int) -> list[Cost]:
+    """The split plan's ∂W kernel (section "dw" of the plan's events): it streams the δ and f rows the fused
+    kernel stored (and x) from DRAM, which hold far more than L2 at a training batch, runs δᵀ·f as tl.dot,
+    and writes each program's entries of its partial row once (read by the update kernel from L2, as the
+    fused kernel's)."""
+    per = {scale: {"read": 0, "write": 0, "dot": 0} for scale in ("row", "program")}
+    found = False
+    for section, scale, kind, amount in plan.events:
+        if section == "dw":
+            per[scale][kind] += amount
+            found = True
+    if not found:
+        return []
+    rows = batch * (per["row"]["read"] + per["row"]["write"])
+    sums = programs * per["program"]["write"]
+    return [Cost("∂W kernel (δᵀ·f, split-K over the batch)", 1, dram_bytes=rows + sums, l2_bytes=rows + sums,
+                 flops=batch * per["row"]["dot"], dot_flops=batch * per["row"]["dot"],
+                 dot_precision=plan.dot_precision, l2_sources=(("δ, f and x rows streamed", rows),
+                                                               ("per program: its ∂W entries written once", sums)))]
 
 
 def layered_step(ir: KernelIR, plan, batch: int) -> list[Cost]:

@@ -1,6 +1,7 @@
 """The fused Triton kernel: every phase of a row-local network (triton_planner.py decides) in one persistent
 kernel whose programs sum their tiles' gradients in rows of their own, which the module's one update kernel
-reduces in a fixed order; what the fused kernel keeps on chip is its Strategy, picked per network."""
+reduces in a fixed order; what the fused kernel keeps on chip is its Strategy, picked per network (the "split"
+plan leaves ∂W = Σ δᵀ·f to a second kernel, triton_splitk.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from derive.limits import pow2
 from derive.targets.common import _env
 from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
 from derive.targets.triton_printer import TRITON_HELPERS, TileContext, TritonCodePrinter
+from derive.targets import triton_splitk
+from derive.targets.triton_splitk import DW_BLOCK_K, split_layout, splittable
 
 TRITON_BLOCK_B = 64
 NUM_WARPS = 4
@@ -50,8 +53,10 @@ class Strategy:
     """How the fused dense kernel keeps its bytes: ``name`` "on-chip" (every per-sample vector a register
     tile) or "scratch" (per-sample vectors in per-program scratch rows, read back at each use);
     ``weights`` "program" (loaded once before the program's loop) or "tile" (at each use); ``sums``
-    "program" (gradients summed on chip across the program's tiles, written once) or "tile" (added to
-    the program's partial row after each tile); ``block_b`` batch rows per tile (0: the default rule)."""
+    "program" (gradients summed on chip across the program's tiles, written once), "tile" (added to
+    the program's partial row after each tile) or "split" (δ and f stored per batch row, and ∂L/∂W = Σ δᵀ·f
+    summed by a second kernel, split-K over the batch: triton_splitk.py); ``block_b`` batch rows per tile
+    (0: the default rule)."""
 
     name: str
     weights: str
@@ -72,11 +77,17 @@ ON_CHIP = Strategy("on-chip", "tile", "tile", 16, why="every weight 64 x 64: the
 # to 4 layers and 32-wide nets of 2 compiled without spills (L2 and cross-entropy, 126-209 registers); 16-wide at
 # 8 layers spilled 96-232 bytes, 32-wide at 4 layers 72-124 (also at 4 warps): docs/gpu.md
 NARROW_ENVELOPE = ((16, 4), (32, 2))
+# split-K ∂W (issue 21, for wide layers whose ∂W sums do not fit registers): the fused kernel stores δ and f per
+# batch row and reads them back in KC-column chunks for W·f and δ·W; a second kernel sums δᵀ·f over the batch.
+# Not picked anywhere: for the 128-wide 3-layer L2 net the training launch spilled 888 B at 64 rows (modeled
+# 2.55x eager) and 3,160 B at 128 rows (2.95x); the ∂W kernel compiled at 228 registers, no spill (docs/gpu.md)
+SPLIT_WHY = "∂W = Σ δᵀ·f split-K over the batch in a second kernel from δ and f stored per row: no ∂W sums on chip"
 # the plans derive inspect --strategies compiles and models beside the pick (the bigger tiles and on-chip sums
 # the model favours spill on sm_90 today: docs/gpu.md)
 CANDIDATES = (SCRATCH, ON_CHIP, Strategy("on-chip", "tile", "program", 16), Strategy("on-chip", "tile", "tile", 32),
               Strategy("on-chip", "tile", "program", 32), Strategy("on-chip", "program", "program", 16),
-              Strategy("on-chip", "tile", "program", 64), Strategy("on-chip", "program", "program", 64))
+              Strategy("on-chip", "tile", "program", 64), Strategy("on-chip", "program", "program", 64),
+              Strategy("on-chip", "tile", "split", 64, SPLIT_WHY), Strategy("on-chip", "tile", "split", 128, SPLIT_WHY))
 
 
 def choose_strategy(ir: KernelIR) -> Strategy:
@@ -129,6 +140,10 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
     sizes = sorted({n for a in arrays.values() for n in a.shape} | {1})
     width = sum(n for _, n in scratch.values())
     tile.in_memory = {name: (f"(_SCRATCH_ptr + {off})", width, n, "_srows") for name, (off, n) in scratch.items()}
+    split = split_layout(ir) if strategy.sums == "split" else None
+    if split:  # δ and f in the ∂W kernel's rows: the contractions read them back in KC-column chunks
+        tile.in_memory.update({k: (f"(_SPLIT_ptr + {o})", split.width, n, "_rows")
+                               for k, (o, n) in split.columns.items()})
     if tile.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
         tile.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
     if onchip:
@@ -136,6 +151,8 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
                            if getattr(type(a.expr), "positive_where_positive", False)
                            and isinstance(a.expr.args[0], sp.Symbol)}
     pr = TritonCodePrinter(widths, real, block_b, DOT_PRECISION, tile)
+    if split:  # read back from L2 in the tile that stored them (their DRAM traffic is the store's)
+        pr.streamed.update(split.columns)
     outer = {}  # gradient name -> the helper call that adds this tile's outer product into it
     inter, inter_width = _inter_layout(ir)
 
@@ -160,12 +177,16 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
                              f"dL_d{_param_of(ir, a.name)}_ptr, _nvalid, J={j}, K={k}, JC={jc}, KP={kp}, BLOCK_B=BLOCK_B)")
             return None
         ln = {"lhs": a.name, "rhs": pr.doprint(a.expr), "comment": a.comment, "store": None, "barrier": False,
-              "inter": _store_inter(a.name, inter, inter_width)}
+              "split": None, "inter": _store_inter(a.name, inter, inter_width)}
         if a.name in scratch and not (isinstance(a.expr, sp.Symbol) and a.expr.name in scratch):
             off, n = scratch[a.name]
             pr._note("scratch", "write", 4 * n)
             ln["store"] = (f"tl.store(_SCRATCH_ptr + {off} + _srows[:, None] * {width} + _cols_{n}[None, :], {a.name}, "
                            f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
+            ln["barrier"] = True
+        elif split and a.name in split.columns:
+            pr._note("row", "write", 4 * split.columns[a.name][1])
+            ln["store"] = triton_splitk.store_line(split, a.name, _mask(a.shape))
             ln["barrier"] = True
         return ln
 
@@ -179,6 +200,11 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
     params = {p.name: p for p in ir.params}
     stored: set[str] = set()
     for a in ir.backward:
+        if split and splittable(ir, a):  # the ∂W kernel sums it from the δ and f rows stored where they are made
+            backward.append({"lhs": a.name, "rhs": "", "comment": a.comment, "store": None, "barrier": False,
+                             "inter": None, "split": f"# {a.comment}: by {ir.name}_dw_kernel"})
+            stored.add(a.name)
+            continue
         ln = line(a)
         if ln is None:
             continue
@@ -221,11 +247,16 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         pr._note("program", "write", 4 * (n_params + 1))  # the partial row zeroed
     dots = any(h.startswith("_dot_") for h in pr.helpers) or any("tl.dot(" in ln["rhs"]
                                                                  for ln in (*forward, *backward) if ln)
+    dots = dots or bool(split and split.groups)  # the ∂W kernel's tl.dot
     kernel_args = _kernel_args(ir, n_params)
     if scratch:
         kernel_args.append({"name": "_SCRATCH_ptr", "type": "*fp32",
                             "comment": f"scratch: each program's BLOCK_B rows of per-sample vectors, (programs·BLOCK_B, "
                                        f"{width}) float32, " + ", ".join(f"{k} at {o}" for k, (o, _) in scratch.items())})
+    if split:
+        kernel_args.append({"name": "_SPLIT_ptr", "type": "*fp32",
+                            "comment": f"(batch, {split.width}) float32: what the ∂W kernel sums, "
+                                       + ", ".join(f"{k} at {o}" for k, (o, _) in split.columns.items())})
     kernel_args.append({"name": "_INTER_ptr", "type": "*fp32",
                         "comment": f"(batch, {inter_width}) float32: every named per-sample quantity (WITH_INTER)"})
     ctx = module_context(ir, out_dir, pr)
@@ -242,7 +273,8 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         loads=[_load_param(p) for p in ir.params if p.name not in tile.inline_loads],
         row_loads=[_load_sample(ir.input, f"{ir.input.name}_ptr")]
         if ir.input.name not in tile.in_memory else [],
-        grad_ptrs=[{"name": f"dL_d{p.name}_ptr", "param": p.name, "offset": o} for p, o in zip(ir.params, offsets)],
+        grad_ptrs=[{"name": f"dL_d{p.name}_ptr", "param": p.name, "offset": o} for p, o, (_, g)
+                   in zip(ir.params, offsets, ir.grads_by_param()) if not (split and _split_grad(ir, g))],
         forward=forward,
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
@@ -258,9 +290,17 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         carried=carried,
         tile_ptrs=[p.name for p in ir.params if p.name in tile.inline_loads],
     )
-    ctx.update(compile_specs(ir, [(f"{ir.name}_fused_kernel", _fused_signature(kernel_args),
-                                   [{**{k: repr(v) for k, v in flags.items()}, "BLOCK_B": "BLOCK_B"}
-                                    for flags in FUSED_FLAGS])]))
+    kernels = [(f"{ir.name}_fused_kernel", _fused_signature(kernel_args),
+                [{**{k: repr(v) for k, v in flags.items()}, "BLOCK_B": "BLOCK_B"} for flags in FUSED_FLAGS])]
+    ctx["split"] = None
+    if split and split.groups:
+        ctx["split"] = {"width": split.width, "block_k": DW_BLOCK_K, "x_width": ir.input.shape[0],
+                        "blocks": triton_splitk.dw_context(ir, split, {p.name: o for p, o in zip(ir.params, offsets)})}
+        kernels.append((f"{ir.name}_dw_kernel", {f"{ir.input.name}_ptr": "*fp32", "_SPLIT_ptr": "*fp32",
+                                                 "_PART_ptr": "*fp32", "_B": "i32", "BLOCK_K": "constexpr"},
+                        [{"BLOCK_K": "DW_BLOCK_K"}]))
+        pr.events.extend(triton_splitk.events(ir, split))
+    ctx.update(compile_specs(ir, kernels))
     ctx["helpers"] = [TRITON_HELPERS[h] for h in sorted(pr.helpers)]
     ctx["uses_nvalid"] = any("_nvalid" in g for g in ctx["grad_stores"])  # the rank-1 and tl.dot ∂W helpers
     _drop_dead_lines(ctx, inter, inter_width)
@@ -315,8 +355,9 @@ def _drop_dead_lines(ctx: dict, inter: dict, width: int) -> None:
     lines = [*ctx["forward"], *ctx["backward"]]
     for ln in lines:
         others = [ctx["store_out"], ctx["loss_rhs"], *ctx["grad_stores"], *(c["store"] for c in ctx["carried"])]
-        others += [t for o in lines if o is not ln for t in (o["rhs"], o["store"] or "")]
-        ln["dead"] = not ln["store"] and not any(re.search(rf"\b{ln['lhs']}\b", t) for t in others if t)
+        others += [t for o in lines if o is not ln for t in (o["rhs"], o["store"] or "", o["split"] or "")]
+        ln["dead"] = not ln["store"] and not ln["split"] and not any(
+            re.search(rf"\b{ln['lhs']}\b", t) for t in others if t)
         if ln["dead"] and ln["inter"]:
             ln["inter"] = _store_inter(ln["lhs"], inter, width, ln["rhs"])
     ctx["forward_inter"] = [ln["inter"] for ln in ctx["forward"] if ln["inter"]]
@@ -349,6 +390,10 @@ def _store_inter(name: str, inter: dict, width: int, value: str | None = None) -
         return f"tl.store(_INTER_ptr + _rows * {width} + {off}, {value}, mask=_row_mask)"
     return (f"tl.store(_INTER_ptr + _rows[:, None] * {width} + {off} + _cols_{n}[None, :], {value}, "
             f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
+
+
+def _split_grad(ir: KernelIR, grad: str) -> bool:
+    return any(a.name == grad and splittable(ir, a) for a in ir.backward)
 
 
 def _param_of(ir: KernelIR, grad: str) -> str:

@@ -153,8 +153,8 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
 
     def _print_step(self, e):
         (a,) = e.args
-        if isinstance(a, sp.Symbol) and a.name in self.tile.step_alias:
-            return "tl.where(%s > 0, 1.0, 0.0)" % self.tile.step_alias[a.name]
+        if isinstance(a, sp.Symbol) and a.name in self.tile.step_alias:  # f, as any read of f prints it
+            return "tl.where(%s > 0, 1.0, 0.0)" % self._print(sp.Symbol(self.tile.step_alias[a.name]))
         return "tl.where(%s > 0, 1.0, 0.0)" % self._print(a)
 
     def _print_leaky_relu(self, e):

@@ -1,0 +1,140 @@
+"""Split-K weight gradients for the fused kernel's "split" plan (issue 21; tiny-cuda-nn does the same with
+CUTLASS): where a layer's ∂L/∂W = Σ_b δ[b]ᵀ·f[b] does not fit a program's registers beside the tile's
+other values, the fused kernel stores δ (and f, unless f is the input, already in memory) per batch row,
+and one more launch, the ∂W kernel, sums δᵀ·f (and Σ δ, the bias) over the batch with tl.dot: program p
+takes the chunks p, p + P, … of the batch in order (split-K over the batch) and writes its sums into its
+own row of the partial sums, the fused kernel's row p, which the update kernel reduces as before."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from derive.ir.nodes import Assign, BatchSum, KernelIR, Outer
+from derive.limits import pow2
+
+DW_BLOCK_K = 32  # batch rows per tl.dot step of the ∂W kernel: a (32, 128) operand is 16 registers at 8 warps
+DOT_MIN = 16  # tl.dot's smallest side: narrower vectors are padded with zero columns in the ∂W kernel
+
+
+@dataclasses.dataclass
+class SplitLayout:
+    """What the fused kernel stores for the ∂W kernel: name -> (first column, width) in the (batch, width)
+    buffer, and the gradients the ∂W kernel computes, grouped by the δ whose chunks they share."""
+
+    columns: dict
+    width: int
+    groups: list  # [{"d": name, "outer": [(grad, f name)], "sum": grad or None}] in the IR's order
+
+
+def splittable(ir: KernelIR, a: Assign) -> bool:
+    """A parameter gradient the ∂W kernel can take: δᵀ·f or Σ δ of per-sample vectors."""
+    if a.name not in {g for _, g in ir.grads}:
+        return False
+    arrays = ir.arrays()
+
+    def vec(s):
+        arr = arrays.get(getattr(s, "name", None))
+        return isinstance(s, sp.Symbol) and arr is not None and arr.batched and len(arr.shape) == 1
+
+    if isinstance(a.expr, Outer):
+        return all(vec(s) for s in a.expr.args)
+    return isinstance(a.expr, BatchSum) and vec(a.expr.args[0])
+
+
+def split_layout(ir: KernelIR) -> SplitLayout:
+    """The columns of the stored vectors (each once) and the ∂W kernel's groups."""
+    arrays = ir.arrays()
+    columns, off = {}, 0
+    groups: dict[str, dict] = {}
+
+    def keep(name):
+        nonlocal off
+        if name != ir.input.name and name not in columns:
+            columns[name] = (off, arrays[name].shape[0])
+            off += arrays[name].shape[0]
+
+    for a in ir.backward:
+        if not splittable(ir, a):
+            continue
+        d = a.expr.args[0].name
+        keep(d)
+        g = groups.setdefault(d, {"d": d, "outer": [], "sum": None})
+        if isinstance(a.expr, Outer):
+            keep(a.expr.args[1].name)
+            g["outer"].append((a.name, a.expr.args[1].name))
+        else:
+            g["sum"] = a.name
+    return SplitLayout(columns, max(off, 1), list(groups.values()))
+
+
+def store_line(layout: SplitLayout, name: str, mask: str) -> str:
+    """The fused kernel's store of one vector into its columns of this tile's rows of _SPLIT_ptr."""
+    off, n = layout.columns[name]
+    return (f"tl.store(_SPLIT_ptr + _rows[:, None] * {layout.width} + {off} + _cols_{n}[None, :], {name}, "
+            f"mask={mask})")
+
+
+def dw_context(ir: KernelIR, layout: SplitLayout, offsets: dict[str, int]) -> list[dict]:
+    """One block of the ∂W kernel per group: its loads (δ, then f for each δᵀ·f) and stores.
+    ``offsets``: each parameter's first entry in the flat partial row."""
+    arrays, param_of = ir.arrays(), {g: p for p, g in ir.grads}
+    x = ir.input.name
+
+    def load(name, cols):
+        if name == x:
+            ptr, stride, off, n = f"{x}_ptr", arrays[x].shape[0], 0, arrays[x].shape[0]
+        else:
+            (off, n), ptr, stride = layout.columns[name], "_SPLIT_ptr", layout.width
+        np_ = max(DOT_MIN, pow2(n))
+        at = f"{off} + {cols}[None, :]" if off else f"{cols}[None, :]"
+        mask = "_m[:, None]" + ("" if np_ == n else f" & ({cols} < {n})[None, :]")
+        return np_, n, f"tl.load({ptr} + _r[:, None] * {stride} + {at}, mask={mask}, other=0.0)"
+
+    blocks = []
+    for g in layout.groups:
+        jp, j, d_load = load(g["d"], "_j")
+        outers = []
+        for i, (grad, f) in enumerate(g["outer"]):
+            cols, acc = f"_k{i}", f"_acc_{grad}"
+            kp, k, f_load = load(f, cols)
+            outers.append({"acc": acc, "f": f"_f{i}", "cols": cols, "kp": kp, "f_load": f_load,
+                           "store": (f"tl.store({_at(offsets[param_of[grad]])}_j[:, None] * {k} + {cols}[None, :], "
+                                     f"{acc}{_pair_mask(j, jp, k, kp, cols)})")})
+        bias = None
+        if g["sum"]:
+            bias = f"tl.store({_at(offsets[param_of[g['sum']]])}_j, _sum" + (")" if j == jp else f", mask=_j < {j})")
+        names = [f"∂L/∂{param_of[grad]} = Σ_b {g['d']}ᵀ·{f}" for grad, f in g["outer"]]
+        if g["sum"]:
+            names.append(f"∂L/∂{param_of[g['sum']]} = Σ_b {g['d']}")
+        blocks.append({"d": g["d"], "jp": jp, "d_load": d_load, "outers": outers, "bias": bias,
+                       "comment": ", ".join(names)})
+    return blocks
+
+
+def _at(offset: int) -> str:
+    return f"_part + {offset} + " if offset else "_part + "
+
+
+def _pair_mask(j: int, jp: int, k: int, kp: int, cols: str) -> str:
+    parts = ([f"(_j < {j})[:, None]"] if j != jp else []) + ([f"({cols} < {k})[None, :]"] if k != kp else [])
+    return f", mask={' & '.join(parts)}" if parts else ""
+
+
+def events(ir: KernelIR, layout: SplitLayout) -> list[tuple]:
+    """What the ∂W kernel moves and computes, for derive inspect's cost model (section "dw"): per batch row
+    δ and f read once per δᵀ·f (δ once per group), the padded tl.dot FLOPs; per program its row's entries."""
+    arrays = ir.arrays()
+    out = []
+    for g in layout.groups:
+        j = arrays[g["d"]].shape[0]
+        out.append(("dw", "row", "read", 4 * j))
+        for _, f in g["outer"]:
+            k = arrays[f].shape[0]
+            out.append(("dw", "row", "read", 4 * k))
+            out.append(("dw", "row", "dot", 2 * max(DOT_MIN, pow2(j)) * max(DOT_MIN, pow2(k))))
+            out.append(("dw", "program", "write", 4 * j * k))
+        if g["sum"]:
+            out.append(("dw", "program", "write", 4 * j))
+    return out
