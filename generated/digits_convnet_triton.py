@@ -120,8 +120,8 @@ def digits_convnet_a1_kernel(
     _cols_1024 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_1024 = _cols_1024 < 1024
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's
-    # addresses live: 255 registers); the padding is read through masks (zero outside the input)
+    # every pass's addresses live: 255 registers); the padding is read through masks (zero
+    # outside the input)
     _o = _cols_1024 // 64
     _i = _cols_1024 // 8 % 8
     _j = _cols_1024 % 8
@@ -404,8 +404,8 @@ def digits_convnet_dL_dW1_kernel(
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
-    # position (i, j)
-    # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
+    # position (i, j) in a fixed order and writes its elements once: no atomics, the same
+    # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _g_ok = _g < 144
     _o = _g // 9

@@ -307,8 +307,7 @@ def _define_ops():
             memory_format=torch.contiguous_format) for _p in params)]
 
     # autograd: ŷ backpropagates through the _backward op; the loss through the gradients it
-    # returned.
-    # The gradient of the list argument is a list, one entry per parameter.
+    # returned. The gradient of the list argument is a list, one entry per parameter.
     def forward_setup(ctx, inputs, output):
         _params, _x = inputs
         ctx.save_for_backward(*_params, _x)

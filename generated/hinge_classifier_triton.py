@@ -79,9 +79,8 @@ def hinge_classifier_fused_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its
-    # gradients
-    # in its own row of _PART_ptr, so no two programs write one address (no atomics) and the
-    # same inputs give bitwise the same sums.
+    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics)
+    # and the same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
     _part = _PART_ptr + _pid * 34
@@ -102,9 +101,8 @@ def hinge_classifier_fused_kernel(
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
         # the parameters' addresses re-made from the tile (plus an offset that is always
-        # 0), so that their
-        # loads stay where they are used rather than being hoisted out of the loop and
-        # held in registers
+        # 0), so that their loads stay where they are used rather than being hoisted out
+        # of the loop and held in registers
         _at = _tile // (_tile + 1)
         W1_ptr = W1_ptr + _at
         W2_ptr = W2_ptr + _at

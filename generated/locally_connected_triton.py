@@ -133,8 +133,8 @@ def locally_connected_a1_kernel(
     _cols_243 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_243 = _cols_243 < 243
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's
-    # addresses live: 255 registers); the padding is read through masks (zero outside the input)
+    # every pass's addresses live: 255 registers); the padding is read through masks (zero
+    # outside the input)
     _o = _cols_243 // 81
     _i = _cols_243 // 9 % 9
     _j = _cols_243 % 9
@@ -172,8 +172,8 @@ def locally_connected_a2_kernel(
     _cols_100 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_100 = _cols_100 < 100
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's
-    # addresses live: 255 registers); the padding is read through masks (zero outside the input)
+    # every pass's addresses live: 255 registers); the padding is read through masks (zero
+    # outside the input)
     _i = _cols_100 // 5 % 5
     _j = _cols_100 % 5
     a2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
@@ -475,8 +475,8 @@ def locally_connected_dL_dW1_kernel(
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
-    # position (i, j)
-    # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
+    # position (i, j) in a fixed order and writes its elements once: no atomics, the same
+    # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _g_ok = _g < 54
     _o = _g // 18

@@ -121,8 +121,8 @@ def resnet_block_a1_kernel(
     _cols_72 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_72 = _cols_72 < 72
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's
-    # addresses live: 255 registers); the padding is read through masks (zero outside the input)
+    # every pass's addresses live: 255 registers); the padding is read through masks (zero
+    # outside the input)
     _o = _cols_72 // 36
     _i = _cols_72 // 6 % 6
     _j = _cols_72 % 6
@@ -163,8 +163,8 @@ def resnet_block_a2_kernel(
     _cols_72 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_72 = _cols_72 < 72
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's
-    # addresses live: 255 registers); the padding is read through masks (zero outside the input)
+    # every pass's addresses live: 255 registers); the padding is read through masks (zero
+    # outside the input)
     _o = _cols_72 // 36
     _i = _cols_72 // 6 % 6
     _j = _cols_72 % 6
@@ -206,8 +206,8 @@ def resnet_block_a3_kernel(
     _cols_72 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_72 = _cols_72 < 72
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's
-    # addresses live: 255 registers); the padding is read through masks (zero outside the input)
+    # every pass's addresses live: 255 registers); the padding is read through masks (zero
+    # outside the input)
     _o = _cols_72 // 36
     _i = _cols_72 // 6 % 6
     _j = _cols_72 % 6
@@ -493,8 +493,8 @@ def resnet_block_dL_dW3_kernel(
 ):
     # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
-    # position (i, j)
-    # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
+    # position (i, j) in a fixed order and writes its elements once: no atomics, the same
+    # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _g_ok = _g < 36
     _o = _g // 18
@@ -594,8 +594,8 @@ def resnet_block_dL_dW2_kernel(
 ):
     # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
-    # position (i, j)
-    # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
+    # position (i, j) in a fixed order and writes its elements once: no atomics, the same
+    # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _g_ok = _g < 36
     _o = _g // 18
@@ -700,8 +700,8 @@ def resnet_block_dL_dW1_kernel(
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
-    # position (i, j)
-    # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
+    # position (i, j) in a fixed order and writes its elements once: no atomics, the same
+    # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _g_ok = _g < 18
     _o = _g // 9

@@ -84,3 +84,20 @@ def test_a_long_unpacking_folds_into_the_same_code():
     out = wrap(src)
     assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(src))
     assert max(len(ln) for ln in out.splitlines()) <= 100
+
+
+def test_a_long_comment_line_is_rewrapped_with_the_lines_that_continue_it():
+    """A template comment whose first line runs past 100 columns once left a one-word line behind
+    ("sums its\\n# gradients\\n# in its own row"); the fold now re-wraps the paragraph, and stops at a blank
+    comment line or a list item."""
+    first = "    # " + " ".join(f"w{i}" for i in range(30))  # about 130 columns
+    src = ("def f():\n" + first + "\n    # tail of the same sentence\n    #\n    # - an item stays\n"
+           "    return 1\n")
+    out = wrap(src)
+    lines = out.splitlines()
+    assert all(len(ln) <= WIDTH for ln in lines), out
+    para, rest = lines[1:-3], lines[-3:]
+    assert " ".join(ln.strip()[2:] for ln in para) == " ".join(f"w{i}" for i in range(30)) + " tail of the same sentence"
+    assert len(para) == 2 and len(para[0]) > WIDTH - 20, out  # two full lines, no one-word line between
+    assert rest == ["    #", "    # - an item stays", "    return 1"], out
+    assert wrap(out) == out

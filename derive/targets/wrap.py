@@ -39,8 +39,16 @@ def wrap(text: str, width: int = WIDTH) -> str:
             return text
         depth, docs = _depth_at_line_starts(text)
         out = []
+        taken = set()  # comment lines re-wrapped with the long comment line above them
         for i, ln in enumerate(lines):
             body = ln.rstrip("\n")
+            if i in taken:
+                continue
+            if len(body) > width and depth.get(i) is not None and _comment(body):
+                para = _comment_paragraph(lines, i, depth)
+                taken.update(range(i + 1, i + len(para)))
+                out.append("\n".join(_fold(" ".join(para), depth[i], width)) + "\n")
+                continue
             if len(body) <= width:
                 out.append(ln)
             elif i in docs:
@@ -54,6 +62,27 @@ def wrap(text: str, width: int = WIDTH) -> str:
             return text
         text = new
     return text
+
+
+def _comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def _comment_paragraph(lines: list[str], i: int, depth: dict) -> list[str]:
+    """The comment line ``i`` and the comment lines that continue its sentence below it (same indent, not a
+    new item or a blank comment), so that a long one is re-wrapped as one paragraph rather than leaving a
+    short line behind."""
+    first = lines[i].rstrip("\n")
+    indent = first[: len(first) - len(first.lstrip())]
+    para = [first]
+    for ln in lines[i + 1:]:
+        body = ln.rstrip("\n")
+        rest = body[len(indent):]
+        if (depth.get(i + len(para)) is None or not body.startswith(indent + "# ") or rest[2:3] in ("", " ", "-", "*")
+                or rest[2:3].isdigit()):
+            break
+        para.append(indent + rest)
+    return [para[0]] + [p[len(indent) + 2:] for p in para[1:]]  # the words after "# "
 
 
 def _depth_at_line_starts(text: str) -> tuple[dict[int, int | None], dict[int, str]]:

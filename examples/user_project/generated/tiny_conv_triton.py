@@ -117,8 +117,8 @@ def tiny_conv_a1_kernel(
     _cols_32 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_32 = _cols_32 < 32
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's
-    # addresses live: 255 registers); the padding is read through masks (zero outside the input)
+    # every pass's addresses live: 255 registers); the padding is read through masks (zero
+    # outside the input)
     _o = _cols_32 // 16
     _i = _cols_32 // 4 % 4
     _j = _cols_32 % 4
@@ -319,8 +319,8 @@ def tiny_conv_dL_dW1_kernel(
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
-    # position (i, j)
-    # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
+    # position (i, j) in a fixed order and writes its elements once: no atomics, the same
+    # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _g_ok = _g < 18
     _o = _g // 9
