@@ -68,7 +68,7 @@ def blocks(v, volume: bool = False, full: bool = False) -> tuple[list[str], int]
         return [one], 0
     width = arr.shape[-1]
     if width <= COLS:
-        return [one], width if arr.ndim == 2 else min(width, ROW)
+        return [one], width
     word = "entries" if arr.ndim == 1 else "columns"
     out = []
     for a in range(0, width, COLS):
@@ -142,7 +142,7 @@ def sections(der, values, full: bool = False, param: str | None = None, esc=lx.t
         if sub is not None and sub != parts[-1] and sub != number(v):
             parts.append(sub)
         if scalar and value(v, volume, full) == parts[-1]:
-            return f"{indent}{lhs}{' = ' if indent else ' &= '}" + " = ".join(parts)
+            parts.pop()  # the expression is its value already: shown() prints it once
         return shown(lhs, parts, v, volume, indent)
 
     sample = [f"{latex(sp.Symbol(k))} = {value(v, first_volume and k == net.input.name, full)}"

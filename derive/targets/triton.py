@@ -17,7 +17,7 @@ from derive.ir.nodes import KernelIR, Outer
 from derive.limits import pow2
 from derive.targets.common import _env
 from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
-from derive.targets.triton_printer import TRITON_HELPERS, TileContext, TritonCodePrinter
+from derive.targets.triton_printer import DOT_MIN, TRITON_HELPERS, TileContext, TritonCodePrinter
 from derive.targets import triton_splitk
 from derive.targets.triton_splitk import DW_BLOCK_K, split_layout, splittable
 
@@ -240,11 +240,10 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
     if strategy.sums == "program":  # summed on chip across the program's tiles, written once after its loop
         carried = [_carried(p, g, o) for p, (_, g), o in zip(ir.params, ir.grads_by_param(), offsets)]
         grad_stores = [f"{c['acc']} += {c['grad']}" for c in carried if c["grad"] not in stored]
-        pr._note("program", "write", 4 * (n_params + 1))
     else:
         grad_stores = [outer.get(g) or _store_grad(p, g, pr.helpers)
                        for p, (_, g) in zip(ir.params, ir.grads_by_param()) if g not in stored]
-        pr._note("program", "write", 4 * (n_params + 1))  # the partial row zeroed
+    pr._note("program", "write", 4 * (n_params + 1))  # the partial row: written once, or zeroed before the loop
     dots = any(h.startswith("_dot_") for h in pr.helpers) or any("tl.dot(" in ln["rhs"]
                                                                  for ln in (*forward, *backward) if ln)
     dots = dots or bool(split and split.groups)  # the ∂W kernel's tl.dot
@@ -274,7 +273,7 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
         row_loads=[_load_sample(ir.input, f"{ir.input.name}_ptr")]
         if ir.input.name not in tile.in_memory else [],
         grad_ptrs=[{"name": f"dL_d{p.name}_ptr", "param": p.name, "offset": o} for p, o, (_, g)
-                   in zip(ir.params, offsets, ir.grads_by_param()) if not (split and _split_grad(ir, g))],
+                   in zip(ir.params, offsets, ir.grads_by_param()) if not (split and g in split.grads)],
         forward=forward,
         store_out=_store_out(ir),
         load_target=_load_sample(ir.target, f"{ir.target.name}_ptr"),
@@ -328,8 +327,8 @@ def _block_b(widths: dict, params) -> int:
     up to 255 registers, with no margin left: not taken.)"""
     widest = max([w for w in widths.values() if isinstance(w, int)] + [1])
     rows = max(1, min(64, 1024 // widest))
-    if widest <= DOT_WIDEST and any(len(p.shape) == 2 and min(map(pow2, p.shape)) >= 16 for p in params):
-        return max(16, rows)
+    if widest <= DOT_WIDEST and any(len(p.shape) == 2 and min(map(pow2, p.shape)) >= DOT_MIN for p in params):
+        return max(DOT_MIN, rows)
     return rows
 
 
@@ -390,10 +389,6 @@ def _store_inter(name: str, inter: dict, width: int, value: str | None = None) -
         return f"tl.store(_INTER_ptr + _rows * {width} + {off}, {value}, mask=_row_mask)"
     return (f"tl.store(_INTER_ptr + _rows[:, None] * {width} + {off} + _cols_{n}[None, :], {value}, "
             f"mask=_row_mask[:, None] & _cmask_{n}[None, :])")
-
-
-def _split_grad(ir: KernelIR, grad: str) -> bool:
-    return any(a.name == grad and splittable(ir, a) for a in ir.backward)
 
 
 def _param_of(ir: KernelIR, grad: str) -> str:

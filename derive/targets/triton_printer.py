@@ -12,6 +12,7 @@ from derive.limits import pow2
 from derive.targets.printers import _Recording
 
 
+DOT_MIN = 16  # tl.dot's smallest side: a contraction runs on tensor cores only where every side pads to it
 # reduction columns per tl.dot step of the chunked helpers: at 32, the 64-wide 4-layer MLP's training
 # kernel held 198 registers and spilled nothing on sm_90; at 16, 253; at 64, 254 (derive inspect)
 DOT_CHUNK = 32
@@ -166,7 +167,7 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
         return "tl.minimum(%s, %s)" % (self._print(a), self._print(b))
 
     def _dot(self, m: int, n: int, k: int) -> bool:
-        return min(m, n, k) >= 16
+        return min(m, n, k) >= DOT_MIN
 
     def _width(self, e) -> int:
         if isinstance(e, sp.Symbol):
@@ -178,7 +179,7 @@ class TritonCodePrinter(_Recording, PythonCodePrinter):
     def tensor_cores(self, *sides: int) -> bool:
         """Whether a contraction of these sides (the batch tile's rows besides) runs as tl.dot: every side
         padded to a power of two, and BLOCK_B, at least 16 (tl.dot's smallest)."""
-        return self.block_b >= 16 and min(pow2(n) for n in sides) >= 16
+        return self.block_b >= DOT_MIN and min(pow2(n) for n in sides) >= DOT_MIN
 
     def _contraction(self, helper: str, args: str, out: int, reduced: int) -> str:
         """A chunked W·f or δ·W: tl.dot over KC columns of the reduction at a time where the sides allow

@@ -13,9 +13,9 @@ import sympy as sp
 
 from derive.ir.nodes import Assign, BatchSum, KernelIR, Outer
 from derive.limits import pow2
+from derive.targets.triton_printer import DOT_MIN  # narrower vectors are padded with zero columns in the ∂W kernel
 
 DW_BLOCK_K = 32  # batch rows per tl.dot step of the ∂W kernel: a (32, 128) operand is 16 registers at 8 warps
-DOT_MIN = 16  # tl.dot's smallest side: narrower vectors are padded with zero columns in the ∂W kernel
 
 
 @dataclasses.dataclass
@@ -26,6 +26,11 @@ class SplitLayout:
     columns: dict
     width: int
     groups: list  # [{"d": name, "outer": [(grad, f name)], "sum": grad or None}] in the IR's order
+
+    @property
+    def grads(self) -> set[str]:
+        """The gradients the ∂W kernel computes (the fused kernel stores none of them)."""
+        return {g for grp in self.groups for g in ([o for o, _ in grp["outer"]] + [grp["sum"]]) if g}
 
 
 def splittable(ir: KernelIR, a: Assign) -> bool:

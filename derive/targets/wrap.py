@@ -73,16 +73,16 @@ def _comment_paragraph(lines: list[str], i: int, depth: dict) -> list[str]:
     new item or a blank comment), so that a long one is re-wrapped as one paragraph rather than leaving a
     short line behind."""
     first = lines[i].rstrip("\n")
-    indent = first[: len(first) - len(first.lstrip())]
+    lead = first[: len(first) - len(first.lstrip())] + "# "
     para = [first]
     for ln in lines[i + 1:]:
         body = ln.rstrip("\n")
-        rest = body[len(indent):]
-        if (depth.get(i + len(para)) is None or not body.startswith(indent + "# ") or rest[2:3] in ("", " ", "-", "*")
-                or rest[2:3].isdigit()):
+        words = body[len(lead):]
+        if depth.get(i + len(para)) is None or not body.startswith(lead) or words[:1] in ("", " ", "-", "*") \
+                or words[:1].isdigit():
             break
-        para.append(indent + rest)
-    return [para[0]] + [p[len(indent) + 2:] for p in para[1:]]  # the words after "# "
+        para.append(words)
+    return para
 
 
 def _depth_at_line_starts(text: str) -> tuple[dict[int, int | None], dict[int, str]]:
