@@ -15,8 +15,9 @@ from the same parameters on the same batch:
 First every contender's gradients of its first step are compared with float64 torch.autograd at
 the same start (norm-wise relative error over all gradients ≤ 1e-4); if any disagrees, nothing is
 timed and the exit status is 1.  Then --rounds rounds of --reps steps each, the order rotated every
-round; the medians of the per-step times and their ratios are printed.  Goal (issue 13): derive
-no slower than eager (ratio ≤ 1.0).
+round; the medians of the per-step times and their ratios are printed, and the ratio paired by round
+(the median of each round's derive/eager, which a drift of the machine's speed between rounds does
+not move).  Goal (issues 13, 22): derive no slower than eager (ratio ≤ 1.0).
 
     python bench/torch_cpu.py
     python bench/torch_cpu.py --batch 64 --widths 784,128,10 --rounds 10 --json out.json
@@ -197,11 +198,21 @@ def main(argv=None) -> int:
                       if b in m} for c, m in med.items()}
         for k in ratios["wall"]:
             print(f"ratio {k}: wall {ratios['wall'][k]:.3f}, cpu {ratios['cpu'][k]:.3f}")
+        # the same ratio paired by round: each round times every contender back to back, so a drift in the
+        # machine's speed between rounds (other jobs, clock) cancels in the round's own ratio
+        paired = {}
+        for a in ("derive", "derive_yhat"):
+            per = [d / e for d, e in zip(times["wall"][a], times["wall"]["eager"])]
+            q = statistics.quantiles(per, n=4) if len(per) > 1 else [per[0]] * 3
+            paired[f"{a}/eager"] = {"median": statistics.median(per), "q1": q[0], "q3": q[2]}
+            print(f"paired by round {a}/eager: median {paired[f'{a}/eager']['median']:.3f} "
+                  f"(q1 {q[0]:.3f}, q3 {q[2]:.3f})")
         met = ratios["wall"]["derive/eager"] <= GOAL
         print(f"goal derive/eager ≤ {GOAL} (wall): {'met' if met else 'not met'}")
         if args.json:
             Path(args.json).write_text(json.dumps({"info": info, "checks": checks, "times": times,
-                                                   "median": med, "ratios": ratios}, indent=2))
+                                                   "median": med, "ratios": ratios,
+                                                   "paired": paired}, indent=2))
     return 0
 
 

@@ -7,14 +7,14 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_8b0e5c0538":
-  derive::iris_mlp_8b0e5c0538_forward(params, x) -> ŷ                   autograd: the _backward op
-  derive::iris_mlp_8b0e5c0538_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "iris_mlp_c088189a58":
+  derive::iris_mlp_c088189a58_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::iris_mlp_c088189a58_backward(params, x, grad_yhat) -> gradients  derive's backward seeded
   with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::iris_mlp_8b0e5c0538_loss(params, x, y) -> L                 autograd: the _value_and_grad
+  derive::iris_mlp_c088189a58_loss(params, x, y) -> L                 autograd: the _value_and_grad
   op
-  derive::iris_mlp_8b0e5c0538_value_and_grad(params, x, y) -> (L, gradients)
+  derive::iris_mlp_c088189a58_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 NAME = "iris_mlp"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "iris_mlp_8b0e5c0538"
+OPS = "iris_mlp_c088189a58"
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -74,9 +74,9 @@ def _forward(params, x):
     W1, b1, W2, b2 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
-    a1 = torch.addmm(b1, x, W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+    a1 = torch.addmm(b1, x, W1.t())  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
     f1 = torch.tanh(a1)  # f1[j] = tanh(a1[j])
-    a2 = torch.addmm(b2, f1, W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+    a2 = torch.addmm(b2, f1, W2.t())  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = a2  # f2[j] = a2[j]
     return f1, f2
 
@@ -123,11 +123,11 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df2 = _softmax_minus_onehot(_log_softmax_f2, y, _scale)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
+    dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
-    dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+    dL_dW1 = torch.mm(delta1.t(), x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, )
 
@@ -144,11 +144,11 @@ def _backward_from(params, x, quantities, grad_yhat):
     f1, f2 = quantities
     dL_df2 = grad_yhat  # ∂L/∂f2 = ∂L/∂ŷ, given by the caller
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
+    dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
-    dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+    dL_dW1 = torch.mm(delta1.t(), x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, )
 

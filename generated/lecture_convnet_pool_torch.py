@@ -8,15 +8,15 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS =
-"lecture_convnet_pool_b4216f90f1":
-  derive::lecture_convnet_pool_b4216f90f1_forward(params, x) -> ŷ                   autograd: the
+"lecture_convnet_pool_9842cf8bc6":
+  derive::lecture_convnet_pool_9842cf8bc6_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::lecture_convnet_pool_b4216f90f1_backward(params, x, grad_yhat) -> gradients  derive's
+  derive::lecture_convnet_pool_9842cf8bc6_backward(params, x, grad_yhat) -> gradients  derive's
   backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_pool_b4216f90f1_loss(params, x, y) -> L                 autograd: the
+  derive::lecture_convnet_pool_9842cf8bc6_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::lecture_convnet_pool_b4216f90f1_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_pool_9842cf8bc6_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 NAME = "lecture_convnet_pool"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "lecture_convnet_pool_b4216f90f1"
+OPS = "lecture_convnet_pool_9842cf8bc6"
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -141,7 +141,7 @@ def _forward(params, x):
     f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f2 = max_pool2d(f1, 2, 2, 2, 2, 0)  # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     f3 = f2.reshape(f2.shape[0], -1)  # f3[196·c + 14·h + w] = f2[c, h, w]
-    a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = torch.addmm(b4, f3, W4.t())  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
     return f1, f3, f4
 
@@ -188,9 +188,9 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df4 = _softmax_minus_onehot(_log_softmax_f4, y, _scale)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 6, 14, 14)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[196·c + 14·h + w]
     # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
     # 1]·[0 ≤ w - 2·j ≤ 1]
@@ -215,9 +215,9 @@ def _backward_from(params, x, quantities, grad_yhat):
     f1, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 6, 14, 14)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[196·c + 14·h + w]
     # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
     # 1]·[0 ≤ w - 2·j ≤ 1]

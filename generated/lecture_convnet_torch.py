@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3, 32, 32); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_b4a05ca0ec":
-  derive::lecture_convnet_b4a05ca0ec_forward(params, x) -> ŷ                   autograd: the
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "lecture_convnet_9fc4213f6a":
+  derive::lecture_convnet_9fc4213f6a_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::lecture_convnet_b4a05ca0ec_backward(params, x, grad_yhat) -> gradients  derive's backward
+  derive::lecture_convnet_9fc4213f6a_backward(params, x, grad_yhat) -> gradients  derive's backward
   seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::lecture_convnet_b4a05ca0ec_loss(params, x, y) -> L                 autograd: the
+  derive::lecture_convnet_9fc4213f6a_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::lecture_convnet_b4a05ca0ec_value_and_grad(params, x, y) -> (L, gradients)
+  derive::lecture_convnet_9fc4213f6a_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "lecture_convnet"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "lecture_convnet_b4a05ca0ec"
+OPS = "lecture_convnet_9fc4213f6a"
 PARAM_SHAPES = {
     "W1": (6, 3, 5, 5),
     "b1": (6,),
@@ -93,7 +93,7 @@ def _forward(params, x):
     a1 = F.conv2d(x, W1, b1, stride=1)
     f1 = torch.relu_(a1)  # f1[o, i, j] = max(0, a1[o, i, j]) (in place: nothing below reads a1)
     f2 = f1.reshape(f1.shape[0], -1)  # f2[784·c + 28·h + w] = f1[c, h, w]
-    a3 = torch.addmm(b3, f2, W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+    a3 = torch.addmm(b3, f2, W3.t())  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
     return f1, f2, f3
 
@@ -140,9 +140,9 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df3 = _softmax_minus_onehot(_log_softmax_f3, y, _scale)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
-    dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    dL_dW3 = torch.mm(delta3.t(), f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
-    dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+    dL_df2 = torch.mm(delta3, W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
@@ -164,9 +164,9 @@ def _backward_from(params, x, quantities, grad_yhat):
     f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
-    dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    dL_dW3 = torch.mm(delta3.t(), f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
-    dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+    dL_df2 = torch.mm(delta3, W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df1 = dL_df2.reshape(-1, 6, 28, 28)  # ∂L/∂f1[c, h, w] = ∂L/∂f2[784·c + 28·h + w]
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch

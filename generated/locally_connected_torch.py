@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 2, 9, 9); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_a1e4b7369f":
-  derive::locally_connected_a1e4b7369f_forward(params, x) -> ŷ                   autograd: the
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "locally_connected_c30fad58c9":
+  derive::locally_connected_c30fad58c9_forward(params, x) -> ŷ                   autograd: the
   _backward op
-  derive::locally_connected_a1e4b7369f_backward(params, x, grad_yhat) -> gradients  derive's
+  derive::locally_connected_c30fad58c9_backward(params, x, grad_yhat) -> gradients  derive's
   backward seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::locally_connected_a1e4b7369f_loss(params, x, y) -> L                 autograd: the
+  derive::locally_connected_c30fad58c9_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::locally_connected_a1e4b7369f_value_and_grad(params, x, y) -> (L, gradients)
+  derive::locally_connected_c30fad58c9_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "locally_connected"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "locally_connected_a1e4b7369f"
+OPS = "locally_connected_c30fad58c9"
 PARAM_SHAPES = {
     "W1": (3, 2, 3, 3),
     "b1": (3,),
@@ -121,7 +121,7 @@ def _forward(params, x):
     a2 = torch.einsum("bcijpq,oijcpq->boij", windows(f1_pad, 3, 2, 2, 2), W2) + b2
     f2 = torch.sigmoid(a2)  # f2[o, i, j] = σ(a2[o, i, j])
     f3 = f2.reshape(f2.shape[0], -1)  # f3[25·c + 5·h + w] = f2[c, h, w]
-    a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = torch.addmm(b4, f3, W4.t())  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
     return x_pad, f1, f1_pad, f2, f3, f4
 
@@ -168,9 +168,9 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df4 = _softmax_minus_onehot(_log_softmax_f4, y, _scale)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 4, 5, 5)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[25·c + 5·h + w]
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the
@@ -201,9 +201,9 @@ def _backward_from(params, x, quantities, grad_yhat):
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 4, 5, 5)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[25·c + 5·h + w]
     delta2 = dL_df2*f2*(1 - f2)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the

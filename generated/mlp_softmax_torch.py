@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 4); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_8728c8dbc0":
-  derive::mlp_softmax_8728c8dbc0_forward(params, x) -> ŷ                   autograd: the _backward
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "mlp_softmax_9872425477":
+  derive::mlp_softmax_9872425477_forward(params, x) -> ŷ                   autograd: the _backward
   op
-  derive::mlp_softmax_8728c8dbc0_backward(params, x, grad_yhat) -> gradients  derive's backward
+  derive::mlp_softmax_9872425477_backward(params, x, grad_yhat) -> gradients  derive's backward
   seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::mlp_softmax_8728c8dbc0_loss(params, x, y) -> L                 autograd: the
+  derive::mlp_softmax_9872425477_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::mlp_softmax_8728c8dbc0_value_and_grad(params, x, y) -> (L, gradients)
+  derive::mlp_softmax_9872425477_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "mlp_softmax"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "mlp_softmax_8728c8dbc0"
+OPS = "mlp_softmax_9872425477"
 PARAM_SHAPES = {
     "W1": (16, 4),
     "b1": (16,),
@@ -87,11 +87,11 @@ def _forward(params, x):
     W1, b1, W2, b2, W3, b3 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
-    a1 = torch.addmm(b1, x, W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+    a1 = torch.addmm(b1, x, W1.t())  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
     f1 = torch.relu_(a1)  # f1[j] = max(0, a1[j]) (in place: nothing below reads a1)
-    a2 = torch.addmm(b2, f1, W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+    a2 = torch.addmm(b2, f1, W2.t())  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = torch.tanh(a2)  # f2[j] = tanh(a2[j])
-    a3 = torch.addmm(b3, f2, W3.T)  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+    a3 = torch.addmm(b3, f2, W3.t())  # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
     f3 = a3  # f3[j] = a3[j]
     return f1, f2, f3
 
@@ -138,15 +138,15 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df3 = _softmax_minus_onehot(_log_softmax_f3, y, _scale)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
-    dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    dL_dW3 = torch.mm(delta3.t(), f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
-    dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+    dL_df2 = torch.mm(delta3, W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = dL_df2*(1 - f2**2)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
+    dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
-    dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+    dL_dW1 = torch.mm(delta1.t(), x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
 
@@ -163,15 +163,15 @@ def _backward_from(params, x, quantities, grad_yhat):
     f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
-    dL_dW3 = (delta3.T @ f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    dL_dW3 = torch.mm(delta3.t(), f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
-    dL_df2 = (delta3 @ W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+    dL_df2 = torch.mm(delta3, W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = dL_df2*(1 - f2**2)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1 = (delta2 @ W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
+    dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
-    dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+    dL_dW1 = torch.mm(delta1.t(), x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW3, dL_db3, )
 

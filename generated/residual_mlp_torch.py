@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the l2
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 3); y has shape (batch, 2).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "residual_mlp_340b4bf122":
-  derive::residual_mlp_340b4bf122_forward(params, x) -> ŷ                   autograd: the _backward
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "residual_mlp_6dae25e649":
+  derive::residual_mlp_6dae25e649_forward(params, x) -> ŷ                   autograd: the _backward
   op
-  derive::residual_mlp_340b4bf122_backward(params, x, grad_yhat) -> gradients  derive's backward
+  derive::residual_mlp_6dae25e649_backward(params, x, grad_yhat) -> gradients  derive's backward
   seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::residual_mlp_340b4bf122_loss(params, x, y) -> L                 autograd: the
+  derive::residual_mlp_6dae25e649_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::residual_mlp_340b4bf122_value_and_grad(params, x, y) -> (L, gradients)
+  derive::residual_mlp_6dae25e649_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -33,7 +33,7 @@ import torch
 
 NAME = "residual_mlp"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "residual_mlp_340b4bf122"
+OPS = "residual_mlp_6dae25e649"
 PARAM_SHAPES = {
     "W1": (4, 3),
     "b1": (4,),
@@ -77,13 +77,13 @@ def _forward(params, x):
     W1, b1, W2, b2, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
-    a1 = torch.addmm(b1, x, W1.T)  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
+    a1 = torch.addmm(b1, x, W1.t())  # a1[j] = Σ_k W1[j, k]·x[k] + b1[j]
     f1 = torch.tanh(a1)  # f1[j] = tanh(a1[j])
-    a2 = torch.addmm(b2, f1, W2.T)  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
+    a2 = torch.addmm(b2, f1, W2.t())  # a2[j] = Σ_k W2[j, k]·f1[k] + b2[j]
     f2 = torch.relu_(a2)  # f2[j] = max(0, a2[j]) (in place: nothing below reads a2)
     a3 = f1 + f2  # a3[j] = f1[j] + f2[j]
     f3 = a3  # f3[j] = a3[j]
-    a4 = torch.addmm(b4, f3, W4.T)  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = torch.addmm(b4, f3, W4.t())  # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     f4 = a4  # f4[j] = a4[j]
     return f1, f2, f3, f4
 
@@ -126,20 +126,20 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ---- backward pass: each delta once, re-used below
     dL_df4 = _scale*(f4 - y)  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     dL_df1_via3 = delta3  # ∂L/∂f1 through a3 (one path's term) = δ3 · ∂a3/∂f1
     dL_df2 = delta3  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1_via2 = (delta2 @ W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
+    dL_df1_via2 = torch.mm(delta2, W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + dL_df1_via3
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+    dL_dW1 = torch.mm(delta1.t(), x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW4, dL_db4, )
 
@@ -156,20 +156,20 @@ def _backward_from(params, x, quantities, grad_yhat):
     f1, f2, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+    dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     dL_df1_via3 = delta3  # ∂L/∂f1 through a3 (one path's term) = δ3 · ∂a3/∂f1
     dL_df2 = delta3  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = (delta2.T @ f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1_via2 = (delta2 @ W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
+    dL_df1_via2 = torch.mm(delta2, W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + dL_df1_via3
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = ∂L/∂f1 · ∂f1/∂a1
-    dL_dW1 = (delta1.T @ x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
+    dL_dW1 = torch.mm(delta1.t(), x)  # ∂L/∂W1[j, k] = δ1 · ∂a1/∂W1, summed over the batch
     dL_db1 = torch.sum(delta1, dim=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
     return (dL_dW1, dL_db1, dL_dW2, dL_db2, dL_dW4, dL_db4, )
 

@@ -7,15 +7,15 @@ forward(x) -> ŷ; forward(x, y) and loss(x, y) -> the batch loss (mean of the cr
 from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_torch() builds it.
 x has shape (batch, 1, 6, 6); y has shape (batch,) and holds class indices (int64).
 
-Custom ops (torch.library.custom_op, each with register_fake), OPS = "resnet_block_b338d897c7":
-  derive::resnet_block_b338d897c7_forward(params, x) -> ŷ                   autograd: the _backward
+Custom ops (torch.library.custom_op, each with register_fake), OPS = "resnet_block_8b56dbc39a":
+  derive::resnet_block_8b56dbc39a_forward(params, x) -> ŷ                   autograd: the _backward
   op
-  derive::resnet_block_b338d897c7_backward(params, x, grad_yhat) -> gradients  derive's backward
+  derive::resnet_block_8b56dbc39a_backward(params, x, grad_yhat) -> gradients  derive's backward
   seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
-  derive::resnet_block_b338d897c7_loss(params, x, y) -> L                 autograd: the
+  derive::resnet_block_8b56dbc39a_loss(params, x, y) -> L                 autograd: the
   _value_and_grad op
-  derive::resnet_block_b338d897c7_value_and_grad(params, x, y) -> (L, gradients)
+  derive::resnet_block_8b56dbc39a_value_and_grad(params, x, y) -> (L, gradients)
                                                    autograd: ∂L/∂θ is the gradient it returned
 On the CPU (and for float64 on CUDA) they run the torch-native printing of derive's kernel IR below.
 For float32 on CUDA, forward, loss and value_and_grad launch the fused Triton kernel of
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 NAME = "resnet_block"
 # the ops' names in the derive namespace: the network's name and a digest of its math
-OPS = "resnet_block_b338d897c7"
+OPS = "resnet_block_8b56dbc39a"
 PARAM_SHAPES = {
     "W1": (2, 1, 3, 3),
     "b1": (2,),
@@ -187,7 +187,7 @@ def _forward(params, x):
     f4 = torch.relu_(a4)  # f4[c, h, w] = max(0, a4[c, h, w]) (in place: nothing below reads a4)
     f5 = max_pool2d(f4, 2, 2, 2, 2, 0)  # f5[c, i, j] = max_{p,q} f4[c, 2·i + p, 2·j + q]
     f6 = f5.reshape(f5.shape[0], -1)  # f6[9·c + 3·h + w] = f5[c, h, w]
-    a7 = torch.addmm(b7, f6, W7.T)  # a7[j] = Σ_k W7[j, k]·f6[k] + b7[j]
+    a7 = torch.addmm(b7, f6, W7.t())  # a7[j] = Σ_k W7[j, k]·f6[k] + b7[j]
     f7 = a7  # f7[j] = a7[j]
     return x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7
 
@@ -234,9 +234,9 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df7 = _softmax_minus_onehot(_log_softmax_f7, y, _scale)
     delta7 = dL_df7  # δ7[j] = ∂L/∂f7 · ∂f7/∂a7
-    dL_dW7 = (delta7.T @ f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
+    dL_dW7 = torch.mm(delta7.t(), f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
     dL_db7 = torch.sum(delta7, dim=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
-    dL_df6 = (delta7 @ W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
+    dL_df6 = torch.mm(delta7, W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
     # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
     # 1]·[0 ≤ w - 2·j ≤ 1]
@@ -284,9 +284,9 @@ def _backward_from(params, x, quantities, grad_yhat):
     x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7 = quantities
     dL_df7 = grad_yhat  # ∂L/∂f7 = ∂L/∂ŷ, given by the caller
     delta7 = dL_df7  # δ7[j] = ∂L/∂f7 · ∂f7/∂a7
-    dL_dW7 = (delta7.T @ f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
+    dL_dW7 = torch.mm(delta7.t(), f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
     dL_db7 = torch.sum(delta7, dim=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
-    dL_df6 = (delta7 @ W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
+    dL_df6 = torch.mm(delta7, W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
     # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
     # 1]·[0 ≤ w - 2·j ≤ 1]

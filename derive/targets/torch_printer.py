@@ -1,5 +1,5 @@
 """The torch target's printer: the NumPy spelling of the kernel IR where torch spells it the same
-(``f @ W.T``, ``d.T @ f``, ``x[:, None]``, reshapes), torch's own where it differs (``dim=``,
+(``x[:, None]``, reshapes), torch's own where it differs (``torch.mm``, ``dim=``,
 ``F.pad``, ``F.conv2d``), the array primitives of tables/arrays.py in torch, and the helpers written for
 torch alone.
 
@@ -138,8 +138,22 @@ class TorchCodePrinter(NumpyCodePrinter):
             mv, b = terms if isinstance(terms[0], MatVec) else terms[::-1]
             if isinstance(b, sp.Symbol):
                 w, f = mv.args
-                return "torch.addmm(%s, %s, %s.T)" % (self._print(b), self._print(f), self._print(w))
+                return "torch.addmm(%s, %s, %s.t())" % (self._print(b), self._print(f), self._print(w))
         return self._signed_sum(e)
+
+    # the dense contractions as torch.mm over .t() views: ``@`` and ``.T`` each add a Python-level
+    # dispatch (matmul's shape logic, numpy_T) to the same BLAS call, a few µs a call on every step
+    def _print_MatVec(self, e):
+        w, f = e.args
+        return "torch.mm(%s, %s.t())" % (self._print(f), self._print(w))
+
+    def _print_VecMat(self, e):
+        d, w = e.args
+        return "torch.mm(%s, %s)" % (self._print(d), self._print(w))
+
+    def _print_Outer(self, e):
+        d, f = e.args
+        return "torch.mm(%s.t(), %s)" % (self._print(d), self._print(f))
 
     def _signed_sum(self, e):
         """SymPy's sum with a positive term first where there is one: ``softmax(z) - onehot(y, z)``
