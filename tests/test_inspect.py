@@ -13,6 +13,7 @@ from helpers import ROOT
 
 from derive import Linear, Loss, Network, Port
 from derive.derivation import derive
+from derive.inspect.compile import launch_error
 from derive.inspect.model import CARDS, eager_step, fused_step, ideal_bytes, layered_step, summary
 from derive.ir.lowering import lower
 from derive.targets.triton_planner import plan_triton
@@ -217,3 +218,16 @@ def test_l2_bandwidth_option_reaches_the_json_and_bad_values_exit_2():
     assert m["fused_total"]["seconds_l2_launch"] == pytest.approx(m["fused_total"]["seconds_l2"] + 2 * 5e-6)
     bad = _cli("bench/mlp64x4_l2.toml", "--model-only", "--l2-bandwidth", "0")
     assert bad.returncode == 2 and "--l2-bandwidth" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_kernel_that_compiles_but_cannot_launch_is_not_ok():
+    # measured: the 64x4 net's "sums per program" plan at 16 warps compiled to 252 registers, no spill;
+    # 512 threads of 252 (256 allocated) need 131,072 registers, twice an SM's
+    err = launch_error("sm_90", 252, 16, 24576)
+    assert err and "131,072" in err and "65,536" in err
+    assert launch_error("sm_90", 255, 8, 24576) is None  # 256 x 256 = 65,536: exactly the register file
+    assert launch_error("sm_90", 128, 16, 24576) is None
+    assert launch_error("sm_90", 129, 16, 0) is not None  # 129 rounds up to 136 a thread (256 a warp)
+    assert launch_error("sm_90", 64, 4, 227 * 1024) is None
+    assert "shared memory" in launch_error("sm_90", 64, 4, 227 * 1024 + 1)
+    assert launch_error("sm_80", 64, 4, 200 * 1024) is not None  # over sm_80's 163 KB, under sm_90's

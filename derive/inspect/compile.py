@@ -23,6 +23,11 @@ import time
 from pathlib import Path
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
+# what one block may hold on an SM of each arch (CUDA programming guide, compute capabilities 8.0 and 9.0):
+# 64K 32-bit registers, allocated per warp in units of 256; opt-in shared memory per block
+REGISTER_FILE = 65536
+REGISTER_UNIT = 256
+SHARED_PER_BLOCK = {"sm_90": 227 * 1024, "sm_80": 163 * 1024}
 _RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 _SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -162,6 +167,19 @@ def _resources(cubin: bytes, kernel: str) -> tuple[int, int, int, int]:
     return reg, stack, local, shared
 
 
+def launch_error(arch: str, registers: int, num_warps: int, shared_bytes: int) -> str | None:
+    """Why a compiled kernel could not launch (None: it can).  ptxas accepts up to 255 registers a thread
+    at any block size, and Triton compiles any shared-memory footprint: both fail only at launch, on a GPU,
+    so the static check must say so (255 registers at 16 warps compiled "without spills" and cannot run)."""
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    if per_warp * num_warps > REGISTER_FILE:
+        return (f"cannot launch: {registers} registers x {32 * num_warps} threads need {per_warp * num_warps:,} "
+                f"registers a block, the SM has {REGISTER_FILE:,}")
+    if shared_bytes > SHARED_PER_BLOCK[arch]:
+        return f"cannot launch: {shared_bytes:,} B of shared memory a block, {arch} allows {SHARED_PER_BLOCK[arch]:,}"
+    return None
+
+
 def _child(path: str, arch: str, indices: list[int]) -> None:
     import importlib.util
 
@@ -194,8 +212,10 @@ def _child(path: str, arch: str, indices: list[int]) -> None:
             reg, stack, local, static_shared = _resources(compiled.asm["cubin"], s["kernel"])
             m = _SPILL.search(log.getvalue())
             spill = int(m.group(2)) if m else stack + local  # no log: count the whole stack as spilled
-            row.update(ok=True, error=None, registers=reg, spill_bytes=spill, stack_bytes=stack,
-                       shared_bytes=max(static_shared, int(compiled.metadata.shared)), compile_s=round(seconds, 2))
+            shared = max(static_shared, int(compiled.metadata.shared))
+            error = launch_error(arch, reg, s["num_warps"], shared)
+            row.update(ok=error is None, error=error, registers=reg, spill_bytes=spill, stack_bytes=stack,
+                       shared_bytes=shared, compile_s=round(seconds, 2))
         except Exception as err:  # a compiler rejection is a result to report, not a crash
             msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
             row.update(ok=False, error=f"{type(err).__name__}: {msg}"[:300], registers=None, spill_bytes=None, stack_bytes=None,
