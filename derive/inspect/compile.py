@@ -170,7 +170,7 @@ def _resources(cubin: bytes, kernel: str) -> tuple[int, int, int, int]:
 def launch_error(arch: str, registers: int, num_warps: int, shared_bytes: int) -> str | None:
     """Why a compiled kernel could not launch (None: it can).  ptxas accepts up to 255 registers a thread
     at any block size, and Triton compiles any shared-memory footprint: both fail only at launch, on a GPU,
-    so the static check must say so (255 registers at 16 warps compiled "without spills" and cannot run)."""
+    so the static check must say so (the 64x4 net at 16 warps compiled to 222 registers "without spills": it cannot run)."""
     per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
     if per_warp * num_warps > REGISTER_FILE:
         return (f"cannot launch: {registers} registers x {32 * num_warps} threads need {per_warp * num_warps:,} "
