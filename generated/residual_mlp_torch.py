@@ -226,9 +226,8 @@ def _check_inputs(params, x, y=None):
     _dtype = x.dtype
     for _p, (_n, _s) in zip(params, PARAM_SHAPES.items()):
         if _p.dtype != _dtype:
-            raise TypeError(f"{NAME}: the parameters and x must have one dtype, got "
-                f"{_n} {_p.dtype} "
-                            f"and x {x.dtype}")
+            raise TypeError(f"{NAME}: the parameters and x must have one dtype, "
+                            f"got {_n} {_p.dtype} and x {x.dtype}")
         if _p.shape != _s:
             raise ValueError(f"{NAME}: parameter {_n} must have shape {_s}, got {tuple(_p.shape)}")
     if y is None:
