@@ -140,9 +140,8 @@ def _triton():
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
-                f"it beside {Path(__file__).name} "
-                               f"(derive generate SPEC --target triton)")
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside "
+                               f"{Path(__file__).name} (derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module

@@ -234,9 +234,8 @@ def _triton():
     if not _TRITON:
         path = Path(__file__).with_name(NAME + "_triton.py")
         if not path.exists():
-            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate "
-                f"it beside {Path(__file__).name} "
-                               f"(derive generate SPEC --target triton)")
+            raise RuntimeError(f"{NAME}: the CUDA path launches {path.name}: generate it beside "
+                               f"{Path(__file__).name} (derive generate SPEC --target triton)")
         spec = importlib.util.spec_from_file_location(f"{__name__}__triton", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
@@ -563,10 +562,10 @@ TORCH_PARAMS = {
 
 def torch_sequential():
     """The equivalent torch.nn.Sequential, freshly initialised by torch."""
-    raise ValueError(f"{NAME}: layer 2 is locally_connected, which has no "
-        "torch.nn equivalent (weights are not shared across "
-        "positions); to_torch and from_torch are not available "
-                     f"(the module itself trains as usual)")
+    raise ValueError(
+        f"{NAME}: layer 2 is locally_connected, which has no "
+        "torch.nn equivalent (weights are not shared across positions); "
+        "to_torch and from_torch are not available (the module itself trains as usual)")
 
 
 def _with_params(module):

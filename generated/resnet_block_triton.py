@@ -58,7 +58,7 @@ def _logsumexp(z, mask):
 
 @triton.jit
 def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
-    BLOCK_B: tl.constexpr,
+                 BLOCK_B: tl.constexpr,
                  BN: tl.constexpr, KC: tl.constexpr):
     # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j
     _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
@@ -75,10 +75,10 @@ def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
         for _k0 in range(0, K, KC):
             _kk = _k0 + tl.arange(0, KC)
             _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :],
-                mask=_row_mask[:, None] & (_kk < K)[None, :],
+                         mask=_row_mask[:, None] & (_kk < K)[None, :],
                          other=0.0)
             _w = tl.load(W_ptr + _cols[:, None] * K + _kk[None, :],
-                mask=_cmask[:, None] & (_kk < K)[None, :],
+                         mask=_cmask[:, None] & (_kk < K)[None, :],
                          other=0.0)
             _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
     return _acc
@@ -1213,7 +1213,7 @@ class FlatState:
     def __init__(self, params, state=None, hyper=None):
         self.flat = _flat(params)
         self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(
-            self.flat))
+                      self.flat))
                       for _kind in STATE}
         self.loss = torch.zeros(1, dtype=torch.float32, device=self.flat.device)
         self.hyper = {**HYPER, **(hyper or {})}

@@ -101,3 +101,28 @@ def test_a_long_comment_line_is_rewrapped_with_the_lines_that_continue_it():
     assert len(para) == 2 and len(para[0]) > WIDTH - 20, out  # two full lines, no one-word line between
     assert rest == ["    #", "    # - an item stays", "    return 1"], out
     assert wrap(out) == out
+
+
+def test_folded_pieces_line_up_with_the_statements_own_continuation_lines():
+    """A long first line of a statement whose later lines are aligned under its open bracket folds to that
+    column too, a long line inside brackets keeps its column, and pieces of a split literal that end up on
+    one line are one literal again (the torch modules once printed a three-column staircase here)."""
+    msg = " ".join(f"w{i}" for i in range(24))
+    src = ("def f(path, a, b):\n"
+           f"    raise RuntimeError(f\"{{path}}: {msg} {{a}} \"\n"
+           "                       f\"the rest {b}\")\n"
+           "\n\ndef g():\n"
+           "    raise ValueError(\n"
+           f"        \"{msg} {msg}\"\n"
+           "        \"tail\")\n")
+    out = wrap(src)
+    assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(src))
+    assert all(len(ln) <= WIDTH for ln in out.splitlines()), out
+    lines = out.splitlines()
+    first = next(i for i, ln in enumerate(lines) if "RuntimeError" in ln)
+    cont = lines[first + 1:lines.index("", first)]
+    assert {len(ln) - len(ln.lstrip()) for ln in cont} == {len("    raise RuntimeError(")}, out
+    inner = lines[lines.index("    raise ValueError(") + 1:]
+    assert {len(ln) - len(ln.lstrip()) for ln in inner} == {8}, out
+    assert not any(re.search(r'" f?"', ln) for ln in lines), out
+    assert wrap(out) == out

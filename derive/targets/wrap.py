@@ -235,8 +235,21 @@ def _fold(line: str, depth0: int, width: int) -> list[str]:
     if target and len(indent) + len(target.group(1)) + 3 > width:  # a long unpacking: (a1, ..., f100) = ...
         code = f"({target.group(1)}) = {target.group(2)}"
         toks = _tokens(code)
-    lines = _break(indent, code, toks, shift, depth0, width)
+    lines = [_join_adjacent(ln) for ln in _break(indent, code, toks, shift, depth0, width)]
     return above + lines
+
+
+# two pieces of a split literal that the fold left side by side on one line (no quote or backslash inside)
+_ADJACENT = re.compile(r'(?<![\w"])(f?)"([^"\\]*)" (f?)"([^"\\]*)"')
+
+
+def _join_adjacent(line: str) -> str:
+    """Adjacent literals of one kind (f with f, plain with plain) on one line as one literal again."""
+    while True:
+        new = _ADJACENT.sub(lambda m: f'{m[1]}"{m[2]}{m[4]}"' if m[1] == m[3] else m[0], line)
+        if new == line:
+            return line
+        line = new
 
 
 def _split_strings(code: str, toks, shift: int, depth0: int, piece: int = 60) -> str:
@@ -271,6 +284,17 @@ def _split_strings(code: str, toks, shift: int, depth0: int, piece: int = 60) ->
         out.append(code[last:col] + " ".join(lit))
         last = col + len(t.string)
     return "".join(out) + code[last:]
+
+
+def _unclosed(toks) -> list:
+    """The opening brackets that the tokens leave open."""
+    stack = []
+    for t in toks:
+        if t.type == tokenize.OP and t.string in OPENERS:
+            stack.append(t)
+        elif t.type == tokenize.OP and t.string in CLOSERS and stack:
+            stack.pop()
+    return stack
 
 
 def _balanced(code: str) -> bool:
@@ -309,6 +333,12 @@ def _break(indent: str, code: str, toks, shift: int, depth0: int, width: int) ->
             return _break(indent, new, _tokens(new), 0, 0, width)
         return [indent + code]
     cont = indent + "    "
+    if depth0 > 0 and all(p[1] == shift for p in places):  # pieces of a line inside brackets that opens none
+        cont = indent  # keep the column the line was given, as its neighbours do
+    if depth0 == 0 and depth > 0:  # the statement goes on below, aligned under its open bracket: so do the pieces
+        opener = max(t.start[1] - shift for t in _unclosed(toks))
+        if opener + 1 <= width // 2:
+            cont = indent + " " * (opener + 1)
     out, start, first = [], 0, True
     while True:
         lead = indent if first else cont

@@ -491,7 +491,7 @@ class FlatState:
     def __init__(self, params, state=None, hyper=None):
         self.flat = _flat(params)
         self.state = {_kind: (_flat(state[_kind]) if state is not None else torch.zeros_like(
-            self.flat))
+                      self.flat))
                       for _kind in STATE}
         self.loss = torch.zeros(1, dtype=torch.float32, device=self.flat.device)
         self.hyper = {**HYPER, **(hyper or {})}
