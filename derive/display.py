@@ -48,6 +48,17 @@ def factor_name(ascii_name: str) -> str:
     return text_name(ascii_name)
 
 
+def positive_first(expr: sp.Add) -> sp.Add:
+    """The sum with its first added term in front, the others in their order: softmax(f2)[j] − [j = y] and
+    ŷ − y, as they are written by hand, rather than SymPy's −[j = y] + softmax(f2)[j] and −y + ŷ."""
+    terms = list(sp.Add.make_args(expr))
+    first = next((t for t in terms if not t.could_extract_minus_sign()), None)
+    if first is None or first is terms[0]:
+        return expr
+    terms.remove(first)
+    return sp.Add(first, *terms, evaluate=False)
+
+
 class TextPrinter(StrPrinter):
     def __init__(self):
         super().__init__({"order": "none"})
@@ -72,7 +83,7 @@ class TextPrinter(StrPrinter):
             for e in terms[1:]:
                 out += f" - {self._print(-e)}" if e.could_extract_minus_sign() else f" + {self._print(e)}"
             return out
-        return super()._print_Add(expr, order)
+        return super()._print_Add(positive_first(expr), order)
 
     def _print_Sum(self, expr):
         idx = "".join(self._print(lim[0]) for lim in expr.limits)

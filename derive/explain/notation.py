@@ -117,7 +117,7 @@ class LaTeXPrinter(LatexPrinter):
             for e in terms[1:]:
                 out += f" - {self._print(-e)}" if e.could_extract_minus_sign() else f" + {self._print(e)}"
             return out
-        return super()._print_Add(expr, order)
+        return super()._print_Add(display.positive_first(expr), order)
 
     def _print_Mul(self, expr):
         args = ordered_factors(expr)

@@ -2,7 +2,7 @@
 
 Elementwise losses are written for one output element and summed over the output
 index for vector outputs; SymPy then derives ∂ℓ/∂ŷ_j itself.  Cross-entropy is
-written as the lecture's softmax inside the loss, −ŷ_y + log Σ_j exp(ŷ_j), with the
+written as the lecture's softmax inside the loss, log Σ_j exp(ŷ_j) − ŷ_y, with the
 class index y as a Kronecker delta, so that the derived gradient is softmax − onehot.
 """
 
@@ -80,7 +80,7 @@ LOSS_RULES: dict[str, LossRule] = {
         tex=r"L = \log(1 + e^{\hat{y}}) - y \hat{y} \quad \text{(BCE from the logit } \hat{y}\text{)}",
     ),
     "cross_entropy": LossRule(
-        "L = −log softmax(ŷ)_y = −ŷ_y + log Σ_j exp(ŷ_j)",
+        "L = −log softmax(ŷ)_y = log Σ_j exp(ŷ_j) − ŷ_y",
         None,
         "Computed with log-sum-exp, so large logits stay finite.",
         CLASS,
@@ -89,7 +89,7 @@ LOSS_RULES: dict[str, LossRule] = {
     hot = xp.zeros_like(z)
     hot[range(len(y)), y] = 1
     return hot'''),),  # its gradient's one-hot targets
-        tex=r"L = -\log \operatorname{softmax}(\hat{y})_y = -\hat{y}_y + \log \sum_j e^{\hat{y}_j}",
+        tex=r"L = -\log \operatorname{softmax}(\hat{y})_y = \log \sum_j e^{\hat{y}_j} - \hat{y}_y",
     ),
 }
 
