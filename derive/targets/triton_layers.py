@@ -166,6 +166,7 @@ class _Plan:
         self.env = _env().get_template("triton_layer_kernels.jinja").module
         self.order: list[Assign] = [*ir.forward, ir.output, ir.loss, *ir.backward]
         self.folded = {a.expr.args[0].name for a in ir.backward if isinstance(a.expr, N.Crop)}
+        self.merged: set[str] = set()  # assignments an earlier kernel computes too (no kernel of their own)
         self._views()
         self.readers = self._readers()
 
@@ -557,6 +558,19 @@ def _grad_args(plan: _Plan, a: Assign, inputs: list[tuple[str, str]], section: s
     return out + [("G_ptr", typ, host, comment)]
 
 
+def _bias_of(plan: _Plan, d: sp.Symbol, after, kinds: tuple, shape: tuple) -> Assign | None:
+    """The bias gradient, later in the section, that sums the same δ a weight gradient reads (ConvBiasGrad(δ),
+    or BatchSum(δ) of a bare δ), so that the weight gradient's kernel sums it too: one pass over δ, one
+    launch fewer.  The IR is single-assignment, so δ is the same array wherever the bias reads it."""
+    src = plan.resolve(d.name)
+    for b in after:
+        if (isinstance(b.expr, kinds) and b.name in plan.grad_param and isinstance(b.expr.args[0], sp.Symbol)
+                and plan.resolve(b.expr.args[0].name) == src and tuple(b.shape) == tuple(shape)):
+            plan.merged.add(b.name)
+            return b
+    return None
+
+
 def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     d, x, s, kh, kw, _ = a.expr.args
     p = plan.grad_param[a.name]
@@ -564,13 +578,23 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     o, oh, ow = plan.arrays[d.name].shape
     shared = isinstance(a.expr, N.ConvWeightGrad)
     n_grad = math.prod(plan.params[p].shape)
+    bias = (_bias_of(plan, d, after, (N.ConvBiasGrad,), (o,)) if shared
+            else _bias_of(plan, d, after, (N.BatchSum,), (o, oh, ow)))
+    n_bias = _width(bias.shape) if bias else 0
     k = {**g, "name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "source": g["src"], "o": o, "oh": oh,
          "ow": ow, "ohw": oh * ow, "n_out": o * oh * ow, "shared": shared, "n_grad": n_grad,
-         "per_row": oh * ow if shared else 1, "w_shape": plan.params[p].shape, "formula": a.comment}
+         "per_row": oh * ow if shared else 1, "w_shape": plan.params[p].shape, "formula": a.comment,
+         "bias": plan.grad_param[bias.name] if bias else None, "n_bias": n_bias,
+         "b_shape": plan.params[plan.grad_param[bias.name]].shape if bias else None,
+         "bias_formula": bias.comment if bias else None}
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
+    if bias:
+        _, typ, host, comment = plan.arg(bias.name, section)
+        args.append(("GB_ptr", typ, host, comment))
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args,
-                               f"(triton.cdiv({n_grad}, {BLOCK_G}),)", section, None, None,
-                               {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"]))
+                               f"(triton.cdiv({n_grad + n_bias}, {BLOCK_G}),)", section, None, None,
+                               {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"],
+                               computes=(bias.name,) if bias else ()))
     return 0
 
 
@@ -594,12 +618,19 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
             raise DerivationError(f"triton target: the outer product {a.name} needs named operands, got {v}")
     p = plan.grad_param[a.name]
     j, kk = plan.params[p].shape
+    bias = _bias_of(plan, d, after, (N.BatchSum,), (j,))
+    cols = kk + (1 if bias else 0)  # the bias is the column of a constant input 1
     k = {"name": plan.kernel_name(a.name), "d": plan.resolve(d.name), "f": plan.resolve(f.name), "weight": p,
-         "j": j, "k": kk, "formula": a.comment}
-    bj, bk = min(pow2(j), OUTER_J), min(pow2(kk), OUTER_K)
+         "j": j, "k": kk, "formula": a.comment, "bias": plan.grad_param[bias.name] if bias else None,
+         "bias_formula": bias.comment if bias else None}
+    bj, bk = min(pow2(j), OUTER_J), min(pow2(cols), OUTER_K)
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (f.name, "F_ptr")], section)
-    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({kk}, {bk}))",
-                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk))
+    if bias:
+        _, typ, host, comment = plan.arg(bias.name, section)
+        args.append(("GB_ptr", typ, host, comment))
+    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({cols}, {bk}))",
+                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk,
+                               computes=(bias.name,) if bias else ()))
     return 0
 
 
@@ -734,7 +765,7 @@ def _emit_all(plan: _Plan) -> None:
         i = 0
         while i < len(assigns):
             a = assigns[i]
-            if a.name in plan.alias:
+            if a.name in plan.alias or a.name in plan.merged:
                 i += 1
                 continue
             emit = EMITTERS.get(type(a.expr))
