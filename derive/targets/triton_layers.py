@@ -8,6 +8,9 @@ Elementwise assignments that follow a kernel at the same index (f1 = relu(a1), �
 printed by the strict Triton printer into that kernel's epilogue, and an array is stored only when a
 later kernel reads it.  Flatten, Unflatten and a bare rename are views; Pad is read through masks by
 the windows that use it, and Crop is folded into the gather that computes the padded gradient.
+Two merges save launches and passes over δ: a bias gradient is summed by the kernel of the weight
+gradient that reads the same δ (_bias_of), and the last forward kernel, where its tile holds whole rows,
+computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue).
 
 Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
 """
@@ -46,7 +49,7 @@ OUTER_J, OUTER_K = 16, 128
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
 # the nodes a row-complete epilogue prints (the whole row is in its tile: the reductions too)
 _ROW_NODES = (N.Col, N.OneHot, N.ZerosLike, N.Softmax, N.LogSumExp, N.RowSum)
-# a row-complete epilogue's parts: the constexpr that switches each on, the comment, the host's value
+# a row-complete epilogue's parts: constexpr flag -> (the value the host passes, what the part does)
 FLAGS = {"OUT": ("out is not None", "write ŷ"), "LOSS": ("with_loss", "sum the loss"),
          "GRAD": ("with_grad", "the backward lines the row holds")}
 # read their operands from memory (a column or row at a time; a concat's or slice's shifted columns)
