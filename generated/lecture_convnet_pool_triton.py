@@ -177,94 +177,47 @@ def lecture_convnet_pool_a4_kernel(
     f2_ptr,  # f2, (batch, 6, 14, 14) float32
     W4_ptr,  # parameter W4, (10, 1176)
     b4_ptr,  # parameter b4, (10,)
-    a4_ptr,  # a4, (batch, 10) float32
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
-):
-    # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_10 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_10 = _cols_10 < 10
-    b4 = tl.load(b4_ptr + _cols_10, mask=_cmask_10, other=0.0)
-    # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
-    a4 = b4 + _matvec_cols(f2_ptr, 1176, W4_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B,
-        BLOCK_N, KC)
-    tl.store(a4_ptr + _rows[:, None] * 10 + _cols_10[None, :], a4,
-        mask=_row_mask[:, None] & _cmask_10[None, :])
-
-
-@triton.jit
-def lecture_convnet_pool_yhat_kernel(
-    _OUT_ptr,  # ŷ, (batch, 10) float32
-    a4_ptr,  # a4, (batch, 10) float32
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-):
-    # ŷ = f4
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_10 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_10 = _cols_10 < 10
-    a4 = tl.load(a4_ptr + _rows[:, None] * 10 + _cols_10[None, :],
-        mask=_row_mask[:, None] & _cmask_10[None, :], other=0.0)
-    yhat = a4  # ŷ = f4
-    tl.store(_OUT_ptr + _rows[:, None] * 10 + _cols_10[None, :], yhat,
-        mask=_row_mask[:, None] & _cmask_10[None, :])
-
-
-@triton.jit
-def lecture_convnet_pool_loss_per_sample_kernel(
+    _OUT_ptr,  # ŷ, (batch, 10) float32: written where OUT
     _PART_ptr,  # one partial sum of the batch loss per program
-    a4_ptr,  # a4, (batch, 10) float32
     y_ptr,  # target y, (batch,) class indices
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-):
-    # ℓ for each sample
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_10 = tl.arange(0, 16)
-    _cmask_10 = _cols_10 < 10
-    a4 = tl.load(a4_ptr + _rows[:, None] * 10 + _cols_10[None, :],
-        mask=_row_mask[:, None] & _cmask_10[None, :], other=0.0)
-    y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
-    # ℓ for each sample
-    loss_per_sample = _logsumexp(a4,
-        _cmask_10[None, :]) - tl.sum(tl.where(_cmask_10[None, :], a4*tl.where(y[:,
-        None] == _cols_10[None, :], 1.0, 0.0), 0.0), axis=1)
-    tl.store(_PART_ptr + tl.program_id(0),
-        tl.sum(tl.where(_row_mask, loss_per_sample, 0.0), axis=0) * _scale)
-
-
-@triton.jit
-def lecture_convnet_pool_dL_df4_kernel(
-    y_ptr,  # target y, (batch,) class indices
-    a4_ptr,  # a4, (batch, 10) float32
     dL_df4_ptr,  # dL_df4, (batch, 10) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
+    OUT: tl.constexpr,  # write ŷ (the epilogue's part under `if OUT`)
+    LOSS: tl.constexpr,  # sum the loss (the epilogue's part under `if LOSS`)
+    GRAD: tl.constexpr,  # the backward lines the row holds (the epilogue's part under `if GRAD`)
 ):
-    # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
     _cols_10 = tl.arange(0, 16)
     _cmask_10 = _cols_10 < 10
-    y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
-    a4 = tl.load(a4_ptr + _rows[:, None] * 10 + _cols_10[None, :],
-        mask=_row_mask[:, None] & _cmask_10[None, :], other=0.0)
-    # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df4 = _scale*(-tl.where(y[:, None] == _cols_10[None, :], 1.0, 0.0) + _softmax(a4, _cmask_10[
-        None, :]))
-    tl.store(dL_df4_ptr + _rows[:, None] * 10 + _cols_10[None, :], dL_df4,
-        mask=_row_mask[:, None] & _cmask_10[None, :])
+    b4 = tl.load(b4_ptr + _cols_10, mask=_cmask_10, other=0.0)
+    # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+    a4 = b4 + _matvec_cols(f2_ptr, 1176, W4_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, 16,
+        KC)
+    if OUT:
+        yhat = a4  # ŷ = f4
+        tl.store(_OUT_ptr + _rows[:, None] * 10 + _cols_10[None, :], yhat,
+            mask=_row_mask[:, None] & _cmask_10[None, :])
+    if LOSS:
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ℓ for each sample
+        loss_per_sample = _logsumexp(a4,
+            _cmask_10[None, :]) - tl.sum(
+            tl.where(_cmask_10[None, :], a4*tl.where(y[:, None] == _cols_10[None, :], 1.0, 0.0),
+            0.0), axis=1)
+        tl.store(_PART_ptr + tl.program_id(0),
+            tl.sum(tl.where(_row_mask, loss_per_sample, 0.0), axis=0) * _scale)
+    if GRAD:
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df4 = _scale*(-tl.where(y[:, None] == _cols_10[None, :], 1.0, 0.0) + _softmax(a4,
+            _cmask_10[None, :]))
+        tl.store(dL_df4_ptr + _rows[:, None] * 10 + _cols_10[None, :], dL_df4,
+            mask=_row_mask[:, None] & _cmask_10[None, :])
 
 
 @triton.jit
@@ -272,45 +225,30 @@ def lecture_convnet_pool_dL_dW4_kernel(
     D_ptr,  # dL_df4, (batch, 10) float32
     F_ptr,  # f2, (batch, 1176) float32
     G_ptr,  # ∂L/∂W4, (10, 1176) float32: written once
+    GB_ptr,  # ∂L/∂b4, (10,) float32: written once
     _B,  # batch size
     BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     # one (BLOCK_J, BLOCK_K) block of the gradient per program, one rank-1 update per batch
     # row in order
     _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     _j_ok = _jj < 10
     _k_ok = _kk < 1176
+    # ∂L/∂b4 is the weight of a constant input 1, column 1176: the program that owns it reads
+    # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
+    _one = _kk == 1176
     _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
     for _b in range(_B):
         _dv = tl.load(D_ptr + _b * 10 + _jj, mask=_j_ok, other=0.0)
         _fv = tl.load(F_ptr + _b * 1176 + _kk, mask=_k_ok, other=0.0)
+        _fv = tl.where(_one, 1.0, _fv)
         _acc += _dv[:, None] * _fv[None, :]
     tl.store(G_ptr + _jj[:, None] * 1176 + _kk[None, :], _acc, mask=_j_ok[:, None] & _k_ok[None, :])
-
-
-@triton.jit
-def lecture_convnet_pool_dL_db4_kernel(
-    dL_df4_ptr,  # dL_df4, (batch, 10) float32
-    G_ptr,  # ∂L/∂b4, (10,) float32: written once
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per step
-):
-    # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    # one block of the gradient per program, summed over the whole batch in order and written once
-    _cols_10 = tl.program_id(0) * 16 + tl.arange(0, 16)
-    _cmask_10 = _cols_10 < 10
-    _acc = tl.zeros((BLOCK_B, 16), dtype=tl.float32)
-    for _r0 in range(0, _B, BLOCK_B):
-        _rows = _r0 + tl.arange(0, BLOCK_B)
-        _row_mask = _rows < _B
-        dL_df4 = tl.load(dL_df4_ptr + _rows[:, None] * 10 + _cols_10[None, :],
-            mask=_row_mask[:, None] & _cmask_10[None, :], other=0.0)
-        _acc += tl.where(_row_mask[:, None] & _cmask_10[None, :], dL_df4, 0.0)
-    tl.store(G_ptr + _cols_10, tl.sum(_acc, axis=0), mask=_cmask_10)
+    tl.store(GB_ptr + _jj[:, None] + _kk[None, :] * 0, _acc, mask=_j_ok[:, None] & _one[None, :])
 
 
 @triton.jit
@@ -396,17 +334,23 @@ def lecture_convnet_pool_dL_dW1_kernel(
     D_ptr,  # δ1, (batch, 6, 28, 28) float32
     X_ptr,  # x, (batch, 3, 32, 32) float32: the windows
     G_ptr,  # ∂L/∂W1, (6, 3, 5, 5) float32: written once
+    GB_ptr,  # ∂L/∂b1, (6,) float32: written once
     _B,  # batch size
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
     # position (i, j) in a fixed order and writes its elements once: no atomics, the same
     # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 450
-    _o = _g // 75
+    # ∂L/∂b1 is the weight of a constant input 1: its 6 elements follow the weight's 450, and the
+    # programs that own them read δ as the weight's do and take 1 for the window (one pass
+    # over δ serves both)
+    _g_ok = _g < 456
+    _bias = _g >= 450
+    _o = tl.where(_bias, _g - 450, _g // 75)
     _c = _g // 25 % 3
     _p = _g // 5 % 5
     _q = _g % 5
@@ -421,32 +365,15 @@ def lecture_convnet_pool_dL_dW1_kernel(
         _d_at = _b[None, :] * 4704 + _o[:, None] * 784 + _pos[None, :]
         _m = _g_ok[:, None] & _r_ok[None, :]
         _in = _m & (_hh >= 0) & (_hh < 32) & (_ww >= 0) & (_ww < 32)
+        _in = _in & ~_bias[:, None]
         _dv = tl.load(D_ptr + _d_at, mask=_m, other=0.0)
         _xv = tl.load(X_ptr + _b[None, :] * 3072 + _c[:, None] * 1024 + _hh * 32 + _ww,
                       mask=_in, other=0.0)
+        _xv = tl.where(_bias[:, None], 1.0, _xv)
         _acc += _dv * _xv
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
-
-
-@triton.jit
-def lecture_convnet_pool_dL_db1_kernel(
-    D_ptr,  # δ1, (batch, 6, 28, 28) float32
-    G_ptr,  # ∂L/∂b1, (6,) float32: written once
-    _B,  # batch size
-    BLOCK_G: tl.constexpr,  # filters per program
-    BLOCK_R: tl.constexpr,  # terms of the sum per step
-):
-    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # one sum per filter over (b, i, j), in a fixed order, written once
-    _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 6
-    _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 784, BLOCK_R):
-        _r = _r0 + tl.arange(0, BLOCK_R)
-        _m = _g_ok[:, None] & (_r < _B * 784)[None, :]
-        _acc += tl.load(D_ptr + (_r // 784 * 4704 + _r % 784)[None, :] + _g[:, None] * 784,
-                        mask=_m, other=0.0)
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
+    _sum = tl.sum(_acc, axis=1)
+    tl.store(G_ptr + _g, _sum, mask=_g_ok & ~_bias)
+    tl.store(GB_ptr + (_g - 450), _sum, mask=_g_ok & _bias)
 
 
 @triton.jit
@@ -509,18 +436,11 @@ _SIGNATURES = {
     "lecture_convnet_pool_f2_kernel": {"X_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32",
         "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
     "lecture_convnet_pool_a4_kernel": {"f2_ptr": "*fp32", "W4_ptr": "*fp32", "b4_ptr": "*fp32",
-        "a4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr", "KC": "constexpr"},
-    "lecture_convnet_pool_yhat_kernel": {"_OUT_ptr": "*fp32", "a4_ptr": "*fp32", "_B": "i32",
-        "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
-    "lecture_convnet_pool_loss_per_sample_kernel": {"_PART_ptr": "*fp32", "a4_ptr": "*fp32",
-        "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"},
-    "lecture_convnet_pool_dL_df4_kernel": {"y_ptr": "*i64", "a4_ptr": "*fp32",
-        "dL_df4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"},
+        "_OUT_ptr": "*fp32", "_PART_ptr": "*fp32", "y_ptr": "*i64", "dL_df4_ptr": "*fp32",
+        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "KC": "constexpr",
+        "OUT": "constexpr", "LOSS": "constexpr", "GRAD": "constexpr"},
     "lecture_convnet_pool_dL_dW4_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
-        "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
-    "lecture_convnet_pool_dL_db4_kernel": {"dL_df4_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "_scale": "fp32", "BLOCK_B": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
     "lecture_convnet_pool_dL_df3_kernel": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32",
         "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
@@ -528,9 +448,7 @@ _SIGNATURES = {
         "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "lecture_convnet_pool_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
-    "lecture_convnet_pool_dL_db1_kernel": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
     "lecture_convnet_pool_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32",
         "_N": "i32", "_BLOCK": "constexpr"},
     "lecture_convnet_pool_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
@@ -548,28 +466,28 @@ COMPILE_SPECS = [
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_a4_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16, "KC": 1}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_yhat_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_yhat_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_loss_per_sample_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_loss_per_sample_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
-        "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_dL_df4_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_dL_df4_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
-        "maxnreg": MAXNREG},
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": False, "GRAD": False},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_convnet_pool_a4_kernel",
+        "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": False},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_convnet_pool_a4_kernel",
+        "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": False, "GRAD": True},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_convnet_pool_a4_kernel",
+        "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": True},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "lecture_convnet_pool_a4_kernel",
+        "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": True, "GRAD": True},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_dL_dW4_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_dL_dW4_kernel"],
         "constexprs": {"BLOCK_J": 16, "BLOCK_K": 128}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_dL_db4_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_dL_db4_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
-        "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_dL_df3_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_dL_df3_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128}, "num_warps": NUM_WARPS,
@@ -581,10 +499,6 @@ COMPILE_SPECS = [
     {"kernel": "lecture_convnet_pool_dL_dW1_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_dL_dW1_kernel"],
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_dL_db1_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_dL_db1_kernel"],
-        "constexprs": {"BLOCK_G": 8, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_loss_sum_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_loss_sum_kernel"],
@@ -641,7 +555,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _b_a1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 1176), dtype=torch.float32)
-    _b_a4 = _x.new_empty((_batch, 10), dtype=torch.float32)
+    _b_dL_df4 = _x.new_empty((_batch, 10), dtype=torch.float32)
+    # lecture_convnet_pool_a4_kernel computes ŷ, the loss or the first gradient lines in its
+    # epilogue, each part under its flag: what a part that is off would read or write is a
+    # stand-in it never touches
+    _y = y.contiguous() if y is not None else _x
+    _out = out if out is not None else _sums
+    _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
     lecture_convnet_pool_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, (8192 if _wide
         else 64)))](
         _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk,
@@ -651,40 +571,24 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         else 64)))](
         _b_f1, _b_f2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(2048 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    lecture_convnet_pool_a4_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(10, 16))](
-        _b_f2, _p["W4"], _p["b4"], _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=16,
-            KC=(256 if _wide else 1),
+    lecture_convnet_pool_a4_kernel[(triton.cdiv(_batch, _blk),)](
+        _b_f2, _p["W4"], _p["b4"], _out, _part, _y, _b_dL_df4, _batch, _scale, BLOCK_B=_blk,
+            KC=(256 if _wide else 1), OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
-        inter.update({"a1": _b_a1, "f1": _b_f1, "f2": _b_f2, "a4": _b_a4})
-    if out is not None:
-        lecture_convnet_pool_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(10, 16))](
-            out, _b_a4, _batch, _scale, BLOCK_B=_blk, BLOCK_N=16,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        inter.update({"a1": _b_a1, "f1": _b_f1, "f2": _b_f2, "dL_df4": _b_dL_df4})
     if not (with_loss or with_grad):
         return _sums, 1
-    _y = y.contiguous()
     if with_loss:
-        _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32)
-        lecture_convnet_pool_loss_per_sample_kernel[(triton.cdiv(_batch, _blk),)](
-            _part, _b_a4, _y, _batch, _scale, BLOCK_B=_blk,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_pool_loss_sum_kernel[(1,)](
             _part, _sums[0, N_PARAMS:], _part.numel(), _BLOCK=1024,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
-        _b_dL_df4 = _x.new_empty((_batch, 10), dtype=torch.float32)
         _b_dL_df3 = _x.new_empty((_batch, 1176), dtype=torch.float32)
         _b_delta1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
-        lecture_convnet_pool_dL_df4_kernel[(triton.cdiv(_batch, _blk),)](
-            _y, _b_a4, _b_dL_df4, _batch, _scale, BLOCK_B=_blk,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_dW4_kernel[(triton.cdiv(10, 16), triton.cdiv(1176, 128))](
-            _b_dL_df4, _b_f2, _g["W4"], _batch, BLOCK_J=16, BLOCK_K=128,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_db4_kernel[(triton.cdiv(10, 16),)](
-            _b_dL_df4, _g["b4"], _batch, _scale, BLOCK_B=_blk,
+        lecture_convnet_pool_dL_dW4_kernel[(triton.cdiv(10, 16), triton.cdiv(1177, 128))](
+            _b_dL_df4, _b_f2, _g["W4"], _g["b4"], _batch, BLOCK_J=16, BLOCK_K=128,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_pool_dL_df3_kernel[
             (triton.cdiv(_batch, _blk), triton.cdiv(1176, (2048 if _wide else 128)))](
@@ -696,14 +600,11 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             _b_dL_df3, _b_f1, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(8192 if _wide else 32),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_dW1_kernel[(triton.cdiv(450, 32),)](
-            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_db1_kernel[(triton.cdiv(6, 8),)](
-            _b_delta1, _g["b1"], _batch, BLOCK_G=8, BLOCK_R=(2048 if _wide else 64),
+        lecture_convnet_pool_dL_dW1_kernel[(triton.cdiv(456, 32),)](
+            _b_delta1, _x, _g["W1"], _g["b1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
-            inter.update({"dL_df4": _b_dL_df4, "dL_df3": _b_dL_df3, "delta1": _b_delta1})
+            inter.update({"dL_df3": _b_dL_df3, "delta1": _b_delta1})
     return _sums, 1
 
 

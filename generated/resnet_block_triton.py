@@ -269,94 +269,45 @@ def resnet_block_a7_kernel(
     f5_ptr,  # f5, (batch, 2, 3, 3) float32
     W7_ptr,  # parameter W7, (3, 18)
     b7_ptr,  # parameter b7, (3,)
-    a7_ptr,  # a7, (batch, 3) float32
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
-):
-    # a7[j] = Σ_k W7[j, k]·f6[k] + b7[j]
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_3 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_3 = _cols_3 < 3
-    b7 = tl.load(b7_ptr + _cols_3, mask=_cmask_3, other=0.0)
-    # a7[j] = Σ_k W7[j, k]·f6[k] + b7[j]
-    a7 = b7 + _matvec_cols(f5_ptr, 18, W7_ptr, _rows, _row_mask, _cols_3, _cmask_3, BLOCK_B,
-        BLOCK_N, KC)
-    tl.store(a7_ptr + _rows[:, None] * 3 + _cols_3[None, :], a7,
-        mask=_row_mask[:, None] & _cmask_3[None, :])
-
-
-@triton.jit
-def resnet_block_yhat_kernel(
-    _OUT_ptr,  # ŷ, (batch, 3) float32
-    a7_ptr,  # a7, (batch, 3) float32
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-):
-    # ŷ = f7
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_3 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_3 = _cols_3 < 3
-    a7 = tl.load(a7_ptr + _rows[:, None] * 3 + _cols_3[None, :],
-        mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
-    yhat = a7  # ŷ = f7
-    tl.store(_OUT_ptr + _rows[:, None] * 3 + _cols_3[None, :], yhat,
-        mask=_row_mask[:, None] & _cmask_3[None, :])
-
-
-@triton.jit
-def resnet_block_loss_per_sample_kernel(
+    _OUT_ptr,  # ŷ, (batch, 3) float32: written where OUT
     _PART_ptr,  # one partial sum of the batch loss per program
-    a7_ptr,  # a7, (batch, 3) float32
     y_ptr,  # target y, (batch,) class indices
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-):
-    # ℓ for each sample
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_3 = tl.arange(0, 4)
-    _cmask_3 = _cols_3 < 3
-    a7 = tl.load(a7_ptr + _rows[:, None] * 3 + _cols_3[None, :],
-        mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
-    y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
-    # ℓ for each sample
-    loss_per_sample = _logsumexp(a7,
-        _cmask_3[None, :]) - tl.sum(tl.where(_cmask_3[None, :], a7*tl.where(y[:, None] == _cols_3[
-        None, :], 1.0, 0.0), 0.0), axis=1)
-    tl.store(_PART_ptr + tl.program_id(0),
-        tl.sum(tl.where(_row_mask, loss_per_sample, 0.0), axis=0) * _scale)
-
-
-@triton.jit
-def resnet_block_dL_df7_kernel(
-    y_ptr,  # target y, (batch,) class indices
-    a7_ptr,  # a7, (batch, 3) float32
     dL_df7_ptr,  # dL_df7, (batch, 3) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
+    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
+    OUT: tl.constexpr,  # write ŷ (the epilogue's part under `if OUT`)
+    LOSS: tl.constexpr,  # sum the loss (the epilogue's part under `if LOSS`)
+    GRAD: tl.constexpr,  # the backward lines the row holds (the epilogue's part under `if GRAD`)
 ):
-    # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # a7[j] = Σ_k W7[j, k]·f6[k] + b7[j]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
     _cols_3 = tl.arange(0, 4)
     _cmask_3 = _cols_3 < 3
-    y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
-    a7 = tl.load(a7_ptr + _rows[:, None] * 3 + _cols_3[None, :],
-        mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
-    # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
-    dL_df7 = _scale*(-tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0) + _softmax(a7, _cmask_3[
-        None, :]))
-    tl.store(dL_df7_ptr + _rows[:, None] * 3 + _cols_3[None, :], dL_df7,
-        mask=_row_mask[:, None] & _cmask_3[None, :])
+    b7 = tl.load(b7_ptr + _cols_3, mask=_cmask_3, other=0.0)
+    # a7[j] = Σ_k W7[j, k]·f6[k] + b7[j]
+    a7 = b7 + _matvec_cols(f5_ptr, 18, W7_ptr, _rows, _row_mask, _cols_3, _cmask_3, BLOCK_B, 4, KC)
+    if OUT:
+        yhat = a7  # ŷ = f7
+        tl.store(_OUT_ptr + _rows[:, None] * 3 + _cols_3[None, :], yhat,
+            mask=_row_mask[:, None] & _cmask_3[None, :])
+    if LOSS:
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ℓ for each sample
+        loss_per_sample = _logsumexp(a7,
+            _cmask_3[None, :]) - tl.sum(tl.where(_cmask_3[None, :], a7*tl.where(y[:,
+            None] == _cols_3[None, :], 1.0, 0.0), 0.0), axis=1)
+        tl.store(_PART_ptr + tl.program_id(0),
+            tl.sum(tl.where(_row_mask, loss_per_sample, 0.0), axis=0) * _scale)
+    if GRAD:
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df7 = _scale*(-tl.where(y[:, None] == _cols_3[None, :], 1.0, 0.0) + _softmax(a7,
+            _cmask_3[None, :]))
+        tl.store(dL_df7_ptr + _rows[:, None] * 3 + _cols_3[None, :], dL_df7,
+            mask=_row_mask[:, None] & _cmask_3[None, :])
 
 
 @triton.jit
@@ -364,45 +315,30 @@ def resnet_block_dL_dW7_kernel(
     D_ptr,  # dL_df7, (batch, 3) float32
     F_ptr,  # f5, (batch, 18) float32
     G_ptr,  # ∂L/∂W7, (3, 18) float32: written once
+    GB_ptr,  # ∂L/∂b7, (3,) float32: written once
     _B,  # batch size
     BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
+    # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
     # one (BLOCK_J, BLOCK_K) block of the gradient per program, one rank-1 update per batch
     # row in order
     _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     _j_ok = _jj < 3
     _k_ok = _kk < 18
+    # ∂L/∂b7 is the weight of a constant input 1, column 18: the program that owns it reads
+    # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
+    _one = _kk == 18
     _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
     for _b in range(_B):
         _dv = tl.load(D_ptr + _b * 3 + _jj, mask=_j_ok, other=0.0)
         _fv = tl.load(F_ptr + _b * 18 + _kk, mask=_k_ok, other=0.0)
+        _fv = tl.where(_one, 1.0, _fv)
         _acc += _dv[:, None] * _fv[None, :]
     tl.store(G_ptr + _jj[:, None] * 18 + _kk[None, :], _acc, mask=_j_ok[:, None] & _k_ok[None, :])
-
-
-@triton.jit
-def resnet_block_dL_db7_kernel(
-    dL_df7_ptr,  # dL_df7, (batch, 3) float32
-    G_ptr,  # ∂L/∂b7, (3,) float32: written once
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per step
-):
-    # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
-    # one block of the gradient per program, summed over the whole batch in order and written once
-    _cols_3 = tl.program_id(0) * 4 + tl.arange(0, 4)
-    _cmask_3 = _cols_3 < 3
-    _acc = tl.zeros((BLOCK_B, 4), dtype=tl.float32)
-    for _r0 in range(0, _B, BLOCK_B):
-        _rows = _r0 + tl.arange(0, BLOCK_B)
-        _row_mask = _rows < _B
-        dL_df7 = tl.load(dL_df7_ptr + _rows[:, None] * 3 + _cols_3[None, :],
-            mask=_row_mask[:, None] & _cmask_3[None, :], other=0.0)
-        _acc += tl.where(_row_mask[:, None] & _cmask_3[None, :], dL_df7, 0.0)
-    tl.store(G_ptr + _cols_3, tl.sum(_acc, axis=0), mask=_cmask_3)
+    tl.store(GB_ptr + _jj[:, None] + _kk[None, :] * 0, _acc, mask=_j_ok[:, None] & _one[None, :])
 
 
 @triton.jit
@@ -487,17 +423,23 @@ def resnet_block_dL_dW3_kernel(
     D_ptr,  # δ3, (batch, 2, 6, 6) float32
     X_ptr,  # f2, (batch, 2, 6, 6) float32: the windows
     G_ptr,  # ∂L/∂W3, (2, 2, 3, 3) float32: written once
+    GB_ptr,  # ∂L/∂b3, (2,) float32: written once
     _B,  # batch size
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
     # ∂L/∂W3[o, c, p, q] = Σ_{i,j} δ3[o, i, j]·f2_pad[c, i + p, j + q], summed over the batch
+    # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
     # position (i, j) in a fixed order and writes its elements once: no atomics, the same
     # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 36
-    _o = _g // 18
+    # ∂L/∂b3 is the weight of a constant input 1: its 2 elements follow the weight's 36, and the
+    # programs that own them read δ as the weight's do and take 1 for the window (one pass
+    # over δ serves both)
+    _g_ok = _g < 38
+    _bias = _g >= 36
+    _o = tl.where(_bias, _g - 36, _g // 18)
     _c = _g // 9 % 2
     _p = _g // 3 % 3
     _q = _g % 3
@@ -512,32 +454,15 @@ def resnet_block_dL_dW3_kernel(
         _d_at = _b[None, :] * 72 + _o[:, None] * 36 + _pos[None, :]
         _m = _g_ok[:, None] & _r_ok[None, :]
         _in = _m & (_hh >= 0) & (_hh < 6) & (_ww >= 0) & (_ww < 6)
+        _in = _in & ~_bias[:, None]
         _dv = tl.load(D_ptr + _d_at, mask=_m, other=0.0)
         _xv = tl.load(X_ptr + _b[None, :] * 72 + _c[:, None] * 36 + _hh * 6 + _ww,
                       mask=_in, other=0.0)
+        _xv = tl.where(_bias[:, None], 1.0, _xv)
         _acc += _dv * _xv
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
-
-
-@triton.jit
-def resnet_block_dL_db3_kernel(
-    D_ptr,  # δ3, (batch, 2, 6, 6) float32
-    G_ptr,  # ∂L/∂b3, (2,) float32: written once
-    _B,  # batch size
-    BLOCK_G: tl.constexpr,  # filters per program
-    BLOCK_R: tl.constexpr,  # terms of the sum per step
-):
-    # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
-    # one sum per filter over (b, i, j), in a fixed order, written once
-    _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 2
-    _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 36, BLOCK_R):
-        _r = _r0 + tl.arange(0, BLOCK_R)
-        _m = _g_ok[:, None] & (_r < _B * 36)[None, :]
-        _acc += tl.load(D_ptr + (_r // 36 * 72 + _r % 36)[None, :] + _g[:, None] * 36,
-                        mask=_m, other=0.0)
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
+    _sum = tl.sum(_acc, axis=1)
+    tl.store(G_ptr + _g, _sum, mask=_g_ok & ~_bias)
+    tl.store(GB_ptr + (_g - 36), _sum, mask=_g_ok & _bias)
 
 
 @triton.jit
@@ -588,17 +513,23 @@ def resnet_block_dL_dW2_kernel(
     D_ptr,  # δ2, (batch, 2, 6, 6) float32
     X_ptr,  # f1, (batch, 2, 6, 6) float32: the windows
     G_ptr,  # ∂L/∂W2, (2, 2, 3, 3) float32: written once
+    GB_ptr,  # ∂L/∂b2, (2,) float32: written once
     _B,  # batch size
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
     # ∂L/∂W2[o, c, p, q] = Σ_{i,j} δ2[o, i, j]·f1_pad[c, i + p, j + q], summed over the batch
+    # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
     # position (i, j) in a fixed order and writes its elements once: no atomics, the same
     # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 36
-    _o = _g // 18
+    # ∂L/∂b2 is the weight of a constant input 1: its 2 elements follow the weight's 36, and the
+    # programs that own them read δ as the weight's do and take 1 for the window (one pass
+    # over δ serves both)
+    _g_ok = _g < 38
+    _bias = _g >= 36
+    _o = tl.where(_bias, _g - 36, _g // 18)
     _c = _g // 9 % 2
     _p = _g // 3 % 3
     _q = _g % 3
@@ -613,32 +544,15 @@ def resnet_block_dL_dW2_kernel(
         _d_at = _b[None, :] * 72 + _o[:, None] * 36 + _pos[None, :]
         _m = _g_ok[:, None] & _r_ok[None, :]
         _in = _m & (_hh >= 0) & (_hh < 6) & (_ww >= 0) & (_ww < 6)
+        _in = _in & ~_bias[:, None]
         _dv = tl.load(D_ptr + _d_at, mask=_m, other=0.0)
         _xv = tl.load(X_ptr + _b[None, :] * 72 + _c[:, None] * 36 + _hh * 6 + _ww,
                       mask=_in, other=0.0)
+        _xv = tl.where(_bias[:, None], 1.0, _xv)
         _acc += _dv * _xv
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
-
-
-@triton.jit
-def resnet_block_dL_db2_kernel(
-    D_ptr,  # δ2, (batch, 2, 6, 6) float32
-    G_ptr,  # ∂L/∂b2, (2,) float32: written once
-    _B,  # batch size
-    BLOCK_G: tl.constexpr,  # filters per program
-    BLOCK_R: tl.constexpr,  # terms of the sum per step
-):
-    # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
-    # one sum per filter over (b, i, j), in a fixed order, written once
-    _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 2
-    _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 36, BLOCK_R):
-        _r = _r0 + tl.arange(0, BLOCK_R)
-        _m = _g_ok[:, None] & (_r < _B * 36)[None, :]
-        _acc += tl.load(D_ptr + (_r // 36 * 72 + _r % 36)[None, :] + _g[:, None] * 36,
-                        mask=_m, other=0.0)
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
+    _sum = tl.sum(_acc, axis=1)
+    tl.store(G_ptr + _g, _sum, mask=_g_ok & ~_bias)
+    tl.store(GB_ptr + (_g - 36), _sum, mask=_g_ok & _bias)
 
 
 @triton.jit
@@ -694,17 +608,23 @@ def resnet_block_dL_dW1_kernel(
     D_ptr,  # δ1, (batch, 2, 6, 6) float32
     X_ptr,  # x, (batch, 1, 6, 6) float32: the windows
     G_ptr,  # ∂L/∂W1, (2, 1, 3, 3) float32: written once
+    GB_ptr,  # ∂L/∂b1, (2,) float32: written once
     _B,  # batch size
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
+    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     # gridded over the gradient's elements; each program sums over the whole batch and every
     # position (i, j) in a fixed order and writes its elements once: no atomics, the same
     # inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 18
-    _o = _g // 9
+    # ∂L/∂b1 is the weight of a constant input 1: its 2 elements follow the weight's 18, and the
+    # programs that own them read δ as the weight's do and take 1 for the window (one pass
+    # over δ serves both)
+    _g_ok = _g < 20
+    _bias = _g >= 18
+    _o = tl.where(_bias, _g - 18, _g // 9)
     _c = _g // 9 % 1
     _p = _g // 3 % 3
     _q = _g % 3
@@ -719,32 +639,15 @@ def resnet_block_dL_dW1_kernel(
         _d_at = _b[None, :] * 72 + _o[:, None] * 36 + _pos[None, :]
         _m = _g_ok[:, None] & _r_ok[None, :]
         _in = _m & (_hh >= 0) & (_hh < 6) & (_ww >= 0) & (_ww < 6)
+        _in = _in & ~_bias[:, None]
         _dv = tl.load(D_ptr + _d_at, mask=_m, other=0.0)
         _xv = tl.load(X_ptr + _b[None, :] * 36 + _c[:, None] * 36 + _hh * 6 + _ww,
                       mask=_in, other=0.0)
+        _xv = tl.where(_bias[:, None], 1.0, _xv)
         _acc += _dv * _xv
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
-
-
-@triton.jit
-def resnet_block_dL_db1_kernel(
-    D_ptr,  # δ1, (batch, 2, 6, 6) float32
-    G_ptr,  # ∂L/∂b1, (2,) float32: written once
-    _B,  # batch size
-    BLOCK_G: tl.constexpr,  # filters per program
-    BLOCK_R: tl.constexpr,  # terms of the sum per step
-):
-    # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # one sum per filter over (b, i, j), in a fixed order, written once
-    _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
-    _g_ok = _g < 2
-    _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 36, BLOCK_R):
-        _r = _r0 + tl.arange(0, BLOCK_R)
-        _m = _g_ok[:, None] & (_r < _B * 36)[None, :]
-        _acc += tl.load(D_ptr + (_r // 36 * 72 + _r % 36)[None, :] + _g[:, None] * 36,
-                        mask=_m, other=0.0)
-    tl.store(G_ptr + _g, tl.sum(_acc, axis=1), mask=_g_ok)
+    _sum = tl.sum(_acc, axis=1)
+    tl.store(G_ptr + _g, _sum, mask=_g_ok & ~_bias)
+    tl.store(GB_ptr + (_g - 18), _sum, mask=_g_ok & _bias)
 
 
 @triton.jit
@@ -813,41 +716,28 @@ _SIGNATURES = {
     "resnet_block_f5_kernel": {"X_ptr": "*fp32", "f5_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
         "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
     "resnet_block_a7_kernel": {"f5_ptr": "*fp32", "W7_ptr": "*fp32", "b7_ptr": "*fp32",
-        "a7_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr", "KC": "constexpr"},
-    "resnet_block_yhat_kernel": {"_OUT_ptr": "*fp32", "a7_ptr": "*fp32", "_B": "i32",
-        "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
-    "resnet_block_loss_per_sample_kernel": {"_PART_ptr": "*fp32", "a7_ptr": "*fp32",
-        "y_ptr": "*i64", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"},
-    "resnet_block_dL_df7_kernel": {"y_ptr": "*i64", "a7_ptr": "*fp32", "dL_df7_ptr": "*fp32",
-        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"},
+        "_OUT_ptr": "*fp32", "_PART_ptr": "*fp32", "y_ptr": "*i64", "dL_df7_ptr": "*fp32",
+        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "KC": "constexpr",
+        "OUT": "constexpr", "LOSS": "constexpr", "GRAD": "constexpr"},
     "resnet_block_dL_dW7_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
-        "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
-    "resnet_block_dL_db7_kernel": {"dL_df7_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "_scale": "fp32", "BLOCK_B": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
     "resnet_block_dL_df6_kernel": {"dL_df7_ptr": "*fp32", "W7_ptr": "*fp32", "dL_df6_ptr": "*fp32",
         "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
     "resnet_block_dL_df4_kernel": {"G_ptr": "*fp32", "X_ptr": "*fp32", "a4_ptr": "*fp32",
         "delta4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "resnet_block_dL_dW3_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
-    "resnet_block_dL_db3_kernel": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
     "resnet_block_dL_df2_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "a2_ptr": "*fp32",
         "delta2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "resnet_block_dL_dW2_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
-    "resnet_block_dL_db2_kernel": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
     "resnet_block_dL_df1_via2_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "delta4_ptr": "*fp32",
         "a1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
         "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
     "resnet_block_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
-    "resnet_block_dL_db1_kernel": {"D_ptr": "*fp32", "G_ptr": "*fp32", "_B": "i32",
-        "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
     "resnet_block_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_BLOCK": "constexpr"},
     "resnet_block_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32",
@@ -868,24 +758,23 @@ COMPILE_SPECS = [
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4, "KC": 1}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_yhat_kernel", "signature": _SIGNATURES["resnet_block_yhat_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 4}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_loss_per_sample_kernel",
-        "signature": _SIGNATURES["resnet_block_loss_per_sample_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
-        "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_dL_df7_kernel", "signature": _SIGNATURES["resnet_block_dL_df7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
-        "maxnreg": MAXNREG},
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": False, "GRAD": False},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": False},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": False, "GRAD": True},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": True},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+    {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
+        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": True, "GRAD": True},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_dW7_kernel", "signature": _SIGNATURES["resnet_block_dL_dW7_kernel"],
         "constexprs": {"BLOCK_J": 4, "BLOCK_K": 32}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_dL_db7_kernel", "signature": _SIGNATURES["resnet_block_dL_db7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
-        "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_df6_kernel", "signature": _SIGNATURES["resnet_block_dL_df6_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
@@ -895,17 +784,11 @@ COMPILE_SPECS = [
     {"kernel": "resnet_block_dL_dW3_kernel", "signature": _SIGNATURES["resnet_block_dL_dW3_kernel"],
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_dL_db3_kernel", "signature": _SIGNATURES["resnet_block_dL_db3_kernel"],
-        "constexprs": {"BLOCK_G": 2, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_df2_kernel", "signature": _SIGNATURES["resnet_block_dL_df2_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_dW2_kernel", "signature": _SIGNATURES["resnet_block_dL_dW2_kernel"],
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_dL_db2_kernel", "signature": _SIGNATURES["resnet_block_dL_db2_kernel"],
-        "constexprs": {"BLOCK_G": 2, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_df1_via2_kernel",
         "signature": _SIGNATURES["resnet_block_dL_df1_via2_kernel"],
@@ -913,9 +796,6 @@ COMPILE_SPECS = [
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_dW1_kernel", "signature": _SIGNATURES["resnet_block_dL_dW1_kernel"],
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_dL_db1_kernel", "signature": _SIGNATURES["resnet_block_dL_db1_kernel"],
-        "constexprs": {"BLOCK_G": 2, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_loss_sum_kernel",
         "signature": _SIGNATURES["resnet_block_loss_sum_kernel"], "constexprs": {"_BLOCK": 1024},
@@ -980,7 +860,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _b_a4 = _x.new_empty((_batch, 72), dtype=torch.float32)
     _b_f4 = _x.new_empty((_batch, 72), dtype=torch.float32)
     _b_f5 = _x.new_empty((_batch, 18), dtype=torch.float32)
-    _b_a7 = _x.new_empty((_batch, 3), dtype=torch.float32)
+    _b_dL_df7 = _x.new_empty((_batch, 3), dtype=torch.float32)
+    # resnet_block_a7_kernel computes ŷ, the loss or the first gradient lines in its epilogue, each
+    # part under its flag: what a part that is off would read or write is a stand-in it never
+    # touches
+    _y = y.contiguous() if y is not None else _x
+    _out = out if out is not None else _sums
+    _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
     resnet_block_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
         _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk,
             BLOCK_N=(128 if _wide else 64),
@@ -996,43 +882,27 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     resnet_block_f5_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(18, 32))](
         _b_f4, _b_f5, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    resnet_block_a7_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(3, 4))](
-        _b_f5, _p["W7"], _p["b7"], _b_a7, _batch, _scale, BLOCK_B=_blk, BLOCK_N=4,
-            KC=(256 if _wide else 1),
+    resnet_block_a7_kernel[(triton.cdiv(_batch, _blk),)](
+        _b_f5, _p["W7"], _p["b7"], _out, _part, _y, _b_dL_df7, _batch, _scale, BLOCK_B=_blk,
+            KC=(256 if _wide else 1), OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
         inter.update({"a1": _b_a1, "f1": _b_f1, "a2": _b_a2, "f2": _b_f2, "a4": _b_a4, "f4": _b_f4,
-            "f5": _b_f5, "a7": _b_a7})
-    if out is not None:
-        resnet_block_yhat_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(3, 4))](
-            out, _b_a7, _batch, _scale, BLOCK_B=_blk, BLOCK_N=4,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+            "f5": _b_f5, "dL_df7": _b_dL_df7})
     if not (with_loss or with_grad):
         return _sums, 1
-    _y = y.contiguous()
     if with_loss:
-        _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32)
-        resnet_block_loss_per_sample_kernel[(triton.cdiv(_batch, _blk),)](
-            _part, _b_a7, _y, _batch, _scale, BLOCK_B=_blk,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_loss_sum_kernel[(1,)](
             _part, _sums[0, N_PARAMS:], _part.numel(), _BLOCK=1024,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
-        _b_dL_df7 = _x.new_empty((_batch, 3), dtype=torch.float32)
         _b_dL_df6 = _x.new_empty((_batch, 18), dtype=torch.float32)
         _b_delta4 = _x.new_empty((_batch, 72), dtype=torch.float32)
         _b_delta2 = _x.new_empty((_batch, 72), dtype=torch.float32)
         _b_delta1 = _x.new_empty((_batch, 72), dtype=torch.float32)
-        resnet_block_dL_df7_kernel[(triton.cdiv(_batch, _blk),)](
-            _y, _b_a7, _b_dL_df7, _batch, _scale, BLOCK_B=_blk,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_dW7_kernel[(triton.cdiv(3, 4), triton.cdiv(18, 32))](
-            _b_dL_df7, _b_f5, _g["W7"], _batch, BLOCK_J=4, BLOCK_K=32,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_db7_kernel[(triton.cdiv(3, 4),)](
-            _b_dL_df7, _g["b7"], _batch, _scale, BLOCK_B=_blk,
+        resnet_block_dL_dW7_kernel[(triton.cdiv(3, 4), triton.cdiv(19, 32))](
+            _b_dL_df7, _b_f5, _g["W7"], _g["b7"], _batch, BLOCK_J=4, BLOCK_K=32,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_df6_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(18, 32))](
             _b_dL_df7, _p["W7"], _b_dL_df6, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
@@ -1042,37 +912,30 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             _b_dL_df6, _b_f4, _b_a4, _b_delta4, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(128 if _wide else 32),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_dW3_kernel[(triton.cdiv(36, 32),)](
-            _b_delta4, _b_f2, _g["W3"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_db3_kernel[(triton.cdiv(2, 2),)](
-            _b_delta4, _g["b3"], _batch, BLOCK_G=2, BLOCK_R=(2048 if _wide else 64),
+        resnet_block_dL_dW3_kernel[(triton.cdiv(38, 32),)](
+            _b_delta4, _b_f2, _g["W3"], _g["b3"], _batch, BLOCK_G=32,
+                BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_df2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide
             else 64)))](
             _b_delta4, _p["W3"], _b_a2, _b_delta2, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(128 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_dW2_kernel[(triton.cdiv(36, 32),)](
-            _b_delta2, _b_f1, _g["W2"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_db2_kernel[(triton.cdiv(2, 2),)](
-            _b_delta2, _g["b2"], _batch, BLOCK_G=2, BLOCK_R=(2048 if _wide else 64),
+        resnet_block_dL_dW2_kernel[(triton.cdiv(38, 32),)](
+            _b_delta2, _b_f1, _g["W2"], _g["b2"], _batch, BLOCK_G=32,
+                BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_df1_via2_kernel[
             (triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
             _b_delta2, _p["W2"], _b_delta4, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(128 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_dW1_kernel[(triton.cdiv(18, 32),)](
-            _b_delta1, _x, _g["W1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_db1_kernel[(triton.cdiv(2, 2),)](
-            _b_delta1, _g["b1"], _batch, BLOCK_G=2, BLOCK_R=(2048 if _wide else 64),
+        resnet_block_dL_dW1_kernel[(triton.cdiv(20, 32),)](
+            _b_delta1, _x, _g["W1"], _g["b1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
-            inter.update({"dL_df7": _b_dL_df7, "dL_df6": _b_dL_df6, "delta4": _b_delta4,
-                "delta2": _b_delta2, "delta1": _b_delta1})
+            inter.update({"dL_df6": _b_dL_df6, "delta4": _b_delta4, "delta2": _b_delta2,
+                "delta1": _b_delta1})
     return _sums, 1
 
 

@@ -2,18 +2,23 @@
 table, fuse into one kernel exactly where every phase is row-local; otherwise each gets its per-layer
 kernel, and the plan names the phase that stopped the fusion.  Checked against a rule stated independently
 of the classifier (a volume anywhere in the network, or a concat, keeps the phases apart), over every
-example and both concat graphs; the modules' numbers are checked elsewhere (test_codegen, test_graph)."""
+example and both concat graphs; the modules' numbers are checked elsewhere (test_codegen, test_graph), except
+the merged per-layer kernels' (a bias gradient with its weight gradient, the row-complete epilogue of the
+last dense layer), checked here against torch.autograd in float64 under every setting of their flags."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, assert_close_to_torch, module_outputs, torch_reference, triton_inputs, triton_outputs
 
-from derive import Concat, Linear, Network, Port, load_spec
+from derive import Concat, Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port, load_spec, verify
 from derive.derivation import derive
 from derive.inspect import format_text, inspect
+from derive.inspect.model import layered_step
 from derive.ir.lowering import lower
+from derive.targets.modules import generated_modules
 from derive.targets.triton_planner import fuse, phases, plan_triton
 
 CONCAT = Network("plan_concat", [Linear(2, activation="sigmoid"), Linear(3, activation="tanh", input="x"),
@@ -72,3 +77,61 @@ def test_inspect_prints_the_kernels_and_why(spec):
         assert "fused: every phase is row-local" in text
     else:
         assert "not fused: a1 (ConvForward)" in text
+
+
+# A conv2d and a locally connected layer (each a weight gradient with its bias gradient beside it) under a
+# dense layer whose output row fits one tile (ŷ, the loss and ∂L/∂f in its epilogue), for two losses
+MERGED = {
+    "cross_entropy": Network("plan_merged_ce", [Conv2d(2, 3, activation="relu"), LocallyConnected(2, 2, activation="tanh"),
+                                                Flatten(), Linear(3)], Port("x", (1, 7, 7)), Port("y", ()),
+                             loss=Loss("cross_entropy")),
+    "l2": Network("plan_merged_l2", [Conv2d(3, 2, stride=2, padding=1, activation="sigmoid"), Flatten(),
+                                     Linear(4, activation="tanh")], Port("x", (2, 5, 5)), Port("y", (4,)),
+                  loss=Loss("l2")),
+}
+
+
+def _kernels(spec: str) -> list[str]:
+    ir = lower(derive(load_spec(ROOT / "examples" / f"{spec}.toml")), "<t>")
+    return [line.split(": ", 1)[1] for line in plan_triton(ir).fusion[1:]]
+
+
+def test_the_convnets_merge_bias_gradients_and_the_row_complete_epilogue():
+    """The kernels the merges leave (each line: the kernel's head, then what it computes after it): a bias
+    gradient in the kernel of the weight gradient reading the same δ, and ŷ, the loss per sample and
+    ∂L/∂f = softmax − onehot in the epilogue of the 10-wide dense layer.  A training step: these and the
+    update."""
+    assert _kernels("lecture_convnet") == ["a1, f1", "a3, yhat, loss_per_sample, dL_df3", "dL_dW3, dL_db3",
+                                           "dL_df2, delta1", "dL_dW1, dL_db1"]
+    assert _kernels("lecture_convnet_pool") == ["a1, f1", "f2", "a4, yhat, loss_per_sample, dL_df4",
+                                                "dL_dW4, dL_db4", "dL_df3", "dL_df1, delta1", "dL_dW1, dL_db1"]
+    ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet.toml")), "<t>")
+    assert sum(c.launches for c in layered_step(ir, plan_triton(ir), 1024)) == 6
+
+
+@pytest.mark.parametrize("loss", list(MERGED))
+def test_merged_kernels_match_torch_autograd(loss, triton_device_name):
+    """The merged kernels under each setting of the epilogue's flags (forward(): ŷ alone, loss(), gradients(),
+    launch(): all three, step(): the loss and the gradients) against torch.autograd in float64."""
+    net = MERGED[loss]
+    ir = lower(derive(net), "<t>")
+    lines = [line.split(": ", 1)[1].split(", ") for line in plan_triton(ir).fusion[1:]]
+    # every bias gradient rides after its weight gradient; ŷ and the loss after the last dense layer
+    biases = {f"dL_d{p.name}" for p in ir.params if p.name.startswith("b")}
+    assert {ln[1] for ln in lines if ln[0].replace("dL_dW", "dL_db") in biases and len(ln) > 1} == biases
+    assert not any(ln[0] in biases for ln in lines)
+    assert any({"yhat", "loss_per_sample"} <= set(ln[1:]) for ln in lines)
+    rng = np.random.default_rng(7)
+    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
+        params = verify.random_params(mods["numpy"], rng)
+        x, y = verify.sample(net, rng, 5)
+        tp, tx, ty = triton_inputs(net, params, x, y)
+        trm = mods["triton"]
+        assert_close_to_torch(net, module_outputs(trm, tp, tx, ty), tp, tx, ty, 1e-4, f"{net.name} one flag", True)
+        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, f"{net.name} all", True)
+        # step() at lr 1 (so that θ − θ' holds the gradient to float32 precision): its loss and its gradients
+        new, _, step_loss = trm.step(tp, trm.init_state(tp), tx, ty, 0, hyper={"lr": 1.0})
+        got = {"forward": trm.forward(tp, tx).double().numpy(), "loss": np.float64(step_loss)}
+        got.update({f"grad {k}": (tp[k].double() - new[k].double()).numpy() for k in tp})
+        assert set(got) == set(torch_reference(net, tp, tx, ty))
+        assert_close_to_torch(net, got, tp, tx, ty, 1e-4, f"{net.name} step", True)

@@ -8,6 +8,9 @@ Elementwise assignments that follow a kernel at the same index (f1 = relu(a1), �
 printed by the strict Triton printer into that kernel's epilogue, and an array is stored only when a
 later kernel reads it.  Flatten, Unflatten and a bare rename are views; Pad is read through masks by
 the windows that use it, and Crop is folded into the gather that computes the padded gradient.
+Two merges save launches and passes over δ: a bias gradient is summed by the kernel of the weight
+gradient that reads the same δ (_bias_of), and the last forward kernel, where its tile holds whole rows,
+computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue).
 
 Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
 """
@@ -44,6 +47,11 @@ WIDE_R = 2048  # the same on CPU tensors (the interpreter)
 OUTER_J, OUTER_K = 16, 128
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
+# the nodes a row-complete epilogue prints (the whole row is in its tile: the reductions too)
+_ROW_NODES = (N.Col, N.OneHot, N.ZerosLike, N.Softmax, N.LogSumExp, N.RowSum)
+# a row-complete epilogue's parts: constexpr flag -> (the value the host passes, what the part does)
+FLAGS = {"OUT": ("out is not None", "write ŷ"), "LOSS": ("with_loss", "sum the loss"),
+         "GRAD": ("with_grad", "the backward lines the row holds")}
 # read their operands from memory (a column or row at a time; a concat's or slice's shifted columns)
 _CONTRACTING = (N.MatVec, N.VecMat, N.Concat, N.Slice)
 
@@ -71,6 +79,7 @@ class Kernel:
     flops: int = 0  # per batch row: the contraction's multiply-adds, times 2 (derive inspect's model)
     block_n: tuple | None = None  # (on CUDA, on CPU) columns per program of a column-tiled kernel
     computes: tuple = ()  # the assignments its epilogue computes after its head (derive inspect's phase list)
+    flags: tuple = ()  # the constexpr switches of a row-complete epilogue's parts (FLAGS), in order
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -166,6 +175,7 @@ class _Plan:
         self.env = _env().get_template("triton_layer_kernels.jinja").module
         self.order: list[Assign] = [*ir.forward, ir.output, ir.loss, *ir.backward]
         self.folded = {a.expr.args[0].name for a in ir.backward if isinstance(a.expr, N.Crop)}
+        self.merged: set[str] = set()  # assignments an earlier kernel computes too (no kernel of their own)
         self._views()
         self.readers = self._readers()
 
@@ -244,10 +254,12 @@ class _Plan:
 
     # ---- row-tiled kernels: a head, the fused elementwise lines, the stores
     def tiled(self, head: Assign, section: str, head_lines: str | None, head_args: list, rest: list[Assign],
-              width: int, block_n: int, chunked: bool, extra: tuple = (), out_ptr: str | None = None) -> Kernel:
+              width: int, block_n: int, chunked: bool, extra: tuple = (), out_ptr: str | None = None,
+              epilogue: tuple = ()) -> Kernel:
         """A kernel over (BLOCK_B rows) × (block_n columns of ``width``): ``head_lines`` compute the head's tile
         (None: the head is elementwise and printed too), then ``rest`` are printed, then the stores.
-        ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment)."""
+        ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment).
+        ``epilogue``: (flag, assignments) of a whole-row tile, each part printed under ``if flag:``."""
         pr = _RowPrinter(self, width)
         self.block_n_of = {width: "BLOCK_N"} if chunked else {}
         in_regs: set[str] = set()
@@ -276,11 +288,12 @@ class _Plan:
         for a, rhs in printed:
             body.append(f"{a.name} = {rhs}  # {a.comment}")
         outs = [head] + list(rest) if head_lines is not None else list(todo)
+        here = {x.name for x in outs} | {a.name for _, part in epilogue for a in part}
         stores = []
         for a in outs:
             if out_ptr is not None:
                 stores.append(self._store(a.name, out_ptr))
-            elif self._needs_store(a.name, {x.name for x in outs}):
+            elif self._needs_store(a.name, here):
                 stores.append(self._store(a.name))
                 pr._ptr(a.name)
         args = list(head_args)
@@ -288,6 +301,11 @@ class _Plan:
             t = self.arg(n, section)
             if t[0] not in {x[0] for x in args}:
                 args.append(t)
+        parts = []
+        for flag, part in epilogue:
+            lines, part_args = self._epilogue_part(part, width, in_regs, here, section)
+            parts.append({"flag": flag, "lines": lines})
+            args += [t for t in part_args if t[0] not in {x[0] for x in args}]
         self.helpers |= pr.helpers
         self.imports |= pr.imports
         cols = []
@@ -304,7 +322,7 @@ class _Plan:
         source = self.env.tiled_kernel({
             "name": name, "args": args, "comment": head.comment, "cols": cols, "head": (head_lines or "").rstrip("\n"),
             "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
-            "kc": "_matvec_cols" in pr.helpers,
+            "kc": "_matvec_cols" in pr.helpers, "epilogue": parts, "flags": [(f, FLAGS[f][1]) for f, _ in epilogue],
         })
         tiles = (block_n, min(pow2(width), WIDE_N)) if chunked and width else None
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
@@ -312,7 +330,57 @@ class _Plan:
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
                       "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
                       constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {},
-                      computes=tuple(a.name for a in outs if a is not head))
+                      computes=tuple(a.name for a in outs if a is not head) + tuple(a.name for _, p in epilogue for a in p),
+                      flags=tuple(f for f, _ in epilogue))
+
+    def _epilogue_part(self, part: list[Assign], width: int, in_regs: set, here: set, section: str):
+        """One part of a row-complete epilogue: its loads (what the head's tile does not hold: y, a
+        parameter), its lines and its stores (ŷ to the output, the loss as this program's partial sum, the
+        rest where a later kernel reads it), and the pointers it adds."""
+        pr = _RowPrinter(self, width)
+        printed = [(a, pr.doprint(self.resolved(a.expr))) for a in part]
+        done = {a.name for a in part}
+        lines = [self._load(n, pr) for n in pr.loaded if n not in in_regs and n not in done]
+        lines += [f"{a.name} = {rhs}  # {a.comment}" for a, rhs in printed]
+        args = []
+        for a in part:
+            if a is self.ir.output:
+                dims = ", ".join(["batch", *map(str, a.shape)])
+                args.append(("_OUT_ptr", "*fp32", "_out", f"ŷ, ({dims}) float32: written where OUT"))
+                lines.append(self._store(a.name, "_OUT_ptr"))
+            elif a is self.ir.loss:
+                args.append(("_PART_ptr", "*fp32", "_part", "one partial sum of the batch loss per program"))
+                lines.append(f"tl.store(_PART_ptr + tl.program_id(0), "
+                             f"tl.sum(tl.where(_row_mask, {a.name}, 0.0), axis=0) * _scale)")
+            elif self._needs_store(a.name, here):
+                lines.append(self._store(a.name))
+                pr._ptr(a.name)
+        args += [self.arg(n, section) for n in pr.ptrs]
+        self.helpers |= pr.helpers
+        self.imports |= pr.imports
+        return lines, args
+
+    def row_local(self, a: Assign, width: int, held: set[str]) -> bool:
+        """Whether a line after the forward reads only the row a whole-row tile of ``width`` holds (``held``,
+        by name), the target, ``_scale`` or a parameter of that width, and makes a row of that width or a
+        scalar per row: then it may ride in that tile's epilogue (a softmax, a log-sum-exp or a row sum
+        included, since the whole row is there)."""
+        if not a.batched or a.name in self.pads or a.name in self.folded or _width(a.shape) not in (0, width):
+            return False
+        expr = self.resolved(a.expr)
+        if any(isinstance(n, N.IRNode) and not isinstance(n, _ROW_NODES) for n in sp.preorder_traversal(expr)):
+            return False
+        if not self._widths(expr) <= {width}:
+            return False
+        for s in expr.free_symbols:
+            if s.name == "_scale":
+                continue
+            arr = self.arrays.get(s.name)
+            if arr is None or s.name in self.pads or _width(arr.shape) not in (0, width):
+                return False
+            if arr.batched and s.name != self.ir.target.name and s.name not in held:
+                return False
+        return True
 
     def kernel_name(self, what: str) -> str:
         return f"{self.ir.name}_{what}_kernel"
@@ -430,8 +498,36 @@ def _emit_rowwise(plan: _Plan, a: Assign, after: list[Assign], section: str) -> 
     chunked = bool(width) and not reduces and loaded <= {width}
     block_n = min(pow2(width), BLOCK_N) if chunked else pow2(width)
     rest = _rest(plan, after, width)
-    plan.kernels.append(plan.tiled(a, section, None, [], _compute(rest, plan), width, block_n, chunked))
+    epilogue = ()
+    if section == "forward" and pow2(width) <= BLOCK_N and all(x.name in plan.alias for x in after[len(rest):]):
+        epilogue = _row_epilogue(plan, {a.name, *(x.name for x in _compute(rest, plan))}, width)
+        chunked = chunked and not epilogue  # the epilogue's tile is the whole row, one program per row block
+    plan.kernels.append(plan.tiled(a, section, None, [], _compute(rest, plan), width, block_n, chunked,
+                                   epilogue=epilogue))
     return len(rest)
+
+
+def _row_epilogue(plan: _Plan, held: set[str], width: int) -> tuple:
+    """The lines after the forward that the last forward kernel's tile can compute: it holds whole rows (a
+    dense layer of at most BLOCK_N outputs, one column block), so ŷ, the loss per sample and the leading
+    backward lines that read only that row and the target (∂L/∂f = softmax − onehot for cross-entropy) ride
+    in its epilogue instead of launching their own kernels over rows it already holds.  Each part runs
+    under a constexpr flag (FLAGS), since forward() wants ŷ alone and a training step the loss and the
+    gradients.  A part reads no line of another part (each may be switched off)."""
+    ir = plan.ir
+    parts = []
+    for flag, assigns in (("OUT", [ir.output]), ("LOSS", [ir.loss]), ("GRAD", list(ir.backward))):
+        took: list[Assign] = []
+        for b in assigns:
+            if b.name in plan.alias:
+                continue
+            if not plan.row_local(b, width, held | {t.name for t in took}):
+                break
+            took.append(b)
+        if took:
+            parts.append((flag, took))
+            plan.merged.update(b.name for b in took)
+    return tuple(parts)
 
 
 def _emit_param_elementwise(plan: _Plan, a: Assign, after, section) -> int:
@@ -557,6 +653,19 @@ def _grad_args(plan: _Plan, a: Assign, inputs: list[tuple[str, str]], section: s
     return out + [("G_ptr", typ, host, comment)]
 
 
+def _bias_of(plan: _Plan, d: sp.Symbol, after, kinds: tuple, shape: tuple) -> Assign | None:
+    """The bias gradient, later in the section, that sums the same δ a weight gradient reads (ConvBiasGrad(δ),
+    or BatchSum(δ) of a bare δ), so that the weight gradient's kernel sums it too: one pass over δ, one
+    launch fewer.  The IR is single-assignment, so δ is the same array wherever the bias reads it."""
+    src = plan.resolve(d.name)
+    for b in after:
+        if (isinstance(b.expr, kinds) and b.name in plan.grad_param and isinstance(b.expr.args[0], sp.Symbol)
+                and plan.resolve(b.expr.args[0].name) == src and tuple(b.shape) == tuple(shape)):
+            plan.merged.add(b.name)
+            return b
+    return None
+
+
 def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     d, x, s, kh, kw, _ = a.expr.args
     p = plan.grad_param[a.name]
@@ -564,13 +673,23 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     o, oh, ow = plan.arrays[d.name].shape
     shared = isinstance(a.expr, N.ConvWeightGrad)
     n_grad = math.prod(plan.params[p].shape)
+    bias = (_bias_of(plan, d, after, (N.ConvBiasGrad,), (o,)) if shared
+            else _bias_of(plan, d, after, (N.BatchSum,), (o, oh, ow)))
+    n_bias = _width(bias.shape) if bias else 0
     k = {**g, "name": plan.kernel_name(a.name), "layer": int(a.expr.args[-1]), "source": g["src"], "o": o, "oh": oh,
          "ow": ow, "ohw": oh * ow, "n_out": o * oh * ow, "shared": shared, "n_grad": n_grad,
-         "per_row": oh * ow if shared else 1, "w_shape": plan.params[p].shape, "formula": a.comment}
+         "per_row": oh * ow if shared else 1, "w_shape": plan.params[p].shape, "formula": a.comment,
+         "bias": plan.grad_param[bias.name] if bias else None, "n_bias": n_bias,
+         "b_shape": plan.params[plan.grad_param[bias.name]].shape if bias else None,
+         "bias_formula": bias.comment if bias else None}
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
+    if bias:
+        _, typ, host, comment = plan.arg(bias.name, section)
+        args.append(("GB_ptr", typ, host, comment))
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args,
-                               f"(triton.cdiv({n_grad}, {BLOCK_G}),)", section, None, None,
-                               {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"]))
+                               f"(triton.cdiv({n_grad + n_bias}, {BLOCK_G}),)", section, None, None,
+                               {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"],
+                               computes=(bias.name,) if bias else ()))
     return 0
 
 
@@ -594,12 +713,19 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
             raise DerivationError(f"triton target: the outer product {a.name} needs named operands, got {v}")
     p = plan.grad_param[a.name]
     j, kk = plan.params[p].shape
+    bias = _bias_of(plan, d, after, (N.BatchSum,), (j,))
+    cols = kk + (1 if bias else 0)  # the bias is the column of a constant input 1
     k = {"name": plan.kernel_name(a.name), "d": plan.resolve(d.name), "f": plan.resolve(f.name), "weight": p,
-         "j": j, "k": kk, "formula": a.comment}
-    bj, bk = min(pow2(j), OUTER_J), min(pow2(kk), OUTER_K)
+         "j": j, "k": kk, "formula": a.comment, "bias": plan.grad_param[bias.name] if bias else None,
+         "bias_formula": bias.comment if bias else None}
+    bj, bk = min(pow2(j), OUTER_J), min(pow2(cols), OUTER_K)
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (f.name, "F_ptr")], section)
-    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({kk}, {bk}))",
-                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk))
+    if bias:
+        _, typ, host, comment = plan.arg(bias.name, section)
+        args.append(("GB_ptr", typ, host, comment))
+    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({cols}, {bk}))",
+                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk,
+                               computes=(bias.name,) if bias else ()))
     return 0
 
 
@@ -734,7 +860,7 @@ def _emit_all(plan: _Plan) -> None:
         i = 0
         while i < len(assigns):
             a = assigns[i]
-            if a.name in plan.alias:
+            if a.name in plan.alias or a.name in plan.merged:
                 i += 1
                 continue
             emit = EMITTERS.get(type(a.expr))
@@ -750,8 +876,10 @@ def _emit_all(plan: _Plan) -> None:
                 emit = _emit_rowwise
             i += 1 + emit(plan, a, assigns[i + 1:], section)
         if section == "forward":
-            _emit_out(plan, ir.output)
-            _emit_loss(plan, ir.loss)
+            if ir.output.name not in plan.merged:
+                _emit_out(plan, ir.output)
+            if ir.loss.name not in plan.merged:
+                _emit_loss(plan, ir.loss)
 
 
 # IR nodes the strict printer spells inside an elementwise line (the rest need an emitter)
@@ -768,6 +896,7 @@ def _launch(k: Kernel) -> dict:
     scalars = ["_batch", "_scale"] if k.block_b else (["_batch"] if k.constexprs else [])
     cx = ([f"BLOCK_B={k.block_b}"] if k.block_b else []) + ([f"BLOCK_N={_bn(k.block_n)}"] if k.block_n else [])
     cx += [f"{n}={_bn(v) if isinstance(v, tuple) else v}" for n, v in k.constexprs.items()]
+    cx += [f"{f}={FLAGS[f][0]}" for f in k.flags]
     return {"name": k.name, "grid": k.grid, "args": ", ".join(hosts + scalars + cx), "section": k.section,
             "loss": k.section == "loss", "block_b": k.block_b}
 
@@ -782,9 +911,24 @@ def _spec(k: Kernel) -> tuple[str, dict, list[dict]]:
     elif k.constexprs:
         sig["_B"] = "i32"
     sig.update({n: "constexpr" for n in k.constexprs})
+    sig.update({f: "constexpr" for f in k.flags})
     cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | ({"BLOCK_N": str(k.block_n[0])} if k.block_n else {})
     cx |= {n: repr(v[0] if isinstance(v, tuple) else v) for n, v in k.constexprs.items()}
-    return (k.name, sig, [cx])
+    return (k.name, sig, [cx | {f: repr(f in on) for f in k.flags} for on in _flag_uses(k.flags)])
+
+
+def _flag_uses(flags: tuple) -> list[set]:
+    """The flags' settings the module launches: forward() (ŷ), loss(), gradients() and train_step() (the
+    gradients alone), step() (the loss and the gradients), intermediates() (all three)."""
+    if not flags:
+        return [set()]
+    uses = [{"OUT"}, {"LOSS"}, {"GRAD"}, {"LOSS", "GRAD"}, {"OUT", "LOSS", "GRAD"}]
+    out = []
+    for u in uses:
+        on = u & set(flags)  # a use none of whose parts the kernel holds runs it with every flag off
+        if on not in out:
+            out.append(on)
+    return out
 
 
 def _traffic(plan: _Plan, k: Kernel) -> tuple:
@@ -798,6 +942,8 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
             row += 8 if ir.target.dtype == "int" else 4 * max(math.prod(ir.target.shape), 1)
         elif host == "out":
             row += 4 * max(_width(ir.output.shape), 1)
+        elif host == "_out":
+            pass  # ŷ from a row-complete epilogue: written where forward() asks (OUT), not by a training step
         elif host.startswith("_b_"):
             row += 4 * max(_width(plan.arrays[host[3:]].shape), 1)
         elif host.startswith(("_p[", "_g[")):
@@ -823,6 +969,7 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
         top=ir.forward[-1].name,
+        epilogue=next(({"name": k.name, "block_b": k.block_b} for k in plan.kernels if k.flags), None),
     )
     loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"},
                 [{"_BLOCK": "1024"}])

@@ -8,7 +8,8 @@ the batch and elementwise lines, sums over paths included), all of them become t
 kernel (triton.py), whose Strategy (choose_strategy) says how it keeps its bytes on chip.  A phase that
 reads across a volume's pixels (a window, pooling, a reshape, padding) or joins columns (a concat: a
 register tile has no concatenation) stops the fusion, and every phase gets its per-layer kernel (an
-elementwise phase rides in the epilogue of the kernel before it).  The plan says which phases each
+elementwise phase rides in the epilogue of the kernel before it, a bias gradient in its weight gradient's
+kernel, and ŷ, the loss and the first backward lines in a whole-row last forward kernel: triton_layers.py).  The plan says which phases each
 kernel computes and why they were or were not fused (`derive inspect` prints it).
 """
 
