@@ -107,7 +107,6 @@ def digits_convnet_a1_kernel(
     X_ptr,  # x, (batch, 1, 8, 8) float32
     W_ptr,  # parameter W1, (16, 1, 3, 3)
     BIAS_ptr,  # parameter b1, (16,)
-    a1_ptr,  # a1, (batch, 16, 8, 8) float32
     f1_ptr,  # f1, (batch, 16, 8, 8) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -138,8 +137,6 @@ def digits_convnet_a1_kernel(
                 a1 += _xv * _wv[None, :]
     a1 += tl.load(BIAS_ptr + _o, mask=_cmask_1024, other=0.0)[None, :]
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
-    tl.store(a1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :], a1,
-        mask=_row_mask[:, None] & _cmask_1024[None, :])
     tl.store(f1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :], f1,
         mask=_row_mask[:, None] & _cmask_1024[None, :])
 
@@ -280,7 +277,7 @@ def digits_convnet_dL_df3_kernel(
 def digits_convnet_dL_df1_kernel(
     G_ptr,  # dL_df3, (batch, 256) float32
     X_ptr,  # f1, (batch, 16, 8, 8) float32
-    a1_ptr,  # a1, (batch, 16, 8, 8) float32
+    f1_ptr,  # f1, (batch, 16, 8, 8) float32
     delta1_ptr,  # delta1, (batch, 16, 8, 8) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -324,9 +321,9 @@ def digits_convnet_dL_df1_kernel(
                     _arg = tl.where(_v > _best, _p2 * 2 + _q2, _arg)
                     _best = tl.maximum(_best, _v)
             dL_df1 += tl.where(_arg == _p * 2 + _q, _gv, 0.0)
-    a1 = tl.load(a1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :],
+    f1 = tl.load(f1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :],
         mask=_row_mask[:, None] & _cmask_1024[None, :], other=0.0)
-    delta1 = dL_df1*tl.where(a1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     tl.store(delta1_ptr + _rows[:, None] * 1024 + _cols_1024[None, :], delta1,
         mask=_row_mask[:, None] & _cmask_1024[None, :])
 
@@ -447,7 +444,7 @@ def digits_convnet_update_kernel(
 # reports registers, spills, shared memory and compile time.
 _SIGNATURES = {
     "digits_convnet_a1_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "digits_convnet_f2_kernel": {"X_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
         "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
@@ -460,7 +457,7 @@ _SIGNATURES = {
     "digits_convnet_dL_df3_kernel": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32",
         "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
-    "digits_convnet_dL_df1_kernel": {"G_ptr": "*fp32", "X_ptr": "*fp32", "a1_ptr": "*fp32",
+    "digits_convnet_dL_df1_kernel": {"G_ptr": "*fp32", "X_ptr": "*fp32", "f1_ptr": "*fp32",
         "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "digits_convnet_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
@@ -559,7 +556,6 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
     _sums = _x.new_empty((1, N_PARAMS + 1), dtype=torch.float32)
-    _b_a1 = _x.new_empty((_batch, 1024), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 1024), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 256), dtype=torch.float32)
     _b_dL_df4 = _x.new_empty((_batch, 10), dtype=torch.float32)
@@ -571,7 +567,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
     digits_convnet_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1024, (1024 if _wide
         else 64)))](
-        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk,
+        _x, _p["W1"], _p["b1"], _b_f1, _batch, _scale, BLOCK_B=_blk,
             BLOCK_N=(1024 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     digits_convnet_f2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(256, (256 if _wide else 64)))](
@@ -582,7 +578,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             KC=(256 if _wide else 1), OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
-        inter.update({"a1": _b_a1, "f1": _b_f1, "f2": _b_f2, "dL_df4": _b_dL_df4})
+        inter.update({"f1": _b_f1, "f2": _b_f2, "dL_df4": _b_dL_df4})
     if not (with_loss or with_grad):
         return _sums, 1
     if with_loss:
@@ -603,7 +599,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         digits_convnet_dL_df1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1024, (1024 if _wide
             else 32)))](
-            _b_dL_df3, _b_f1, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
+            _b_dL_df3, _b_f1, _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(1024 if _wide else 32),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         digits_convnet_dL_dW1_kernel[(triton.cdiv(160, 32),)](

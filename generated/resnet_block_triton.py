@@ -108,7 +108,6 @@ def resnet_block_a1_kernel(
     X_ptr,  # x, (batch, 1, 6, 6) float32
     W_ptr,  # parameter W1, (2, 1, 3, 3)
     BIAS_ptr,  # parameter b1, (2,)
-    a1_ptr,  # a1, (batch, 2, 6, 6) float32
     f1_ptr,  # f1, (batch, 2, 6, 6) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -139,8 +138,6 @@ def resnet_block_a1_kernel(
                 a1 += _xv * _wv[None, :]
     a1 += tl.load(BIAS_ptr + _o, mask=_cmask_72, other=0.0)[None, :]
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
-    tl.store(a1_ptr + _rows[:, None] * 72 + _cols_72[None, :], a1,
-        mask=_row_mask[:, None] & _cmask_72[None, :])
     tl.store(f1_ptr + _rows[:, None] * 72 + _cols_72[None, :], f1,
         mask=_row_mask[:, None] & _cmask_72[None, :])
 
@@ -150,7 +147,6 @@ def resnet_block_a2_kernel(
     X_ptr,  # f1, (batch, 2, 6, 6) float32
     W_ptr,  # parameter W2, (2, 2, 3, 3)
     BIAS_ptr,  # parameter b2, (2,)
-    a2_ptr,  # a2, (batch, 2, 6, 6) float32
     f2_ptr,  # f2, (batch, 2, 6, 6) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -181,8 +177,6 @@ def resnet_block_a2_kernel(
                 a2 += _xv * _wv[None, :]
     a2 += tl.load(BIAS_ptr + _o, mask=_cmask_72, other=0.0)[None, :]
     f2 = tl.maximum(a2, 0.0)  # f2[o, i, j] = max(0, a2[o, i, j])
-    tl.store(a2_ptr + _rows[:, None] * 72 + _cols_72[None, :], a2,
-        mask=_row_mask[:, None] & _cmask_72[None, :])
     tl.store(f2_ptr + _rows[:, None] * 72 + _cols_72[None, :], f2,
         mask=_row_mask[:, None] & _cmask_72[None, :])
 
@@ -193,7 +187,6 @@ def resnet_block_a3_kernel(
     W_ptr,  # parameter W3, (2, 2, 3, 3)
     BIAS_ptr,  # parameter b3, (2,)
     f1_ptr,  # f1, (batch, 2, 6, 6) float32
-    a4_ptr,  # a4, (batch, 2, 6, 6) float32
     f4_ptr,  # f4, (batch, 2, 6, 6) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -227,8 +220,6 @@ def resnet_block_a3_kernel(
         mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
     a4 = a3 + f1  # a4[c, h, w] = f1[c, h, w] + f3[c, h, w]
     f4 = tl.maximum(a4, 0.0)  # f4[c, h, w] = max(0, a4[c, h, w])
-    tl.store(a4_ptr + _rows[:, None] * 72 + _cols_72[None, :], a4,
-        mask=_row_mask[:, None] & _cmask_72[None, :])
     tl.store(f4_ptr + _rows[:, None] * 72 + _cols_72[None, :], f4,
         mask=_row_mask[:, None] & _cmask_72[None, :])
 
@@ -367,7 +358,7 @@ def resnet_block_dL_df6_kernel(
 def resnet_block_dL_df4_kernel(
     G_ptr,  # dL_df6, (batch, 18) float32
     X_ptr,  # f4, (batch, 2, 6, 6) float32
-    a4_ptr,  # a4, (batch, 2, 6, 6) float32
+    f4_ptr,  # f4, (batch, 2, 6, 6) float32
     delta4_ptr,  # delta4, (batch, 2, 6, 6) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -411,9 +402,9 @@ def resnet_block_dL_df4_kernel(
                     _arg = tl.where(_v > _best, _p2 * 2 + _q2, _arg)
                     _best = tl.maximum(_best, _v)
             dL_df4 += tl.where(_arg == _p * 2 + _q, _gv, 0.0)
-    a4 = tl.load(a4_ptr + _rows[:, None] * 72 + _cols_72[None, :],
+    f4 = tl.load(f4_ptr + _rows[:, None] * 72 + _cols_72[None, :],
         mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
-    delta4 = dL_df4*tl.where(a4 > 0, 1.0, 0.0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
+    delta4 = dL_df4*tl.where(f4 > 0, 1.0, 0.0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     tl.store(delta4_ptr + _rows[:, None] * 72 + _cols_72[None, :], delta4,
         mask=_row_mask[:, None] & _cmask_72[None, :])
 
@@ -469,7 +460,7 @@ def resnet_block_dL_dW3_kernel(
 def resnet_block_dL_df2_kernel(
     D_ptr,  # delta4, (batch, 2, 6, 6) float32
     W_ptr,  # parameter W3, (2, 2, 3, 3)
-    a2_ptr,  # a2, (batch, 2, 6, 6) float32
+    f2_ptr,  # f2, (batch, 2, 6, 6) float32
     delta2_ptr,  # delta2, (batch, 2, 6, 6) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -501,9 +492,9 @@ def resnet_block_dL_df2_kernel(
                               mask=_row_mask[:, None] & _ok[None, :], other=0.0)
                 _wv = tl.load(W_ptr + _o * 18 + _c * 9 + _p * 3 + _q, mask=_ok, other=0.0)
                 dL_df2 += _dv * _wv[None, :]
-    a2 = tl.load(a2_ptr + _rows[:, None] * 72 + _cols_72[None, :],
+    f2 = tl.load(f2_ptr + _rows[:, None] * 72 + _cols_72[None, :],
         mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
-    delta2 = dL_df2*tl.where(a2 > 0, 1.0, 0.0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
+    delta2 = dL_df2*tl.where(f2 > 0, 1.0, 0.0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
     tl.store(delta2_ptr + _rows[:, None] * 72 + _cols_72[None, :], delta2,
         mask=_row_mask[:, None] & _cmask_72[None, :])
 
@@ -560,7 +551,7 @@ def resnet_block_dL_df1_via2_kernel(
     D_ptr,  # delta2, (batch, 2, 6, 6) float32
     W_ptr,  # parameter W2, (2, 2, 3, 3)
     delta4_ptr,  # delta4, (batch, 2, 6, 6) float32
-    a1_ptr,  # a1, (batch, 2, 6, 6) float32
+    f1_ptr,  # f1, (batch, 2, 6, 6) float32
     delta1_ptr,  # delta1, (batch, 2, 6, 6) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -594,11 +585,11 @@ def resnet_block_dL_df1_via2_kernel(
                 dL_df1_via2 += _dv * _wv[None, :]
     delta4 = tl.load(delta4_ptr + _rows[:, None] * 72 + _cols_72[None, :],
         mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
-    a1 = tl.load(a1_ptr + _rows[:, None] * 72 + _cols_72[None, :],
+    f1 = tl.load(f1_ptr + _rows[:, None] * 72 + _cols_72[None, :],
         mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + delta4
-    delta1 = dL_df1*tl.where(a1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = dL_df1*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     tl.store(delta1_ptr + _rows[:, None] * 72 + _cols_72[None, :], delta1,
         mask=_row_mask[:, None] & _cmask_72[None, :])
 
@@ -705,14 +696,14 @@ def resnet_block_update_kernel(
 # reports registers, spills, shared memory and compile time.
 _SIGNATURES = {
     "resnet_block_a1_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "resnet_block_a2_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "a2_ptr": "*fp32", "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "resnet_block_a3_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "f1_ptr": "*fp32", "a4_ptr": "*fp32", "f4_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
+        "f1_ptr": "*fp32", "f4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr"},
     "resnet_block_f5_kernel": {"X_ptr": "*fp32", "f5_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
         "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
     "resnet_block_a7_kernel": {"f5_ptr": "*fp32", "W7_ptr": "*fp32", "b7_ptr": "*fp32",
@@ -723,18 +714,18 @@ _SIGNATURES = {
         "GB_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
     "resnet_block_dL_df6_kernel": {"dL_df7_ptr": "*fp32", "W7_ptr": "*fp32", "dL_df6_ptr": "*fp32",
         "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
-    "resnet_block_dL_df4_kernel": {"G_ptr": "*fp32", "X_ptr": "*fp32", "a4_ptr": "*fp32",
+    "resnet_block_dL_df4_kernel": {"G_ptr": "*fp32", "X_ptr": "*fp32", "f4_ptr": "*fp32",
         "delta4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "resnet_block_dL_dW3_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
-    "resnet_block_dL_df2_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "a2_ptr": "*fp32",
+    "resnet_block_dL_df2_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "f2_ptr": "*fp32",
         "delta2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "resnet_block_dL_dW2_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
     "resnet_block_dL_df1_via2_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "delta4_ptr": "*fp32",
-        "a1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
+        "f1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
         "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
     "resnet_block_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
@@ -853,11 +844,8 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
     _sums = _x.new_empty((1, N_PARAMS + 1), dtype=torch.float32)
-    _b_a1 = _x.new_empty((_batch, 72), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 72), dtype=torch.float32)
-    _b_a2 = _x.new_empty((_batch, 72), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 72), dtype=torch.float32)
-    _b_a4 = _x.new_empty((_batch, 72), dtype=torch.float32)
     _b_f4 = _x.new_empty((_batch, 72), dtype=torch.float32)
     _b_f5 = _x.new_empty((_batch, 18), dtype=torch.float32)
     _b_dL_df7 = _x.new_empty((_batch, 3), dtype=torch.float32)
@@ -868,15 +856,14 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _out = out if out is not None else _sums
     _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
     resnet_block_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
-        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk,
-            BLOCK_N=(128 if _wide else 64),
+        _x, _p["W1"], _p["b1"], _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=(128 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     resnet_block_a2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
-        _b_f1, _p["W2"], _p["b2"], _b_a2, _b_f2, _batch, _scale, BLOCK_B=_blk,
+        _b_f1, _p["W2"], _p["b2"], _b_f2, _batch, _scale, BLOCK_B=_blk,
             BLOCK_N=(128 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     resnet_block_a3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
-        _b_f2, _p["W3"], _p["b3"], _b_f1, _b_a4, _b_f4, _batch, _scale, BLOCK_B=_blk,
+        _b_f2, _p["W3"], _p["b3"], _b_f1, _b_f4, _batch, _scale, BLOCK_B=_blk,
             BLOCK_N=(128 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     resnet_block_f5_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(18, 32))](
@@ -887,8 +874,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             KC=(256 if _wide else 1), OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
-        inter.update({"a1": _b_a1, "f1": _b_f1, "a2": _b_a2, "f2": _b_f2, "a4": _b_a4, "f4": _b_f4,
-            "f5": _b_f5, "dL_df7": _b_dL_df7})
+        inter.update({"f1": _b_f1, "f2": _b_f2, "f4": _b_f4, "f5": _b_f5, "dL_df7": _b_dL_df7})
     if not (with_loss or with_grad):
         return _sums, 1
     if with_loss:
@@ -909,7 +895,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_df4_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide
             else 32)))](
-            _b_dL_df6, _b_f4, _b_a4, _b_delta4, _batch, _scale, BLOCK_B=_blk,
+            _b_dL_df6, _b_f4, _b_f4, _b_delta4, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(128 if _wide else 32),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_dW3_kernel[(triton.cdiv(38, 32),)](
@@ -918,7 +904,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_df2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide
             else 64)))](
-            _b_delta4, _p["W3"], _b_a2, _b_delta2, _batch, _scale, BLOCK_B=_blk,
+            _b_delta4, _p["W3"], _b_f2, _b_delta2, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(128 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_dW2_kernel[(triton.cdiv(38, 32),)](
@@ -927,7 +913,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_df1_via2_kernel[
             (triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
-            _b_delta2, _p["W2"], _b_delta4, _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
+            _b_delta2, _p["W2"], _b_delta4, _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(128 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_dW1_kernel[(triton.cdiv(20, 32),)](

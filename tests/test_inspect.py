@@ -148,8 +148,8 @@ def test_layered_model_counts_each_kernel_by_hand():
     costs = {c.name: c for c in layered_step(ir, plan_triton(ir), batch)}
     a1 = costs["lecture_convnet_pool_a1_kernel"]
     assert a1.flops == 2 * batch * (6 * 28 * 28) * (3 * 5 * 5)
-    # x read and a1, f1 = relu(a1) written per row (a1 is stored for relu′ in backward); W1 and b1 once
-    assert a1.dram_bytes == 4 * batch * (3 * 32 * 32 + 2 * 6 * 28 * 28) + 4 * (6 * 3 * 5 * 5 + 6)
+    # x read and f1 = relu(a1) written per row (relu′ is read from f1 in backward, so a1 is not stored); W1, b1 once
+    assert a1.dram_bytes == 4 * batch * (3 * 32 * 32 + 6 * 28 * 28) + 4 * (6 * 3 * 5 * 5 + 6)
     dw4 = costs["lecture_convnet_pool_dL_dW4_kernel"]  # δ4ᵀ·f3: 10 × 1176 multiply-adds per row
     assert dw4.flops == 2 * batch * 10 * 1176
     assert summary(ir, plan_triton(ir), batch, "sm_90")["layered"]

@@ -109,6 +109,7 @@ TRITON = [
     # a wrong local partial in the backward pass: intermediates() names δ2 itself, not the gradient below it
     ("lecture", "delta2 = dL_df2*f2*(1 - f2)", "delta2 = dL_df2*f2*(1 + f2)", "delta2"),
     # a per-layer (volume) module (POOL_SPEC above): f1 is kept between its kernels, so intermediates() names it
+    # (a1 is not: relu′ is read from f1, so a1 never leaves its kernel and nothing is compared before f1)
     ("pool_net", "f1 = tl.maximum(a1, 0.0)  #", "f1 = 1.01*tl.maximum(a1, 0.0)  #", "f1"),
 ]
 
@@ -166,8 +167,17 @@ def test_triton_mutation_is_localised(example, old, new, edited, tmp_path, trito
         before = names[:names.index(d.quantity)]
         if hasattr(mods["triton"], "INTER_LAYOUT"):  # the fused module keeps every per-sample quantity
             assert d.agree == before  # every quantity before it was compared, and agrees
-        else:  # a per-layer module keeps what its kernels store: those before it agree, in order
-            assert d.agree and d.agree == [n for n in before if n in d.agree]
+        else:  # a per-layer module keeps what its kernels store: every kept quantity before it agrees, in order
+            import torch
+
+            params = {k: torch.as_tensor(v, dtype=torch.float32)
+                      for k, v in mods["numpy"].init_params(0).items()}
+            x = torch.randn(3, *net.input.shape, generator=torch.Generator().manual_seed(0))
+            y = (torch.zeros(3, dtype=torch.int64) if net.loss.type == "cross_entropy"
+                 else torch.zeros(3, *net.target.shape))
+            kept = mods["triton"].intermediates(params, x, y)
+            assert d.quantity in kept
+            assert d.agree == [n for n in before if n in kept]
     else:  # only ŷ and the parameter gradients are visible: the first of them at or after the edit
         visible = {f"f{net.info[-1].index}"} | {f"dL_d{p.name}" for p in net.params}
         allowed = [next(n for n in names[names.index(edited):] if n in visible)]

@@ -152,10 +152,17 @@ def _dw_kernel(plan, batch: int, programs: int) -> list[Cost]:
 
 def layered_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
     """One Cost per kernel of a per-layer module's training launch (forward, loss, backward), then the update."""
+    # the training launch's loss: one partial per tile of the kernel that computes it, summed by a launch of
+    # its own before the backward kernels (the step reports the loss as one number)
+    parts = 4 * (-(-batch // plan.block_b) + 1)
     out = []
     for name, section, row, fixed, flops in plan.kernels:
+        if section == "backward" and not any(c.name == "loss sum kernel" for c in out):
+            out.append(Cost("loss sum kernel", 1, parts, parts, 0))
         if section in ("forward", "loss", "backward"):
             out.append(Cost(name, 1, batch * row + fixed, batch * row + fixed, batch * flops))
+    if not any(c.name == "loss sum kernel" for c in out):
+        out.append(Cost("loss sum kernel", 1, parts, parts, 0))
     theta, state = _params_bytes(ir), len(ir.state)
     out.append(Cost("update kernel", 1, theta * (3 + 2 * state), theta * (3 + 2 * state), 0))
     return out

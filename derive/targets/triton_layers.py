@@ -17,6 +17,7 @@ Adding a layer kind: one entry in EMITTERS (its IR node class -> the function th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from derive.errors import DerivationError
 from derive.ir import nodes as N
 from derive.ir.nodes import Assign, KernelIR
 from derive.limits import pow2
+from derive.tables.functions import step
 from derive.targets.common import _env
 from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
@@ -953,8 +955,24 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
     return (k.name, k.section, row, fixed, k.flops)
 
 
+def _steps_read_from_outputs(ir: KernelIR) -> KernelIR:
+    """The IR with every step(a) of the backward pass read as step(f) where f = relu(a) (f > 0 exactly where
+    a > 0, as the fused kernel reads it): the backward then needs f alone, so a is no longer stored between
+    kernels (for lecture_convnet a1, 308 MB written and read again per step at 2^14)."""
+    alias = {a.expr.args[0]: sp.Symbol(a.name, **a.expr.args[0].assumptions0) for a in ir.forward
+             if getattr(type(a.expr), "positive_where_positive", False) and isinstance(a.expr.args[0], sp.Symbol)}
+    if not alias:
+        return ir
+
+    def read_from_f(expr):
+        return expr.replace(lambda e: isinstance(e, step) and e.args[0] in alias, lambda e: step(alias[e.args[0]]))
+    return dataclasses.replace(ir, backward=tuple(dataclasses.replace(a, expr=read_from_f(a.expr))
+                                                  for a in ir.backward))
+
+
 def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     """The module of per-layer kernels (derive.targets.triton_planner.plan_triton, where the phases do not fuse)."""
+    ir = _steps_read_from_outputs(ir)
     plan = _Plan(ir)
     _emit_all(plan)
     pr = TritonCodePrinter({}, {}, 16, "ieee")  # the update's per-element lines

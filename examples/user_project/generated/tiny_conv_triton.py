@@ -104,7 +104,6 @@ def tiny_conv_a1_kernel(
     X_ptr,  # x, (batch, 1, 6, 6) float32
     W_ptr,  # parameter W1, (2, 1, 3, 3)
     BIAS_ptr,  # parameter b1, (2,)
-    a1_ptr,  # a1, (batch, 2, 4, 4) float32
     f1_ptr,  # f1, (batch, 2, 4, 4) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -135,8 +134,6 @@ def tiny_conv_a1_kernel(
                 a1 += _xv * _wv[None, :]
     a1 += tl.load(BIAS_ptr + _o, mask=_cmask_32, other=0.0)[None, :]
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
-    tl.store(a1_ptr + _rows[:, None] * 32 + _cols_32[None, :], a1,
-        mask=_row_mask[:, None] & _cmask_32[None, :])
     tl.store(f1_ptr + _rows[:, None] * 32 + _cols_32[None, :], f1,
         mask=_row_mask[:, None] & _cmask_32[None, :])
 
@@ -222,7 +219,7 @@ def tiny_conv_dL_dW3_kernel(
 def tiny_conv_dL_df2_kernel(
     dL_df3_ptr,  # dL_df3, (batch, 2) float32
     W3_ptr,  # parameter W3, (2, 32)
-    a1_ptr,  # a1, (batch, 2, 4, 4) float32
+    f1_ptr,  # f1, (batch, 2, 4, 4) float32
     delta1_ptr,  # delta1, (batch, 2, 4, 4) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -234,12 +231,12 @@ def tiny_conv_dL_df2_kernel(
     _row_mask = _rows < _B
     _cols_32 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_32 = _cols_32 < 32
-    a1 = tl.load(a1_ptr + _rows[:, None] * 32 + _cols_32[None, :],
+    f1 = tl.load(f1_ptr + _rows[:, None] * 32 + _cols_32[None, :],
         mask=_row_mask[:, None] & _cmask_32[None, :], other=0.0)
     # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     dL_df2 = _vecmat_cols(dL_df3_ptr, 2, W3_ptr, 32, _rows, _row_mask, _cols_32, _cmask_32, BLOCK_B,
         BLOCK_N)
-    delta1 = dL_df2*tl.where(a1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+    delta1 = dL_df2*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     tl.store(delta1_ptr + _rows[:, None] * 32 + _cols_32[None, :], delta1,
         mask=_row_mask[:, None] & _cmask_32[None, :])
 
@@ -346,7 +343,7 @@ def tiny_conv_update_kernel(
 # reports registers, spills, shared memory and compile time.
 _SIGNATURES = {
     "tiny_conv_a1_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "a1_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "tiny_conv_a3_kernel": {"f1_ptr": "*fp32", "W3_ptr": "*fp32", "b3_ptr": "*fp32",
         "_OUT_ptr": "*fp32", "_PART_ptr": "*fp32", "y_ptr": "*i64", "dL_df3_ptr": "*fp32",
@@ -354,7 +351,7 @@ _SIGNATURES = {
         "OUT": "constexpr", "LOSS": "constexpr", "GRAD": "constexpr"},
     "tiny_conv_dL_dW3_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
-    "tiny_conv_dL_df2_kernel": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "a1_ptr": "*fp32",
+    "tiny_conv_dL_df2_kernel": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "f1_ptr": "*fp32",
         "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "tiny_conv_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
@@ -441,7 +438,6 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
     _sums = _x.new_empty((1, N_PARAMS + 1), dtype=torch.float32)
-    _b_a1 = _x.new_empty((_batch, 32), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 32), dtype=torch.float32)
     _b_dL_df3 = _x.new_empty((_batch, 2), dtype=torch.float32)
     # tiny_conv_a3_kernel computes ŷ, the loss or the first gradient lines in its epilogue, each
@@ -451,14 +447,14 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _out = out if out is not None else _sums
     _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
     tiny_conv_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(32, 32))](
-        _x, _p["W1"], _p["b1"], _b_a1, _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
+        _x, _p["W1"], _p["b1"], _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     tiny_conv_a3_kernel[(triton.cdiv(_batch, _blk),)](
         _b_f1, _p["W3"], _p["b3"], _out, _part, _y, _b_dL_df3, _batch, _scale, BLOCK_B=_blk,
             KC=(256 if _wide else 1), OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
-        inter.update({"a1": _b_a1, "f1": _b_f1, "dL_df3": _b_dL_df3})
+        inter.update({"f1": _b_f1, "dL_df3": _b_dL_df3})
     if not (with_loss or with_grad):
         return _sums, 1
     if with_loss:
@@ -472,7 +468,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             _b_dL_df3, _b_f1, _g["W3"], _g["b3"], _batch, BLOCK_J=2, BLOCK_K=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         tiny_conv_dL_df2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(32, 32))](
-            _b_dL_df3, _p["W3"], _b_a1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
+            _b_dL_df3, _p["W3"], _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         tiny_conv_dL_dW1_kernel[(triton.cdiv(20, 32),)](
             _b_delta1, _x, _g["W1"], _g["b1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
