@@ -38,6 +38,12 @@ BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
 MAXNREG = None  # ptxas's own register target (these kernels compiled without spills at it)
+# the gradient kernels split the batch over at most SPLITS programs per gradient block, of at
+# least SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks
+# alone would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows
+# in order
+SPLITS = 16
+SPLIT_ROWS = 8
 UPDATE_BLOCK = 1024  # parameters per program of the update kernel
 N_PARAMS = 2260  # all parameters, flattened in PARAM_SHAPES order
 # On CPU tensors (TRITON_INTERPRET=1) the column-tiled kernels take wider tiles: the interpreter
@@ -247,28 +253,35 @@ def locally_connected_dL_dW4_kernel(
     G_ptr,  # ∂L/∂W4, (3, 100) float32: written once
     GB_ptr,  # ∂L/∂b4, (3,) float32: written once
     _B,  # batch size
+    _R,  # batch rows per split
+    _ROW,  # floats per row of partial sums
     BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    # one (BLOCK_J, BLOCK_K) block of the gradient per program, one rank-1 update per batch
-    # row in order
+    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one
+    # rank-1 update per batch row of the split in order, written to the split's row of partial
+    # sums
     _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    _s = tl.program_id(2)
     _j_ok = _jj < 3
     _k_ok = _kk < 100
     # ∂L/∂b4 is the weight of a constant input 1, column 100: the program that owns it reads
     # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
     _one = _kk == 100
     _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
-    for _b in range(_B):
+    for _b in range(_s * _R, tl.minimum(_s * _R + _R, _B)):
         _dv = tl.load(D_ptr + _b * 3 + _jj, mask=_j_ok, other=0.0)
         _fv = tl.load(F_ptr + _b * 100 + _kk, mask=_k_ok, other=0.0)
         _fv = tl.where(_one, 1.0, _fv)
         _acc += _dv[:, None] * _fv[None, :]
-    tl.store(G_ptr + _jj[:, None] * 100 + _kk[None, :], _acc, mask=_j_ok[:, None] & _k_ok[None, :])
-    tl.store(GB_ptr + _jj[:, None] + _kk[None, :] * 0, _acc, mask=_j_ok[:, None] & _one[None, :])
+    _row = _s * _ROW  # the split's row of partial sums
+    tl.store(G_ptr + _row + _jj[:, None] * 100 + _kk[None, :], _acc,
+        mask=_j_ok[:, None] & _k_ok[None, :])
+    tl.store(GB_ptr + _row + _jj[:, None] + _kk[None, :] * 0, _acc,
+        mask=_j_ok[:, None] & _one[None, :])
 
 
 @triton.jit
@@ -304,14 +317,21 @@ def locally_connected_dL_dW2_kernel(
     G_ptr,  # ∂L/∂W2, (4, 5, 5, 3, 3, 2) float32: written once
     GB_ptr,  # ∂L/∂b2, (4, 5, 5) float32: written once
     _B,  # batch size
+    _R,  # batch rows per split
+    _ROW,  # floats per row of partial sums
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
     # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the batch
     # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    # gridded over the gradient's elements; each program sums over the whole batch
-    # in a fixed order and writes its elements once: no atomics, the same inputs give the same bits
+    # gridded over the gradient's elements and the batch's splits; each program sums its
+    # split's rows in a fixed order and writes its elements once, to its split's row of
+    # partial sums (the update kernel adds the rows in order): no atomics, the same inputs
+    # give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    _s = tl.program_id(1)
+    _lo = _s * _R
+    _hi = tl.minimum(_lo + _R, _B)
     # ∂L/∂b2 is the weight of a constant input 1: its 100 elements follow the weight's 1800, and the
     # programs that own them read δ as the weight's do and take 1 for the window (one pass
     # over δ serves both)
@@ -325,9 +345,9 @@ def locally_connected_dL_dW2_kernel(
     _p = _g // 2 % 3
     _q = _g % 2
     _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 1, BLOCK_R):
+    for _r0 in range(_lo * 1, _hi * 1, BLOCK_R):
         _r = _r0 + tl.arange(0, BLOCK_R)
-        _r_ok = _r < _B * 1
+        _r_ok = _r < _hi * 1
         _b = _r
         _hh = (_i * 2 + _p - 1)[:, None] + _b[None, :] * 0
         _ww = (_j * 2 + _q - 1)[:, None] + _b[None, :] * 0
@@ -341,8 +361,8 @@ def locally_connected_dL_dW2_kernel(
         _xv = tl.where(_bias[:, None], 1.0, _xv)
         _acc += _dv * _xv
     _sum = tl.sum(_acc, axis=1)
-    tl.store(G_ptr + _g, _sum, mask=_g_ok & ~_bias)
-    tl.store(GB_ptr + (_g - 1800), _sum, mask=_g_ok & _bias)
+    tl.store(G_ptr + _s * _ROW + _g, _sum, mask=_g_ok & ~_bias)
+    tl.store(GB_ptr + _s * _ROW + (_g - 1800), _sum, mask=_g_ok & _bias)
 
 
 @triton.jit
@@ -396,15 +416,21 @@ def locally_connected_dL_dW1_kernel(
     G_ptr,  # ∂L/∂W1, (3, 2, 3, 3) float32: written once
     GB_ptr,  # ∂L/∂b1, (3,) float32: written once
     _B,  # batch size
+    _R,  # batch rows per split
+    _ROW,  # floats per row of partial sums
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # gridded over the gradient's elements; each program sums over the whole batch and every
-    # position (i, j) in a fixed order and writes its elements once: no atomics, the same
-    # inputs give the same bits
+    # gridded over the gradient's elements and the batch's splits; each program sums its
+    # split's rows and every position (i, j) in a fixed order and writes its elements once, to
+    # its split's row of partial sums (the update kernel adds the rows in order): no atomics,
+    # the same inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    _s = tl.program_id(1)
+    _lo = _s * _R
+    _hi = tl.minimum(_lo + _R, _B)
     # ∂L/∂b1 is the weight of a constant input 1: its 3 elements follow the weight's 54, and the
     # programs that own them read δ as the weight's do and take 1 for the window (one pass
     # over δ serves both)
@@ -415,9 +441,9 @@ def locally_connected_dL_dW1_kernel(
     _p = _g // 3 % 3
     _q = _g % 3
     _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(0, _B * 81, BLOCK_R):
+    for _r0 in range(_lo * 81, _hi * 81, BLOCK_R):
         _r = _r0 + tl.arange(0, BLOCK_R)
-        _r_ok = _r < _B * 81
+        _r_ok = _r < _hi * 81
         _b = _r // 81  # the sum runs over (b, i, j), flattened
         _pos = _r % 81
         _hh = (_pos // 9 * 1)[None, :] + _p[:, None] - 1
@@ -432,15 +458,17 @@ def locally_connected_dL_dW1_kernel(
         _xv = tl.where(_bias[:, None], 1.0, _xv)
         _acc += _dv * _xv
     _sum = tl.sum(_acc, axis=1)
-    tl.store(G_ptr + _g, _sum, mask=_g_ok & ~_bias)
-    tl.store(GB_ptr + (_g - 54), _sum, mask=_g_ok & _bias)
+    tl.store(G_ptr + _s * _ROW + _g, _sum, mask=_g_ok & ~_bias)
+    tl.store(GB_ptr + _s * _ROW + (_g - 54), _sum, mask=_g_ok & _bias)
 
 
 @triton.jit
 def locally_connected_loss_sum_kernel(
     _PART_ptr,  # the loss kernel's partial sums, one per program
-    _LOSS_ptr,  # the batch loss, 1 float32: written once
+    _LOSS_ptr,  # the batch loss, 1 float32 in the first row of gradient sums: written once
     _N,  # number of partial sums
+    _ROWS,  # rows of gradient sums (the update kernel adds the loss entry of each)
+    _ROW,  # floats per row
     _BLOCK: tl.constexpr,
 ):
     # the partial sums added in a fixed order by one program: the same batch gives the same bits
@@ -449,6 +477,8 @@ def locally_connected_loss_sum_kernel(
         _i = _i0 + tl.arange(0, _BLOCK)
         _acc += tl.load(_PART_ptr + _i, mask=_i < _N, other=0.0)
     tl.store(_LOSS_ptr, tl.sum(_acc, axis=0))
+    for _s in range(1, _ROWS):  # the other rows' loss entries: nothing else writes them
+        tl.store(_LOSS_ptr + _s * _ROW, 0.0)
 
 
 @triton.jit
@@ -501,19 +531,22 @@ _SIGNATURES = {
         "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "KC": "constexpr",
         "OUT": "constexpr", "LOSS": "constexpr", "GRAD": "constexpr"},
     "locally_connected_dL_dW4_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
-        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_J": "constexpr", "BLOCK_K": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_J": "constexpr",
+        "BLOCK_K": "constexpr"},
     "locally_connected_dL_df3_kernel": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32", "f2_ptr": "*fp32",
         "delta2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "locally_connected_dL_dW2_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_G": "constexpr",
+        "BLOCK_R": "constexpr"},
     "locally_connected_dL_df1_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "f1_ptr": "*fp32",
         "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "locally_connected_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "GB_ptr": "*fp32", "_B": "i32", "BLOCK_G": "constexpr", "BLOCK_R": "constexpr"},
+        "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_G": "constexpr",
+        "BLOCK_R": "constexpr"},
     "locally_connected_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
-        "_BLOCK": "constexpr"},
+        "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "locally_connected_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
         "_PROGRAMS": "i32", "_LOSS_ptr": "*fp32", "_N": "i32", "_lr": "fp32", "eta_t": "fp32",
         "MODE": "constexpr", "_BLOCK": "constexpr"},
@@ -549,7 +582,7 @@ COMPILE_SPECS = [
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_dW4_kernel",
         "signature": _SIGNATURES["locally_connected_dL_dW4_kernel"],
-        "constexprs": {"BLOCK_J": 4, "BLOCK_K": 128}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_J": 4, "BLOCK_K": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_df3_kernel",
         "signature": _SIGNATURES["locally_connected_dL_df3_kernel"],
@@ -620,7 +653,9 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
-    _sums = _x.new_empty((1, N_PARAMS + 1), dtype=torch.float32)
+    _R = max(SPLIT_ROWS, triton.cdiv(_batch, SPLITS))  # batch rows per split of the gradient sums
+    _splits = triton.cdiv(_batch, _R)
+    _sums = _x.new_empty((_splits, N_PARAMS + 1), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 243), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 100), dtype=torch.float32)
     _b_dL_df4 = _x.new_empty((_batch, 3), dtype=torch.float32)
@@ -646,23 +681,23 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     if inter is not None:
         inter.update({"f1": _b_f1, "f2": _b_f2, "dL_df4": _b_dL_df4})
     if not (with_loss or with_grad):
-        return _sums, 1
+        return _sums, _splits
     if with_loss:
         locally_connected_loss_sum_kernel[(1,)](
-            _part, _sums[0, N_PARAMS:], _part.numel(), _BLOCK=1024,
+            _part, _sums[0, N_PARAMS:], _part.numel(), _splits, N_PARAMS + 1, _BLOCK=1024,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
         _b_delta2 = _x.new_empty((_batch, 100), dtype=torch.float32)
         _b_delta1 = _x.new_empty((_batch, 243), dtype=torch.float32)
-        locally_connected_dL_dW4_kernel[(triton.cdiv(3, 4), triton.cdiv(101, 128))](
-            _b_dL_df4, _b_f2, _g["W4"], _g["b4"], _batch, BLOCK_J=4, BLOCK_K=128,
+        locally_connected_dL_dW4_kernel[(triton.cdiv(3, 4), triton.cdiv(101, 64), _splits)](
+            _b_dL_df4, _b_f2, _g["W4"], _g["b4"], _batch, _R, N_PARAMS + 1, BLOCK_J=4, BLOCK_K=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_df3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(100, 128))](
             _b_dL_df4, _p["W4"], _b_f2, _b_delta2, _batch, _scale, BLOCK_B=_blk, BLOCK_N=128,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        locally_connected_dL_dW2_kernel[(triton.cdiv(1900, 32),)](
-            _b_delta2, _b_f1, _g["W2"], _g["b2"], _batch, BLOCK_G=32,
+        locally_connected_dL_dW2_kernel[(triton.cdiv(1900, 32), _splits)](
+            _b_delta2, _b_f1, _g["W2"], _g["b2"], _batch, _R, N_PARAMS + 1, BLOCK_G=32,
                 BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_df1_kernel[
@@ -670,12 +705,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             _b_delta2, _p["W2"], _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
                 BLOCK_N=(256 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        locally_connected_dL_dW1_kernel[(triton.cdiv(57, 32),)](
-            _b_delta1, _x, _g["W1"], _g["b1"], _batch, BLOCK_G=32, BLOCK_R=(2048 if _wide else 64),
+        locally_connected_dL_dW1_kernel[(triton.cdiv(57, 32), _splits)](
+            _b_delta1, _x, _g["W1"], _g["b1"], _batch, _R, N_PARAMS + 1, BLOCK_G=32,
+                BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"delta2": _b_delta2, "delta1": _b_delta1})
-    return _sums, 1
+    return _sums, _splits
 
 
 def _per_sample(params, x, y):

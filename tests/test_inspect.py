@@ -14,7 +14,7 @@ from helpers import ROOT
 from derive import Linear, Loss, Network, Port
 from derive.derivation import derive
 from derive.inspect.compile import launch_error
-from derive.inspect.model import CARDS, eager_step, fused_step, ideal_bytes, layered_step, summary
+from derive.inspect.model import CARDS, Cost, eager_step, fused_step, ideal_bytes, layered_step, summary
 from derive.ir.lowering import lower
 from derive.targets.triton_planner import plan_triton
 
@@ -103,8 +103,29 @@ def test_summary_ratios_are_the_quotients_of_its_totals():
     assert m["eager_over_fused_time"] == pytest.approx(m["eager_total"]["seconds"] / m["fused_total"]["seconds"])
     card = CARDS["sm_90"]
     for row in m["fused"]:
+        # a grid of fewer programs than the card's SMs runs at that fraction of its rates
+        idle = max(1.0, card["sms"] / row["programs"]) if row["programs"] else 1.0
         compute = (row["flops"] - row["dot_flops"]) / card["fp32"] + 3 * row["dot_flops"] / card["tf32"]
-        assert row["seconds"] == pytest.approx(max(row["dram_bytes"] / card["bandwidth"], compute))
+        assert row["seconds"] == pytest.approx(idle * max(row["dram_bytes"] / card["bandwidth"], compute))
+    # the fused kernel's persistent grid fills the card at 4,096 rows (256 tiles); its update kernel does not
+    assert m["fused"][0]["programs"] == card["sms"] and m["fused"][0]["idle"] == 1.0
+    assert m["fused"][-1]["idle"] > 1.0
+
+
+def test_a_grid_smaller_than_the_card_is_timed_at_its_share_of_the_sms():
+    """A gradient kernel gridded over a gradient's few blocks would run on few SMs: the per-layer plan splits
+    its batch sum so that the grid covers the card, and the model times a small grid at its share."""
+    from derive.spec import load_spec
+    from derive.targets import triton_layers
+
+    ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet.toml")), "<test>")
+    costs = {c.name: c for c in layered_step(ir, plan_triton(ir), 16384)}
+    dw1 = costs["lecture_convnet_dL_dW1_kernel"]
+    assert dw1.programs == -(-456 // triton_layers.BLOCK_G) * triton_layers.splits(16384) >= CARDS["sm_90"]["sms"]
+    card = CARDS["sm_90"]
+    assert dw1.idle(card) == 1.0
+    one = Cost("one program", 1, 1e9, 1e9, 0, programs=1)
+    assert one.seconds(card) == pytest.approx(card["sms"] * 1e9 / card["bandwidth"])
 
 
 def test_benchmark_network_meets_the_modeled_goals():

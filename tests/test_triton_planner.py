@@ -47,7 +47,7 @@ def test_fusion_follows_row_locality(net):
     else:  # per-layer kernels, the first line naming the phase that stopped the fusion and why
         assert plan.strategy is None and plan.kernels and f"{ir.name}_fused_kernel" not in plan.text
         assert plan.fusion[0] == f"not fused: {stop.name} ({stop.node}) {stop.why_not}"
-        assert [f.split(":", 1)[0] for f in plan.fusion[1:]] == [k[0] for k in plan.kernels]
+        assert [f.split(":", 1)[0] for f in plan.fusion[1:]] == [k.name for k in plan.kernels]
 
 
 def test_every_assignment_is_a_phase_once():

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 
 from derive.ir.nodes import KernelIR
+from derive.targets.triton_layers import splits
 from derive.layers import rule_for
 from derive.tables.activations import IDENTITY
 
@@ -52,6 +53,7 @@ CARDS = {
 }
 LAUNCH_SECONDS = 5e-6  # the overhead counted per launch in the L2-counted total, for every contender
 TRAINING_SECTIONS = ("forward", "loss", "backward")
+UPDATE_BLOCK = 1024  # parameters per program of the update kernel (its _BLOCK)
 
 
 # tensor-core products per product at each tl.dot input precision ("ieee" runs on the CUDA cores)
@@ -68,24 +70,31 @@ class Cost:
     dot_flops: float = 0.0  # the share run as tl.dot
     dot_precision: str | None = None
     l2_sources: tuple = ()  # (what, bytes): where the L2 traffic comes from, for the report
+    programs: int = 0  # the launch's grid (0: it fills the card, as eager's library kernels are taken to)
+
+    def idle(self, card: dict) -> float:
+        """The factor a grid of fewer programs than the card has SMs takes longer by: each program runs on one
+        SM, so a grid of P < SMs programs has P / SMs of the card's FLOP rate and memory bandwidth at most."""
+        return max(1.0, card["sms"] / self.programs) if self.programs else 1.0
 
     def compute_seconds(self, card: dict) -> float:
         passes = TF32_PASSES.get(self.dot_precision)
         if passes is None:  # no tensor cores: every FLOP at the fp32 rate
-            return self.flops / card["fp32"]
-        return (self.flops - self.dot_flops) / card["fp32"] + passes * self.dot_flops / card["tf32"]
+            return self.idle(card) * self.flops / card["fp32"]
+        return self.idle(card) * ((self.flops - self.dot_flops) / card["fp32"]
+                                  + passes * self.dot_flops / card["tf32"])
 
     def seconds(self, card: dict) -> float:
         """The older figure: DRAM and FLOPs only."""
-        return max(self.dram_bytes / card["bandwidth"], self.compute_seconds(card))
+        return max(self.idle(card) * self.dram_bytes / card["bandwidth"], self.compute_seconds(card))
 
     def seconds_l2(self, card: dict) -> float:
         """DRAM, FLOPs and L2, whichever takes longest (no launch overhead)."""
-        return max(self.seconds(card), self.l2_bytes / card["l2_bandwidth"])
+        return max(self.seconds(card), self.idle(card) * self.l2_bytes / card["l2_bandwidth"])
 
     def bound(self, card: dict) -> str:
         """What bounds the launch with L2 counted: "DRAM", "FLOP" or "L2"."""
-        times = {"DRAM": self.dram_bytes / card["bandwidth"], "FLOP": self.compute_seconds(card),
+        times = {"DRAM": self.dram_bytes / card["bandwidth"], "FLOP": self.compute_seconds(card) / self.idle(card),
                  "L2": self.l2_bytes / card["l2_bandwidth"]}
         return max(times, key=times.get)
 
@@ -119,12 +128,13 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
                  dram_bytes=streamed + (footprint if resident else scratch) + theta + partials,
                  l2_bytes=sum(b for _, b in sources),
                  flops=batch * (per["row"]["flop"] + per["row"]["dot"]) + tiles * per["tile"]["flop"],
-                 dot_flops=batch * per["row"]["dot"], dot_precision=plan.dot_precision, l2_sources=sources)
+                 dot_flops=batch * per["row"]["dot"], dot_precision=plan.dot_precision, l2_sources=sources,
+                 programs=programs)
     state = len(ir.state)
     io = theta * (2 + 2 * state)  # θ and each state read and written once
     # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
     update = Cost("update kernel (reduction + step)", 1, dram_bytes=io + (0 if resident else partials),
-                  l2_bytes=io + partials, flops=0)
+                  l2_bytes=io + partials, flops=0, programs=-(-theta // (4 * UPDATE_BLOCK)))
     dw = _dw_kernel(plan, batch, programs)
     return [fused, *dw, update]
 
@@ -153,18 +163,21 @@ def _dw_kernel(plan, batch: int, programs: int) -> list[Cost]:
 def layered_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
     """One Cost per kernel of a per-layer module's training launch (forward, loss, backward), then the update."""
     # the training launch's loss: one partial per tile of the kernel that computes it, summed by a launch of
-    # its own before the backward kernels (the step reports the loss as one number)
+    # its own (one program) before the backward kernels (the step reports the loss as one number)
     parts = 4 * (-(-batch // plan.block_b) + 1)
+    rows = splits(batch)  # the gradient kernels' rows of partial sums, each written once
     out = []
-    for name, section, row, fixed, flops in plan.kernels:
-        if section == "backward" and not any(c.name == "loss sum kernel" for c in out):
-            out.append(Cost("loss sum kernel", 1, parts, parts, 0))
-        if section in ("forward", "loss", "backward"):
-            out.append(Cost(name, 1, batch * row + fixed, batch * row + fixed, batch * flops))
+    for k in plan.kernels:
+        if k.section == "backward" and not any(c.name == "loss sum kernel" for c in out):
+            out.append(Cost("loss sum kernel", 1, parts, parts, 0, programs=1))
+        if k.section in ("forward", "loss", "backward"):
+            moved = batch * k.row + k.fixed + k.grads * (rows if k.split else 1)
+            out.append(Cost(k.name, 1, moved, moved, batch * k.flops, programs=k.grid(batch)))
     if not any(c.name == "loss sum kernel" for c in out):
-        out.append(Cost("loss sum kernel", 1, parts, parts, 0))
+        out.append(Cost("loss sum kernel", 1, parts, parts, 0, programs=1))
     theta, state = _params_bytes(ir), len(ir.state)
-    out.append(Cost("update kernel", 1, theta * (3 + 2 * state), theta * (3 + 2 * state), 0))
+    moved = theta * (rows + 2 + 2 * state)  # every row of partial sums read, θ and the state read and written
+    out.append(Cost("update kernel", 1, moved, moved, 0, programs=-(-theta // (4 * UPDATE_BLOCK))))
     return out
 
 
@@ -279,5 +292,5 @@ def _total(costs: list[Cost], card: dict, launch_seconds: float) -> dict:
 def _row(c: Cost, card: dict) -> dict:
     return {"name": c.name, "launches": c.launches, "dram_bytes": c.dram_bytes, "l2_bytes": c.l2_bytes,
             "flops": c.flops, "dot_flops": c.dot_flops, "seconds": c.seconds(card),
-            "seconds_l2": c.seconds_l2(card), "bound": c.bound(card),
-            "l2_sources": [{"what": w, "bytes": b} for w, b in c.l2_sources]}
+            "seconds_l2": c.seconds_l2(card), "bound": c.bound(card), "programs": c.programs,
+            "idle": c.idle(card), "l2_sources": [{"what": w, "bytes": b} for w, b in c.l2_sources]}

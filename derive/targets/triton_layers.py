@@ -46,7 +46,14 @@ NUM_STAGES = 1
 BLOCK_G = 32  # gradient elements per program of a weight gradient
 BLOCK_R = 64  # terms of its batch sum per step
 WIDE_R = 2048  # the same on CPU tensors (the interpreter)
-OUTER_J, OUTER_K = 16, 128
+# an outer product's gradient block per program: at 16 x 128 the split kernel spilled 4 bytes at ptxas's own
+# register target (40 registers); 16 x 64 compiles without (derive inspect, sm_90)
+OUTER_J, OUTER_K = 16, 64
+# a gradient kernel's batch sum is split over at most SPLITS programs per gradient block, each of at least
+# SPLIT_ROWS rows, into rows of partial sums the update kernel adds in order: a gradient's few blocks alone
+# (lecture_convnet's ∂W1: 15 programs) would leave most of an H100's 132 SMs idle for the whole batch sum
+SPLITS = 16
+SPLIT_ROWS = 8
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
 # the nodes a row-complete epilogue prints (the whole row is in its tile: the reductions too)
@@ -82,6 +89,11 @@ class Kernel:
     block_n: tuple | None = None  # (on CUDA, on CPU) columns per program of a column-tiled kernel
     computes: tuple = ()  # the assignments its epilogue computes after its head (derive inspect's phase list)
     flags: tuple = ()  # the constexpr switches of a row-complete epilogue's parts (FLAGS), in order
+    # a gradient kernel: its grid's last axis splits the batch (_splits), each split writing its row of partial
+    # sums; ``programs`` is its grid's size without that axis (derive inspect's model of its occupancy)
+    split: bool = False
+    programs: int = 0
+    tile_rows: int = 0  # a batch-tiled kernel's rows per program; its grid is ⌈batch / tile_rows⌉ × programs
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -331,6 +343,7 @@ class _Plan:
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
                       "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
+                      programs=-(-width // tiles[0]) if tiles else 1, tile_rows=min(BLOCK_B, cap),
                       constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {},
                       computes=tuple(a.name for a in outs if a is not head) + tuple(a.name for _, p in epilogue for a in p),
                       flags=tuple(f for f, _ in epilogue))
@@ -539,7 +552,8 @@ def _emit_param_elementwise(plan: _Plan, a: Assign, after, section) -> int:
     name = plan.kernel_name(a.name)
     arg = plan.arg(a.name, section)
     source = plan.env.fill_zero({"name": name, "arg": arg, "n": n, "comment": a.comment})
-    plan.kernels.append(Kernel(name, source, [arg], f"(triton.cdiv({n}, 1024),)", section, None, None))
+    plan.kernels.append(Kernel(name, source, [arg], f"(triton.cdiv({n}, 1024), _splits)", section, None, None,
+                               split=True, programs=-(-n // 1024)))
     return 0
 
 
@@ -689,9 +703,10 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
         _, typ, host, comment = plan.arg(bias.name, section)
         args.append(("GB_ptr", typ, host, comment))
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args,
-                               f"(triton.cdiv({n_grad + n_bias}, {BLOCK_G}),)", section, None, None,
+                               f"(triton.cdiv({n_grad + n_bias}, {BLOCK_G}), _splits)", section, None, None,
                                {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"],
-                               computes=(bias.name,) if bias else ()))
+                               computes=(bias.name,) if bias else (), split=True,
+                               programs=-(-(n_grad + n_bias) // BLOCK_G)))
     return 0
 
 
@@ -703,8 +718,9 @@ def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
          "ohw": oh * ow, "n_out": o * oh * ow, "formula": a.comment}
     args = _grad_args(plan, a, [(d.name, "D_ptr")], section)
     bg = min(BLOCK_G, pow2(o))
-    plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {bg}),)",
-                               section, None, None, {"BLOCK_G": bg, "BLOCK_R": (BLOCK_R, WIDE_R)}))
+    plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {bg}), _splits)",
+                               section, None, None, {"BLOCK_G": bg, "BLOCK_R": (BLOCK_R, WIDE_R)}, split=True,
+                               programs=-(-o // bg)))
     return 0
 
 
@@ -725,9 +741,11 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
     if bias:
         _, typ, host, comment = plan.arg(bias.name, section)
         args.append(("GB_ptr", typ, host, comment))
-    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, f"(triton.cdiv({j}, {bj}), triton.cdiv({cols}, {bk}))",
+    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args,
+                               f"(triton.cdiv({j}, {bj}), triton.cdiv({cols}, {bk}), _splits)",
                                section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk,
-                               computes=(bias.name,) if bias else ()))
+                               computes=(bias.name,) if bias else (), split=True,
+                               programs=-(-j // bj) * -(-cols // bk)))
     return 0
 
 
@@ -754,18 +772,19 @@ def _emit_batch_sum(plan: _Plan, a: Assign, after, section) -> int:
     args.append(("G_ptr", typ, host, comment))
     if width:
         mask, store = (f"_row_mask[:, None] & _cmask_{width}[None, :]",
-                       f"tl.store(G_ptr + _cols_{width}, tl.sum(_acc, axis=0), mask=_cmask_{width})")
+                       f"tl.store(G_ptr + _s * _ROW + _cols_{width}, tl.sum(_acc, axis=0), mask=_cmask_{width})")
         shape = f"(BLOCK_B, {block_n})"
     else:
-        mask, store, shape = "_row_mask", "tl.store(G_ptr, tl.sum(_acc, axis=0))", "(BLOCK_B,)"
+        mask, store, shape = "_row_mask", "tl.store(G_ptr + _s * _ROW, tl.sum(_acc, axis=0))", "(BLOCK_B,)"
     name = plan.kernel_name(a.name)
     source = plan.env.batch_sum({"name": name, "args": args, "comment": a.comment, "cols": cols, "loads": loads,
                                  "rhs": rhs, "mask": mask, "store": store, "shape": shape,
                                  "scale": "_scale" in {s.name for s in e.free_symbols}})
-    grid = f"(triton.cdiv({width}, {block_n}),)" if chunked and width else "(1,)"
+    grid = f"(triton.cdiv({width}, {block_n}), _splits)" if chunked and width else "(1, _splits)"
     blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
     plan.kernels.append(Kernel(name, source, args, grid, section, blk,
-                               "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})"))
+                               "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", split=True,
+                               programs=-(-width // block_n) if chunked and width else 1))
     return 0
 
 
@@ -895,7 +914,8 @@ def _bn(tiles: tuple) -> str:
 
 def _launch(k: Kernel) -> dict:
     hosts = [a[2] for a in k.args]
-    scalars = ["_batch", "_scale"] if k.block_b else (["_batch"] if k.constexprs else [])
+    scalars = ["_batch", "_scale"] if k.block_b else (["_batch"] if k.constexprs or k.split else [])
+    scalars += ["_R", "N_PARAMS + 1"] if k.split else []
     cx = ([f"BLOCK_B={k.block_b}"] if k.block_b else []) + ([f"BLOCK_N={_bn(k.block_n)}"] if k.block_n else [])
     cx += [f"{n}={_bn(v) if isinstance(v, tuple) else v}" for n, v in k.constexprs.items()]
     cx += [f"{f}={FLAGS[f][0]}" for f in k.flags]
@@ -907,11 +927,15 @@ def _spec(k: Kernel) -> tuple[str, dict, list[dict]]:
     """The kernel's COMPILE_SPECS input: (name, signature, its one launch configuration's constexprs)."""
     sig = {a[0]: a[1] for a in k.args}
     if k.block_b:
-        sig.update({"_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr"})
+        sig.update({"_B": "i32", "_scale": "fp32"})
+    elif (k.constexprs and not k.block_n) or k.split:
+        sig["_B"] = "i32"
+    if k.split:
+        sig.update({"_R": "i32", "_ROW": "i32"})
+    if k.block_b:
+        sig["BLOCK_B"] = "constexpr"
     if k.block_n:
         sig["BLOCK_N"] = "constexpr"
-    elif k.constexprs:
-        sig["_B"] = "i32"
     sig.update({n: "constexpr" for n in k.constexprs})
     sig.update({f: "constexpr" for f in k.flags})
     cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | ({"BLOCK_N": str(k.block_n[0])} if k.block_n else {})
@@ -933,10 +957,40 @@ def _flag_uses(flags: tuple) -> list[set]:
     return out
 
 
+@dataclass(frozen=True)
+class LaunchCost:
+    """What derive inspect's model reads of one kernel: bytes per batch row, parameter bytes per launch, FLOPs
+    per row, gradient bytes (written once per split), and its grid: ``programs`` per batch tile of
+    ``tile_rows`` rows, or (``tile_rows`` 0) ``programs`` per split of a gradient kernel."""
+
+    name: str
+    section: str
+    row: int
+    fixed: int
+    flops: int
+    grads: int
+    programs: int
+    tile_rows: int
+    split: bool
+
+    def grid(self, batch: int) -> int:
+        if self.tile_rows:
+            return -(-batch // self.tile_rows) * self.programs
+        return self.programs * (splits(batch) if self.split else 1)
+
+
+def splits(batch: int) -> int:
+    """The rows of partial sums a batch's gradient kernels write (the module's _splits)."""
+    rows = max(SPLIT_ROWS, -(-batch // SPLITS))
+    return -(-batch // rows)
+
+
 def _traffic(plan: _Plan, k: Kernel) -> tuple:
-    """(name, section, bytes per batch row, bytes per launch, FLOPs per row): each per-sample operand read or
-    written once per row, each parameter and gradient once per launch (the model's DRAM count)."""
-    ir, row, fixed = plan.ir, 0, 0
+    """(name, section, bytes per batch row, bytes per launch, FLOPs per row, programs): each per-sample operand
+    read or written once per row, each parameter once per launch, each gradient once per split (the model's
+    DRAM count); programs: the grid without its split axis (0: one program per batch tile, times its column
+    blocks, given as -blocks)."""
+    ir, row, fixed, grads = plan.ir, 0, 0, 0
     for _, _, host, _ in k.args:
         if host == "_x":
             row += 4 * math.prod(ir.input.shape)
@@ -948,11 +1002,13 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
             pass  # ŷ from a row-complete epilogue: written where forward() asks (OUT), not by a training step
         elif host.startswith("_b_"):
             row += 4 * max(_width(plan.arrays[host[3:]].shape), 1)
-        elif host.startswith(("_p[", "_g[")):
+        elif host.startswith("_p["):
             fixed += 4 * math.prod(plan.params[host[4:-2]].shape)
+        elif host.startswith("_g["):
+            grads += 4 * math.prod(plan.params[host[4:-2]].shape)
         elif host == "_part":
             fixed += 8  # the partial sums: a few bytes per program
-    return (k.name, k.section, row, fixed, k.flops)
+    return LaunchCost(k.name, k.section, row, fixed, k.flops, grads, k.programs, k.tile_rows, k.split)
 
 
 def _steps_read_from_outputs(ir: KernelIR) -> KernelIR:
@@ -975,6 +1031,9 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ir = _steps_read_from_outputs(ir)
     plan = _Plan(ir)
     _emit_all(plan)
+    for k in plan.kernels:  # every gradient row is written once per split, or the update would add garbage
+        if any(a[2].startswith("_g[") for a in k.args) and not k.split:
+            raise DerivationError(f"triton target: {k.name} writes a gradient without splitting the batch")
     pr = TritonCodePrinter({}, {}, 16, "ieee")  # the update's per-element lines
     ctx = module_context(ir, out_dir, pr, plan.imports)
     widths = {a.name: _width(a.shape) for a in plan.arrays.values()}
@@ -986,10 +1045,11 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         launches={s: [_launch(k) for k in plan.kernels if k.section == s] for s in SECTIONS},
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
-        top=ir.forward[-1].name,
+        top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS,
         epilogue=next(({"name": k.name, "block_b": k.block_b} for k in plan.kernels if k.flags), None),
     )
-    loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_BLOCK": "constexpr"},
+    loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_ROWS": "i32",
+                                                 "_ROW": "i32", "_BLOCK": "constexpr"},
                 [{"_BLOCK": "1024"}])
     ctx.update(compile_specs(ir, [*(_spec(k) for k in plan.kernels), loss_sum]))
     text = _env().get_template("triton_module.py.jinja").render(**ctx)
