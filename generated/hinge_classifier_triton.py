@@ -37,7 +37,7 @@ NUM_WARPS = 4
 NUM_STAGES = 1
 # registers a thread may use (ptxas otherwise chose fewer for some kernels, and spilled)
 MAXNREG = 255
-UPDATE_BLOCK = 1024  # parameters per program of the update kernel
+UPDATE_BLOCK = 128  # parameters per program of the update kernel (its grid covers an H100's SMs)
 N_PARAMS = 33  # all parameters, flattened in PARAM_SHAPES order
 INTERPRETER_PROGRAMS = 4  # the persistent grid off CUDA (under TRITON_INTERPRET=1)
 

@@ -42,7 +42,7 @@ MAXNREG = None  # ptxas's own register target (these kernels compiled without sp
 # in order
 SPLITS = 16
 SPLIT_ROWS = 8
-UPDATE_BLOCK = 1024  # parameters per program of the update kernel
+UPDATE_BLOCK = 256  # parameters per program of the update kernel (its grid covers an H100's SMs)
 N_PARAMS = 47506  # all parameters, flattened in PARAM_SHAPES order
 # On CPU tensors (TRITON_INTERPRET=1) the column-tiled kernels take wider tiles: the interpreter
 # pays per program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,11 +79,19 @@ def compile_module(source: str, arch: str = "sm_90", timeout: float = 120.0, cac
 TRAINING = {"WITH_OUT": False, "WITH_LOSS": True, "WITH_GRAD": True}
 
 
+# CPython 3.11's parser keeps its AST recursion depth in shared state: two threads parsing at once can fail
+# with "SystemError: AST constructor recursion depth mismatch" (tests/test_compile.py compiles two modules on
+# two threads; it failed so twice in one afternoon)
+_PARSING = threading.Lock()
+
+
 def _entries(source: str) -> list:
     """COMPILE_SPECS's entries as AST dicts, read from the module text without importing it (it imports torch)."""
     import ast
 
-    for node in ast.parse(source).body:
+    with _PARSING:
+        tree = ast.parse(source)
+    for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMPILE_SPECS" for t in node.targets):
             if isinstance(node.value, ast.List):
                 return node.value.elts

@@ -13,6 +13,7 @@ Elementwise FLOPs are not counted.  A launch is timed two ways:
 - without L2 (the older figure, kept for comparison): max(DRAM bytes / bandwidth, FLOPs / FLOP rate);
 - with L2: max(DRAM bytes / bandwidth, FLOPs / FLOP rate, L2 bytes / L2 bandwidth); and that plus a fixed
   overhead per launch (5 µs by default) for small batches, where launches decide.
+A launch of fewer programs than the card has SMs runs at that share of every rate (each program on one SM).
 The contractions a kernel runs as tl.dot go at the tf32 tensor-core rate divided by the products its input
 precision takes per product (3 for "tf32x3"), the rest at the fp32 rate.  The L2 bandwidth is a measured
 one (te42kyfo/gpu-benches, gpu-l2-cache: H100 PCIe about 7.0 TB/s for 10-33 MB working sets, A100 80GB
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 from derive.ir.nodes import KernelIR
 from derive.targets.triton_layers import splits
+from derive.targets.triton_plan import update_block
 from derive.layers import rule_for
 from derive.tables.activations import IDENTITY
 
@@ -53,7 +55,6 @@ CARDS = {
 }
 LAUNCH_SECONDS = 5e-6  # the overhead counted per launch in the L2-counted total, for every contender
 TRAINING_SECTIONS = ("forward", "loss", "backward")
-UPDATE_BLOCK = 1024  # parameters per program of the update kernel (its _BLOCK)
 
 
 # tensor-core products per product at each tl.dot input precision ("ieee" runs on the CUDA cores)
@@ -99,6 +100,11 @@ class Cost:
         return max(times, key=times.get)
 
 
+def _update_programs(theta_bytes: int) -> int:
+    n = theta_bytes // 4
+    return -(-n // update_block(n))
+
+
 def _params_bytes(ir: KernelIR) -> int:
     return 4 * sum(math.prod(p.shape) for p in ir.params)
 
@@ -134,7 +140,7 @@ def fused_step(ir: KernelIR, plan, batch: int, card: dict) -> list[Cost]:
     io = theta * (2 + 2 * state)  # θ and each state read and written once
     # the partial rows come from L2, where the fused kernel's last read-modify-writes left them
     update = Cost("update kernel (reduction + step)", 1, dram_bytes=io + (0 if resident else partials),
-                  l2_bytes=io + partials, flops=0, programs=-(-theta // (4 * UPDATE_BLOCK)))
+                  l2_bytes=io + partials, flops=0, programs=_update_programs(theta))
     dw = _dw_kernel(plan, batch, programs)
     return [fused, *dw, update]
 
@@ -177,7 +183,7 @@ def layered_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
         out.append(Cost("loss sum kernel", 1, parts, parts, 0, programs=1))
     theta, state = _params_bytes(ir), len(ir.state)
     moved = theta * (rows + 2 + 2 * state)  # every row of partial sums read, θ and the state read and written
-    out.append(Cost("update kernel", 1, moved, moved, 0, programs=-(-theta // (4 * UPDATE_BLOCK))))
+    out.append(Cost("update kernel", 1, moved, moved, 0, programs=_update_programs(theta)))
     return out
 
 
