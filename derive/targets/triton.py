@@ -16,7 +16,7 @@ from derive.errors import DerivationError
 from derive.ir.nodes import KernelIR, Outer
 from derive.limits import pow2
 from derive.targets.common import _env
-from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
+from derive.targets.triton_plan import TritonPlan, compile_specs, module_context, step_aliases
 from derive.targets.triton_printer import DOT_MIN, TRITON_HELPERS, TileContext, TritonCodePrinter
 from derive.targets import triton_splitk
 from derive.targets.triton_splitk import DW_BLOCK_K, split_layout, splittable
@@ -147,9 +147,7 @@ def plan_fused(ir: KernelIR, out_dir: str, strategy: Strategy) -> TritonPlan:
     if tile.in_memory and len(ir.input.shape) == 1:  # the input is read in place, like the scratch rows
         tile.in_memory[ir.input.name] = (f"{ir.input.name}_ptr", ir.input.shape[0], ir.input.shape[0], "_rows")
     if onchip:
-        tile.step_alias = {a.expr.args[0].name: a.name for a in ir.forward
-                           if getattr(type(a.expr), "positive_where_positive", False)
-                           and isinstance(a.expr.args[0], sp.Symbol)}
+        tile.step_alias = step_aliases(ir)
     pr = TritonCodePrinter(widths, real, block_b, DOT_PRECISION, tile)
     if split:  # read back from L2 in the tile that stored them (their DRAM traffic is the store's)
         pr.streamed.update(split.columns)

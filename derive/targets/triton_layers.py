@@ -29,7 +29,7 @@ from derive.ir.nodes import Assign, KernelIR
 from derive.limits import pow2
 from derive.tables.functions import step
 from derive.targets.common import _env
-from derive.targets.triton_plan import TritonPlan, compile_specs, module_context
+from derive.targets.triton_plan import TritonPlan, compile_specs, module_context, step_aliases
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
 
 BLOCK_B = 32  # batch rows per program of a row-tiled kernel
@@ -552,8 +552,8 @@ def _emit_param_elementwise(plan: _Plan, a: Assign, after, section) -> int:
     name = plan.kernel_name(a.name)
     arg = plan.arg(a.name, section)
     source = plan.env.fill_zero({"name": name, "arg": arg, "n": n, "comment": a.comment})
-    plan.kernels.append(Kernel(name, source, [arg], f"(triton.cdiv({n}, 1024), _splits)", section, None, None,
-                               split=True, programs=-(-n // 1024)))
+    grid, programs = _split_grid((n, 1024))
+    plan.kernels.append(Kernel(name, source, [arg], grid, section, None, None, split=True, programs=programs))
     return 0
 
 
@@ -669,6 +669,13 @@ def _grad_args(plan: _Plan, a: Assign, inputs: list[tuple[str, str]], section: s
     return out + [("G_ptr", typ, host, comment)]
 
 
+def _split_grid(*blocks: tuple[int, int]) -> tuple[str, int]:
+    """A gradient kernel's grid over (elements, per program) blocks and the batch's splits: (the launch's grid
+    expression, its programs without the split axis)."""
+    dims = ", ".join(f"triton.cdiv({n}, {b})" for n, b in blocks)
+    return f"({dims}, _splits)", math.prod(-(-n // b) for n, b in blocks)
+
+
 def _bias_of(plan: _Plan, d: sp.Symbol, after, kinds: tuple, shape: tuple) -> Assign | None:
     """The bias gradient, later in the section, that sums the same δ a weight gradient reads (ConvBiasGrad(δ),
     or BatchSum(δ) of a bare δ), so that the weight gradient's kernel sums it too: one pass over δ, one
@@ -700,13 +707,11 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
          "bias_formula": bias.comment if bias else None}
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
     if bias:
-        _, typ, host, comment = plan.arg(bias.name, section)
-        args.append(("GB_ptr", typ, host, comment))
-    plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args,
-                               f"(triton.cdiv({n_grad + n_bias}, {BLOCK_G}), _splits)", section, None, None,
+        args.append(_named(plan, bias.name, "GB_ptr", section))
+    grid, programs = _split_grid((n_grad + n_bias, BLOCK_G))
+    plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args, grid, section, None, None,
                                {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"],
-                               computes=(bias.name,) if bias else (), split=True,
-                               programs=-(-(n_grad + n_bias) // BLOCK_G)))
+                               computes=(bias.name,) if bias else (), split=True, programs=programs))
     return 0
 
 
@@ -718,9 +723,9 @@ def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
          "ohw": oh * ow, "n_out": o * oh * ow, "formula": a.comment}
     args = _grad_args(plan, a, [(d.name, "D_ptr")], section)
     bg = min(BLOCK_G, pow2(o))
-    plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, f"(triton.cdiv({o}, {bg}), _splits)",
-                               section, None, None, {"BLOCK_G": bg, "BLOCK_R": (BLOCK_R, WIDE_R)}, split=True,
-                               programs=-(-o // bg)))
+    grid, programs = _split_grid((o, bg))
+    plan.kernels.append(Kernel(k["name"], plan.env.conv_bias_grad(k), args, grid, section, None, None,
+                               {"BLOCK_G": bg, "BLOCK_R": (BLOCK_R, WIDE_R)}, split=True, programs=programs))
     return 0
 
 
@@ -739,13 +744,11 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
     bj, bk = min(pow2(j), OUTER_J), min(pow2(cols), OUTER_K)
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (f.name, "F_ptr")], section)
     if bias:
-        _, typ, host, comment = plan.arg(bias.name, section)
-        args.append(("GB_ptr", typ, host, comment))
-    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args,
-                               f"(triton.cdiv({j}, {bj}), triton.cdiv({cols}, {bk}), _splits)",
-                               section, None, None, {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk,
-                               computes=(bias.name,) if bias else (), split=True,
-                               programs=-(-j // bj) * -(-cols // bk)))
+        args.append(_named(plan, bias.name, "GB_ptr", section))
+    grid, programs = _split_grid((j, bj), (cols, bk))
+    plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, grid, section, None, None,
+                               {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk,
+                               computes=(bias.name,) if bias else (), split=True, programs=programs))
     return 0
 
 
@@ -780,11 +783,11 @@ def _emit_batch_sum(plan: _Plan, a: Assign, after, section) -> int:
     source = plan.env.batch_sum({"name": name, "args": args, "comment": a.comment, "cols": cols, "loads": loads,
                                  "rhs": rhs, "mask": mask, "store": store, "shape": shape,
                                  "scale": "_scale" in {s.name for s in e.free_symbols}})
-    grid = f"(triton.cdiv({width}, {block_n}), _splits)" if chunked and width else "(1, _splits)"
+    grid, programs = _split_grid((width, block_n)) if chunked and width else ("(1, _splits)", 1)
     blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
     plan.kernels.append(Kernel(name, source, args, grid, section, blk,
                                "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", split=True,
-                               programs=-(-width // block_n) if chunked and width else 1))
+                               programs=programs))
     return 0
 
 
@@ -1012,16 +1015,18 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
 
 
 def _steps_read_from_outputs(ir: KernelIR) -> KernelIR:
-    """The IR with every step(a) of the backward pass read as step(f) where f = relu(a) (f > 0 exactly where
-    a > 0, as the fused kernel reads it): the backward then needs f alone, so a is no longer stored between
-    kernels (for lecture_convnet a1, 308 MB written and read again per step at 2^14)."""
-    alias = {a.expr.args[0]: sp.Symbol(a.name, **a.expr.args[0].assumptions0) for a in ir.forward
-             if getattr(type(a.expr), "positive_where_positive", False) and isinstance(a.expr.args[0], sp.Symbol)}
+    """The IR with every step(a) of the backward pass read as step(f) where f = relu(a) (step_aliases, as the
+    fused kernel reads it): the backward then needs f alone, so a is no longer stored between kernels (for
+    lecture_convnet a1, 308 MB written and read again per step at 2^14)."""
+    alias = step_aliases(ir)
     if not alias:
         return ir
 
+    def aliased(e) -> bool:
+        return isinstance(e, step) and isinstance(e.args[0], sp.Symbol) and e.args[0].name in alias
+
     def read_from_f(expr):
-        return expr.replace(lambda e: isinstance(e, step) and e.args[0] in alias, lambda e: step(alias[e.args[0]]))
+        return expr.replace(aliased, lambda e: step(sp.Symbol(alias[e.args[0].name], **e.args[0].assumptions0)))
     return dataclasses.replace(ir, backward=tuple(dataclasses.replace(a, expr=read_from_f(a.expr))
                                                   for a in ir.backward))
 

@@ -7,9 +7,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import sympy as sp
+
 from derive.ir.nodes import KernelIR
 from derive.targets.common import _common
 from derive.targets.printers import HostPrinter
+
+
+def step_aliases(ir: KernelIR) -> dict[str, str]:
+    """a -> f for every forward line f = relu(a) of a named a: step(a) may be read from f (f > 0 exactly where
+    a > 0), so that the backward pass needs f alone (both plans read it so)."""
+    return {a.expr.args[0].name: a.name for a in ir.forward
+            if getattr(type(a.expr), "positive_where_positive", False) and isinstance(a.expr.args[0], sp.Symbol)}
 
 
 @dataclass(frozen=True)
