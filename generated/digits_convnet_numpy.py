@@ -51,8 +51,8 @@ def scatter_add(target, index, values):
 
 
 def windows(x, kh, kw, sh, sw):
-    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
-    view)."""
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window
+    (a view)."""
     return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
@@ -69,15 +69,15 @@ def logsumexp(z):
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
-    −∞."""
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding
+    is −∞."""
     xpad = pad2d(x, pad, float("-inf")) if pad else x
     return np.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
-    window (i, j)].
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) =
+    argmax of window (i, j)].
 
     The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
@@ -176,8 +176,8 @@ def intermediates(params, x, y):
     dL_db4 = np.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = (delta4 @ W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 16, 4, 4)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[16·c + 4·h + w]
-    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
-    # 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h
+    # - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch

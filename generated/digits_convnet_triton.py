@@ -39,10 +39,9 @@ BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
 MAXNREG = None  # ptxas's own register target (these kernels compiled without spills at it)
-# the gradient kernels split the batch over at most SPLITS programs per gradient block, of at
-# least SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks
-# alone would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows
-# in order
+# the gradient kernels split the batch over at most SPLITS programs per gradient block, of at least
+# SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks alone
+# would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows in order
 SPLITS = 16
 SPLIT_ROWS = 8
 UPDATE_BLOCK = 128  # parameters per program of the update kernel (its grid covers an H100's SMs)
@@ -75,8 +74,8 @@ def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
             _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
             _acc += _f[:, None] * _w[None, :]
     else:
-        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one
-        # broadcast product
+        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast
+        # product
         for _k0 in range(0, K, KC):
             _kk = _k0 + tl.arange(0, KC)
             _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :],
@@ -124,9 +123,9 @@ def digits_convnet_a1_kernel(
     _row_mask = _rows < _B
     _cols_1024 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_1024 = _cols_1024 < 1024
-    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's addresses live: 255 registers); the padding is read through masks (zero
-    # outside the input)
+    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every
+    # pass's addresses live: 255 registers); the padding is read through masks (zero outside the
+    # input)
     _o = _cols_1024 // 64
     _i = _cols_1024 // 8 % 8
     _j = _cols_1024 % 8
@@ -240,16 +239,15 @@ def digits_convnet_dL_dW4_kernel(
 ):
     # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one
-    # rank-1 update per batch row of the split in order, written to the split's row of partial
-    # sums
+    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one rank-1
+    # update per batch row of the split in order, written to the split's row of partial sums
     _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     _s = tl.program_id(2)
     _j_ok = _jj < 10
     _k_ok = _kk < 256
-    # ∂L/∂b4 is the weight of a constant input 1, column 256: the program that owns it reads
-    # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
+    # ∂L/∂b4 is the weight of a constant input 1, column 256: the program that owns it reads the
+    # δ rows it already reads and takes 1 for f there (one pass over δ serves both)
     _one = _kk == 256
     _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
     for _b in range(_s * _R, tl.minimum(_s * _R + _R, _B)):
@@ -297,8 +295,8 @@ def digits_convnet_dL_df1_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_N: tl.constexpr,  # output elements per program
 ):
-    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
-    # 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h
+    # - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
     _cols_1024 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -355,16 +353,16 @@ def digits_convnet_dL_dW1_kernel(
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # gridded over the gradient's elements and the batch's splits; each program sums its
-    # split's rows and every position (i, j) in a fixed order and writes its elements once, to
-    # its split's row of partial sums (the update kernel adds the rows in order): no atomics,
-    # the same inputs give the same bits
+    # gridded over the gradient's elements and the batch's splits; each program sums its split's
+    # rows and every position (i, j) in a fixed order and writes its elements once, to its split's
+    # row of partial sums (the update kernel adds the rows in order): no atomics, the same inputs
+    # give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
-    # ∂L/∂b1 is the weight of a constant input 1: its 16 elements follow the weight's 144, and the
-    # programs that own them read δ as the weight's do and take 1 for the window (one pass
+    # ∂L/∂b1 is the weight of a constant input 1: its 16 elements follow the weight's 144, and
+    # the programs that own them read δ as the weight's do and take 1 for the window (one pass
     # over δ serves both)
     _g_ok = _g < 160
     _bias = _g >= 144
@@ -429,7 +427,8 @@ def digits_convnet_update_kernel(
     beta2,  # host scalar (MODE 2)
     eps,  # host scalar (MODE 2)
     eta_t,  # host scalar (MODE 2)
-    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one adam update
+    # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one adam update
+    MODE: tl.constexpr,
     _BLOCK: tl.constexpr,
 ):
     # the partial sums reduced in a fixed order (program 0, 1, …), then the update
@@ -586,9 +585,9 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _b_f1 = _x.new_empty((_batch, 1024), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 256), dtype=torch.float32)
     _b_dL_df4 = _x.new_empty((_batch, 10), dtype=torch.float32)
-    # digits_convnet_a4_kernel computes ŷ, the loss or the first gradient lines in its
-    # epilogue, each part under its flag: what a part that is off would read or write is a
-    # stand-in it never touches
+    # digits_convnet_a4_kernel computes ŷ, the loss or the first gradient lines in its epilogue,
+    # each part under its flag: what a part that is off would read or write is a stand-in it never
+    # touches
     _y = y.contiguous() if y is not None else _x
     _out = out if out is not None else _sums
     _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
@@ -650,8 +649,8 @@ def _per_sample(params, x, y):
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an SGD step (1) or a adam step (2, with ``state`` in STATE order and ``scalars`` bc1, bc2,
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
+    takes an SGD step (1) or a adam step (2, with ``state`` in STATE order and ``scalars`` bc1, bc2,
     beta1, beta2, eps, eta_t); the loss goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2

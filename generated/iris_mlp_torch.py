@@ -112,10 +112,10 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     W1, b1, W2, b2 = params
     f1, f2 = quantities
     _log_softmax_f2, = kept
@@ -123,7 +123,8 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f2 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df2 = _softmax_minus_onehot(_log_softmax_f2, y, _scale)
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
@@ -138,13 +139,14 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     W1, b1, W2, b2 = params
     f1, f2 = quantities
     dL_df2 = grad_yhat  # ∂L/∂f2 = ∂L/∂ŷ, given by the caller
     delta2 = dL_df2  # δ2[j] = ∂L/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
@@ -247,7 +249,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops

@@ -82,8 +82,8 @@ def iris_mlp_fused_kernel(
     b1_ptr,  # parameter b1, (16,)
     W2_ptr,  # parameter W2, (3, 16)
     b2_ptr,  # parameter b2, (3,)
-    # (programs, 132) float32: each program's partial sums of the gradients (PARAM_SHAPES
-    # order, flat) and the loss
+    # (programs, 132) float32: each program's partial sums of the gradients (PARAM_SHAPES order,
+    # flat) and the loss
     _PART_ptr,
     _OUT_ptr,  # ŷ, (batch, 3) float32
     _INTER_ptr,  # (batch, 77) float32: every named per-sample quantity (WITH_INTER)
@@ -98,8 +98,8 @@ def iris_mlp_fused_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its
-    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics)
-    # and the same inputs give bitwise the same sums.
+    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics) and
+    # the same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
     _part = _PART_ptr + _pid * 132
@@ -119,9 +119,9 @@ def iris_mlp_fused_kernel(
     for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
-        # the parameters' addresses re-made from the tile (plus an offset that is always
-        # 0), so that their loads stay where they are used rather than being hoisted out
-        # of the loop and held in registers
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that
+        # their loads stay where they are used rather than being hoisted out of the loop and held in
+        # registers
         _at = _tile // (_tile + 1)
         W1_ptr = W1_ptr + _at
         W2_ptr = W2_ptr + _at
@@ -178,7 +178,8 @@ def iris_mlp_fused_kernel(
             dL_dW2 = tl.sum((delta2)[:, :, None] * (f1)[:, None, :], axis=0)
             _accumulate(dL_dW2_ptr + _cols_3[:, None] * 16 + _cols_16[None, :], dL_dW2,
                 _cmask_3[:, None] & _cmask_16[None, :])
-            dL_db2 = tl.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
+            # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
+            dL_db2 = tl.sum(delta2, axis=0)
             _accumulate(dL_db2_ptr + _cols_3, dL_db2, _cmask_3)
             # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
             dL_df1 = tl.sum((delta2)[:, :, None] * tl.load(W2_ptr + _cols_3[:, None] * 16
@@ -189,7 +190,8 @@ def iris_mlp_fused_kernel(
             dL_dW1 = tl.sum((delta1)[:, :, None] * (x)[:, None, :], axis=0)
             _accumulate(dL_dW1_ptr + _cols_16[:, None] * 4 + _cols_4[None, :], dL_dW1,
                 _cmask_16[:, None] & _cmask_4[None, :])
-            dL_db1 = tl.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
+            # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
+            dL_db1 = tl.sum(delta1, axis=0)
             _accumulate(dL_db1_ptr + _cols_16, dL_db1, _cmask_16)
             # ---- this tile's gradients, added to this program's sums
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
@@ -220,7 +222,8 @@ def iris_mlp_update_kernel(
     beta2,  # host scalar (MODE 2)
     eps,  # host scalar (MODE 2)
     eta_t,  # host scalar (MODE 2)
-    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one adam update
+    # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one adam update
+    MODE: tl.constexpr,
     _BLOCK: tl.constexpr,
 ):
     # the partial sums reduced in a fixed order (program 0, 1, …), then the update
@@ -385,8 +388,8 @@ def _per_sample(params, x, y):
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an SGD step (1) or a adam step (2, with ``state`` in STATE order and ``scalars`` bc1, bc2,
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
+    takes an SGD step (1) or a adam step (2, with ``state`` in STATE order and ``scalars`` bc1, bc2,
     beta1, beta2, eps, eta_t); the loss goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2

@@ -65,8 +65,8 @@ def scatter_add(target, index, values):
 
 
 def windows(x, kh, kw, sh, sw):
-    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
-    view)."""
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window
+    (a view)."""
     return x.unfold(2, kh, sh).unfold(3, kw, sw)
 
 
@@ -87,15 +87,15 @@ def _softmax_minus_onehot(log_p, y, s):
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
-    −∞."""
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding
+    is −∞."""
     xpad = pad2d(x, pad, float("-inf")) if pad else x
     return torch.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
-    window (i, j)].
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) =
+    argmax of window (i, j)].
 
     The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
@@ -177,10 +177,10 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     W1, b1, W4, b4 = params
     f1, f3, f4 = quantities
     _log_softmax_f4, = kept
@@ -188,12 +188,13 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df4 = _softmax_minus_onehot(_log_softmax_f4, y, _scale)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 6, 14, 14)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[196·c + 14·h + w]
-    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
-    # 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h
+    # - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
@@ -209,18 +210,19 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     W1, b1, W4, b4 = params
     f1, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 6, 14, 14)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[196·c + 14·h + w]
-    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
-    # 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1[c, h, w] = Σ_{i,j} ∂L/∂f2[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h
+    # - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     dL_df1 = max_pool2d_grad(dL_df2, f1, 2, 2, 2, 2, 0)
     delta1 = _relu_grad(dL_df1, f1, 0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
@@ -324,7 +326,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops

@@ -94,7 +94,8 @@ def intermediates(params, x, y):
     loss_per_sample = (1/2)*(y - f3)**2
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = -_scale*(y - f3)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = -_scale*(y - f3)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
     dL_dw3 = np.sum(delta3*f2, axis=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
     dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2

@@ -104,14 +104,15 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     w1, b1, w2, w3 = params
     f1, f2, f3 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df3 = -_scale*(y - f3)  # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df3 = -_scale*(y - f3)
     delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
     dL_dw3 = torch.sum(delta3*f2, dim=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
     dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2
@@ -130,8 +131,8 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     w1, b1, w2, w3 = params
     f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
@@ -235,7 +236,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops

@@ -57,8 +57,8 @@ def lecture_fused_kernel(
     b1_ptr,  # parameter b1, ()
     w2_ptr,  # parameter w2, ()
     w3_ptr,  # parameter w3, ()
-    # (programs, 5) float32: each program's partial sums of the gradients (PARAM_SHAPES order,
-    # flat) and the loss
+    # (programs, 5) float32: each program's partial sums of the gradients (PARAM_SHAPES order, flat)
+    # and the loss
     _PART_ptr,
     _OUT_ptr,  # ŷ, (batch) float32
     _INTER_ptr,  # (batch, 13) float32: every named per-sample quantity (WITH_INTER)
@@ -73,8 +73,8 @@ def lecture_fused_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its
-    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics)
-    # and the same inputs give bitwise the same sums.
+    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics) and
+    # the same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
     _part = _PART_ptr + _pid * 5
@@ -90,9 +90,9 @@ def lecture_fused_kernel(
     for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
-        # the parameters' addresses re-made from the tile (plus an offset that is always
-        # 0), so that their loads stay where they are used rather than being hoisted out
-        # of the loop and held in registers
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that
+        # their loads stay where they are used rather than being hoisted out of the loop and held in
+        # registers
         _at = _tile // (_tile + 1)
         dL_dw1_ptr = _part + (0 + _at)  # ∂L/∂w1, this program's partial sum
         dL_db1_ptr = _part + (1 + _at)  # ∂L/∂b1, this program's partial sum
@@ -132,17 +132,21 @@ def lecture_fused_kernel(
             # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
             dL_df3 = tl.where(_row_mask, -_scale*(-f3 + y), 0.0)
             delta3 = dL_df3*f3*(1 - f3)  # δ3 = ∂L/∂f3 · ∂f3/∂a3
-            dL_dw3 = tl.sum(delta3*f2, axis=0)  # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
+            # ∂L/∂w3 = δ3 · ∂a3/∂w3, summed over the batch
+            dL_dw3 = tl.sum(delta3*f2, axis=0)
             tl.store(dL_dw3_ptr, tl.load(dL_dw3_ptr) + dL_dw3)
             dL_df2 = delta3*w3  # ∂L/∂f2 = δ3 · ∂a3/∂f2
             delta2 = dL_df2*f2*(1 - f2)  # δ2 = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-            dL_dw2 = tl.sum(delta2*f1, axis=0)  # ∂L/∂w2 = δ2 · ∂a2/∂w2, summed over the batch
+            # ∂L/∂w2 = δ2 · ∂a2/∂w2, summed over the batch
+            dL_dw2 = tl.sum(delta2*f1, axis=0)
             tl.store(dL_dw2_ptr, tl.load(dL_dw2_ptr) + dL_dw2)
             dL_df1 = delta2*w2  # ∂L/∂f1 = δ2 · ∂a2/∂f1
             delta1 = dL_df1*f1*(1 - f1)  # δ1 = δ2 · ∂a2/∂f1 · ∂f1/∂a1
-            dL_dw1 = tl.sum(delta1*x, axis=0)  # ∂L/∂w1 = δ1 · ∂a1/∂w1, summed over the batch
+            # ∂L/∂w1 = δ1 · ∂a1/∂w1, summed over the batch
+            dL_dw1 = tl.sum(delta1*x, axis=0)
             tl.store(dL_dw1_ptr, tl.load(dL_dw1_ptr) + dL_dw1)
-            dL_db1 = tl.sum(delta1, axis=0)  # ∂L/∂b1 = δ1 · ∂a1/∂b1, summed over the batch
+            # ∂L/∂b1 = δ1 · ∂a1/∂b1, summed over the batch
+            dL_db1 = tl.sum(delta1, axis=0)
             tl.store(dL_db1_ptr, tl.load(dL_db1_ptr) + dL_db1)
             # ---- this tile's gradients, added to this program's sums
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
@@ -164,7 +168,8 @@ def lecture_update_kernel(
     _N,  # number of parameters
     _lr,  # learning rate η of plain SGD (MODE 1)
     eta_t,  # host scalar (MODE 2)
-    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    MODE: tl.constexpr,
     _BLOCK: tl.constexpr,
 ):
     # the partial sums reduced in a fixed order (program 0, 1, …), then the update
@@ -325,9 +330,9 @@ def _per_sample(params, x, y):
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
-    goes to ``loss``."""
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
+    takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
+    the loss goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1

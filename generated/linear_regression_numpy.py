@@ -78,10 +78,13 @@ def intermediates(params, x, y):
     loss_per_sample = (1/2)*(y - f1)**2
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df1 = -_scale*(y - f1)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df1 = -_scale*(y - f1)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
-    dL_dtheta1 = np.sum(delta1*x, axis=0)  # ∂L/∂theta1 = δ1 · ∂a1/∂theta1, summed over the batch
-    dL_dtheta0 = np.sum(delta1, axis=0)  # ∂L/∂theta0 = δ1 · ∂a1/∂theta0, summed over the batch
+    # ∂L/∂theta1 = δ1 · ∂a1/∂theta1, summed over the batch
+    dL_dtheta1 = np.sum(delta1*x, axis=0)
+    # ∂L/∂theta0 = δ1 · ∂a1/∂theta0, summed over the batch
+    dL_dtheta0 = np.sum(delta1, axis=0)
     return {
         "a1": a1,
         "f1": f1,

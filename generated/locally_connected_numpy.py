@@ -34,8 +34,8 @@ STATE = ()  # per-parameter optimizer state, zero at the start
 
 
 def windows(x, kh, kw, sh, sw):
-    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
-    view)."""
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window
+    (a view)."""
     return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
@@ -45,8 +45,8 @@ def zeros(like, shape):
 
 
 def local_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w
-    − j·s < kw].
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h
+    − i·s < kh]·[0 ≤ w − j·s < kw].
 
     A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i,
     j).
@@ -171,8 +171,8 @@ def intermediates(params, x, y):
     # batch
     dL_dW2 = np.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2, 2))
     dL_db2 = np.sum(delta2, axis=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
-    # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤
+    # h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
     dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1

@@ -51,8 +51,8 @@ REDUCTION = "mean"
 
 
 def windows(x, kh, kw, sh, sw):
-    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
-    view)."""
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window
+    (a view)."""
     return x.unfold(2, kh, sh).unfold(3, kw, sw)
 
 
@@ -69,8 +69,8 @@ def _softmax_minus_onehot(log_p, y, s):
 
 
 def local_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w
-    − j·s < kw].
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, i, j, c, h − i·s, w − j·s]·[0 ≤ h
+    − i·s < kh]·[0 ≤ w − j·s < kw].
 
     A scatter over the kernel offsets (p, q), as conv2d_input_grad, with a kernel per position (i,
     j).
@@ -107,8 +107,8 @@ def init_values(seed=0):
 # ---- derive's forward and backward passes, on tensors (the lines of locally_connected_numpy)
 
 def _forward(params, x):
-    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2, f3,
-    f4)."""
+    """The forward pass; returns what ŷ, the loss and the backward read: (x_pad, f1, f1_pad, f2,
+    f3, f4)."""
     W1, b1, W2, b2, W4, b4 = params
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -157,10 +157,10 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     W1, b1, W2, b2, W4, b4 = params
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
     _log_softmax_f4, = kept
@@ -168,7 +168,8 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df4 = _softmax_minus_onehot(_log_softmax_f4, y, _scale)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 4, 5, 5)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[25·c + 5·h + w]
@@ -177,8 +178,8 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # batch
     dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2, 2))
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
-    # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤
+    # h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
     dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
@@ -195,13 +196,14 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     W1, b1, W2, b2, W4, b4 = params
     x_pad, f1, f1_pad, f2, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     dL_df2 = dL_df3.reshape(-1, 4, 5, 5)  # ∂L/∂f2[c, h, w] = ∂L/∂f3[25·c + 5·h + w]
@@ -210,8 +212,8 @@ def _backward_from(params, x, quantities, grad_yhat):
     # batch
     dL_dW2 = torch.einsum("boij,bcijpq->oijcpq", delta2, windows(f1_pad, 3, 2, 2, 2))
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤ h -
-    # 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, i, j, c, h - 2·i, w - 2·j]·[0 ≤
+    # h - 2·i ≤ 2]·[0 ≤ w - 2·j ≤ 1]
     dL_df1_pad = local_input_grad(delta2, W2, 2, (11, 11))
     dL_df1 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
     delta1 = dL_df1*(1 - f1**2)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
@@ -316,7 +318,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops

@@ -38,10 +38,9 @@ BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
 MAXNREG = None  # ptxas's own register target (these kernels compiled without spills at it)
-# the gradient kernels split the batch over at most SPLITS programs per gradient block, of at
-# least SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks
-# alone would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows
-# in order
+# the gradient kernels split the batch over at most SPLITS programs per gradient block, of at least
+# SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks alone
+# would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows in order
 SPLITS = 16
 SPLIT_ROWS = 8
 UPDATE_BLOCK = 128  # parameters per program of the update kernel (its grid covers an H100's SMs)
@@ -74,8 +73,8 @@ def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
             _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
             _acc += _f[:, None] * _w[None, :]
     else:
-        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one
-        # broadcast product
+        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast
+        # product
         for _k0 in range(0, K, KC):
             _kk = _k0 + tl.arange(0, KC)
             _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :],
@@ -138,9 +137,9 @@ def locally_connected_a1_kernel(
     _row_mask = _rows < _B
     _cols_243 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_243 = _cols_243 < 243
-    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's addresses live: 255 registers); the padding is read through masks (zero
-    # outside the input)
+    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every
+    # pass's addresses live: 255 registers); the padding is read through masks (zero outside the
+    # input)
     _o = _cols_243 // 81
     _i = _cols_243 // 9 % 9
     _j = _cols_243 % 9
@@ -177,9 +176,9 @@ def locally_connected_a2_kernel(
     _row_mask = _rows < _B
     _cols_100 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_100 = _cols_100 < 100
-    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's addresses live: 255 registers); the padding is read through masks (zero
-    # outside the input)
+    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every
+    # pass's addresses live: 255 registers); the padding is read through masks (zero outside the
+    # input)
     _i = _cols_100 // 5 % 5
     _j = _cols_100 % 5
     a2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
@@ -260,16 +259,15 @@ def locally_connected_dL_dW4_kernel(
 ):
     # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one
-    # rank-1 update per batch row of the split in order, written to the split's row of partial
-    # sums
+    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one rank-1
+    # update per batch row of the split in order, written to the split's row of partial sums
     _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     _s = tl.program_id(2)
     _j_ok = _jj < 3
     _k_ok = _kk < 100
-    # ∂L/∂b4 is the weight of a constant input 1, column 100: the program that owns it reads
-    # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
+    # ∂L/∂b4 is the weight of a constant input 1, column 100: the program that owns it reads the
+    # δ rows it already reads and takes 1 for f there (one pass over δ serves both)
     _one = _kk == 100
     _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
     for _b in range(_s * _R, tl.minimum(_s * _R + _R, _B)):
@@ -322,19 +320,18 @@ def locally_connected_dL_dW2_kernel(
     BLOCK_G: tl.constexpr,  # gradient elements per program
     BLOCK_R: tl.constexpr,  # terms of the sum per step
 ):
-    # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the batch
-    # ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch
-    # gridded over the gradient's elements and the batch's splits; each program sums its
-    # split's rows in a fixed order and writes its elements once, to its split's row of
-    # partial sums (the update kernel adds the rows in order): no atomics, the same inputs
-    # give the same bits
+    # ∂L/∂W2[o, i, j, c, p, q] = δ2[o, i, j]·f1_pad[c, 2·i + p, 2·j + q], summed over the
+    # batch ∂L/∂b2[o, i, j] = δ2[o, i, j], summed over the batch gridded over the gradient's
+    # elements and the batch's splits; each program sums its split's rows in a fixed order and
+    # writes its elements once, to its split's row of partial sums (the update kernel adds the
+    # rows in order): no atomics, the same inputs give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
-    # ∂L/∂b2 is the weight of a constant input 1: its 100 elements follow the weight's 1800, and the
-    # programs that own them read δ as the weight's do and take 1 for the window (one pass
-    # over δ serves both)
+    # ∂L/∂b2 is the weight of a constant input 1: its 100 elements follow the weight's 1800, and
+    # the programs that own them read δ as the weight's do and take 1 for the window (one pass over
+    # δ serves both)
     _g_ok = _g < 1900
     _bias = _g >= 1800
     # the output element (o, i, j) this kernel entry belongs to
@@ -382,8 +379,8 @@ def locally_connected_dL_df1_kernel(
     _cols_243 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_243 = _cols_243 < 243
     # a gather per input element (c, h, w): for each kernel offset (p, q) the window (i, j) with
-    # i·s + p = h + P, when that is a whole number in range, so each element is written once
-    # (no atomics)
+    # i·s + p = h + P, when that is a whole number in range, so each element is written once (no
+    # atomics)
     _c = _cols_243 // 81
     _hh = _cols_243 // 9 % 9
     _ww = _cols_243 % 9
@@ -423,17 +420,17 @@ def locally_connected_dL_dW1_kernel(
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # gridded over the gradient's elements and the batch's splits; each program sums its
-    # split's rows and every position (i, j) in a fixed order and writes its elements once, to
-    # its split's row of partial sums (the update kernel adds the rows in order): no atomics,
-    # the same inputs give the same bits
+    # gridded over the gradient's elements and the batch's splits; each program sums its split's
+    # rows and every position (i, j) in a fixed order and writes its elements once, to its split's
+    # row of partial sums (the update kernel adds the rows in order): no atomics, the same inputs
+    # give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
     # ∂L/∂b1 is the weight of a constant input 1: its 3 elements follow the weight's 54, and the
-    # programs that own them read δ as the weight's do and take 1 for the window (one pass
-    # over δ serves both)
+    # programs that own them read δ as the weight's do and take 1 for the window (one pass over δ
+    # serves both)
     _g_ok = _g < 57
     _bias = _g >= 54
     _o = tl.where(_bias, _g - 54, _g // 18)
@@ -490,7 +487,8 @@ def locally_connected_update_kernel(
     _N,  # number of parameters
     _lr,  # learning rate η of plain SGD (MODE 1)
     eta_t,  # host scalar (MODE 2)
-    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    MODE: tl.constexpr,
     _BLOCK: tl.constexpr,
 ):
     # the partial sums reduced in a fixed order (program 0, 1, …), then the update
@@ -659,9 +657,9 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _b_f1 = _x.new_empty((_batch, 243), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 100), dtype=torch.float32)
     _b_dL_df4 = _x.new_empty((_batch, 3), dtype=torch.float32)
-    # locally_connected_a4_kernel computes ŷ, the loss or the first gradient lines in its
-    # epilogue, each part under its flag: what a part that is off would read or write is a
-    # stand-in it never touches
+    # locally_connected_a4_kernel computes ŷ, the loss or the first gradient lines in its epilogue,
+    # each part under its flag: what a part that is off would read or write is a stand-in it never
+    # touches
     _y = y.contiguous() if y is not None else _x
     _out = out if out is not None else _sums
     _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
@@ -726,9 +724,9 @@ def _per_sample(params, x, y):
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
-    goes to ``loss``."""
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
+    takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
+    the loss goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1

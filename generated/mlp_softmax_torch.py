@@ -127,10 +127,10 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     W1, b1, W2, b2, W3, b3 = params
     f1, f2, f3 = quantities
     _log_softmax_f3, = kept
@@ -138,11 +138,13 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df3 = _softmax_minus_onehot(_log_softmax_f3, y, _scale)
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
-    dL_dW3 = torch.mm(delta3.t(), f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    dL_dW3 = torch.mm(delta3.t(), f2)
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = torch.mm(delta3, W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = dL_df2*(1 - f2**2)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
@@ -157,17 +159,19 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     W1, b1, W2, b2, W3, b3 = params
     f1, f2, f3 = quantities
     dL_df3 = grad_yhat  # ∂L/∂f3 = ∂L/∂ŷ, given by the caller
     delta3 = dL_df3  # δ3[j] = ∂L/∂f3 · ∂f3/∂a3
-    dL_dW3 = torch.mm(delta3.t(), f2)  # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
+    dL_dW3 = torch.mm(delta3.t(), f2)
     dL_db3 = torch.sum(delta3, dim=0)  # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
     dL_df2 = torch.mm(delta3, W3)  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = dL_df2*(1 - f2**2)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
     dL_df1 = torch.mm(delta2, W2)  # ∂L/∂f1[j] = δ2 · ∂a2/∂f1
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[j] = δ2 · ∂a2/∂f1 · ∂f1/∂a1
@@ -270,7 +274,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops

@@ -8,7 +8,8 @@ from_torch(module) copies the weights of the equivalent torch.nn.Sequential, to_
 x has shape (batch,); y has shape (batch,).
 
 Custom ops (torch.library.custom_op, each with register_fake), OPS = "perceptron_1b45a2f774":
-  derive::perceptron_1b45a2f774_forward(params, x) -> ŷ                   autograd: the _backward op
+  derive::perceptron_1b45a2f774_forward(params, x) -> ŷ                   autograd: the _backward
+  op
   derive::perceptron_1b45a2f774_backward(params, x, grad_yhat) -> gradients  derive's backward
   seeded with ∂L/∂ŷ
                                                    (no autograd: no second derivatives)
@@ -94,14 +95,15 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     w, = params
     f1, = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df1 = -_scale*(y - f1)  # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f1 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df1 = -_scale*(y - f1)
     delta1 = dL_df1  # δ1 = ∂L/∂f1 · ∂f1/∂a1
     dL_dw = torch.sum(delta1*x, dim=0)  # ∂L/∂w = δ1 · ∂a1/∂w, summed over the batch
     return (dL_dw, )
@@ -113,8 +115,8 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     w, = params
     f1, = quantities
     dL_df1 = grad_yhat  # ∂L/∂f1 = ∂L/∂ŷ, given by the caller
@@ -211,7 +213,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops

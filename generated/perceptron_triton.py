@@ -44,8 +44,8 @@ def perceptron_fused_kernel(
     x_ptr,  # input x, (batch) float32
     y_ptr,  # target y, (batch) float32
     w_ptr,  # parameter w, ()
-    # (programs, 2) float32: each program's partial sums of the gradients (PARAM_SHAPES order,
-    # flat) and the loss
+    # (programs, 2) float32: each program's partial sums of the gradients (PARAM_SHAPES order, flat)
+    # and the loss
     _PART_ptr,
     _OUT_ptr,  # ŷ, (batch) float32
     _INTER_ptr,  # (batch, 5) float32: every named per-sample quantity (WITH_INTER)
@@ -60,8 +60,8 @@ def perceptron_fused_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its
-    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics)
-    # and the same inputs give bitwise the same sums.
+    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics) and
+    # the same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
     _part = _PART_ptr + _pid * 2
@@ -74,9 +74,9 @@ def perceptron_fused_kernel(
     for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
-        # the parameters' addresses re-made from the tile (plus an offset that is always
-        # 0), so that their loads stay where they are used rather than being hoisted out
-        # of the loop and held in registers
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that
+        # their loads stay where they are used rather than being hoisted out of the loop and held in
+        # registers
         _at = _tile // (_tile + 1)
         dL_dw_ptr = _part + (0 + _at)  # ∂L/∂w, this program's partial sum
         _LOSS_ptr = _part + (1 + _at)  # the loss, this program's partial sum
@@ -123,7 +123,8 @@ def perceptron_update_kernel(
     _N,  # number of parameters
     _lr,  # learning rate η of plain SGD (MODE 1)
     eta_t,  # host scalar (MODE 2)
-    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    MODE: tl.constexpr,
     _BLOCK: tl.constexpr,
 ):
     # the partial sums reduced in a fixed order (program 0, 1, …), then the update
@@ -269,9 +270,9 @@ def _per_sample(params, x, y):
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
-    goes to ``loss``."""
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
+    takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
+    the loss goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1

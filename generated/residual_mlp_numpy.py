@@ -100,7 +100,8 @@ def intermediates(params, x, y):
     loss_per_sample = np.sum((1/2)*(-f4 + y)**2, axis=1)
     _scale = 1.0 / x.shape[0]  # the batch mean: every sample's ∂ℓ/∂ŷ carries this factor
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(f4 - y)  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(f4 - y)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
     dL_dW4 = (delta4.T @ f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
     dL_db4 = np.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch

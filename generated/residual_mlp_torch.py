@@ -117,25 +117,29 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     W1, b1, W2, b2, W4, b4 = params
     f1, f2, f3, f4 = quantities
     # ---- backward pass: each delta once, re-used below
-    dL_df4 = _scale*(f4 - y)  # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+    dL_df4 = _scale*(f4 - y)
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     dL_df1_via3 = delta3  # ∂L/∂f1 through a3 (one path's term) = δ3 · ∂a3/∂f1
     dL_df2 = delta3  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1_via2 = torch.mm(delta2, W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
+    # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
+    dL_df1_via2 = torch.mm(delta2, W2)
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + dL_df1_via3
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = ∂L/∂f1 · ∂f1/∂a1
@@ -150,22 +154,25 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     W1, b1, W2, b2, W4, b4 = params
     f1, f2, f3, f4 = quantities
     dL_df4 = grad_yhat  # ∂L/∂f4 = ∂L/∂ŷ, given by the caller
     delta4 = dL_df4  # δ4[j] = ∂L/∂f4 · ∂f4/∂a4
-    dL_dW4 = torch.mm(delta4.t(), f3)  # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
+    dL_dW4 = torch.mm(delta4.t(), f3)
     dL_db4 = torch.sum(delta4, dim=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
     dL_df3 = torch.mm(delta4, W4)  # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
     delta3 = dL_df3  # δ3[j] = δ4 · ∂a4/∂f3 · ∂f3/∂a3
     dL_df1_via3 = delta3  # ∂L/∂f1 through a3 (one path's term) = δ3 · ∂a3/∂f1
     dL_df2 = delta3  # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[j] = δ3 · ∂a3/∂f2 · ∂f2/∂a2
-    dL_dW2 = torch.mm(delta2.t(), f1)  # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    # ∂L/∂W2[j, k] = δ2 · ∂a2/∂W2, summed over the batch
+    dL_dW2 = torch.mm(delta2.t(), f1)
     dL_db2 = torch.sum(delta2, dim=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
-    dL_df1_via2 = torch.mm(delta2, W2)  # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
+    # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
+    dL_df1_via2 = torch.mm(delta2, W2)
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + dL_df1_via3
     delta1 = dL_df1*(1 - f1**2)  # δ1[j] = ∂L/∂f1 · ∂f1/∂a1
@@ -262,7 +269,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops
@@ -530,8 +538,8 @@ def torch_sequential():
 
 class _TorchGraph(torch.nn.Module):
     """The network as a graph of torch.nn modules: layer k's Sequential reads the quantities in
-    reads[k] (the input, or earlier layers' outputs f1, f2, …), joined first as its rule joins them
-    (_join)."""
+    reads[k] (the input, or earlier layers' outputs f1, f2, …), joined first as its rule joins
+    them (_join)."""
 
     def __init__(self, layers, reads, pre, post):
         super().__init__()

@@ -68,8 +68,8 @@ def residual_mlp_fused_kernel(
     b2_ptr,  # parameter b2, (4,)
     W4_ptr,  # parameter W4, (2, 4)
     b4_ptr,  # parameter b4, (2,)
-    # (programs, 47) float32: each program's partial sums of the gradients (PARAM_SHAPES
-    # order, flat) and the loss
+    # (programs, 47) float32: each program's partial sums of the gradients (PARAM_SHAPES order,
+    # flat) and the loss
     _PART_ptr,
     _OUT_ptr,  # ŷ, (batch, 2) float32
     _INTER_ptr,  # (batch, 65) float32: every named per-sample quantity (WITH_INTER)
@@ -84,8 +84,8 @@ def residual_mlp_fused_kernel(
     BLOCK_B: tl.constexpr,  # batch rows per tile
 ):
     # A persistent grid: program p takes the tiles p, p + P, p + 2P, … in order and sums its
-    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics)
-    # and the same inputs give bitwise the same sums.
+    # gradients in its own row of _PART_ptr, so no two programs write one address (no atomics) and
+    # the same inputs give bitwise the same sums.
     _pid = tl.program_id(0)
     _nprog = tl.num_programs(0)
     _part = _PART_ptr + _pid * 47
@@ -106,9 +106,9 @@ def residual_mlp_fused_kernel(
     for _tile in tl.range(_pid, tl.cdiv(_B, BLOCK_B), _nprog, disable_licm=True):
         _rows = _tile * BLOCK_B + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _B
-        # the parameters' addresses re-made from the tile (plus an offset that is always
-        # 0), so that their loads stay where they are used rather than being hoisted out
-        # of the loop and held in registers
+        # the parameters' addresses re-made from the tile (plus an offset that is always 0), so that
+        # their loads stay where they are used rather than being hoisted out of the loop and held in
+        # registers
         _at = _tile // (_tile + 1)
         W1_ptr = W1_ptr + _at
         W2_ptr = W2_ptr + _at
@@ -179,7 +179,8 @@ def residual_mlp_fused_kernel(
             dL_dW4 = tl.sum((delta4)[:, :, None] * (f3)[:, None, :], axis=0)
             _accumulate(dL_dW4_ptr + _cols_2[:, None] * 4 + _cols_4[None, :], dL_dW4,
                 _cmask_2[:, None] & _cmask_4[None, :])
-            dL_db4 = tl.sum(delta4, axis=0)  # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
+            # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
+            dL_db4 = tl.sum(delta4, axis=0)
             _accumulate(dL_db4_ptr + _cols_2, dL_db4, _cmask_2)
             # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
             dL_df3 = tl.sum((delta4)[:, :, None] * tl.load(W4_ptr + _cols_2[:, None] * 4 + _cols_4[
@@ -192,7 +193,8 @@ def residual_mlp_fused_kernel(
             dL_dW2 = tl.sum((delta2)[:, :, None] * (f1)[:, None, :], axis=0)
             _accumulate(dL_dW2_ptr + _cols_4[:, None] * 4 + _cols_4[None, :], dL_dW2,
                 _cmask_4[:, None] & _cmask_4[None, :])
-            dL_db2 = tl.sum(delta2, axis=0)  # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
+            # ∂L/∂b2[j] = δ2 · ∂a2/∂b2, summed over the batch
+            dL_db2 = tl.sum(delta2, axis=0)
             _accumulate(dL_db2_ptr + _cols_4, dL_db2, _cmask_4)
             # ∂L/∂f1 through a2 (one path's term) = δ2 · ∂a2/∂f1
             dL_df1_via2 = tl.sum((delta2)[:, :, None] * tl.load(W2_ptr + _cols_4[:, None] * 4
@@ -204,7 +206,8 @@ def residual_mlp_fused_kernel(
             dL_dW1 = tl.sum((delta1)[:, :, None] * (x)[:, None, :], axis=0)
             _accumulate(dL_dW1_ptr + _cols_4[:, None] * 3 + _cols_3[None, :], dL_dW1,
                 _cmask_4[:, None] & _cmask_3[None, :])
-            dL_db1 = tl.sum(delta1, axis=0)  # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
+            # ∂L/∂b1[j] = δ1 · ∂a1/∂b1, summed over the batch
+            dL_db1 = tl.sum(delta1, axis=0)
             _accumulate(dL_db1_ptr + _cols_4, dL_db1, _cmask_4)
             # ---- this tile's gradients, added to this program's sums
             if WITH_INTER:  # intermediates(): every named per-sample quantity of the backward pass
@@ -240,7 +243,8 @@ def residual_mlp_update_kernel(
     _N,  # number of parameters
     _lr,  # learning rate η of plain SGD (MODE 1)
     eta_t,  # host scalar (MODE 2)
-    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    MODE: tl.constexpr,
     _BLOCK: tl.constexpr,
 ):
     # the partial sums reduced in a fixed order (program 0, 1, …), then the update
@@ -413,9 +417,9 @@ def _per_sample(params, x, y):
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
-    goes to ``loss``."""
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
+    takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
+    the loss goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1

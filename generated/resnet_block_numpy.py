@@ -52,8 +52,8 @@ def scatter_add(target, index, values):
 
 
 def windows(x, kh, kw, sh, sw):
-    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
-    view)."""
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window
+    (a view)."""
     return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
@@ -63,11 +63,11 @@ def zeros(like, shape):
 
 
 def conv2d_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s
-    < kw].
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s
+    < kh]·[0 ≤ w − j·s < kw].
 
-    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the brackets
-    allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
+    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the
+    brackets allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
     """
     B, _, oh, ow = delta.shape
     _, C, kh, kw = W.shape
@@ -87,15 +87,15 @@ def logsumexp(z):
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
-    −∞."""
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding
+    is −∞."""
     xpad = pad2d(x, pad, float("-inf")) if pad else x
     return np.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
-    window (i, j)].
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) =
+    argmax of window (i, j)].
 
     The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
@@ -221,8 +221,8 @@ def intermediates(params, x, y):
     dL_db7 = np.sum(delta7, axis=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
     dL_df6 = (delta7 @ W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
-    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
-    # 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h
+    # - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)
     delta4 = dL_df4*(a4 > 0).astype(a4.dtype)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     dL_df1_via4 = delta4  # ∂L/∂f1 through a4 (one path's term) = δ4 · ∂a4/∂f1
@@ -232,8 +232,8 @@ def intermediates(params, x, y):
     dL_dW3 = np.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1, 1))
     # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_db3 = np.sum(delta3, axis=(0, 2, 3))
-    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
-    # w - j ≤ 2]
+    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤
+    # 2]·[0 ≤ w - j ≤ 2]
     dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = dL_df2*(a2 > 0).astype(a2.dtype)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
@@ -241,10 +241,11 @@ def intermediates(params, x, y):
     dL_dW2 = np.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1, 1))
     # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_db2 = np.sum(delta2, axis=(0, 2, 3))
-    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
-    # w - j ≤ 2]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤
+    # 2]·[0 ≤ w - j ≤ 2]
     dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))
-    dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+    # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+    dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = dL_df1*(a1 > 0).astype(a1.dtype)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1

@@ -68,8 +68,8 @@ def scatter_add(target, index, values):
 
 
 def windows(x, kh, kw, sh, sw):
-    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window (a
-    view)."""
+    """x[b, c, i·sh + p, j·sw + q] as a tensor indexed [b, c, i, j, p, q]: every kh × kw window
+    (a view)."""
     return x.unfold(2, kh, sh).unfold(3, kw, sw)
 
 
@@ -96,11 +96,11 @@ def _softmax_minus_onehot(log_p, y, s):
 
 
 def conv2d_input_grad(delta, W, s, hw):
-    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s < kh]·[0 ≤ w − j·s
-    < kw].
+    """∂L/∂x[c, h, w] = Σ_{o,i,j} δ[o,i,j]·W[o, c, h − i·s, w − j·s]·[0 ≤ h − i·s
+    < kh]·[0 ≤ w − j·s < kw].
 
-    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the brackets
-    allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
+    Computed as a scatter over the kernel offsets (p, q) = (h − i·s, w − j·s) that the
+    brackets allow: each adds Σ_o δ[o,i,j]·W[o,c,p,q] at input position (i·s + p, j·s + q).
     """
     B, _, oh, ow = delta.shape
     _, C, kh, kw = W.shape
@@ -113,15 +113,15 @@ def conv2d_input_grad(delta, W, s, hw):
 
 
 def max_pool2d(x, kh, kw, sh, sw, pad):
-    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding is
-    −∞."""
+    """f[b, c, i, j] = max over the kh × kw window at (i·sh − pad, j·sw − pad); the padding
+    is −∞."""
     xpad = pad2d(x, pad, float("-inf")) if pad else x
     return torch.amax(windows(xpad, kh, kw, sh, sw), axis=(4, 5))
 
 
 def max_pool2d_grad(g, x, kh, kw, sh, sw, pad):
-    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) = argmax of
-    window (i, j)].
+    """∂L/∂x[b, c, h, w] = Σ_{i,j} g[b, c, i, j]·1[(h − i·sh + pad, w − j·sw + pad) =
+    argmax of window (i, j)].
 
     The argmax is the window's first maximum in row-major order, as PyTorch routes ties.
     """
@@ -223,10 +223,10 @@ def _value_and_grad(params, x, y):
 
 
 def _gradients(params, x, y, quantities, kept, _scale):
-    """derive's backward pass over the forward pass's named quantities and what the loss's lines
-    kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 / x.shape[0]); every
-    gradient is linear in it, so _scale times an upstream ∂(outer)/∂L gives that outer function's
-    gradients."""
+    """derive's backward pass over the forward pass's named quantities and what the loss's
+    lines kept.  _scale is the batch mean's factor of every sample's ∂ℓ/∂ŷ (1.0 /
+    x.shape[0]); every gradient is linear in it, so _scale times an upstream ∂(outer)/∂L
+    gives that outer function's gradients."""
     W1, b1, W2, b2, W3, b3, W7, b7 = params
     x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7 = quantities
     _log_softmax_f7, = kept
@@ -234,12 +234,13 @@ def _gradients(params, x, y, quantities, kept, _scale):
     # ∂L/∂f7 of the loss, times 1/B for the batch mean (or 1 for the sum)
     dL_df7 = _softmax_minus_onehot(_log_softmax_f7, y, _scale)
     delta7 = dL_df7  # δ7[j] = ∂L/∂f7 · ∂f7/∂a7
-    dL_dW7 = torch.mm(delta7.t(), f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
+    # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
+    dL_dW7 = torch.mm(delta7.t(), f6)
     dL_db7 = torch.sum(delta7, dim=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
     dL_df6 = torch.mm(delta7, W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
-    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
-    # 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h
+    # - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)
     delta4 = _relu_grad(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     dL_df1_via4 = delta4  # ∂L/∂f1 through a4 (one path's term) = δ4 · ∂a4/∂f1
@@ -249,8 +250,8 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1, 1))
     # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_db3 = torch.sum(delta3, dim=(0, 2, 3))
-    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
-    # w - j ≤ 2]
+    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤
+    # 2]·[0 ≤ w - j ≤ 2]
     dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
@@ -258,10 +259,11 @@ def _gradients(params, x, y, quantities, kept, _scale):
     dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1, 1))
     # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_db2 = torch.sum(delta2, dim=(0, 2, 3))
-    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
-    # w - j ≤ 2]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤
+    # 2]·[0 ≤ w - j ≤ 2]
     dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))
-    dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+    # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+    dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
@@ -278,18 +280,19 @@ def _vjp(params, x, grad_yhat):
 
 
 def _backward_from(params, x, quantities, grad_yhat):
-    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the forward
-    pass's named quantities."""
+    """derive's backward from a given ∂L/∂ŷ (the loss's own step is the caller's), over the
+    forward pass's named quantities."""
     W1, b1, W2, b2, W3, b3, W7, b7 = params
     x_pad, f1, f1_pad, f2, f2_pad, f4, f6, f7 = quantities
     dL_df7 = grad_yhat  # ∂L/∂f7 = ∂L/∂ŷ, given by the caller
     delta7 = dL_df7  # δ7[j] = ∂L/∂f7 · ∂f7/∂a7
-    dL_dW7 = torch.mm(delta7.t(), f6)  # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
+    # ∂L/∂W7[j, k] = δ7 · ∂a7/∂W7, summed over the batch
+    dL_dW7 = torch.mm(delta7.t(), f6)
     dL_db7 = torch.sum(delta7, dim=0)  # ∂L/∂b7[j] = δ7 · ∂a7/∂b7, summed over the batch
     dL_df6 = torch.mm(delta7, W7)  # ∂L/∂f6[j] = δ7 · ∂a7/∂f6
     dL_df5 = dL_df6.reshape(-1, 2, 3, 3)  # ∂L/∂f5[c, h, w] = ∂L/∂f6[9·c + 3·h + w]
-    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h - 2·i ≤
-    # 1]·[0 ≤ w - 2·j ≤ 1]
+    # ∂L/∂f4[c, h, w] = Σ_{i,j} ∂L/∂f5[c, i, j]·1[(h - 2·i, w - 2·j) = argmax]·[0 ≤ h
+    # - 2·i ≤ 1]·[0 ≤ w - 2·j ≤ 1]
     dL_df4 = max_pool2d_grad(dL_df5, f4, 2, 2, 2, 2, 0)
     delta4 = _relu_grad(dL_df4, f4, 0)  # δ4[c, h, w] = ∂L/∂f4 · ∂f4/∂a4
     dL_df1_via4 = delta4  # ∂L/∂f1 through a4 (one path's term) = δ4 · ∂a4/∂f1
@@ -299,8 +302,8 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_dW3 = torch.einsum("boij,bcijpq->ocpq", delta3, windows(f2_pad, 3, 3, 1, 1))
     # ∂L/∂b3[o] = Σ_{i,j} δ3[o, i, j], summed over the batch
     dL_db3 = torch.sum(delta3, dim=(0, 2, 3))
-    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
-    # w - j ≤ 2]
+    # ∂L/∂f2_pad[c, h, w] = Σ_{o,i,j} δ3[o, i, j]·W3[o, c, h - i, w - j]·[0 ≤ h - i ≤
+    # 2]·[0 ≤ w - j ≤ 2]
     dL_df2_pad = conv2d_input_grad(delta3, W3, 1, (8, 8))
     dL_df2 = dL_df2_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f2[c, h, w] = ∂L/∂f2_pad[c, h + 1, w + 1]
     delta2 = _relu_grad(dL_df2, f2, 0)  # δ2[o, i, j] = ∂L/∂f2 · ∂f2/∂a2
@@ -308,10 +311,11 @@ def _backward_from(params, x, quantities, grad_yhat):
     dL_dW2 = torch.einsum("boij,bcijpq->ocpq", delta2, windows(f1_pad, 3, 3, 1, 1))
     # ∂L/∂b2[o] = Σ_{i,j} δ2[o, i, j], summed over the batch
     dL_db2 = torch.sum(delta2, dim=(0, 2, 3))
-    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤ 2]·[0 ≤
-    # w - j ≤ 2]
+    # ∂L/∂f1_pad[c, h, w] = Σ_{o,i,j} δ2[o, i, j]·W2[o, c, h - i, w - j]·[0 ≤ h - i ≤
+    # 2]·[0 ≤ w - j ≤ 2]
     dL_df1_pad = conv2d_input_grad(delta2, W2, 1, (8, 8))
-    dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]  # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+    # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
+    dL_df1_via2 = dL_df1_pad[:, :, 1:-1, 1:-1]
     # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
     dL_df1 = dL_df1_via2 + dL_df1_via4
     delta1 = _relu_grad_(dL_df1, f1)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
@@ -416,7 +420,8 @@ def _value_and_grad_any(params, x, y):
 
 def _vjp_any(params, x, grad_yhat):
     _check_inputs(params, x)
-    return _vjp(params, x, grad_yhat)  # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    # no fused kernel takes an upstream ∂L/∂ŷ: the lines above
+    return _vjp(params, x, grad_yhat)
 
 
 # ---- the custom ops
@@ -694,8 +699,8 @@ def torch_sequential():
 
 class _TorchGraph(torch.nn.Module):
     """The network as a graph of torch.nn modules: layer k's Sequential reads the quantities in
-    reads[k] (the input, or earlier layers' outputs f1, f2, …), joined first as its rule joins them
-    (_join)."""
+    reads[k] (the input, or earlier layers' outputs f1, f2, …), joined first as its rule joins
+    them (_join)."""
 
     def __init__(self, layers, reads, pre, post):
         super().__init__()

@@ -1,4 +1,5 @@
-"""Generated Python folded to at most 100 characters a line, the same way for every target.
+"""Generated Python folded to at most 100 bytes a line (UTF-8: at most 100 characters too), the same way for
+every target.
 
 The printers write each derivation step as one expression, and a step can be hundreds of characters
 long.  This pass folds the rendered module with Python's own tokenizer, so it never changes what the
@@ -30,12 +31,27 @@ BREAK_BEFORE = {"+": 1, "-": 1, "&": 1, "|": 1, "and": 1, "or": 1, "if": 1, "els
                 "*": 2, "/": 2, "@": 2, "==": 2, "<": 2, ">": 2, "<=": 2, ">=": 2, "!=": 2}
 
 
+def _cols(text: str) -> int:
+    """A line's width as byte-counting tools measure it: its UTF-8 bytes (the derivation's ∂, δ, Σ and σ in
+    comments take two or three each), so a line within ``width`` of them is within ``width`` characters too."""
+    return len(text.encode("utf-8"))
+
+
+def _fill(text: str, width: int, **kw) -> list[str]:
+    """textwrap.wrap (which counts characters) narrowed until every line is within ``width`` bytes."""
+    for w in range(width, 0, -1):
+        lines = textwrap.wrap(text, w, **kw)
+        if all(_cols(ln) <= width for ln in lines):
+            return lines
+    return textwrap.wrap(text, 1, **kw)
+
+
 def wrap(text: str, width: int = WIDTH) -> str:
     """``text`` (a whole module) with every line folded to ``width`` where the tokenizer allows."""
     text = _reflow_docstrings(text, width)
     for _ in range(8):  # each pass folds every long line once; the pieces may need another pass
         lines = text.splitlines(keepends=True)
-        if all(len(ln.rstrip("\n")) <= width for ln in lines):
+        if all(_cols(ln.rstrip("\n")) <= width for ln in lines):
             return text
         depth, docs = _depth_at_line_starts(text)
         out = []
@@ -44,12 +60,12 @@ def wrap(text: str, width: int = WIDTH) -> str:
             body = ln.rstrip("\n")
             if i in taken:
                 continue
-            if len(body) > width and depth.get(i) is not None and _comment(body):
+            if _cols(body) > width and depth.get(i) is not None and _comment(body):
                 para = _comment_paragraph(lines, i, depth)
                 taken.update(range(i + 1, i + len(para)))
                 out.append("\n".join(_fold(" ".join(para), depth[i], width)) + "\n")
                 continue
-            if len(body) <= width:
+            if _cols(body) <= width:
                 out.append(ln)
             elif i in docs:
                 out.append("\n".join(_split_words(body, docs[i], width)) + ln[len(body):])
@@ -124,22 +140,22 @@ def _reflow_docstrings(text: str, width: int) -> str:
                                                      tokenize.COMMENT))):
             continue
         rows = range(tok.start[0] - 1, tok.end[0])
-        if all(len(lines[r].rstrip("\n")) <= width for r in rows):
+        if all(_cols(lines[r].rstrip("\n")) <= width for r in rows):
             continue
         first_indent = " " * tok.start[1]
         body = [lines[r].rstrip("\n") for r in rows]
         out, para = [], []
 
         def flush():
-            if para and any(len(p) > width for p in para) and _plain(para):
+            if para and any(_cols(p) > width for p in para) and _plain(para):
                 head = _indent(para[0])
                 cont = _indent(para[1]) if len(para) > 1 else (first_indent if para[0].lstrip().startswith('"""')
                                                                 else head)
                 words = " ".join(p.strip() for p in para)
-                first = textwrap.wrap(words, width - len(head), **WORDS)[0]
+                first = _fill(words, width - _cols(head), **WORDS)[0]
                 rest = words[len(first):].strip()
                 out.append(head + first)
-                out.extend(cont + r for r in (textwrap.wrap(rest, width - len(cont), **WORDS) if rest else []))
+                out.extend(cont + r for r in (_fill(rest, width - _cols(cont), **WORDS) if rest else []))
             else:
                 out.extend(para)
             para.clear()
@@ -179,7 +195,8 @@ def _plain(para: list[str]) -> bool:
 def _split_words(line: str, indent: str, width: int) -> list[str]:
     """A docstring line split at its last space that fits; the rest at ``indent`` (folded again if long)."""
     lead = len(line) - len(line.lstrip())
-    cut = line.rfind(" ", lead + 1, width + 1)
+    fits = max(i for i in range(len(line) + 1) if _cols(line[:i]) <= width)  # characters within width bytes
+    cut = line.rfind(" ", lead + 1, fits + 1)
     if cut <= lead:
         return [line]
     return [line[:cut].rstrip(), indent + line[cut:].lstrip()]
@@ -210,9 +227,8 @@ def _fold(line: str, depth0: int, width: int) -> list[str]:
     stripped = line.strip()
     if stripped.startswith("#"):  # a comment line: re-wrap its words
         text = stripped.lstrip("#").strip()
-        return textwrap.wrap(text, width - len(indent) - 2, initial_indent=indent + "# ",
-                             subsequent_indent=indent + "# ", break_long_words=False,
-                             break_on_hyphens=False) or [line]
+        return _fill(text, width, initial_indent=indent + "# ", subsequent_indent=indent + "# ",
+                     break_long_words=False, break_on_hyphens=False) or [line]
     shift = depth0  # a line inside brackets tokenizes with its open brackets put back in front
     toks = _tokens("(" * shift + line.lstrip())
     if toks is None:
@@ -222,17 +238,17 @@ def _fold(line: str, depth0: int, width: int) -> list[str]:
     above = []
     if comment is not None:
         code = code[: comment.start[1] - shift].rstrip()
-        if len(indent) + len(code) + 2 + len(comment.string) > width:  # the comment goes above
+        if _cols(indent + code) + 2 + _cols(comment.string) > width:  # the comment goes above
             above = _fold(indent + comment.string, depth0, width)
         else:
             code = code + "  " + comment.string
         toks = [t for t in toks if t.type != tokenize.COMMENT]
-    if len(indent) + len(code) > width:
+    if _cols(indent + code) > width:
         split = _split_strings(code, toks, shift, depth0)
         if split != code:
             code, toks = split, _tokens("(" * shift + split)
     target = re.match(r"([\w.]+(?:, [\w.]+)+) = (.*)$", code) if depth0 == 0 else None
-    if target and len(indent) + len(target.group(1)) + 3 > width:  # a long unpacking: (a1, ..., f100) = ...
+    if target and _cols(indent + target.group(1)) + 3 > width:  # a long unpacking: (a1, ..., f100) = ...
         code = f"({target.group(1)}) = {target.group(2)}"
         toks = _tokens(code)
     lines = [_join_adjacent(ln) for ln in _break(indent, code, toks, shift, depth0, width)]
@@ -303,7 +319,7 @@ def _balanced(code: str) -> bool:
 
 
 def _break(indent: str, code: str, toks, shift: int, depth0: int, width: int) -> list[str]:
-    if len(indent) + len(code) <= width:
+    if _cols(indent + code) <= width:
         return [indent + code]
     # places to break: before token k, where the depth is >= 1 (implicit joining), with a rank
     places, depth = [], 0
@@ -343,10 +359,10 @@ def _break(indent: str, code: str, toks, shift: int, depth0: int, width: int) ->
     while True:
         lead = indent if first else cont
         rest = code[start:]
-        if len(lead) + len(rest) <= width:
+        if _cols(lead + rest) <= width:
             out.append(lead + rest)
             return out
-        fits = [p for p in places if p[0] > start and len(lead) + len(code[start:p[0]].rstrip()) <= width]
+        fits = [p for p in places if p[0] > start and _cols(lead + code[start:p[0]].rstrip()) <= width]
         if fits:
             best = min(p[1] for p in fits)  # the shallowest depth, then the best rank, then the furthest
             rank = min(p[2] for p in fits if p[1] == best)

@@ -32,8 +32,8 @@ STATE = ()  # per-parameter optimizer state, zero at the start
 
 
 def windows(x, kh, kw, sh, sw):
-    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window (a
-    view)."""
+    """x[b, c, i·sh + p, j·sw + q] as an array indexed [b, c, i, j, p, q]: every kh × kw window
+    (a view)."""
     return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 

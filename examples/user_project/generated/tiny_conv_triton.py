@@ -36,10 +36,9 @@ BLOCK_B = 32  # batch rows per program of the row-tiled kernels (a power of two)
 NUM_WARPS = 4
 NUM_STAGES = 1
 MAXNREG = None  # ptxas's own register target (these kernels compiled without spills at it)
-# the gradient kernels split the batch over at most SPLITS programs per gradient block, of at
-# least SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks
-# alone would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows
-# in order
+# the gradient kernels split the batch over at most SPLITS programs per gradient block, of at least
+# SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks alone
+# would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows in order
 SPLITS = 16
 SPLIT_ROWS = 8
 UPDATE_BLOCK = 128  # parameters per program of the update kernel (its grid covers an H100's SMs)
@@ -72,8 +71,8 @@ def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
             _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
             _acc += _f[:, None] * _w[None, :]
     else:
-        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one
-        # broadcast product
+        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast
+        # product
         for _k0 in range(0, K, KC):
             _kk = _k0 + tl.arange(0, KC)
             _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :],
@@ -121,9 +120,9 @@ def tiny_conv_a1_kernel(
     _row_mask = _rows < _B
     _cols_32 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     _cmask_32 = _cols_32 < 32
-    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps
-    # every pass's addresses live: 255 registers); the padding is read through masks (zero
-    # outside the input)
+    # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every
+    # pass's addresses live: 255 registers); the padding is read through masks (zero outside the
+    # input)
     _o = _cols_32 // 16
     _i = _cols_32 // 4 % 4
     _j = _cols_32 % 4
@@ -204,16 +203,15 @@ def tiny_conv_dL_dW3_kernel(
 ):
     # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
     # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
-    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one
-    # rank-1 update per batch row of the split in order, written to the split's row of partial
-    # sums
+    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one rank-1
+    # update per batch row of the split in order, written to the split's row of partial sums
     _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     _s = tl.program_id(2)
     _j_ok = _jj < 2
     _k_ok = _kk < 32
-    # ∂L/∂b3 is the weight of a constant input 1, column 32: the program that owns it reads
-    # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
+    # ∂L/∂b3 is the weight of a constant input 1, column 32: the program that owns it reads the
+    # δ rows it already reads and takes 1 for f there (one pass over δ serves both)
     _one = _kk == 32
     _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
     for _b in range(_s * _R, tl.minimum(_s * _R + _R, _B)):
@@ -268,17 +266,17 @@ def tiny_conv_dL_dW1_kernel(
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # gridded over the gradient's elements and the batch's splits; each program sums its
-    # split's rows and every position (i, j) in a fixed order and writes its elements once, to
-    # its split's row of partial sums (the update kernel adds the rows in order): no atomics,
-    # the same inputs give the same bits
+    # gridded over the gradient's elements and the batch's splits; each program sums its split's
+    # rows and every position (i, j) in a fixed order and writes its elements once, to its split's
+    # row of partial sums (the update kernel adds the rows in order): no atomics, the same inputs
+    # give the same bits
     _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
     # ∂L/∂b1 is the weight of a constant input 1: its 2 elements follow the weight's 18, and the
-    # programs that own them read δ as the weight's do and take 1 for the window (one pass
-    # over δ serves both)
+    # programs that own them read δ as the weight's do and take 1 for the window (one pass over δ
+    # serves both)
     _g_ok = _g < 20
     _bias = _g >= 18
     _o = tl.where(_bias, _g - 18, _g // 9)
@@ -335,7 +333,8 @@ def tiny_conv_update_kernel(
     _N,  # number of parameters
     _lr,  # learning rate η of plain SGD (MODE 1)
     eta_t,  # host scalar (MODE 2)
-    MODE: tl.constexpr,  # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    # 0: store ∂L/∂θ; 1: SGD, θ ← θ − η·∂L/∂θ; 2: one sgd update
+    MODE: tl.constexpr,
     _BLOCK: tl.constexpr,
 ):
     # the partial sums reduced in a fixed order (program 0, 1, …), then the update
@@ -518,9 +517,9 @@ def _per_sample(params, x, y):
 
 
 def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
-    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0), takes
-    an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t); the loss
-    goes to ``loss``."""
+    """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
+    takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
+    the loss goes to ``loss``."""
     _n = flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1
