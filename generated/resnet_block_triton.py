@@ -43,7 +43,7 @@ MAXNREG = None  # ptxas's own register target (these kernels compiled without sp
 # the gradient kernels split the batch over at most SPLITS programs per gradient block, of at least
 # SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks alone
 # would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows in order
-SPLITS = 16
+SPLITS = 64
 SPLIT_ROWS = 8
 UPDATE_BLOCK = 128  # parameters per program of the update kernel (its grid covers an H100's SMs)
 N_PARAMS = 153  # all parameters, flattened in PARAM_SHAPES order
@@ -570,104 +570,103 @@ def resnet_block_dL_dW2_kernel(
 
 
 @triton.jit
-def resnet_block_dL_df1_via2_kernel(
+def resnet_block_dL_dW1_kernel(
     D_ptr,  # delta2, (batch, 2, 6, 6) float32
     W_ptr,  # parameter W2, (2, 2, 3, 3)
     delta4_ptr,  # delta4, (batch, 2, 6, 6) float32
     f1_ptr,  # f1, (batch, 2, 6, 6) float32
-    delta1_ptr,  # delta1, (batch, 2, 6, 6) float32
+    _X_ptr,  # x, (batch, 1, 6, 6) float32
+    _G_ptr,  # ∂L/∂W1, (2, 1, 3, 3) float32: written once
+    _GB_ptr,  # ∂L/∂b1, (2,) float32: written once
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-):
-    # ∂L/∂f1_via2[c, h, w] = ∂L/∂f1_pad[c, h + 1, w + 1]
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_72 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_72 = _cols_72 < 72
-    # a gather per input element (c, h, w): for each kernel offset (p, q) the window (i, j) with
-    # i·s + p = h + P, when that is a whole number in range, so each element is written once (no
-    # atomics)
-    _c = _cols_72 // 36
-    _hh = _cols_72 // 6 % 6
-    _ww = _cols_72 % 6
-    dL_df1_via2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for _o in range(2):
-        for _p in range(3):
-            for _q in range(3):
-                _hs = _hh + 1 - _p  # = i·s when window row i covers h at offset p
-                _ws = _ww + 1 - _q
-                _i = _hs // 1
-                _j = _ws // 1
-                _ok = (_cmask_72 & (_hs >= 0) & (_ws >= 0) & (_hs % 1 == 0) & (_ws % 1 == 0)
-                       & (_i < 6) & (_j < 6))
-                _dv = tl.load(D_ptr + _rows[:, None] * 72 + (_o * 36 + _i * 6 + _j)[None, :],
-                              mask=_row_mask[:, None] & _ok[None, :], other=0.0)
-                _wv = tl.load(W_ptr + _o * 18 + _c * 9 + _p * 3 + _q, mask=_ok, other=0.0)
-                dL_df1_via2 += _dv * _wv[None, :]
-    delta4 = tl.load(delta4_ptr + _rows[:, None] * 72 + _cols_72[None, :],
-        mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
-    f1 = tl.load(f1_ptr + _rows[:, None] * 72 + _cols_72[None, :],
-        mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
-    # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
-    dL_df1 = dL_df1_via2 + delta4
-    delta1 = dL_df1*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    tl.store(delta1_ptr + _rows[:, None] * 72 + _cols_72[None, :], delta1,
-        mask=_row_mask[:, None] & _cmask_72[None, :])
-
-
-@triton.jit
-def resnet_block_dL_dW1_kernel(
-    D_ptr,  # δ1, (batch, 2, 6, 6) float32
-    X_ptr,  # x, (batch, 1, 6, 6) float32: the windows
-    G_ptr,  # ∂L/∂W1, (2, 1, 3, 3) float32: written once
-    GB_ptr,  # ∂L/∂b1, (2,) float32: written once
-    _B,  # batch size
     _R,  # batch rows per split
     _ROW,  # floats per row of partial sums
-    BLOCK_G: tl.constexpr,  # gradient elements per program
-    BLOCK_R: tl.constexpr,  # terms of the sum per step
+    BLOCK_B: tl.constexpr,  # batch rows per tile
+    BLOCK_N: tl.constexpr,  # positions (i, j) per tile
+    BLOCK_G: tl.constexpr,  # the (c, q) pairs of a kernel row, 3 padded to a power of two
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # gridded over the gradient's elements and the batch's splits; each program sums its split's
-    # rows and every position (i, j) in a fixed order and writes its elements once, to its split's
-    # row of partial sums (the update kernel adds the rows in order): no atomics, the same inputs
-    # give the same bits
-    _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    # with δ1 computed here, tile by tile (δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1), never stored:
+    # one program per output channel o and split of the batch; it walks its split's rows and
+    # every block of positions, and sums δ times the windows into one (c, q) × tile sum per
+    # kernel row p, written once to its split's row of partial sums (no atomics: the same
+    # inputs give the same bits)
+    _wo = tl.program_id(0)
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
-    # ∂L/∂b1 is the weight of a constant input 1: its 2 elements follow the weight's 18, and the
-    # programs that own them read δ as the weight's do and take 1 for the window (one pass over δ
-    # serves both)
-    _g_ok = _g < 20
-    _bias = _g >= 18
-    _o = tl.where(_bias, _g - 18, _g // 9)
-    _c = _g // 9 % 1
-    _p = _g // 3 % 3
-    _q = _g % 3
-    _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(_lo * 36, _hi * 36, BLOCK_R):
-        _r = _r0 + tl.arange(0, BLOCK_R)
-        _r_ok = _r < _hi * 36
-        _b = _r // 36  # the sum runs over (b, i, j), flattened
-        _pos = _r % 36
-        _hh = (_pos // 6 * 1)[None, :] + _p[:, None] - 1
-        _ww = (_pos % 6 * 1)[None, :] + _q[:, None] - 1
-        _d_at = _b[None, :] * 72 + _o[:, None] * 36 + _pos[None, :]
-        _m = _g_ok[:, None] & _r_ok[None, :]
-        _in = _m & (_hh >= 0) & (_hh < 6) & (_ww >= 0) & (_ww < 6)
-        _in = _in & ~_bias[:, None]
-        _dv = tl.load(D_ptr + _d_at, mask=_m, other=0.0)
-        _xv = tl.load(X_ptr + _b[None, :] * 36 + _c[:, None] * 36 + _hh * 6 + _ww,
-                      mask=_in, other=0.0)
-        _xv = tl.where(_bias[:, None], 1.0, _xv)
-        _acc += _dv * _xv
-    _sum = tl.sum(_acc, axis=1)
-    tl.store(G_ptr + _s * _ROW + _g, _sum, mask=_g_ok & ~_bias)
-    tl.store(GB_ptr + _s * _ROW + (_g - 18), _sum, mask=_g_ok & _bias)
+    _wg = tl.arange(0, BLOCK_G)
+    _wc = _wg // 3
+    _wq = _wg % 3
+    _wg_ok = _wg < 3
+    _acc0 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
+    _acc1 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
+    _acc2 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
+    _accb = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    _wt = tl.arange(0, BLOCK_B * BLOCK_N)  # the tile flattened: row-major, as tl.reshape orders it
+    for _b0 in range(_lo, _hi, BLOCK_B):
+        _rows = _b0 + tl.arange(0, BLOCK_B)
+        _row_mask = _rows < _hi
+        for _p0 in range(0, 36, BLOCK_N):
+            _pp = _p0 + tl.arange(0, BLOCK_N)
+            _cols_72 = _wo * 36 + _pp
+            _cmask_72 = _pp < 36
+            # a gather per input element (c, h, w): for each kernel offset (p, q) the window (i, j)
+            # with i·s + p = h + P, when that is a whole number in range, so each element is
+            # written once (no atomics)
+            _c = _cols_72 // 36
+            _hh = _cols_72 // 6 % 6
+            _ww = _cols_72 % 6
+            dL_df1_via2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+            for _o in range(2):
+                for _p in range(3):
+                    for _q in range(3):
+                        _hs = _hh + 1 - _p  # = i·s when window row i covers h at offset p
+                        _ws = _ww + 1 - _q
+                        _i = _hs // 1
+                        _j = _ws // 1
+                        _ok = (_cmask_72 & (_hs >= 0) & (_ws >= 0) & (_hs % 1 == 0) & (_ws % 1 == 0)
+                               & (_i < 6) & (_j < 6))
+                        _dv = tl.load(D_ptr + _rows[:, None] * 72
+                                      + (_o * 36 + _i * 6 + _j)[None, :],
+                                      mask=_row_mask[:, None] & _ok[None, :], other=0.0)
+                        _wv = tl.load(W_ptr + _o * 18 + _c * 9 + _p * 3 + _q, mask=_ok, other=0.0)
+                        dL_df1_via2 += _dv * _wv[None, :]
+            delta4 = tl.load(delta4_ptr + _rows[:, None] * 72 + _cols_72[None, :],
+                mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
+            f1 = tl.load(f1_ptr + _rows[:, None] * 72 + _cols_72[None, :],
+                mask=_row_mask[:, None] & _cmask_72[None, :], other=0.0)
+            # ∂L/∂f1: the sum over the 2 paths from L (the multivariate chain rule)
+            dL_df1 = dL_df1_via2 + delta4
+            delta1 = dL_df1*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+            _wd = tl.where(_row_mask[:, None] & _cmask_72[None, :], delta1, 0.0)
+            _accb += _wd
+            _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))
+            _wb = _b0 + _wt // BLOCK_N
+            _wpos = _p0 + _wt % BLOCK_N
+            _wi = _wpos // 6 * 1 - 1  # the window's first row in the unpadded input
+            _wj = (_wpos % 6 * 1 - 1)[None, :] + _wq[:, None]
+            _wm = _wg_ok[:, None] & ((_wb < _hi) & (_wpos < 36))[None, :] & (_wj >= 0) & (_wj < 6)
+            _wat = _X_ptr + _wb[None, :] * 36 + _wc[:, None] * 36 + _wj
+            _wh = _wi + 0
+            _wx = tl.load(_wat + (_wh * 6)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 6))[None, :],
+                          other=0.0)
+            _acc0 += _wd[None, :] * _wx
+            _wh = _wi + 1
+            _wx = tl.load(_wat + (_wh * 6)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 6))[None, :],
+                          other=0.0)
+            _acc1 += _wd[None, :] * _wx
+            _wh = _wi + 2
+            _wx = tl.load(_wat + (_wh * 6)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 6))[None, :],
+                          other=0.0)
+            _acc2 += _wd[None, :] * _wx
+    _wat = _G_ptr + _s * _ROW + _wo * 9 + _wc * 9 + _wq
+    tl.store(_wat + 0, tl.sum(_acc0, axis=1), mask=_wg_ok)
+    tl.store(_wat + 3, tl.sum(_acc1, axis=1), mask=_wg_ok)
+    tl.store(_wat + 6, tl.sum(_acc2, axis=1), mask=_wg_ok)
+    tl.store(_GB_ptr + _s * _ROW + _wo, tl.sum(tl.sum(_accb, axis=1), axis=0))
 
 
 @triton.jit
@@ -761,12 +760,10 @@ _SIGNATURES = {
     "resnet_block_dL_dW2_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_G": "constexpr",
         "BLOCK_R": "constexpr"},
-    "resnet_block_dL_df1_via2_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "delta4_ptr": "*fp32",
-        "f1_ptr": "*fp32", "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
-    "resnet_block_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_G": "constexpr",
-        "BLOCK_R": "constexpr"},
+    "resnet_block_dL_dW1_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "delta4_ptr": "*fp32",
+        "f1_ptr": "*fp32", "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_B": "i32",
+        "_scale": "fp32", "_R": "i32", "_ROW": "i32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
     "resnet_block_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "resnet_block_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32",
@@ -819,12 +816,8 @@ COMPILE_SPECS = [
     {"kernel": "resnet_block_dL_dW2_kernel", "signature": _SIGNATURES["resnet_block_dL_dW2_kernel"],
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_dL_df1_via2_kernel",
-        "signature": _SIGNATURES["resnet_block_dL_df1_via2_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_dW1_kernel", "signature": _SIGNATURES["resnet_block_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": 4, "BLOCK_N": 16, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_loss_sum_kernel",
         "signature": _SIGNATURES["resnet_block_loss_sum_kernel"], "constexprs": {"_BLOCK": 1024},
@@ -926,7 +919,6 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _b_dL_df6 = _x.new_empty((_batch, 18), dtype=torch.float32)
         _b_delta4 = _x.new_empty((_batch, 72), dtype=torch.float32)
         _b_delta2 = _x.new_empty((_batch, 72), dtype=torch.float32)
-        _b_delta1 = _x.new_empty((_batch, 72), dtype=torch.float32)
         resnet_block_dL_dW7_kernel[(triton.cdiv(3, 4), triton.cdiv(19, 32), _splits)](
             _b_dL_df7, _b_f5, _g["W7"], _g["b7"], _batch, _R, N_PARAMS + 1, BLOCK_J=4, BLOCK_K=32,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
@@ -951,18 +943,12 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             _b_delta2, _b_f1, _g["W2"], _g["b2"], _batch, _R, N_PARAMS + 1, BLOCK_G=32,
                 BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_df1_via2_kernel[
-            (triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
-            _b_delta2, _p["W2"], _b_delta4, _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk,
-                BLOCK_N=(128 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_dW1_kernel[(triton.cdiv(20, 32), _splits)](
-            _b_delta1, _x, _g["W1"], _g["b1"], _batch, _R, N_PARAMS + 1, BLOCK_G=32,
-                BLOCK_R=(2048 if _wide else 64),
+        resnet_block_dL_dW1_kernel[(2, _splits)](
+            _b_delta2, _p["W2"], _b_delta4, _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R,
+                N_PARAMS + 1, BLOCK_B=(8 if _wide else 4), BLOCK_N=(64 if _wide else 16), BLOCK_G=4,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
-            inter.update({"dL_df6": _b_dL_df6, "delta4": _b_delta4, "delta2": _b_delta2,
-                "delta1": _b_delta1})
+            inter.update({"dL_df6": _b_dL_df6, "delta4": _b_delta4, "delta2": _b_delta2})
     return _sums, _splits
 
 

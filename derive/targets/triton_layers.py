@@ -8,9 +8,11 @@ Elementwise assignments that follow a kernel at the same index (f1 = relu(a1), �
 printed by the strict Triton printer into that kernel's epilogue, and an array is stored only when a
 later kernel reads it.  Flatten, Unflatten and a bare rename are views; Pad is read through masks by
 the windows that use it, and Crop is folded into the gather that computes the padded gradient.
-Two merges save launches and passes over δ: a bias gradient is summed by the kernel of the weight
-gradient that reads the same δ (_bias_of), and the last forward kernel, where its tile holds whole rows,
-computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue).
+Three merges save launches and passes over δ: a bias gradient is summed by the kernel of the weight
+gradient that reads the same δ (_bias_of); the last forward kernel, where its tile holds whole rows,
+computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue); and a
+convolution's δ that only its weight and bias gradients read is computed in their kernel from the lines
+of the kernel that would have stored it (_delta_producer), so δ is never stored.
 
 Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -51,9 +54,17 @@ WIDE_R = 2048  # the same on CPU tensors (the interpreter)
 OUTER_J, OUTER_K = 16, 64
 # a gradient kernel's batch sum is split over at most SPLITS programs per gradient block, each of at least
 # SPLIT_ROWS rows, into rows of partial sums the update kernel adds in order: a gradient's few blocks alone
-# (lecture_convnet's ∂W1: 15 programs) would leave most of an H100's 132 SMs idle for the whole batch sum
-SPLITS = 16
+# would leave most of an H100's 132 SMs idle for the whole batch sum.  lecture_convnet's ∂W1 with δ
+# computed in its kernel is one program per filter (6) and split: 64 splits make 384 programs, about three
+# per SM, where 16 made 96 (a quarter of the SMs idle) and 32 would leave SMs with one program beside SMs
+# with two
+SPLITS = 64
 SPLIT_ROWS = 8
+# a convolution's ∂W with δ computed in its kernel (_delta_producer): a tile of INLINE_B rows by INLINE_N
+# positions (on CPU tensors INLINE_WIDE_B rows by every position), and one (c·kw) × tile sum per kernel row
+# p, at most INLINE_SUMS floats in all (lecture_convnet: 5 · 16 · 64 = 5,120, 96 registers, no spill)
+INLINE_B, INLINE_N, INLINE_WIDE_B = 4, 16, 8
+INLINE_SUMS = 8192
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
 # the nodes a row-complete epilogue prints (the whole row is in its tile: the reductions too)
@@ -94,6 +105,23 @@ class Kernel:
     split: bool = False
     programs: int = 0
     tile_rows: int = 0  # a batch-tiled kernel's rows per program; its grid is ⌈batch / tile_rows⌉ × programs
+    # a row-tiled kernel's printed tile (TiledBody): what a later kernel needs to compute the same tile itself
+    tile: "TiledBody | None" = None
+
+
+@dataclass(frozen=True)
+class TiledBody:
+    """The printed lines of a row-tiled kernel's tile, in the names of its tile (_rows, _row_mask, _cols_<width>,
+    _cmask_<width>, BLOCK_B, BLOCK_N): a consumer that sets those names can run them in its own loop."""
+
+    head: str  # the head's own lines (a gather, a convolution), "" where the head is printed with the rest
+    loads: tuple
+    lines: tuple
+    args: tuple  # the pointers the lines read (not those of the stores)
+    stored: tuple  # the arrays the kernel stores
+    width: int
+    chunked: bool
+    plain: bool  # no W·f helper with its KC, no epilogue parts, no extra stores
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -341,12 +369,15 @@ class _Plan:
         tiles = (block_n, min(pow2(width), WIDE_N)) if chunked and width else None
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
+        stored = tuple(a.name for a in outs if out_ptr is None and self._needs_store(a.name, here))
+        tile = TiledBody((head_lines or "").rstrip("\n"), tuple(loads), tuple(body), tuple(t for t in args if t[0] not in {f"{n}_ptr" for n in stored}),
+                         stored, width, chunked, plain=not (epilogue or extra or "_matvec_cols" in pr.helpers))
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
                       "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
                       programs=-(-width // tiles[0]) if tiles else 1, tile_rows=min(BLOCK_B, cap),
                       constexprs={"KC": (1, WIDE_K)} if "_matvec_cols" in pr.helpers else {},
                       computes=tuple(a.name for a in outs if a is not head) + tuple(a.name for _, p in epilogue for a in p),
-                      flags=tuple(f for f, _ in epilogue))
+                      flags=tuple(f for f, _ in epilogue), tile=tile)
 
     def _epilogue_part(self, part: list[Assign], width: int, in_regs: set, here: set, section: str):
         """One part of a row-complete epilogue: its loads (what the head's tile does not hold: y, a
@@ -669,11 +700,11 @@ def _grad_args(plan: _Plan, a: Assign, inputs: list[tuple[str, str]], section: s
     return out + [("G_ptr", typ, host, comment)]
 
 
-def _split_grid(*blocks: tuple[int, int]) -> tuple[str, int]:
+def _split_grid(*blocks: tuple[int, int | tuple]) -> tuple[str, int]:
     """A gradient kernel's grid over (elements, per program) blocks and the batch's splits: (the launch's grid
-    expression, its programs without the split axis)."""
-    dims = ", ".join(f"triton.cdiv({n}, {b})" for n, b in blocks)
-    return f"({dims}, _splits)", math.prod(-(-n // b) for n, b in blocks)
+    expression, its programs on CUDA without the split axis).  A block may be (on CUDA, on CPU tensors)."""
+    dims = ", ".join(f"triton.cdiv({n}, {_bn(b) if isinstance(b, tuple) else b})" for n, b in blocks)
+    return f"({dims}, _splits)", math.prod(-(-n // (b[0] if isinstance(b, tuple) else b)) for n, b in blocks)
 
 
 def _bias_of(plan: _Plan, d: sp.Symbol, after, kinds: tuple, shape: tuple) -> Assign | None:
@@ -705,6 +736,9 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
          "bias": plan.grad_param[bias.name] if bias else None, "n_bias": n_bias,
          "b_shape": plan.params[plan.grad_param[bias.name]].shape if bias else None,
          "bias_formula": bias.comment if bias else None}
+    producer = _delta_producer(plan, a, d, bias, section, k) if shared else None
+    if producer is not None:
+        return _emit_window_weight_grad_inline(plan, a, producer, bias, section, k)
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
     if bias:
         args.append(_named(plan, bias.name, "GB_ptr", section))
@@ -712,6 +746,64 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad(k), args, grid, section, None, None,
                                {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"],
                                computes=(bias.name,) if bias else (), split=True, programs=programs))
+    return 0
+
+
+def _delta_producer(plan: _Plan, a: Assign, d: sp.Symbol, bias: Assign | None, section: str, k: dict) -> Kernel | None:
+    """The kernel just emitted, where it computes the convolution's δ elementwise over its tile (δ = ∂L/∂f·f′
+    after a δ·W) and stores nothing but δ, which nothing but this gradient (and its bias) reads: then the
+    gradient's kernel computes δ itself, tile by tile, and δ never goes through global memory (for
+    lecture_convnet 308 MB written, and read again, per step at 2^14) and the producer's launch goes."""
+    prev = plan.kernels[-1] if plan.kernels else None
+    src = plan.resolve(d.name)
+    if prev is None or prev.tile is None or prev.section != section or prev.tile.stored != (src,):
+        return None
+    t = prev.tile
+    if not (t.plain and t.chunked and t.width == k["n_out"]):
+        return None
+    if plan.readers.get(src, set()) - {a.name, *((bias.name,) if bias else ())}:
+        return None
+    if k["kh"] * pow2(k["c"] * k["kw"]) * INLINE_B * INLINE_N > INLINE_SUMS:
+        return None  # the per-offset sums would not fit the registers
+    names = set(re.findall(r"\b_\w+", "\n".join((t.head, *t.loads, *t.lines))))
+    if names & (_INLINE_LOCALS | {f"_acc{p}" for p in range(k["kh"])}):
+        return None  # the producer's lines would overwrite a local of the loop around them
+    return prev
+
+
+# the locals of window_weight_grad_inline's loop (templates/triton_layer_kernels.jinja), which a producer's lines
+# must not assign
+_INLINE_LOCALS = {"_wo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_accb", "_wt", "_b0", "_p0", "_pp", "_wd",
+                  "_wb", "_wpos", "_wi", "_wj", "_wm", "_wat", "_wh", "_wx", "_X_ptr", "_G_ptr", "_GB_ptr"}
+
+
+def _emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bias: Assign | None, section: str,
+                                    k: dict) -> int:
+    """∂L/∂W of a convolution with its δ computed in the kernel (_delta_producer): one program per output channel
+    o and split of the batch, looping over the split's rows and every block of positions; each tile's δ (the
+    producer's lines) multiplies the windows at each kernel row p, into one (c·kw) × tile sum per p."""
+    plan.kernels.pop()
+    t = producer.tile
+    src = plan.resolve(a.expr.args[0].name)
+    if plan.stored.get(src) == section:
+        del plan.stored[src]  # δ lives in registers now: no buffer, nothing to hand to intermediates()
+    g_cols = k["c"] * k["kw"]
+    # the producer's own pointers keep their names (its lines use them); this kernel's start with "_"
+    args = list(t.args) + [_named(plan, k["source"], "_X_ptr", section)]
+    args.append(("_G_ptr", *_grad_args(plan, a, [], section)[-1][1:]))
+    if bias:
+        args.append(_named(plan, bias.name, "_GB_ptr", section))
+    head = "\n".join(" " * 8 + ln if ln.strip() else ln for ln in t.head.splitlines())  # inside the two loops
+    kx = {**k, "args": args, "delta": src, "width": t.width, "head": head, "loads": t.loads, "lines": t.lines,
+          "g_cols": g_cols, "delta_formula": plan.defining(src).comment}
+    computes = (producer.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"), *producer.computes,
+                *((bias.name,) if bias else ()))
+    # the sums run over kh · BLOCK_G lanes per position, BLOCK_G ≥ c·kw a power of two: counted as run
+    flops = producer.flops + 2 * k["n_out"] * k["kh"] * pow2(g_cols)
+    plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad_inline(kx), args, f"({k['o']}, _splits)",
+                               section, f"({INLINE_WIDE_B} if _wide else {INLINE_B})", str(INLINE_B),
+                               {"BLOCK_G": pow2(g_cols)}, flops=flops,
+                               block_n=(INLINE_N, pow2(k["ohw"])), computes=computes, split=True, programs=k["o"]))
     return 0
 
 
@@ -745,6 +837,7 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (f.name, "F_ptr")], section)
     if bias:
         args.append(_named(plan, bias.name, "GB_ptr", section))
+    bk = (bk, min(pow2(cols), WIDE_N))  # on CPU tensors one wide block: the interpreter pays per program
     grid, programs = _split_grid((j, bj), (cols, bk))
     plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, grid, section, None, None,
                                {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk,
@@ -994,7 +1087,9 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
     DRAM count); programs: the grid without its split axis (0: one program per batch tile, times its column
     blocks, given as -blocks)."""
     ir, row, fixed, grads = plan.ir, 0, 0, 0
-    for _, _, host, _ in k.args:
+    # a buffer passed twice (max-pooling's gather and f′ both read f) is read from DRAM once: the second
+    # pointer reads the same rows of the same tile, from L1
+    for host in dict.fromkeys(a[2] for a in k.args):
         if host == "_x":
             row += 4 * math.prod(ir.input.shape)
         elif host == "_y":

@@ -39,7 +39,7 @@ MAXNREG = None  # ptxas's own register target (these kernels compiled without sp
 # the gradient kernels split the batch over at most SPLITS programs per gradient block, of at least
 # SPLIT_ROWS rows each, every split writing its row of partial sums (a gradient's few blocks alone
 # would leave most of a GPU idle for the whole batch sum); the update kernel adds the rows in order
-SPLITS = 16
+SPLITS = 64
 SPLIT_ROWS = 8
 UPDATE_BLOCK = 128  # parameters per program of the update kernel (its grid covers an H100's SMs)
 N_PARAMS = 86  # all parameters, flattened in PARAM_SHAPES order
@@ -227,82 +227,80 @@ def tiny_conv_dL_dW3_kernel(
 
 
 @triton.jit
-def tiny_conv_dL_df2_kernel(
+def tiny_conv_dL_dW1_kernel(
     dL_df3_ptr,  # dL_df3, (batch, 2) float32
     W3_ptr,  # parameter W3, (2, 32)
     f1_ptr,  # f1, (batch, 2, 4, 4) float32
-    delta1_ptr,  # delta1, (batch, 2, 4, 4) float32
+    _X_ptr,  # x, (batch, 1, 6, 6) float32
+    _G_ptr,  # ∂L/∂W1, (2, 1, 3, 3) float32: written once
+    _GB_ptr,  # ∂L/∂b1, (2,) float32: written once
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-):
-    # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_32 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_32 = _cols_32 < 32
-    f1 = tl.load(f1_ptr + _rows[:, None] * 32 + _cols_32[None, :],
-        mask=_row_mask[:, None] & _cmask_32[None, :], other=0.0)
-    # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
-    dL_df2 = _vecmat_cols(dL_df3_ptr, 2, W3_ptr, 32, _rows, _row_mask, _cols_32, _cmask_32, BLOCK_B,
-        BLOCK_N)
-    delta1 = dL_df2*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
-    tl.store(delta1_ptr + _rows[:, None] * 32 + _cols_32[None, :], delta1,
-        mask=_row_mask[:, None] & _cmask_32[None, :])
-
-
-@triton.jit
-def tiny_conv_dL_dW1_kernel(
-    D_ptr,  # δ1, (batch, 2, 4, 4) float32
-    X_ptr,  # x, (batch, 1, 6, 6) float32: the windows
-    G_ptr,  # ∂L/∂W1, (2, 1, 3, 3) float32: written once
-    GB_ptr,  # ∂L/∂b1, (2,) float32: written once
-    _B,  # batch size
     _R,  # batch rows per split
     _ROW,  # floats per row of partial sums
-    BLOCK_G: tl.constexpr,  # gradient elements per program
-    BLOCK_R: tl.constexpr,  # terms of the sum per step
+    BLOCK_B: tl.constexpr,  # batch rows per tile
+    BLOCK_N: tl.constexpr,  # positions (i, j) per tile
+    BLOCK_G: tl.constexpr,  # the (c, q) pairs of a kernel row, 3 padded to a power of two
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
-    # gridded over the gradient's elements and the batch's splits; each program sums its split's
-    # rows and every position (i, j) in a fixed order and writes its elements once, to its split's
-    # row of partial sums (the update kernel adds the rows in order): no atomics, the same inputs
-    # give the same bits
-    _g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    # with δ1 computed here, tile by tile (δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1), never stored:
+    # one program per output channel o and split of the batch; it walks its split's rows and
+    # every block of positions, and sums δ times the windows into one (c, q) × tile sum per
+    # kernel row p, written once to its split's row of partial sums (no atomics: the same
+    # inputs give the same bits)
+    _wo = tl.program_id(0)
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
-    # ∂L/∂b1 is the weight of a constant input 1: its 2 elements follow the weight's 18, and the
-    # programs that own them read δ as the weight's do and take 1 for the window (one pass over δ
-    # serves both)
-    _g_ok = _g < 20
-    _bias = _g >= 18
-    _o = tl.where(_bias, _g - 18, _g // 9)
-    _c = _g // 9 % 1
-    _p = _g // 3 % 3
-    _q = _g % 3
-    _acc = tl.zeros((BLOCK_G, BLOCK_R), dtype=tl.float32)
-    for _r0 in range(_lo * 16, _hi * 16, BLOCK_R):
-        _r = _r0 + tl.arange(0, BLOCK_R)
-        _r_ok = _r < _hi * 16
-        _b = _r // 16  # the sum runs over (b, i, j), flattened
-        _pos = _r % 16
-        _hh = (_pos // 4 * 1)[None, :] + _p[:, None] - 0
-        _ww = (_pos % 4 * 1)[None, :] + _q[:, None] - 0
-        _d_at = _b[None, :] * 32 + _o[:, None] * 16 + _pos[None, :]
-        _m = _g_ok[:, None] & _r_ok[None, :]
-        _in = _m & (_hh >= 0) & (_hh < 6) & (_ww >= 0) & (_ww < 6)
-        _in = _in & ~_bias[:, None]
-        _dv = tl.load(D_ptr + _d_at, mask=_m, other=0.0)
-        _xv = tl.load(X_ptr + _b[None, :] * 36 + _c[:, None] * 36 + _hh * 6 + _ww,
-                      mask=_in, other=0.0)
-        _xv = tl.where(_bias[:, None], 1.0, _xv)
-        _acc += _dv * _xv
-    _sum = tl.sum(_acc, axis=1)
-    tl.store(G_ptr + _s * _ROW + _g, _sum, mask=_g_ok & ~_bias)
-    tl.store(GB_ptr + _s * _ROW + (_g - 18), _sum, mask=_g_ok & _bias)
+    _wg = tl.arange(0, BLOCK_G)
+    _wc = _wg // 3
+    _wq = _wg % 3
+    _wg_ok = _wg < 3
+    _acc0 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
+    _acc1 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
+    _acc2 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
+    _accb = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    _wt = tl.arange(0, BLOCK_B * BLOCK_N)  # the tile flattened: row-major, as tl.reshape orders it
+    for _b0 in range(_lo, _hi, BLOCK_B):
+        _rows = _b0 + tl.arange(0, BLOCK_B)
+        _row_mask = _rows < _hi
+        for _p0 in range(0, 16, BLOCK_N):
+            _pp = _p0 + tl.arange(0, BLOCK_N)
+            _cols_32 = _wo * 16 + _pp
+            _cmask_32 = _pp < 16
+            f1 = tl.load(f1_ptr + _rows[:, None] * 32 + _cols_32[None, :],
+                mask=_row_mask[:, None] & _cmask_32[None, :], other=0.0)
+            # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
+            dL_df2 = _vecmat_cols(dL_df3_ptr, 2, W3_ptr, 32, _rows, _row_mask, _cols_32, _cmask_32,
+                BLOCK_B, BLOCK_N)
+            delta1 = dL_df2*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+            _wd = tl.where(_row_mask[:, None] & _cmask_32[None, :], delta1, 0.0)
+            _accb += _wd
+            _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))
+            _wb = _b0 + _wt // BLOCK_N
+            _wpos = _p0 + _wt % BLOCK_N
+            _wi = _wpos // 4 * 1 - 0  # the window's first row in the unpadded input
+            _wj = (_wpos % 4 * 1 - 0)[None, :] + _wq[:, None]
+            _wm = _wg_ok[:, None] & ((_wb < _hi) & (_wpos < 16))[None, :] & (_wj >= 0) & (_wj < 6)
+            _wat = _X_ptr + _wb[None, :] * 36 + _wc[:, None] * 36 + _wj
+            _wh = _wi + 0
+            _wx = tl.load(_wat + (_wh * 6)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 6))[None, :],
+                          other=0.0)
+            _acc0 += _wd[None, :] * _wx
+            _wh = _wi + 1
+            _wx = tl.load(_wat + (_wh * 6)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 6))[None, :],
+                          other=0.0)
+            _acc1 += _wd[None, :] * _wx
+            _wh = _wi + 2
+            _wx = tl.load(_wat + (_wh * 6)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 6))[None, :],
+                          other=0.0)
+            _acc2 += _wd[None, :] * _wx
+    _wat = _G_ptr + _s * _ROW + _wo * 9 + _wc * 9 + _wq
+    tl.store(_wat + 0, tl.sum(_acc0, axis=1), mask=_wg_ok)
+    tl.store(_wat + 3, tl.sum(_acc1, axis=1), mask=_wg_ok)
+    tl.store(_wat + 6, tl.sum(_acc2, axis=1), mask=_wg_ok)
+    tl.store(_GB_ptr + _s * _ROW + _wo, tl.sum(tl.sum(_accb, axis=1), axis=0))
 
 
 @triton.jit
@@ -374,12 +372,10 @@ _SIGNATURES = {
     "tiny_conv_dL_dW3_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_J": "constexpr",
         "BLOCK_K": "constexpr"},
-    "tiny_conv_dL_df2_kernel": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "f1_ptr": "*fp32",
-        "delta1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr"},
-    "tiny_conv_dL_dW1_kernel": {"D_ptr": "*fp32", "X_ptr": "*fp32", "G_ptr": "*fp32",
-        "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_G": "constexpr",
-        "BLOCK_R": "constexpr"},
+    "tiny_conv_dL_dW1_kernel": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "f1_ptr": "*fp32",
+        "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
+        "_R": "i32", "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr",
+        "BLOCK_G": "constexpr"},
     "tiny_conv_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "tiny_conv_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32",
@@ -408,11 +404,8 @@ COMPILE_SPECS = [
     {"kernel": "tiny_conv_dL_dW3_kernel", "signature": _SIGNATURES["tiny_conv_dL_dW3_kernel"],
         "constexprs": {"BLOCK_J": 2, "BLOCK_K": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "tiny_conv_dL_df2_kernel", "signature": _SIGNATURES["tiny_conv_dL_df2_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "tiny_conv_dL_dW1_kernel", "signature": _SIGNATURES["tiny_conv_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": 4, "BLOCK_N": 16, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "tiny_conv_loss_sum_kernel", "signature": _SIGNATURES["tiny_conv_loss_sum_kernel"],
         "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
@@ -489,19 +482,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
-        _b_delta1 = _x.new_empty((_batch, 32), dtype=torch.float32)
         tiny_conv_dL_dW3_kernel[(triton.cdiv(2, 2), triton.cdiv(33, 64), _splits)](
             _b_dL_df3, _b_f1, _g["W3"], _g["b3"], _batch, _R, N_PARAMS + 1, BLOCK_J=2, BLOCK_K=64,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        tiny_conv_dL_df2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(32, 32))](
-            _b_dL_df3, _p["W3"], _b_f1, _b_delta1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
+        tiny_conv_dL_dW1_kernel[(2, _splits)](
+            _b_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R, N_PARAMS + 1,
+                BLOCK_B=(8 if _wide else 4), BLOCK_N=16, BLOCK_G=4,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        tiny_conv_dL_dW1_kernel[(triton.cdiv(20, 32), _splits)](
-            _b_delta1, _x, _g["W1"], _g["b1"], _batch, _R, N_PARAMS + 1, BLOCK_G=32,
-                BLOCK_R=(2048 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        if inter is not None:
-            inter.update({"delta1": _b_delta1})
     return _sums, _splits
 
 
