@@ -27,7 +27,8 @@ Where it does not fit, every op's tensors go to and from DRAM (each op's operand
 op's and the rest of the step's traffic evict).  Time per op as above, summed over ops.
 
 A per-layer module (a network with a volume, derive.targets.triton_layers) is modeled kernel by kernel
-from what each launch takes: every per-sample operand read or written once per row, every parameter and
+from what each launch takes: every per-sample operand read or written once per row (a small dense layer's
+split-K partial sums too, written by its operand's kernel and read by its own), every parameter and
 gradient once per launch, and the FLOPs of its contraction (convolution, W·f, δ·W, δᵀ·f) per row.
 
 The ideal step reads x and y once and the parameters, gradients and optimizer state once each.

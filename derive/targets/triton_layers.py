@@ -297,7 +297,8 @@ class _Plan:
         ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment).
         ``epilogue``: (flag, assignments) of a whole-row tile, each part printed under ``if flag:``."""
         pr = _RowPrinter(self, width)
-        extra, head_args, pr.flops = _split_k(self, head, rest, width, block_n if chunked else 0, section, extra, head_args)
+        extra, head_args, pr.flops = _split_k(self, head, rest, width, block_n if chunked else 0, section, extra,
+                                              head_args)
         self.block_n_of = {width: "BLOCK_N"} if chunked else {}
         in_regs: set[str] = set()
         body: list[str] = []
