@@ -58,30 +58,31 @@ def _logsumexp(z, mask):
 
 
 @triton.jit
-def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
-                 BLOCK_B: tl.constexpr,
-                 BN: tl.constexpr, KC: tl.constexpr):
-    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j
+def _partials_store(F, W_ptr, K: tl.constexpr, J: tl.constexpr, JP: tl.constexpr, _cols, _cmask,
+                    P_ptr, _blk,
+                    _rows, _row_mask, _B, BLOCK_B: tl.constexpr):
+    # P[blk, b, j] = Σ_k W[j, k]·f[b, k] over this tile's columns k: one row reduction per j of
+    # the tile already in registers (a loop, so only the (BLOCK_B, JP) sums are added to them)
+    _jj = tl.arange(0, JP)
+    _acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
+    for _j in range(J):
+        _w = tl.load(W_ptr + _j * K + _cols, mask=_cmask, other=0.0)
+        _s = tl.sum(tl.where(_cmask[None, :], F * _w[None, :], 0.0), axis=1)
+        _acc += tl.where(_jj[None, :] == _j, _s[:, None], 0.0)
+    tl.store(P_ptr + (_blk * _B + _rows[:, None]) * J + _jj[None, :], _acc,
+             mask=_row_mask[:, None] & (_jj < J)[None, :])
+
+
+@triton.jit
+def _partials_sum(P_ptr, NB, J: tl.constexpr, _rows, _row_mask, _cols, _cmask, _B,
+                  BLOCK_B: tl.constexpr,
+                  BN: tl.constexpr):
+    # a[b, j] = Σ_blk P[blk, b, j]: W·f from the partial sums f's kernel stored, added in block
+    # order
     _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
-    if KC == 1:
-        # one rank-1 update per k: f and W are read a column at a time (from L1/L2), so only the
-        # (BLOCK_B, BN) sum lives in registers
-        for _k in range(K):
-            _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
-            _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
-            _acc += _f[:, None] * _w[None, :]
-    else:
-        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast
-        # product
-        for _k0 in range(0, K, KC):
-            _kk = _k0 + tl.arange(0, KC)
-            _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :],
-                         mask=_row_mask[:, None] & (_kk < K)[None, :],
-                         other=0.0)
-            _w = tl.load(W_ptr + _cols[:, None] * K + _kk[None, :],
-                         mask=_cmask[:, None] & (_kk < K)[None, :],
-                         other=0.0)
-            _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
+    for _blk in range(NB):
+        _acc += tl.load(P_ptr + (_blk * _B + _rows[:, None]) * J + _cols[None, :],
+                        mask=_row_mask[:, None] & _cmask[None, :], other=0.0)
     return _acc
 
 
@@ -109,6 +110,8 @@ def lecture_convnet_a1_kernel(
     X_ptr,  # x, (batch, 3, 32, 32) float32
     W_ptr,  # parameter W1, (6, 3, 5, 5)
     BIAS_ptr,  # parameter b1, (6,)
+    W3_ptr,  # parameter W3, (10, 4704)
+    a3_part_ptr,  # Σ_k W3[j, k]·f1[k] per column block, (blocks, batch, 10) float32
     f1_ptr,  # f1, (batch, 6, 28, 28) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -141,12 +144,14 @@ def lecture_convnet_a1_kernel(
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
     tl.store(f1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], f1,
         mask=_row_mask[:, None] & _cmask_4704[None, :])
+    _partials_store(f1, W3_ptr, 4704, 10, 16, _cols_4704, _cmask_4704, a3_part_ptr,
+        tl.program_id(1), _rows, _row_mask, _B, BLOCK_B)
 
 
 @triton.jit
 def lecture_convnet_a3_kernel(
-    f1_ptr,  # f1, (batch, 6, 28, 28) float32
-    W3_ptr,  # parameter W3, (10, 4704)
+    a3_part_ptr,  # Σ_k W3[j, k]·f1[k] per column block, (blocks, batch, 10) float32
+    a3_blocks,  # f1's column blocks: a3_part's first axis
     b3_ptr,  # parameter b3, (10,)
     _OUT_ptr,  # ŷ, (batch, 10) float32: written where OUT
     _PART_ptr,  # one partial sum of the batch loss per program
@@ -155,7 +160,6 @@ def lecture_convnet_a3_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
-    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
     OUT: tl.constexpr,  # write ŷ (the epilogue's part under `if OUT`)
     LOSS: tl.constexpr,  # sum the loss (the epilogue's part under `if LOSS`)
     GRAD: tl.constexpr,  # the backward lines the row holds (the epilogue's part under `if GRAD`)
@@ -167,8 +171,8 @@ def lecture_convnet_a3_kernel(
     _cmask_10 = _cols_10 < 10
     b3 = tl.load(b3_ptr + _cols_10, mask=_cmask_10, other=0.0)
     # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
-    a3 = b3 + _matvec_cols(f1_ptr, 4704, W3_ptr, _rows, _row_mask, _cols_10, _cmask_10, BLOCK_B, 16,
-        KC)
+    a3 = b3 + _partials_sum(a3_part_ptr, a3_blocks, 10, _rows, _row_mask, _cols_10, _cmask_10, _B,
+        BLOCK_B, 16)
     if OUT:
         yhat = a3  # ŷ = f3
         tl.store(_OUT_ptr + _rows[:, None] * 10 + _cols_10[None, :], yhat,
@@ -377,12 +381,12 @@ def lecture_convnet_update_kernel(
 # reports registers, spills, shared memory and compile time.
 _SIGNATURES = {
     "lecture_convnet_a1_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr"},
-    "lecture_convnet_a3_kernel": {"f1_ptr": "*fp32", "W3_ptr": "*fp32", "b3_ptr": "*fp32",
+        "W3_ptr": "*fp32", "a3_part_ptr": "*fp32", "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
+        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
+    "lecture_convnet_a3_kernel": {"a3_part_ptr": "*fp32", "a3_blocks": "i32", "b3_ptr": "*fp32",
         "_OUT_ptr": "*fp32", "_PART_ptr": "*fp32", "y_ptr": "*i64", "dL_df3_ptr": "*fp32",
-        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "KC": "constexpr",
-        "OUT": "constexpr", "LOSS": "constexpr", "GRAD": "constexpr"},
+        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "OUT": "constexpr",
+        "LOSS": "constexpr", "GRAD": "constexpr"},
     "lecture_convnet_dL_dW3_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_J": "constexpr",
         "BLOCK_K": "constexpr"},
@@ -401,19 +405,19 @@ COMPILE_SPECS = [
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": False, "GRAD": False},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": False, "GRAD": False},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": False},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": False},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": False, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": False, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": True, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": True, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_dL_dW3_kernel",
         "signature": _SIGNATURES["lecture_convnet_dL_dW3_kernel"],
@@ -478,6 +482,9 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _sums = _x.new_empty((_splits, N_PARAMS + 1), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_dL_df3 = _x.new_empty((_batch, 10), dtype=torch.float32)
+    # W·f's partial sums, per column block
+    _k_a3 = _x.new_empty((triton.cdiv(4704, (8192 if _wide else 64)), _batch, 10),
+        dtype=torch.float32)
     # lecture_convnet_a3_kernel computes ŷ, the loss or the first gradient lines in its epilogue,
     # each part under its flag: what a part that is off would read or write is a stand-in it never
     # touches
@@ -486,12 +493,12 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
     lecture_convnet_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, (8192 if _wide
         else 64)))](
-        _x, _p["W1"], _p["b1"], _b_f1, _batch, _scale, BLOCK_B=_blk,
+        _x, _p["W1"], _p["b1"], _p["W3"], _k_a3, _b_f1, _batch, _scale, BLOCK_B=_blk,
             BLOCK_N=(8192 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     lecture_convnet_a3_kernel[(triton.cdiv(_batch, _blk),)](
-        _b_f1, _p["W3"], _p["b3"], _out, _part, _y, _b_dL_df3, _batch, _scale, BLOCK_B=_blk,
-            KC=(256 if _wide else 1), OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
+        _k_a3, triton.cdiv(4704, (8192 if _wide else 64)), _p["b3"], _out, _part, _y, _b_dL_df3,
+            _batch, _scale, BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
         inter.update({"f1": _b_f1, "dL_df3": _b_dL_df3})

@@ -62,30 +62,31 @@ def _logsumexp(z, mask):
 
 
 @triton.jit
-def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
-                 BLOCK_B: tl.constexpr,
-                 BN: tl.constexpr, KC: tl.constexpr):
-    # a[b, j] = Σ_k W[j, k]·f[b, k] for the tile's rows and columns j
+def _partials_store(F, W_ptr, K: tl.constexpr, J: tl.constexpr, JP: tl.constexpr, _cols, _cmask,
+                    P_ptr, _blk,
+                    _rows, _row_mask, _B, BLOCK_B: tl.constexpr):
+    # P[blk, b, j] = Σ_k W[j, k]·f[b, k] over this tile's columns k: one row reduction per j of
+    # the tile already in registers (a loop, so only the (BLOCK_B, JP) sums are added to them)
+    _jj = tl.arange(0, JP)
+    _acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
+    for _j in range(J):
+        _w = tl.load(W_ptr + _j * K + _cols, mask=_cmask, other=0.0)
+        _s = tl.sum(tl.where(_cmask[None, :], F * _w[None, :], 0.0), axis=1)
+        _acc += tl.where(_jj[None, :] == _j, _s[:, None], 0.0)
+    tl.store(P_ptr + (_blk * _B + _rows[:, None]) * J + _jj[None, :], _acc,
+             mask=_row_mask[:, None] & (_jj < J)[None, :])
+
+
+@triton.jit
+def _partials_sum(P_ptr, NB, J: tl.constexpr, _rows, _row_mask, _cols, _cmask, _B,
+                  BLOCK_B: tl.constexpr,
+                  BN: tl.constexpr):
+    # a[b, j] = Σ_blk P[blk, b, j]: W·f from the partial sums f's kernel stored, added in block
+    # order
     _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
-    if KC == 1:
-        # one rank-1 update per k: f and W are read a column at a time (from L1/L2), so only the
-        # (BLOCK_B, BN) sum lives in registers
-        for _k in range(K):
-            _f = tl.load(F_ptr + _rows * K + _k, mask=_row_mask, other=0.0)
-            _w = tl.load(W_ptr + _cols * K + _k, mask=_cmask, other=0.0)
-            _acc += _f[:, None] * _w[None, :]
-    else:
-        # CPU tensors (the interpreter, which pays per operation): KC inputs per step, one broadcast
-        # product
-        for _k0 in range(0, K, KC):
-            _kk = _k0 + tl.arange(0, KC)
-            _f = tl.load(F_ptr + _rows[:, None] * K + _kk[None, :],
-                         mask=_row_mask[:, None] & (_kk < K)[None, :],
-                         other=0.0)
-            _w = tl.load(W_ptr + _cols[:, None] * K + _kk[None, :],
-                         mask=_cmask[:, None] & (_kk < K)[None, :],
-                         other=0.0)
-            _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
+    for _blk in range(NB):
+        _acc += tl.load(P_ptr + (_blk * _B + _rows[:, None]) * J + _cols[None, :],
+                        mask=_row_mask[:, None] & _cmask[None, :], other=0.0)
     return _acc
 
 
@@ -232,6 +233,8 @@ def resnet_block_a3_kernel(
 @triton.jit
 def resnet_block_f5_kernel(
     X_ptr,  # f4, (batch, 2, 6, 6) float32
+    W7_ptr,  # parameter W7, (3, 18)
+    a7_part_ptr,  # Σ_k W7[j, k]·f5[k] per column block, (blocks, batch, 3) float32
     f5_ptr,  # f5, (batch, 2, 3, 3) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
@@ -258,12 +261,14 @@ def resnet_block_f5_kernel(
             f5 = tl.maximum(f5, _v)
     tl.store(f5_ptr + _rows[:, None] * 18 + _cols_18[None, :], f5,
         mask=_row_mask[:, None] & _cmask_18[None, :])
+    _partials_store(f5, W7_ptr, 18, 3, 4, _cols_18, _cmask_18, a7_part_ptr, tl.program_id(1), _rows,
+        _row_mask, _B, BLOCK_B)
 
 
 @triton.jit
 def resnet_block_a7_kernel(
-    f5_ptr,  # f5, (batch, 2, 3, 3) float32
-    W7_ptr,  # parameter W7, (3, 18)
+    a7_part_ptr,  # Σ_k W7[j, k]·f5[k] per column block, (blocks, batch, 3) float32
+    a7_blocks,  # f5's column blocks: a7_part's first axis
     b7_ptr,  # parameter b7, (3,)
     _OUT_ptr,  # ŷ, (batch, 3) float32: written where OUT
     _PART_ptr,  # one partial sum of the batch loss per program
@@ -272,7 +277,6 @@ def resnet_block_a7_kernel(
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
-    KC: tl.constexpr,  # inputs per step of W·f (1 on CUDA)
     OUT: tl.constexpr,  # write ŷ (the epilogue's part under `if OUT`)
     LOSS: tl.constexpr,  # sum the loss (the epilogue's part under `if LOSS`)
     GRAD: tl.constexpr,  # the backward lines the row holds (the epilogue's part under `if GRAD`)
@@ -284,7 +288,8 @@ def resnet_block_a7_kernel(
     _cmask_3 = _cols_3 < 3
     b7 = tl.load(b7_ptr + _cols_3, mask=_cmask_3, other=0.0)
     # a7[j] = Σ_k W7[j, k]·f6[k] + b7[j]
-    a7 = b7 + _matvec_cols(f5_ptr, 18, W7_ptr, _rows, _row_mask, _cols_3, _cmask_3, BLOCK_B, 4, KC)
+    a7 = b7 + _partials_sum(a7_part_ptr, a7_blocks, 3, _rows, _row_mask, _cols_3, _cmask_3, _B,
+        BLOCK_B, 4)
     if OUT:
         yhat = a7  # ŷ = f7
         tl.store(_OUT_ptr + _rows[:, None] * 3 + _cols_3[None, :], yhat,
@@ -737,12 +742,13 @@ _SIGNATURES = {
     "resnet_block_a3_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
         "f1_ptr": "*fp32", "f4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
-    "resnet_block_f5_kernel": {"X_ptr": "*fp32", "f5_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
-    "resnet_block_a7_kernel": {"f5_ptr": "*fp32", "W7_ptr": "*fp32", "b7_ptr": "*fp32",
+    "resnet_block_f5_kernel": {"X_ptr": "*fp32", "W7_ptr": "*fp32", "a7_part_ptr": "*fp32",
+        "f5_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
+        "BLOCK_N": "constexpr"},
+    "resnet_block_a7_kernel": {"a7_part_ptr": "*fp32", "a7_blocks": "i32", "b7_ptr": "*fp32",
         "_OUT_ptr": "*fp32", "_PART_ptr": "*fp32", "y_ptr": "*i64", "dL_df7_ptr": "*fp32",
-        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "KC": "constexpr",
-        "OUT": "constexpr", "LOSS": "constexpr", "GRAD": "constexpr"},
+        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "OUT": "constexpr",
+        "LOSS": "constexpr", "GRAD": "constexpr"},
     "resnet_block_dL_dW7_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
         "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_J": "constexpr",
         "BLOCK_K": "constexpr"},
@@ -784,19 +790,19 @@ COMPILE_SPECS = [
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": False, "GRAD": False},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": False, "GRAD": False},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": False},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": False},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": False, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": False, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": False, "LOSS": True, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "KC": 1, "OUT": True, "LOSS": True, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": True, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_dW7_kernel", "signature": _SIGNATURES["resnet_block_dL_dW7_kernel"],
         "constexprs": {"BLOCK_J": 4, "BLOCK_K": 32}, "num_warps": NUM_WARPS,
@@ -882,6 +888,8 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _b_f4 = _x.new_empty((_batch, 72), dtype=torch.float32)
     _b_f5 = _x.new_empty((_batch, 18), dtype=torch.float32)
     _b_dL_df7 = _x.new_empty((_batch, 3), dtype=torch.float32)
+    # W·f's partial sums, per column block
+    _k_a7 = _x.new_empty((triton.cdiv(18, 32), _batch, 3), dtype=torch.float32)
     # resnet_block_a7_kernel computes ŷ, the loss or the first gradient lines in its epilogue, each
     # part under its flag: what a part that is off would read or write is a stand-in it never
     # touches
@@ -900,11 +908,11 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             BLOCK_N=(128 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     resnet_block_f5_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(18, 32))](
-        _b_f4, _b_f5, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
+        _b_f4, _p["W7"], _k_a7, _b_f5, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     resnet_block_a7_kernel[(triton.cdiv(_batch, _blk),)](
-        _b_f5, _p["W7"], _p["b7"], _out, _part, _y, _b_dL_df7, _batch, _scale, BLOCK_B=_blk,
-            KC=(256 if _wide else 1), OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
+        _k_a7, triton.cdiv(18, 32), _p["b7"], _out, _part, _y, _b_dL_df7, _batch, _scale,
+            BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
         inter.update({"f1": _b_f1, "f2": _b_f2, "f4": _b_f4, "f5": _b_f5, "dL_df7": _b_dL_df7})

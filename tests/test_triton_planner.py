@@ -8,6 +8,8 @@ last dense layer), checked here against torch.autograd in float64 under every se
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,75 @@ def test_merged_kernels_match_torch_autograd(loss, triton_device_name):
         got.update({f"grad {k}": (tp[k].double() - new[k].double()).numpy() for k in tp})
         assert set(got) == set(torch_reference(net, tp, tx, ty))
         assert_close_to_torch(net, got, tp, tx, ty, 1e-4, f"{net.name} step", True)
+
+
+def _signature(text: str, kernel: str) -> list[str]:
+    """A generated kernel's parameter names, read from the module's source."""
+    import ast
+
+    fn = next(n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef) and n.name == kernel)
+    return [a.arg for a in fn.args.args]
+
+
+@pytest.mark.parametrize("spec,producer,f,dense,w", [
+    ("lecture_convnet", "a1", "f1", "a3", "W3"),  # the conv's tile holds f1 = relu(a1)
+    ("lecture_convnet_pool", "f2", "f2", "a4", "W4"),  # the pooling's tile holds its output
+    ("digits_convnet", "f2", "f2", "a4", "W4"),
+])
+def test_a_small_dense_layer_adds_the_partial_sums_its_operands_kernel_stores(spec, producer, f, dense, w):
+    """W·f of a dense layer of at most 16 outputs: the kernel that holds f's column tiles stores Σ_k W[j, k]·f[k]
+    per column block, and the dense layer's kernel reads those instead of f's rows; the model counts the
+    partials (blocks of the CUDA column tile, 64 wide for a window's or a pooling's kernel) written there and
+    read here, and the 2·J·width FLOPs they take."""
+    from derive.targets.triton_layers import WINDOW_N
+
+    ir = lower(derive(load_spec(ROOT / "examples" / f"{spec}.toml")), "<t>")
+    plan = plan_triton(ir)
+    j, width = ir_param_shape(ir, w)
+    blocks = -(-width // WINDOW_N)
+    prod, dens = f"{ir.name}_{producer}_kernel", f"{ir.name}_{dense}_kernel"
+    assert f"{f}_ptr" not in _signature(plan.text, dens) and f"{dense}_part_ptr" in _signature(plan.text, dens)
+    assert {f"{w}_ptr", f"{dense}_part_ptr", f"{f}_ptr"} <= set(_signature(plan.text, prod))  # f: the backward reads it
+    cost = {k.name: k for k in plan.kernels}
+    arrays = ir.arrays()
+    # the dense kernel's rows: the partials, the target (int64) and ∂L/∂f it stores for the backward
+    assert cost[dens].row == 4 * blocks * j + 8 + 4 * j
+    # the producer's rows: its input and f as before, and the partials
+    source = next(a for a in ir.forward if a.name == producer).expr.args[0].name
+    assert cost[prod].row == 4 * math.prod(arrays[source].shape) + 4 * width + 4 * blocks * j
+    assert cost[prod].fixed >= 4 * j * width  # it reads W once per launch
+    # the dense kernel adds the blocks' partials; the producer takes the multiply-adds W·f took
+    assert cost[dens].flops == blocks * j
+    window = next(a for a in ir.forward if a.name == producer).expr
+    window_flops = 2 * width * math.prod(ir_param_shape(ir, window.args[1].name)[1:]) if producer.startswith("a") else 0
+    assert cost[prod].flops == window_flops + 2 * j * width
+
+
+def ir_param_shape(ir, name: str) -> tuple:
+    p = next(p for p in ir.params if p.name == name)
+    return (p.shape[0], math.prod(p.shape[1:]))
+
+
+def test_a_dense_layer_wider_than_the_limit_reads_its_operand():
+    """17 outputs pad to 32 > 16: the dense layer's kernel reads f itself (W·f by rank-1 updates)."""
+    net = Network("plan_wide_dense", [Conv2d(2, 3, activation="relu"), Flatten(), Linear(17)],
+                  Port("x", (1, 7, 7)), Port("y", ()), loss=Loss("cross_entropy"))
+    text = plan_triton(lower(derive(net), "<t>")).text
+    assert "f1_ptr" in _signature(text, "plan_wide_dense_a3_kernel") and "_partials_store" not in text
+
+
+def test_the_partial_sums_over_several_column_blocks_match_torch_autograd(triton_device_name, monkeypatch):
+    """The CUDA column tiles on the CPU too (CPU_WIDE_TILES off): 3×10×9 = 270 conv outputs in 5 blocks of 64,
+    the last one part full, sigmoid making the masked columns nonzero, 37 rows (a part-full row tile); ŷ, the
+    loss and every gradient against torch.autograd in float64."""
+    net = Network("plan_split_k", [Conv2d(3, 3, padding=1, activation="sigmoid"), Flatten(), Linear(5)],
+                  Port("x", (2, 10, 9)), Port("y", ()), loss=Loss("cross_entropy"))
+    assert "_partials_store" in plan_triton(lower(derive(net), "<t>")).text
+    rng = np.random.default_rng(11)
+    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
+        trm = mods["triton"]
+        monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
+        params = verify.random_params(mods["numpy"], rng)
+        x, y = verify.sample(net, rng, 37)
+        tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)
+        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)

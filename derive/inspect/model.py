@@ -28,7 +28,8 @@ op's and the rest of the step's traffic evict).  Time per op as above, summed ov
 
 A per-layer module (a network with a volume, derive.targets.triton_layers) is modeled kernel by kernel
 from what each launch takes: every per-sample operand read or written once per row (once, where a kernel takes
-the same buffer twice), every parameter once per launch, every gradient once per split of the batch, and the
+the same buffer twice; a small dense layer's split-K partial sums too, written by its operand's kernel and
+read by its own), every parameter once per launch, every gradient once per split of the batch, and the
 FLOPs of its contraction (convolution, W·f, δ·W, δᵀ·f) per row.
 
 The ideal step reads x and y once and the parameters, gradients and optimizer state once each.

@@ -8,11 +8,16 @@ Elementwise assignments that follow a kernel at the same index (f1 = relu(a1), �
 printed by the strict Triton printer into that kernel's epilogue, and an array is stored only when a
 later kernel reads it.  Flatten, Unflatten and a bare rename are views; Pad is read through masks by
 the windows that use it, and Crop is folded into the gather that computes the padded gradient.
-Three merges save launches and passes over δ: a bias gradient is summed by the kernel of the weight
-gradient that reads the same δ (_bias_of); the last forward kernel, where its tile holds whole rows,
-computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue); and a
-convolution's δ that only its weight and bias gradients read is computed in their kernel from the lines
-of the kernel that would have stored it (_delta_producer), so δ is never stored.
+Four merges save launches and passes over the per-sample arrays: a bias gradient is summed by the kernel
+of the weight gradient that reads the same δ (_bias_of); the last forward kernel, where its tile holds
+whole rows, computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue);
+a convolution's δ that only its weight and bias gradients read is computed in their kernel from the lines
+of the kernel that would have stored it (_delta_producer), so δ is never stored; and where a dense layer
+a = W·f (+ b) of at most SPLIT_J outputs reads the f that the kernel emitted just before it holds in its
+column tiles (a conv's f1 = relu(a1), a pooling's output; views such as flatten resolved), that kernel also
+sums W·f over its tile's columns and stores the partial sums P[column block, b, j]; the dense layer's
+kernel adds the blocks' partials in block order (deterministic, no atomics) instead of reading f's whole
+row (_split_k).  f is still stored where a later kernel (the backward) reads it.
 
 Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
 """
@@ -65,6 +70,9 @@ SPLIT_ROWS = 8
 # p, at most INLINE_SUMS floats in all (lecture_convnet: 5 · 16 · 64 = 5,120, 96 registers, no spill)
 INLINE_B, INLINE_N, INLINE_WIDE_B = 4, 16, 8
 INLINE_SUMS = 8192
+# a dense layer of at most this many outputs (pow2-padded) takes W·f as the partial sums its operand's kernel
+# stores per column block (_split_k): J row reductions per tile there, J floats per block and row here
+SPLIT_J = 16
 
 _REDUCING = (N.Softmax, N.LogSumExp, N.RowSum, N.First)  # read a whole row of their operand
 # the nodes a row-complete epilogue prints (the whole row is in its tile: the reductions too)
@@ -96,7 +104,7 @@ class Kernel:
     block_b: str | None = "_blk"  # the BLOCK_B a launch passes (None: the kernel takes none)
     block_b_spec: str | None = "BLOCK_B"  # the same for COMPILE_SPECS
     constexprs: dict = field(default_factory=dict)  # further constexprs: a value, or (on CUDA, on CPU)
-    flops: int = 0  # per batch row: the contraction's multiply-adds, times 2 (derive inspect's model)
+    flops: int = 0  # per batch row: the contraction's multiply-adds times 2, the partials' adds (derive inspect)
     block_n: tuple | None = None  # (on CUDA, on CPU) columns per program of a column-tiled kernel
     computes: tuple = ()  # the assignments its epilogue computes after its head (derive inspect's phase list)
     flags: tuple = ()  # the constexpr switches of a row-complete epilogue's parts (FLAGS), in order
@@ -154,6 +162,13 @@ class _RowPrinter(TritonCodePrinter):
     def _print_MatVec(self, e):
         w, f = e.args
         k = self._operand(f, "W·f")
+        split = self.plan.partials.get((w.name, self.plan.resolve(f.name)))
+        if split is not None:
+            self.helpers.add("_partials_sum")
+            self.flops += split.blocks[0] * split.j  # one add per column block's partial
+            self.ptrs += [x for x in (split.buffer, split.count) if x not in self.ptrs]
+            return (f"_partials_sum({split.buffer}_ptr, {split.count}, {split.j}, _rows, _row_mask, "
+                    f"_cols_{self.width}, _cmask_{self.width}, _B, BLOCK_B, {self.plan.block_n_of[self.width]})")
         self.helpers.add("_matvec_cols")
         n = self.width
         self.flops += 2 * k * n
@@ -218,6 +233,10 @@ class _Plan:
         self.order: list[Assign] = [*ir.forward, ir.output, ir.loss, *ir.backward]
         self.folded = {a.expr.args[0].name for a in ir.backward if isinstance(a.expr, N.Crop)}
         self.merged: set[str] = set()  # assignments an earlier kernel computes too (no kernel of their own)
+        self.partials: dict[tuple[str, str], SplitK] = {}  # (W, f) -> the partial sums of W·f (_split_k)
+        self.partial_args: dict[str, tuple] = {}  # their buffer's and block count's kernel arguments, by name
+        self.partial_buffers: dict[str, list] = {}  # section -> the partials' buffers its launches allocate
+        self.partial_row_bytes: dict[str, int] = {}  # a buffer's host name -> its bytes per batch row on CUDA
         self._views()
         self.readers = self._readers()
 
@@ -280,6 +299,8 @@ class _Plan:
         return f"_b_{name}"
 
     def arg(self, name: str, section: str) -> tuple:
+        if name in self.partial_args:
+            return self.partial_args[name]
         name = self.resolve(name)
         if name in self.grad_param:
             p = self.grad_param[name]
@@ -303,6 +324,8 @@ class _Plan:
         ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment).
         ``epilogue``: (flag, assignments) of a whole-row tile, each part printed under ``if flag:``."""
         pr = _RowPrinter(self, width)
+        extra, head_args, pr.flops = _split_k(self, head, rest, width, block_n if chunked else 0, section, extra,
+                                              head_args)
         self.block_n_of = {width: "BLOCK_N"} if chunked else {}
         in_regs: set[str] = set()
         body: list[str] = []
@@ -534,6 +557,64 @@ def _compute(rest: list[Assign], plan: _Plan) -> list[Assign]:
     return [a for a in rest if a.name not in plan.alias]
 
 
+@dataclass(frozen=True)
+class SplitK:
+    """The partial sums of a dense layer's W·f that f's kernel stores (_split_k): a (column blocks, batch, j)
+    float32 buffer, passed as ``buffer``_ptr, and its number of column blocks, passed as ``count`` (``blocks``:
+    that number on CUDA, on CPU, where the column tiles are wider)."""
+
+    buffer: str
+    count: str
+    j: int
+    blocks: tuple
+
+
+def _split_k(plan: _Plan, head: Assign, rest: list[Assign], width: int, block_n: int, section: str, extra: tuple,
+             head_args: list) -> tuple:
+    """The split-K merge (the module docstring) for the kernel of ``head`` and ``rest``, tiled over ``width``
+    columns (``block_n`` per program on CUDA; 0: one tile holds whole rows, nothing to split): where the next
+    assignment of its section is a dense layer a = W·f (+ b) of at most SPLIT_J outputs whose f this kernel
+    holds and which reads f nowhere else, this kernel also stores Σ_{k in its columns} W[j, k]·f[b, k], and the
+    dense layer's printer reads those sums instead of f (plan.partials).  -> (``extra`` and the store line,
+    ``head_args`` and the weight's and the buffer's arguments, the FLOPs per row the store adds)."""
+    seq = {"forward": plan.ir.forward, "backward": plan.ir.backward}.get(section)
+    if not block_n or not width or seq is None:
+        return tuple(extra), list(head_args), 0
+    names = [a.name for a in seq]
+    last = (list(rest) or [head])[-1].name
+    nxt = next((a for a in seq[names.index(last) + 1:] if a.name not in plan.alias), None)
+    if (nxt is None or not nxt.batched or nxt.name in plan.merged
+            or (type(nxt.expr) in EMITTERS and not isinstance(nxt.expr, N.MatVec))):
+        return tuple(extra), list(head_args), 0
+    expr = plan.resolved(nxt.expr)
+    mats = [n for n in sp.preorder_traversal(expr) if isinstance(n, N.MatVec)]
+    if len(mats) != 1 or not all(isinstance(v, sp.Symbol) for v in mats[0].args):
+        return tuple(extra), list(head_args), 0
+    w, f = mats[0].args
+    shape = plan.params[w.name].shape if w.name in plan.params else ()
+    if (f.name not in {head.name, *(a.name for a in rest)} or len(shape) < 2 or _width(shape[1:]) != width
+            or pow2(shape[0]) > SPLIT_J or f in expr.xreplace({mats[0]: sp.S.Zero}).free_symbols):
+        return tuple(extra), list(head_args), 0
+    j = shape[0]
+    tiles = (block_n, min(pow2(width), WIDE_N))  # the kernel's column tiles (tiled()'s), on CUDA and on CPU
+    blocks = f"triton.cdiv({width}, {_bn(tiles)})"
+    split = SplitK(f"{nxt.name}_part", f"{nxt.name}_blocks", j, tuple(-(-width // t) for t in tiles))
+    plan.partials[(w.name, f.name)] = split
+    buf = (f"{split.buffer}_ptr", "*fp32", f"_k_{nxt.name}",
+           f"Σ_k {w.name}[j, k]·{f.name}[k] per column block, (blocks, batch, {j}) float32")
+    plan.partial_args[split.buffer] = buf
+    plan.partial_args[split.count] = (split.count, "i32", blocks, f"{f.name}'s column blocks: {split.buffer}'s first axis")
+    plan.partial_buffers.setdefault(section, []).append({"host": buf[2], "shape": f"({blocks}, _batch, {j})"})
+    plan.partial_row_bytes[buf[2]] = 4 * split.blocks[0] * j  # written here, read by the dense layer's kernel
+    plan.readers[f.name].discard(nxt.name)  # f is stored only where another kernel reads it
+    plan.helpers.add("_partials_store")
+    weight = plan.arg(w.name, section)
+    line = (f"_partials_store({f.name}, {weight[0]}, {width}, {j}, {pow2(j)}, _cols_{width}, _cmask_{width}, "
+            f"{buf[0]}, tl.program_id(1), _rows, _row_mask, _B, BLOCK_B)")
+    args = [*head_args, *(t for t in (weight, buf) if t[0] not in {x[0] for x in head_args})]
+    return (*extra, line), args, 2 * j * width
+
+
 def _emit_rowwise(plan: _Plan, a: Assign, after: list[Assign], section: str) -> int:
     if not a.batched:
         return _emit_param_elementwise(plan, a, after, section)
@@ -614,7 +695,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
     if b != 0:
         args.append(_named(plan, b.name, "BIAS_ptr", section))
     plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True))
-    plan.kernels[-1].flops = 2 * n * g["ckk"]
+    plan.kernels[-1].flops += 2 * n * g["ckk"]  # the window's (tiled counted the partials it stores, if any)
     return len(rest)
 
 
@@ -937,6 +1018,28 @@ def _matvec_cols(F_ptr, K: tl.constexpr, W_ptr, _rows, _row_mask, _cols, _cmask,
                          other=0.0)
             _acc += tl.sum(_f[:, None, :] * _w[None, :, :], axis=2)
     return _acc''',
+    "_partials_store": '''@triton.jit
+def _partials_store(F, W_ptr, K: tl.constexpr, J: tl.constexpr, JP: tl.constexpr, _cols, _cmask, P_ptr, _blk,
+                    _rows, _row_mask, _B, BLOCK_B: tl.constexpr):
+    # P[blk, b, j] = Σ_k W[j, k]·f[b, k] over this tile's columns k: one row reduction per j of the tile
+    # already in registers (a loop, so only the (BLOCK_B, JP) sums are added to them)
+    _jj = tl.arange(0, JP)
+    _acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
+    for _j in range(J):
+        _w = tl.load(W_ptr + _j * K + _cols, mask=_cmask, other=0.0)
+        _s = tl.sum(tl.where(_cmask[None, :], F * _w[None, :], 0.0), axis=1)
+        _acc += tl.where(_jj[None, :] == _j, _s[:, None], 0.0)
+    tl.store(P_ptr + (_blk * _B + _rows[:, None]) * J + _jj[None, :], _acc,
+             mask=_row_mask[:, None] & (_jj < J)[None, :])''',
+    "_partials_sum": '''@triton.jit
+def _partials_sum(P_ptr, NB, J: tl.constexpr, _rows, _row_mask, _cols, _cmask, _B, BLOCK_B: tl.constexpr,
+                  BN: tl.constexpr):
+    # a[b, j] = Σ_blk P[blk, b, j]: W·f from the partial sums f's kernel stored, added in block order
+    _acc = tl.zeros((BLOCK_B, BN), dtype=tl.float32)
+    for _blk in range(NB):
+        _acc += tl.load(P_ptr + (_blk * _B + _rows[:, None]) * J + _cols[None, :],
+                        mask=_row_mask[:, None] & _cmask[None, :], other=0.0)
+    return _acc''',
     "_vecmat_cols": '''@triton.jit
 def _vecmat_cols(D_ptr, I: tl.constexpr, W_ptr, J: tl.constexpr, _rows, _row_mask, _cols, _cmask,
                  BLOCK_B: tl.constexpr, BN: tl.constexpr):
@@ -1106,6 +1209,8 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
             grads += 4 * math.prod(plan.params[host[4:-2]].shape)
         elif host == "_part":
             fixed += 8  # the partial sums: a few bytes per program
+        elif host in plan.partial_row_bytes:
+            row += plan.partial_row_bytes[host]  # W·f's partial sums: written by f's kernel, read by W·f's
     return LaunchCost(k.name, k.section, row, fixed, k.flops, grads, k.programs, k.tile_rows, k.split)
 
 
@@ -1145,6 +1250,7 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         launches={s: [_launch(k) for k in plan.kernels if k.section == s] for s in SECTIONS},
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
+        partials={s: plan.partial_buffers.get(s, []) for s in SECTIONS},
         top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS,
         epilogue=next(({"name": k.name, "block_b": k.block_b} for k in plan.kernels if k.flags), None),
     )
