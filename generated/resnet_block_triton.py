@@ -69,9 +69,12 @@ def _partials_store(F, W_ptr, K: tl.constexpr, J: tl.constexpr, JP: tl.constexpr
     # the tile already in registers (a loop, so only the (BLOCK_B, JP) sums are added to them)
     _jj = tl.arange(0, JP)
     _acc = tl.zeros((BLOCK_B, JP), dtype=tl.float32)
+    # a max-pooling tile is -inf outside the batch's rows and f's columns: zero there, not -inf · 0
+    # = nan
+    F = tl.where(_row_mask[:, None] & _cmask[None, :], F, 0.0)
     for _j in range(J):
         _w = tl.load(W_ptr + _j * K + _cols, mask=_cmask, other=0.0)
-        _s = tl.sum(tl.where(_cmask[None, :], F * _w[None, :], 0.0), axis=1)
+        _s = tl.sum(F * _w[None, :], axis=1)
         _acc += tl.where(_jj[None, :] == _j, _s[:, None], 0.0)
     tl.store(P_ptr + (_blk * _B + _rows[:, None]) * J + _jj[None, :], _acc,
              mask=_row_mask[:, None] & (_jj < J)[None, :])
