@@ -530,7 +530,7 @@ COMPILE_SPECS = [
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "digits_convnet_dL_dW1_kernel",
         "signature": _SIGNATURES["digits_convnet_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 4, "BLOCK_N": 16, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "digits_convnet_loss_sum_kernel",
         "signature": _SIGNATURES["digits_convnet_loss_sum_kernel"], "constexprs": {"_BLOCK": 1024},
@@ -630,7 +630,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         digits_convnet_dL_dW1_kernel[(16, _splits)](
             _b_dL_df3, _b_f1, _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R, N_PARAMS + 1,
-                BLOCK_B=(8 if _wide else 4), BLOCK_N=(64 if _wide else 16), BLOCK_G=4,
+                BLOCK_B=(8 if _wide else 8), BLOCK_N=(64 if _wide else 8), BLOCK_G=4,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"dL_df3": _b_dL_df3})

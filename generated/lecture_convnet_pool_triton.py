@@ -532,7 +532,7 @@ COMPILE_SPECS = [
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_dL_dW1_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 4, "BLOCK_N": 16, "BLOCK_G": 16}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 16}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_loss_sum_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_loss_sum_kernel"],
@@ -637,7 +637,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_pool_dL_dW1_kernel[(6, _splits)](
             _b_dL_df3, _b_f1, _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R, N_PARAMS + 1,
-                BLOCK_B=(8 if _wide else 4), BLOCK_N=(1024 if _wide else 16), BLOCK_G=16,
+                BLOCK_B=(8 if _wide else 8), BLOCK_N=(1024 if _wide else 8), BLOCK_G=16,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"dL_df3": _b_dL_df3})

@@ -199,43 +199,6 @@ def lecture_convnet_a3_kernel(
 
 
 @triton.jit
-def lecture_convnet_dL_dW3_kernel(
-    D_ptr,  # dL_df3, (batch, 10) float32
-    F_ptr,  # f1, (batch, 4704) float32
-    G_ptr,  # ∂L/∂W3, (10, 4704) float32: written once
-    GB_ptr,  # ∂L/∂b3, (10,) float32: written once
-    _B,  # batch size
-    _R,  # batch rows per split
-    _ROW,  # floats per row of partial sums
-    BLOCK_J: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch
-    # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch
-    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one rank-1
-    # update per batch row of the split in order, written to the split's row of partial sums
-    _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
-    _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    _s = tl.program_id(2)
-    _j_ok = _jj < 10
-    _k_ok = _kk < 4704
-    # ∂L/∂b3 is the weight of a constant input 1, column 4704: the program that owns it reads
-    # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
-    _one = _kk == 4704
-    _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
-    for _b in range(_s * _R, tl.minimum(_s * _R + _R, _B)):
-        _dv = tl.load(D_ptr + _b * 10 + _jj, mask=_j_ok, other=0.0)
-        _fv = tl.load(F_ptr + _b * 4704 + _kk, mask=_k_ok, other=0.0)
-        _fv = tl.where(_one, 1.0, _fv)
-        _acc += _dv[:, None] * _fv[None, :]
-    _row = _s * _ROW  # the split's row of partial sums
-    tl.store(G_ptr + _row + _jj[:, None] * 4704 + _kk[None, :], _acc,
-        mask=_j_ok[:, None] & _k_ok[None, :])
-    tl.store(GB_ptr + _row + _jj[:, None] + _kk[None, :] * 0, _acc,
-        mask=_j_ok[:, None] & _one[None, :])
-
-
-@triton.jit
 def lecture_convnet_dL_dW1_kernel(
     dL_df3_ptr,  # dL_df3, (batch, 10) float32
     W3_ptr,  # parameter W3, (10, 4704)
@@ -243,6 +206,8 @@ def lecture_convnet_dL_dW1_kernel(
     _X_ptr,  # x, (batch, 3, 32, 32) float32
     _G_ptr,  # ∂L/∂W1, (6, 3, 5, 5) float32: written once
     _GB_ptr,  # ∂L/∂b1, (6,) float32: written once
+    _OG_ptr,  # ∂L/∂W3, (10, 4704) float32: written once
+    _OGB_ptr,  # ∂L/∂b3, (10,) float32: written once
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     _R,  # batch rows per split
@@ -286,6 +251,29 @@ def lecture_convnet_dL_dW1_kernel(
             dL_df2 = _vecmat_cols(dL_df3_ptr, 10, W3_ptr, 4704, _rows, _row_mask, _cols_4704,
                 _cmask_4704, BLOCK_B, BLOCK_N)
             delta1 = dL_df2*tl.where(f1 > 0, 1.0, 0.0)  # δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1
+            # not the split's first tile (a vector, to be a mask under the interpreter)
+            _later = _pp * 0 + _b0 > _lo
+            # ∂L/∂W3[j, k] = δ3 · ∂a3/∂W3, summed over the batch: this program's columns
+            # (its filter's) of its split's row, plus the tile's Σ_b dL_df3[b, j]·f1[b, k],
+            # read-modify-written (no other program writes them; the split's first tile
+            # starts them from zero)
+            _of = f1
+            for _oj in range(10):
+                _od = tl.load(dL_df3_ptr + _rows * 10 + _oj, mask=_row_mask, other=0.0)
+                _oat = _OG_ptr + _s * _ROW + _oj * 4704 + _cols_4704
+                _osum = tl.load(_oat, mask=_cmask_4704 & _later, other=0.0)
+                tl.store(_oat, _osum + tl.sum(_od[:, None] * _of, axis=0), mask=_cmask_4704)
+            # ∂L/∂b3[j] = δ3 · ∂a3/∂b3, summed over the batch: by the split's program of
+            # filter 0, at its first positions
+            _oj = tl.arange(0, 16)
+            _first = (_oj < 10) & (_oj * 0 + _wo + _p0 == 0)
+            _od = tl.load(dL_df3_ptr + _rows[:, None] * 10 + _oj[None, :],
+                          mask=_row_mask[:, None] & _first[None, :], other=0.0)
+            _oat = _OGB_ptr + _s * _ROW + _oj
+            _osum = tl.load(_oat, mask=_first & (_oj * 0 + _b0 > _lo), other=0.0)
+            tl.store(_oat, _osum + tl.sum(_od, axis=0), mask=_first)
+            # the next tile's loads of these sums may run on other threads than these stores
+            tl.debug_barrier()
             _wd = tl.where(_row_mask[:, None] & _cmask_4704[None, :], delta1, 0.0)
             _accb += _wd
             _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))
@@ -390,13 +378,10 @@ _SIGNATURES = {
         "_OUT_ptr": "*fp32", "_PART_ptr": "*fp32", "y_ptr": "*i64", "dL_df3_ptr": "*fp32",
         "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "OUT": "constexpr",
         "LOSS": "constexpr", "GRAD": "constexpr"},
-    "lecture_convnet_dL_dW3_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
-        "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_J": "constexpr",
-        "BLOCK_K": "constexpr"},
     "lecture_convnet_dL_dW1_kernel": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "f1_ptr": "*fp32",
-        "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "_R": "i32", "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr",
-        "BLOCK_G": "constexpr"},
+        "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_OG_ptr": "*fp32",
+        "_OGB_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "_R": "i32", "_ROW": "i32",
+        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
     "lecture_convnet_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "lecture_convnet_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
@@ -422,13 +407,9 @@ COMPILE_SPECS = [
     {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": True, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_dL_dW3_kernel",
-        "signature": _SIGNATURES["lecture_convnet_dL_dW3_kernel"],
-        "constexprs": {"BLOCK_J": 16, "BLOCK_K": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_dL_dW1_kernel",
         "signature": _SIGNATURES["lecture_convnet_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 4, "BLOCK_N": 16, "BLOCK_G": 16}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 16}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_loss_sum_kernel",
         "signature": _SIGNATURES["lecture_convnet_loss_sum_kernel"], "constexprs": {"_BLOCK": 1024},
@@ -513,14 +494,10 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
-        lecture_convnet_dL_dW3_kernel[
-            (triton.cdiv(10, 16), triton.cdiv(4705, (8192 if _wide else 64)), _splits)](
-            _b_dL_df3, _b_f1, _g["W3"], _g["b3"], _batch, _R, N_PARAMS + 1, BLOCK_J=16,
-                BLOCK_K=(8192 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         lecture_convnet_dL_dW1_kernel[(6, _splits)](
-            _b_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R, N_PARAMS + 1,
-                BLOCK_B=(8 if _wide else 4), BLOCK_N=(1024 if _wide else 16), BLOCK_G=16,
+            _b_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _g["W3"], _g["b3"], _batch, _scale,
+                _R, N_PARAMS + 1, BLOCK_B=(8 if _wide else 8), BLOCK_N=(1024 if _wide else 8),
+                BLOCK_G=16,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return _sums, _splits
 

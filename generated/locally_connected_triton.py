@@ -598,7 +598,7 @@ COMPILE_SPECS = [
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_dL_dW1_kernel",
         "signature": _SIGNATURES["locally_connected_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 4, "BLOCK_N": 16, "BLOCK_G": 8}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 8}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "locally_connected_loss_sum_kernel",
         "signature": _SIGNATURES["locally_connected_loss_sum_kernel"],
@@ -705,7 +705,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         locally_connected_dL_dW1_kernel[(3, _splits)](
             _b_delta2, _p["W2"], _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R, N_PARAMS + 1,
-                BLOCK_B=(8 if _wide else 4), BLOCK_N=(128 if _wide else 16), BLOCK_G=8,
+                BLOCK_B=(8 if _wide else 8), BLOCK_N=(128 if _wide else 8), BLOCK_G=8,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"delta2": _b_delta2})

@@ -826,7 +826,7 @@ COMPILE_SPECS = [
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_dW1_kernel", "signature": _SIGNATURES["resnet_block_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 4, "BLOCK_N": 16, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_loss_sum_kernel",
         "signature": _SIGNATURES["resnet_block_loss_sum_kernel"], "constexprs": {"_BLOCK": 1024},
@@ -956,7 +956,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         resnet_block_dL_dW1_kernel[(2, _splits)](
             _b_delta2, _p["W2"], _b_delta4, _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R,
-                N_PARAMS + 1, BLOCK_B=(8 if _wide else 4), BLOCK_N=(64 if _wide else 16), BLOCK_G=4,
+                N_PARAMS + 1, BLOCK_B=(8 if _wide else 8), BLOCK_N=(64 if _wide else 8), BLOCK_G=4,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"dL_df6": _b_dL_df6, "delta4": _b_delta4, "delta2": _b_delta2})

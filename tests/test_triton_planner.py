@@ -102,10 +102,11 @@ def test_the_convnets_merge_bias_gradients_and_the_row_complete_epilogue():
     """The kernels the merges leave (each line: the kernel's head, then what it computes after it): a bias
     gradient in the kernel of the weight gradient reading the same δ, ŷ, the loss per sample and
     ∂L/∂f = softmax − onehot in the epilogue of the 10-wide dense layer, and the convolution's δ (with the
-    δ·W or the pooling gather it comes from) computed in the convolution's weight-gradient kernel.  A
-    training step: these and the update."""
-    assert _kernels("lecture_convnet") == ["a1, f1", "a3, yhat, loss_per_sample, dL_df3", "dL_dW3, dL_db3",
-                                           "dL_dW1, dL_df2, delta1, dL_db1"]
+    δ·W or the pooling gather it comes from) computed in the convolution's weight-gradient kernel, where the
+    dense layer's ∂W3 over the convolution's output rides too (lecture_convnet).  A training step: these
+    and the update."""
+    assert _kernels("lecture_convnet") == ["a1, f1", "a3, yhat, loss_per_sample, dL_df3",
+                                           "dL_dW1, dL_dW3, dL_db3, dL_df2, delta1, dL_db1"]
     assert _kernels("lecture_convnet_pool") == ["a1, f1", "f2", "a4, yhat, loss_per_sample, dL_df4",
                                                 "dL_dW4, dL_db4", "dL_df3", "dL_dW1, dL_df1, delta1, dL_db1"]
 
@@ -268,6 +269,28 @@ def test_the_partial_sums_over_several_column_blocks_match_torch_autograd(triton
     with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
         trm = mods["triton"]
         monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
+        params = verify.random_params(mods["numpy"], rng)
+        x, y = verify.sample(net, rng, 37)
+        tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)
+        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)
+
+
+def test_a_dense_weight_gradient_riding_in_the_convolutions_kernel_matches_torch_autograd(triton_device_name,
+                                                                                         monkeypatch):
+    """conv → flatten → dense: ∂W3 (and ∂b3) ride in ∂W1's kernel, which computes δ1 and holds f1's tiles.
+    Each program read-modify-writes its filter's columns of ∂W3 in its split's row, tile after tile: with 2
+    splits of 19 rows (tiles of 8, 8 and 3 rows) and the CUDA tiles (12 blocks of 8 positions, the last part
+    full), every sum is added to several times.  Against torch.autograd in float64."""
+    net = Network("plan_riding", [Conv2d(3, 3, padding=1, activation="sigmoid"), Flatten(), Linear(5)],
+                  Port("x", (2, 10, 9)), Port("y", ()), loss=Loss("cross_entropy"))
+    plan = plan_triton(lower(derive(net), "<t>"))
+    assert "plan_riding_dL_dW1_kernel: dL_dW1, dL_dW3, dL_db3, dL_df2, delta1, dL_db1" in plan.fusion
+    assert "plan_riding_dL_dW3_kernel" not in plan.text
+    rng = np.random.default_rng(12)
+    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
+        trm = mods["triton"]
+        monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
+        monkeypatch.setattr(trm, "SPLITS", 2)
         params = verify.random_params(mods["numpy"], rng)
         x, y = verify.sample(net, rng, 37)
         tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)

@@ -30,7 +30,8 @@ A per-layer module (a network with a volume, derive.targets.triton_layers) is mo
 from what each launch takes: every per-sample operand read or written once per row (once, where a kernel takes
 the same buffer twice; a small dense layer's split-K partial sums too, written by its operand's kernel and
 read by its own), every parameter once per launch, every gradient once per split of the batch, and the
-FLOPs of its contraction (convolution, W·f, δ·W, δᵀ·f) per row.
+FLOPs of its contraction (convolution, W·f, δ·W, δᵀ·f) per row; the same bytes at L2, and the sums a program
+read-modify-writes in its own row (a dense ∂W riding in a convolution's ∂W kernel) at L2 alone.
 
 The ideal step reads x and y once and the parameters, gradients and optimizer state once each.
 """
@@ -178,7 +179,7 @@ def layered_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
     out = []
     for k in kernels:
         moved = batch * k.row + k.fixed + k.grads * (rows if k.split else 1)
-        out.append(Cost(k.name, 1, moved, moved, batch * k.flops, programs=k.grid(batch)))
+        out.append(Cost(k.name, 1, moved, moved + batch * k.l2_row, batch * k.flops, programs=k.grid(batch)))
     first_backward = next((i for i, k in enumerate(kernels) if k.section == "backward"), len(kernels))
     out.insert(first_backward, Cost("loss sum kernel", 1, parts, parts, 0, programs=1))
     theta, state = _params_bytes(ir), len(ir.state)

@@ -68,7 +68,7 @@ SPLIT_ROWS = 8
 # a convolution's ∂W with δ computed in its kernel (_delta_producer): a tile of INLINE_B rows by INLINE_N
 # positions (on CPU tensors INLINE_WIDE_B rows by every position), and one (c·kw) × tile sum per kernel row
 # p, at most INLINE_SUMS floats in all (lecture_convnet: 5 · 16 · 64 = 5,120, 96 registers, no spill)
-INLINE_B, INLINE_N, INLINE_WIDE_B = 4, 16, 8
+INLINE_B, INLINE_N, INLINE_WIDE_B = 8, 8, 8
 INLINE_SUMS = 8192
 # a dense layer of at most this many outputs (pow2-padded) takes W·f as the partial sums its operand's kernel
 # stores per column block (_split_k): J row reductions per tile there, J floats per block and row here
@@ -115,6 +115,9 @@ class Kernel:
     tile_rows: int = 0  # a batch-tiled kernel's rows per program; its grid is ⌈batch / tile_rows⌉ × programs
     # a row-tiled kernel's printed tile (TiledBody): what a later kernel needs to compute the same tile itself
     tile: "TiledBody | None" = None
+    # an outer product's kernel: {"k": the template's dict, "args": its pointers, "head": its assignment's name}
+    outer: dict | None = None
+    l2_row: int = 0  # per batch row: bytes that go to and from L2 only (a program's own sums, read-modify-written)
 
 
 @dataclass(frozen=True)
@@ -855,7 +858,8 @@ def _delta_producer(plan: _Plan, a: Assign, d: sp.Symbol, bias: Assign | None, s
 # the locals of window_weight_grad_inline's loop (templates/triton_layer_kernels.jinja), which a producer's lines
 # must not assign
 _INLINE_LOCALS = {"_wo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_accb", "_wt", "_b0", "_p0", "_pp", "_wd",
-                  "_wb", "_wpos", "_wi", "_wj", "_wm", "_wat", "_wh", "_wx", "_X_ptr", "_G_ptr", "_GB_ptr"}
+                  "_wb", "_wpos", "_wi", "_wj", "_wm", "_wat", "_wh", "_wx", "_X_ptr", "_G_ptr", "_GB_ptr",
+                  "_of", "_oj", "_od", "_oat", "_osum", "_first", "_later", "_OD_ptr", "_OF_ptr", "_OG_ptr", "_OGB_ptr"}
 
 
 def _emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bias: Assign | None, section: str,
@@ -874,18 +878,50 @@ def _emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bi
     args.append(("_G_ptr", *_grad_args(plan, a, [], section)[-1][1:]))
     if bias:
         args.append(_named(plan, bias.name, "_GB_ptr", section))
+    outer = _riding_outer(plan, section, t, k)
+    ptrs = {}  # the riding ∂W's pointers: a buffer this kernel already takes (δ3 for δ·W3) keeps its parameter
+    if outer is not None:
+        plan.kernels.pop()
+        for name, arg in zip(("_OD_ptr", "_OF_ptr", "_OG_ptr", "_OGB_ptr"), outer.outer["args"]):
+            have = next((a[0] for a in args if a[2] == arg[2]), None)
+            ptrs[name] = have or name
+            if have is None:
+                args.append((name, *arg[1:]))
     head = "\n".join(" " * 8 + ln if ln.strip() else ln for ln in t.head.splitlines())  # inside the two loops
     kx = {**k, "args": args, "delta": src, "width": t.width, "head": head, "loads": t.loads, "lines": t.lines,
-          "g_cols": g_cols, "delta_formula": plan.defining(src).comment}
+          "g_cols": g_cols, "delta_formula": plan.defining(src).comment, "outer": outer and outer.outer["k"],
+          "outer_jp": pow2(outer.outer["k"]["j"]) if outer else 0, "ptrs": ptrs,
+          # f's tile, where the producer's lines load it already (relu′ reads f1)
+          "outer_f": next((outer.outer["k"]["f"] for ln in t.loads if outer and ln.startswith(f"{outer.outer['k']['f']} = tl.load(")),
+                          None)}
     computes = (producer.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"), *producer.computes,
                 *((bias.name,) if bias else ()))
+    if outer is not None:
+        computes = (outer.outer["head"], *outer.computes, *computes)
     # the sums run over kh · BLOCK_G lanes per position, BLOCK_G ≥ c·kw a power of two: counted as run
-    flops = producer.flops + 2 * k["n_out"] * k["kh"] * pow2(g_cols)
+    flops = producer.flops + 2 * k["n_out"] * k["kh"] * pow2(g_cols) + (outer.flops if outer else 0)
+    # the riding ∂W's sums, read-modify-written per tile in the split's row: L2 traffic, not DRAM (counted per row)
+    rmw = 2 * 4 * outer.outer["k"]["j"] * t.width // INLINE_B if outer else 0
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad_inline(kx), args, f"({k['o']}, _splits)",
                                section, f"({INLINE_WIDE_B} if _wide else {INLINE_B})", str(INLINE_B),
                                {"BLOCK_G": pow2(g_cols)}, flops=flops,
-                               block_n=(INLINE_N, pow2(k["ohw"])), computes=computes, split=True, programs=k["o"]))
+                               block_n=(INLINE_N, pow2(k["ohw"])), computes=computes, split=True, programs=k["o"],
+                               l2_row=rmw))
     return 0
+
+
+def _riding_outer(plan: _Plan, section: str, t: TiledBody, k: dict) -> Kernel | None:
+    """The dense weight gradient ∂W = Σ_b δ[b] ⊗ f[b] emitted just before δ's producer, where f is the
+    convolution's output itself (a flatten of it: the same columns, in the same order, as the tiles this
+    kernel walks): its sums ride in this kernel, which holds f's tile anyway, so f is read once fewer and a
+    launch goes.  Each program owns its filter's columns of ∂W in its split's row and adds each tile's
+    δᵀ·f to them there (read-modify-write: no other program writes them)."""
+    prev = plan.kernels[-1] if plan.kernels else None
+    if prev is None or prev.outer is None or prev.section != section:
+        return None
+    f = plan.resolve(prev.outer["k"]["f"])
+    shape = plan.arrays[f].shape if f in plan.arrays else None
+    return prev if shape == (k["o"], k["oh"], k["ow"]) and _width(shape) == t.width else None
 
 
 def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
@@ -922,7 +958,8 @@ def _emit_outer(plan: _Plan, a: Assign, after, section) -> int:
     grid, programs = _split_grid((j, bj), (cols, bk))
     plan.kernels.append(Kernel(k["name"], plan.env.outer(k), args, grid, section, None, None,
                                {"BLOCK_J": bj, "BLOCK_K": bk}, flops=2 * j * kk,
-                               computes=(bias.name,) if bias else (), split=True, programs=programs))
+                               computes=(bias.name,) if bias else (), split=True, programs=programs,
+                               outer={"k": k, "args": args, "head": a.name}))
     return 0
 
 
@@ -1173,6 +1210,7 @@ class LaunchCost:
     programs: int
     tile_rows: int
     split: bool
+    l2_row: int = 0  # bytes per row that go to and from L2 only (Kernel.l2_row)
 
     def grid(self, batch: int) -> int:
         if self.tile_rows:
@@ -1213,7 +1251,7 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
             fixed += 8  # the partial sums: a few bytes per program
         elif host in plan.partial_row_bytes:
             row += plan.partial_row_bytes[host]  # W·f's partial sums: written by f's kernel, read by W·f's
-    return LaunchCost(k.name, k.section, row, fixed, k.flops, grads, k.programs, k.tile_rows, k.split)
+    return LaunchCost(k.name, k.section, row, fixed, k.flops, grads, k.programs, k.tile_rows, k.split, k.l2_row)
 
 
 def _steps_read_from_outputs(ir: KernelIR) -> KernelIR:
