@@ -200,7 +200,7 @@ def lecture_convnet_a3_kernel(
 
 @triton.jit
 def lecture_convnet_dL_dW1_kernel(
-    dL_df3_ptr,  # dL_df3, (batch, 10) float32
+    dL_df3_ptr,  # dL_df3, one (batch, 10) plane per program's filter (scratch)
     W3_ptr,  # parameter W3, (10, 4704)
     f1_ptr,  # f1, (batch, 6, 28, 28) float32
     _X_ptr,  # x, (batch, 3, 32, 32) float32
@@ -208,6 +208,11 @@ def lecture_convnet_dL_dW1_kernel(
     _GB_ptr,  # ∂L/∂b1, (6,) float32: written once
     _OG_ptr,  # ∂L/∂W3, (10, 4704) float32: written once
     _OGB_ptr,  # ∂L/∂b3, (10,) float32: written once
+    a3_part_ptr,  # Σ_k W3[j, k]·f1[k] per column block, (blocks, batch, 10) float32
+    a3_blocks,  # f1's column blocks: a3_part's first axis
+    b3_ptr,  # parameter b3, (10,)
+    y_ptr,  # target y, (batch,) class indices
+    _LOSS_ptr,  # the loss, one entry per row of partial sums
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     _R,  # batch rows per split
@@ -238,9 +243,34 @@ def lecture_convnet_dL_dW1_kernel(
     _acc4 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
     _accb = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     _wt = tl.arange(0, BLOCK_B * BLOCK_N)  # the tile flattened: row-major, as tl.reshape orders it
+    # the training step's a3, loss_per_sample, dL_df3 per row tile here, each program into its own
+    # plane of dL_df3_ptr (the lines below read it from memory); the loss summed by filter 0's
+    # programs
+    _cols_10 = tl.arange(0, 16)
+    _cmask_10 = _cols_10 < 10
+    dL_df3_ptr = dL_df3_ptr + _wo * _B * 10
+    _loss = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for _b0 in range(_lo, _hi, BLOCK_B):
         _rows = _b0 + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _hi
+        b3 = tl.load(b3_ptr + _cols_10, mask=_cmask_10, other=0.0)
+        # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+        a3 = b3 + _partials_sum(a3_part_ptr, a3_blocks, 10, _rows, _row_mask, _cols_10, _cmask_10,
+            _B, BLOCK_B, 16)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ℓ for each sample
+        loss_per_sample = _logsumexp(a3,
+            _cmask_10[None, :]) - tl.sum(
+            tl.where(_cmask_10[None, :], a3*tl.where(y[:, None] == _cols_10[None, :], 1.0, 0.0),
+            0.0), axis=1)
+        _loss += tl.where(_row_mask, loss_per_sample, 0.0)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df3 = _scale*(-tl.where(y[:, None] == _cols_10[None, :], 1.0, 0.0) + _softmax(a3,
+            _cmask_10[None, :]))
+        tl.store(dL_df3_ptr + _rows[:, None] * 10 + _cols_10[None, :], dL_df3,
+            mask=_row_mask[:, None] & _cmask_10[None, :])
+        tl.debug_barrier()  # the loads of these rows below may run on other threads
         for _p0 in range(0, 784, BLOCK_N):
             _pp = _p0 + tl.arange(0, BLOCK_N)
             _cols_4704 = _wo * 784 + _pp
@@ -310,6 +340,11 @@ def lecture_convnet_dL_dW1_kernel(
     tl.store(_wat + 15, tl.sum(_acc3, axis=1), mask=_wg_ok)
     tl.store(_wat + 20, tl.sum(_acc4, axis=1), mask=_wg_ok)
     tl.store(_GB_ptr + _s * _ROW + _wo, tl.sum(tl.sum(_accb, axis=1), axis=0))
+    # the split's loss, by its program of filter 0 (a vector store: a masked scalar
+    _one = tl.arange(0, 2)
+    # is no mask under the interpreter)
+    tl.store(_LOSS_ptr + _s * _ROW + _one, tl.sum(_loss, axis=0) * _scale + _one * 0.0,
+             mask=(_one == 0) & (_one * 0 + _wo == 0))
 
 
 @triton.jit
@@ -380,8 +415,9 @@ _SIGNATURES = {
         "LOSS": "constexpr", "GRAD": "constexpr"},
     "lecture_convnet_dL_dW1_kernel": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "f1_ptr": "*fp32",
         "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_OG_ptr": "*fp32",
-        "_OGB_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "_R": "i32", "_ROW": "i32",
-        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
+        "_OGB_ptr": "*fp32", "a3_part_ptr": "*fp32", "a3_blocks": "i32", "b3_ptr": "*fp32",
+        "y_ptr": "*i64", "_LOSS_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "_R": "i32",
+        "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
     "lecture_convnet_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "lecture_convnet_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
@@ -399,13 +435,7 @@ COMPILE_SPECS = [
         "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": False},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": False, "GRAD": True},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": True},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_a3_kernel", "signature": _SIGNATURES["lecture_convnet_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": True, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": False, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_dL_dW1_kernel",
         "signature": _SIGNATURES["lecture_convnet_dL_dW1_kernel"],
@@ -480,24 +510,30 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _x, _p["W1"], _p["b1"], _p["W3"], _k_a3, _b_f1, _batch, _scale, BLOCK_B=_blk,
             BLOCK_N=(8192 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    lecture_convnet_a3_kernel[(triton.cdiv(_batch, _blk),)](
-        _k_a3, triton.cdiv(4704, (8192 if _wide else 64)), _p["b3"], _out, _part, _y, _b_dL_df3,
-            _batch, _scale, BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    # a training step does its work in the backward
+    if out is not None or (with_loss and not with_grad) or inter is not None:
+        lecture_convnet_a3_kernel[(triton.cdiv(_batch, _blk),)](
+            _k_a3, triton.cdiv(4704, (8192 if _wide else 64)), _p["b3"], _out, _part, _y, _b_dL_df3,
+                _batch, _scale, BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss and not with_grad,
+                GRAD=inter is not None,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
         inter.update({"f1": _b_f1, "dL_df3": _b_dL_df3})
     if not (with_loss or with_grad):
         return _sums, _splits
-    if with_loss:
+    if with_loss and not with_grad:  # with the gradients, the backward writes the loss per split
         lecture_convnet_loss_sum_kernel[(1,)](
             _part, _sums[0, N_PARAMS:], _part.numel(), _splits, N_PARAMS + 1, _BLOCK=1024,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
+        # dL_df3: each filter's program's own rows
+        _s_dL_df3 = _x.new_empty((6 * _batch, 10), dtype=torch.float32)
         lecture_convnet_dL_dW1_kernel[(6, _splits)](
-            _b_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _g["W3"], _g["b3"], _batch, _scale,
-                _R, N_PARAMS + 1, BLOCK_B=(8 if _wide else 8), BLOCK_N=(1024 if _wide else 8),
-                BLOCK_G=16,
+            _s_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _g["W3"], _g["b3"], _k_a3,
+                triton.cdiv(4704, (8192 if _wide else 64)), _p["b3"], _y, _sums[0, N_PARAMS:],
+                _batch, _scale, _R, N_PARAMS + 1, BLOCK_B=(8 if _wide else 8),
+                BLOCK_N=(1024 if _wide else 8), BLOCK_G=16,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return _sums, _splits
 

@@ -103,10 +103,15 @@ def test_the_convnets_merge_bias_gradients_and_the_row_complete_epilogue():
     gradient in the kernel of the weight gradient reading the same δ, ŷ, the loss per sample and
     ∂L/∂f = softmax − onehot in the epilogue of the 10-wide dense layer, and the convolution's δ (with the
     δ·W or the pooling gather it comes from) computed in the convolution's weight-gradient kernel, where the
-    dense layer's ∂W3 over the convolution's output rides too (lecture_convnet).  A training step: these
-    and the update."""
+    dense layer's ∂W3 over the convolution's output rides too, and the dense layer's row-complete work of a
+    training step (lecture_convnet)."""
     assert _kernels("lecture_convnet") == ["a1, f1", "a3, yhat, loss_per_sample, dL_df3",
-                                           "dL_dW1, dL_dW3, dL_db3, dL_df2, delta1, dL_db1"]
+                                           "dL_dW1, a3, loss_per_sample, dL_df3, dL_dW3, dL_db3, dL_df2, delta1, "
+                                           "dL_db1"]
+    # a training step: the convolution, the backward kernel (which computes a3, the loss and δ3 itself), the
+    # update; a3's own kernel runs for forward(), loss() and intermediates() alone
+    ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet.toml")), "<t>")
+    assert summary(ir, plan_triton(ir), 16384, "sm_90")["fused_total"]["launches"] == 3
     assert _kernels("lecture_convnet_pool") == ["a1, f1", "f2", "a4, yhat, loss_per_sample, dL_df4",
                                                 "dL_dW4, dL_db4", "dL_df3", "dL_dW1, dL_df1, delta1, dL_db1"]
 
@@ -123,11 +128,13 @@ def test_a_convolutions_delta_is_computed_in_its_weight_gradient_kernel_where_no
     plan = _plan("lecture_convnet")
     k = next(k for k in plan.kernels if k.name == "lecture_convnet_dL_dW1_kernel")
     assert "_b_delta1" not in plan.text and "lecture_convnet_dL_df2_kernel" not in plan.text
-    # the model's bytes per row: x, f1 and δ3 read once (W3 is a parameter, counted per launch)
+    # the model's bytes per row: x and f1 read once, the partial sums of a3 (one per class and column block of
+    # 64 of f1) and the class index y (W3 is a parameter, counted per launch; δ3 stays in L2)
     ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet.toml")), "<t>")
     f1 = np.prod(ir.arrays()["f1"].shape)
-    assert k.row == 4 * (np.prod(ir.input.shape) + f1 + ir.layers[-1].out_shape[0])
-    assert k.fixed == 4 * np.prod(next(p for p in ir.params if p.name == "W3").shape)
+    classes = ir.layers[-1].out_shape[0]
+    assert k.row == 4 * (np.prod(ir.input.shape) + f1) + 4 * -(-f1 // 64) * classes + 8
+    assert k.fixed == 4 * sum(np.prod(p.shape) for p in ir.params if p.name in ("W3", "b3"))
     resnet = _plan("resnet_block")
     assert "resnet_block_dL_df2_kernel: dL_df2, delta2" in resnet.fusion
     assert "resnet_block_dL_dW2_kernel: dL_dW2, dL_db2" in resnet.fusion
@@ -284,7 +291,8 @@ def test_a_dense_weight_gradient_riding_in_the_convolutions_kernel_matches_torch
     net = Network("plan_riding", [Conv2d(3, 3, padding=1, activation="sigmoid"), Flatten(), Linear(5)],
                   Port("x", (2, 10, 9)), Port("y", ()), loss=Loss("cross_entropy"))
     plan = plan_triton(lower(derive(net), "<t>"))
-    assert "plan_riding_dL_dW1_kernel: dL_dW1, dL_dW3, dL_db3, dL_df2, delta1, dL_db1" in plan.fusion
+    assert ("plan_riding_dL_dW1_kernel: dL_dW1, a3, loss_per_sample, dL_df3, dL_dW3, dL_db3, dL_df2, delta1, "
+            "dL_db1") in plan.fusion
     assert "plan_riding_dL_dW3_kernel" not in plan.text
     rng = np.random.default_rng(12)
     with generated_modules(net, "<test>", ("numpy", "triton")) as mods:

@@ -175,13 +175,14 @@ def layered_step(ir: KernelIR, plan, batch: int) -> list[Cost]:
     # its own (one program) before the backward kernels (the step reports the loss as one number)
     parts = 4 * (-(-batch // plan.block_b) + 1)
     rows = splits(batch)  # the gradient kernels' rows of partial sums, each written once
-    kernels = [k for k in plan.kernels if k.section in TRAINING_SECTIONS]
+    kernels = [k for k in plan.kernels if k.section in TRAINING_SECTIONS and k.training]
     out = []
     for k in kernels:
         moved = batch * k.row + k.fixed + k.grads * (rows if k.split else 1)
         out.append(Cost(k.name, 1, moved, moved + batch * k.l2_row, batch * k.flops, programs=k.grid(batch)))
     first_backward = next((i for i, k in enumerate(kernels) if k.section == "backward"), len(kernels))
-    out.insert(first_backward, Cost("loss sum kernel", 1, parts, parts, 0, programs=1))
+    if not any(k.loss for k in kernels):  # else a backward kernel writes the loss per split, as the gradients
+        out.insert(first_backward, Cost("loss sum kernel", 1, parts, parts, 0, programs=1))
     theta, state = _params_bytes(ir), len(ir.state)
     moved = theta * (rows + 2 + 2 * state)  # every row of partial sums read, θ and the state read and written
     out.append(Cost("update kernel", 1, moved, moved, 0, programs=_update_programs(theta)))

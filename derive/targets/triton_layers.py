@@ -18,6 +18,10 @@ column tiles (a conv's f1 = relu(a1), a pooling's output; views such as flatten 
 sums W·f over its tile's columns and stores the partial sums P[column block, b, j]; the dense layer's
 kernel adds the blocks' partials in block order (deterministic, no atomics) instead of reading f's whole
 row (_split_k).  f is still stored where a later kernel (the backward) reads it.
+The convolution's ∂W kernel with δ computed in it also takes in, where they fit: a dense ∂W over the
+convolution's output (_riding_outer), and, as the backward's first kernel, the training step's work of the
+last dense layer's row-complete kernel (a3, the loss, δ3: _absorbed_rows).  lecture_convnet's training
+step is then three launches: the convolution, that kernel, the update.
 
 Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
 """
@@ -118,6 +122,13 @@ class Kernel:
     # an outer product's kernel: {"k": the template's dict, "args": its pointers, "head": its assignment's name}
     outer: dict | None = None
     l2_row: int = 0  # per batch row: bytes that go to and from L2 only (a program's own sums, read-modify-written)
+    # a row-complete kernel whose training-step work a backward kernel does (_absorbed_rows): launched only
+    # when ``guard`` holds, with ``flag_exprs`` for its flags, and compiled for ``flag_uses``
+    guard: str | None = None
+    flag_exprs: dict = field(default_factory=dict)
+    flag_uses: list | None = None
+    training: bool = True  # launched by a training step (derive inspect's model)
+    loss: bool = False  # writes each split's loss into its row of partial sums (no loss-sum launch)
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,16 @@ class TiledBody:
     width: int
     chunked: bool
     plain: bool  # no W·f helper with its KC, no epilogue parts, no extra stores
+    parts: dict = field(default_factory=dict)  # a row-complete epilogue's parts: flag -> EpiloguePart
+
+
+@dataclass(frozen=True)
+class EpiloguePart:
+    """One part of a row-complete epilogue, printed: its loads and lines (no stores), and the (array, store
+    line) of each array it keeps for a later kernel."""
+
+    compute: tuple
+    kept: tuple
 
 
 class _RowPrinter(TritonCodePrinter):
@@ -236,6 +257,7 @@ class _Plan:
         self.order: list[Assign] = [*ir.forward, ir.output, ir.loss, *ir.backward]
         self.folded = {a.expr.args[0].name for a in ir.backward if isinstance(a.expr, N.Crop)}
         self.merged: set[str] = set()  # assignments an earlier kernel computes too (no kernel of their own)
+        self.loss_in_backward = False  # a backward kernel writes the loss per split (_absorbed_rows)
         self.partials: dict[tuple[str, str], SplitK] = {}  # (W, f) -> the partial sums of W·f (_split_k)
         self.partial_args: dict[str, tuple] = {}  # their buffer's and block count's kernel arguments, by name
         self.partial_buffers: dict[str, list] = {}  # section -> the partials' buffers its launches allocate
@@ -369,9 +391,9 @@ class _Plan:
             t = self.arg(n, section)
             if t[0] not in {x[0] for x in args}:
                 args.append(t)
-        parts = []
+        parts, kept = [], {}
         for flag, part in epilogue:
-            lines, part_args = self._epilogue_part(part, width, in_regs, here, section)
+            lines, part_args, kept[flag] = self._epilogue_part(part, width, in_regs, here, section)
             parts.append({"flag": flag, "lines": lines})
             args += [t for t in part_args if t[0] not in {x[0] for x in args}]
         self.helpers |= pr.helpers
@@ -397,7 +419,8 @@ class _Plan:
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         stored = tuple(a.name for a in outs if out_ptr is None and self._needs_store(a.name, here))
         tile = TiledBody((head_lines or "").rstrip("\n"), tuple(loads), tuple(body), tuple(t for t in args if t[0] not in {f"{n}_ptr" for n in stored}),
-                         stored, width, chunked, plain=not (epilogue or extra or "_matvec_cols" in pr.helpers))
+                         stored, width, chunked, plain=not (epilogue or extra or "_matvec_cols" in pr.helpers),
+                         parts=kept)
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
                       "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
                       programs=-(-width // tiles[0]) if tiles else 1, tile_rows=min(BLOCK_B, cap),
@@ -414,6 +437,7 @@ class _Plan:
         done = {a.name for a in part}
         lines = [self._load(n, pr) for n in pr.loaded if n not in in_regs and n not in done]
         lines += [f"{a.name} = {rhs}  # {a.comment}" for a, rhs in printed]
+        compute, kept = tuple(lines), []
         args = []
         for a in part:
             if a is self.ir.output:
@@ -426,11 +450,12 @@ class _Plan:
                              f"tl.sum(tl.where(_row_mask, {a.name}, 0.0), axis=0) * _scale)")
             elif self._needs_store(a.name, here):
                 lines.append(self._store(a.name))
+                kept.append((a.name, lines[-1]))
                 pr._ptr(a.name)
         args += [self.arg(n, section) for n in pr.ptrs]
         self.helpers |= pr.helpers
         self.imports |= pr.imports
-        return lines, args
+        return lines, args, EpiloguePart(compute, tuple(kept))
 
     def row_local(self, a: Assign, width: int, held: set[str]) -> bool:
         """Whether a line after the forward reads only the row a whole-row tile of ``width`` holds (``held``,
@@ -887,27 +912,84 @@ def _emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bi
             ptrs[name] = have or name
             if have is None:
                 args.append((name, *arg[1:]))
+    computes = (producer.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"), *producer.computes,
+                *((bias.name,) if bias else ()))
+    done = {a.name, *((bias.name,) if bias else ()), computes[0], *producer.computes}  # what this kernel computes
+    done |= {outer.outer["head"], *outer.computes} if outer else set()
+    rows = _absorbed_rows(plan, section, args, done, k["o"])
+    if rows is not None:
+        args = rows["args"]
     head = "\n".join(" " * 8 + ln if ln.strip() else ln for ln in t.head.splitlines())  # inside the two loops
     kx = {**k, "args": args, "delta": src, "width": t.width, "head": head, "loads": t.loads, "lines": t.lines,
           "g_cols": g_cols, "delta_formula": plan.defining(src).comment, "outer": outer and outer.outer["k"],
-          "outer_jp": pow2(outer.outer["k"]["j"]) if outer else 0, "ptrs": ptrs,
+          "outer_jp": pow2(outer.outer["k"]["j"]) if outer else 0, "ptrs": ptrs, "rows": rows,
           # f's tile, where the producer's lines load it already (relu′ reads f1)
           "outer_f": next((outer.outer["k"]["f"] for ln in t.loads if outer and ln.startswith(f"{outer.outer['k']['f']} = tl.load(")),
                           None)}
-    computes = (producer.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"), *producer.computes,
-                *((bias.name,) if bias else ()))
     if outer is not None:
         computes = (outer.outer["head"], *outer.computes, *computes)
+    if rows is not None:
+        computes = (*rows["computes"], *computes)
     # the sums run over kh · BLOCK_G lanes per position, BLOCK_G ≥ c·kw a power of two: counted as run
     flops = producer.flops + 2 * k["n_out"] * k["kh"] * pow2(g_cols) + (outer.flops if outer else 0)
     # the riding ∂W's sums, read-modify-written per tile in the split's row: L2 traffic, not DRAM (counted per row)
     rmw = 2 * 4 * outer.outer["k"]["j"] * t.width // INLINE_B if outer else 0
+    rmw += rows["l2_row"] if rows else 0
+    flops += rows["flops"] if rows else 0
     plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad_inline(kx), args, f"({k['o']}, _splits)",
                                section, f"({INLINE_WIDE_B} if _wide else {INLINE_B})", str(INLINE_B),
                                {"BLOCK_G": pow2(g_cols)}, flops=flops,
                                block_n=(INLINE_N, pow2(k["ohw"])), computes=computes, split=True, programs=k["o"],
-                               l2_row=rmw))
+                               l2_row=rmw, loss=rows is not None))
     return 0
+
+
+def _absorbed_rows(plan: _Plan, section: str, args: list, absorbed: set, o: int) -> dict | None:
+    """The row-complete kernel of the last dense layer (a3, the loss, δ3 = ∂L/∂f3: _row_epilogue), where the
+    backward kernel being built is the backward's first and takes in everything that reads δ3: then the
+    training step does that kernel's work here instead, per row tile, and launches it only for forward(),
+    loss() and intermediates().  Each program computes its rows' δ3 into its own plane of a scratch buffer
+    (the lines that follow read δ3 from memory, as they did from the row kernel's buffer), and the split's
+    program of filter 0 sums its rows' loss into the split's row of partial sums, which the update kernel
+    adds: the loss's own sum launch goes too."""
+    rk = plan.kernels[-1] if plan.kernels else None
+    if rk is None or rk.tile is None or set(rk.flags) != {"LOSS", "GRAD"} | ({"OUT"} & set(rk.flags)):
+        return None
+    if any(k.section == section for k in plan.kernels) or "KC" in rk.constexprs:
+        return None
+    grad, loss = rk.tile.parts.get("GRAD"), rk.tile.parts.get("LOSS")
+    if grad is None or loss is None or len(grad.kept) != 1 or loss.kept:
+        return None
+    d3, store = grad.kept[0]
+    if plan.readers.get(d3, set()) - absorbed:
+        return None
+    ptr = next((a for a in args if a[2] == plan.host(d3)), None)
+    if ptr is None:
+        return None
+    planes = f"_s_{d3}"
+    out = [(a[0], a[1], planes, f"{d3}, one (batch, {_width(plan.arrays[d3].shape)}) plane per program's filter "
+            "(scratch)") if a is ptr else a for a in args]
+    for a in rk.tile.args:
+        if a[0] not in {x[0] for x in out} and a[0] not in ("_OUT_ptr", "_PART_ptr"):
+            out.append(a)
+    out.append(("_LOSS_ptr", "*fp32", "_sums[0, N_PARAMS:]", "the loss, one entry per row of partial sums"))
+    w = rk.tile.width
+    plan.partial_buffers.setdefault(section, []).append(
+        {"host": planes, "shape": f"({o} * _batch, {w})", "comment": f"{d3}: each filter's program's own rows"})
+    rk.training = False
+    rk.guard = "out is not None or (with_loss and not with_grad) or inter is not None"
+    rk.flag_exprs = {"OUT": "out is not None", "LOSS": "with_loss and not with_grad", "GRAD": "inter is not None"}
+    rk.flag_uses = [on for on in ({"OUT"}, {"LOSS"}, {"OUT", "GRAD"}) if on <= set(rk.flags) | {"GRAD"}]
+    plan.loss_in_backward = True
+    cols = [f"_cols_{w} = tl.arange(0, {pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}"]
+    return {"args": out, "ptr": ptr[0], "width": w, "cols": cols, "lines": (*rk.tile.loads, *rk.tile.lines),
+            "loss": loss.compute, "loss_name": plan.ir.loss.name, "grad": grad.compute, "store": store,
+            "computes": (rk.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"),
+                         *(c for c in rk.computes if c != plan.ir.output.name)),
+            # δ3's planes written and read, and the partial sums of a3 read by every filter's program but the
+            # first from L2
+            "flops": rk.flops, "l2_row": 2 * 4 * w * o + (o - 1) * sum(plan.partial_row_bytes.get(a[2], 0)
+                                                                        for a in rk.args)}
 
 
 def _riding_outer(plan: _Plan, section: str, t: TiledBody, k: dict) -> Kernel | None:
@@ -1156,9 +1238,9 @@ def _launch(k: Kernel) -> dict:
     scalars += ["_R", "N_PARAMS + 1"] if k.split else []
     cx = ([f"BLOCK_B={k.block_b}"] if k.block_b else []) + ([f"BLOCK_N={_bn(k.block_n)}"] if k.block_n else [])
     cx += [f"{n}={_bn(v) if isinstance(v, tuple) else v}" for n, v in k.constexprs.items()]
-    cx += [f"{f}={FLAGS[f][0]}" for f in k.flags]
+    cx += [f"{f}={k.flag_exprs.get(f, FLAGS[f][0])}" for f in k.flags]
     return {"name": k.name, "grid": k.grid, "args": ", ".join(hosts + scalars + cx), "section": k.section,
-            "loss": k.section == "loss", "block_b": k.block_b}
+            "loss": k.section == "loss", "block_b": k.block_b, "guard": k.guard}
 
 
 def _spec(k: Kernel) -> tuple[str, dict, list[dict]]:
@@ -1178,7 +1260,8 @@ def _spec(k: Kernel) -> tuple[str, dict, list[dict]]:
     sig.update({f: "constexpr" for f in k.flags})
     cx = ({"BLOCK_B": k.block_b_spec} if k.block_b else {}) | ({"BLOCK_N": str(k.block_n[0])} if k.block_n else {})
     cx |= {n: repr(v[0] if isinstance(v, tuple) else v) for n, v in k.constexprs.items()}
-    return (k.name, sig, [cx | {f: repr(f in on) for f in k.flags} for on in _flag_uses(k.flags)])
+    uses = k.flag_uses if k.flag_uses is not None else _flag_uses(k.flags)
+    return (k.name, sig, [cx | {f: repr(f in on) for f in k.flags} for on in uses])
 
 
 def _flag_uses(flags: tuple) -> list[set]:
@@ -1211,6 +1294,8 @@ class LaunchCost:
     tile_rows: int
     split: bool
     l2_row: int = 0  # bytes per row that go to and from L2 only (Kernel.l2_row)
+    training: bool = True  # launched by a training step
+    loss: bool = False  # writes the loss per split: the training step launches no loss-sum kernel
 
     def grid(self, batch: int) -> int:
         if self.tile_rows:
@@ -1251,7 +1336,8 @@ def _traffic(plan: _Plan, k: Kernel) -> tuple:
             fixed += 8  # the partial sums: a few bytes per program
         elif host in plan.partial_row_bytes:
             row += plan.partial_row_bytes[host]  # W·f's partial sums: written by f's kernel, read by W·f's
-    return LaunchCost(k.name, k.section, row, fixed, k.flops, grads, k.programs, k.tile_rows, k.split, k.l2_row)
+    return LaunchCost(k.name, k.section, row, fixed, k.flops, grads, k.programs, k.tile_rows, k.split, k.l2_row,
+                      k.training, k.loss)
 
 
 def _steps_read_from_outputs(ir: KernelIR) -> KernelIR:
@@ -1291,7 +1377,7 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
         partials={s: plan.partial_buffers.get(s, []) for s in SECTIONS},
-        top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS,
+        top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS, loss_in_backward=plan.loss_in_backward,
         epilogue=next(({"name": k.name, "block_b": k.block_b} for k in plan.kernels if k.flags), None),
     )
     loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_ROWS": "i32",

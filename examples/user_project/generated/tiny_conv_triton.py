@@ -199,7 +199,7 @@ def tiny_conv_a3_kernel(
 
 @triton.jit
 def tiny_conv_dL_dW1_kernel(
-    dL_df3_ptr,  # dL_df3, (batch, 2) float32
+    dL_df3_ptr,  # dL_df3, one (batch, 2) plane per program's filter (scratch)
     W3_ptr,  # parameter W3, (2, 32)
     f1_ptr,  # f1, (batch, 2, 4, 4) float32
     _X_ptr,  # x, (batch, 1, 6, 6) float32
@@ -207,6 +207,11 @@ def tiny_conv_dL_dW1_kernel(
     _GB_ptr,  # ∂L/∂b1, (2,) float32: written once
     _OG_ptr,  # ∂L/∂W3, (2, 32) float32: written once
     _OGB_ptr,  # ∂L/∂b3, (2,) float32: written once
+    a3_part_ptr,  # Σ_k W3[j, k]·f1[k] per column block, (blocks, batch, 2) float32
+    a3_blocks,  # f1's column blocks: a3_part's first axis
+    b3_ptr,  # parameter b3, (2,)
+    y_ptr,  # target y, (batch,) class indices
+    _LOSS_ptr,  # the loss, one entry per row of partial sums
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     _R,  # batch rows per split
@@ -235,9 +240,33 @@ def tiny_conv_dL_dW1_kernel(
     _acc2 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
     _accb = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     _wt = tl.arange(0, BLOCK_B * BLOCK_N)  # the tile flattened: row-major, as tl.reshape orders it
+    # the training step's a3, loss_per_sample, dL_df3 per row tile here, each program into its own
+    # plane of dL_df3_ptr (the lines below read it from memory); the loss summed by filter 0's
+    # programs
+    _cols_2 = tl.arange(0, 2)
+    _cmask_2 = _cols_2 < 2
+    dL_df3_ptr = dL_df3_ptr + _wo * _B * 2
+    _loss = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for _b0 in range(_lo, _hi, BLOCK_B):
         _rows = _b0 + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _hi
+        b3 = tl.load(b3_ptr + _cols_2, mask=_cmask_2, other=0.0)
+        # a3[j] = Σ_k W3[j, k]·f2[k] + b3[j]
+        a3 = b3 + _partials_sum(a3_part_ptr, a3_blocks, 2, _rows, _row_mask, _cols_2, _cmask_2, _B,
+            BLOCK_B, 2)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ℓ for each sample
+        loss_per_sample = _logsumexp(a3,
+            _cmask_2[None, :]) - tl.sum(tl.where(_cmask_2[None, :], a3*tl.where(y[:,
+            None] == _cols_2[None, :], 1.0, 0.0), 0.0), axis=1)
+        _loss += tl.where(_row_mask, loss_per_sample, 0.0)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ∂L/∂f3 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df3 = _scale*(-tl.where(y[:, None] == _cols_2[None, :], 1.0, 0.0) + _softmax(a3,
+            _cmask_2[None, :]))
+        tl.store(dL_df3_ptr + _rows[:, None] * 2 + _cols_2[None, :], dL_df3,
+            mask=_row_mask[:, None] & _cmask_2[None, :])
+        tl.debug_barrier()  # the loads of these rows below may run on other threads
         for _p0 in range(0, 16, BLOCK_N):
             _pp = _p0 + tl.arange(0, BLOCK_N)
             _cols_32 = _wo * 16 + _pp
@@ -297,6 +326,11 @@ def tiny_conv_dL_dW1_kernel(
     tl.store(_wat + 3, tl.sum(_acc1, axis=1), mask=_wg_ok)
     tl.store(_wat + 6, tl.sum(_acc2, axis=1), mask=_wg_ok)
     tl.store(_GB_ptr + _s * _ROW + _wo, tl.sum(tl.sum(_accb, axis=1), axis=0))
+    # the split's loss, by its program of filter 0 (a vector store: a masked scalar
+    _one = tl.arange(0, 2)
+    # is no mask under the interpreter)
+    tl.store(_LOSS_ptr + _s * _ROW + _one, tl.sum(_loss, axis=0) * _scale + _one * 0.0,
+             mask=(_one == 0) & (_one * 0 + _wo == 0))
 
 
 @triton.jit
@@ -367,8 +401,9 @@ _SIGNATURES = {
         "LOSS": "constexpr", "GRAD": "constexpr"},
     "tiny_conv_dL_dW1_kernel": {"dL_df3_ptr": "*fp32", "W3_ptr": "*fp32", "f1_ptr": "*fp32",
         "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_OG_ptr": "*fp32",
-        "_OGB_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "_R": "i32", "_ROW": "i32",
-        "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
+        "_OGB_ptr": "*fp32", "a3_part_ptr": "*fp32", "a3_blocks": "i32", "b3_ptr": "*fp32",
+        "y_ptr": "*i64", "_LOSS_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "_R": "i32",
+        "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
     "tiny_conv_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "tiny_conv_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32",
@@ -386,13 +421,7 @@ COMPILE_SPECS = [
         "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": False},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "tiny_conv_a3_kernel", "signature": _SIGNATURES["tiny_conv_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": False, "GRAD": True},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "tiny_conv_a3_kernel", "signature": _SIGNATURES["tiny_conv_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": True},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "tiny_conv_a3_kernel", "signature": _SIGNATURES["tiny_conv_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": True, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": False, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "tiny_conv_dL_dW1_kernel", "signature": _SIGNATURES["tiny_conv_dL_dW1_kernel"],
         "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
@@ -460,24 +489,29 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     tiny_conv_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(32, 32))](
         _x, _p["W1"], _p["b1"], _p["W3"], _k_a3, _b_f1, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    tiny_conv_a3_kernel[(triton.cdiv(_batch, _blk),)](
-        _k_a3, triton.cdiv(32, 32), _p["b3"], _out, _part, _y, _b_dL_df3, _batch, _scale,
-            BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    # a training step does its work in the backward
+    if out is not None or (with_loss and not with_grad) or inter is not None:
+        tiny_conv_a3_kernel[(triton.cdiv(_batch, _blk),)](
+            _k_a3, triton.cdiv(32, 32), _p["b3"], _out, _part, _y, _b_dL_df3, _batch, _scale,
+                BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss and not with_grad,
+                GRAD=inter is not None,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
         inter.update({"f1": _b_f1, "dL_df3": _b_dL_df3})
     if not (with_loss or with_grad):
         return _sums, _splits
-    if with_loss:
+    if with_loss and not with_grad:  # with the gradients, the backward writes the loss per split
         tiny_conv_loss_sum_kernel[(1,)](
             _part, _sums[0, N_PARAMS:], _part.numel(), _splits, N_PARAMS + 1, _BLOCK=1024,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
+        # dL_df3: each filter's program's own rows
+        _s_dL_df3 = _x.new_empty((2 * _batch, 2), dtype=torch.float32)
         tiny_conv_dL_dW1_kernel[(2, _splits)](
-            _b_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _g["W3"], _g["b3"], _batch, _scale,
-                _R, N_PARAMS + 1, BLOCK_B=(8 if _wide else 8), BLOCK_N=(16 if _wide else 8),
-                BLOCK_G=4,
+            _s_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _g["W3"], _g["b3"], _k_a3,
+                triton.cdiv(32, 32), _p["b3"], _y, _sums[0, N_PARAMS:], _batch, _scale, _R,
+                N_PARAMS + 1, BLOCK_B=(8 if _wide else 8), BLOCK_N=(16 if _wide else 8), BLOCK_G=4,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return _sums, _splits
 
