@@ -8,20 +8,20 @@ Elementwise assignments that follow a kernel at the same index (f1 = relu(a1), �
 printed by the strict Triton printer into that kernel's epilogue, and an array is stored only when a
 later kernel reads it.  Flatten, Unflatten and a bare rename are views; Pad is read through masks by
 the windows that use it, and Crop is folded into the gather that computes the padded gradient.
-Four merges save launches and passes over the per-sample arrays: a bias gradient is summed by the kernel
-of the weight gradient that reads the same δ (_bias_of); the last forward kernel, where its tile holds
-whole rows, computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue);
-a convolution's δ that only its weight and bias gradients read is computed in their kernel from the lines
-of the kernel that would have stored it (_delta_producer), so δ is never stored; and where a dense layer
-a = W·f (+ b) of at most SPLIT_J outputs reads the f that the kernel emitted just before it holds in its
+Four merges save launches and passes over the per-sample arrays: a bias gradient is summed by the kernel of
+the weight gradient that reads the same δ (_bias_of); the last forward kernel, where its tile holds whole
+rows, computes ŷ, the loss and the leading backward lines that read only that row (_row_epilogue); a
+convolution's δ that only its weight and bias gradients read is computed in their kernel from the lines of the
+kernel that would have stored it (triton_conv_grad.delta_producer), so δ is never stored; and where a dense
+layer a = W·f (+ b) of at most SPLIT_J outputs reads the f that the kernel emitted just before it holds in its
 column tiles (a conv's f1 = relu(a1), a pooling's output; views such as flatten resolved), that kernel also
-sums W·f over its tile's columns and stores the partial sums P[column block, b, j]; the dense layer's
-kernel adds the blocks' partials in block order (deterministic, no atomics) instead of reading f's whole
-row (_split_k).  f is still stored where a later kernel (the backward) reads it.
+sums W·f over its tile's columns and stores the partial sums P[column block, b, j]; the dense layer's kernel
+adds the blocks' partials in block order (deterministic, no atomics) instead of reading f's whole row
+(_split_k). f is still stored where a later kernel (the backward) reads it.
 The convolution's ∂W kernel with δ computed in it also takes in, where they fit: a dense ∂W over the
-convolution's output (_riding_outer), and, as the backward's first kernel, the training step's work of the
-last dense layer's row-complete kernel (a3, the loss, δ3: _absorbed_rows).  lecture_convnet's training
-step is then three launches: the convolution, that kernel, the update.
+convolution's output (triton_conv_grad._riding_outer), and, as the backward's first kernel, the training
+step's work of the last dense layer's row-complete kernel (a3, the loss, δ3: triton_conv_grad._absorbed_rows).
+lecture_convnet's training step is then three launches: the convolution, that kernel, the update.
 
 Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -69,11 +68,6 @@ OUTER_J, OUTER_K = 16, 64
 # with two
 SPLITS = 64
 SPLIT_ROWS = 8
-# a convolution's ∂W with δ computed in its kernel (_delta_producer): a tile of INLINE_B rows by INLINE_N
-# positions (on CPU tensors INLINE_WIDE_B rows by every position), and one (c·kw) × tile sum per kernel row
-# p, at most INLINE_SUMS floats in all (lecture_convnet: 5 · 16 · 64 = 5,120, 96 registers, no spill)
-INLINE_B, INLINE_N, INLINE_WIDE_B = 8, 8, 8
-INLINE_SUMS = 8192
 # a dense layer of at most this many outputs (pow2-padded) takes W·f as the partial sums its operand's kernel
 # stores per column block (_split_k): J row reductions per tile there, J floats per block and row here
 SPLIT_J = 16
@@ -845,9 +839,11 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
          "bias": plan.grad_param[bias.name] if bias else None, "n_bias": n_bias,
          "b_shape": plan.params[plan.grad_param[bias.name]].shape if bias else None,
          "bias_formula": bias.comment if bias else None}
-    producer = _delta_producer(plan, a, d, bias, section, k) if shared else None
+    from derive.targets.triton_conv_grad import delta_producer, emit_window_weight_grad_inline
+
+    producer = delta_producer(plan, a, d, bias, section, k) if shared else None
     if producer is not None:
-        return _emit_window_weight_grad_inline(plan, a, producer, bias, section, k)
+        return emit_window_weight_grad_inline(plan, a, producer, bias, section, k)
     args = _grad_args(plan, a, [(d.name, "D_ptr"), (g["src"], "X_ptr")], section)
     if bias:
         args.append(_named(plan, bias.name, "GB_ptr", section))
@@ -856,154 +852,6 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
                                {"BLOCK_G": BLOCK_G, "BLOCK_R": (BLOCK_R, WIDE_R)}, flops=2 * o * oh * ow * g["ckk"],
                                computes=(bias.name,) if bias else (), split=True, programs=programs))
     return 0
-
-
-def _delta_producer(plan: _Plan, a: Assign, d: sp.Symbol, bias: Assign | None, section: str, k: dict) -> Kernel | None:
-    """The kernel just emitted, where it computes the convolution's δ elementwise over its tile (δ = ∂L/∂f·f′
-    after a δ·W) and stores nothing but δ, which nothing but this gradient (and its bias) reads: then the
-    gradient's kernel computes δ itself, tile by tile, and δ never goes through global memory (for
-    lecture_convnet 308 MB written, and read again, per step at 2^14) and the producer's launch goes."""
-    prev = plan.kernels[-1] if plan.kernels else None
-    src = plan.resolve(d.name)
-    if prev is None or prev.tile is None or prev.section != section or prev.tile.stored != (src,):
-        return None
-    t = prev.tile
-    if not (t.plain and t.chunked and t.width == k["n_out"]):
-        return None
-    if plan.readers.get(src, set()) - {a.name, *((bias.name,) if bias else ())}:
-        return None
-    if k["kh"] * pow2(k["c"] * k["kw"]) * INLINE_B * INLINE_N > INLINE_SUMS:
-        return None  # the per-offset sums would not fit the registers
-    names = set(re.findall(r"\b_\w+", "\n".join((t.head, *t.loads, *t.lines))))
-    if names & (_INLINE_LOCALS | {f"_acc{p}" for p in range(k["kh"])}):
-        return None  # the producer's lines would overwrite a local of the loop around them
-    return prev
-
-
-# the locals of window_weight_grad_inline's loop (templates/triton_layer_kernels.jinja), which a producer's lines
-# must not assign
-_INLINE_LOCALS = {"_wo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_accb", "_wt", "_b0", "_p0", "_pp", "_wd",
-                  "_wb", "_wpos", "_wi", "_wj", "_wm", "_wat", "_wh", "_wx", "_X_ptr", "_G_ptr", "_GB_ptr",
-                  "_of", "_oj", "_od", "_oat", "_osum", "_first", "_later", "_OD_ptr", "_OF_ptr", "_OG_ptr", "_OGB_ptr"}
-
-
-def _emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bias: Assign | None, section: str,
-                                    k: dict) -> int:
-    """∂L/∂W of a convolution with its δ computed in the kernel (_delta_producer): one program per output channel
-    o and split of the batch, looping over the split's rows and every block of positions; each tile's δ (the
-    producer's lines) multiplies the windows at each kernel row p, into one (c·kw) × tile sum per p."""
-    plan.kernels.pop()
-    t = producer.tile
-    src = plan.resolve(a.expr.args[0].name)
-    if plan.stored.get(src) == section:
-        del plan.stored[src]  # δ lives in registers now: no buffer, nothing to hand to intermediates()
-    g_cols = k["c"] * k["kw"]
-    # the producer's own pointers keep their names (its lines use them); this kernel's start with "_"
-    args = list(t.args) + [_named(plan, k["source"], "_X_ptr", section)]
-    args.append(("_G_ptr", *_grad_args(plan, a, [], section)[-1][1:]))
-    if bias:
-        args.append(_named(plan, bias.name, "_GB_ptr", section))
-    outer = _riding_outer(plan, section, t, k)
-    ptrs = {}  # the riding ∂W's pointers: a buffer this kernel already takes (δ3 for δ·W3) keeps its parameter
-    if outer is not None:
-        plan.kernels.pop()
-        for name, arg in zip(("_OD_ptr", "_OF_ptr", "_OG_ptr", "_OGB_ptr"), outer.outer["args"]):
-            have = next((a[0] for a in args if a[2] == arg[2]), None)
-            ptrs[name] = have or name
-            if have is None:
-                args.append((name, *arg[1:]))
-    computes = (producer.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"), *producer.computes,
-                *((bias.name,) if bias else ()))
-    done = {a.name, *((bias.name,) if bias else ()), computes[0], *producer.computes}  # what this kernel computes
-    done |= {outer.outer["head"], *outer.computes} if outer else set()
-    rows = _absorbed_rows(plan, section, args, done, k["o"])
-    if rows is not None:
-        args = rows["args"]
-    head = "\n".join(" " * 8 + ln if ln.strip() else ln for ln in t.head.splitlines())  # inside the two loops
-    kx = {**k, "args": args, "delta": src, "width": t.width, "head": head, "loads": t.loads, "lines": t.lines,
-          "g_cols": g_cols, "delta_formula": plan.defining(src).comment, "outer": outer and outer.outer["k"],
-          "outer_jp": pow2(outer.outer["k"]["j"]) if outer else 0, "ptrs": ptrs, "rows": rows,
-          # f's tile, where the producer's lines load it already (relu′ reads f1)
-          "outer_f": next((outer.outer["k"]["f"] for ln in t.loads if outer and ln.startswith(f"{outer.outer['k']['f']} = tl.load(")),
-                          None)}
-    if outer is not None:
-        computes = (outer.outer["head"], *outer.computes, *computes)
-    if rows is not None:
-        computes = (*rows["computes"], *computes)
-    # the sums run over kh · BLOCK_G lanes per position, BLOCK_G ≥ c·kw a power of two: counted as run
-    flops = producer.flops + 2 * k["n_out"] * k["kh"] * pow2(g_cols) + (outer.flops if outer else 0)
-    # the riding ∂W's sums, read-modify-written per tile in the split's row: L2 traffic, not DRAM (counted per row)
-    rmw = 2 * 4 * outer.outer["k"]["j"] * t.width // INLINE_B if outer else 0
-    rmw += rows["l2_row"] if rows else 0
-    flops += rows["flops"] if rows else 0
-    plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad_inline(kx), args, f"({k['o']}, _splits)",
-                               section, f"({INLINE_WIDE_B} if _wide else {INLINE_B})", str(INLINE_B),
-                               {"BLOCK_G": pow2(g_cols)}, flops=flops,
-                               block_n=(INLINE_N, pow2(k["ohw"])), computes=computes, split=True, programs=k["o"],
-                               l2_row=rmw, loss=rows is not None))
-    return 0
-
-
-def _absorbed_rows(plan: _Plan, section: str, args: list, absorbed: set, o: int) -> dict | None:
-    """The row-complete kernel of the last dense layer (a3, the loss, δ3 = ∂L/∂f3: _row_epilogue), where the
-    backward kernel being built is the backward's first and takes in everything that reads δ3: then the
-    training step does that kernel's work here instead, per row tile, and launches it only for forward(),
-    loss() and intermediates().  Each program computes its rows' δ3 into its own plane of a scratch buffer
-    (the lines that follow read δ3 from memory, as they did from the row kernel's buffer), and the split's
-    program of filter 0 sums its rows' loss into the split's row of partial sums, which the update kernel
-    adds: the loss's own sum launch goes too."""
-    rk = plan.kernels[-1] if plan.kernels else None
-    if rk is None or rk.tile is None or set(rk.flags) != {"LOSS", "GRAD"} | ({"OUT"} & set(rk.flags)):
-        return None
-    if any(k.section == section for k in plan.kernels) or "KC" in rk.constexprs:
-        return None
-    grad, loss = rk.tile.parts.get("GRAD"), rk.tile.parts.get("LOSS")
-    if grad is None or loss is None or len(grad.kept) != 1 or loss.kept:
-        return None
-    d3, store = grad.kept[0]
-    if plan.readers.get(d3, set()) - absorbed:
-        return None
-    ptr = next((a for a in args if a[2] == plan.host(d3)), None)
-    if ptr is None:
-        return None
-    planes = f"_s_{d3}"
-    out = [(a[0], a[1], planes, f"{d3}, one (batch, {_width(plan.arrays[d3].shape)}) plane per program's filter "
-            "(scratch)") if a is ptr else a for a in args]
-    for a in rk.tile.args:
-        if a[0] not in {x[0] for x in out} and a[0] not in ("_OUT_ptr", "_PART_ptr"):
-            out.append(a)
-    out.append(("_LOSS_ptr", "*fp32", "_sums[0, N_PARAMS:]", "the loss, one entry per row of partial sums"))
-    w = rk.tile.width
-    plan.partial_buffers.setdefault(section, []).append(
-        {"host": planes, "shape": f"({o} * _batch, {w})", "comment": f"{d3}: each filter's program's own rows"})
-    rk.training = False
-    rk.guard = "out is not None or (with_loss and not with_grad) or inter is not None"
-    rk.flag_exprs = {"OUT": "out is not None", "LOSS": "with_loss and not with_grad", "GRAD": "inter is not None"}
-    rk.flag_uses = [on for on in ({"OUT"}, {"LOSS"}, {"OUT", "GRAD"}) if on <= set(rk.flags) | {"GRAD"}]
-    plan.loss_in_backward = True
-    cols = [f"_cols_{w} = tl.arange(0, {pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}"]
-    return {"args": out, "ptr": ptr[0], "width": w, "cols": cols, "lines": (*rk.tile.loads, *rk.tile.lines),
-            "loss": loss.compute, "loss_name": plan.ir.loss.name, "grad": grad.compute, "store": store,
-            "computes": (rk.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"),
-                         *(c for c in rk.computes if c != plan.ir.output.name)),
-            # δ3's planes written and read, and the partial sums of a3 read by every filter's program but the
-            # first from L2
-            "flops": rk.flops, "l2_row": 2 * 4 * w * o + (o - 1) * sum(plan.partial_row_bytes.get(a[2], 0)
-                                                                        for a in rk.args)}
-
-
-def _riding_outer(plan: _Plan, section: str, t: TiledBody, k: dict) -> Kernel | None:
-    """The dense weight gradient ∂W = Σ_b δ[b] ⊗ f[b] emitted just before δ's producer, where f is the
-    convolution's output itself (a flatten of it: the same columns, in the same order, as the tiles this
-    kernel walks): its sums ride in this kernel, which holds f's tile anyway, so f is read once fewer and a
-    launch goes.  Each program owns its filter's columns of ∂W in its split's row and adds each tile's
-    δᵀ·f to them there (read-modify-write: no other program writes them)."""
-    prev = plan.kernels[-1] if plan.kernels else None
-    if prev is None or prev.outer is None or prev.section != section:
-        return None
-    f = plan.resolve(prev.outer["k"]["f"])
-    shape = plan.arrays[f].shape if f in plan.arrays else None
-    return prev if shape == (k["o"], k["oh"], k["ow"]) and _width(shape) == t.width else None
 
 
 def _emit_conv_bias_grad(plan: _Plan, a: Assign, after, section) -> int:
