@@ -105,7 +105,8 @@ def test_the_convnets_merge_bias_gradients_and_the_row_complete_epilogue():
     δ·W or the pooling gather it comes from) computed in the convolution's weight-gradient kernel, where the
     dense layer's ∂W3 over the convolution's output rides too, and the dense layer's row-complete work of a
     training step (lecture_convnet)."""
-    assert _kernels("lecture_convnet") == ["a1, f1", "a3, yhat, loss_per_sample, dL_df3",
+    assert _kernels("lecture_convnet") == ["a1, f1", "a3, yhat, loss_per_sample, dL_df3 (forward(), loss() and "
+                                           "intermediates() only: a training step's backward kernel does its work)",
                                            "dL_dW1, a3, loss_per_sample, dL_df3, dL_dW3, dL_db3, dL_df2, delta1, "
                                            "dL_db1"]
     # a training step: the convolution, the backward kernel (which computes a3, the loss and δ3 itself), the

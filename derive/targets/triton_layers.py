@@ -1234,7 +1234,8 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
     ctx.update(compile_specs(ir, [*(_spec(k) for k in plan.kernels), loss_sum]))
     text = _env().get_template("triton_module.py.jinja").render(**ctx)
     fusion = tuple(f"{k.name}: " + ", ".join([k.name.removeprefix(f"{ir.name}_").removesuffix("_kernel"), *k.computes])
-                   for k in plan.kernels)
+                   + ("" if k.training else " (forward(), loss() and intermediates() only: a training step's backward "
+                      "kernel does its work)") for k in plan.kernels)
     return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels), fusion=fusion)
 
 
