@@ -412,9 +412,9 @@ class _Plan:
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         stored = tuple(a.name for a in outs if out_ptr is None and self._needs_store(a.name, here))
-        tile = TiledBody((head_lines or "").rstrip("\n"), tuple(loads), tuple(body), tuple(t for t in args if t[0] not in {f"{n}_ptr" for n in stored}),
-                         stored, width, chunked, plain=not (epilogue or extra or "_matvec_cols" in pr.helpers),
-                         parts=kept)
+        reads = tuple(t for t in args if t[0] not in {f"{n}_ptr" for n in stored})
+        tile = TiledBody((head_lines or "").rstrip("\n"), tuple(loads), tuple(body), reads, stored, width, chunked,
+                         plain=not (epilogue or extra or "_matvec_cols" in pr.helpers), parts=kept)
         return Kernel(name, source, args, grid.replace("_rows_b", blk), section, blk,
                       "BLOCK_B" if cap >= BLOCK_B else f"min(BLOCK_B, {cap})", flops=pr.flops, block_n=tiles,
                       programs=-(-width // tiles[0]) if tiles else 1, tile_rows=min(BLOCK_B, cap),
