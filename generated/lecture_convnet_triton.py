@@ -248,7 +248,7 @@ def lecture_convnet_dL_dW1_kernel(
     # programs
     _cols_10 = tl.arange(0, 16)
     _cmask_10 = _cols_10 < 10
-    dL_df3_ptr = dL_df3_ptr + _wo * _B * 10
+    dL_df3_ptr = dL_df3_ptr + _wo * _B * 10  # this program's plane
     _loss = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for _b0 in range(_lo, _hi, BLOCK_B):
         _rows = _b0 + tl.arange(0, BLOCK_B)

@@ -6,6 +6,7 @@ inside the gradient's kernel: one program per filter and split of the batch, wal
 every block of positions, δ in registers, one (c·kw) × tile sum per kernel row.  Two more kernels fold in
 where they fit: a dense ∂W over the convolution's output (_riding_outer), and, when this is the backward's
 first kernel, the training-step work of the last dense layer's row-complete kernel (_absorbed_rows).
+``plan`` is triton_layers' _Plan, which imports this module where it emits a convolution's ∂W.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sympy as sp
 
 from derive.ir.nodes import Assign
 from derive.limits import pow2
-from derive.targets.triton_layers import Kernel, TiledBody, _grad_args, _named, _Plan, _width
+from derive.targets.triton_kernel import Kernel, TiledBody, _width
 
 # a convolution's ∂W with δ computed in its kernel (delta_producer): a tile of INLINE_B rows by INLINE_N
 # positions (on CPU tensors INLINE_WIDE_B rows by every position), and one (c·kw) × tile sum per kernel row
@@ -33,7 +34,7 @@ _INLINE_LOCALS = {"_wo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_ac
                   "_of", "_oj", "_od", "_oat", "_osum", "_first", "_later", "_OD_ptr", "_OF_ptr", "_OG_ptr", "_OGB_ptr"}
 
 
-def delta_producer(plan: _Plan, a: Assign, d: sp.Symbol, bias: Assign | None, section: str, k: dict) -> Kernel | None:
+def delta_producer(plan, a: Assign, d: sp.Symbol, bias: Assign | None, section: str, k: dict) -> Kernel | None:
     """The kernel just emitted, where it computes the convolution's δ over its tile (δ = ∂L/∂f·f′ after a
     δ·W, a max-pooling or a window gather) and stores nothing but δ, which nothing but this gradient (and
     its bias) reads: then the gradient's kernel computes δ itself, tile by tile, and δ never goes through
@@ -56,7 +57,7 @@ def delta_producer(plan: _Plan, a: Assign, d: sp.Symbol, bias: Assign | None, se
     return prev
 
 
-def emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bias: Assign | None, section: str,
+def emit_window_weight_grad_inline(plan, a: Assign, producer: Kernel, bias: Assign | None, section: str,
                                     k: dict) -> int:
     """∂L/∂W of a convolution with its δ computed in the kernel (delta_producer): one program per output channel
     o and split of the batch, looping over the split's rows and every block of positions; each tile's δ (the
@@ -68,10 +69,9 @@ def emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bia
         del plan.stored[src]  # δ lives in registers now: no buffer, nothing to hand to intermediates()
     g_cols = k["c"] * k["kw"]
     # the producer's own pointers keep their names (its lines use them); this kernel's start with "_"
-    args = list(t.args) + [_named(plan, k["source"], "_X_ptr", section)]
-    args.append(("_G_ptr", *_grad_args(plan, a, [], section)[-1][1:]))
+    args = list(t.args) + [("_X_ptr", *plan.arg(k["source"], section)[1:]), ("_G_ptr", *plan.arg(a.name, section)[1:])]
     if bias:
-        args.append(_named(plan, bias.name, "_GB_ptr", section))
+        args.append(("_GB_ptr", *plan.arg(bias.name, section)[1:]))
     outer = _riding_outer(plan, section, t, k)
     ptrs = {}  # the riding ∂W's pointers: a buffer this kernel already takes (δ3 for δ·W3) keeps its parameter
     if outer is not None:
@@ -111,7 +111,7 @@ def emit_window_weight_grad_inline(plan: _Plan, a: Assign, producer: Kernel, bia
     return 0
 
 
-def _absorbed_rows(plan: _Plan, section: str, args: list, absorbed: set, o: int) -> dict | None:
+def _absorbed_rows(plan, section: str, args: list, absorbed: set, o: int) -> dict | None:
     """The row-complete kernel of the last dense layer (a3, the loss, δ3 = ∂L/∂f3: _row_epilogue), where the
     backward kernel being built is the backward's first and takes in everything that reads δ3: then the
     training step does that kernel's work here instead, per row tile, and launches it only for forward(),
@@ -163,7 +163,7 @@ def _absorbed_rows(plan: _Plan, section: str, args: list, absorbed: set, o: int)
                                                                         for a in rk.args)}
 
 
-def _riding_outer(plan: _Plan, section: str, t: TiledBody, k: dict) -> Kernel | None:
+def _riding_outer(plan, section: str, t: TiledBody, k: dict) -> Kernel | None:
     """The dense weight gradient ∂W = Σ_b δ[b] ⊗ f[b] emitted just before δ's producer, where f is the
     convolution's output itself (a flatten of it: the same columns, in the same order, as the tiles this
     kernel walks): its sums ride in this kernel, which holds f's tile anyway, so f is read once fewer and a

@@ -245,7 +245,7 @@ def tiny_conv_dL_dW1_kernel(
     # programs
     _cols_2 = tl.arange(0, 2)
     _cmask_2 = _cols_2 < 2
-    dL_df3_ptr = dL_df3_ptr + _wo * _B * 2
+    dL_df3_ptr = dL_df3_ptr + _wo * _B * 2  # this program's plane
     _loss = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for _b0 in range(_lo, _hi, BLOCK_B):
         _rows = _b0 + tl.arange(0, BLOCK_B)
