@@ -270,7 +270,9 @@ def lecture_convnet_dL_dW1_kernel(
             _cmask_10[None, :]))
         tl.store(dL_df3_ptr + _rows[:, None] * 10 + _cols_10[None, :], dL_df3,
             mask=_row_mask[:, None] & _cmask_10[None, :])
-        tl.debug_barrier()  # the loads of these rows below may run on other threads
+        # the loads of these rows below, and of the riding sums the last row tile stored, may run on
+        # other threads
+        tl.debug_barrier()
         for _p0 in range(0, 784, BLOCK_N):
             _pp = _p0 + tl.arange(0, BLOCK_N)
             _cols_4704 = _wo * 784 + _pp
@@ -302,8 +304,6 @@ def lecture_convnet_dL_dW1_kernel(
             _oat = _OGB_ptr + _s * _ROW + _oj
             _osum = tl.load(_oat, mask=_first & (_oj * 0 + _b0 > _lo), other=0.0)
             tl.store(_oat, _osum + tl.sum(_od, axis=0), mask=_first)
-            # the next tile's loads of these sums may run on other threads than these stores
-            tl.debug_barrier()
             _wd = tl.where(_row_mask[:, None] & _cmask_4704[None, :], delta1, 0.0)
             _accb += _wd
             _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))

@@ -304,3 +304,21 @@ def test_a_dense_weight_gradient_riding_in_the_convolutions_kernel_matches_torch
         x, y = verify.sample(net, rng, 37)
         tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)
         assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)
+
+
+def test_a_riding_weight_gradient_without_the_row_work_matches_torch_autograd(triton_device_name, monkeypatch):
+    """17 classes: the dense layer reads f1 itself (no split-K partials), so its row kernel keeps its launch
+    and ∂W3 rides alone in ∂W1's kernel, read-modify-written across row tiles.  Against torch.autograd."""
+    net = Network("plan_riding_wide", [Conv2d(2, 3, activation="relu"), Flatten(), Linear(17)],
+                  Port("x", (1, 7, 7)), Port("y", ()), loss=Loss("cross_entropy"))
+    plan = plan_triton(lower(derive(net), "<t>"))
+    assert "plan_riding_wide_dL_dW1_kernel: dL_dW1, dL_dW3, dL_db3, dL_df2, delta1, dL_db1" in plan.fusion
+    rng = np.random.default_rng(13)
+    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
+        trm = mods["triton"]
+        monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
+        monkeypatch.setattr(trm, "SPLITS", 2)
+        params = verify.random_params(mods["numpy"], rng)
+        x, y = verify.sample(net, rng, 37)
+        tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)
+        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)

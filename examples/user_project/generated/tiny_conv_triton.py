@@ -266,7 +266,9 @@ def tiny_conv_dL_dW1_kernel(
             _cmask_2[None, :]))
         tl.store(dL_df3_ptr + _rows[:, None] * 2 + _cols_2[None, :], dL_df3,
             mask=_row_mask[:, None] & _cmask_2[None, :])
-        tl.debug_barrier()  # the loads of these rows below may run on other threads
+        # the loads of these rows below, and of the riding sums the last row tile stored, may run on
+        # other threads
+        tl.debug_barrier()
         for _p0 in range(0, 16, BLOCK_N):
             _pp = _p0 + tl.arange(0, BLOCK_N)
             _cols_32 = _wo * 16 + _pp
@@ -298,8 +300,6 @@ def tiny_conv_dL_dW1_kernel(
             _oat = _OGB_ptr + _s * _ROW + _oj
             _osum = tl.load(_oat, mask=_first & (_oj * 0 + _b0 > _lo), other=0.0)
             tl.store(_oat, _osum + tl.sum(_od, axis=0), mask=_first)
-            # the next tile's loads of these sums may run on other threads than these stores
-            tl.debug_barrier()
             _wd = tl.where(_row_mask[:, None] & _cmask_32[None, :], delta1, 0.0)
             _accb += _wd
             _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))
