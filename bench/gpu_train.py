@@ -25,6 +25,14 @@ counted and the modeled eager/fused ratio with L2, and without it, to set beside
 
   python bench/gpu_train.py                       # the full table on a GPU (scripts/gpu-bench)
   python bench/gpu_train.py --tiny --interpret    # a smoke test on the CPU under the Triton interpreter
+
+With --specs, the networks of those spec files instead of the MLP grid (the convnets: per-layer kernels),
+each against the same network in eager PyTorch (derive.verify.reference's functional forward: F.conv2d,
+F.linear, the pooling and the loss, autograd, torch.optim.SGD at the module's learning rate) and
+torch.compile of that step:
+
+  python bench/gpu_train.py --specs examples/lecture_convnet.toml examples/lecture_convnet_pool.toml \
+      --log2-batches 10 12 14
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ def parse_args(argv=None):
     ap.add_argument("--interpret", action="store_true", help="TRITON_INTERPRET=1 on CPU tensors")
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting new rows after this many seconds")
     ap.add_argument("--json", help="write raw numbers here")
+    ap.add_argument("--specs", nargs="+", help="time these spec files' networks instead of the MLP grid")
     return ap.parse_args(argv)
 
 
@@ -57,7 +66,7 @@ def main(argv=None) -> int:
     if args.interpret:
         os.environ["TRITON_INTERPRET"] = "1"
     if args.tiny:
-        args.widths, args.depths, args.log2_batches = [16], [2], [5]
+        args.widths, args.depths, args.log2_batches = [16], [2], [2 if args.specs else 5]
     import torch
 
     from derive import Linear, Loss, Network, Port
@@ -78,6 +87,8 @@ def main(argv=None) -> int:
     ceilings = _ceilings(torch, device) if cuda else {"bandwidth_Bps": None, "flops": None, "tf32_flops": None}
     print(f"ceilings: {ceilings}")
     rows = []
+    if args.specs:
+        return _specs(args, torch, device, cuda, env, ceilings, rows, t0)
     header = ["width", "depth", "batch", "fused ms", *[f"{b}/fused" for b in args.baselines], "roofline",
               "model fused us (L2)", "model eager/fused (L2)", "model eager/fused (no L2)"]
     print(" | ".join(header))
@@ -105,6 +116,98 @@ def main(argv=None) -> int:
                               f"{row['model_eager_over_fused']:.2f}x"]
                     print(" | ".join(cells), flush=True)
     return _finish(args, env, ceilings, rows)
+
+
+def _specs(args, torch, device, cuda, env, ceilings, rows, t0) -> int:
+    """The --specs table: each spec's derive step (FlatState.step of its generated Triton module) against
+    the same network's eager PyTorch step and its compiled forms, and the model's figures beside them."""
+    from derive import load_spec
+    from derive.targets.modules import generated_modules
+
+    header = ["spec", "batch", "one step rel err", "derive ms", *[f"{b}/derive" for b in args.baselines],
+              "model derive us (L2)", "model eager/derive (L2)", "model eager/derive (no L2)"]
+    print(" | ".join(header))
+    for path in args.specs:
+        net = load_spec(path)
+        with generated_modules(net, "<bench>", ("triton",)) as mods:
+            trm = mods["triton"]
+            for lb in args.log2_batches:
+                if time.perf_counter() - t0 > args.budget_s:
+                    print(f"stopping: over the {args.budget_s:.0f} s budget")
+                    return _finish(args, env, ceilings, rows)
+                batch = 2**lb
+                row = _spec_row(torch, trm, net, batch, device, args, cuda)
+                row.update(_model(net, batch, torch, cuda))
+                rows.append(row)
+                cells = [net.name, f"2^{lb}", f"{row['one_step_rel_err']:.1e}", f"{row['fused_ms']:.4f}"]
+                cells += [_ratio(row.get(f"{b}_ms"), row["fused_ms"]) for b in args.baselines]
+                cells += [f"{row['model_fused_ms_l2'] * 1e3:.2f}", f"{row['model_eager_over_fused_l2']:.2f}x",
+                          f"{row['model_eager_over_fused']:.2f}x"]
+                print(" | ".join(cells), flush=True)
+    return _finish(args, env, ceilings, rows)
+
+
+def _spec_row(torch, trm, net, batch, device, args, cuda) -> dict:
+    from derive.verify import reference
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, *net.input.shape, generator=gen).to(device)
+    if net.loss.type == "cross_entropy":
+        y = torch.randint(0, net.info[-1].out_shape[0], (batch,), generator=gen).to(device)
+    else:
+        y = torch.randn(batch, *net.target.shape, generator=gen).to(device)
+    params = trm.init_params(0, device=device)
+    fs = trm.FlatState(params)
+    step = [0]
+
+    def fused():
+        step[0] += 1
+        fs.step(x, y, step[0])
+
+    reps = 1 if not cuda else 3
+    agree = _one_step_agreement(torch, trm, net, params, x, y)
+    row = {"spec": net.name, "batch": batch, "one_step_rel_err": agree,
+           "fused_ms": _timer(torch, fused, cuda, reps=reps)}
+    p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    opt = torch.optim.SGD(list(p.values()), lr=trm.HYPER.get("lr", 1e-3))  # the module's own learning rate
+
+    def eager():
+        opt.zero_grad(set_to_none=True)
+        ell = reference.per_sample_loss(net, reference.forward(net, p, x), y)
+        loss = ell.mean() if net.loss.reduction == "mean" else ell.sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    kw = {"eager": None, "compile": {}, "max-ac": {"mode": "max-autotune-no-cudagraphs"},
+          "reduce-oh": {"mode": "reduce-overhead"}}
+    for name in args.baselines:
+        if name == "reduce-oh" and (not cuda or batch > 2**args.reduce_overhead_max_log2):
+            continue
+        fn = eager if kw[name] is None else torch.compile(eager, **kw[name])
+        row[f"{name}_ms"] = _timer(torch, fn, cuda, reps=reps)
+    return row
+
+
+def _one_step_agreement(torch, trm, net, params, x, y) -> float:
+    """The largest relative difference between the parameters after one derive step and after one step of
+    torch.autograd in float64 (SGD at the module's learning rate), from the same start: what is timed is
+    checked first."""
+    from derive.verify import reference
+
+    fs = trm.FlatState(params)
+    fs.step(x, y, 1)
+    got = fs.params()
+    p64 = {k: v.detach().double() for k, v in params.items()}
+    _, grads, _ = reference.loss_and_grads(net, p64, x.double(), y if y.dtype == torch.long else y.double())
+    lr = trm.HYPER.get("lr", 1e-3)
+    worst = 0.0
+    for k, v in p64.items():
+        want = v - lr * grads[k]
+        worst = max(worst, float((got[k].double() - want).abs().max() / want.abs().max().clamp_min(1e-30)))
+    if worst > 1e-4:
+        print(f"WARNING: {net.name}: one derive step differs from float64 torch.autograd by {worst:.2e}")
+    return worst
 
 
 def _model(net, batch, torch, cuda) -> dict:

@@ -56,6 +56,24 @@ def test_gpu_bench_harness_runs_under_the_interpreter(tmp_path):
     assert rows and rows[0]["fused_ms"] > 0 and rows[0]["eager_ms"] > 0
 
 
+def test_gpu_bench_times_a_convnet_spec_after_checking_one_step(tmp_path):
+    """--specs: lecture_convnet's derive step (three launches) against its eager PyTorch step; one step of each
+    is checked against float64 torch.autograd before anything is timed."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_train.py"), "--tiny", "--interpret", "--baselines", "eager",
+         "--specs", str(ROOT / "examples" / "lecture_convnet.toml"), "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "eager/derive" in proc.stdout and "WARNING" not in proc.stdout
+    import json
+
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["spec"] == "lecture_convnet" and row["fused_ms"] > 0 and row["eager_ms"] > 0
+    assert row["one_step_rel_err"] < 1e-4
+
+
 def test_empty_batch_is_a_value_error_everywhere(triton_device_name):
     import torch
 
