@@ -584,6 +584,9 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _R = max(SPLIT_ROWS, triton.cdiv(_batch, SPLITS))  # batch rows per split of the gradient sums
     _splits = triton.cdiv(_batch, _R)
     _sums = _x.new_empty((_splits, N_PARAMS + 1), dtype=torch.float32)
+    # no kernel writes the loss entries, which the update kernel adds anyway
+    if with_grad and not with_loss:
+        _sums[:, N_PARAMS].zero_()
     _b_f1 = _x.new_empty((_batch, 1024), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 256), dtype=torch.float32)
     _b_dL_df4 = _x.new_empty((_batch, 10), dtype=torch.float32)
