@@ -157,17 +157,10 @@ def _spec_row(torch, trm, net, batch, device, args, cuda) -> dict:
     else:
         y = torch.randn(batch, *net.target.shape, generator=gen).to(device)
     params = trm.init_params(0, device=device)
-    fs = trm.FlatState(params)
-    step = [0]
-
-    def fused():
-        step[0] += 1
-        fs.step(x, y, step[0])
-
     reps = 1 if not cuda else 3
     agree = _one_step_agreement(torch, trm, net, params, x, y)
     row = {"spec": net.name, "batch": batch, "one_step_rel_err": agree,
-           "fused_ms": _timer(torch, fused, cuda, reps=reps)}
+           "fused_ms": _timer(torch, _derive_step(trm, params, x, y), cuda, reps=reps)}
     p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.SGD(list(p.values()), lr=trm.HYPER.get("lr", 1e-3))  # the module's own learning rate
 
@@ -179,13 +172,7 @@ def _spec_row(torch, trm, net, batch, device, args, cuda) -> dict:
         opt.step()
         return loss
 
-    kw = {"eager": None, "compile": {}, "max-ac": {"mode": "max-autotune-no-cudagraphs"},
-          "reduce-oh": {"mode": "reduce-overhead"}}
-    for name in args.baselines:
-        if name == "reduce-oh" and (not cuda or batch > 2**args.reduce_overhead_max_log2):
-            continue
-        fn = eager if kw[name] is None else torch.compile(eager, **kw[name])
-        row[f"{name}_ms"] = _timer(torch, fn, cuda, reps=reps)
+    row.update(_baselines(torch, eager, args, cuda, batch, reps))
     return row
 
 
@@ -285,19 +272,10 @@ def _row(torch, trm, net, width, depth, batch, device, args, cuda, ceilings):
     x = torch.randn(batch, width, generator=gen).to(device)
     y = torch.randn(batch, width, generator=gen).to(device)
     params = trm.init_params(0, device=device)
-    fs = trm.FlatState(params)
-    step = [0]
-
-    def fused():
-        step[0] += 1
-        fs.step(x, y, step[0])
-
-    row = {"width": width, "depth": depth, "batch": batch, "fused_ms": _timer(torch, fused, cuda, reps=3)}
-    for name in args.baselines:
-        if name == "reduce-oh" and (not cuda or batch > 2**args.reduce_overhead_max_log2):
-            continue
-        fn = _torch_step(torch, net, params, x, y, name)
-        row[f"{name}_ms"] = _timer(torch, fn, cuda, reps=3)
+    row = {"width": width, "depth": depth, "batch": batch,
+           "fused_ms": _timer(torch, _derive_step(trm, params, x, y), cuda, reps=3)}
+    eager = _torch_step(torch, net, params, x, y)
+    row.update(_baselines(torch, eager, args, cuda, batch, reps=3))
     if ceilings.get("flops"):
         macs = sum(w_in * w_out for w_in, w_out in _dims(net))
         flops = 6 * batch * macs  # forward 2, backward 4 per multiply-add
@@ -313,7 +291,7 @@ def _dims(net):
     return [(li.in_shape[0], li.out_shape[0]) for li in net.info]
 
 
-def _torch_step(torch, net, params, x, y, mode):
+def _torch_step(torch, net, params, x, y):
     layers = []
     for li in net.info:
         lin = torch.nn.Linear(li.in_shape[0], li.out_shape[0], device=x.device)
@@ -333,10 +311,36 @@ def _torch_step(torch, net, params, x, y, mode):
         opt.step()
         return loss
 
-    if mode == "eager":
-        return step
-    kw = {"compile": {}, "max-ac": {"mode": "max-autotune-no-cudagraphs"}, "reduce-oh": {"mode": "reduce-overhead"}}
-    return torch.compile(step, **kw[mode])
+    return step
+
+
+# each baseline: the eager step as it is, or torch.compile of it with these arguments
+COMPILED = {"eager": None, "compile": {}, "max-ac": {"mode": "max-autotune-no-cudagraphs"},
+            "reduce-oh": {"mode": "reduce-overhead"}}
+
+
+def _derive_step(trm, params, x, y):
+    """One call: one FlatState.step of the generated module (its step count going up)."""
+    fs = trm.FlatState(params)
+    step = [0]
+
+    def fused():
+        step[0] += 1
+        fs.step(x, y, step[0])
+
+    return fused
+
+
+def _baselines(torch, eager, args, cuda, batch, reps) -> dict:
+    """The chosen baselines' median ms: the eager step and its compiled forms (CUDA graphs on a GPU, up to
+    --reduce-overhead-max-log2 rows)."""
+    out = {}
+    for name in args.baselines:
+        if name == "reduce-oh" and (not cuda or batch > 2**args.reduce_overhead_max_log2):
+            continue
+        fn = eager if COMPILED[name] is None else torch.compile(eager, **COMPILED[name])
+        out[f"{name}_ms"] = _timer(torch, fn, cuda, reps=reps)
+    return out
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def emit_window_weight_grad_inline(plan, a: Assign, producer: Kernel, bias: Assi
             ptrs[name] = have or name
             if have is None:
                 args.append((name, *arg[1:]))
-    computes = (producer.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"), *producer.computes,
+    computes = (producer.head(plan.ir.name), *producer.computes,
                 *((bias.name,) if bias else ()))
     done = {a.name, *((bias.name,) if bias else ()), computes[0], *producer.computes}  # what this kernel computes
     done |= {outer.outer["head"], *outer.computes} if outer else set()
@@ -155,7 +155,7 @@ def _absorbed_rows(plan, section: str, args: list, absorbed: set, o: int) -> dic
     cols = [f"_cols_{w} = tl.arange(0, {pow2(w)})", f"_cmask_{w} = _cols_{w} < {w}"]
     return {"args": out, "ptr": ptr[0], "width": w, "cols": cols, "lines": (*rk.tile.loads, *rk.tile.lines),
             "loss": loss.compute, "loss_name": plan.ir.loss.name, "grad": grad.compute, "store": store,
-            "computes": (rk.name.removeprefix(f"{plan.ir.name}_").removesuffix("_kernel"),
+            "computes": (rk.head(plan.ir.name),
                          *(c for c in rk.computes if c != plan.ir.output.name)),
             # δ3's planes written and read, and the partial sums of a3 read by every filter's program but the
             # first from L2

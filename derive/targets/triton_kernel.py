@@ -46,6 +46,10 @@ class Kernel:
     training: bool = True  # launched by a training step (derive inspect's model)
     loss: bool = False  # writes each split's loss into its row of partial sums (no loss-sum launch)
 
+    def head(self, net: str) -> str:
+        """The assignment the kernel is named after (derive inspect's phase line starts with it)."""
+        return self.name.removeprefix(f"{net}_").removesuffix("_kernel")
+
 
 @dataclass(frozen=True)
 class TiledBody:

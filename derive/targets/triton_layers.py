@@ -345,7 +345,7 @@ class _Plan:
             "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
             "kc": "_matvec_cols" in pr.helpers, "epilogue": parts, "flags": [(f, FLAGS[f][1]) for f, _ in epilogue],
         })
-        tiles = (block_n, min(pow2(width), WIDE_N)) if chunked and width else None
+        tiles = _column_tiles(width, block_n) if chunked and width else None
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         stored = tuple(a.name for a in outs if out_ptr is None and self._needs_store(a.name, here))
@@ -528,6 +528,12 @@ class SplitK:
     blocks: tuple
 
 
+def _column_tiles(width: int, block_n: int) -> tuple:
+    """A column-tiled kernel's columns per program: (on CUDA, on CPU tensors, where one wide tile holds up to
+    WIDE_N)."""
+    return block_n, min(pow2(width), WIDE_N)
+
+
 def _split_k(plan: _Plan, head: Assign, rest: list[Assign], width: int, block_n: int, section: str, extra: tuple,
              head_args: list) -> tuple:
     """The split-K merge (the module docstring) for the kernel of ``head`` and ``rest``, tiled over ``width``
@@ -555,7 +561,7 @@ def _split_k(plan: _Plan, head: Assign, rest: list[Assign], width: int, block_n:
             or pow2(shape[0]) > SPLIT_J or f in expr.xreplace({mats[0]: sp.S.Zero}).free_symbols):
         return tuple(extra), list(head_args), 0
     j = shape[0]
-    tiles = (block_n, min(pow2(width), WIDE_N))  # the kernel's column tiles (tiled()'s), on CUDA and on CPU
+    tiles = _column_tiles(width, block_n)  # the kernel's, as tiled() launches it
     blocks = f"triton.cdiv({width}, {_bn(tiles)})"
     split = SplitK(f"{nxt.name}_part", f"{nxt.name}_blocks", j, tuple(-(-width // t) for t in tiles))
     plan.partials[(w.name, f.name)] = split
@@ -1170,7 +1176,7 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
                 [{"_BLOCK": "1024"}])
     ctx.update(compile_specs(ir, [*(_spec(k) for k in plan.kernels), loss_sum]))
     text = _env().get_template("triton_module.py.jinja").render(**ctx)
-    fusion = tuple(f"{k.name}: " + ", ".join([k.name.removeprefix(f"{ir.name}_").removesuffix("_kernel"), *k.computes])
+    fusion = tuple(f"{k.name}: " + ", ".join([k.head(ir.name), *k.computes])
                    + ("" if k.training else " (forward(), loss() and intermediates() only: a training step's backward "
                       "kernel does its work)") for k in plan.kernels)
     return TritonPlan(text, (), BLOCK_B, NUM_WARPS, kernels=tuple(_traffic(plan, k) for k in plan.kernels), fusion=fusion)
