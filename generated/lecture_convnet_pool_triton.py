@@ -48,6 +48,7 @@ N_PARAMS = 12226  # all parameters, flattened in PARAM_SHAPES order
 # pays per program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on
 # the CPU too.
 CPU_WIDE_TILES = True
+WIDE_SPLIT_ROWS = 32  # there the batch splits of the gradient sums take at least this many rows
 
 
 @triton.jit
@@ -110,28 +111,43 @@ def _vecmat_cols(D_ptr, I: tl.constexpr, W_ptr, J: tl.constexpr, _rows, _row_mas
 
 
 @triton.jit
-def lecture_convnet_pool_a1_kernel(
+def lecture_convnet_pool_f2_kernel(
     X_ptr,  # x, (batch, 3, 32, 32) float32
     W_ptr,  # parameter W1, (6, 3, 5, 5)
     BIAS_ptr,  # parameter b1, (6,)
     f1_ptr,  # f1, (batch, 6, 28, 28) float32
+    W4_ptr,  # parameter W4, (10, 1176)
+    a4_part_ptr,  # Σ_k W4[j, k]·f2[k] per column block, (blocks, batch, 10) float32
+    f2_ptr,  # f2, (batch, 6, 14, 14) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_N: tl.constexpr,  # output elements per program
 ):
-    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_4704 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_4704 = _cols_4704 < 4704
+    _cols_1176 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _cmask_1176 = _cols_1176 < 1176
+    # a1[o, i, j] = Σ_{c,p,q} W1[o, c, p, q]·x[c, i + p, j + q] + b1[o]
+    # at the pooling's window positions: the tile's BLOCK_N * 4 columns run window by window (4
+    # positions each, every position in one window), f1 stored there for the backward, then each
+    # window's maximum
+    _pt = tl.arange(0, BLOCK_N * 4)
+    # the pooled position of each column, and its offset
+    _pq = tl.program_id(1) * BLOCK_N + _pt // 4
+    _pc = _pq // 196
+    _pi = _pq // 14 % 14 * 2 + _pt % 4 // 2
+    _pj = _pq % 14 * 2 + _pt % 2
+    _cols_4704 = _pc * 784 + _pi * 28 + _pj
+    _cmask_4704 = _pq < 1176
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every
     # pass's addresses live: 255 registers); the padding is read through masks (zero outside the
     # input)
     _o = _cols_4704 // 784
     _i = _cols_4704 // 28 % 28
     _j = _cols_4704 % 28
-    a1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    a1 = tl.zeros((BLOCK_B, BLOCK_N * 4), dtype=tl.float32)
     for _c in range(3):
         for _p in range(5):
             for _q in range(5):
@@ -146,37 +162,8 @@ def lecture_convnet_pool_a1_kernel(
     f1 = tl.maximum(a1, 0.0)  # f1[o, i, j] = max(0, a1[o, i, j])
     tl.store(f1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :], f1,
         mask=_row_mask[:, None] & _cmask_4704[None, :])
-
-
-@triton.jit
-def lecture_convnet_pool_f2_kernel(
-    X_ptr,  # f1, (batch, 6, 28, 28) float32
-    W4_ptr,  # parameter W4, (10, 1176)
-    a4_part_ptr,  # Σ_k W4[j, k]·f2[k] per column block, (blocks, batch, 10) float32
-    f2_ptr,  # f2, (batch, 6, 14, 14) float32
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-):
     # f2[c, i, j] = max_{p,q} f1[c, 2·i + p, 2·j + q]
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_1176 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_1176 = _cols_1176 < 1176
-    # each output element reduces its kh × kw window; padding reads as −inf
-    _c = _cols_1176 // 196
-    _i = _cols_1176 // 14 % 14
-    _j = _cols_1176 % 14
-    f2 = tl.full((BLOCK_B, BLOCK_N), -float("inf"), dtype=tl.float32)
-    for _p in tl.static_range(2):
-        for _q in tl.static_range(2):
-            _hh = _i * 2 + _p - 0
-            _ww = _j * 2 + _q - 0
-            _ok = _cmask_1176 & (_hh >= 0) & (_hh < 28) & (_ww >= 0) & (_ww < 28)
-            _v = tl.load(X_ptr + _rows[:, None] * 4704 + (_c * 784 + _hh * 28 + _ww)[None, :],
-                         mask=_row_mask[:, None] & _ok[None, :], other=-float("inf"))
-            f2 = tl.maximum(f2, _v)
+    f2 = tl.max(tl.reshape(f1, (BLOCK_B, BLOCK_N, 4)), axis=2)
     tl.store(f2_ptr + _rows[:, None] * 1176 + _cols_1176[None, :], f2,
         mask=_row_mask[:, None] & _cmask_1176[None, :])
     _partials_store(f2, W4_ptr, 1176, 10, 16, _cols_1176, _cmask_1176, a4_part_ptr,
@@ -231,65 +218,6 @@ def lecture_convnet_pool_a4_kernel(
 
 
 @triton.jit
-def lecture_convnet_pool_dL_dW4_kernel(
-    D_ptr,  # dL_df4, (batch, 10) float32
-    F_ptr,  # f2, (batch, 1176) float32
-    G_ptr,  # ∂L/∂W4, (10, 1176) float32: written once
-    GB_ptr,  # ∂L/∂b4, (10,) float32: written once
-    _B,  # batch size
-    _R,  # batch rows per split
-    _ROW,  # floats per row of partial sums
-    BLOCK_J: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch
-    # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch
-    # one (BLOCK_J, BLOCK_K) block of the gradient per program and split of the batch, one rank-1
-    # update per batch row of the split in order, written to the split's row of partial sums
-    _jj = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
-    _kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    _s = tl.program_id(2)
-    _j_ok = _jj < 10
-    _k_ok = _kk < 1176
-    # ∂L/∂b4 is the weight of a constant input 1, column 1176: the program that owns it reads
-    # the δ rows it already reads and takes 1 for f there (one pass over δ serves both)
-    _one = _kk == 1176
-    _acc = tl.zeros((BLOCK_J, BLOCK_K), dtype=tl.float32)
-    for _b in range(_s * _R, tl.minimum(_s * _R + _R, _B)):
-        _dv = tl.load(D_ptr + _b * 10 + _jj, mask=_j_ok, other=0.0)
-        _fv = tl.load(F_ptr + _b * 1176 + _kk, mask=_k_ok, other=0.0)
-        _fv = tl.where(_one, 1.0, _fv)
-        _acc += _dv[:, None] * _fv[None, :]
-    _row = _s * _ROW  # the split's row of partial sums
-    tl.store(G_ptr + _row + _jj[:, None] * 1176 + _kk[None, :], _acc,
-        mask=_j_ok[:, None] & _k_ok[None, :])
-    tl.store(GB_ptr + _row + _jj[:, None] + _kk[None, :] * 0, _acc,
-        mask=_j_ok[:, None] & _one[None, :])
-
-
-@triton.jit
-def lecture_convnet_pool_dL_df3_kernel(
-    dL_df4_ptr,  # dL_df4, (batch, 10) float32
-    W4_ptr,  # parameter W4, (10, 1176)
-    dL_df3_ptr,  # dL_df3, (batch, 1176) float32
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-):
-    # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_1176 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_1176 = _cols_1176 < 1176
-    # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
-    dL_df3 = _vecmat_cols(dL_df4_ptr, 10, W4_ptr, 1176, _rows, _row_mask, _cols_1176, _cmask_1176,
-        BLOCK_B, BLOCK_N)
-    tl.store(dL_df3_ptr + _rows[:, None] * 1176 + _cols_1176[None, :], dL_df3,
-        mask=_row_mask[:, None] & _cmask_1176[None, :])
-
-
-@triton.jit
 def lecture_convnet_pool_dL_dW1_kernel(
     G_ptr,  # dL_df3, (batch, 1176) float32
     X_ptr,  # f1, (batch, 6, 28, 28) float32
@@ -297,22 +225,37 @@ def lecture_convnet_pool_dL_dW1_kernel(
     _X_ptr,  # x, (batch, 3, 32, 32) float32
     _G_ptr,  # ∂L/∂W1, (6, 3, 5, 5) float32: written once
     _GB_ptr,  # ∂L/∂b1, (6,) float32: written once
+    dL_df4_ptr,  # dL_df4, one (batch, 10) plane per program's filter (scratch)
+    W4_ptr,  # parameter W4, (10, 1176)
+    dL_df3_ptr,  # dL_df3, (batch, 1176) float32
+    _OF_ptr,  # f2, (batch, 6, 14, 14) float32
+    _OG_ptr,  # ∂L/∂W4, (10, 1176) float32: written once
+    _OGB_ptr,  # ∂L/∂b4, (10,) float32: written once
+    a4_part_ptr,  # Σ_k W4[j, k]·f2[k] per column block, (blocks, batch, 10) float32
+    a4_blocks,  # f2's column blocks: a4_part's first axis
+    b4_ptr,  # parameter b4, (10,)
+    y_ptr,  # target y, (batch,) class indices
+    _LOSS_ptr,  # the loss, one entry per row of partial sums
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     _R,  # batch rows per split
     _ROW,  # floats per row of partial sums
     BLOCK_B: tl.constexpr,  # batch rows per tile
-    BLOCK_N: tl.constexpr,  # positions (i, j) per tile
+    # columns per tile: FILTERS filters' blocks of BLOCK_N // FILTERS positions (i, j)
+    BLOCK_N: tl.constexpr,
     BLOCK_G: tl.constexpr,  # the (c, q) pairs of a kernel row, 15 padded to a power of two
+    # output channels per program (1 on CUDA; on CPU tensors all, for the interpreter)
+    FILTERS: tl.constexpr,
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     # with δ1 computed here, tile by tile (δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1), never stored:
-    # one program per output channel o and split of the batch; it walks its split's rows and
-    # every block of positions, and sums δ times the windows into one (c, q) × tile sum per
-    # kernel row p, written once to its split's row of partial sums (no atomics: the same
-    # inputs give the same bits)
-    _wo = tl.program_id(0)
+    # one program per FILTERS output channels o and split of the batch; it walks its split's
+    # rows and every block of positions, and sums δ times the windows into one (c, q) × tile
+    # sum per kernel row p, added per filter and written once to its split's row of partial
+    # sums (no atomics: the same inputs give the same bits)
+    _wo = tl.program_id(0) * FILTERS  # the program's first filter
+    _np: tl.constexpr = BLOCK_N // FILTERS  # positions per filter in a tile
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
@@ -327,13 +270,76 @@ def lecture_convnet_pool_dL_dW1_kernel(
     _acc4 = tl.zeros((BLOCK_G, BLOCK_B * BLOCK_N), dtype=tl.float32)
     _accb = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     _wt = tl.arange(0, BLOCK_B * BLOCK_N)  # the tile flattened: row-major, as tl.reshape orders it
+    # the training step's a4, loss_per_sample, dL_df4 per row tile here, each program into its own
+    # plane of dL_df4_ptr (the lines below read it from memory); the loss summed by filter 0's
+    # programs
+    _cols_10 = tl.arange(0, 16)
+    _cmask_10 = _cols_10 < 10
+    dL_df4_ptr = dL_df4_ptr + _wo * _B * 10  # this program's plane
+    _loss = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for _b0 in range(_lo, _hi, BLOCK_B):
         _rows = _b0 + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _hi
-        for _p0 in range(0, 784, BLOCK_N):
-            _pp = _p0 + tl.arange(0, BLOCK_N)
-            _cols_4704 = _wo * 784 + _pp
-            _cmask_4704 = _pp < 784
+        b4 = tl.load(b4_ptr + _cols_10, mask=_cmask_10, other=0.0)
+        # a4[j] = Σ_k W4[j, k]·f3[k] + b4[j]
+        a4 = b4 + _partials_sum(a4_part_ptr, a4_blocks, 10, _rows, _row_mask, _cols_10, _cmask_10,
+            _B, BLOCK_B, 16)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ℓ for each sample
+        loss_per_sample = _logsumexp(a4,
+            _cmask_10[None, :]) - tl.sum(
+            tl.where(_cmask_10[None, :], a4*tl.where(y[:, None] == _cols_10[None, :], 1.0, 0.0),
+            0.0), axis=1)
+        _loss += tl.where(_row_mask, loss_per_sample, 0.0)
+        y = tl.load(y_ptr + _rows, mask=_row_mask, other=0)
+        # ∂L/∂f4 of the loss, times 1/B for the batch mean (or 1 for the sum)
+        dL_df4 = _scale*(-tl.where(y[:, None] == _cols_10[None, :], 1.0, 0.0) + _softmax(a4,
+            _cmask_10[None, :]))
+        tl.store(dL_df4_ptr + _rows[:, None] * 10 + _cols_10[None, :], dL_df4,
+            mask=_row_mask[:, None] & _cmask_10[None, :])
+        # the loads of these rows below, and of the riding sums the last row tile stored, may run on
+        # other threads
+        tl.debug_barrier()
+        # dL_df3 over this program's filters' 196 pooled positions each, stored for the gather
+        # below (which reads only what this program stores: its channels, its rows)
+        for _p0 in range(0, 196, _np):
+            _pf = _wo + tl.arange(0, BLOCK_N) // _np
+            _pp = _p0 + tl.arange(0, BLOCK_N) % _np
+            _cols_1176 = _pf * 196 + _pp
+            _cmask_1176 = (_pp < 196) & (_pf < 6)
+            # ∂L/∂f3[j] = δ4 · ∂a4/∂f3
+            dL_df3 = _vecmat_cols(dL_df4_ptr, 10, W4_ptr, 1176, _rows, _row_mask, _cols_1176,
+                _cmask_1176, BLOCK_B, BLOCK_N)
+            tl.store(dL_df3_ptr + _rows[:, None] * 1176 + _cols_1176[None, :], dL_df3,
+                mask=_row_mask[:, None] & _cmask_1176[None, :])
+            # not the split's first tile (a vector, to be a mask under the interpreter)
+            _later = _pp * 0 + _b0 > _lo
+            # ∂L/∂W4[j, k] = δ4 · ∂a4/∂W4, summed over the batch: this program's columns
+            # (its filter's) of its split's row, plus the tile's Σ_b dL_df4[b, j]·f2[b, k],
+            # read-modify-written (no other program writes them; the split's first tile
+            # starts them from zero)
+            _of = tl.load(_OF_ptr + _rows[:, None] * 1176 + _cols_1176[None, :],
+                          mask=_row_mask[:, None] & _cmask_1176[None, :], other=0.0)
+            for _oj in range(10):
+                _od = tl.load(dL_df4_ptr + _rows * 10 + _oj, mask=_row_mask, other=0.0)
+                _oat = _OG_ptr + _s * _ROW + _oj * 1176 + _cols_1176
+                _osum = tl.load(_oat, mask=_cmask_1176 & _later, other=0.0)
+                tl.store(_oat, _osum + tl.sum(_od[:, None] * _of, axis=0), mask=_cmask_1176)
+            # ∂L/∂b4[j] = δ4 · ∂a4/∂b4, summed over the batch: by the split's program of
+            # filter 0, at its first positions
+            _oj = tl.arange(0, 16)
+            _first = (_oj < 10) & (_oj * 0 + _wo + _p0 == 0)
+            _od = tl.load(dL_df4_ptr + _rows[:, None] * 10 + _oj[None, :],
+                          mask=_row_mask[:, None] & _first[None, :], other=0.0)
+            _oat = _OGB_ptr + _s * _ROW + _oj
+            _osum = tl.load(_oat, mask=_first & (_oj * 0 + _b0 > _lo), other=0.0)
+            tl.store(_oat, _osum + tl.sum(_od, axis=0), mask=_first)
+        tl.debug_barrier()  # the gather's loads below may run on other threads than these stores
+        for _p0 in range(0, 784, _np):
+            _pf = _wo + tl.arange(0, BLOCK_N) // _np  # each column's filter and position
+            _pp = _p0 + tl.arange(0, BLOCK_N) % _np
+            _cols_4704 = _pf * 784 + _pp
+            _cmask_4704 = (_pp < 784) & (_pf < 6)
             # a gather per input element (c, h, w) over the windows (i, j) that cover it, at offset
             # (p, q) the window's maximum is found again, first in row-major order on ties (NumPy's
             # argmax, PyTorch's routing)
@@ -375,7 +381,7 @@ def lecture_convnet_pool_dL_dW1_kernel(
             _accb += _wd
             _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))
             _wb = _b0 + _wt // BLOCK_N
-            _wpos = _p0 + _wt % BLOCK_N
+            _wpos = _p0 + _wt % _np
             _wi = _wpos // 28 * 1 - 0  # the window's first row in the unpadded input
             _wj = (_wpos % 28 * 1 - 0)[None, :] + _wq[:, None]
             _wm = _wg_ok[:, None] & ((_wb < _hi) & (_wpos < 784))[None, :] & (_wj >= 0) & (_wj < 32)
@@ -400,13 +406,26 @@ def lecture_convnet_pool_dL_dW1_kernel(
             _wx = tl.load(_wat + (_wh * 32)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 32))[None, :],
                           other=0.0)
             _acc4 += _wd[None, :] * _wx
-    _wat = _G_ptr + _s * _ROW + _wo * 75 + _wc * 25 + _wq
-    tl.store(_wat + 0, tl.sum(_acc0, axis=1), mask=_wg_ok)
-    tl.store(_wat + 5, tl.sum(_acc1, axis=1), mask=_wg_ok)
-    tl.store(_wat + 10, tl.sum(_acc2, axis=1), mask=_wg_ok)
-    tl.store(_wat + 15, tl.sum(_acc3, axis=1), mask=_wg_ok)
-    tl.store(_wat + 20, tl.sum(_acc4, axis=1), mask=_wg_ok)
-    tl.store(_GB_ptr + _s * _ROW + _wo, tl.sum(tl.sum(_accb, axis=1), axis=0))
+    _fo = _wo + tl.arange(0, FILTERS)
+    _wat = _G_ptr + _s * _ROW + _fo[None, :] * 75 + (_wc * 25 + _wq)[:, None]
+    _wm = _wg_ok[:, None] & (_fo < 6)[None, :]
+    _acc0 = tl.reshape(_acc0, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 0, tl.sum(tl.sum(_acc0, axis=3), axis=1), mask=_wm)
+    _acc1 = tl.reshape(_acc1, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 5, tl.sum(tl.sum(_acc1, axis=3), axis=1), mask=_wm)
+    _acc2 = tl.reshape(_acc2, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 10, tl.sum(tl.sum(_acc2, axis=3), axis=1), mask=_wm)
+    _acc3 = tl.reshape(_acc3, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 15, tl.sum(tl.sum(_acc3, axis=3), axis=1), mask=_wm)
+    _acc4 = tl.reshape(_acc4, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 20, tl.sum(tl.sum(_acc4, axis=3), axis=1), mask=_wm)
+    _accb = tl.sum(tl.reshape(_accb, (BLOCK_B, FILTERS, _np)), axis=2)
+    tl.store(_GB_ptr + _s * _ROW + _fo, tl.sum(_accb, axis=0), mask=_fo < 6)
+    # the split's loss, by its program of filter 0 (a vector store: a masked scalar is no mask under
+    # the interpreter)
+    _one = tl.arange(0, 2)
+    tl.store(_LOSS_ptr + _s * _ROW + _one, tl.sum(_loss, axis=0) * _scale + _one * 0.0,
+             mask=(_one == 0) & (_one * 0 + _wo == 0))
 
 
 @triton.jit
@@ -468,26 +487,20 @@ def lecture_convnet_pool_update_kernel(
 # options num_warps, num_stages and maxnreg (None: left out).  `derive inspect` compiles them and
 # reports registers, spills, shared memory and compile time.
 _SIGNATURES = {
-    "lecture_convnet_pool_a1_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "f1_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr"},
-    "lecture_convnet_pool_f2_kernel": {"X_ptr": "*fp32", "W4_ptr": "*fp32", "a4_part_ptr": "*fp32",
-        "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr"},
+    "lecture_convnet_pool_f2_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
+        "f1_ptr": "*fp32", "W4_ptr": "*fp32", "a4_part_ptr": "*fp32", "f2_ptr": "*fp32",
+        "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr"},
     "lecture_convnet_pool_a4_kernel": {"a4_part_ptr": "*fp32", "a4_blocks": "i32",
         "b4_ptr": "*fp32", "_OUT_ptr": "*fp32", "_PART_ptr": "*fp32", "y_ptr": "*i64",
         "dL_df4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "OUT": "constexpr", "LOSS": "constexpr", "GRAD": "constexpr"},
-    "lecture_convnet_pool_dL_dW4_kernel": {"D_ptr": "*fp32", "F_ptr": "*fp32", "G_ptr": "*fp32",
-        "GB_ptr": "*fp32", "_B": "i32", "_R": "i32", "_ROW": "i32", "BLOCK_J": "constexpr",
-        "BLOCK_K": "constexpr"},
-    "lecture_convnet_pool_dL_df3_kernel": {"dL_df4_ptr": "*fp32", "W4_ptr": "*fp32",
-        "dL_df3_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr"},
     "lecture_convnet_pool_dL_dW1_kernel": {"G_ptr": "*fp32", "X_ptr": "*fp32", "f1_ptr": "*fp32",
-        "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_B": "i32", "_scale": "fp32",
-        "_R": "i32", "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr",
-        "BLOCK_G": "constexpr"},
+        "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "dL_df4_ptr": "*fp32",
+        "W4_ptr": "*fp32", "dL_df3_ptr": "*fp32", "_OF_ptr": "*fp32", "_OG_ptr": "*fp32",
+        "_OGB_ptr": "*fp32", "a4_part_ptr": "*fp32", "a4_blocks": "i32", "b4_ptr": "*fp32",
+        "y_ptr": "*i64", "_LOSS_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "_R": "i32",
+        "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr",
+        "FILTERS": "constexpr"},
     "lecture_convnet_pool_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32",
         "_N": "i32", "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "lecture_convnet_pool_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
@@ -495,13 +508,9 @@ _SIGNATURES = {
         "MODE": "constexpr", "_BLOCK": "constexpr"},
 }
 COMPILE_SPECS = [
-    {"kernel": "lecture_convnet_pool_a1_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_a1_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_f2_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_f2_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_a4_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
@@ -513,28 +522,12 @@ COMPILE_SPECS = [
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_a4_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": False, "GRAD": True},
+        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": False, "GRAD": True},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_a4_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": False, "LOSS": True, "GRAD": True},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_a4_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_a4_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": True, "GRAD": True},
-        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_dL_dW4_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_dL_dW4_kernel"],
-        "constexprs": {"BLOCK_J": 16, "BLOCK_K": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "lecture_convnet_pool_dL_df3_kernel",
-        "signature": _SIGNATURES["lecture_convnet_pool_dL_df3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 128}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_dL_dW1_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 16}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 16, "FILTERS": 1},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_pool_loss_sum_kernel",
         "signature": _SIGNATURES["lecture_convnet_pool_loss_sum_kernel"],
         "constexprs": {"_BLOCK": 1024}, "num_warps": NUM_WARPS, "num_stages": NUM_STAGES,
@@ -586,17 +579,15 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
-    _R = max(SPLIT_ROWS, triton.cdiv(_batch, SPLITS))  # batch rows per split of the gradient sums
+    # batch rows per split
+    _R = max(WIDE_SPLIT_ROWS if _wide else SPLIT_ROWS, triton.cdiv(_batch, SPLITS))
     _splits = triton.cdiv(_batch, _R)
     _sums = _x.new_empty((_splits, N_PARAMS + 1), dtype=torch.float32)
-    # no kernel writes the loss entries, which the update kernel adds anyway
-    if with_grad and not with_loss:
-        _sums[:, N_PARAMS].zero_()
     _b_f1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
     _b_f2 = _x.new_empty((_batch, 1176), dtype=torch.float32)
     _b_dL_df4 = _x.new_empty((_batch, 10), dtype=torch.float32)
     # W·f's partial sums, per column block
-    _k_a4 = _x.new_empty((triton.cdiv(1176, (2048 if _wide else 64)), _batch, 10),
+    _k_a4 = _x.new_empty((triton.cdiv(1176, (2048 if _wide else 16)), _batch, 10),
         dtype=torch.float32)
     # lecture_convnet_pool_a4_kernel computes ŷ, the loss or the first gradient lines in its
     # epilogue, each part under its flag: what a part that is off would read or write is a stand-in
@@ -604,44 +595,36 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _y = y.contiguous() if y is not None else _x
     _out = out if out is not None else _sums
     _part = _x.new_empty(triton.cdiv(_batch, _blk), dtype=torch.float32) if with_loss else _sums
-    lecture_convnet_pool_a1_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(4704, (8192 if _wide
-        else 64)))](
-        _x, _p["W1"], _p["b1"], _b_f1, _batch, _scale, BLOCK_B=_blk,
-            BLOCK_N=(8192 if _wide else 64),
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     lecture_convnet_pool_f2_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(1176, (2048 if _wide
-        else 64)))](
-        _b_f1, _p["W4"], _k_a4, _b_f2, _batch, _scale, BLOCK_B=_blk,
-            BLOCK_N=(2048 if _wide else 64),
+        else 16)))](
+        _x, _p["W1"], _p["b1"], _b_f1, _p["W4"], _k_a4, _b_f2, _batch, _scale, BLOCK_B=_blk,
+            BLOCK_N=(2048 if _wide else 16),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    lecture_convnet_pool_a4_kernel[(triton.cdiv(_batch, _blk),)](
-        _k_a4, triton.cdiv(1176, (2048 if _wide else 64)), _p["b4"], _out, _part, _y, _b_dL_df4,
-            _batch, _scale, BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    # a training step does its work in the backward
+    if out is not None or (with_loss and not with_grad) or inter is not None:
+        lecture_convnet_pool_a4_kernel[(triton.cdiv(_batch, _blk),)](
+            _k_a4, triton.cdiv(1176, (2048 if _wide else 16)), _p["b4"], _out, _part, _y, _b_dL_df4,
+                _batch, _scale, BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss and not with_grad,
+                GRAD=inter is not None,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
         inter.update({"f1": _b_f1, "f2": _b_f2, "dL_df4": _b_dL_df4})
     if not (with_loss or with_grad):
         return _sums, _splits
-    if with_loss:
+    if with_loss and not with_grad:  # with the gradients, the backward writes the loss per split
         lecture_convnet_pool_loss_sum_kernel[(1,)](
             _part, _sums[0, N_PARAMS:], _part.numel(), _splits, N_PARAMS + 1, _BLOCK=1024,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if with_grad:
         _g = _flat_views(_sums[0, :N_PARAMS])
         _b_dL_df3 = _x.new_empty((_batch, 1176), dtype=torch.float32)
-        lecture_convnet_pool_dL_dW4_kernel[
-            (triton.cdiv(10, 16), triton.cdiv(1177, (2048 if _wide else 64)), _splits)](
-            _b_dL_df4, _b_f2, _g["W4"], _g["b4"], _batch, _R, N_PARAMS + 1, BLOCK_J=16,
-                BLOCK_K=(2048 if _wide else 64),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_df3_kernel[
-            (triton.cdiv(_batch, _blk), triton.cdiv(1176, (2048 if _wide else 128)))](
-            _b_dL_df4, _p["W4"], _b_dL_df3, _batch, _scale, BLOCK_B=_blk,
-                BLOCK_N=(2048 if _wide else 128),
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        lecture_convnet_pool_dL_dW1_kernel[(6, _splits)](
-            _b_dL_df3, _b_f1, _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R, N_PARAMS + 1,
-                BLOCK_B=(8 if _wide else 8), BLOCK_N=(1024 if _wide else 8), BLOCK_G=16,
+        # dL_df4: each filter's program's own rows
+        _s_dL_df4 = _x.new_empty((6 * _batch, 10), dtype=torch.float32)
+        lecture_convnet_pool_dL_dW1_kernel[(1 if _wide else 6, _splits)](
+            _b_dL_df3, _b_f1, _b_f1, _x, _g["W1"], _g["b1"], _s_dL_df4, _p["W4"], _b_dL_df3, _b_f2,
+                _g["W4"], _g["b4"], _k_a4, triton.cdiv(1176, (2048 if _wide else 16)), _p["b4"], _y,
+                _sums[0, N_PARAMS:], _batch, _scale, _R, N_PARAMS + 1, BLOCK_B=(8 if _wide else 8),
+                BLOCK_N=(8192 if _wide else 8), BLOCK_G=16, FILTERS=(8 if _wide else 1),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"dL_df3": _b_dL_df3})
@@ -659,16 +642,22 @@ def _per_sample(params, x, y):
     return _inter, _sums, _np
 
 
-def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
+def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=(), loss_only=False):
     """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
     takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
-    the loss goes to ``loss``."""
-    _n = flat.numel()
+    the loss goes to ``loss``.  ``loss_only``: the rows hold no gradient sums (no kernel wrote
+    them), so only the loss entries are added."""
+    _n = 0 if loss_only else flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1
-    lecture_convnet_pool_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+    # off CUDA, blocks of up to 2^16: the interpreter pays per program (lecture_convnet's 47k
+    # parameters were 370 programs and 0.7 s a step)
+    _block = UPDATE_BLOCK if flat.is_cuda else min(max(triton.next_power_of_2(_n), UPDATE_BLOCK),
+        1 << 16)
+    # program 0 adds the loss
+    lecture_convnet_pool_update_kernel[(max(1, triton.cdiv(_n, _block)),)](
         flat, part, programs, loss, *_state, _n, float(lr), *map(float, _scalars), MODE=mode,
-        _BLOCK=UPDATE_BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
+        _BLOCK=_block, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
     )
 
 
@@ -682,7 +671,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, 
         return
     _g = x.new_empty(N_PARAMS, dtype=torch.float32)
     _total = x.new_empty(1, dtype=torch.float32)
-    _update(_g, _part, _np, _total, 0)
+    _update(_g, _part, _np, _total, 0, loss_only=grads is None)
     if grads is not None:
         for _name, _view in _flat_views(_g).items():
             grads[_name].copy_(_view)

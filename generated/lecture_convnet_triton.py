@@ -48,6 +48,7 @@ N_PARAMS = 47506  # all parameters, flattened in PARAM_SHAPES order
 # pays per program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on
 # the CPU too.
 CPU_WIDE_TILES = True
+WIDE_SPLIT_ROWS = 32  # there the batch splits of the gradient sums take at least this many rows
 
 
 @triton.jit
@@ -219,17 +220,21 @@ def lecture_convnet_dL_dW1_kernel(
     _R,  # batch rows per split
     _ROW,  # floats per row of partial sums
     BLOCK_B: tl.constexpr,  # batch rows per tile
-    BLOCK_N: tl.constexpr,  # positions (i, j) per tile
+    # columns per tile: FILTERS filters' blocks of BLOCK_N // FILTERS positions (i, j)
+    BLOCK_N: tl.constexpr,
     BLOCK_G: tl.constexpr,  # the (c, q) pairs of a kernel row, 15 padded to a power of two
+    # output channels per program (1 on CUDA; on CPU tensors all, for the interpreter)
+    FILTERS: tl.constexpr,
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     # with δ1 computed here, tile by tile (δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1), never stored:
-    # one program per output channel o and split of the batch; it walks its split's rows and
-    # every block of positions, and sums δ times the windows into one (c, q) × tile sum per
-    # kernel row p, written once to its split's row of partial sums (no atomics: the same
-    # inputs give the same bits)
-    _wo = tl.program_id(0)
+    # one program per FILTERS output channels o and split of the batch; it walks its split's
+    # rows and every block of positions, and sums δ times the windows into one (c, q) × tile
+    # sum per kernel row p, added per filter and written once to its split's row of partial
+    # sums (no atomics: the same inputs give the same bits)
+    _wo = tl.program_id(0) * FILTERS  # the program's first filter
+    _np: tl.constexpr = BLOCK_N // FILTERS  # positions per filter in a tile
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
@@ -274,10 +279,11 @@ def lecture_convnet_dL_dW1_kernel(
         # the loads of these rows below, and of the riding sums the last row tile stored, may run on
         # other threads
         tl.debug_barrier()
-        for _p0 in range(0, 784, BLOCK_N):
-            _pp = _p0 + tl.arange(0, BLOCK_N)
-            _cols_4704 = _wo * 784 + _pp
-            _cmask_4704 = _pp < 784
+        for _p0 in range(0, 784, _np):
+            _pf = _wo + tl.arange(0, BLOCK_N) // _np  # each column's filter and position
+            _pp = _p0 + tl.arange(0, BLOCK_N) % _np
+            _cols_4704 = _pf * 784 + _pp
+            _cmask_4704 = (_pp < 784) & (_pf < 6)
             f1 = tl.load(f1_ptr + _rows[:, None] * 4704 + _cols_4704[None, :],
                 mask=_row_mask[:, None] & _cmask_4704[None, :], other=0.0)
             # ∂L/∂f2[j] = δ3 · ∂a3/∂f2
@@ -309,7 +315,7 @@ def lecture_convnet_dL_dW1_kernel(
             _accb += _wd
             _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))
             _wb = _b0 + _wt // BLOCK_N
-            _wpos = _p0 + _wt % BLOCK_N
+            _wpos = _p0 + _wt % _np
             _wi = _wpos // 28 * 1 - 0  # the window's first row in the unpadded input
             _wj = (_wpos % 28 * 1 - 0)[None, :] + _wq[:, None]
             _wm = _wg_ok[:, None] & ((_wb < _hi) & (_wpos < 784))[None, :] & (_wj >= 0) & (_wj < 32)
@@ -334,16 +340,24 @@ def lecture_convnet_dL_dW1_kernel(
             _wx = tl.load(_wat + (_wh * 32)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 32))[None, :],
                           other=0.0)
             _acc4 += _wd[None, :] * _wx
-    _wat = _G_ptr + _s * _ROW + _wo * 75 + _wc * 25 + _wq
-    tl.store(_wat + 0, tl.sum(_acc0, axis=1), mask=_wg_ok)
-    tl.store(_wat + 5, tl.sum(_acc1, axis=1), mask=_wg_ok)
-    tl.store(_wat + 10, tl.sum(_acc2, axis=1), mask=_wg_ok)
-    tl.store(_wat + 15, tl.sum(_acc3, axis=1), mask=_wg_ok)
-    tl.store(_wat + 20, tl.sum(_acc4, axis=1), mask=_wg_ok)
-    tl.store(_GB_ptr + _s * _ROW + _wo, tl.sum(tl.sum(_accb, axis=1), axis=0))
-    # the split's loss, by its program of filter 0 (a vector store: a masked scalar
+    _fo = _wo + tl.arange(0, FILTERS)
+    _wat = _G_ptr + _s * _ROW + _fo[None, :] * 75 + (_wc * 25 + _wq)[:, None]
+    _wm = _wg_ok[:, None] & (_fo < 6)[None, :]
+    _acc0 = tl.reshape(_acc0, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 0, tl.sum(tl.sum(_acc0, axis=3), axis=1), mask=_wm)
+    _acc1 = tl.reshape(_acc1, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 5, tl.sum(tl.sum(_acc1, axis=3), axis=1), mask=_wm)
+    _acc2 = tl.reshape(_acc2, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 10, tl.sum(tl.sum(_acc2, axis=3), axis=1), mask=_wm)
+    _acc3 = tl.reshape(_acc3, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 15, tl.sum(tl.sum(_acc3, axis=3), axis=1), mask=_wm)
+    _acc4 = tl.reshape(_acc4, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 20, tl.sum(tl.sum(_acc4, axis=3), axis=1), mask=_wm)
+    _accb = tl.sum(tl.reshape(_accb, (BLOCK_B, FILTERS, _np)), axis=2)
+    tl.store(_GB_ptr + _s * _ROW + _fo, tl.sum(_accb, axis=0), mask=_fo < 6)
+    # the split's loss, by its program of filter 0 (a vector store: a masked scalar is no mask under
+    # the interpreter)
     _one = tl.arange(0, 2)
-    # is no mask under the interpreter)
     tl.store(_LOSS_ptr + _s * _ROW + _one, tl.sum(_loss, axis=0) * _scale + _one * 0.0,
              mask=(_one == 0) & (_one * 0 + _wo == 0))
 
@@ -418,7 +432,8 @@ _SIGNATURES = {
         "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_OG_ptr": "*fp32",
         "_OGB_ptr": "*fp32", "a3_part_ptr": "*fp32", "a3_blocks": "i32", "b3_ptr": "*fp32",
         "y_ptr": "*i64", "_LOSS_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "_R": "i32",
-        "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
+        "_ROW": "i32", "BLOCK_B": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr",
+        "FILTERS": "constexpr"},
     "lecture_convnet_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "lecture_convnet_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32",
@@ -440,8 +455,8 @@ COMPILE_SPECS = [
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_dL_dW1_kernel",
         "signature": _SIGNATURES["lecture_convnet_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 16}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 16, "FILTERS": 1},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "lecture_convnet_loss_sum_kernel",
         "signature": _SIGNATURES["lecture_convnet_loss_sum_kernel"], "constexprs": {"_BLOCK": 1024},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
@@ -492,7 +507,8 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
-    _R = max(SPLIT_ROWS, triton.cdiv(_batch, SPLITS))  # batch rows per split of the gradient sums
+    # batch rows per split
+    _R = max(WIDE_SPLIT_ROWS if _wide else SPLIT_ROWS, triton.cdiv(_batch, SPLITS))
     _splits = triton.cdiv(_batch, _R)
     _sums = _x.new_empty((_splits, N_PARAMS + 1), dtype=torch.float32)
     _b_f1 = _x.new_empty((_batch, 4704), dtype=torch.float32)
@@ -530,11 +546,11 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _g = _flat_views(_sums[0, :N_PARAMS])
         # dL_df3: each filter's program's own rows
         _s_dL_df3 = _x.new_empty((6 * _batch, 10), dtype=torch.float32)
-        lecture_convnet_dL_dW1_kernel[(6, _splits)](
+        lecture_convnet_dL_dW1_kernel[(1 if _wide else 6, _splits)](
             _s_dL_df3, _p["W3"], _b_f1, _x, _g["W1"], _g["b1"], _g["W3"], _g["b3"], _k_a3,
                 triton.cdiv(4704, (8192 if _wide else 64)), _p["b3"], _y, _sums[0, N_PARAMS:],
                 _batch, _scale, _R, N_PARAMS + 1, BLOCK_B=(8 if _wide else 8),
-                BLOCK_N=(1024 if _wide else 8), BLOCK_G=16,
+                BLOCK_N=(8192 if _wide else 8), BLOCK_G=16, FILTERS=(8 if _wide else 1),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return _sums, _splits
 
@@ -550,16 +566,21 @@ def _per_sample(params, x, y):
     return _inter, _sums, _np
 
 
-def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
+def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=(), loss_only=False):
     """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
     takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
-    the loss goes to ``loss``."""
-    _n = flat.numel()
+    the loss goes to ``loss``.  ``loss_only``: the rows hold no gradient sums (no kernel wrote
+    them), so only the loss entries are added."""
+    _n = 0 if loss_only else flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1
-    lecture_convnet_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+    # off CUDA, blocks of up to 2^16: the interpreter pays per program (lecture_convnet's 47k
+    # parameters were 370 programs and 0.7 s a step)
+    _block = UPDATE_BLOCK if flat.is_cuda else min(max(triton.next_power_of_2(_n), UPDATE_BLOCK),
+        1 << 16)
+    lecture_convnet_update_kernel[(max(1, triton.cdiv(_n, _block)),)](  # program 0 adds the loss
         flat, part, programs, loss, *_state, _n, float(lr), *map(float, _scalars), MODE=mode,
-        _BLOCK=UPDATE_BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
+        _BLOCK=_block, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
     )
 
 
@@ -573,7 +594,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, 
         return
     _g = x.new_empty(N_PARAMS, dtype=torch.float32)
     _total = x.new_empty(1, dtype=torch.float32)
-    _update(_g, _part, _np, _total, 0)
+    _update(_g, _part, _np, _total, 0, loss_only=grads is None)
     if grads is not None:
         for _name, _view in _flat_views(_g).items():
             grads[_name].copy_(_view)

@@ -52,6 +52,7 @@ N_PARAMS = 153  # all parameters, flattened in PARAM_SHAPES order
 # pays per program and operation, not per element.  False: the tiles COMPILE_SPECS and CUDA use, on
 # the CPU too.
 CPU_WIDE_TILES = True
+WIDE_SPLIT_ROWS = 32  # there the batch splits of the gradient sums take at least this many rows
 
 
 @triton.jit
@@ -192,29 +193,44 @@ def resnet_block_a2_kernel(
 
 
 @triton.jit
-def resnet_block_a3_kernel(
+def resnet_block_f5_kernel(
     X_ptr,  # f2, (batch, 2, 6, 6) float32
     W_ptr,  # parameter W3, (2, 2, 3, 3)
     BIAS_ptr,  # parameter b3, (2,)
     f1_ptr,  # f1, (batch, 2, 6, 6) float32
     f4_ptr,  # f4, (batch, 2, 6, 6) float32
+    W7_ptr,  # parameter W7, (3, 18)
+    a7_part_ptr,  # Σ_k W7[j, k]·f5[k] per column block, (blocks, batch, 3) float32
+    f5_ptr,  # f5, (batch, 2, 3, 3) float32
     _B,  # batch size
     _scale,  # 1/B for the batch mean, 1 for the sum
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_N: tl.constexpr,  # output elements per program
 ):
-    # a3[o, i, j] = Σ_{c,p,q} W3[o, c, p, q]·f2_pad[c, i + p, j + q] + b3[o]
+    # f5[c, i, j] = max_{p,q} f4[c, 2·i + p, 2·j + q]
     _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _row_mask = _rows < _B
-    _cols_72 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_72 = _cols_72 < 72
+    _cols_18 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _cmask_18 = _cols_18 < 18
+    # a3[o, i, j] = Σ_{c,p,q} W3[o, c, p, q]·f2_pad[c, i + p, j + q] + b3[o]
+    # at the pooling's window positions: the tile's BLOCK_N * 4 columns run window by window (4
+    # positions each, every position in one window), f4 stored there for the backward, then each
+    # window's maximum
+    _pt = tl.arange(0, BLOCK_N * 4)
+    # the pooled position of each column, and its offset
+    _pq = tl.program_id(1) * BLOCK_N + _pt // 4
+    _pc = _pq // 9
+    _pi = _pq // 3 % 3 * 2 + _pt % 4 // 2
+    _pj = _pq % 3 * 2 + _pt % 2
+    _cols_72 = _pc * 36 + _pi * 6 + _pj
+    _cmask_72 = _pq < 18
     # direct convolution: one pass per (c, p, q), loops rather than unrolled (unrolling keeps every
     # pass's addresses live: 255 registers); the padding is read through masks (zero outside the
     # input)
     _o = _cols_72 // 36
     _i = _cols_72 // 6 % 6
     _j = _cols_72 % 6
-    a3 = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    a3 = tl.zeros((BLOCK_B, BLOCK_N * 4), dtype=tl.float32)
     for _c in range(2):
         for _p in range(3):
             for _q in range(3):
@@ -232,37 +248,8 @@ def resnet_block_a3_kernel(
     f4 = tl.maximum(a4, 0.0)  # f4[c, h, w] = max(0, a4[c, h, w])
     tl.store(f4_ptr + _rows[:, None] * 72 + _cols_72[None, :], f4,
         mask=_row_mask[:, None] & _cmask_72[None, :])
-
-
-@triton.jit
-def resnet_block_f5_kernel(
-    X_ptr,  # f4, (batch, 2, 6, 6) float32
-    W7_ptr,  # parameter W7, (3, 18)
-    a7_part_ptr,  # Σ_k W7[j, k]·f5[k] per column block, (blocks, batch, 3) float32
-    f5_ptr,  # f5, (batch, 2, 3, 3) float32
-    _B,  # batch size
-    _scale,  # 1/B for the batch mean, 1 for the sum
-    BLOCK_B: tl.constexpr,  # batch rows per program
-    BLOCK_N: tl.constexpr,  # output elements per program
-):
     # f5[c, i, j] = max_{p,q} f4[c, 2·i + p, 2·j + q]
-    _rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _row_mask = _rows < _B
-    _cols_18 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    _cmask_18 = _cols_18 < 18
-    # each output element reduces its kh × kw window; padding reads as −inf
-    _c = _cols_18 // 9
-    _i = _cols_18 // 3 % 3
-    _j = _cols_18 % 3
-    f5 = tl.full((BLOCK_B, BLOCK_N), -float("inf"), dtype=tl.float32)
-    for _p in tl.static_range(2):
-        for _q in tl.static_range(2):
-            _hh = _i * 2 + _p - 0
-            _ww = _j * 2 + _q - 0
-            _ok = _cmask_18 & (_hh >= 0) & (_hh < 6) & (_ww >= 0) & (_ww < 6)
-            _v = tl.load(X_ptr + _rows[:, None] * 72 + (_c * 36 + _hh * 6 + _ww)[None, :],
-                         mask=_row_mask[:, None] & _ok[None, :], other=-float("inf"))
-            f5 = tl.maximum(f5, _v)
+    f5 = tl.max(tl.reshape(f4, (BLOCK_B, BLOCK_N, 4)), axis=2)
     tl.store(f5_ptr + _rows[:, None] * 18 + _cols_18[None, :], f5,
         mask=_row_mask[:, None] & _cmask_18[None, :])
     _partials_store(f5, W7_ptr, 18, 3, 4, _cols_18, _cmask_18, a7_part_ptr, tl.program_id(1), _rows,
@@ -592,17 +579,21 @@ def resnet_block_dL_dW1_kernel(
     _R,  # batch rows per split
     _ROW,  # floats per row of partial sums
     BLOCK_B: tl.constexpr,  # batch rows per tile
-    BLOCK_N: tl.constexpr,  # positions (i, j) per tile
+    # columns per tile: FILTERS filters' blocks of BLOCK_N // FILTERS positions (i, j)
+    BLOCK_N: tl.constexpr,
     BLOCK_G: tl.constexpr,  # the (c, q) pairs of a kernel row, 3 padded to a power of two
+    # output channels per program (1 on CUDA; on CPU tensors all, for the interpreter)
+    FILTERS: tl.constexpr,
 ):
     # ∂L/∂W1[o, c, p, q] = Σ_{i,j} δ1[o, i, j]·x_pad[c, i + p, j + q], summed over the batch
     # ∂L/∂b1[o] = Σ_{i,j} δ1[o, i, j], summed over the batch
     # with δ1 computed here, tile by tile (δ1[o, i, j] = ∂L/∂f1 · ∂f1/∂a1), never stored:
-    # one program per output channel o and split of the batch; it walks its split's rows and
-    # every block of positions, and sums δ times the windows into one (c, q) × tile sum per
-    # kernel row p, written once to its split's row of partial sums (no atomics: the same
-    # inputs give the same bits)
-    _wo = tl.program_id(0)
+    # one program per FILTERS output channels o and split of the batch; it walks its split's
+    # rows and every block of positions, and sums δ times the windows into one (c, q) × tile
+    # sum per kernel row p, added per filter and written once to its split's row of partial
+    # sums (no atomics: the same inputs give the same bits)
+    _wo = tl.program_id(0) * FILTERS  # the program's first filter
+    _np: tl.constexpr = BLOCK_N // FILTERS  # positions per filter in a tile
     _s = tl.program_id(1)
     _lo = _s * _R
     _hi = tl.minimum(_lo + _R, _B)
@@ -618,10 +609,11 @@ def resnet_block_dL_dW1_kernel(
     for _b0 in range(_lo, _hi, BLOCK_B):
         _rows = _b0 + tl.arange(0, BLOCK_B)
         _row_mask = _rows < _hi
-        for _p0 in range(0, 36, BLOCK_N):
-            _pp = _p0 + tl.arange(0, BLOCK_N)
-            _cols_72 = _wo * 36 + _pp
-            _cmask_72 = _pp < 36
+        for _p0 in range(0, 36, _np):
+            _pf = _wo + tl.arange(0, BLOCK_N) // _np  # each column's filter and position
+            _pp = _p0 + tl.arange(0, BLOCK_N) % _np
+            _cols_72 = _pf * 36 + _pp
+            _cmask_72 = (_pp < 36) & (_pf < 2)
             # a gather per input element (c, h, w): for each kernel offset (p, q) the window (i, j)
             # with i·s + p = h + P, when that is a whole number in range, so each element is
             # written once (no atomics)
@@ -654,7 +646,7 @@ def resnet_block_dL_dW1_kernel(
             _accb += _wd
             _wd = tl.reshape(_wd, (BLOCK_B * BLOCK_N,))
             _wb = _b0 + _wt // BLOCK_N
-            _wpos = _p0 + _wt % BLOCK_N
+            _wpos = _p0 + _wt % _np
             _wi = _wpos // 6 * 1 - 1  # the window's first row in the unpadded input
             _wj = (_wpos % 6 * 1 - 1)[None, :] + _wq[:, None]
             _wm = _wg_ok[:, None] & ((_wb < _hi) & (_wpos < 36))[None, :] & (_wj >= 0) & (_wj < 6)
@@ -671,11 +663,17 @@ def resnet_block_dL_dW1_kernel(
             _wx = tl.load(_wat + (_wh * 6)[None, :], mask=_wm & ((_wh >= 0) & (_wh < 6))[None, :],
                           other=0.0)
             _acc2 += _wd[None, :] * _wx
-    _wat = _G_ptr + _s * _ROW + _wo * 9 + _wc * 9 + _wq
-    tl.store(_wat + 0, tl.sum(_acc0, axis=1), mask=_wg_ok)
-    tl.store(_wat + 3, tl.sum(_acc1, axis=1), mask=_wg_ok)
-    tl.store(_wat + 6, tl.sum(_acc2, axis=1), mask=_wg_ok)
-    tl.store(_GB_ptr + _s * _ROW + _wo, tl.sum(tl.sum(_accb, axis=1), axis=0))
+    _fo = _wo + tl.arange(0, FILTERS)
+    _wat = _G_ptr + _s * _ROW + _fo[None, :] * 9 + (_wc * 9 + _wq)[:, None]
+    _wm = _wg_ok[:, None] & (_fo < 2)[None, :]
+    _acc0 = tl.reshape(_acc0, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 0, tl.sum(tl.sum(_acc0, axis=3), axis=1), mask=_wm)
+    _acc1 = tl.reshape(_acc1, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 3, tl.sum(tl.sum(_acc1, axis=3), axis=1), mask=_wm)
+    _acc2 = tl.reshape(_acc2, (BLOCK_G, BLOCK_B, FILTERS, _np))
+    tl.store(_wat + 6, tl.sum(tl.sum(_acc2, axis=3), axis=1), mask=_wm)
+    _accb = tl.sum(tl.reshape(_accb, (BLOCK_B, FILTERS, _np)), axis=2)
+    tl.store(_GB_ptr + _s * _ROW + _fo, tl.sum(_accb, axis=0), mask=_fo < 2)
 
 
 @triton.jit
@@ -743,10 +741,8 @@ _SIGNATURES = {
     "resnet_block_a2_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
         "f2_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
-    "resnet_block_a3_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
-        "f1_ptr": "*fp32", "f4_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr"},
-    "resnet_block_f5_kernel": {"X_ptr": "*fp32", "W7_ptr": "*fp32", "a7_part_ptr": "*fp32",
+    "resnet_block_f5_kernel": {"X_ptr": "*fp32", "W_ptr": "*fp32", "BIAS_ptr": "*fp32",
+        "f1_ptr": "*fp32", "f4_ptr": "*fp32", "W7_ptr": "*fp32", "a7_part_ptr": "*fp32",
         "f5_ptr": "*fp32", "_B": "i32", "_scale": "fp32", "BLOCK_B": "constexpr",
         "BLOCK_N": "constexpr"},
     "resnet_block_a7_kernel": {"a7_part_ptr": "*fp32", "a7_blocks": "i32", "b7_ptr": "*fp32",
@@ -773,7 +769,7 @@ _SIGNATURES = {
     "resnet_block_dL_dW1_kernel": {"D_ptr": "*fp32", "W_ptr": "*fp32", "delta4_ptr": "*fp32",
         "f1_ptr": "*fp32", "_X_ptr": "*fp32", "_G_ptr": "*fp32", "_GB_ptr": "*fp32", "_B": "i32",
         "_scale": "fp32", "_R": "i32", "_ROW": "i32", "BLOCK_B": "constexpr",
-        "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
+        "BLOCK_N": "constexpr", "BLOCK_G": "constexpr", "FILTERS": "constexpr"},
     "resnet_block_loss_sum_kernel": {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32",
         "_ROWS": "i32", "_ROW": "i32", "_BLOCK": "constexpr"},
     "resnet_block_update_kernel": {"_PARAMS_ptr": "*fp32", "_PART_ptr": "*fp32", "_PROGRAMS": "i32",
@@ -787,11 +783,8 @@ COMPILE_SPECS = [
     {"kernel": "resnet_block_a2_kernel", "signature": _SIGNATURES["resnet_block_a2_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
-    {"kernel": "resnet_block_a3_kernel", "signature": _SIGNATURES["resnet_block_a3_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 64}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_f5_kernel", "signature": _SIGNATURES["resnet_block_f5_kernel"],
-        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 32}, "num_warps": NUM_WARPS,
+        "constexprs": {"BLOCK_B": BLOCK_B, "BLOCK_N": 16}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_a7_kernel", "signature": _SIGNATURES["resnet_block_a7_kernel"],
         "constexprs": {"BLOCK_B": BLOCK_B, "OUT": True, "LOSS": False, "GRAD": False},
@@ -827,8 +820,8 @@ COMPILE_SPECS = [
         "constexprs": {"BLOCK_G": 32, "BLOCK_R": 64}, "num_warps": NUM_WARPS,
         "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_dL_dW1_kernel", "signature": _SIGNATURES["resnet_block_dL_dW1_kernel"],
-        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 4}, "num_warps": NUM_WARPS,
-        "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
+        "constexprs": {"BLOCK_B": 8, "BLOCK_N": 8, "BLOCK_G": 4, "FILTERS": 1},
+        "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
     {"kernel": "resnet_block_loss_sum_kernel",
         "signature": _SIGNATURES["resnet_block_loss_sum_kernel"], "constexprs": {"_BLOCK": 1024},
         "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "maxnreg": MAXNREG},
@@ -884,7 +877,8 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _p = {_name: params[_name].contiguous() for _name in PARAM_SHAPES}
     _x = x.contiguous()
     _wide = CPU_WIDE_TILES and not _x.is_cuda
-    _R = max(SPLIT_ROWS, triton.cdiv(_batch, SPLITS))  # batch rows per split of the gradient sums
+    # batch rows per split
+    _R = max(WIDE_SPLIT_ROWS if _wide else SPLIT_ROWS, triton.cdiv(_batch, SPLITS))
     _splits = triton.cdiv(_batch, _R)
     _sums = _x.new_empty((_splits, N_PARAMS + 1), dtype=torch.float32)
     # no kernel writes the loss entries, which the update kernel adds anyway
@@ -896,7 +890,7 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
     _b_f5 = _x.new_empty((_batch, 18), dtype=torch.float32)
     _b_dL_df7 = _x.new_empty((_batch, 3), dtype=torch.float32)
     # W·f's partial sums, per column block
-    _k_a7 = _x.new_empty((triton.cdiv(18, 32), _batch, 3), dtype=torch.float32)
+    _k_a7 = _x.new_empty((triton.cdiv(18, (32 if _wide else 16)), _batch, 3), dtype=torch.float32)
     # resnet_block_a7_kernel computes ŷ, the loss or the first gradient lines in its epilogue, each
     # part under its flag: what a part that is off would read or write is a stand-in it never
     # touches
@@ -910,16 +904,13 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
         _b_f1, _p["W2"], _p["b2"], _b_f2, _batch, _scale, BLOCK_B=_blk,
             BLOCK_N=(128 if _wide else 64),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    resnet_block_a3_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(72, (128 if _wide else 64)))](
-        _b_f2, _p["W3"], _p["b3"], _b_f1, _b_f4, _batch, _scale, BLOCK_B=_blk,
-            BLOCK_N=(128 if _wide else 64),
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    resnet_block_f5_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(18, 32))](
-        _b_f4, _p["W7"], _k_a7, _b_f5, _batch, _scale, BLOCK_B=_blk, BLOCK_N=32,
+    resnet_block_f5_kernel[(triton.cdiv(_batch, _blk), triton.cdiv(18, (32 if _wide else 16)))](
+        _b_f2, _p["W3"], _p["b3"], _b_f1, _b_f4, _p["W7"], _k_a7, _b_f5, _batch, _scale,
+            BLOCK_B=_blk, BLOCK_N=(32 if _wide else 16),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     resnet_block_a7_kernel[(triton.cdiv(_batch, _blk),)](
-        _k_a7, triton.cdiv(18, 32), _p["b7"], _out, _part, _y, _b_dL_df7, _batch, _scale,
-            BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
+        _k_a7, triton.cdiv(18, (32 if _wide else 16)), _p["b7"], _out, _part, _y, _b_dL_df7, _batch,
+            _scale, BLOCK_B=_blk, OUT=out is not None, LOSS=with_loss, GRAD=with_grad,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if inter is not None:
         inter.update({"f1": _b_f1, "f2": _b_f2, "f4": _b_f4, "f5": _b_f5, "dL_df7": _b_dL_df7})
@@ -958,9 +949,10 @@ def _run(params, x, y=None, *, out=None, with_loss=False, with_grad=False, block
             _b_delta2, _b_f1, _g["W2"], _g["b2"], _batch, _R, N_PARAMS + 1, BLOCK_G=32,
                 BLOCK_R=(2048 if _wide else 64),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-        resnet_block_dL_dW1_kernel[(2, _splits)](
+        resnet_block_dL_dW1_kernel[(1 if _wide else 2, _splits)](
             _b_delta2, _p["W2"], _b_delta4, _b_f1, _x, _g["W1"], _g["b1"], _batch, _scale, _R,
-                N_PARAMS + 1, BLOCK_B=(8 if _wide else 8), BLOCK_N=(64 if _wide else 8), BLOCK_G=4,
+                N_PARAMS + 1, BLOCK_B=(32 if _wide else 8), BLOCK_N=(128 if _wide else 8),
+                BLOCK_G=4, FILTERS=(2 if _wide else 1),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         if inter is not None:
             inter.update({"dL_df6": _b_dL_df6, "delta4": _b_delta4, "delta2": _b_delta2})
@@ -978,16 +970,21 @@ def _per_sample(params, x, y):
     return _inter, _sums, _np
 
 
-def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=()):
+def _update(flat, part, programs, loss, mode, lr=0.0, state=(), scalars=(), loss_only=False):
     """The update kernel: sums the partial rows in program order, then stores ∂L/∂θ (mode 0),
     takes an SGD step (1) or a sgd step (2, with ``state`` in STATE order and ``scalars`` eta_t);
-    the loss goes to ``loss``."""
-    _n = flat.numel()
+    the loss goes to ``loss``.  ``loss_only``: the rows hold no gradient sums (no kernel wrote
+    them), so only the loss entries are added."""
+    _n = 0 if loss_only else flat.numel()
     _state = tuple(state) or (flat,) * len(STATE)  # unread unless mode 2
     _scalars = tuple(scalars) or (0.0,) * 1
-    resnet_block_update_kernel[(triton.cdiv(_n, UPDATE_BLOCK),)](
+    # off CUDA, blocks of up to 2^16: the interpreter pays per program (lecture_convnet's 47k
+    # parameters were 370 programs and 0.7 s a step)
+    _block = UPDATE_BLOCK if flat.is_cuda else min(max(triton.next_power_of_2(_n), UPDATE_BLOCK),
+        1 << 16)
+    resnet_block_update_kernel[(max(1, triton.cdiv(_n, _block)),)](  # program 0 adds the loss
         flat, part, programs, loss, *_state, _n, float(lr), *map(float, _scalars), MODE=mode,
-        _BLOCK=UPDATE_BLOCK, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
+        _BLOCK=_block, num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAXNREG,
     )
 
 
@@ -1001,7 +998,7 @@ def launch(params, x, y=None, *, grads=None, loss=None, out=None, block_b=None, 
         return
     _g = x.new_empty(N_PARAMS, dtype=torch.float32)
     _total = x.new_empty(1, dtype=torch.float32)
-    _update(_g, _part, _np, _total, 0)
+    _update(_g, _part, _np, _total, 0, loss_only=grads is None)
     if grads is not None:
         for _name, _view in _flat_views(_g).items():
             grads[_name].copy_(_view)

@@ -168,12 +168,19 @@ def test_layered_model_counts_each_kernel_by_hand():
     ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet_pool.toml")), "<test>")
     batch = 1000
     costs = {c.name: c for c in layered_step(ir, plan_triton(ir), batch)}
-    a1 = costs["lecture_convnet_pool_a1_kernel"]
-    assert a1.flops == 2 * batch * (6 * 28 * 28) * (3 * 5 * 5)
-    # x read and f1 = relu(a1) written per row (relu′ is read from f1 in backward, so a1 is not stored); W1, b1 once
-    assert a1.dram_bytes == 4 * batch * (3 * 32 * 32 + 6 * 28 * 28) + 4 * (6 * 3 * 5 * 5 + 6)
-    dw4 = costs["lecture_convnet_pool_dL_dW4_kernel"]  # δ4ᵀ·f3: 10 × 1176 multiply-adds per row
-    assert dw4.flops == 2 * batch * 10 * 1176
+    # the pooling's kernel computes the convolution at each window position (a1 has no kernel of its own)
+    assert "lecture_convnet_pool_a1_kernel" not in costs
+    f2 = costs["lecture_convnet_pool_f2_kernel"]
+    # the convolution's multiply-adds, and W4·f2's partial sums (10 × 1176 per row) for a4
+    assert f2.flops == 2 * batch * ((6 * 28 * 28) * (3 * 5 * 5) + 10 * 1176)
+    # per row: x read; f1 = relu(a1) written (relu′ is read from f1 in backward, so a1 is not stored), f2 written,
+    # and 10 partial sums per 16-column block of f2 (74 blocks: 16 pooled columns make the convolution's 64);
+    # W1, b1 and W4 once
+    assert f2.dram_bytes == 4 * batch * (3 * 32 * 32 + 6 * 28 * 28 + 6 * 14 * 14 + 74 * 10) + 4 * (
+        6 * 3 * 5 * 5 + 6 + 10 * 1176)
+    dw1 = costs["lecture_convnet_pool_dL_dW1_kernel"]  # ∂W4 = δ4ᵀ·f3 rides there: 10 × 1176 multiply-adds per row
+    assert dw1.flops > 2 * batch * 10 * 1176
+    assert sum(c.launches for c in costs.values()) == 3
     assert summary(ir, plan_triton(ir), batch, "sm_90")["layered"]
 
 

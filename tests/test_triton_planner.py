@@ -15,10 +15,11 @@ import pytest
 
 from helpers import ROOT, assert_close_to_torch, module_outputs, torch_reference, triton_inputs, triton_outputs
 
-from derive import Concat, Conv2d, Flatten, Linear, LocallyConnected, Loss, Network, Port, load_spec, verify
+from derive import (AvgPool2d, Concat, Conv2d, Flatten, Linear, LocallyConnected, Loss, MaxPool2d, Network, Port,
+                    load_spec, verify)
 from derive.derivation import derive
 from derive.inspect import format_text, inspect
-from derive.inspect.model import summary
+from derive.inspect.model import layered_step, summary
 from derive.ir.lowering import lower
 from derive.targets.modules import generated_modules
 from derive.targets.triton_planner import fuse, phases, plan_triton
@@ -50,6 +51,22 @@ def test_fusion_follows_row_locality(net):
         assert plan.strategy is None and plan.kernels and f"{ir.name}_fused_kernel" not in plan.text
         assert plan.fusion[0] == f"not fused: {stop.name} ({stop.node}) {stop.why_not}"
         assert [f.split(":", 1)[0] for f in plan.fusion[1:]] == [k.name for k in plan.kernels]
+
+
+def _against_torch_on_cuda_tiles(net, seed, device, monkeypatch, splits=None):
+    """37 rows (a part-full row tile) through the CUDA column tiles on the CPU (CPU_WIDE_TILES off), with
+    `splits` splits of the batch so that every read-modify-write runs on several row tiles; ŷ, the loss and
+    every gradient against torch.autograd in float64."""
+    rng = np.random.default_rng(seed)
+    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
+        trm = mods["triton"]
+        monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
+        if splits is not None:
+            monkeypatch.setattr(trm, "SPLITS", splits)
+        params = verify.random_params(mods["numpy"], rng)
+        x, y = verify.sample(net, rng, 37)
+        tp, tx, ty = triton_inputs(net, params, x, y, device)
+        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)
 
 
 def test_every_assignment_is_a_phase_once():
@@ -113,8 +130,14 @@ def test_the_convnets_merge_bias_gradients_and_the_row_complete_epilogue():
     # update; a3's own kernel runs for forward(), loss() and intermediates() alone
     ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet.toml")), "<t>")
     assert summary(ir, plan_triton(ir), 16384, "sm_90")["fused_total"]["launches"] == 3
-    assert _kernels("lecture_convnet_pool") == ["a1, f1", "f2", "a4, yhat, loss_per_sample, dL_df4",
-                                                "dL_dW4, dL_db4", "dL_df3", "dL_dW1, dL_df1, delta1, dL_db1"]
+    # the pooled convnet: the pooling computes the convolution at its windows (a1, f1 after its head f2), and the
+    # backward kernel computes ∂L/∂f3 = δ4·W4 over the pooled columns, with ∂W4 riding, before its walk
+    assert _kernels("lecture_convnet_pool") == [
+        "f2, a1, f1", "a4, yhat, loss_per_sample, dL_df4 (forward(), loss() and intermediates() only: a training "
+        "step's backward kernel does its work)",
+        "dL_dW1, a4, loss_per_sample, dL_df4, dL_dW4, dL_db4, dL_df3, dL_df1, delta1, dL_db1"]
+    ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet_pool.toml")), "<t>")
+    assert summary(ir, plan_triton(ir), 16384, "sm_90")["fused_total"]["launches"] == 3
 
 
 def _plan(spec: str):
@@ -143,12 +166,16 @@ def test_a_convolutions_delta_is_computed_in_its_weight_gradient_kernel_where_no
 
 
 def test_a_buffer_passed_to_a_kernel_twice_is_counted_once():
-    """Max-pooling's gradient reads f1 through its gather and again for relu′(f1): one DRAM read per row."""
+    """Max-pooling's gradient reads f1 through its gather and again for relu′(f1): one DRAM read per row.  So
+    is ∂L/∂f3, which the kernel's pass over the pooled columns stores and the gather reads back (from L2)."""
     ir = lower(derive(load_spec(ROOT / "examples" / "lecture_convnet_pool.toml")), "<t>")
     k = next(k for k in _plan("lecture_convnet_pool").kernels if k.name.endswith("_dL_dW1_kernel"))
     arrays = ir.arrays()
     pooled = np.prod(arrays["f2"].shape)  # ∂L/∂f3 = ∂L/∂f2, the pooled volume's gradient (a view)
-    assert k.row == 4 * (np.prod(ir.input.shape) + np.prod(arrays["f1"].shape) + pooled)
+    # per row: x and f1 read, ∂L/∂f3 written, f2 read for ∂W4, a4's partial sums (10 per 16-column block of
+    # f2, 74 blocks) and the class index y (int64) read
+    assert k.row == 4 * (np.prod(ir.input.shape) + np.prod(arrays["f1"].shape) + 2 * pooled) + 4 * 74 * 10 + 8
+    assert k.l2_row >= 4 * pooled  # the gather's read of ∂L/∂f3
 
 
 @pytest.mark.parametrize("spec", ["lecture_convnet", "lecture_convnet_pool", "mlp_softmax", "lecture"])
@@ -221,20 +248,23 @@ def _signature(text: str, kernel: str) -> list[str]:
 
 @pytest.mark.parametrize("spec,producer,f,dense,w", [
     ("lecture_convnet", "a1", "f1", "a3", "W3"),  # the conv's tile holds f1 = relu(a1)
-    ("lecture_convnet_pool", "f2", "f2", "a4", "W4"),  # the pooling's tile holds its output
+    # the pooling's tile holds its output; it computes the convolution at its windows itself
+    ("lecture_convnet_pool", "f2", "f2", "a4", "W4"),
     ("digits_convnet", "f2", "f2", "a4", "W4"),
 ])
 def test_a_small_dense_layer_adds_the_partial_sums_its_operands_kernel_stores(spec, producer, f, dense, w):
     """W·f of a dense layer of at most 16 outputs: the kernel that holds f's column tiles stores Σ_k W[j, k]·f[k]
     per column block, and the dense layer's kernel reads those instead of f's rows; the model counts the
     partials (blocks of the CUDA column tile, 64 wide for a window's or a pooling's kernel) written there and
-    read here, and the 2·J·width FLOPs they take."""
+    read here, and the 2·J·width FLOPs they take.  Every one of these networks starts with its convolution a1,
+    which is the producer or runs inside it (a pooling over it)."""
     from derive.targets.triton_layers import WINDOW_N
 
     ir = lower(derive(load_spec(ROOT / "examples" / f"{spec}.toml")), "<t>")
     plan = plan_triton(ir)
     j, width = ir_param_shape(ir, w)
-    blocks = -(-width // WINDOW_N)
+    # a pooling's kernel that computes the convolution under it takes 2 × 2 windows of 64 / 4 columns a tile
+    blocks = -(-width // (WINDOW_N if producer == "a1" else WINDOW_N // 4))
     prod, dens = f"{ir.name}_{producer}_kernel", f"{ir.name}_{dense}_kernel"
     assert f"{f}_ptr" not in _signature(plan.text, dens) and f"{dense}_part_ptr" in _signature(plan.text, dens)
     assert {f"{w}_ptr", f"{dense}_part_ptr", f"{f}_ptr"} <= set(_signature(plan.text, prod))  # f: the backward reads it
@@ -242,14 +272,16 @@ def test_a_small_dense_layer_adds_the_partial_sums_its_operands_kernel_stores(sp
     arrays = ir.arrays()
     # the dense kernel's rows: the partials, the target (int64) and ∂L/∂f it stores for the backward
     assert cost[dens].row == 4 * blocks * j + 8 + 4 * j
-    # the producer's rows: its input and f as before, and the partials
-    source = next(a for a in ir.forward if a.name == producer).expr.args[0].name
-    assert cost[prod].row == 4 * math.prod(arrays[source].shape) + 4 * width + 4 * blocks * j
+    # the producer's rows: the convolution's input x, f1 = relu(a1) stored for the backward, f where it is the
+    # pooled f2, and the partials
+    conv = math.prod(arrays["a1"].shape)
+    pooled = width if producer != "a1" else 0
+    assert cost[prod].row == 4 * math.prod(ir.input.shape) + 4 * conv + 4 * pooled + 4 * blocks * j
     assert cost[prod].fixed >= 4 * j * width  # it reads W once per launch
     # the dense kernel adds the blocks' partials; the producer takes the multiply-adds W·f took
     assert cost[dens].flops == blocks * j
-    window = next(a for a in ir.forward if a.name == producer).expr
-    window_flops = 2 * width * math.prod(ir_param_shape(ir, window.args[1].name)[1:]) if producer.startswith("a") else 0
+    window = next(a for a in ir.forward if a.name == "a1").expr
+    window_flops = 2 * conv * math.prod(ir_param_shape(ir, window.args[1].name)[1:])
     assert cost[prod].flops == window_flops + 2 * j * width
 
 
@@ -273,14 +305,7 @@ def test_the_partial_sums_over_several_column_blocks_match_torch_autograd(triton
     net = Network("plan_split_k", [Conv2d(3, 3, padding=1, activation="sigmoid"), Flatten(), Linear(5)],
                   Port("x", (2, 10, 9)), Port("y", ()), loss=Loss("cross_entropy"))
     assert "_partials_store" in plan_triton(lower(derive(net), "<t>")).text
-    rng = np.random.default_rng(11)
-    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
-        trm = mods["triton"]
-        monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
-        params = verify.random_params(mods["numpy"], rng)
-        x, y = verify.sample(net, rng, 37)
-        tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)
-        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)
+    _against_torch_on_cuda_tiles(net, 11, triton_device_name, monkeypatch)
 
 
 def test_a_dense_weight_gradient_riding_in_the_convolutions_kernel_matches_torch_autograd(triton_device_name,
@@ -295,15 +320,7 @@ def test_a_dense_weight_gradient_riding_in_the_convolutions_kernel_matches_torch
     assert ("plan_riding_dL_dW1_kernel: dL_dW1, a3, loss_per_sample, dL_df3, dL_dW3, dL_db3, dL_df2, delta1, "
             "dL_db1") in plan.fusion
     assert "plan_riding_dL_dW3_kernel" not in plan.text
-    rng = np.random.default_rng(12)
-    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
-        trm = mods["triton"]
-        monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
-        monkeypatch.setattr(trm, "SPLITS", 2)
-        params = verify.random_params(mods["numpy"], rng)
-        x, y = verify.sample(net, rng, 37)
-        tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)
-        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)
+    _against_torch_on_cuda_tiles(net, 12, triton_device_name, monkeypatch, splits=2)
 
 
 def test_a_riding_weight_gradient_without_the_row_work_matches_torch_autograd(triton_device_name, monkeypatch):
@@ -313,11 +330,64 @@ def test_a_riding_weight_gradient_without_the_row_work_matches_torch_autograd(tr
                   Port("x", (1, 7, 7)), Port("y", ()), loss=Loss("cross_entropy"))
     plan = plan_triton(lower(derive(net), "<t>"))
     assert "plan_riding_wide_dL_dW1_kernel: dL_dW1, dL_dW3, dL_db3, dL_df2, delta1, dL_db1" in plan.fusion
-    rng = np.random.default_rng(13)
+    _against_torch_on_cuda_tiles(net, 13, triton_device_name, monkeypatch, splits=2)
+
+
+def test_the_cpu_tiles_of_a_convolutions_weight_gradient_take_several_filters_per_program(triton_device_name,
+                                                                                          monkeypatch):
+    """On CPU tensors ∂W1's kernel takes several filters per program (the interpreter pays per program).
+    With the sum's cap lowered to 8,192 floats: 8 rows and 2 filters a program, so 5 filters make 3
+    programs, the last with one filter masked; 37 rows in splits of 16 make 3 splits.  Against
+    torch.autograd in float64."""
+    from derive.targets import triton_conv_grad
+
+    monkeypatch.setattr(triton_conv_grad, "WIDE_SUMS", 8192)
+    net = Network("plan_filters", [Conv2d(5, 3, padding=1, activation="tanh"), Flatten(), Linear(4)],
+                  Port("x", (2, 6, 6)), Port("y", ()), loss=Loss("cross_entropy"))
+    rng = np.random.default_rng(14)
     with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
         trm = mods["triton"]
-        monkeypatch.setattr(trm, "CPU_WIDE_TILES", False)
-        monkeypatch.setattr(trm, "SPLITS", 2)
+        with open(trm.__file__, encoding="utf-8") as f:
+            assert "FILTERS=(2if_wideelse1)" in "".join(f.read().split())
+        monkeypatch.setattr(trm, "WIDE_SPLIT_ROWS", 16)
+        params = verify.random_params(mods["numpy"], rng)
+        x, y = verify.sample(net, rng, 37)
+        tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)
+        assert_close_to_torch(net, triton_outputs(trm, tp, tx, ty, net=net), tp, tx, ty, 1e-4, net.name, True)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_a_pooled_convolution_trains_in_three_launches_and_matches_torch_autograd(pool, triton_device_name,
+                                                                                  monkeypatch):
+    """conv → 2×2 pooling → flatten → dense: the pooling's kernel computes the convolution at each window
+    position (storing f1 for the backward), and ∂W1's kernel computes ∂L/∂f3 = δ4·W4 over its filters'
+    pooled columns before its walk, with ∂W4 riding there: three launches a training step.  With 2 splits
+    of 19 rows and the CUDA tiles, every read-modify-write of ∂W4 runs on several row tiles.  Against
+    torch.autograd in float64."""
+    layer = MaxPool2d(2) if pool == "max" else AvgPool2d(2)
+    net = Network(f"plan_pooled_{pool}", [Conv2d(3, 3, padding=1, activation="relu"), layer, Flatten(), Linear(5)],
+                  Port("x", (2, 6, 8)), Port("y", ()), loss=Loss("cross_entropy"))
+    ir = lower(derive(net), "<t>")
+    plan = plan_triton(ir)
+    assert f"plan_pooled_{pool}_f2_kernel: f2, a1, f1" in plan.fusion
+    assert (f"plan_pooled_{pool}_dL_dW1_kernel: dL_dW1, a4, loss_per_sample, dL_df4, dL_dW4, dL_db4, dL_df3, "
+            "dL_df1, delta1, dL_db1") in plan.fusion
+    assert sum(c.launches for c in layered_step(ir, plan, 1024)) == 3
+    _against_torch_on_cuda_tiles(net, 15, triton_device_name, monkeypatch, splits=2)
+
+
+def test_a_pooling_whose_windows_leave_a_remainder_keeps_its_own_kernel(triton_device_name):
+    """7 × 7 pooled by 2 × 2 windows leaves the last row and column in no window: the convolution keeps its
+    own kernel (its every position must be stored), and the backward still computes ∂L/∂f3 in ∂W1's kernel.
+    Against torch.autograd in float64, on the CPU tiles."""
+    net = Network("plan_pool_rest", [Conv2d(2, 3, padding=1, activation="tanh"), MaxPool2d(2), Flatten(),
+                                     Linear(3)], Port("x", (1, 7, 7)), Port("y", ()), loss=Loss("cross_entropy"))
+    plan = plan_triton(lower(derive(net), "<t>"))
+    assert "plan_pool_rest_a1_kernel: a1, f1" in plan.fusion and "plan_pool_rest_f2_kernel: f2" in plan.fusion
+    assert any("dL_dW4, dL_db4, dL_df3, dL_df1, delta1" in line for line in plan.fusion)
+    rng = np.random.default_rng(16)
+    with generated_modules(net, "<test>", ("numpy", "triton")) as mods:
+        trm = mods["triton"]
         params = verify.random_params(mods["numpy"], rng)
         x, y = verify.sample(net, rng, 37)
         tp, tx, ty = triton_inputs(net, params, x, y, triton_device_name)

@@ -2,10 +2,12 @@
 
 Where nothing but a convolution's weight and bias gradients read its δ, the kernel just emitted to store δ
 (δ = ∂L/∂f·f′ after a δ·W, a max-pooling or window gather) is dropped, and its printed tile (TiledBody) runs
-inside the gradient's kernel: one program per filter and split of the batch, walking the split's rows and
-every block of positions, δ in registers, one (c·kw) × tile sum per kernel row.  Two more kernels fold in
-where they fit: a dense ∂W over the convolution's output (_riding_outer), and, when this is the backward's
-first kernel, the training-step work of the last dense layer's row-complete kernel (_absorbed_rows).
+inside the gradient's kernel: one program per filter (on CPU tensors, per group of filters) and split of
+the batch, walking the split's rows and every block of positions, δ in registers, one (c·kw) × tile sum
+per kernel row.  Three more kernels fold in where they fit: the one computing the gradient a pooling
+routes, as a pass over the program's pooled columns before the walk (_prepass); a dense ∂W over the columns
+walked (_riding_outer); and, when this is the backward's first kernel, the training-step work of the last
+dense layer's row-complete kernel (_absorbed_rows).
 ``plan`` is triton_layers' _Plan, which imports this module where it emits a convolution's ∂W.
 """
 
@@ -15,6 +17,7 @@ import re
 
 import sympy as sp
 
+from derive.ir import nodes as N
 from derive.ir.nodes import Assign
 from derive.limits import pow2
 from derive.targets.triton_kernel import Kernel, TiledBody, _width
@@ -24,12 +27,19 @@ from derive.targets.triton_kernel import Kernel, TiledBody, _width
 # p, at most INLINE_SUMS floats in all (lecture_convnet: 5 · 16 · 64 = 5,120; with ∂W3 and the row work in
 # it, 128 registers and no spill on sm_90).  8 rows, not 4 × 16 positions: a riding ∂W's sums are
 # read-modify-written once per tile, so 8 rows a tile halve that L2 traffic (1.54 → 0.77 GB at 2^14)
-INLINE_B, INLINE_N, INLINE_WIDE_B = 8, 8, 8
+INLINE_B, INLINE_N = 8, 8
 INLINE_SUMS = 8192
+# On CPU tensors a program takes every filter, or as many as fit, and a tile of up to WIDE_B rows by every
+# position of each: the interpreter pays per program and per operation, and one program per filter and
+# 8 rows made digits_convnet's step at 32 rows 13.5 s (1.8 s before δ moved into this kernel; 0.7 s now).
+# Filters come first (they share the tile's loads), then rows, while one kernel row's sum stays within
+# WIDE_SUMS floats: the interpreter's largest tensor (triton.language's TRITON_MAX_TENSOR_NUMEL)
+WIDE_B = 32
+WIDE_SUMS = 1 << 20
 
 # the locals of window_weight_grad_inline's loop (templates/triton_layer_kernels.jinja), which a producer's lines
 # must not assign
-_INLINE_LOCALS = {"_wo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_accb", "_wt", "_b0", "_p0", "_pp", "_wd",
+_INLINE_LOCALS = {"_wo", "_np", "_pf", "_fo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_accb", "_wt", "_b0", "_p0", "_pp", "_wd",
                   "_wb", "_wpos", "_wi", "_wj", "_wm", "_wat", "_wh", "_wx", "_X_ptr", "_G_ptr", "_GB_ptr",
                   "_of", "_oj", "_od", "_oat", "_osum", "_first", "_later", "_OD_ptr", "_OF_ptr", "_OG_ptr", "_OGB_ptr"}
 
@@ -72,7 +82,14 @@ def emit_window_weight_grad_inline(plan, a: Assign, producer: Kernel, bias: Assi
     args = list(t.args) + [("_X_ptr", *plan.arg(k["source"], section)[1:]), ("_G_ptr", *plan.arg(a.name, section)[1:])]
     if bias:
         args.append(("_GB_ptr", *plan.arg(bias.name, section)[1:]))
-    outer = _riding_outer(plan, section, t, k)
+    pre = _prepass(plan, section, producer, k)
+    if pre is not None:
+        plan.kernels.pop()
+        stored = pre.tile.stored[0]
+        args += [x for x in pre.tile.args if x[2] not in {y[2] for y in args}]
+        args.append((f"{stored}_ptr", *plan.arg(stored, section)[1:]))
+    walked = pre.tile if pre is not None else t  # the columns a riding ∂W's f must be
+    outer = _riding_outer(plan, section, walked, k["o"])
     ptrs = {}  # the riding ∂W's pointers: a buffer this kernel already takes (δ3 for δ·W3) keeps its parameter
     if outer is not None:
         plan.kernels.pop()
@@ -84,6 +101,9 @@ def emit_window_weight_grad_inline(plan, a: Assign, producer: Kernel, bias: Assi
     computes = (producer.head(plan.ir.name), *producer.computes,
                 *((bias.name,) if bias else ()))
     done = {a.name, *((bias.name,) if bias else ()), computes[0], *producer.computes}  # what this kernel computes
+    if pre is not None:
+        computes = (pre.head(plan.ir.name), *pre.computes, *computes)
+        done |= {computes[0], *pre.computes}
     done |= {outer.outer["head"], *outer.computes} if outer else set()
     rows = _absorbed_rows(plan, section, args, done, k["o"])
     if rows is not None:
@@ -92,23 +112,39 @@ def emit_window_weight_grad_inline(plan, a: Assign, producer: Kernel, bias: Assi
     kx = {**k, "args": args, "delta": src, "width": t.width, "head": head, "loads": t.loads, "lines": t.lines,
           "g_cols": g_cols, "delta_formula": plan.defining(src).comment, "outer": outer and outer.outer["k"],
           "outer_jp": pow2(outer.outer["k"]["j"]) if outer else 0, "ptrs": ptrs, "rows": rows,
-          "outer_f": _loaded(t, outer.outer["k"]["f"]) if outer else None}
+          "outer_f": _loaded(walked, outer.outer["k"]["f"]) if outer else None, "pre": pre and _pre_dict(plan, pre, k["o"])}
     if outer is not None:
         computes = (outer.outer["head"], *outer.computes, *computes)
     if rows is not None:
         computes = (*rows["computes"], *computes)
     # the sums run over kh · BLOCK_G lanes per position, BLOCK_G ≥ c·kw a power of two: counted as run
     flops = producer.flops + 2 * k["n_out"] * k["kh"] * pow2(g_cols) + (outer.flops if outer else 0)
+    flops += pre.flops if pre else 0
     # the riding ∂W's sums, read-modify-written per tile in the split's row: L2 traffic, not DRAM (counted per row)
-    rmw = 2 * 4 * outer.outer["k"]["j"] * t.width // INLINE_B if outer else 0
+    rmw = 2 * 4 * outer.outer["k"]["j"] * walked.width // INLINE_B if outer else 0
+    rmw += 4 * pre.tile.width if pre else 0  # the pre-pass's array, read back by the gather from L2
     rmw += rows["l2_row"] if rows else 0
     flops += rows["flops"] if rows else 0
-    plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad_inline(kx), args, f"({k['o']}, _splits)",
-                               section, f"({INLINE_WIDE_B} if _wide else {INLINE_B})", str(INLINE_B),
-                               {"BLOCK_G": pow2(g_cols)}, flops=flops,
-                               block_n=(INLINE_N, pow2(k["ohw"])), computes=computes, split=True, programs=k["o"],
-                               l2_row=rmw, loss=rows is not None))
+    rows_, filters = _wide_tile(pow2(g_cols) * pow2(k["ohw"]), k["o"])
+    grid = f"({-(-k['o'] // filters)} if _wide else {k['o']}, _splits)" if filters > 1 else f"({k['o']}, _splits)"
+    plan.kernels.append(Kernel(k["name"], plan.env.window_weight_grad_inline(kx), args, grid,
+                               section, f"({rows_} if _wide else {INLINE_B})", str(INLINE_B),
+                               {"BLOCK_G": pow2(g_cols), "FILTERS": (1, filters)}, flops=flops,
+                               block_n=(INLINE_N, filters * pow2(k["ohw"])), computes=computes, split=True,
+                               programs=k["o"], l2_row=rmw, loss=rows is not None))
     return 0
+
+
+def _wide_tile(per_row: int, o: int) -> tuple[int, int]:
+    """(rows, filters) of a program's tile on CPU tensors, where one kernel row's sum takes ``per_row``
+    floats per batch row and filter: every filter (padded to a power of two) and WIDE_B rows, the rows
+    halved to 8 and then the filters halved while that sum passes WIDE_SUMS."""
+    rows, f = WIDE_B, pow2(o)
+    while rows > INLINE_B and per_row * rows * f > WIDE_SUMS:
+        rows //= 2
+    while f > 1 and per_row * rows * f > WIDE_SUMS:
+        f //= 2
+    return rows, f
 
 
 def _absorbed_rows(plan, section: str, args: list, absorbed: set, o: int) -> dict | None:
@@ -163,18 +199,55 @@ def _absorbed_rows(plan, section: str, args: list, absorbed: set, o: int) -> dic
                                                                         for a in rk.args)}
 
 
-def _riding_outer(plan, section: str, t: TiledBody, k: dict) -> Kernel | None:
-    """The dense weight gradient ∂W = Σ_b δ[b] ⊗ f[b] emitted just before δ's producer, where f is the
-    convolution's output itself (a flatten of it: the same columns, in the same order, as the tiles this
-    kernel walks): its sums ride in this kernel, which holds f's tile anyway, so f is read once fewer and a
-    launch goes.  Each program owns its filter's columns of ∂W in its split's row and adds each tile's
-    δᵀ·f to them there (read-modify-write: no other program writes them)."""
+def _riding_outer(plan, section: str, t: TiledBody, o: int) -> Kernel | None:
+    """The dense weight gradient ∂W = Σ_b δ[b] ⊗ f[b] emitted just before δ's producer (or the pre-pass),
+    where f has the columns this kernel walks: the convolution's output (a flatten of it: the same columns,
+    in the same order), or the pooled array the pre-pass walks.  Its sums ride in this kernel, which walks
+    f's tiles anyway (and holds them, where the producer loads f), so a launch goes.  Each program owns its
+    filters' columns of ∂W in its split's row and adds each tile's δᵀ·f to them there (read-modify-write:
+    no other program writes them)."""
     prev = plan.kernels[-1] if plan.kernels else None
     if prev is None or prev.outer is None or prev.section != section:
         return None
     f = plan.resolve(prev.outer["k"]["f"])
     shape = plan.arrays[f].shape if f in plan.arrays else None
-    return prev if shape == (k["o"], k["oh"], k["ow"]) and _width(shape) == t.width else None
+    # f channel-major over the filters, as wide as the walk: its columns are the walk's, in its order
+    return prev if shape is not None and len(shape) == 3 and shape[0] == o and _width(shape) == t.width else None
+
+
+def _prepass(plan, section: str, producer: Kernel, k: dict) -> Kernel | None:
+    """The kernel emitted just before δ's producer, where the producer is a pooling's gradient (a gather of
+    g over the windows, channel by channel) and that kernel computes g and stores nothing else, which
+    nothing else reads (lecture_convnet_pool: ∂L/∂f3 = δ4·W4 over the pooled columns).  Then this kernel
+    computes g itself, per row tile, in a pass over its own filters' pooled columns before the walk over
+    the convolution's positions, and stores it: the gather reads back, from L2, only what the same program
+    stored (its channels, its rows), after a barrier; the launch goes."""
+    prev = plan.kernels[-1] if plan.kernels else None
+    head = plan.defining(producer.head(plan.ir.name))
+    if prev is None or prev.tile is None or prev.section != section or prev.guard:
+        return None
+    if not isinstance(head.expr, (N.MaxPool2dGrad, N.AvgPool2dGrad)):
+        return None
+    t = prev.tile
+    if len(t.stored) != 1 or not (t.plain and t.chunked) or plan.resolve(head.expr.args[0].name) != t.stored[0]:
+        return None
+    pooled = plan.arrays[head.expr.args[1].name].shape  # the pooling's input: the convolution's channels
+    if pooled[0] != k["o"] or t.width % k["o"] or plan.readers.get(t.stored[0], set()) - {head.name}:
+        return None
+    names = set(re.findall(r"\b_\w+", "\n".join((t.head, *t.loads, *t.lines))))
+    if t.head or names & (_INLINE_LOCALS | {f"_acc{p}" for p in range(k["kh"])}):
+        return None
+    return prev
+
+
+def _pre_dict(plan, pre: Kernel, o: int) -> dict:
+    """The template's view of the pre-pass: its lines and its array's store over the pass's columns."""
+    t, name = pre.tile, pre.tile.stored[0]
+    w = t.width
+    return {"lines": (*t.loads, *t.lines), "name": name, "width": w, "ohw": w // o,
+            "formula": plan.defining(name).comment,
+            "store": (f"tl.store({name}_ptr + _rows[:, None] * {w} + _cols_{w}[None, :], {name}, "
+                      f"mask=_row_mask[:, None] & _cmask_{w}[None, :])")}
 
 
 def _loaded(t: TiledBody, name: str) -> str | None:

@@ -45,6 +45,8 @@ class Kernel:
     flag_uses: list | None = None
     training: bool = True  # launched by a training step (derive inspect's model)
     loss: bool = False  # writes each split's loss into its row of partial sums (no loss-sum launch)
+    # a convolution's (or locally connected layer's) forward: its template dict (a pooling may take it in)
+    window: dict | None = None
 
     def head(self, net: str) -> str:
         """The assignment the kernel is named after (derive inspect's phase line starts with it)."""

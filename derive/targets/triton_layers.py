@@ -18,10 +18,16 @@ column tiles (a conv's f1 = relu(a1), a pooling's output; views such as flatten 
 sums W·f over its tile's columns and stores the partial sums P[column block, b, j]; the dense layer's kernel
 adds the blocks' partials in block order (deterministic, no atomics) instead of reading f's whole row
 (_split_k). f is still stored where a later kernel (the backward) reads it.
-The convolution's ∂W kernel with δ computed in it also takes in, where they fit: a dense ∂W over the
-convolution's output (triton_conv_grad._riding_outer), and, as the backward's first kernel, the training
-step's work of the last dense layer's row-complete kernel (a3, the loss, δ3: triton_conv_grad._absorbed_rows).
-lecture_convnet's training step is then three launches: the convolution, that kernel, the update.
+The convolution's ∂W kernel with δ computed in it also takes in, where they fit: where δ's producer is a
+pooling's gradient, the kernel before it that computes the gradient g the pooling routes (δ4·W4 over the
+pooled columns), as a pass over the program's own filters' pooled columns per row tile
+(triton_conv_grad._prepass); a dense ∂W over the columns the kernel walks, the convolution's output or the
+pooled ones (triton_conv_grad._riding_outer); and, as the backward's first kernel, the training step's work
+of the last dense layer's row-complete kernel (a3, the loss, δ3: triton_conv_grad._absorbed_rows).  In the
+forward, a pooling whose windows tile the convolution's output exactly computes that convolution itself at
+each window position, and stores f for the backward (_pooled_conv).  lecture_convnet's and
+lecture_convnet_pool's training steps are then three launches each: the convolution (with its pooling), the
+∂W kernel, the update.
 
 Adding a layer kind: one entry in EMITTERS (its IR node class -> the function that emits its kernel).
 """
@@ -40,6 +46,7 @@ from derive.ir.nodes import Assign, KernelIR
 from derive.limits import pow2
 from derive.tables.functions import step
 from derive.targets.common import _env
+from derive.targets.triton_conv_grad import WIDE_B, delta_producer, emit_window_weight_grad_inline
 from derive.targets.triton_kernel import EpiloguePart, Kernel, TiledBody, _width
 from derive.targets.triton_plan import TritonPlan, compile_specs, module_context, step_aliases
 from derive.targets.triton_printer import TRITON_HELPERS, TritonCodePrinter
@@ -69,6 +76,7 @@ OUTER_J, OUTER_K = 16, 64
 # with two
 SPLITS = 64
 SPLIT_ROWS = 8
+WIDE_SPLIT_ROWS = WIDE_B  # on CPU tensors: the rows of a convolution's ∂W tile there (triton_conv_grad)
 # a dense layer of at most this many outputs (pow2-padded) takes W·f as the partial sums its operand's kernel
 # stores per column block (_split_k): J row reductions per tile there, J floats per block and row here
 SPLIT_J = 16
@@ -274,14 +282,14 @@ class _Plan:
     # ---- row-tiled kernels: a head, the fused elementwise lines, the stores
     def tiled(self, head: Assign, section: str, head_lines: str | None, head_args: list, rest: list[Assign],
               width: int, block_n: int, chunked: bool, extra: tuple = (), out_ptr: str | None = None,
-              epilogue: tuple = ()) -> Kernel:
+              epilogue: tuple = (), wide_n: int = 0) -> Kernel:
         """A kernel over (BLOCK_B rows) × (block_n columns of ``width``): ``head_lines`` compute the head's tile
         (None: the head is elementwise and printed too), then ``rest`` are printed, then the stores.
         ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment).
         ``epilogue``: (flag, assignments) of a whole-row tile, each part printed under ``if flag:``."""
         pr = _RowPrinter(self, width)
         extra, head_args, pr.flops = _split_k(self, head, rest, width, block_n if chunked else 0, section, extra,
-                                              head_args)
+                                              head_args, wide_n or WIDE_N)
         self.block_n_of = {width: "BLOCK_N"} if chunked else {}
         in_regs: set[str] = set()
         body: list[str] = []
@@ -345,7 +353,7 @@ class _Plan:
             "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
             "kc": "_matvec_cols" in pr.helpers, "epilogue": parts, "flags": [(f, FLAGS[f][1]) for f, _ in epilogue],
         })
-        tiles = _column_tiles(width, block_n) if chunked and width else None
+        tiles = _column_tiles(width, block_n, wide_n or WIDE_N) if chunked and width else None
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         stored = tuple(a.name for a in outs if out_ptr is None and self._needs_store(a.name, here))
@@ -528,14 +536,14 @@ class SplitK:
     blocks: tuple
 
 
-def _column_tiles(width: int, block_n: int) -> tuple:
+def _column_tiles(width: int, block_n: int, wide_n: int = WIDE_N) -> tuple:
     """A column-tiled kernel's columns per program: (on CUDA, on CPU tensors, where one wide tile holds up to
-    WIDE_N)."""
-    return block_n, min(pow2(width), WIDE_N)
+    wide_n)."""
+    return block_n, min(pow2(width), wide_n)
 
 
 def _split_k(plan: _Plan, head: Assign, rest: list[Assign], width: int, block_n: int, section: str, extra: tuple,
-             head_args: list) -> tuple:
+             head_args: list, wide_n: int = WIDE_N) -> tuple:
     """The split-K merge (the module docstring) for the kernel of ``head`` and ``rest``, tiled over ``width``
     columns (``block_n`` per program on CUDA; 0: one tile holds whole rows, nothing to split): where the next
     assignment of its section is a dense layer a = W·f (+ b) of at most SPLIT_J outputs whose f this kernel
@@ -561,7 +569,7 @@ def _split_k(plan: _Plan, head: Assign, rest: list[Assign], width: int, block_n:
             or pow2(shape[0]) > SPLIT_J or f in expr.xreplace({mats[0]: sp.S.Zero}).free_symbols):
         return tuple(extra), list(head_args), 0
     j = shape[0]
-    tiles = _column_tiles(width, block_n)  # the kernel's, as tiled() launches it
+    tiles = _column_tiles(width, block_n, wide_n)  # the kernel's, as tiled() launches it
     blocks = f"triton.cdiv({width}, {_bn(tiles)})"
     split = SplitK(f"{nxt.name}_part", f"{nxt.name}_blocks", j, tuple(-(-width // t) for t in tiles))
     plan.partials[(w.name, f.name)] = split
@@ -661,6 +669,7 @@ def _emit_window_forward(plan: _Plan, a: Assign, after, section) -> int:
         args.append(_named(plan, b.name, "BIAS_ptr", section))
     plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True))
     plan.kernels[-1].flops += 2 * n * g["ckk"]  # the window's (tiled counted the partials it stores, if any)
+    plan.kernels[-1].window = k
     return len(rest)
 
 
@@ -722,9 +731,52 @@ def _emit_pool(plan: _Plan, a: Assign, after, section) -> int:
     block_n = min(pow2(n), WINDOW_N)
     k.update(out=a.name, cols=f"_cols_{n}", cmask=f"_cmask_{n}", bn="BLOCK_N", max=isinstance(a.expr, N.MaxPool2d))
     rest = _rest(plan, after, n)
-    args = [_named(plan, k["src"], "X_ptr", section)]
-    plan.kernels.append(plan.tiled(a, section, plan.env.pool_forward(k), args, _compute(rest, plan), n, block_n, True))
+    conv = _pooled_conv(plan, k, section)
+    wide_n = WIDE_N
+    if conv is None:
+        head, args = plan.env.pool_forward(k), [_named(plan, k["src"], "X_ptr", section)]
+    else:
+        plan.kernels.pop()
+        head, args = _conv_pool_head(plan, k, conv, section)
+        kk = k["kh"] * k["kw"]
+        block_n, wide_n = max(1, min(block_n, WINDOW_N // kk)), WIDE_N // kk  # the convolution's tile as before
+    plan.kernels.append(plan.tiled(a, section, head, args, _compute(rest, plan), n, block_n, True, wide_n=wide_n))
+    if conv is not None:
+        kern = plan.kernels[-1]
+        kern.flops += conv.flops  # every position of the convolution's output, once
+        kern.computes = (conv.head(plan.ir.name), *conv.computes, *kern.computes)
     return len(rest)
+
+
+def _pooled_conv(plan: _Plan, k: dict, section: str) -> Kernel | None:
+    """The kernel just emitted, where it is the convolution (and its elementwise lines) whose output this
+    pooling reads, and the windows tile that output exactly (stride = window, no padding, no remainder):
+    then the pooling's kernel computes each window position's convolution itself and stores what that
+    kernel stored, and the pooled output never waits for a second launch to read f back (lecture_convnet_pool:
+    f1, 308 MB at 2^14, read once fewer, and one launch fewer)."""
+    prev = plan.kernels[-1] if plan.kernels else None
+    if prev is None or prev.tile is None or prev.section != section or not prev.tile.plain:
+        return None
+    if prev.window is None or k["src"] not in prev.tile.stored or pow2(k["kh"] * k["kw"]) != k["kh"] * k["kw"]:
+        return None  # the windows' positions are a tile axis: a power of two (2 × 2, 1 × 2, 4 × 4)
+    exact = (k["sh"], k["sw"]) == (k["kh"], k["kw"]) and not k["pad"] and not k["h"] % k["kh"] and not k["w"] % k["kw"]
+    return prev if exact and prev.tile.width == k["n_in"] else None
+
+
+def _conv_pool_head(plan: _Plan, k: dict, conv: Kernel, section: str) -> tuple[str, list]:
+    """The head of a pooling over a convolution (_pooled_conv): the convolution's tile over the windows'
+    positions, window by window (BLOCK_N windows of kh·kw columns), its elementwise lines and stores, then each
+    window's maximum or mean."""
+    t, w, kk = conv.tile, conv.tile.width, k["kh"] * k["kw"]
+    bn = f"BLOCK_N * {kk}"
+    body = plan.env.window_forward({**conv.window, "bn": bn}).splitlines()
+    body += [" " * 4 + ln for ln in (*t.loads, *t.lines)]
+    body += [" " * 4 + plan._store(name) for name in t.stored]
+    kx = {**k, "conv_formula": plan.defining(conv.head(plan.ir.name)).comment, "stored": t.stored,
+          "conv_cols": f"_cols_{w}", "conv_cmask": f"_cmask_{w}", "conv_bn": bn, "kk": kk, "body": body,
+          "f": k["src"], "formula": plan.defining(k["out"]).comment}
+    args = list(t.args) + [(f"{name}_ptr", *plan.arg(name, section)[1:]) for name in t.stored]
+    return plan.env.conv_pool_forward(kx), args
 
 
 def _emit_pool_grad(plan: _Plan, a: Assign, after, section) -> int:
@@ -782,8 +834,6 @@ def _emit_window_weight_grad(plan: _Plan, a: Assign, after, section) -> int:
          "bias": plan.grad_param[bias.name] if bias else None, "n_bias": n_bias,
          "b_shape": plan.params[plan.grad_param[bias.name]].shape if bias else None,
          "bias_formula": bias.comment if bias else None}
-    from derive.targets.triton_conv_grad import delta_producer, emit_window_weight_grad_inline
-
     producer = delta_producer(plan, a, d, bias, section, k) if shared else None
     if producer is not None:
         return emit_window_weight_grad_inline(plan, a, producer, bias, section, k)
@@ -1168,7 +1218,7 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
         partials={s: plan.partial_buffers.get(s, []) for s in SECTIONS},
-        top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS, loss_in_backward=plan.loss_in_backward,
+        top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS, wide_split_rows=WIDE_SPLIT_ROWS, loss_in_backward=plan.loss_in_backward,
         epilogue=next(({"name": k.name, "block_b": k.block_b} for k in plan.kernels if k.flags), None),
     )
     loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_ROWS": "i32",
