@@ -16,6 +16,7 @@ from derive.derivation import derive
 from derive.inspect.compile import launch_error
 from derive.inspect.model import CARDS, Cost, eager_step, fused_step, ideal_bytes, layered_step, summary
 from derive.ir.lowering import lower
+from derive.targets.triton import SCRATCH
 from derive.targets.triton_planner import plan_triton
 
 
@@ -41,9 +42,11 @@ def test_compile_specs_name_real_kernels_and_all_their_arguments():
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
         kernels = [s["kernel"] for s in mod.COMPILE_SPECS]
-        # four fused launch flag sets; the update kernel's modes: ∂L/∂θ only, SGD, the spec's optimizer
-        assert kernels == ["insp_fused_kernel"] * 4 + ["insp_update_kernel"] * 3
-        assert [s["constexprs"]["MODE"] for s in mod.COMPILE_SPECS[4:]] == [0, 1, 2]
+        # four fused launch flag sets; the split plan's ∂W kernel (the pick for 32 → 64 → 64); the update
+        # kernel's modes: ∂L/∂θ only, SGD, the spec's optimizer
+        assert plan.strategy.sums == "split"
+        assert kernels == ["insp_fused_kernel"] * 4 + ["insp_dw_kernel"] + ["insp_update_kernel"] * 3
+        assert [s["constexprs"]["MODE"] for s in mod.COMPILE_SPECS[5:]] == [0, 1, 2]
         for s in mod.COMPILE_SPECS:
             fn = getattr(mod, s["kernel"])
             names = list(getattr(fn, "arg_names", None) or pyinspect.signature(fn.fn).parameters)
@@ -59,7 +62,7 @@ def test_compile_specs_name_real_kernels_and_all_their_arguments():
 def test_fused_flops_match_the_dense_contractions():
     # forward W·f per layer, backward δᵀ·f per layer and δ·W above the first: 2·N·in·out each
     ir = lower(derive(NET), "<test>")
-    plan = plan_triton(ir)
+    plan = plan_triton(ir, strategy=SCRATCH)  # every contraction in the one kernel
     batch = 1000
     fused = fused_step(ir, plan, batch, CARDS["sm_90"])[0]
     macs = 32 * 64 + 64 * 64
@@ -98,7 +101,7 @@ def test_ideal_and_eager_traffic_counted_by_hand():
 
 def test_summary_ratios_are_the_quotients_of_its_totals():
     ir = lower(derive(NET), "<test>")
-    m = summary(ir, plan_triton(ir), 4096, "sm_90")
+    m = summary(ir, plan_triton(ir, strategy=SCRATCH), 4096, "sm_90")
     assert m["fused_traffic_over_ideal"] == pytest.approx(m["fused_total"]["dram_bytes"] / m["ideal"]["dram_bytes"])
     assert m["eager_over_fused_time"] == pytest.approx(m["eager_total"]["seconds"] / m["fused_total"]["seconds"])
     card = CARDS["sm_90"]

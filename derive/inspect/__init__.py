@@ -116,7 +116,8 @@ def format_text(r: dict) -> str:
         lines.append("")
     st = r.get("strategy")
     if st:
-        lines.append(f"plan: {st['name']} (weights loaded per {st['weights']}, gradient sums per {st['sums']}): "
+        sums = "by the ∂W kernel, split-K" if st["sums"] == "split" else f"per {st['sums']}"
+        lines.append(f"plan: {st['name']} (weights loaded per {st['weights']}, gradient sums {sums}): "
                      f"{st['why']}")
         lines.append("")
     if r.get("strategies"):

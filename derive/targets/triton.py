@@ -79,19 +79,28 @@ ON_CHIP = Strategy("on-chip", "tile", "tile", 16, why="every weight 64 x 64: the
 NARROW_ENVELOPE = ((16, 4), (32, 2))
 # split-K ∂W (issue 21, for wide layers whose ∂W sums do not fit registers): the fused kernel stores δ and f per
 # batch row and reads them back in KC-column chunks for W·f and δ·W; a second kernel sums δᵀ·f over the batch.
-# Not picked anywhere: for the 128-wide 3-layer L2 net the training launch spilled 888 B at 64 rows (modeled
-# 2.55x eager) and 3,160 B at 128 rows (2.95x); the ∂W kernel compiled at 228 registers, no spill (docs/gpu.md)
 SPLIT_WHY = "∂W = Σ δᵀ·f split-K over the batch in a second kernel from δ and f stored per row: no ∂W sums on chip"
+SPLIT = Strategy("on-chip", "tile", "split", 64, SPLIT_WHY)
+# where the scratch plan would be picked, the split plan at 64 rows, (widest hidden or output side, most weight
+# layers, most outputs): every COMPILE_SPECS entry of the grid's nets outside the on-chip envelopes, 16- and
+# 32-wide up to 8 layers and 64-wide cross-entropy up to 7, and of 784 -> 16/32/64/128 -> 10, 784 -> 64 -> 64 ->
+# 10 and 3072 -> 64 -> 10 compiled without spills (127-255 registers) and modeled faster than scratch at 2^18
+# rows, L2 counted (grid: scratch 0.91-1.92x eager, split 2.22-2.62x; 784 wide: 0.04x, 1.04-1.87x); 64-wide
+# at 8 layers spilled 28 B, 128-wide 320-2,356 B but where 2 layers end in 10 classes, 784 -> 128 -> 64 -> 10
+# 32 B, and a padded hidden side (20 -> 48 -> 48 -> 1) 56 B: hidden sides must be powers of two, the input
+# may be any width (the ∂W kernel sums it in DW_COLS-column blocks); docs/benchmarks.md
+SPLIT_ENVELOPE = ((32, 8, 32), (64, 7, 64), (128, 2, 16))
 # the plans derive inspect --strategies compiles and models beside the pick (the bigger tiles and on-chip sums
 # the model favours spill on sm_90 today: docs/gpu.md)
 CANDIDATES = (SCRATCH, ON_CHIP, Strategy("on-chip", "tile", "program", 16), Strategy("on-chip", "tile", "tile", 32),
               Strategy("on-chip", "tile", "program", 32), Strategy("on-chip", "program", "program", 16),
               Strategy("on-chip", "tile", "program", 64), Strategy("on-chip", "program", "program", 64),
-              Strategy("on-chip", "tile", "split", 64, SPLIT_WHY), Strategy("on-chip", "tile", "split", 128, SPLIT_WHY))
+              SPLIT, Strategy("on-chip", "tile", "split", 128, SPLIT_WHY))
 
 
 def choose_strategy(ir: KernelIR) -> Strategy:
-    """The plan for a dense network: on chip where it was measured spill-free, else scratch rows."""
+    """The plan for a dense network: on chip where it was measured spill-free; else split-K ∂W where that was;
+    else scratch rows (spill-free across the grid, but L2-bound)."""
     if not _scratch_layout(ir):
         return Strategy("on-chip", "tile", "tile", why="scalars only: every quantity is a register")
     weights = [p.shape for p in ir.params if len(p.shape) == 2]
@@ -101,7 +110,24 @@ def choose_strategy(ir: KernelIR) -> Strategy:
     if sides and any(max(sides) <= side and len(weights) <= depth for side, depth in NARROW_ENVELOPE):
         return dataclasses.replace(ON_CHIP, why=f"every side <= {max(sides)} with {len(weights)} weight layers: "
                                    "inside the measured envelope of narrow nets; no scratch traffic")
+    if weights and _in_split_envelope(weights):
+        return dataclasses.replace(SPLIT, why=f"{len(weights)} weight layers, hidden and output sides <= "
+                                   f"{max(shape[0] for shape in weights)}: inside the measured "
+                                   "envelope of the split plan, which scratch rows and per-tile weights "
+                                   "would leave L2-bound")
     return SCRATCH
+
+
+def _in_split_envelope(weights: list[tuple]) -> bool:
+    """Weights as declared, (out, in) in layer order, two layers or more: the input may be any width and the
+    last layer's outputs (a class count) any size up to the envelope's; every hidden side was a power of two."""
+    if len(weights) < 2:  # one layer: 100 -> 1 (L2) modeled 1.02x eager split, 1.72x on scratch
+        return False
+    outs = weights[-1][0]
+    hidden = [shape[0] for shape in weights[:-1]] + [shape[1] for shape in weights[1:]]
+    return all(pow2(n) == n for n in hidden) and any(
+        max(hidden + [outs]) <= side and len(weights) <= depth and outs <= most
+        for side, depth, most in SPLIT_ENVELOPE)
 
 
 def refusal(ir: KernelIR) -> str | None:

@@ -96,6 +96,9 @@ def plan_triton(ir: KernelIR, out_dir: str = "generated", strategy: Strategy | N
         out = plan_fused(ir, out_dir, strategy)
         fusion = (f"{ir.name}_fused_kernel: all {len(plan)} phases, {plan[0].name} … {plan[-1].name}, fused: "
                   f"every phase is row-local (kept on chip as the plan \"{strategy.name}\" says)",)
+        if strategy.sums == "split":
+            fusion += (f"{ir.name}_dw_kernel: the weight gradients ∂L/∂W = Σ δᵀ·f, split-K over the batch from the "
+                       "δ and f rows the fused kernel stores",)
     else:
         out = plan_layers(ir, out_dir)
         fusion = (f"not fused: {stop.name} ({stop.node}) {stop.why_not}", *out.fusion)

@@ -16,6 +16,9 @@ from derive.limits import pow2
 from derive.targets.triton_printer import DOT_MIN  # narrower vectors are padded with zero columns in the ∂W kernel
 
 DW_BLOCK_K = 32  # batch rows per tl.dot step of the ∂W kernel: a (32, 128) operand is 16 registers at 8 warps
+# the widest block of f's columns one ∂W sum takes: a wider f (a 784-wide input) is summed block by block,
+# each block a pass over the batch of its own (a 64 x 1,024 sum held whole spilled 10,748 B on sm_90)
+DW_COLS = 128
 
 
 @dataclasses.dataclass
@@ -82,39 +85,46 @@ def store_line(layout: SplitLayout, name: str, mask: str) -> str:
 
 
 def dw_context(ir: KernelIR, layout: SplitLayout, offsets: dict[str, int]) -> list[dict]:
-    """One block of the ∂W kernel per group: its loads (δ, then f for each δᵀ·f) and stores.
-    ``offsets``: each parameter's first entry in the flat partial row."""
+    """One block of the ∂W kernel per group and block of f's columns (DW_COLS): its loads (δ, then f for each
+    δᵀ·f) and stores; the bias and f's first columns in the group's first block, f's further columns in one
+    more block each.  ``offsets``: each parameter's first entry in the flat partial row."""
     arrays, param_of = ir.arrays(), {g: p for p, g in ir.grads}
     x = ir.input.name
 
-    def load(name, cols):
+    def load(name, cols, c0=0, block=None):
         if name == x:
             ptr, stride, off, n = f"{x}_ptr", arrays[x].shape[0], 0, arrays[x].shape[0]
         else:
             (off, n), ptr, stride = layout.columns[name], "_SPLIT_ptr", layout.width
-        np_ = max(DOT_MIN, pow2(n))
+        np_ = min(max(DOT_MIN, pow2(n)), block) if block else max(DOT_MIN, pow2(n))
         at = f"{off} + {cols}[None, :]" if off else f"{cols}[None, :]"
-        mask = "_m[:, None]" + ("" if np_ == n else f" & ({cols} < {n})[None, :]")
+        mask = "_m[:, None]" + ("" if c0 + np_ <= n else f" & ({cols} < {n})[None, :]")
         return np_, n, f"tl.load({ptr} + _r[:, None] * {stride} + {at}, mask={mask}, other=0.0)"
 
     blocks = []
     for g in layout.groups:
         jp, j, d_load = load(g["d"], "_j")
-        outers = []
-        for i, (grad, f) in enumerate(g["outer"]):
-            cols, acc = f"_k{i}", f"_acc_{grad}"
-            kp, k, f_load = load(f, cols)
-            outers.append({"acc": acc, "f": f"_f{i}", "cols": cols, "kp": kp, "f_load": f_load,
-                           "store": (f"tl.store({_at(offsets[param_of[grad]])}_j[:, None] * {k} + {cols}[None, :], "
-                                     f"{acc}{_pair_mask(j, jp, k, kp, cols)})")})
-        bias = None
-        if g["sum"]:
-            bias = f"tl.store({_at(offsets[param_of[g['sum']]])}_j, _sum" + (")" if j == jp else f", mask=_j < {j})")
-        names = [f"∂L/∂{param_of[grad]} = Σ_b {g['d']}ᵀ·{f}" for grad, f in g["outer"]]
-        if g["sum"]:
-            names.append(f"∂L/∂{param_of[g['sum']]} = Σ_b {g['d']}")
-        blocks.append({"d": g["d"], "jp": jp, "d_load": d_load, "outers": outers, "bias": bias,
-                       "comment": ", ".join(names)})
+        widths = [arrays[f].shape[0] for _, f in g["outer"]]
+        for c0 in range(0, max(widths + [1]), DW_COLS):
+            outers, names = [], []
+            for i, ((grad, f), k) in enumerate(zip(g["outer"], widths)):
+                if c0 >= k:
+                    continue
+                cols, acc = f"_k{i}", f"_acc_{grad}"
+                kp, _, f_load = load(f, cols, c0, DW_COLS)
+                outers.append({"acc": acc, "f": f"_f{i}", "cols": cols, "kp": kp, "f_load": f_load,
+                               "first": f"{c0} + " if c0 else "",
+                               "store": (f"tl.store({_at(offsets[param_of[grad]])}_j[:, None] * {k} + "
+                                         f"{cols}[None, :], {acc}{_pair_mask(j, jp, k, c0 + kp, cols)})")})
+                part = "" if k <= DW_COLS else f", f's columns {c0}-{min(k, c0 + DW_COLS) - 1}"
+                names.append(f"∂L/∂{param_of[grad]} = Σ_b {g['d']}ᵀ·{f}{part}")
+            bias = None
+            if g["sum"] and not c0:
+                mask = ")" if j == jp else f", mask=_j < {j})"
+                bias = f"tl.store({_at(offsets[param_of[g['sum']]])}_j, _sum{mask}"
+                names.append(f"∂L/∂{param_of[g['sum']]} = Σ_b {g['d']}")
+            blocks.append({"d": g["d"], "jp": jp, "d_load": d_load, "outers": outers, "bias": bias,
+                           "comment": ", ".join(names)})
     return blocks
 
 
@@ -123,7 +133,7 @@ def _at(offset: int) -> str:
 
 
 def _pair_mask(j: int, jp: int, k: int, kp: int, cols: str) -> str:
-    parts = ([f"(_j < {j})[:, None]"] if j != jp else []) + ([f"({cols} < {k})[None, :]"] if k != kp else [])
+    parts = ([f"(_j < {j})[:, None]"] if j != jp else []) + ([f"({cols} < {k})[None, :]"] if k < kp else [])
     return f", mask={' & '.join(parts)}" if parts else ""
 
 
@@ -134,11 +144,13 @@ def events(ir: KernelIR, layout: SplitLayout) -> list[tuple]:
     out = []
     for g in layout.groups:
         j = arrays[g["d"]].shape[0]
-        out.append(("dw", "row", "read", 4 * j))
+        blocks = -(-max([arrays[f].shape[0] for _, f in g["outer"]] + [1]) // DW_COLS)
+        out.append(("dw", "row", "read", 4 * j * blocks))  # δ again for each further block of f's columns
         for _, f in g["outer"]:
             k = arrays[f].shape[0]
             out.append(("dw", "row", "read", 4 * k))
-            out.append(("dw", "row", "dot", 2 * max(DOT_MIN, pow2(j)) * max(DOT_MIN, pow2(k))))
+            padded = max(DOT_MIN, pow2(k)) if k <= DW_COLS else -(-k // DW_COLS) * DW_COLS
+            out.append(("dw", "row", "dot", 2 * max(DOT_MIN, pow2(j)) * padded))
             out.append(("dw", "program", "write", 4 * j * k))
         if g["sum"]:
             out.append(("dw", "program", "write", 4 * j))
