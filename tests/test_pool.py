@@ -126,6 +126,16 @@ def test_pool_as_the_first_layer(kind):
     check_against_torch(pooled_net(kind, 3, 2, 1, conv=False))
 
 
+def test_what_the_input_alone_computes_gets_no_gradient():
+    """pool(x) and flatten(pool(x)) are functions of the input alone, as x is: no ∂L/∂θ lies below them, so
+    the derivation stops at the first layer with parameters (the lecture's chain has no ∂L/∂x either),
+    where before it computed ∂L/∂f2 = δ3·W3 and threw it away.  With a convolution below they are kept."""
+    steps = [s.name for s in derive(pooled_net("max_pool2d", 3, 2, 1, conv=False)).backward]
+    assert steps == ["dL_df3", "delta3", "dL_dW3", "dL_db3"]
+    steps = [s.name for s in derive(pooled_net("max_pool2d")).backward]
+    assert {"dL_df3", "dL_df2", "dL_df1", "delta1", "dL_dW1"} <= set(steps)
+
+
 def test_max_pool_ties_go_to_the_first_maximum():
     """With W = 0 every window of the conv's output ties (all equal b); the routing then decides ∂L/∂W,
     since each window position saw a different input.  torch routes to the first maximum, row-major."""

@@ -62,7 +62,8 @@ def _derive(net) -> Derivation:
     # The layers' order is topological (a layer reads only earlier outputs), so its reverse visits
     # every consumer of a quantity before the layer that computes it: ∂L/∂f_l is complete when needed.
     for layer, nodes, act in reversed(layers):
-        backward += _layer_backward(net, layer, nodes, act, sym, made, graph)
+        if names.activation(layer.index) in graph.learned:  # below it only the input: nothing to learn
+            backward += _layer_backward(net, layer, nodes, act, sym, made, graph)
     return Derivation(net, tuple(forward), loss, tuple(backward), sym).check()
 
 
@@ -80,10 +81,17 @@ class _Graph:
             for s in li.sources:
                 self.consumers.setdefault(s, []).append(li.index)
         self.pending: dict[str, list] = {}  # the path terms of a quantity with several consumers, so far
+        # the quantities a parameter reaches: ∂L/∂f is needed only where some ∂L/∂θ lies below f
+        # (flatten(x), or a pooling of x, is a function of the input alone, like x itself)
+        self.learned: set[str] = set()
+        for li in net.info:
+            if li.params or li.slope_param or any(s in self.learned for s in li.sources):
+                self.learned.add(names.activation(li.index))
 
     def needs_gradient(self, layer, name: str) -> bool:
-        """The network input needs no gradient, nor its zero-padded copy."""
-        return name != self.input and not (name == layer.padded and layer.source == self.input)
+        """Only a quantity some parameter reaches, or its zero-padded copy, needs a gradient: not the
+        network input, nor what is computed from the input alone."""
+        return (layer.source if name == layer.padded else name) in self.learned
 
     def shared(self, name: str) -> bool:
         return len(self.consumers.get(name, ())) > 1
