@@ -71,7 +71,6 @@ class _Graph:
     """Who reads what: the consumers of each quantity, the layer that computes it, the shapes."""
 
     def __init__(self, net):
-        self.input = net.input.name
         self.producer = {net.input.name: 0}
         self.shape = {net.input.name: net.info[0].in_shape if net.info[0].vector else net.input.shape}
         self.consumers: dict[str, list[int]] = {}

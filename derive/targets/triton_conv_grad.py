@@ -39,7 +39,8 @@ WIDE_SUMS = 1 << 20
 
 # the locals of window_weight_grad_inline's loop (templates/triton_layer_kernels.jinja), which a producer's lines
 # must not assign
-_INLINE_LOCALS = {"_wo", "_np", "_pf", "_fo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_accb", "_wt", "_b0", "_p0", "_pp", "_wd",
+_INLINE_LOCALS = {"_wo", "_np", "_pf", "_fo", "_s", "_lo", "_hi", "_wg", "_wc", "_wq", "_wg_ok", "_accb", "_wt", "_b0",
+                  "_p0", "_pp", "_wd",
                   "_wb", "_wpos", "_wi", "_wj", "_wm", "_wat", "_wh", "_wx", "_X_ptr", "_G_ptr", "_GB_ptr",
                   "_of", "_oj", "_od", "_oat", "_osum", "_first", "_later", "_OD_ptr", "_OF_ptr", "_OG_ptr", "_OGB_ptr"}
 
@@ -50,9 +51,9 @@ def delta_producer(plan, a: Assign, d: sp.Symbol, bias: Assign | None, section: 
     its bias) reads: then the gradient's kernel computes δ itself, tile by tile, and δ never goes through
     global memory (for lecture_convnet 308 MB written, and read again, per step at 2^14) and the producer's
     launch goes."""
-    prev = plan.kernels[-1] if plan.kernels else None
+    prev = plan.last(section)
     src = plan.resolve(d.name)
-    if prev is None or prev.tile is None or prev.section != section or prev.tile.stored != (src,):
+    if prev is None or prev.tile is None or prev.tile.stored != (src,):
         return None
     t = prev.tile
     if not (t.plain and t.chunked and t.width == k["n_out"]):
@@ -112,7 +113,8 @@ def emit_window_weight_grad_inline(plan, a: Assign, producer: Kernel, bias: Assi
     kx = {**k, "args": args, "delta": src, "width": t.width, "head": head, "loads": t.loads, "lines": t.lines,
           "g_cols": g_cols, "delta_formula": plan.defining(src).comment, "outer": outer and outer.outer["k"],
           "outer_jp": pow2(outer.outer["k"]["j"]) if outer else 0, "ptrs": ptrs, "rows": rows,
-          "outer_f": _loaded(walked, outer.outer["k"]["f"]) if outer else None, "pre": pre and _pre_dict(plan, pre, k["o"])}
+          "outer_f": _loaded(walked, outer.outer["k"]["f"]) if outer else None,
+          "pre": pre and _pre_dict(plan, pre, k["o"])}
     if outer is not None:
         computes = (outer.outer["head"], *outer.computes, *computes)
     if rows is not None:
@@ -206,8 +208,8 @@ def _riding_outer(plan, section: str, t: TiledBody, o: int) -> Kernel | None:
     f's tiles anyway (and holds them, where the producer loads f), so a launch goes.  Each program owns its
     filters' columns of ∂W in its split's row and adds each tile's δᵀ·f to them there (read-modify-write:
     no other program writes them)."""
-    prev = plan.kernels[-1] if plan.kernels else None
-    if prev is None or prev.outer is None or prev.section != section:
+    prev = plan.last(section)
+    if prev is None or prev.outer is None:
         return None
     f = plan.resolve(prev.outer["k"]["f"])
     shape = plan.arrays[f].shape if f in plan.arrays else None
@@ -222,9 +224,9 @@ def _prepass(plan, section: str, producer: Kernel, k: dict) -> Kernel | None:
     computes g itself, per row tile, in a pass over its own filters' pooled columns before the walk over
     the convolution's positions, and stores it: the gather reads back, from L2, only what the same program
     stored (its channels, its rows), after a barrier; the launch goes."""
-    prev = plan.kernels[-1] if plan.kernels else None
+    prev = plan.last(section)
     head = plan.defining(producer.head(plan.ir.name))
-    if prev is None or prev.tile is None or prev.section != section or prev.guard:
+    if prev is None or prev.tile is None or prev.guard:
         return None
     if not isinstance(head.expr, (N.MaxPool2dGrad, N.AvgPool2dGrad)):
         return None

@@ -238,6 +238,11 @@ class _Plan:
     def defining(self, name: str) -> Assign:
         return next(a for a in self.order if a.name == name)
 
+    def last(self, section: str) -> Kernel | None:
+        """The kernel just emitted, where it is in ``section``: the one a merge may take in."""
+        prev = self.kernels[-1] if self.kernels else None
+        return prev if prev is not None and prev.section == section else None
+
     def _readers(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         for a in self.order:
@@ -282,14 +287,14 @@ class _Plan:
     # ---- row-tiled kernels: a head, the fused elementwise lines, the stores
     def tiled(self, head: Assign, section: str, head_lines: str | None, head_args: list, rest: list[Assign],
               width: int, block_n: int, chunked: bool, extra: tuple = (), out_ptr: str | None = None,
-              epilogue: tuple = (), wide_n: int = 0) -> Kernel:
+              epilogue: tuple = (), wide_n: int = WIDE_N) -> Kernel:
         """A kernel over (BLOCK_B rows) × (block_n columns of ``width``): ``head_lines`` compute the head's tile
         (None: the head is elementwise and printed too), then ``rest`` are printed, then the stores.
         ``head_args`` are the head's own pointer parameters, (parameter, type, host expression, comment).
         ``epilogue``: (flag, assignments) of a whole-row tile, each part printed under ``if flag:``."""
         pr = _RowPrinter(self, width)
         extra, head_args, pr.flops = _split_k(self, head, rest, width, block_n if chunked else 0, section, extra,
-                                              head_args, wide_n or WIDE_N)
+                                              head_args, wide_n)
         self.block_n_of = {width: "BLOCK_N"} if chunked else {}
         in_regs: set[str] = set()
         body: list[str] = []
@@ -353,7 +358,7 @@ class _Plan:
             "loads": loads, "body": body, "stores": stores + list(extra), "block_n": chunked and bool(width),
             "kc": "_matvec_cols" in pr.helpers, "epilogue": parts, "flags": [(f, FLAGS[f][1]) for f, _ in epilogue],
         })
-        tiles = _column_tiles(width, block_n, wide_n or WIDE_N) if chunked and width else None
+        tiles = _column_tiles(width, block_n, wide_n) if chunked and width else None
         grid = "(triton.cdiv(_batch, _rows_b)," + (f" triton.cdiv({width}, {_bn(tiles)}))" if tiles else ")")
         blk = "_blk" if cap >= BLOCK_B else f"min(_blk, {cap})"
         stored = tuple(a.name for a in outs if out_ptr is None and self._needs_store(a.name, here))
@@ -536,14 +541,14 @@ class SplitK:
     blocks: tuple
 
 
-def _column_tiles(width: int, block_n: int, wide_n: int = WIDE_N) -> tuple:
+def _column_tiles(width: int, block_n: int, wide_n: int) -> tuple:
     """A column-tiled kernel's columns per program: (on CUDA, on CPU tensors, where one wide tile holds up to
     wide_n)."""
     return block_n, min(pow2(width), wide_n)
 
 
 def _split_k(plan: _Plan, head: Assign, rest: list[Assign], width: int, block_n: int, section: str, extra: tuple,
-             head_args: list, wide_n: int = WIDE_N) -> tuple:
+             head_args: list, wide_n: int) -> tuple:
     """The split-K merge (the module docstring) for the kernel of ``head`` and ``rest``, tiled over ``width``
     columns (``block_n`` per program on CUDA; 0: one tile holds whole rows, nothing to split): where the next
     assignment of its section is a dense layer a = W·f (+ b) of at most SPLIT_J outputs whose f this kernel
@@ -754,8 +759,8 @@ def _pooled_conv(plan: _Plan, k: dict, section: str) -> Kernel | None:
     then the pooling's kernel computes each window position's convolution itself and stores what that
     kernel stored, and the pooled output never waits for a second launch to read f back (lecture_convnet_pool:
     f1, 308 MB at 2^14, read once fewer, and one launch fewer)."""
-    prev = plan.kernels[-1] if plan.kernels else None
-    if prev is None or prev.tile is None or prev.section != section or not prev.tile.plain:
+    prev = plan.last(section)
+    if prev is None or prev.tile is None or not prev.tile.plain:
         return None
     if prev.window is None or k["src"] not in prev.tile.stored or pow2(k["kh"] * k["kw"]) != k["kh"] * k["kw"]:
         return None  # the windows' positions are a tile axis: a power of two (2 × 2, 1 × 2, 4 × 4)
@@ -1218,7 +1223,8 @@ def plan_layers(ir: KernelIR, out_dir: str = "generated") -> TritonPlan:
         buffers={s: [{"name": n, "width": max(widths[n], 1)} for n, sec in plan.stored.items() if sec == s]
                  for s in SECTIONS},
         partials={s: plan.partial_buffers.get(s, []) for s in SECTIONS},
-        top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS, wide_split_rows=WIDE_SPLIT_ROWS, loss_in_backward=plan.loss_in_backward,
+        top=ir.forward[-1].name, splits=SPLITS, split_rows=SPLIT_ROWS, wide_split_rows=WIDE_SPLIT_ROWS,
+        loss_in_backward=plan.loss_in_backward,
         epilogue=next(({"name": k.name, "block_b": k.block_b} for k in plan.kernels if k.flags), None),
     )
     loss_sum = (f"{ir.name}_loss_sum_kernel", {"_PART_ptr": "*fp32", "_LOSS_ptr": "*fp32", "_N": "i32", "_ROWS": "i32",
